@@ -6,11 +6,13 @@ BIN = .build/debug
 REL = .build/release
 APT_PACKAGES = blender libsodium-dev libsqlite3-dev pkg-config python3 iproute2
 
-# Extra test steps that modules add in mk/*.mk (each fragment appends to TEST_STEPS).
+# Extra steps that modules add in mk/*.mk (each fragment appends to TEST_STEPS / BENCH_STEPS and may add
+# its own targets such as sim-long or fuzz).
 TEST_STEPS :=
+BENCH_STEPS :=
 -include mk/*.mk
 
-.PHONY: setup build release test test-unit demo bench sim-long fuzz chaos clean
+.PHONY: setup build release test test-unit demo bench clean
 
 ## setup: install the system packages rexnode needs, running `apt-get update` only when one is missing.
 setup:
@@ -39,7 +41,7 @@ demo: release
 	./scripts/demo.sh $(REL)/rexnode
 
 ## bench: benchmarks print ratios measured side by side; figures go to docs/benchmarks.md.
-bench: release
+bench: release $(BENCH_STEPS)
 	./scripts/bench.sh $(REL)
 
 clean:
