@@ -1,0 +1,182 @@
+import Foundation
+
+/// A command's unique id (proposing node + its sequence number): a retried proposal is applied once.
+public struct CommandID: Hashable, Sendable, Codable, CustomStringConvertible {
+    public var node: String
+    public var seq: UInt64
+
+    public init(node: String, seq: UInt64) {
+        self.node = node
+        self.seq = seq
+    }
+
+    public var description: String { "\(node):\(seq)" }
+}
+
+/// Every change to the farm's state is one of these; `LedgerStore.apply` is the only place they take effect.
+///
+/// Commands carry everything `apply` needs (times included), so every node applying the same log ends in
+/// the same state.
+public enum LedgerCommand: Sendable, Equatable, Codable {
+    case submitJob(SubmitJob)
+    case assignChunk(AssignChunk)
+    case completeFrame(CompleteFrame)
+    case failFrame(FailFrame)
+    case releaseFrames(ReleaseFrames)
+    case cancelJob(CancelJob)
+    /// Raft's no-op of a new term, and anything else that only occupies an index.
+    case noop
+
+    /// The short name shown by `rexnode ledger` as `"type"`.
+    public var typeName: String {
+        switch self {
+        case .submitJob: "SubmitJob"
+        case .assignChunk: "AssignChunk"
+        case .completeFrame: "CompleteFrame"
+        case .failFrame: "FailFrame"
+        case .releaseFrames: "ReleaseFrames"
+        case .cancelJob: "CancelJob"
+        case .noop: "Noop"
+        }
+    }
+}
+
+/// A new job: the .blend is already in the submitter's blob store under `blendHash`.
+public struct SubmitJob: Sendable, Equatable, Codable {
+    public var job: String
+    public var name: String
+    public var submitter: String
+    public var blendHash: String
+    public var blendSize: Int64
+    public var frames: [Int]
+    public var chunk: Int
+    public var priority: Int
+    /// Absolute output folder on the submitter's machine (delivery is the submitter's business).
+    public var output: String
+    public var submittedAtMs: Int64
+
+    public init(
+        job: String, name: String, submitter: String, blendHash: String, blendSize: Int64, frames: [Int],
+        chunk: Int, priority: Int, output: String, submittedAtMs: Int64
+    ) {
+        self.job = job
+        self.name = name
+        self.submitter = submitter
+        self.blendHash = blendHash
+        self.blendSize = blendSize
+        self.frames = frames
+        self.chunk = chunk
+        self.priority = priority
+        self.output = output
+        self.submittedAtMs = submittedAtMs
+    }
+}
+
+/// The scheduler gives `frames` of `job` to `node`, under the leader's `term`, until `leaseUntilMs`.
+public struct AssignChunk: Sendable, Equatable, Codable {
+    public var assignment: String
+    public var job: String
+    public var frames: [Int]
+    public var node: String
+    public var term: UInt64
+    public var leaseUntilMs: Int64
+
+    public init(assignment: String, job: String, frames: [Int], node: String, term: UInt64, leaseUntilMs: Int64) {
+        self.assignment = assignment
+        self.job = job
+        self.frames = frames
+        self.node = node
+        self.term = term
+        self.leaseUntilMs = leaseUntilMs
+    }
+}
+
+/// A rendered frame: its image (content address `hash`, file extension `ext`) is on every node in `holders`.
+public struct CompleteFrame: Sendable, Equatable, Codable {
+    public var job: String
+    public var frame: Int
+    public var node: String
+    public var assignment: String
+    public var term: UInt64
+    public var hash: String
+    public var ext: String
+    public var holders: [String]
+
+    public init(
+        job: String, frame: Int, node: String, assignment: String, term: UInt64, hash: String, ext: String,
+        holders: [String]
+    ) {
+        self.job = job
+        self.frame = frame
+        self.node = node
+        self.assignment = assignment
+        self.term = term
+        self.hash = hash
+        self.ext = ext
+        self.holders = holders
+    }
+}
+
+/// One failed attempt at a frame. After `LedgerRules.maxAttempts` (or at once when `fatal`) the frame fails.
+public struct FailFrame: Sendable, Equatable, Codable {
+    public var job: String
+    public var frame: Int
+    public var node: String
+    public var assignment: String
+    public var message: String
+    /// The scene itself is unusable (cannot be loaded): retrying elsewhere would fail the same way.
+    public var fatal: Bool
+
+    public init(job: String, frame: Int, node: String, assignment: String, message: String, fatal: Bool = false) {
+        self.job = job
+        self.frame = frame
+        self.node = node
+        self.assignment = assignment
+        self.message = message
+        self.fatal = fatal
+    }
+}
+
+/// Frames of an assignment that were not finished go back to the queue (worker restarted, died, lease expired).
+public struct ReleaseFrames: Sendable, Equatable, Codable {
+    public var assignment: String
+    public var reason: String
+
+    public init(assignment: String, reason: String) {
+        self.assignment = assignment
+        self.reason = reason
+    }
+}
+
+public struct CancelJob: Sendable, Equatable, Codable {
+    public var job: String
+
+    public init(job: String) { self.job = job }
+}
+
+/// What the log carries: the command and its unique id, encoded as bytes (opaque to Raft).
+public struct LedgerEntry: Sendable, Equatable, Codable {
+    public var id: CommandID
+    public var command: LedgerCommand
+
+    public init(id: CommandID, command: LedgerCommand) {
+        self.id = id
+        self.command = command
+    }
+
+    public func encoded() -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return Array(try! encoder.encode(self))
+    }
+
+    public init(bytes: [UInt8]) throws {
+        self = try JSONDecoder().decode(LedgerEntry.self, from: Data(bytes))
+    }
+}
+
+/// Fixed rules every node applies identically.
+public enum LedgerRules {
+    /// A frame that fails this many times is marked failed with the last error.
+    public static let maxAttempts = 3
+}

@@ -1,0 +1,138 @@
+import Foundation
+import GRDB
+
+/// The node's one SQLite database: the applied log and the replicated state machine (jobs, frames, assignments).
+///
+/// `apply` is deterministic and idempotent: an entry whose command id was seen before is recorded in the log but
+/// changes nothing, and the applied index moves in the same transaction as the change, so a crash never applies
+/// an entry twice.
+public final class LedgerStore: Sendable {
+    public let writer: DatabasePool
+    public let path: String
+
+    /// Opens (creating if needed) the database at `path` in WAL mode with `synchronous=FULL`.
+    ///
+    /// `extraMigrations` lets other owners of tables in this file (the Raft log store) register theirs.
+    public init(path: String, extraMigrations: (inout DatabaseMigrator) -> Void = { _ in }) throws {
+        var config = Configuration()
+        config.busyMode = .timeout(10)
+        config.label = "ledger"
+        self.path = path
+        writer = try DatabasePool(path: path, configuration: config)
+        // DatabasePool resets synchronous to NORMAL when it opens; durability needs FULL.
+        try writer.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
+        var migrator = DatabaseMigrator()
+        Self.registerMigrations(&migrator)
+        extraMigrations(&migrator)
+        try migrator.migrate(writer)
+    }
+
+    static func registerMigrations(_ migrator: inout DatabaseMigrator) {
+        migrator.registerMigration("ledger-v1") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE ledger_log (
+                        log_index INTEGER PRIMARY KEY, term INTEGER NOT NULL, type TEXT NOT NULL,
+                        command_id TEXT NOT NULL, duplicate INTEGER NOT NULL, payload BLOB NOT NULL);
+                    CREATE TABLE ledger_commands (command_id TEXT PRIMARY KEY, log_index INTEGER NOT NULL);
+                    CREATE TABLE ledger_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                    CREATE TABLE jobs (
+                        job TEXT PRIMARY KEY, name TEXT NOT NULL, submitter TEXT NOT NULL, blend_hash TEXT NOT NULL,
+                        blend_size INTEGER NOT NULL, chunk INTEGER NOT NULL, priority INTEGER NOT NULL,
+                        output TEXT NOT NULL, submitted_at_ms INTEGER NOT NULL, state TEXT NOT NULL,
+                        frames_total INTEGER NOT NULL, frames_done INTEGER NOT NULL DEFAULT 0,
+                        frames_failed INTEGER NOT NULL DEFAULT 0, message TEXT, log_index INTEGER NOT NULL);
+                    CREATE TABLE frames (
+                        job TEXT NOT NULL REFERENCES jobs(job), frame INTEGER NOT NULL, state TEXT NOT NULL,
+                        node TEXT, assignment TEXT, attempts INTEGER NOT NULL DEFAULT 0, hash TEXT, ext TEXT,
+                        holders TEXT NOT NULL DEFAULT '[]', message TEXT, PRIMARY KEY (job, frame));
+                    CREATE INDEX frames_state ON frames(state, job);
+                    CREATE INDEX frames_assignment ON frames(assignment);
+                    CREATE TABLE assignments (
+                        assignment TEXT PRIMARY KEY, job TEXT NOT NULL, node TEXT NOT NULL, term INTEGER NOT NULL,
+                        lease_until_ms INTEGER NOT NULL, frames TEXT NOT NULL, open INTEGER NOT NULL DEFAULT 1);
+                    CREATE INDEX assignments_open ON assignments(open, node);
+                    """)
+        }
+    }
+
+    // MARK: Applying the log
+
+    /// The index of the last applied entry (0 for none).
+    public func appliedIndex() throws -> UInt64 {
+        try writer.read { db in try Self.appliedIndex(db) }
+    }
+
+    static func appliedIndex(_ db: Database) throws -> UInt64 {
+        UInt64(try Int64.fetchOne(db, sql: "SELECT value FROM ledger_meta WHERE key = 'applied_index'") ?? 0)
+    }
+
+    /// Applies committed entries in order, each with its index and term, in one transaction.
+    ///
+    /// Entries at or below the applied index are skipped (a replay after a crash), so calling it twice is harmless.
+    @discardableResult
+    public func apply(_ entries: [(index: UInt64, term: UInt64, entry: LedgerEntry)]) throws -> [ApplyOutcome] {
+        try writer.write { db in
+            var outcomes: [ApplyOutcome] = []
+            var applied = try Self.appliedIndex(db)
+            for (index, term, entry) in entries where index > applied {
+                precondition(index == applied + 1, "ledger entries must be applied in order without gaps")
+                outcomes.append(try Self.apply(entry, index: index, term: term, db: db))
+                applied = index
+            }
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO ledger_meta (key, value) VALUES ('applied_index', ?)",
+                arguments: [Int64(applied)])
+            return outcomes
+        }
+    }
+
+    static func apply(_ entry: LedgerEntry, index: UInt64, term: UInt64, db: Database) throws -> ApplyOutcome {
+        let id = entry.id.description
+        let seen = try Int64.fetchOne(
+            db, sql: "SELECT log_index FROM ledger_commands WHERE command_id = ?", arguments: [id])
+        try db.execute(
+            sql: "INSERT INTO ledger_log (log_index, term, type, command_id, duplicate, payload) VALUES (?,?,?,?,?,?)",
+            arguments: [Int64(index), Int64(term), entry.command.typeName, id, seen != nil, Data(entry.encoded())])
+        if let seen { return .duplicate(firstIndex: UInt64(seen)) }
+        try db.execute(
+            sql: "INSERT INTO ledger_commands (command_id, log_index) VALUES (?, ?)", arguments: [id, Int64(index)])
+        return try StateMachine(db: db, index: index).apply(entry.command)
+    }
+
+    // MARK: Reading the log
+
+    /// The applied log, oldest first, for `rexnode ledger`.
+    public func log(from index: UInt64 = 1, limit: Int = .max) throws -> [LoggedEntry] {
+        try writer.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT log_index, term, command_id, duplicate, payload FROM ledger_log
+                    WHERE log_index >= ? ORDER BY log_index LIMIT ?
+                    """,
+                arguments: [Int64(index), Int64(min(limit, Int(Int64.max)))]
+            ).map { row in
+                let payload: Data = row["payload"]
+                return LoggedEntry(
+                    index: UInt64(row["log_index"] as Int64), term: UInt64(row["term"] as Int64),
+                    duplicate: row["duplicate"], entry: try LedgerEntry(bytes: Array(payload)))
+            }
+        }
+    }
+}
+
+/// What applying one entry did; the daemon reacts to these (wake the worker, deliver a frame, …).
+public enum ApplyOutcome: Sendable, Equatable {
+    case applied
+    case ignored(String)
+    case duplicate(firstIndex: UInt64)
+}
+
+/// One applied log entry as stored.
+public struct LoggedEntry: Sendable, Equatable {
+    public var index: UInt64
+    public var term: UInt64
+    public var duplicate: Bool
+    public var entry: LedgerEntry
+}

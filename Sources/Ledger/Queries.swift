@@ -1,0 +1,185 @@
+import Foundation
+import GRDB
+
+/// A job as every node sees it.
+public struct JobRecord: Sendable, Equatable, Codable {
+    public var job: String
+    public var name: String
+    public var submitter: String
+    public var blendHash: String
+    public var blendSize: Int64
+    public var chunk: Int
+    public var priority: Int
+    public var output: String
+    public var submittedAtMs: Int64
+    public var state: String
+    public var framesTotal: Int
+    public var framesDone: Int
+    public var framesFailed: Int
+    public var message: String?
+
+    init(row: Row) {
+        job = row["job"]
+        name = row["name"]
+        submitter = row["submitter"]
+        blendHash = row["blend_hash"]
+        blendSize = row["blend_size"]
+        chunk = row["chunk"]
+        priority = row["priority"]
+        output = row["output"]
+        submittedAtMs = row["submitted_at_ms"]
+        state = row["state"]
+        framesTotal = row["frames_total"]
+        framesDone = row["frames_done"]
+        framesFailed = row["frames_failed"]
+        message = row["message"]
+    }
+
+    /// Done, failed or canceled: nothing more will happen to it.
+    public var isFinished: Bool { state == "done" || state == "failed" || state == "canceled" }
+}
+
+/// One frame of a job.
+public struct FrameRecord: Sendable, Equatable, Codable {
+    public var job: String
+    public var frame: Int
+    public var state: String
+    public var node: String?
+    public var assignment: String?
+    public var attempts: Int
+    public var hash: String?
+    public var ext: String?
+    public var holders: [String]
+    public var message: String?
+
+    init(row: Row) {
+        job = row["job"]
+        frame = row["frame"]
+        state = row["state"]
+        node = row["node"]
+        assignment = row["assignment"]
+        attempts = row["attempts"]
+        hash = row["hash"]
+        ext = row["ext"]
+        holders = (try? JSONDecoder().decode([String].self, from: Data((row["holders"] as String).utf8))) ?? []
+        message = row["message"]
+    }
+}
+
+/// An open assignment: frames of one job given to one node.
+public struct AssignmentRecord: Sendable, Equatable {
+    public var assignment: String
+    public var job: String
+    public var node: String
+    public var term: UInt64
+    public var leaseUntilMs: Int64
+    /// Frames of the assignment still to render.
+    public var pendingFrames: [Int]
+}
+
+extension LedgerStore {
+    public func jobs() throws -> [JobRecord] {
+        try writer.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM jobs ORDER BY submitted_at_ms, log_index").map(JobRecord.init)
+        }
+    }
+
+    /// Finds a job by its id or a unique prefix of it.
+    public func job(_ id: String) throws -> JobRecord? {
+        try writer.read { db in
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT * FROM jobs WHERE job = ? OR job LIKE ? LIMIT 2", arguments: [id, id + "%"])
+            if let exact = rows.first(where: { $0["job"] == id }) { return JobRecord(row: exact) }
+            return rows.count == 1 ? JobRecord(row: rows[0]) : nil
+        }
+    }
+
+    public func frames(of job: String) throws -> [FrameRecord] {
+        try writer.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM frames WHERE job = ? ORDER BY frame", arguments: [job])
+                .map(FrameRecord.init)
+        }
+    }
+
+    /// Open assignments with frames still assigned, optionally for one node.
+    public func openAssignments(node: String? = nil) throws -> [AssignmentRecord] {
+        try writer.read { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT a.assignment, a.job, a.node, a.term, a.lease_until_ms, f.frame
+                    FROM assignments a JOIN frames f ON f.assignment = a.assignment AND f.state = 'assigned'
+                    WHERE a.open = 1 AND (? IS NULL OR a.node = ?)
+                    ORDER BY a.rowid, f.frame
+                    """,
+                arguments: [node, node])
+            var result: [AssignmentRecord] = []
+            for row in rows {
+                let id: String = row["assignment"]
+                if result.last?.assignment == id {
+                    result[result.count - 1].pendingFrames.append(row["frame"])
+                } else {
+                    result.append(
+                        AssignmentRecord(
+                            assignment: id, job: row["job"], node: row["node"], term: UInt64(row["term"] as Int64),
+                            leaseUntilMs: row["lease_until_ms"], pendingFrames: [row["frame"]]))
+                }
+            }
+            return result
+        }
+    }
+
+    /// Queued frames of runnable jobs, per job, in scheduling order (priority first, then age).
+    public func queuedWork() throws -> [QueuedJob] {
+        try writer.read { db in
+            let jobs = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT job, chunk, priority, submitted_at_ms FROM jobs WHERE state IN ('queued', 'running')
+                    ORDER BY priority DESC, submitted_at_ms, log_index
+                    """)
+            return try jobs.compactMap { row in
+                let job: String = row["job"]
+                let frames = try Int.fetchAll(
+                    db, sql: "SELECT frame FROM frames WHERE job = ? AND state = 'queued' ORDER BY frame",
+                    arguments: [job])
+                let running = try Int.fetchOne(
+                    db, sql: "SELECT COUNT(*) FROM assignments WHERE job = ? AND open = 1", arguments: [job]) ?? 0
+                guard !frames.isEmpty else { return nil }
+                return QueuedJob(
+                    job: job, priority: row["priority"], chunk: row["chunk"], queuedFrames: frames,
+                    openAssignments: running)
+            }
+        }
+    }
+
+    /// Frames rendered by each node (for `peers`).
+    public func framesDoneByNode() throws -> [String: Int] {
+        try writer.read { db in
+            var result: [String: Int] = [:]
+            for row in try Row.fetchAll(
+                db, sql: "SELECT node, COUNT(*) AS n FROM frames WHERE state = 'done' GROUP BY node")
+            {
+                if let node: String = row["node"] { result[node] = row["n"] }
+            }
+            return result
+        }
+    }
+}
+
+/// A runnable job with frames waiting for a slot: the scheduler's input.
+public struct QueuedJob: Sendable, Equatable {
+    public var job: String
+    public var priority: Int
+    public var chunk: Int
+    public var queuedFrames: [Int]
+    public var openAssignments: Int
+
+    public init(job: String, priority: Int, chunk: Int, queuedFrames: [Int], openAssignments: Int) {
+        self.job = job
+        self.priority = priority
+        self.chunk = chunk
+        self.queuedFrames = queuedFrames
+        self.openAssignments = openAssignments
+    }
+}

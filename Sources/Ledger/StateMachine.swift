@@ -1,0 +1,193 @@
+import Foundation
+import GRDB
+
+/// The replicated state machine: how each command changes jobs, frames and assignments.
+///
+/// Runs inside `LedgerStore.apply`'s transaction. It reads nothing but the database and the command, so every
+/// node that applies the same log reaches the same state.
+struct StateMachine {
+    let db: Database
+    let index: UInt64
+
+    func apply(_ command: LedgerCommand) throws -> ApplyOutcome {
+        switch command {
+        case .noop: return .applied
+        case .submitJob(let c): return try submit(c)
+        case .assignChunk(let c): return try assign(c)
+        case .completeFrame(let c): return try complete(c)
+        case .failFrame(let c): return try fail(c)
+        case .releaseFrames(let c): return try release(c)
+        case .cancelJob(let c): return try cancel(c)
+        }
+    }
+
+    private func submit(_ c: SubmitJob) throws -> ApplyOutcome {
+        if try Bool.fetchOne(db, sql: "SELECT 1 FROM jobs WHERE job = ?", arguments: [c.job]) == true {
+            return .ignored("job \(c.job) exists")
+        }
+        let frames = Array(Set(c.frames)).sorted()
+        guard !frames.isEmpty else { return .ignored("job \(c.job) has no frames") }
+        try db.execute(
+            sql: """
+                INSERT INTO jobs (job, name, submitter, blend_hash, blend_size, chunk, priority, output,
+                    submitted_at_ms, state, frames_total, log_index)
+                VALUES (?,?,?,?,?,?,?,?,?, 'queued', ?, ?)
+                """,
+            arguments: [
+                c.job, c.name, c.submitter, c.blendHash, c.blendSize, max(1, c.chunk), c.priority, c.output,
+                c.submittedAtMs, frames.count, Int64(index),
+            ])
+        let insert = try db.makeStatement(sql: "INSERT INTO frames (job, frame, state) VALUES (?, ?, 'queued')")
+        for frame in frames { try insert.execute(arguments: [c.job, frame]) }
+        return .applied
+    }
+
+    private func assign(_ c: AssignChunk) throws -> ApplyOutcome {
+        guard try jobState(c.job).map({ $0 == "queued" || $0 == "running" }) == true else {
+            return .ignored("job \(c.job) is not runnable")
+        }
+        if try Bool.fetchOne(db, sql: "SELECT 1 FROM assignments WHERE assignment = ?", arguments: [c.assignment])
+            == true
+        {
+            return .ignored("assignment \(c.assignment) exists")
+        }
+        var taken: [Int] = []
+        for frame in c.frames {
+            try db.execute(
+                sql: """
+                    UPDATE frames SET state = 'assigned', node = ?, assignment = ?
+                    WHERE job = ? AND frame = ? AND state = 'queued'
+                    """,
+                arguments: [c.node, c.assignment, c.job, frame])
+            if db.changesCount > 0 { taken.append(frame) }
+        }
+        guard !taken.isEmpty else { return .ignored("no queued frame in assignment \(c.assignment)") }
+        try db.execute(
+            sql: """
+                INSERT INTO assignments (assignment, job, node, term, lease_until_ms, frames)
+                VALUES (?,?,?,?,?,?)
+                """,
+            arguments: [c.assignment, c.job, c.node, Int64(c.term), c.leaseUntilMs, Self.json(taken)])
+        try refreshJob(c.job)
+        return .applied
+    }
+
+    private func complete(_ c: CompleteFrame) throws -> ApplyOutcome {
+        guard let state = try frameState(c.job, c.frame) else { return .ignored("no frame \(c.job)/\(c.frame)") }
+        // The first valid completion wins; images are content-addressed, so whoever rendered it, it is the frame.
+        guard state == "queued" || state == "assigned" else {
+            return .ignored("frame \(c.job)/\(c.frame) is already \(state)")
+        }
+        try db.execute(
+            sql: """
+                UPDATE frames SET state = 'done', node = ?, hash = ?, ext = ?, holders = ?, message = NULL
+                WHERE job = ? AND frame = ?
+                """,
+            arguments: [c.node, c.hash, c.ext, Self.json(c.holders.sorted()), c.job, c.frame])
+        try closeAssignmentIfFinished(c.assignment)
+        try refreshJob(c.job)
+        return .applied
+    }
+
+    private func fail(_ c: FailFrame) throws -> ApplyOutcome {
+        // Fenced: only the current holder of the frame may report a failed attempt.
+        let current = try Row.fetchOne(
+            db, sql: "SELECT state, assignment, attempts FROM frames WHERE job = ? AND frame = ?",
+            arguments: [c.job, c.frame])
+        guard let current, current["state"] as String == "assigned", current["assignment"] as String? == c.assignment
+        else { return .ignored("stale failure report for \(c.job)/\(c.frame)") }
+        let attempts = (current["attempts"] as Int) + 1
+        let final = c.fatal || attempts >= LedgerRules.maxAttempts
+        try db.execute(
+            sql: """
+                UPDATE frames SET attempts = ?, message = ?, state = ?,
+                    node = CASE WHEN ? THEN node ELSE NULL END,
+                    assignment = CASE WHEN ? THEN assignment ELSE NULL END
+                WHERE job = ? AND frame = ?
+                """,
+            arguments: [attempts, c.message, final ? "failed" : "queued", final, final, c.job, c.frame])
+        if final {
+            try db.execute(sql: "UPDATE jobs SET message = ? WHERE job = ?", arguments: [c.message, c.job])
+        }
+        try closeAssignmentIfFinished(c.assignment)
+        try refreshJob(c.job)
+        return .applied
+    }
+
+    private func release(_ c: ReleaseFrames) throws -> ApplyOutcome {
+        guard let job = try String.fetchOne(
+            db, sql: "SELECT job FROM assignments WHERE assignment = ? AND open = 1", arguments: [c.assignment])
+        else { return .ignored("assignment \(c.assignment) is not open") }
+        try db.execute(
+            sql: """
+                UPDATE frames SET state = 'queued', node = NULL, assignment = NULL
+                WHERE assignment = ? AND state = 'assigned'
+                """,
+            arguments: [c.assignment])
+        try db.execute(sql: "UPDATE assignments SET open = 0 WHERE assignment = ?", arguments: [c.assignment])
+        try refreshJob(job)
+        return .applied
+    }
+
+    private func cancel(_ c: CancelJob) throws -> ApplyOutcome {
+        guard let state = try jobState(c.job) else { return .ignored("no job \(c.job)") }
+        guard state == "queued" || state == "running" else { return .ignored("job \(c.job) is already \(state)") }
+        try db.execute(
+            sql: "UPDATE frames SET state = 'canceled' WHERE job = ? AND state IN ('queued', 'assigned')",
+            arguments: [c.job])
+        try db.execute(sql: "UPDATE assignments SET open = 0 WHERE job = ?", arguments: [c.job])
+        try db.execute(sql: "UPDATE jobs SET state = 'canceled' WHERE job = ?", arguments: [c.job])
+        return .applied
+    }
+
+    // MARK: Helpers
+
+    private func jobState(_ job: String) throws -> String? {
+        try String.fetchOne(db, sql: "SELECT state FROM jobs WHERE job = ?", arguments: [job])
+    }
+
+    private func frameState(_ job: String, _ frame: Int) throws -> String? {
+        try String.fetchOne(db, sql: "SELECT state FROM frames WHERE job = ? AND frame = ?", arguments: [job, frame])
+    }
+
+    private func closeAssignmentIfFinished(_ assignment: String) throws {
+        try db.execute(
+            sql: """
+                UPDATE assignments SET open = 0 WHERE assignment = ?
+                AND NOT EXISTS (SELECT 1 FROM frames WHERE assignment = ? AND state = 'assigned')
+                """,
+            arguments: [assignment, assignment])
+    }
+
+    /// Derives the job's counters and state from its frames.
+    private func refreshJob(_ job: String) throws {
+        guard let row = try Row.fetchOne(
+            db,
+            sql: """
+                SELECT COUNT(*) AS total,
+                    SUM(state = 'done') AS done, SUM(state = 'failed') AS failed,
+                    SUM(state IN ('assigned', 'done', 'failed')) AS started
+                FROM frames WHERE job = ?
+                """,
+            arguments: [job])
+        else { return }
+        let total: Int = row["total"]
+        let done: Int = row["done"] ?? 0
+        let failed: Int = row["failed"] ?? 0
+        let started: Int = row["started"] ?? 0
+        let state: String =
+            if done + failed == total { failed > 0 ? "failed" : "done" } else if started > 0 { "running" } else {
+                "queued"
+            }
+        try db.execute(
+            sql: """
+                UPDATE jobs SET frames_done = ?, frames_failed = ?, state = ?
+                WHERE job = ? AND state != 'canceled'
+                """,
+            arguments: [done, failed, state, job])
+    }
+
+    static func json<T: Encodable>(_ value: T) -> String {
+        String(decoding: try! JSONEncoder().encode(value), as: UTF8.self)
+    }
+}
