@@ -1,0 +1,71 @@
+import Foundation
+import Mesh
+
+/// Content-addressed files on this node: `DATA/blobs/ab/abcdef…` where the name is the BLAKE2b-256 of the bytes.
+///
+/// Writes go to a temporary file and are renamed into place, so a blob is either whole or absent after a crash.
+public struct BlobStore: Sendable {
+    public let root: String
+
+    public init(root: String) throws {
+        self.root = root
+        try FileManager.default.createDirectory(atPath: root + "/tmp", withIntermediateDirectories: true)
+    }
+
+    public func path(for hash: String) -> String {
+        "\(root)/\(hash.prefix(2))/\(hash)"
+    }
+
+    public func has(_ hash: String) -> Bool {
+        FileManager.default.fileExists(atPath: path(for: hash))
+    }
+
+    /// Copies the file at `source` into the store and returns its content address and size.
+    public func put(fileAt source: String) throws -> (hash: String, size: Int64) {
+        guard let input = FileHandle(forReadingAtPath: source) else {
+            throw FarmError(.io, "Cannot read \(source).")
+        }
+        defer { try? input.close() }
+        let tmp = "\(root)/tmp/\(UUID().uuidString)"
+        guard FileManager.default.createFile(atPath: tmp, contents: nil),
+            let output = FileHandle(forWritingAtPath: tmp)
+        else { throw FarmError(.io, "Cannot write to the blob store at \(root).") }
+        let hasher = Blake2bHasher()
+        var size: Int64 = 0
+        do {
+            while let chunk = try input.read(upToCount: 1 << 20), !chunk.isEmpty {
+                hasher.update(chunk)
+                try output.write(contentsOf: chunk)
+                size += Int64(chunk.count)
+            }
+            try output.synchronize()
+            try output.close()
+        } catch {
+            try? output.close()
+            try? FileManager.default.removeItem(atPath: tmp)
+            throw FarmError(.io, "Cannot store \(source): \(error.localizedDescription)")
+        }
+        let hash = hasher.finalize().hexString
+        let final = path(for: hash)
+        try FileManager.default.createDirectory(
+            atPath: (final as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        if rename(tmp, final) != 0 {
+            try? FileManager.default.removeItem(atPath: tmp)
+            throw FarmError(.io, "Cannot store \(source) in the blob store: \(String(cString: strerror(errno))).")
+        }
+        return (hash, size)
+    }
+
+    /// Hashes a file without storing it.
+    public static func hash(fileAt path: String) throws -> String {
+        guard let input = FileHandle(forReadingAtPath: path) else { throw FarmError(.io, "Cannot read \(path).") }
+        defer { try? input.close() }
+        let hasher = Blake2bHasher()
+        while let chunk = try input.read(upToCount: 1 << 20), !chunk.isEmpty { hasher.update(chunk) }
+        return hasher.finalize().hexString
+    }
+
+    public func remove(_ hash: String) {
+        try? FileManager.default.removeItem(atPath: path(for: hash))
+    }
+}

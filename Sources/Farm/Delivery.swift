@@ -1,0 +1,80 @@
+import Foundation
+import Ledger
+
+extension FarmNode {
+    // MARK: Delivery
+
+    /// The file name a frame gets in the output folder: `NAME_0001.png` (zero-padded, the image's own extension).
+    public static func frameFileName(job name: String, frame: Int, ext: String) -> String {
+        "\(name)_\(String(format: "%04d", frame))\(ext)"
+    }
+
+    /// On the submitter: copy each committed frame into the job's output folder, once, atomically.
+    func deliveryLoop() async {
+        for await _ in pulse.subscribe() {
+            do {
+                for job in try ledger.jobs()
+                where job.submitter == nodeID && !job.output.isEmpty && !deliveredJobs.contains(job.job) {
+                    try deliver(job)
+                }
+            } catch {
+                logger.error("delivery failed: \(error)")
+            }
+        }
+    }
+
+    private func deliver(_ job: JobRecord) throws {
+        var missing = 0
+        for frame in try ledger.frames(of: job.job) where frame.state == "done" {
+            let key = "\(job.job)/\(frame.frame)"
+            guard !delivered.contains(key), let hash = frame.hash else { continue }
+            guard blobs.has(hash) else {
+                missing += 1
+                continue
+            }
+            let target = "\(job.output)/\(Self.frameFileName(job: job.name, frame: frame.frame, ext: frame.ext ?? ""))"
+            do {
+                try Self.placeAtomically(source: blobs.path(for: hash), target: target)
+                delivered.insert(key)
+                deliveryErrors[job.job] = nil
+            } catch {
+                missing += 1
+                if deliveryErrors[job.job] == nil {
+                    logger.error("cannot write a frame to the output folder", metadata: ["error": "\(error)"])
+                }
+                deliveryErrors[job.job] = "Cannot write frames into \(job.output): \(error)"
+            }
+        }
+        if job.isFinished && missing == 0 { deliveredJobs.insert(job.job) }
+    }
+
+    /// Writes `target` only if it is not there yet: copy to a hidden temporary file, then rename.
+    static func placeAtomically(source: String, target: String) throws {
+        let fm = FileManager.default
+        if fm.fileExists(atPath: target) { return }
+        let dir = (target as NSString).deletingLastPathComponent
+        try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let tmp = "\(dir)/.\((target as NSString).lastPathComponent).part"
+        try? fm.removeItem(atPath: tmp)
+        try fm.copyItem(atPath: source, toPath: tmp)
+        guard rename(tmp, target) == 0 else {
+            try? fm.removeItem(atPath: tmp)
+            throw FarmError(.io, "cannot rename into \(target): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// Copies every done frame of a job into `output` (the `fetch` command).
+    func fetch(_ job: JobRecord, into output: String) throws -> Int {
+        var count = 0
+        for frame in try ledger.frames(of: job.job) where frame.state == "done" {
+            guard let hash = frame.hash, blobs.has(hash) else {
+                throw FarmError(.notFound, "Frame \(frame.frame) of job \(job.job) is not on this node.")
+            }
+            try Self.placeAtomically(
+                source: blobs.path(for: hash),
+                target: "\(output)/\(Self.frameFileName(job: job.name, frame: frame.frame, ext: frame.ext ?? ""))")
+            count += 1
+        }
+        return count
+    }
+}

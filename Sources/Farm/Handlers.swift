@@ -1,0 +1,157 @@
+import Foundation
+import Ledger
+import Render
+
+extension FarmNode {
+    // MARK: Control requests
+
+    func handle(_ request: ControlRequest) async -> ControlResponse {
+        do {
+            return ControlResponse(result: try await answer(request))
+        } catch let error as FarmError {
+            return ControlResponse(error: error)
+        } catch let error as RenderError {
+            return ControlResponse(error: FarmError(.render, error.message))
+        } catch {
+            return ControlResponse(error: FarmError(.failed, "The request failed: \(error)."))
+        }
+    }
+
+    private func answer(_ request: ControlRequest) async throws -> JSONValue {
+        switch request.op {
+        case .submit: return try await submit(request)
+        case .peers: return try peersJSON()
+        case .jobs: return .array(try ledger.jobs().map(Self.jobJSON))
+        case .status: return try statusJSON(try findJob(request.job))
+        case .cancel:
+            let job = try findJob(request.job)
+            guard !job.isFinished else {
+                throw FarmError(.badInput, "Job \(job.job) is already \(job.state); there is nothing to cancel.")
+            }
+            _ = try await commandLog.propose([.cancelJob(CancelJob(job: job.job))])
+            return Self.jobJSON(try ledger.job(job.job) ?? job)
+        case .ledger: return .array(try ledger.log().map(Self.logJSON))
+        case .leave:
+            logger.info("leaving the farm on request")
+            Task { await self.requestShutdown() }
+            return ["node": .string(nodeID), "state": "leaving"]
+        case .token: return ["token": .string(farmKey.token)]
+        case .fetch:
+            let job = try findJob(request.job)
+            guard let output = request.output else { throw FarmError(.badInput, "fetch needs --output DIR.") }
+            try SceneFile.prepareOutput(output)
+            let count = try fetch(job, into: output)
+            return ["job": .string(job.job), "frames": JSONValue(count), "output": .string(output)]
+        }
+    }
+
+    private func findJob(_ id: String?) throws -> JobRecord {
+        guard let id, !id.isEmpty else { throw FarmError(.badInput, "Name a job (see `rexnode jobs`).") }
+        guard let job = try ledger.job(id) else {
+            throw FarmError(.notFound, "There is no job '\(id)' in this farm (see `rexnode jobs`).")
+        }
+        return job
+    }
+
+    // MARK: Submit
+
+    private func submit(_ request: ControlRequest) async throws -> JSONValue {
+        guard let path = request.path else { throw FarmError(.badInput, "submit needs a .blend file.") }
+        try SceneFile.validate(path)
+        guard let output = request.output else { throw FarmError(.badInput, "submit needs an output folder.") }
+        try SceneFile.prepareOutput(output)
+        let frames: [Int]
+        if let spec = request.frames {
+            frames = try FrameSpec(spec).frames
+        } else {
+            guard let blender else {
+                throw FarmError(
+                    .badInput, "This node has no Blender to read the scene's frame range; pass --frames.")
+            }
+            let scene = try await blender.probeScene(at: path)
+            frames = try FrameSpec(start: scene.frameStart, end: scene.frameEnd, step: scene.frameStep).frames
+        }
+        let chunk = request.chunk ?? Scheduler.defaultChunk(frames: frames.count, slots: settings.slots)
+        guard chunk >= 1 else { throw FarmError(.badInput, "--chunk must be at least 1.") }
+        let stored = try blobs.put(fileAt: path)
+        let name = SceneFile.jobName(from: request.name ?? path)
+        let job = "j" + Self.shortID()
+        let outcomes = try await commandLog.propose([
+            .submitJob(
+                SubmitJob(
+                    job: job, name: name, submitter: nodeID, blendHash: stored.hash, blendSize: stored.size,
+                    frames: frames, chunk: chunk, priority: request.priority ?? 0, output: output,
+                    submittedAtMs: Self.nowMs()))
+        ])
+        guard outcomes.first == .applied, let record = try ledger.job(job) else {
+            throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")
+        }
+        logger.info("job submitted", metadata: ["job": "\(job)", "frames": "\(frames.count)", "name": "\(name)"])
+        return Self.jobJSON(record)
+    }
+
+    // MARK: Views (the CLI contract's JSON shapes)
+
+    static func jobJSON(_ job: JobRecord) -> JSONValue {
+        [
+            "job": .string(job.job), "name": .string(job.name), "state": .string(job.state),
+            "frames_total": JSONValue(job.framesTotal), "frames_done": JSONValue(job.framesDone),
+            "frames_failed": JSONValue(job.framesFailed), "output": .string(job.output),
+            "priority": JSONValue(job.priority), "submitter": .string(job.submitter), "message": JSONValue(job.message),
+        ]
+    }
+
+    private func statusJSON(_ job: JobRecord) throws -> JSONValue {
+        let live = progress.snapshot().values.filter { $0.job == job.job }
+        var view = Self.jobJSON(job)
+        let frames: [JSONValue] = try ledger.frames(of: job.job).map { f in
+            var o: [String: JSONValue] = [
+                "frame": JSONValue(f.frame), "state": .string(f.state), "node": JSONValue(f.node),
+                "hash": JSONValue(f.hash), "holders": .array(f.holders.map(JSONValue.string)),
+                "attempts": JSONValue(f.attempts),
+            ]
+            if let message = f.message { o["message"] = .string(message) }
+            if let p = live.first(where: { $0.frame == f.frame }) { o["progress"] = .double(p.fraction) }
+            return .object(o)
+        }
+        if case .object(var o) = view {
+            o["frames"] = .array(frames)
+            if let error = deliveryErrors[job.job] { o["delivery_error"] = .string(error) }
+            view = .object(o)
+        }
+        return view
+    }
+
+    private func peersJSON() throws -> JSONValue {
+        let done = try ledger.framesDoneByNode()
+        let tasks = progress.snapshot().values.sorted { $0.job < $1.job || ($0.job == $1.job && $0.frame < $1.frame) }
+        let task: JSONValue = tasks.isEmpty ? .null : .string(tasks.map { "\($0.job)/\($0.frame)" }.joined(separator: ","))
+        return [
+            [
+                "id": .string(nodeID), "name": .string(settings.name), "address": .string(settings.listen),
+                "role": "leader", "state": "alive", "slots": JSONValue(settings.slots),
+                "frames_done": JSONValue(done[nodeID] ?? 0), "self": true, "task": task,
+            ]
+        ]
+    }
+
+    static func logJSON(_ logged: LoggedEntry) -> JSONValue {
+        var o: [String: JSONValue] = [
+            "index": .int(Int64(logged.index)), "term": .int(Int64(logged.term)),
+            "type": .string(logged.entry.command.typeName), "id": .string(logged.entry.id.description),
+        ]
+        if logged.duplicate { o["duplicate"] = true }
+        let fields: JSONValue =
+            switch logged.entry.command {
+            case .submitJob(let c): .from(c)
+            case .assignChunk(let c): .from(c)
+            case .completeFrame(let c): .from(c)
+            case .failFrame(let c): .from(c)
+            case .releaseFrames(let c): .from(c)
+            case .cancelJob(let c): .from(c)
+            case .noop: [:]
+            }
+        if case .object(let f) = fields { for (k, v) in f where o[k] == nil { o[k] = v } }
+        return .object(o)
+    }
+}

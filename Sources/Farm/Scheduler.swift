@@ -1,0 +1,53 @@
+import Ledger
+
+/// The scheduler's decisions as a pure function: ledger state and free slots in, assignments out.
+///
+/// Jobs are served by priority, then age; within equal priority, jobs with fewer running chunks go first so two
+/// jobs share the farm. Each chunk is at most `job.chunk` consecutive queued frames.
+public enum Scheduler {
+    public struct Slot: Sendable, Equatable {
+        public var node: String
+        public var free: Int
+
+        public init(node: String, free: Int) {
+            self.node = node
+            self.free = free
+        }
+    }
+
+    public struct Decision: Sendable, Equatable {
+        public var job: String
+        public var frames: [Int]
+        public var node: String
+    }
+
+    public static func assign(queue: [QueuedJob], slots: [Slot]) -> [Decision] {
+        var jobs = queue
+        var free = slots.filter { $0.free > 0 }
+        var decisions: [Decision] = []
+        while let slotIndex = free.firstIndex(where: { $0.free > 0 }) {
+            // Highest priority first; among equals, the job with the fewest chunks in flight, then the oldest.
+            guard let pick = jobs.indices.filter({ !jobs[$0].queuedFrames.isEmpty }).min(by: { a, b in
+                if jobs[a].priority != jobs[b].priority { return jobs[a].priority > jobs[b].priority }
+                if jobs[a].openAssignments != jobs[b].openAssignments {
+                    return jobs[a].openAssignments < jobs[b].openAssignments
+                }
+                return a < b
+            }) else { break }
+            let chunk = Array(jobs[pick].queuedFrames.prefix(max(1, jobs[pick].chunk)))
+            jobs[pick].queuedFrames.removeFirst(chunk.count)
+            jobs[pick].openAssignments += 1
+            decisions.append(Decision(job: jobs[pick].job, frames: chunk, node: free[slotIndex].node))
+            free[slotIndex].free -= 1
+            // Rotate so the next chunk goes to another node when several have free slots.
+            let slot = free.remove(at: slotIndex)
+            free.append(slot)
+        }
+        return decisions
+    }
+
+    /// The chunk size to use when the user gave none: small enough to spread a job over every slot.
+    public static func defaultChunk(frames: Int, slots: Int) -> Int {
+        max(1, min(10, frames / max(1, slots * 4)))
+    }
+}

@@ -1,0 +1,76 @@
+import Foundation
+
+/// Where a node keeps everything: one folder per node (`--data`, `REXNODE_HOME`).
+public struct DataDirectory: Sendable {
+    public let root: String
+
+    public init(_ root: String) {
+        self.root = (root as NSString).standardizingPath
+    }
+
+    /// `--data`, else `$REXNODE_HOME`, else `~/.local/share/rexnode`.
+    public static func resolve(_ explicit: String?, environment: [String: String] = ProcessInfo.processInfo.environment)
+        -> DataDirectory
+    {
+        if let explicit, !explicit.isEmpty { return DataDirectory(absolute(explicit)) }
+        if let home = environment["REXNODE_HOME"], !home.isEmpty { return DataDirectory(absolute(home)) }
+        return DataDirectory(NSHomeDirectory() + "/.local/share/rexnode")
+    }
+
+    static func absolute(_ path: String) -> String {
+        let expanded = (path as NSString).expandingTildeInPath
+        return expanded.hasPrefix("/") ? expanded : FileManager.default.currentDirectoryPath + "/" + expanded
+    }
+
+    public var farmKey: String { root + "/farm.key" }
+    public var identity: String { root + "/node.key" }
+    public var database: String { root + "/ledger.sqlite" }
+    public var blobs: String { root + "/blobs" }
+    public var socket: String { root + "/rexnode.sock" }
+    public var lock: String { root + "/rexnode.lock" }
+    public var work: String { root + "/work" }
+    public var nodeName: String { root + "/name" }
+
+    public func create() throws {
+        try FileManager.default.createDirectory(
+            atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+    }
+}
+
+/// Which renderer a node uses: real Blender, or a stand-in that sleeps and writes a small PNG (for scale tests).
+public enum RendererChoice: Sendable, Equatable {
+    case blender
+    case simulated(milliseconds: Int)
+
+    public init(_ text: String) throws(FarmError) {
+        if text == "blender" {
+            self = .blender
+        } else if text.hasPrefix("simulated:"), let ms = Int(text.dropFirst("simulated:".count)), ms >= 0 {
+            self = .simulated(milliseconds: ms)
+        } else {
+            throw FarmError(.badInput, "--renderer takes 'blender' or 'simulated:MS' (for example simulated:200).")
+        }
+    }
+}
+
+/// Everything `rexnode join` configures, with the defaults a one-machine farm needs.
+public struct NodeSettings: Sendable {
+    public var data: DataDirectory
+    public var name: String
+    public var listen: String = "0.0.0.0:0"
+    public var discovery: String = "239.255.77.77:7777"
+    public var interface: String?
+    public var blenderPath: String?
+    public var slots: Int = 1
+    public var threads: Int?
+    public var renderer: RendererChoice = .blender
+    /// How long a worker owns an assignment before the leader may give its frames to another node.
+    public var leaseMilliseconds: Int64 = 10 * 60 * 1000
+    /// How often background loops look at the ledger even when nothing was signalled.
+    public var tickMilliseconds: Int = 250
+
+    public init(data: DataDirectory, name: String) {
+        self.data = data
+        self.name = name
+    }
+}

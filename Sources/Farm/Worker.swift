@@ -1,0 +1,158 @@
+import Foundation
+import Ledger
+import Render
+import Synchronization
+
+/// What each render slot is doing right now; read by `peers` and `status` without waiting on the actor.
+final class SlotProgress: Sendable {
+    struct Task: Sendable, Equatable {
+        var job: String
+        var frame: Int
+        var fraction: Double
+    }
+
+    private let table = Mutex<[Int: Task]>([:])
+
+    func set(_ slot: Int, _ task: Task?) { table.withLock { $0[slot] = task } }
+    func snapshot() -> [Int: Task] { table.withLock { $0 } }
+}
+
+extension FarmNode {
+    // MARK: Worker
+
+    /// One render slot: takes this node's open assignments one at a time and renders their frames in a
+    /// persistent session that stays open while the next chunk is of the same job.
+    func slotLoop(_ slot: Int) async {
+        for await _ in pulse.subscribe() {
+            guard let assignment = nextAssignment() else { continue }
+            claimed.insert(assignment.assignment)
+            await run(assignment, slot: slot)
+            claimed.remove(assignment.assignment)
+            progress.set(slot, nil)
+            pulse.fire()
+        }
+    }
+
+    private func nextAssignment() -> AssignmentRecord? {
+        do {
+            return try ledger.openAssignments(node: nodeID).first { !claimed.contains($0.assignment) }
+        } catch {
+            logger.error("cannot read assignments: \(error)")
+            return nil
+        }
+    }
+
+    private func run(_ assignment: AssignmentRecord, slot: Int) async {
+        let job = assignment.job
+        let session: any RenderSession
+        do {
+            session = try await openSession(for: job, slot: slot)
+        } catch {
+            let message = (error as? RenderError)?.message ?? "\(error)"
+            let fatal = (error as? RenderError)?.code == .badScene
+            logger.error("cannot start rendering", metadata: ["job": "\(job)", "error": "\(message)"])
+            await report(
+                assignment.pendingFrames.map {
+                    .failFrame(
+                        FailFrame(
+                            job: job, frame: $0, node: nodeID, assignment: assignment.assignment, message: message,
+                            fatal: fatal))
+                })
+            return
+        }
+        let outDir = "\(settings.data.work)/\(job)/slot-\(slot)"
+        try? FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
+        for frame in assignment.pendingFrames {
+            guard stillMine(job: job, frame: frame, assignment: assignment.assignment) else { continue }
+            progress.set(slot, .init(job: job, frame: frame, fraction: 0))
+            let progress = self.progress
+            do {
+                let rendered = try await session.render(frame: frame, into: outDir) { p in
+                    progress.set(slot, .init(job: job, frame: frame, fraction: p.fraction))
+                }
+                let stored = try blobs.put(fileAt: rendered.path)
+                try? FileManager.default.removeItem(atPath: rendered.path)
+                let ext = (rendered.path as NSString).pathExtension
+                logger.debug("frame rendered", metadata: ["job": "\(job)", "frame": "\(frame)"])
+                await report([
+                    .completeFrame(
+                        CompleteFrame(
+                            job: job, frame: frame, node: nodeID, assignment: assignment.assignment,
+                            term: assignment.term, hash: stored.hash, ext: ext.isEmpty ? "" : "." + ext,
+                            holders: [nodeID]))
+                ])
+            } catch let error as RenderError where error.code == .canceled || sessions[slot] == nil {
+                // The job was canceled (or finished elsewhere) and the reaper closed the session.
+                break
+            } catch {
+                let renderError = error as? RenderError
+                let message = renderError?.message ?? "\(error)"
+                logger.warning(
+                    "frame failed", metadata: ["job": "\(job)", "frame": "\(frame)", "error": "\(message)"])
+                await report([
+                    .failFrame(
+                        FailFrame(
+                            job: job, frame: frame, node: nodeID, assignment: assignment.assignment,
+                            message: message, fatal: renderError?.code == .badScene))
+                ])
+            }
+        }
+    }
+
+    /// The slot's session for `job`: reused when it is already open for that job, else a new one.
+    private func openSession(for job: String, slot: Int) async throws -> any RenderSession {
+        if let open = sessions[slot], open.job == job { return open.session }
+        if let old = sessions.removeValue(forKey: slot) { await old.session.close() }
+        guard let record = try ledger.job(job) else { throw FarmError(.notFound, "Job \(job) is not in the ledger.") }
+        let blend = try sceneFile(for: record)
+        let session = try await renderer.makeSession(
+            for: RenderRequest(jobID: job, blendPath: blend, threads: settings.threads))
+        sessions[slot] = (job, session)
+        return session
+    }
+
+    /// The job's .blend as a file named like a .blend in the job's work folder (a hard link to the blob).
+    private func sceneFile(for job: JobRecord) throws -> String {
+        let dir = "\(settings.data.work)/\(job.job)"
+        let path = "\(dir)/\(job.name).blend"
+        if FileManager.default.fileExists(atPath: path) { return path }
+        guard blobs.has(job.blendHash) else {
+            throw FarmError(.notFound, "The scene of job \(job.job) is not on this node.")
+        }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        if link(blobs.path(for: job.blendHash), path) != 0 {
+            try FileManager.default.copyItem(atPath: blobs.path(for: job.blendHash), toPath: path)
+        }
+        return path
+    }
+
+    private func stillMine(job: String, frame: Int, assignment: String) -> Bool {
+        guard let frames = try? ledger.frames(of: job),
+            let record = frames.first(where: { $0.frame == frame })
+        else { return false }
+        return record.state == "assigned" && record.assignment == assignment
+    }
+
+    /// Proposes a worker's report; a failure here only delays it (the lease returns the frames).
+    private func report(_ commands: [LedgerCommand]) async {
+        do {
+            _ = try await commandLog.propose(commands)
+        } catch {
+            logger.error("cannot record a frame result: \(error)")
+        }
+    }
+
+    /// Closes sessions whose job is no longer runnable: a canceled job's Blender dies at once,
+    /// a finished job's Blender does not linger.
+    func sessionReaperLoop() async {
+        for await _ in pulse.subscribe() {
+            for (slot, open) in sessions {
+                let state = (try? ledger.job(open.job))?.state
+                guard state != "queued" && state != "running" else { continue }
+                sessions[slot] = nil
+                await open.session.close()
+                logger.debug("render session closed", metadata: ["job": "\(open.job)", "state": "\(state ?? "-")"])
+            }
+        }
+    }
+}

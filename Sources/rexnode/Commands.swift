@@ -1,0 +1,323 @@
+import ArgumentParser
+import Farm
+import Foundation
+
+// MARK: submit
+
+extension RexNode {
+    struct Submit: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Render a .blend on the farm and wait until every frame is in the output folder.")
+        @Argument(help: "The .blend file to render.") var file: String
+        @Option(help: "Frames: 1-250, 1-100x5, 1,5,10-20 (default: the scene's own range).") var frames: String?
+        @Option(help: "Frames per chunk handed to one render slot.") var chunk: Int?
+        @Option(help: "Output folder (default: ./rex-out/NAME/).") var output: String?
+        @Option(help: "Job name (default: the file's name).") var name: String?
+        @Option(help: "Higher runs first.") var priority: Int = 0
+        @Flag(help: "Print the job id and return at once.") var noWait = false
+        @OptionGroup var json: JSONFlag
+        @OptionGroup var data: DataOption
+
+        func validate() throws {
+            if let chunk, chunk < 1 { throw ValidationError("--chunk must be at least 1.") }
+        }
+
+        func run() async throws {
+            try await RexNode.guarded {
+                let path = DataDirectoryPath.absolute(file)
+                try SceneFile.validate(path)
+                if let frames { _ = try FrameSpec(frames) }
+                let jobName = SceneFile.jobName(from: name ?? path)
+                let outputDir = DataDirectoryPath.absolute(output ?? "rex-out/\(jobName)")
+                try SceneFile.prepareOutput(outputDir)
+                var request = ControlRequest(op: .submit)
+                request.path = path
+                request.frames = frames
+                request.chunk = chunk
+                request.output = outputDir
+                request.name = jobName
+                request.priority = priority
+                let job = try await ControlClient.send(request, data: data.directory)
+                let id = job["job"]?.string ?? "?"
+                if noWait {
+                    print(json.json ? Self.summary(job).jsonText() : id)
+                    return
+                }
+                if !json.json {
+                    print("Job \(id) (\(job["frames_total"]?.int ?? 0) frames) → \(outputDir)")
+                }
+                let final = try await Waiter(job: id, data: data.directory, quiet: json.json).wait()
+                if json.json { print(Self.summary(final).jsonText()) }
+                let state = final["state"]?.string ?? "?"
+                guard state == "done" else {
+                    let reason = final["message"]?.string.map { ": \($0)" } ?? ""
+                    throw FarmError(state == "canceled" ? .canceled : .failed, "Job \(id) \(state)\(reason)")
+                }
+                if !json.json { print("All \(final["frames_total"]?.int ?? 0) frames are in \(outputDir)") }
+            }
+        }
+
+        static func summary(_ job: JSONValue) -> JSONValue {
+            [
+                "job": job["job"] ?? .null, "state": job["state"] ?? .null,
+                "frames_total": job["frames_total"] ?? .null, "frames_done": job["frames_done"] ?? .null,
+                "output": job["output"] ?? .null,
+            ]
+        }
+    }
+}
+
+enum DataDirectoryPath {
+    static func absolute(_ path: String) -> String {
+        let expanded = (path as NSString).expandingTildeInPath
+        let full = expanded.hasPrefix("/") ? expanded : FileManager.default.currentDirectoryPath + "/" + expanded
+        return (full as NSString).standardizingPath
+    }
+}
+
+/// Follows a job until it ends and every done frame is in the output folder, drawing progress as it goes.
+struct Waiter {
+    let job: String
+    let data: DataDirectory
+    let quiet: Bool
+    /// How long to keep waiting for a daemon that went away (it may be restarting).
+    var daemonGrace: Duration = .seconds(120)
+
+    func wait() async throws -> JSONValue {
+        let tty = isatty(STDOUT_FILENO) != 0 && !quiet
+        let started = ContinuousClock.now
+        var lastDone = -1
+        var lastState = ""
+        var unreachableSince: ContinuousClock.Instant?
+        while true {
+            var request = ControlRequest(op: .status)
+            request.job = job
+            guard let status = try await poll(request) else {
+                let since = unreachableSince ?? .now
+                if unreachableSince == nil && !quiet {
+                    print(tty ? "\nThe daemon is not answering; waiting for it…" : "The daemon is not answering; waiting.")
+                }
+                unreachableSince = since
+                if ContinuousClock.now - since > daemonGrace {
+                    throw FarmError(.notRunning, "The rexnode daemon for \(data.root) stopped answering.")
+                }
+                try await Task.sleep(for: .milliseconds(500))
+                continue
+            }
+            if unreachableSince != nil && !quiet { print(tty ? "\nThe daemon is back." : "The daemon is back.") }
+            unreachableSince = nil
+            let total = status["frames_total"]?.int ?? 0
+            let done = status["frames_done"]?.int ?? 0
+            let state = status["state"]?.string ?? "?"
+            if !quiet && (done != lastDone || state != lastState) {
+                let elapsed = Self.seconds(ContinuousClock.now - started)
+                if tty {
+                    print("\r" + Self.bar(done: done, total: total, elapsed: elapsed), terminator: "")
+                    fflush(nil)
+                } else {
+                    print("\(job): \(done)/\(total) frames done (\(state))")
+                }
+                lastDone = done
+                lastState = state
+            }
+            if ["failed", "canceled"].contains(state) {
+                if tty { print("") }
+                return status
+            }
+            if state == "done", allDelivered(status) {
+                if tty { print("") }
+                return status
+            }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+    }
+
+    /// The job's status, or nil while the daemon is not reachable (it may be restarting).
+    private func poll(_ request: ControlRequest) async throws -> JSONValue? {
+        do {
+            return try await ControlClient.send(request, data: data)
+        } catch {
+            if error.code == .notRunning { return nil }
+            throw error
+        }
+    }
+
+    /// Every done frame's file is in the output folder (the daemon writes each one atomically).
+    private func allDelivered(_ status: JSONValue) -> Bool {
+        guard let output = status["output"]?.string, let name = status["name"]?.string,
+            let frames = status["frames"]?.array
+        else { return false }
+        let files = Set((try? FileManager.default.contentsOfDirectory(atPath: output)) ?? [])
+        return frames.allSatisfy { frame in
+            guard frame["state"]?.string == "done", let number = frame["frame"]?.int else { return true }
+            let prefix = FarmNode.frameFileName(job: name, frame: number, ext: "")
+            return files.contains { $0.hasPrefix(prefix) && !$0.hasPrefix(".") }
+        }
+    }
+
+    static func seconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+
+    static func bar(done: Int, total: Int, elapsed: Double) -> String {
+        let width = 30
+        let filled = total > 0 ? min(width, done * width / total) : 0
+        let rate = elapsed > 0 ? Double(done) / elapsed : 0
+        let left = rate > 0 ? Double(total - done) / rate : 0
+        let eta = done > 0 && done < total ? String(format: " · %.0fs left", left) : ""
+        return "[" + String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled) + "] "
+            + "\(done)/\(total) frames · " + String(format: "%.2f fr/s", rate) + eta + "   "
+    }
+}
+
+// MARK: peers, jobs, status
+
+extension RexNode {
+    struct Peers: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the farm's nodes.")
+        @OptionGroup var json: JSONFlag
+        @OptionGroup var data: DataOption
+
+        func run() async throws {
+            try await RexNode.guarded {
+                let peers = try await ControlClient.send(ControlRequest(op: .peers), data: data.directory)
+                if json.json { return print(peers.jsonText()) }
+                let rows = (peers.array ?? []).map { p in
+                    [
+                        (p["self"]?.bool == true ? "*" : " ") + (p["name"]?.string ?? ""), p["id"]?.string ?? "",
+                        p["address"]?.string ?? "", p["role"]?.string ?? "", p["state"]?.string ?? "",
+                        "\(p["slots"]?.int ?? 0)", "\(p["frames_done"]?.int ?? 0)", p["task"]?.string ?? "-",
+                    ]
+                }
+                print(Table.render(["NAME", "ID", "ADDRESS", "ROLE", "STATE", "SLOTS", "FRAMES", "TASK"], rows))
+            }
+        }
+    }
+
+    struct Jobs: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the farm's jobs.")
+        @OptionGroup var json: JSONFlag
+        @OptionGroup var data: DataOption
+
+        func run() async throws {
+            try await RexNode.guarded {
+                let jobs = try await ControlClient.send(ControlRequest(op: .jobs), data: data.directory)
+                if json.json {
+                    let trimmed: [JSONValue] = (jobs.array ?? []).map { j in
+                        [
+                            "job": j["job"] ?? .null, "name": j["name"] ?? .null, "state": j["state"] ?? .null,
+                            "frames_total": j["frames_total"] ?? .null, "frames_done": j["frames_done"] ?? .null,
+                            "priority": j["priority"] ?? .null,
+                        ]
+                    }
+                    return print(JSONValue.array(trimmed).jsonText())
+                }
+                let rows = (jobs.array ?? []).map { j in
+                    [
+                        j["job"]?.string ?? "", j["name"]?.string ?? "", j["state"]?.string ?? "",
+                        "\(j["frames_done"]?.int ?? 0)/\(j["frames_total"]?.int ?? 0)", "\(j["priority"]?.int ?? 0)",
+                    ]
+                }
+                print(Table.render(["JOB", "NAME", "STATE", "FRAMES", "PRIORITY"], rows))
+            }
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one job and each of its frames.")
+        @Argument(help: "The job id (or a unique prefix).") var job: String
+        @OptionGroup var json: JSONFlag
+        @OptionGroup var data: DataOption
+
+        func run() async throws {
+            try await RexNode.guarded {
+                var request = ControlRequest(op: .status)
+                request.job = job
+                let s = try await ControlClient.send(request, data: data.directory)
+                if json.json { return print(s.jsonText()) }
+                print(
+                    "\(s["job"]?.string ?? "") \(s["name"]?.string ?? ""): \(s["state"]?.string ?? "") — "
+                        + "\(s["frames_done"]?.int ?? 0)/\(s["frames_total"]?.int ?? 0) frames → \(s["output"]?.string ?? "")")
+                if let message = s["message"]?.string { print("last error: \(message)") }
+                let rows = (s["frames"]?.array ?? []).map { f in
+                    [
+                        "\(f["frame"]?.int ?? 0)", f["state"]?.string ?? "", f["node"]?.string ?? "-",
+                        String((f["hash"]?.string ?? "-").prefix(12)),
+                        (f["holders"]?.array ?? []).compactMap(\.string).joined(separator: ","),
+                    ]
+                }
+                print(Table.render(["FRAME", "STATE", "NODE", "HASH", "HOLDERS"], rows))
+            }
+        }
+    }
+}
+
+// MARK: fetch, cancel, ledger
+
+extension RexNode {
+    struct Fetch: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Copy a job's finished frames into a folder.")
+        @Argument(help: "The job id (or a unique prefix).") var job: String
+        @Option(help: "Where to put the frames.") var output: String
+        @OptionGroup var data: DataOption
+
+        func run() async throws {
+            try await RexNode.guarded {
+                var request = ControlRequest(op: .fetch)
+                request.job = job
+                request.output = DataDirectoryPath.absolute(output)
+                let r = try await ControlClient.send(request, data: data.directory)
+                print("\(r["frames"]?.int ?? 0) frames of \(r["job"]?.string ?? job) are in \(r["output"]?.string ?? "")")
+            }
+        }
+    }
+
+    struct Cancel: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Cancel a job; its Blender processes stop at once.")
+        @Argument(help: "The job id (or a unique prefix).") var job: String
+        @OptionGroup var data: DataOption
+
+        func run() async throws {
+            try await RexNode.guarded {
+                var request = ControlRequest(op: .cancel)
+                request.job = job
+                let r = try await ControlClient.send(request, data: data.directory)
+                print("Job \(r["job"]?.string ?? job) is \(r["state"]?.string ?? "canceled").")
+            }
+        }
+    }
+
+    struct Ledger: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the applied log: index, term, command.")
+        @OptionGroup var json: JSONFlag
+        @OptionGroup var data: DataOption
+
+        func run() async throws {
+            try await RexNode.guarded {
+                let log = try await ControlClient.send(ControlRequest(op: .ledger), data: data.directory)
+                if json.json { return print(log.jsonText()) }
+                let rows = (log.array ?? []).map { e in
+                    [
+                        "\(e["index"]?.int ?? 0)", "\(e["term"]?.int ?? 0)", e["type"]?.string ?? "",
+                        e["job"]?.string ?? "", e["frame"]?.int.map(String.init) ?? "",
+                        e["node"]?.string ?? e["submitter"]?.string ?? "",
+                    ]
+                }
+                print(Table.render(["INDEX", "TERM", "TYPE", "JOB", "FRAME", "NODE"], rows))
+            }
+        }
+    }
+}
+
+/// Aligned columns for people.
+enum Table {
+    static func render(_ header: [String], _ rows: [[String]]) -> String {
+        let all = [header] + rows
+        let widths = header.indices.map { i in all.map { $0[i].count }.max() ?? 0 }
+        return all.map { row in
+            row.enumerated().map { i, cell in
+                i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0)
+            }.joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+}

@@ -1,0 +1,183 @@
+import ArgumentParser
+import Farm
+import Foundation
+import Logging
+import Mesh
+
+/// The one binary every machine of the farm runs.
+@main
+struct RexNode: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rexnode",
+        abstract: "A Blender render farm with no server: every machine runs `rexnode join`.",
+        subcommands: [
+            Init.self, Token.self, Join.self, Submit.self, Peers.self, Jobs.self, Status.self, Fetch.self,
+            Cancel.self, Ledger.self, Leave.self,
+        ])
+
+    /// Runs a command body, turning its errors into one sentence on stderr and a non-zero exit.
+    static func guarded(_ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let error as FarmError {
+            fail(error.message)
+        } catch let error as MeshError {
+            fail(error.message)
+        } catch let error as ExitCode {
+            throw error
+        } catch {
+            fail("\(error)")
+        }
+    }
+
+    static func fail(_ message: String) -> Never {
+        FileHandle.standardError.write(Data("rexnode: \(message)\n".utf8))
+        Foundation.exit(1)
+    }
+}
+
+/// `--data DIR` (or `REXNODE_HOME`) selects the node.
+struct DataOption: ParsableArguments {
+    @Option(name: .long, help: "The node's data folder (default: $REXNODE_HOME or ~/.local/share/rexnode).")
+    var data: String?
+
+    var directory: DataDirectory { DataDirectory.resolve(data) }
+}
+
+struct JSONFlag: ParsableArguments {
+    @Flag(name: .long, help: "Print JSON for scripts instead of a table.")
+    var json = false
+}
+
+// MARK: init, token
+
+extension RexNode {
+    struct Init: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a new farm; prints its join token last.")
+        @OptionGroup var data: DataOption
+
+        func run() async throws {
+            try await RexNode.guarded {
+                let dir = data.directory
+                if FileManager.default.fileExists(atPath: dir.farmKey) {
+                    throw FarmError(
+                        .badInput, "\(dir.root) already belongs to a farm; `rexnode token` prints its join token.")
+                }
+                try dir.create()
+                let key = FarmKey.generate()
+                try key.save(to: dir.farmKey)
+                let identity = try NodeIdentity.loadOrCreate(at: dir.identity)
+                print("New farm created in \(dir.root) (node \(identity.nodeID)).")
+                print("Join other machines with: rexnode join --token <token below>")
+                print(key.token)
+            }
+        }
+    }
+
+    struct Token: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print this farm's join token.")
+        @OptionGroup var data: DataOption
+
+        func run() async throws {
+            try await RexNode.guarded {
+                let dir = data.directory
+                guard FileManager.default.fileExists(atPath: dir.farmKey) else {
+                    throw FarmError(.notFound, "\(dir.root) has no farm yet; run `rexnode init` or `rexnode join`.")
+                }
+                print(try FarmKey.load(from: dir.farmKey).token)
+            }
+        }
+    }
+}
+
+// MARK: join, leave
+
+extension RexNode {
+    struct Join: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run this machine as a farm node (foreground, until Ctrl-C or `rexnode leave`).")
+        @OptionGroup var data: DataOption
+        @Option(help: "The farm's join token (from `rexnode init` or `rexnode token`).") var token: String?
+        @Option(help: "A file holding the farm key or token.") var key: String?
+        @Option(help: "This node's name in `rexnode peers`.") var name: String?
+        @Option(help: "Peer TCP address HOST:PORT (port 0: any free port).") var listen: String = "0.0.0.0:0"
+        @Option(help: "Multicast group and port for discovery, GROUP:PORT.") var discovery: String =
+            "239.255.77.77:7777"
+        @Option(help: "Local IPv4 address for multicast (127.0.0.1: a one-machine farm).") var interface: String?
+        @Option(help: "The Blender executable (default: $BLENDER, then PATH).") var blender: String?
+        @Option(help: "Frames rendered at once on this machine.") var slots: Int = 1
+        @Option(help: "CPU threads per Blender process (default: all).") var threads: Int?
+        @Option(help: "blender, or simulated:MS (sleeps MS per frame, writes a small PNG).") var renderer: String =
+            "blender"
+
+        func validate() throws {
+            guard slots >= 1 && slots <= 64 else { throw ValidationError("--slots must be between 1 and 64.") }
+            if let threads, threads < 1 { throw ValidationError("--threads must be at least 1.") }
+            if token != nil && key != nil { throw ValidationError("Give either --token or --key, not both.") }
+        }
+
+        func run() async throws {
+            try await RexNode.guarded {
+                let dir = data.directory
+                try dir.create()
+                let farmKey = try resolveKey(dir)
+                var settings = NodeSettings(data: dir, name: name ?? Self.defaultName(dir))
+                settings.listen = listen
+                settings.discovery = discovery
+                settings.interface = interface
+                settings.blenderPath = blender
+                settings.slots = slots
+                settings.threads = threads
+                settings.renderer = try RendererChoice(renderer)
+                LoggingSystem.bootstrap { label in
+                    var handler = StreamLogHandler.standardError(label: label)
+                    handler.logLevel =
+                        ProcessInfo.processInfo.environment["REXNODE_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .info
+                    return handler
+                }
+                let node = try await FarmNode(settings: settings, farmKey: farmKey, logger: Logger(label: "rexnode"))
+                try await node.run()
+            }
+        }
+
+        /// The farm key: from --token or --key (saved for next time), else the saved one, else a new farm.
+        private func resolveKey(_ dir: DataDirectory) throws -> FarmKey {
+            let saved = FileManager.default.fileExists(atPath: dir.farmKey) ? try FarmKey.load(from: dir.farmKey) : nil
+            let given = try token.map { try FarmKey(token: $0) } ?? key.map { try FarmKey.load(from: $0) }
+            if let given {
+                if let saved, saved != given {
+                    throw FarmError(
+                        .badInput, "\(dir.root) already belongs to another farm; use a new --data folder to join this one.")
+                }
+                try given.save(to: dir.farmKey)
+                return given
+            }
+            if let saved { return saved }
+            let fresh = FarmKey.generate()
+            try fresh.save(to: dir.farmKey)
+            print("New farm created. Join other machines with: rexnode join --token \(fresh.token)")
+            print(fresh.token)
+            return fresh
+        }
+
+        static func defaultName(_ dir: DataDirectory) -> String {
+            var host = [CChar](repeating: 0, count: 256)
+            gethostname(&host, host.count)
+            let hostname = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let folder = (dir.root as NSString).lastPathComponent
+            return folder == "rexnode" || folder.isEmpty ? hostname : "\(hostname)-\(folder)"
+        }
+    }
+
+    struct Leave: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Leave the farm gracefully; the daemon exits.")
+        @OptionGroup var data: DataOption
+
+        func run() async throws {
+            try await RexNode.guarded {
+                _ = try await ControlClient.send(ControlRequest(op: .leave), data: data.directory)
+                print("The node is leaving the farm.")
+            }
+        }
+    }
+}
