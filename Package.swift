@@ -82,7 +82,8 @@ let package = Package(
         ),
         .testTarget(name: "MeshTests", dependencies: ["Mesh"]),
         .testTarget(name: "ElectionTests", dependencies: ["Election", "Ledger"]),
-        .testTarget(name: "LedgerTests", dependencies: ["Ledger"]),
+        .testTarget(
+            name: "LedgerTests", dependencies: ["Ledger", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "RenderTests", dependencies: ["Render"]),
         .testTarget(name: "FarmTests", dependencies: ["Farm", "Ledger", "Render", "Mesh"]),
     ],

@@ -1,0 +1,51 @@
+import Ledger
+import Testing
+
+@testable import Farm
+
+@Suite struct SchedulerTests {
+    func job(_ id: String, priority: Int = 0, chunk: Int = 2, frames: [Int], open: Int = 0) -> QueuedJob {
+        QueuedJob(job: id, priority: priority, chunk: chunk, queuedFrames: frames, openAssignments: open)
+    }
+
+    @Test func fillsEveryFreeSlotWithConsecutiveChunks() {
+        let d = Scheduler.assign(
+            queue: [job("j1", frames: [1, 2, 3, 4, 5])], slots: [.init(node: "a", free: 2), .init(node: "b", free: 1)])
+        #expect(d.map(\.frames) == [[1, 2], [3, 4], [5]])
+        #expect(Set(d.map(\.node)) == ["a", "b"])
+        #expect(d.filter { $0.node == "a" }.count == 2)
+    }
+
+    @Test func noFreeSlotsMeansNoAssignments() {
+        #expect(Scheduler.assign(queue: [job("j1", frames: [1])], slots: [.init(node: "a", free: 0)]).isEmpty)
+        #expect(Scheduler.assign(queue: [], slots: [.init(node: "a", free: 3)]).isEmpty)
+    }
+
+    @Test func higherPriorityJobGoesFirst() {
+        let d = Scheduler.assign(
+            queue: [job("low", frames: [1, 2]), job("high", priority: 5, frames: [1, 2])],
+            slots: [.init(node: "a", free: 1)])
+        #expect(d.map(\.job) == ["high"])
+    }
+
+    @Test func equalPriorityJobsShareTheFarm() {
+        let d = Scheduler.assign(
+            queue: [job("old", chunk: 1, frames: [1, 2, 3, 4]), job("new", chunk: 1, frames: [1, 2, 3, 4])],
+            slots: [.init(node: "a", free: 4)])
+        #expect(d.filter { $0.job == "old" }.count == 2)
+        #expect(d.filter { $0.job == "new" }.count == 2)
+    }
+
+    @Test func aJobWithFewerChunksInFlightIsServedFirst() {
+        let d = Scheduler.assign(
+            queue: [job("busy", frames: [1, 2], open: 3), job("idle", frames: [1, 2])],
+            slots: [.init(node: "a", free: 1)])
+        #expect(d.map(\.job) == ["idle"])
+    }
+
+    @Test func defaultChunkSpreadsSmallJobsOverSlots() {
+        #expect(Scheduler.defaultChunk(frames: 24, slots: 1) == 6)
+        #expect(Scheduler.defaultChunk(frames: 3, slots: 2) == 1)
+        #expect(Scheduler.defaultChunk(frames: 10_000, slots: 1) == 10)
+    }
+}
