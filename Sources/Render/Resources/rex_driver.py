@@ -1,0 +1,117 @@
+# rexnode render driver: runs inside one long-lived Blender process.
+#
+# Started as `blender -b FILE ... --python rex_driver.py -- [--protocol 1]`. Blender loads FILE first;
+# this script then reports the scene's facts and serves render requests read from stdin, one JSON object
+# per line:
+#     {"cmd": "render", "frame": 12, "output": "/abs/dir/rex_000012"}
+#     {"cmd": "quit"}
+# Every answer is one line on stdout starting with the tag "@@REX " followed by JSON:
+#     {"event": "scene", ...facts...}
+#     {"event": "done", "frame": 12, "path": "/abs/dir/rex_000012.png", "seconds": 0.4}
+#     {"event": "error", "frame": 12, "message": "Build without OpenImageDenoiser"}
+# Blender's own chatter (progress lines "Fra:12 ... | Sample 8/16") goes to the same stdout; the Swift side
+# parses it for progress. The scene's own image format is kept; only the output path is overridden.
+import json
+import os
+import sys
+import time
+import traceback
+
+import bpy
+
+TAG = "@@REX "
+
+
+def _flush_c_stdio():
+    """Blender's C code writes through stdio buffers; flush them so our tag never lands inside their line."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).fflush(None)
+    except Exception:
+        pass
+
+
+def emit(event, **fields):
+    _flush_c_stdio()
+    fields["event"] = event
+    sys.stdout.write("\n" + TAG + json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def scene_facts(scene):
+    render = scene.render
+    return {
+        "frameStart": scene.frame_start,
+        "frameEnd": scene.frame_end,
+        "frameStep": scene.frame_step,
+        "resolutionX": render.resolution_x,
+        "resolutionY": render.resolution_y,
+        "resolutionPercentage": render.resolution_percentage,
+        "engine": render.engine,
+        "fileFormat": render.image_settings.file_format,
+        "fileExtension": render.file_extension,
+    }
+
+
+def clean_message(text):
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    cleaned = []
+    for line in lines:
+        if line.startswith("Error: "):
+            line = line[len("Error: "):]
+        cleaned.append(line)
+    return "; ".join(cleaned) or "Blender reported an unknown error"
+
+
+def render_frame(scene, frame, output):
+    scene.frame_set(frame)
+    render = scene.render
+    render.filepath = output
+    # The caller needs to know the written file's name, so the extension is always appended.
+    render.use_file_extension = True
+    path = output + render.file_extension
+    if os.path.exists(path):
+        os.remove(path)
+    started = time.monotonic()
+    result = bpy.ops.render.render(write_still=True, scene=scene.name)
+    seconds = time.monotonic() - started
+    if "FINISHED" not in result:
+        raise RuntimeError("Blender cancelled the render of frame %d" % frame)
+    if not os.path.exists(path):
+        raise RuntimeError("Blender finished frame %d but wrote no image at %s" % (frame, path))
+    return path, seconds
+
+
+def main():
+    scene = bpy.context.scene
+    if not bpy.data.filepath:
+        emit("fatal", message="Blender did not load a .blend file")
+        return
+    emit("scene", file=bpy.data.filepath, pid=os.getpid(), version=bpy.app.version_string, **scene_facts(scene))
+    for raw in sys.stdin:
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            request = json.loads(raw)
+        except ValueError:
+            emit("error", frame=None, message="driver received a line that is not JSON: %r" % raw[:200])
+            continue
+        command = request.get("cmd")
+        if command == "quit":
+            break
+        if command != "render":
+            emit("error", frame=None, message="driver received an unknown command %r" % command)
+            continue
+        frame = int(request["frame"])
+        try:
+            path, seconds = render_frame(scene, frame, request["output"])
+        except Exception as error:  # Blender's RuntimeError carries its own text, e.g. the OIDN error
+            if not isinstance(error, RuntimeError):
+                traceback.print_exc()
+            emit("error", frame=frame, message=clean_message(error))
+            continue
+        emit("done", frame=frame, path=path, seconds=seconds)
+
+
+main()

@@ -1,0 +1,225 @@
+import Foundation
+
+// MARK: - BlenderInstallation
+
+/// A Blender executable that answered `--version`; everything that starts Blender starts from one of these,
+/// so a missing or broken Blender is reported once, at start-up, in one clear sentence.
+public struct BlenderInstallation: Sendable {
+    public let path: String
+    /// The version Blender reports, e.g. "3.4.1".
+    public let version: String
+
+    public init(path: String, version: String) {
+        self.path = path
+        self.version = version
+    }
+}
+
+// MARK: - BlenderLocator
+
+/// Finds Blender the way the CLI documents it: `--blender PATH`, else `$BLENDER`, else `blender` on `PATH`.
+public enum BlenderLocator {
+    /// `--blender` path, else $BLENDER, else PATH; probes `blender --version` once. Clear RenderError when missing.
+    public static func locate(explicit: String?, environment: [String: String]) async throws -> BlenderInstallation {
+        let source: String
+        let candidate: String
+        if let explicit, !explicit.isEmpty {
+            (source, candidate) = ("--blender", explicit)
+        } else if let fromEnvironment = environment["BLENDER"], !fromEnvironment.isEmpty {
+            (source, candidate) = ("$BLENDER", fromEnvironment)
+        } else {
+            (source, candidate) = ("PATH", "blender")
+        }
+        guard let path = resolve(candidate, searchPath: environment["PATH"]) else {
+            let hint = source == "PATH"
+                ? "Blender was not found on PATH; install it (apt-get install blender) or pass --blender PATH"
+                : "Blender was not found at '\(candidate)' (from \(source)); pass --blender with an executable"
+            throw RenderError(.blenderMissing, hint + ".")
+        }
+        let version = try await probeVersion(path)
+        return BlenderInstallation(path: path, version: version)
+    }
+
+    /// An executable file for `candidate`: a path (with a slash) is taken as is, a bare name is searched on PATH.
+    static func resolve(_ candidate: String, searchPath: String?) -> String? {
+        let fileManager = FileManager.default
+        func usable(_ path: String) -> Bool {
+            var isDirectory: ObjCBool = false
+            return fileManager.fileExists(atPath: path, isDirectory: &isDirectory) && !isDirectory.boolValue
+                && fileManager.isExecutableFile(atPath: path)
+        }
+        if candidate.contains("/") {
+            let absolute = candidate.hasPrefix("/")
+                ? candidate : fileManager.currentDirectoryPath + "/" + candidate
+            return usable(absolute) ? (absolute as NSString).standardizingPath : nil
+        }
+        let directories = (searchPath ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":")
+        for directory in directories where !directory.isEmpty {
+            let path = "\(directory)/\(candidate)"
+            if usable(path) {
+                return path
+            }
+        }
+        return nil
+    }
+
+    /// Runs `blender --version` and returns "3.4.1" from its first line "Blender 3.4.1".
+    static func probeVersion(_ path: String) async throws -> String {
+        let outcome = await runToEnd(executable: path, arguments: ["--version"], timeout: .seconds(60))
+        let commandLine = [path, "--version"]
+        if let launchFailure = outcome.launchFailure {
+            throw RenderError(
+                .blenderMissing, "Blender at '\(path)' could not be started: \(launchFailure).",
+                commandLine: commandLine)
+        }
+        guard outcome.status == 0, let version = outcome.lines.lazy.compactMap(parseVersion).first else {
+            throw RenderError(
+                .blenderMissing,
+                "'\(path)' did not answer --version like Blender does (\(outcome.statusDescription)).",
+                commandLine: commandLine, outputTail: Array(outcome.lines.suffix(20)))
+        }
+        return version
+    }
+
+    static func parseVersion(_ line: String) -> String? {
+        let trimmed = line.trimmingCharacters(in: .whitespaces)
+        guard trimmed.hasPrefix("Blender ") else { return nil }
+        let version = trimmed.dropFirst("Blender ".count).prefix { $0.isNumber || $0 == "." }
+        return version.isEmpty ? nil : String(version)
+    }
+}
+
+// MARK: - Probing a scene
+
+extension BlenderInstallation {
+    /// One Blender start with rex_probe.py: reads the scene's facts. A corrupt/truncated .blend -> RenderError with Blender's text.
+    public func probeScene(at blendPath: String) async throws -> SceneInfo {
+        try await probeScene(at: blendPath, niceLevel: 0)
+    }
+
+    func probeScene(at blendPath: String, niceLevel: Int) async throws -> SceneInfo {
+        try checkReadable(blendPath)
+        let command = BlenderCommand(
+            executable: path, blendFile: blendPath, pythonScript: try DriverScripts.probe(),
+            niceLevel: niceLevel)
+        let invocation = command.invocation
+        let outcome = await runToEnd(
+            executable: invocation.executable, arguments: invocation.arguments, timeout: .seconds(300))
+        if let launchFailure = outcome.launchFailure {
+            throw RenderError(
+                .blenderMissing, "Blender could not be started: \(launchFailure).", commandLine: command.commandLine)
+        }
+        for line in outcome.lines {
+            switch DriverEvent.parse(line: line) {
+            case .scene(let info, _):
+                return info
+            case .fatal(let message):
+                throw RenderError(
+                    .badScene, "Blender could not read \(blendPath): \(message).",
+                    commandLine: command.commandLine, outputTail: outcome.tail.lines)
+            default:
+                continue
+            }
+        }
+        throw RenderError(
+            .badScene, loadFailureMessage(blendPath, outcome.tail, outcome.statusDescription),
+            commandLine: command.commandLine, outputTail: outcome.tail.lines)
+    }
+}
+
+/// A readable "could not load" sentence built from Blender's own error lines.
+func loadFailureMessage(_ blendPath: String, _ tail: OutputTail, _ status: String) -> String {
+    let errors = tail.errorLines
+    if errors.isEmpty {
+        return "Blender could not load \(blendPath) (\(status)) and printed no error."
+    }
+    return "Blender could not load \(blendPath): \(errors.joined(separator: "; "))."
+}
+
+/// Fails early, with a plain message, when the .blend is not there (Blender's own message is less clear).
+func checkReadable(_ blendPath: String) throws {
+    guard FileManager.default.isReadableFile(atPath: blendPath) else {
+        throw RenderError(.badScene, "The scene \(blendPath) does not exist or is not readable.")
+    }
+}
+
+// MARK: - Driver scripts
+
+/// The Python scripts shipped as package resources.
+enum DriverScripts {
+    static func driver() throws -> String {
+        try path(of: "rex_driver")
+    }
+
+    static func probe() throws -> String {
+        try path(of: "rex_probe")
+    }
+
+    private static func path(of name: String) throws -> String {
+        guard let path = Bundle.module.path(forResource: name, ofType: "py") else {
+            throw RenderError(.blenderMissing, "rexnode's \(name).py resource is missing from its installation.")
+        }
+        return path
+    }
+}
+
+// MARK: - Running to completion
+
+/// What a short-lived process left behind.
+struct ProcessOutcome: Sendable {
+    var lines: [String] = []
+    var tail = OutputTail()
+    var status: Int32?
+    var signal: Int32?
+    var launchFailure: String?
+    var timedOut = false
+
+    var statusDescription: String {
+        if timedOut {
+            return "timed out"
+        }
+        if let signal {
+            return "killed by signal \(signal)"
+        }
+        if let status {
+            return "exit status \(status)"
+        }
+        return "no exit status"
+    }
+}
+
+/// Runs a process to its end, keeping every line (these runs are short: `--version`, the probe).
+func runToEnd(executable: String, arguments: [String], timeout: Duration) async -> ProcessOutcome {
+    let process = ChildProcess(executable: executable, arguments: arguments)
+    var outcome = ProcessOutcome()
+    return await withTaskGroup(of: Void.self) { group in
+        group.addTask {
+            try? await Task.sleep(for: timeout)
+            if !Task.isCancelled {
+                process.killGroup()
+            }
+        }
+        for await event in process.events {
+            switch event {
+            case .started:
+                break
+            case .line(let line):
+                if outcome.lines.count < 100_000 {
+                    outcome.lines.append(line)
+                }
+                outcome.tail.append(line)
+            case .exited(let status, let signal):
+                outcome.status = status
+                outcome.signal = signal
+            case .launchFailed(let message):
+                outcome.launchFailure = message
+            }
+        }
+        group.cancelAll()
+        if outcome.signal == SIGKILL {
+            outcome.timedOut = true
+        }
+        await process.wait()
+        return outcome
+    }
+}

@@ -1,0 +1,65 @@
+// MARK: - Renderer protocol
+
+/// What a worker asks for: render frames of this job's .blend. One request makes one session.
+public struct RenderRequest: Sendable {
+    public var jobID: String
+    public var blendPath: String
+    /// Render threads for Blender (`-t`); nil lets Blender use every core.
+    public var threads: Int?
+
+    public init(jobID: String, blendPath: String, threads: Int? = nil) {
+        self.jobID = jobID
+        self.blendPath = blendPath
+        self.threads = threads
+    }
+}
+
+/// How far one frame is, parsed from Blender's status lines; fed to progress bars and heartbeats.
+public struct FrameProgress: Sendable, Equatable {
+    public var frame: Int
+    public var sample: Int?
+    public var samples: Int?
+    /// 0...1 within this frame.
+    public var fraction: Double
+
+    public init(frame: Int, sample: Int? = nil, samples: Int? = nil, fraction: Double) {
+        self.frame = frame
+        self.sample = sample
+        self.samples = samples
+        self.fraction = fraction
+    }
+}
+
+/// One finished frame: the image file Blender wrote (scene's own format) and how long the render took.
+public struct RenderedFrame: Sendable {
+    public var frame: Int
+    public var path: String
+    public var seconds: Double
+
+    public init(frame: Int, path: String, seconds: Double) {
+        self.frame = frame
+        self.path = path
+        self.seconds = seconds
+    }
+}
+
+/// Makes render sessions. The farm holds one `Renderer` and asks it for a session per render slot and job,
+/// so a real Blender farm and a simulated one (for tests and demos without Blender) look the same.
+public protocol Renderer: Sendable {
+    /// One session per render slot and job (one long-lived Blender process for `BlenderRenderer`).
+    func makeSession(for request: RenderRequest) async throws -> any RenderSession
+}
+
+/// A warm renderer for one job: frames are rendered one after another without paying Blender's start-up
+/// (about 1 s) per frame. Implementations are actors; `render` calls are made one at a time.
+public protocol RenderSession: AnyObject, Sendable {
+    /// Scene facts as reported by the driver when it loaded the file (no extra Blender start). nil for simulated.
+    var sceneInfo: SceneInfo? { get async }
+    /// Renders one frame, writes the image in the scene's own format into `directory`, returns its path.
+    /// If the Blender process crashed earlier, it is restarted first. Throws `RenderError` carrying Blender's text.
+    func render(
+        frame: Int, into directory: String, progress: @escaping @Sendable (FrameProgress) -> Void
+    ) async throws -> RenderedFrame
+    /// Kills the whole process group. Idempotent. An in-flight render throws.
+    func close() async
+}

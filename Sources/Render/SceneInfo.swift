@@ -1,0 +1,45 @@
+// MARK: - SceneInfo
+
+/// The facts about a .blend that the farm needs before it renders: the default frame range, the image size
+/// and the engine (for the job view), and the image format with its file extension (for output names).
+/// Field names match the JSON keys written by `rex_probe.py` and `rex_driver.py`.
+public struct SceneInfo: Sendable, Codable, Equatable {
+    public var frameStart: Int
+    public var frameEnd: Int
+    public var frameStep: Int
+    public var resolutionX: Int
+    public var resolutionY: Int
+    public var resolutionPercentage: Int
+    /// Blender's engine identifier: "CYCLES", "BLENDER_EEVEE", "BLENDER_WORKBENCH", ...
+    public var engine: String
+    /// Blender's image format identifier, e.g. "PNG", "OPEN_EXR", "JPEG".
+    public var fileFormat: String
+    /// What Blender appends for that format, e.g. ".png", ".exr", ".jpg".
+    public var fileExtension: String
+
+    public init(
+        frameStart: Int, frameEnd: Int, frameStep: Int,
+        resolutionX: Int, resolutionY: Int, resolutionPercentage: Int,
+        engine: String, fileFormat: String, fileExtension: String
+    ) {
+        self.frameStart = frameStart
+        self.frameEnd = frameEnd
+        self.frameStep = frameStep
+        self.resolutionX = resolutionX
+        self.resolutionY = resolutionY
+        self.resolutionPercentage = resolutionPercentage
+        self.engine = engine
+        self.fileFormat = fileFormat
+        self.fileExtension = fileExtension
+    }
+
+    /// The size in pixels of the images Blender writes (resolution scaled by the percentage).
+    public var outputWidth: Int { resolutionX * resolutionPercentage / 100 }
+    public var outputHeight: Int { resolutionY * resolutionPercentage / 100 }
+
+    /// The scene's own frames, honouring the step.
+    public var frames: [Int] {
+        guard frameStep > 0, frameEnd >= frameStart else { return [] }
+        return Array(stride(from: frameStart, through: frameEnd, by: frameStep))
+    }
+}
