@@ -18,8 +18,9 @@ public enum SceneFile {
         let isGzip = head.starts(with: [0x1f, 0x8b])
         let isZstd = head.starts(with: [0x28, 0xb5, 0x2f, 0xfd])
         guard isBlend || isGzip || isZstd else {
-            if head.count < 12 {
-                throw FarmError(.badInput, "\(path) is empty or too short to be a .blend file.")
+            if head.isEmpty { throw FarmError(.badInput, "\(path) is empty, not a .blend file.") }
+            if Array("BLENDER".utf8).starts(with: head) {
+                throw FarmError(.badInput, "\(path) is truncated: it ends inside the .blend header.")
             }
             throw FarmError(.badInput, "\(path) is not a Blender file (it does not start with BLENDER).")
         }
@@ -30,25 +31,26 @@ public enum SceneFile {
 
     /// Creates the output folder if needed and proves it is writable.
     public static func prepareOutput(_ path: String) throws(FarmError) {
-        do {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        } catch {
-            throw FarmError(.badInput, "Cannot create the output folder \(path) (\(Self.reason(error))).")
+        var built = ""
+        for component in path.split(separator: "/") {
+            built += "/" + component
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: built, isDirectory: &isDir) {
+                guard isDir.boolValue else {
+                    throw FarmError(.badInput, "Cannot create the output folder \(path): \(built) is a file.")
+                }
+                continue
+            }
+            guard mkdir(built, 0o755) == 0 || errno == EEXIST else {
+                throw FarmError(
+                    .badInput, "Cannot create the output folder \(path): \(String(cString: strerror(errno))).")
+            }
         }
         let probe = "\(path)/.rexnode-write-test-\(getpid())"
         guard FileManager.default.createFile(atPath: probe, contents: Data()) else {
             throw FarmError(.badInput, "The output folder \(path) is not writable.")
         }
         try? FileManager.default.removeItem(atPath: probe)
-    }
-
-    private static func reason(_ error: Error) -> String {
-        if let underlying = (error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError,
-            let code = POSIXErrorCode(rawValue: Int32(underlying.code))
-        {
-            return String(cString: strerror(code.rawValue))
-        }
-        return (error as NSError).localizedDescription
     }
 
     /// A job name safe to use as a file-name prefix.

@@ -155,8 +155,9 @@ extension RexNode {
             if let saved { return saved }
             let fresh = FarmKey.generate()
             try fresh.save(to: dir.farmKey)
-            print("New farm created. Join other machines with: rexnode join --token \(fresh.token)")
-            print(fresh.token)
+            // Unbuffered: `join` keeps running, and scripts read the token while it does.
+            FileHandle.standardOutput.write(
+                Data("New farm created. Join other machines with: rexnode join --token <token below>\n\(fresh.token)\n".utf8))
             return fresh
         }
 

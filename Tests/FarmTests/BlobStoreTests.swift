@@ -53,9 +53,10 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let cases: [(String, String)] = [
             (write("x.blend", Array("hello world, not blender".utf8)), "not a Blender file"),
-            (write("y.blend", []), "too short"),
-            (write("z.blend", Array("BLEND".utf8)), "too short"),
+            (write("y.blend", []), "is empty"),
+            (write("z.blend", Array("BLEND".utf8)), "truncated"),
             (dir + "/missing.blend", "does not exist"),
+            (write("t.txt", Array("hi\n".utf8)), "not a Blender file"),
             (dir, "is a folder"),
         ]
         for (path, fragment) in cases {
