@@ -51,7 +51,8 @@ struct BlenderRendererTests {
         #expect(
             info == SceneInfo(
                 frameStart: 1, frameEnd: 3, frameStep: 1, resolutionX: 64, resolutionY: 48,
-                resolutionPercentage: 50, engine: "CYCLES", fileFormat: "PNG", fileExtension: ".png"))
+                resolutionPercentage: 50, engine: "CYCLES", fileFormat: "PNG", fileExtension: ".png",
+                camera: "Camera"))
     }
 
     @Test("one session renders three frames in one Blender process: right size, distinct images, progress")
@@ -111,6 +112,43 @@ struct BlenderRendererTests {
         let blender = try #require(session as? BlenderSession)
         await #expect(throws: RenderError.self) { _ = try await session.render(frame: 2, into: output) { _ in } }
         #expect(await blender.starts == 1)
+    }
+
+    @Test("the scene's own format is kept (JPEG), a movie format renders PNG frames, no camera fails the frame")
+    func formatsAndCameraless() async throws {
+        let installation = try await TestSupport.installation()
+        let output = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        let small = ["--frames", "2", "--width", "24", "--height", "16", "--samples", "2"]
+        async let jpegScene = SceneCache.shared.scene(small + ["--format", "JPEG"], name: "jpeg.blend")
+        async let movieScene = SceneCache.shared.scene(small + ["--format", "FFMPEG"], name: "movie.blend")
+        async let cameralessScene = SceneCache.shared.scene(small + ["--no-camera"], name: "nocamera.blend")
+        let renderer = BlenderRenderer(installation: installation)
+
+        let jpeg = try await renderer.makeSession(for: RenderRequest(jobID: "f1", blendPath: try await jpegScene))
+        #expect(await jpeg.sceneInfo?.fileFormat == "JPEG")
+        #expect(await jpeg.sceneInfo?.fileExtension == ".jpg")
+        let jpegFrame = try await jpeg.render(frame: 2, into: output + "/jpeg") { _ in }
+        await jpeg.close()
+        #expect(jpegFrame.path.hasSuffix("rex_000002.jpg"))
+        #expect(try TestSupport.readBytes(jpegFrame.path).prefix(3) == [0xFF, 0xD8, 0xFF])
+
+        let movie = try await renderer.makeSession(for: RenderRequest(jobID: "f2", blendPath: try await movieScene))
+        #expect(await movie.sceneInfo?.fileFormat == "PNG")
+        let movieFrame = try await movie.render(frame: 1, into: output + "/movie") { _ in }
+        await movie.close()
+        #expect(PNG.size(of: try TestSupport.readBytes(movieFrame.path))?.width == 24)
+        #expect(try await installation.probeScene(at: try await movieScene).fileExtension == ".png")
+
+        let cameraless = try await renderer.makeSession(
+            for: RenderRequest(jobID: "f3", blendPath: try await cameralessScene))
+        #expect(await cameraless.sceneInfo != nil)
+        #expect(await cameraless.sceneInfo?.camera == nil)
+        await #expect { _ = try await cameraless.render(frame: 1, into: output + "/none") { _ in } } throws: {
+            guard let error = $0 as? RenderError else { return false }
+            return error.code == .frameFailed && error.message.contains("Cannot render, no camera")
+        }
+        await cameraless.close()
     }
 
     @Test("a truncated .blend gives badScene with Blender's own reason, from both probe and session")
