@@ -222,8 +222,9 @@ actor BlenderSession: RenderSession {
                     .blenderMissing, "Blender could not be started: \(message).", commandLine: commandLine)
             }
         }
+        // The stream also ends early when the calling task is cancelled (AsyncStream stops on cancellation).
         await stopProcess()
-        throw closed ? canceledError() : RenderError(
+        throw closed || Task.isCancelled ? canceledError() : RenderError(
             .crashed, "Blender's output ended while rendering frame \(frame).",
             commandLine: commandLine, outputTail: tail.lines)
     }

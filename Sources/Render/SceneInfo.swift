@@ -2,7 +2,8 @@
 
 /// The facts about a .blend that the farm needs before it renders: the default frame range, the image size
 /// and the engine (for the job view), and the image format with its file extension (for output names).
-/// Field names match the JSON keys written by `rex_probe.py` and `rex_driver.py`.
+/// Field names match the JSON keys written by `rex_probe.py` and `rex_driver.py`. A movie format (FFMPEG, AVI)
+/// is reported as "PNG": frames cannot be written one by one in a movie format, so the driver renders PNGs.
 public struct SceneInfo: Sendable, Codable, Equatable {
     public var frameStart: Int
     public var frameEnd: Int
@@ -16,11 +17,13 @@ public struct SceneInfo: Sendable, Codable, Equatable {
     public var fileFormat: String
     /// What Blender appends for that format, e.g. ".png", ".exr", ".jpg".
     public var fileExtension: String
+    /// The active camera's name; nil when the scene has none (every frame would fail: "Cannot render, no camera").
+    public var camera: String?
 
     public init(
         frameStart: Int, frameEnd: Int, frameStep: Int,
         resolutionX: Int, resolutionY: Int, resolutionPercentage: Int,
-        engine: String, fileFormat: String, fileExtension: String
+        engine: String, fileFormat: String, fileExtension: String, camera: String? = nil
     ) {
         self.frameStart = frameStart
         self.frameEnd = frameEnd
@@ -31,6 +34,7 @@ public struct SceneInfo: Sendable, Codable, Equatable {
         self.engine = engine
         self.fileFormat = fileFormat
         self.fileExtension = fileExtension
+        self.camera = camera
     }
 
     /// The size in pixels of the images Blender writes (resolution scaled by the percentage).

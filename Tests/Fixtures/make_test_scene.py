@@ -1,8 +1,8 @@
 # Builds a tiny .blend for rexnode's Render tests, with Blender's own Python (no binary fixtures in git):
 #
 #   blender -b --factory-startup --python Tests/Fixtures/make_test_scene.py -- OUT.blend \
-#       [--frames N] [--width W] [--height H] [--percentage P] [--samples S] [--format PNG|JPEG|OPEN_EXR]
-#       [--engine CYCLES|BLENDER_WORKBENCH] [--denoise]
+#       [--frames N] [--width W] [--height H] [--percentage P] [--samples S] [--format PNG|JPEG|OPEN_EXR|FFMPEG]
+#       [--engine CYCLES|BLENDER_WORKBENCH] [--denoise] [--no-camera]
 #
 # The cube moves and turns every frame so consecutive frames differ. Denoising is off unless --denoise is
 # given: Debian's Blender has no OpenImageDenoise, so --denoise reproduces "Build without OpenImageDenoiser".
@@ -25,6 +25,7 @@ def parse_arguments():
     parser.add_argument("--format", default="PNG")
     parser.add_argument("--engine", default="CYCLES")
     parser.add_argument("--denoise", action="store_true")
+    parser.add_argument("--no-camera", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -64,6 +65,11 @@ def main():
         scene.cycles.use_adaptive_sampling = False
         scene.cycles.use_denoising = args.denoise
         scene.cycles.use_preview_denoising = False
+
+    if args.no_camera:
+        for obj in [obj for obj in bpy.data.objects if obj.type == "CAMERA"]:
+            bpy.data.objects.remove(obj, do_unlink=True)
+        scene.camera = None
 
     bpy.ops.wm.save_as_mainfile(filepath=args.output, compress=False)
     print("made test scene", args.output)

@@ -10,7 +10,8 @@
 #     {"event": "done", "frame": 12, "path": "/abs/dir/rex_000012.png", "seconds": 0.4}
 #     {"event": "error", "frame": 12, "message": "Build without OpenImageDenoiser"}
 # Blender's own chatter (progress lines "Fra:12 ... | Sample 8/16") goes to the same stdout; the Swift side
-# parses it for progress. The scene's own image format is kept; only the output path is overridden.
+# parses it for progress. The scene's own image format is kept and only the output path is overridden,
+# except that a movie format (FFMPEG, AVI), which cannot be written one frame at a time, becomes PNG.
 import json
 import os
 import sys
@@ -38,9 +39,18 @@ def emit(event, **fields):
     sys.stdout.flush()
 
 
-def scene_facts(scene):
+def prepare_scene(scene):
+    """Makes the scene writable one frame at a time and returns its facts (the probe reports the same).
+
+    A movie format (FFMPEG, AVI) cannot be written per frame, so such scenes render PNG frames instead;
+    the file extension is always appended so the caller knows the written file's name.
+    """
     render = scene.render
-    return {
+    original_format = render.image_settings.file_format
+    if render.is_movie_format:
+        render.image_settings.file_format = "PNG"
+    render.use_file_extension = True
+    facts = {
         "frameStart": scene.frame_start,
         "frameEnd": scene.frame_end,
         "frameStep": scene.frame_step,
@@ -50,7 +60,12 @@ def scene_facts(scene):
         "engine": render.engine,
         "fileFormat": render.image_settings.file_format,
         "fileExtension": render.file_extension,
+        "scene": scene.name,
+        "camera": scene.camera.name if scene.camera else None,
     }
+    if original_format != facts["fileFormat"]:
+        facts["originalFileFormat"] = original_format
+    return facts
 
 
 def clean_message(text):
@@ -67,8 +82,6 @@ def render_frame(scene, frame, output):
     scene.frame_set(frame)
     render = scene.render
     render.filepath = output
-    # The caller needs to know the written file's name, so the extension is always appended.
-    render.use_file_extension = True
     path = output + render.file_extension
     if os.path.exists(path):
         os.remove(path)
@@ -82,12 +95,27 @@ def render_frame(scene, frame, output):
     return path, seconds
 
 
-def main():
-    scene = bpy.context.scene
+def loaded_scene():
+    """The scene Blender loaded from the file, or None when Blender started without one."""
     if not bpy.data.filepath:
         emit("fatal", message="Blender did not load a .blend file")
+        return None
+    return bpy.context.scene
+
+
+def probe():
+    """Used by rex_probe.py: report the facts and return (Blender then quits)."""
+    scene = loaded_scene()
+    if scene is not None:
+        facts = prepare_scene(scene)
+        emit("scene", file=bpy.data.filepath, pid=os.getpid(), version=bpy.app.version_string, **facts)
+
+
+def serve():
+    scene = loaded_scene()
+    if scene is None:
         return
-    emit("scene", file=bpy.data.filepath, pid=os.getpid(), version=bpy.app.version_string, **scene_facts(scene))
+    emit("scene", file=bpy.data.filepath, pid=os.getpid(), version=bpy.app.version_string, **prepare_scene(scene))
     for raw in sys.stdin:
         raw = raw.strip()
         if not raw:
@@ -114,4 +142,5 @@ def main():
         emit("done", frame=frame, path=path, seconds=seconds)
 
 
-main()
+if __name__ == "__main__":
+    serve()
