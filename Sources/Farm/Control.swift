@@ -148,19 +148,21 @@ struct ControlServer: Service {
         }
         chmod(path, 0o600)
         logger.debug("control socket ready", metadata: ["path": "\(path)"])
-        try await withGracefulShutdownHandler {
-            try await withThrowingDiscardingTaskGroup { group in
-                try await server.executeThenClose { inbound in
-                    for try await connection in inbound {
-                        group.addTask { await serve(connection) }
+        // Graceful shutdown cancels the accept loop; open requests are cancelled with it.
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await withThrowingDiscardingTaskGroup { group in
+                    try await server.executeThenClose { inbound in
+                        for try await connection in inbound {
+                            group.addTask { await serve(connection) }
+                        }
                     }
                 }
             }
-        } onGracefulShutdown: {
-            // Closing the listening socket ends the accept loop above.
-            unlink(path)
+        } catch is CancellationError {
+            // The group is shutting down: not a failure.
         }
-        // Closing by unlink does not end the loop by itself on every platform; the group ends with the service.
+        unlink(path)
     }
 
     private func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {

@@ -236,4 +236,27 @@ import Testing
         #expect(again.status != 0)
         #expect(again.stderr.contains("already canceled"), "\(again)")
     }
+
+    @Test func simulatedRendererFarmThenLeaveStopsTheDaemonCleanly() throws {
+        let scene = try Scenes.make(["--frames", "2", "--width", "32", "--height", "24", "--samples", "1"])
+        let node = try TestNode(args: ["--renderer", "simulated:5", "--slots", "2"])
+        let out = tempDir("sim")
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let r = try node.cli(["submit", scene, "--frames", "1-40x2", "--chunk", "4", "--output", out])
+        #expect(r.status == 0, "\(r)")
+        let files = try FileManager.default.contentsOfDirectory(atPath: out).filter { !$0.hasPrefix(".") }
+        #expect(files.count == 20)
+        #expect(files.allSatisfy { pngSize("\(out)/\($0)") != nil })
+        let leave = try node.cli(["leave"])
+        #expect(leave.status == 0, "\(leave)")
+        let deadline = Date().addingTimeInterval(10)
+        while node.isRunning && Date() < deadline { usleep(50_000) }
+        #expect(!node.isRunning)
+        #expect(node.process?.terminationStatus == 0, "\(node.log)")
+        #expect(!FileManager.default.fileExists(atPath: node.data + "/rexnode.sock"))
+        // The CLI says so in one sentence when no daemon runs.
+        let peers = try node.cli(["peers"])
+        #expect(peers.status != 0)
+        #expect(peers.stderr.contains("No rexnode daemon is running"), "\(peers)")
+    }
 }
