@@ -75,11 +75,6 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .executableTarget(
-            name: "rexbench",
-            dependencies: ["Farm", "Ledger", "Render", "Election", "Mesh"],
-            path: "bench/rexbench"
-        ),
         .testTarget(name: "MeshTests", dependencies: ["Mesh"]),
         .testTarget(name: "ElectionTests", dependencies: ["Election", "Ledger"]),
         .testTarget(

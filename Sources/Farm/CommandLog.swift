@@ -14,11 +14,18 @@ public protocol CommandLog: Sendable {
 }
 
 /// A farm of one: this node is the leader of term 1 and every proposal commits as soon as it is durable.
+///
+/// Group commit: proposals that arrive while a commit is syncing go together into the next transaction.
 public actor LocalCommandLog: CommandLog {
     private let ledger: LedgerStore
     private let node: String
     private var seq: UInt64
     private let onApply: @Sendable () -> Void
+    private var queue: [(ticket: Int, commands: [LedgerCommand])] = []
+    private var results: [Int: Result<[ApplyOutcome], any Error>] = [:]
+    private var nextTicket = 0
+    private var flushing = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
 
     public init(ledger: LedgerStore, node: String, onApply: @escaping @Sendable () -> Void) {
         self.ledger = ledger
@@ -30,15 +37,47 @@ public actor LocalCommandLog: CommandLog {
 
     public func propose(_ commands: [LedgerCommand]) async throws -> [ApplyOutcome] {
         guard !commands.isEmpty else { return [] }
-        var index = try ledger.appliedIndex()
-        let batch = commands.map { command -> (index: UInt64, term: UInt64, entry: LedgerEntry) in
-            seq += 1
-            index += 1
-            return (index, 1, LedgerEntry(id: CommandID(node: node, seq: seq), command: command))
+        let ticket = nextTicket
+        nextTicket += 1
+        queue.append((ticket, commands))
+        while true {
+            if let result = results.removeValue(forKey: ticket) { return try result.get() }
+            if flushing {
+                await withCheckedContinuation { waiters.append($0) }
+            } else {
+                await flush()
+            }
         }
-        let outcomes = try ledger.apply(batch)
-        onApply()
-        return outcomes
+    }
+
+    /// Commits everything queued in one transaction, then wakes every waiting proposer.
+    private func flush() async {
+        flushing = true
+        let batch = queue
+        queue = []
+        do {
+            var index = try ledger.appliedIndex()
+            var entries: [(index: UInt64, term: UInt64, entry: LedgerEntry)] = []
+            for (_, commands) in batch {
+                for command in commands {
+                    seq += 1
+                    index += 1
+                    entries.append((index, 1, LedgerEntry(id: CommandID(node: node, seq: seq), command: command)))
+                }
+            }
+            var outcomes = try await ledger.applyAsync(entries)[...]
+            for (ticket, commands) in batch {
+                results[ticket] = .success(Array(outcomes.prefix(commands.count)))
+                outcomes = outcomes.dropFirst(commands.count)
+            }
+            onApply()
+        } catch {
+            for (ticket, _) in batch { results[ticket] = .failure(error) }
+        }
+        flushing = false
+        let woken = waiters
+        waiters = []
+        for waiter in woken { waiter.resume() }
     }
 
     public func currentTerm() -> UInt64 { 1 }

@@ -7,7 +7,7 @@ import ServiceLifecycle
 
 // MARK: Messages
 
-/// A request on the control socket: one JSON object per line, one request per connection.
+/// A request on the control socket: one JSON object per line; the answer is one line; the client closes.
 public struct ControlRequest: Codable, Sendable {
     public enum Op: String, Codable, Sendable { case submit, peers, jobs, status, cancel, ledger, leave, token, fetch }
 
@@ -19,6 +19,8 @@ public struct ControlRequest: Codable, Sendable {
     public var name: String?
     public var priority: Int?
     public var job: String?
+    /// For `status`: leave out the per-frame list (cheap enough to poll).
+    public var brief: Bool?
 
     public init(op: Op) { self.op = op }
 }
@@ -177,8 +179,8 @@ struct ControlServer: Service {
                     }
                     var out = ByteBuffer(bytes: try JSONEncoder().encode(response))
                     out.writeInteger(UInt8(ascii: "\n"))
+                    // Keep the connection until the client closes it: closing here could cut a large answer short.
                     try await outbound.write(out)
-                    break
                 }
             }
         } catch {

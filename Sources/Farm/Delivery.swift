@@ -10,42 +10,44 @@ extension FarmNode {
     }
 
     /// On the submitter: copy each committed frame into the job's output folder, once, atomically.
+    ///
+    /// Works incrementally from the log index of each frame's commit, so a long job costs O(frames) in all.
     func deliveryLoop() async {
+        var jobs: [String: JobRecord] = [:]
         for await _ in pulse.subscribe() {
             do {
-                for job in try ledger.jobs()
-                where job.submitter == nodeID && !job.output.isEmpty && !deliveredJobs.contains(job.job) {
-                    try deliver(job)
+                for (key, frame) in deliveryRetries where try deliver(frame, jobs: &jobs) {
+                    deliveryRetries[key] = nil
                 }
+                let batch = try ledger.framesDone(after: deliveredThrough, limit: 1000)
+                for frame in batch {
+                    if try !deliver(frame, jobs: &jobs) { deliveryRetries["\(frame.job)/\(frame.frame)"] = frame }
+                    deliveredThrough = frame.doneIndex ?? deliveredThrough
+                }
+                if batch.count == 1000 { pulse.fire() }
             } catch {
                 logger.error("delivery failed: \(error)")
             }
         }
     }
 
-    private func deliver(_ job: JobRecord) throws {
-        var missing = 0
-        for frame in try ledger.frames(of: job.job) where frame.state == "done" {
-            let key = "\(job.job)/\(frame.frame)"
-            guard !delivered.contains(key), let hash = frame.hash else { continue }
-            guard blobs.has(hash) else {
-                missing += 1
-                continue
+    /// Places one frame if it belongs to a job submitted here; false when it must be retried later.
+    private func deliver(_ frame: FrameRecord, jobs: inout [String: JobRecord]) throws -> Bool {
+        if jobs[frame.job] == nil { jobs[frame.job] = try ledger.job(frame.job) }
+        guard let job = jobs[frame.job], job.submitter == nodeID, !job.output.isEmpty else { return true }
+        guard let hash = frame.hash, blobs.has(hash) else { return false }
+        let target = "\(job.output)/\(Self.frameFileName(job: job.name, frame: frame.frame, ext: frame.ext ?? ""))"
+        do {
+            try Self.placeAtomically(source: blobs.path(for: hash), target: target)
+            deliveryErrors[job.job] = nil
+            return true
+        } catch {
+            if deliveryErrors[job.job] == nil {
+                logger.error("cannot write a frame to the output folder", metadata: ["error": "\(error)"])
             }
-            let target = "\(job.output)/\(Self.frameFileName(job: job.name, frame: frame.frame, ext: frame.ext ?? ""))"
-            do {
-                try Self.placeAtomically(source: blobs.path(for: hash), target: target)
-                delivered.insert(key)
-                deliveryErrors[job.job] = nil
-            } catch {
-                missing += 1
-                if deliveryErrors[job.job] == nil {
-                    logger.error("cannot write a frame to the output folder", metadata: ["error": "\(error)"])
-                }
-                deliveryErrors[job.job] = "Cannot write frames into \(job.output): \(error)"
-            }
+            deliveryErrors[job.job] = "Cannot write frames into \(job.output): \(error)"
+            return false
         }
-        if job.isFinished && missing == 0 { deliveredJobs.insert(job.job) }
     }
 
     /// Writes `target` only if it is not there yet: copy to a hidden temporary file, then rename.

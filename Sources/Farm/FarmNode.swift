@@ -28,11 +28,14 @@ public actor FarmNode {
     let progress = SlotProgress()
     /// Each slot's open render session and its job (reused for the next chunk of the same job).
     var sessions: [Int: (job: String, session: any RenderSession)] = [:]
+    /// Sessions opened at submit time to read a scene's frame range, waiting for the job's first chunk.
+    var warmSessions: [String: any RenderSession] = [:]
     /// Assignments a slot is working on.
     var claimed: Set<String> = []
-    /// Frames already in the submitter's output folder (this node's jobs only).
-    var delivered: Set<String> = []
-    var deliveredJobs: Set<String> = []
+    /// Delivery has looked at every frame committed up to this log index.
+    var deliveredThrough: UInt64 = 0
+    /// Frames of this node's jobs that could not be written yet (folder unwritable, image not here yet).
+    var deliveryRetries: [String: FrameRecord] = [:]
     var deliveryErrors: [String: String] = [:]
 
     // MARK: Start
@@ -141,6 +144,8 @@ public actor FarmNode {
         pulse.finish()
         for (_, open) in sessions { await open.session.close() }
         sessions.removeAll()
+        for (_, warm) in warmSessions { await warm.close() }
+        warmSessions.removeAll()
         unlink(settings.data.socket)
         close(lockFD)
         logger.info("node stopped")
@@ -173,10 +178,12 @@ public actor FarmNode {
         for await _ in pulse.subscribe() {
             guard await commandLog.isLeader() else { continue }
             do {
-                let queue = try ledger.queuedWork()
-                guard !queue.isEmpty else { continue }
                 let busy = try ledger.openAssignments(node: nodeID).count
                 let slots = [Scheduler.Slot(node: nodeID, free: max(0, settings.slots) - busy)]
+                let free = slots.reduce(0) { $0 + max(0, $1.free) }
+                guard free > 0 else { continue }
+                let queue = try ledger.queuedWork(framesPerJob: free * Self.maxChunk)
+                guard !queue.isEmpty else { continue }
                 let decisions = Scheduler.assign(queue: queue, slots: slots)
                 guard !decisions.isEmpty else { continue }
                 let term = await commandLog.currentTerm()
@@ -195,6 +202,9 @@ public actor FarmNode {
     }
 
     // MARK: Helpers
+
+    /// The largest chunk a job may ask for (the scheduler reads no more queued frames than slots × this).
+    public static let maxChunk = 1000
 
     static func nowMs() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 

@@ -22,7 +22,9 @@ extension FarmNode {
         case .submit: return try await submit(request)
         case .peers: return try peersJSON()
         case .jobs: return .array(try ledger.jobs().map(Self.jobJSON))
-        case .status: return try statusJSON(try findJob(request.job))
+        case .status:
+            let job = try findJob(request.job)
+            return request.brief == true ? Self.jobJSON(job) : try statusJSON(job)
         case .cancel:
             let job = try findJob(request.job)
             guard !job.isFinished else {
@@ -33,7 +35,11 @@ extension FarmNode {
         case .ledger: return .array(try ledger.log().map(Self.logJSON))
         case .leave:
             logger.info("leaving the farm on request")
-            Task { await self.requestShutdown() }
+            // Shut down just after this answer is on its way.
+            Task {
+                try? await Task.sleep(for: .milliseconds(100))
+                await self.requestShutdown()
+            }
             return ["node": .string(nodeID), "state": "leaving"]
         case .token: return ["token": .string(farmKey.token)]
         case .fetch:
@@ -60,32 +66,57 @@ extension FarmNode {
         try SceneFile.validate(path)
         guard let output = request.output else { throw FarmError(.badInput, "submit needs an output folder.") }
         try SceneFile.prepareOutput(output)
-        let frames: [Int]
-        if let spec = request.frames {
-            frames = try FrameSpec(spec).frames
-        } else {
-            guard let blender else {
-                throw FarmError(
-                    .badInput, "This node has no Blender to read the scene's frame range; pass --frames.")
-            }
-            let scene = try await blender.probeScene(at: path)
-            frames = try FrameSpec(start: scene.frameStart, end: scene.frameEnd, step: scene.frameStep).frames
-        }
-        let chunk = request.chunk ?? Scheduler.defaultChunk(frames: frames.count, slots: settings.slots)
-        guard chunk >= 1 else { throw FarmError(.badInput, "--chunk must be at least 1.") }
         let stored = try blobs.put(fileAt: path)
         let name = SceneFile.jobName(from: request.name ?? path)
         let job = "j" + Self.shortID()
-        let outcomes = try await commandLog.propose([
-            .submitJob(
-                SubmitJob(
-                    job: job, name: name, submitter: nodeID, blendHash: stored.hash, blendSize: stored.size,
-                    frames: frames, chunk: chunk, priority: request.priority ?? 0, output: output,
-                    submittedAtMs: Self.nowMs()))
-        ])
-        guard outcomes.first == .applied, let record = try ledger.job(job) else {
-            throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")
+        let frames: [Int]
+        // With no frame list, the scene's own range is read by starting the job's render session now (on the
+        // farm's copy of the file): the session that read the facts renders the first chunk, so asking costs
+        // no extra Blender start.
+        var warm: (any RenderSession)?
+        do {
+            if let spec = request.frames {
+                frames = try FrameSpec(spec).frames
+            } else {
+                var scene: SceneInfo?
+                if settings.renderer == .blender {
+                    let blend = try sceneFile(job: job, name: name, blendHash: stored.hash)
+                    let session = try await renderer.makeSession(
+                        for: RenderRequest(jobID: job, blendPath: blend, threads: settings.threads))
+                    warm = session
+                    scene = await session.sceneInfo
+                }
+                if scene == nil {
+                    guard let blender else {
+                        throw FarmError(
+                            .badInput, "This node has no Blender to read the scene's frame range; pass --frames.")
+                    }
+                    scene = try await blender.probeScene(at: path)
+                }
+                guard let scene else { throw FarmError(.render, "Blender did not report the scene's frame range.") }
+                frames = try FrameSpec(start: scene.frameStart, end: scene.frameEnd, step: scene.frameStep).frames
+            }
+            let chunk = request.chunk ?? Scheduler.defaultChunk(frames: frames.count, slots: settings.slots)
+            guard chunk >= 1 && chunk <= Self.maxChunk else {
+                throw FarmError(.badInput, "--chunk must be between 1 and \(Self.maxChunk).")
+            }
+            let outcomes = try await commandLog.propose([
+                .submitJob(
+                    SubmitJob(
+                        job: job, name: name, submitter: nodeID, blendHash: stored.hash, blendSize: stored.size,
+                        frames: frames, chunk: chunk, priority: request.priority ?? 0, output: output,
+                        submittedAtMs: Self.nowMs()))
+            ])
+            guard outcomes.first == .applied else {
+                throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")
+            }
+        } catch {
+            await warm?.close()
+            try? FileManager.default.removeItem(atPath: "\(settings.data.work)/\(job)")
+            throw error
         }
+        if let warm { warmSessions[job] = warm }
+        guard let record = try ledger.job(job) else { throw FarmError(.failed, "Job \(job) vanished after commit.") }
         logger.info("job submitted", metadata: ["job": "\(job)", "frames": "\(frames.count)", "name": "\(name)"])
         return Self.jobJSON(record)
     }

@@ -62,39 +62,40 @@ extension FarmNode {
         }
         let outDir = "\(settings.data.work)/\(job)/slot-\(slot)"
         try? FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
-        for frame in assignment.pendingFrames {
-            guard stillMine(job: job, frame: frame, assignment: assignment.assignment) else { continue }
-            progress.set(slot, .init(job: job, frame: frame, fraction: 0))
-            let progress = self.progress
-            do {
-                let rendered = try await session.render(frame: frame, into: outDir) { p in
-                    progress.set(slot, .init(job: job, frame: frame, fraction: p.fraction))
-                }
-                let stored = try blobs.put(fileAt: rendered.path)
-                try? FileManager.default.removeItem(atPath: rendered.path)
-                let ext = (rendered.path as NSString).pathExtension
-                logger.debug("frame rendered", metadata: ["job": "\(job)", "frame": "\(frame)"])
-                await report([
-                    .completeFrame(
+        // Results are recorded while the next frame renders; the chunk ends when all are in the ledger.
+        await withDiscardingTaskGroup { reports in
+            for frame in assignment.pendingFrames {
+                guard stillMine(job: job, frame: frame, assignment: assignment.assignment) else { continue }
+                progress.set(slot, .init(job: job, frame: frame, fraction: 0))
+                let progress = self.progress
+                let command: LedgerCommand
+                do {
+                    let rendered = try await session.render(frame: frame, into: outDir) { p in
+                        progress.set(slot, .init(job: job, frame: frame, fraction: p.fraction))
+                    }
+                    let stored = try blobs.put(fileAt: rendered.path)
+                    try? FileManager.default.removeItem(atPath: rendered.path)
+                    let ext = (rendered.path as NSString).pathExtension
+                    logger.debug("frame rendered", metadata: ["job": "\(job)", "frame": "\(frame)"])
+                    command = .completeFrame(
                         CompleteFrame(
                             job: job, frame: frame, node: nodeID, assignment: assignment.assignment,
                             term: assignment.term, hash: stored.hash, ext: ext.isEmpty ? "" : "." + ext,
                             holders: [nodeID]))
-                ])
-            } catch let error as RenderError where error.code == .canceled || sessions[slot] == nil {
-                // The job was canceled (or finished elsewhere) and the reaper closed the session.
-                break
-            } catch {
-                let renderError = error as? RenderError
-                let message = renderError?.message ?? "\(error)"
-                logger.warning(
-                    "frame failed", metadata: ["job": "\(job)", "frame": "\(frame)", "error": "\(message)"])
-                await report([
-                    .failFrame(
+                } catch let error as RenderError where error.code == .canceled || sessions[slot] == nil {
+                    // The job was canceled (or finished elsewhere) and the reaper closed the session.
+                    break
+                } catch {
+                    let renderError = error as? RenderError
+                    let message = renderError?.message ?? "\(error)"
+                    logger.warning(
+                        "frame failed", metadata: ["job": "\(job)", "frame": "\(frame)", "error": "\(message)"])
+                    command = .failFrame(
                         FailFrame(
                             job: job, frame: frame, node: nodeID, assignment: assignment.assignment,
                             message: message, fatal: renderError?.code == .badScene))
-                ])
+                }
+                reports.addTask { await self.report([command]) }
             }
         }
     }
@@ -103,8 +104,12 @@ extension FarmNode {
     private func openSession(for job: String, slot: Int) async throws -> any RenderSession {
         if let open = sessions[slot], open.job == job { return open.session }
         if let old = sessions.removeValue(forKey: slot) { await old.session.close() }
+        if let warm = warmSessions.removeValue(forKey: job) {
+            sessions[slot] = (job, warm)
+            return warm
+        }
         guard let record = try ledger.job(job) else { throw FarmError(.notFound, "Job \(job) is not in the ledger.") }
-        let blend = try sceneFile(for: record)
+        let blend = try sceneFile(job: record.job, name: record.name, blendHash: record.blendHash)
         let session = try await renderer.makeSession(
             for: RenderRequest(jobID: job, blendPath: blend, threads: settings.threads))
         sessions[slot] = (job, session)
@@ -112,24 +117,22 @@ extension FarmNode {
     }
 
     /// The job's .blend as a file named like a .blend in the job's work folder (a hard link to the blob).
-    private func sceneFile(for job: JobRecord) throws -> String {
-        let dir = "\(settings.data.work)/\(job.job)"
-        let path = "\(dir)/\(job.name).blend"
+    func sceneFile(job: String, name: String, blendHash: String) throws -> String {
+        let dir = "\(settings.data.work)/\(job)"
+        let path = "\(dir)/\(name).blend"
         if FileManager.default.fileExists(atPath: path) { return path }
-        guard blobs.has(job.blendHash) else {
-            throw FarmError(.notFound, "The scene of job \(job.job) is not on this node.")
+        guard blobs.has(blendHash) else {
+            throw FarmError(.notFound, "The scene of job \(job) is not on this node.")
         }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        if link(blobs.path(for: job.blendHash), path) != 0 {
-            try FileManager.default.copyItem(atPath: blobs.path(for: job.blendHash), toPath: path)
+        if link(blobs.path(for: blendHash), path) != 0 {
+            try FileManager.default.copyItem(atPath: blobs.path(for: blendHash), toPath: path)
         }
         return path
     }
 
     private func stillMine(job: String, frame: Int, assignment: String) -> Bool {
-        guard let frames = try? ledger.frames(of: job),
-            let record = frames.first(where: { $0.frame == frame })
-        else { return false }
+        guard let record = try? ledger.frame(job, frame) else { return false }
         return record.state == "assigned" && record.assignment == assignment
     }
 
@@ -152,6 +155,12 @@ extension FarmNode {
                 sessions[slot] = nil
                 await open.session.close()
                 logger.debug("render session closed", metadata: ["job": "\(open.job)", "state": "\(state ?? "-")"])
+            }
+            for (job, warm) in warmSessions {
+                let state = (try? ledger.job(job))?.state
+                guard state != "queued" && state != "running" else { continue }
+                warmSessions[job] = nil
+                await warm.close()
             }
         }
     }

@@ -45,7 +45,9 @@ public final class LedgerStore: Sendable {
                     CREATE TABLE frames (
                         job TEXT NOT NULL REFERENCES jobs(job), frame INTEGER NOT NULL, state TEXT NOT NULL,
                         node TEXT, assignment TEXT, attempts INTEGER NOT NULL DEFAULT 0, hash TEXT, ext TEXT,
-                        holders TEXT NOT NULL DEFAULT '[]', message TEXT, PRIMARY KEY (job, frame));
+                        holders TEXT NOT NULL DEFAULT '[]', message TEXT, done_index INTEGER,
+                        PRIMARY KEY (job, frame));
+                    CREATE INDEX frames_done_index ON frames(done_index) WHERE done_index IS NOT NULL;
                     CREATE INDEX frames_state ON frames(state, job);
                     CREATE INDEX frames_assignment ON frames(assignment);
                     CREATE TABLE assignments (
@@ -72,19 +74,30 @@ public final class LedgerStore: Sendable {
     /// Entries at or below the applied index are skipped (a replay after a crash), so calling it twice is harmless.
     @discardableResult
     public func apply(_ entries: [(index: UInt64, term: UInt64, entry: LedgerEntry)]) throws -> [ApplyOutcome] {
-        try writer.write { db in
-            var outcomes: [ApplyOutcome] = []
-            var applied = try Self.appliedIndex(db)
-            for (index, term, entry) in entries where index > applied {
-                precondition(index == applied + 1, "ledger entries must be applied in order without gaps")
-                outcomes.append(try Self.apply(entry, index: index, term: term, db: db))
-                applied = index
-            }
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO ledger_meta (key, value) VALUES ('applied_index', ?)",
-                arguments: [Int64(applied)])
-            return outcomes
+        try writer.write { db in try Self.applyBatch(entries, db: db) }
+    }
+
+    /// The same as `apply`, without blocking the caller's thread while SQLite syncs.
+    public func applyAsync(_ entries: [(index: UInt64, term: UInt64, entry: LedgerEntry)]) async throws
+        -> [ApplyOutcome]
+    {
+        try await writer.write { db in try Self.applyBatch(entries, db: db) }
+    }
+
+    static func applyBatch(_ entries: [(index: UInt64, term: UInt64, entry: LedgerEntry)], db: Database) throws
+        -> [ApplyOutcome]
+    {
+        var outcomes: [ApplyOutcome] = []
+        var applied = try appliedIndex(db)
+        for (index, term, entry) in entries where index > applied {
+            precondition(index == applied + 1, "ledger entries must be applied in order without gaps")
+            outcomes.append(try apply(entry, index: index, term: term, db: db))
+            applied = index
         }
+        try db.execute(
+            sql: "INSERT OR REPLACE INTO ledger_meta (key, value) VALUES ('applied_index', ?)",
+            arguments: [Int64(applied)])
+        return outcomes
     }
 
     static func apply(_ entry: LedgerEntry, index: UInt64, term: UInt64, db: Database) throws -> ApplyOutcome {

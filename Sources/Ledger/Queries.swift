@@ -51,8 +51,11 @@ public struct FrameRecord: Sendable, Equatable, Codable {
     public var ext: String?
     public var holders: [String]
     public var message: String?
+    /// The log index that committed the frame (nil until done).
+    public var doneIndex: UInt64?
 
     init(row: Row) {
+        doneIndex = (row["done_index"] as Int64?).map(UInt64.init)
         job = row["job"]
         frame = row["frame"]
         state = row["state"]
@@ -101,6 +104,23 @@ extension LedgerStore {
         }
     }
 
+    public func frame(_ job: String, _ frame: Int) throws -> FrameRecord? {
+        try writer.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM frames WHERE job = ? AND frame = ?", arguments: [job, frame])
+                .map(FrameRecord.init)
+        }
+    }
+
+    /// Frames committed after log index `after`, oldest first: lets delivery work incrementally.
+    public func framesDone(after index: UInt64, limit: Int = 1000) throws -> [FrameRecord] {
+        try writer.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT * FROM frames WHERE done_index > ? ORDER BY done_index LIMIT ?",
+                arguments: [Int64(index), limit]
+            ).map(FrameRecord.init)
+        }
+    }
+
     /// Open assignments with frames still assigned, optionally for one node.
     public func openAssignments(node: String? = nil) throws -> [AssignmentRecord] {
         try writer.read { db in
@@ -130,7 +150,9 @@ extension LedgerStore {
     }
 
     /// Queued frames of runnable jobs, per job, in scheduling order (priority first, then age).
-    public func queuedWork() throws -> [QueuedJob] {
+    ///
+    /// At most `framesPerJob` frames are read per job: the scheduler never needs more than its free slots can take.
+    public func queuedWork(framesPerJob: Int = .max) throws -> [QueuedJob] {
         try writer.read { db in
             let jobs = try Row.fetchAll(
                 db,
@@ -141,8 +163,8 @@ extension LedgerStore {
             return try jobs.compactMap { row in
                 let job: String = row["job"]
                 let frames = try Int.fetchAll(
-                    db, sql: "SELECT frame FROM frames WHERE job = ? AND state = 'queued' ORDER BY frame",
-                    arguments: [job])
+                    db, sql: "SELECT frame FROM frames WHERE job = ? AND state = 'queued' ORDER BY frame LIMIT ?",
+                    arguments: [job, Int64(min(framesPerJob, Int(Int64.max)))])
                 let running = try Int.fetchOne(
                     db, sql: "SELECT COUNT(*) FROM assignments WHERE job = ? AND open = 1", arguments: [job]) ?? 0
                 guard !frames.isEmpty else { return nil }

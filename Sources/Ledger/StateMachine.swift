@@ -80,10 +80,11 @@ struct StateMachine {
         }
         try db.execute(
             sql: """
-                UPDATE frames SET state = 'done', node = ?, hash = ?, ext = ?, holders = ?, message = NULL
+                UPDATE frames SET state = 'done', node = ?, hash = ?, ext = ?, holders = ?, message = NULL,
+                    done_index = ?
                 WHERE job = ? AND frame = ?
                 """,
-            arguments: [c.node, c.hash, c.ext, Self.json(c.holders.sorted()), c.job, c.frame])
+            arguments: [c.node, c.hash, c.ext, Self.json(c.holders.sorted()), Int64(index), c.job, c.frame])
         try closeAssignmentIfFinished(c.assignment)
         try refreshJob(c.job)
         return .applied

@@ -19,7 +19,9 @@ extension RexNode {
         @OptionGroup var data: DataOption
 
         func validate() throws {
-            if let chunk, chunk < 1 { throw ValidationError("--chunk must be at least 1.") }
+            if let chunk, chunk < 1 || chunk > FarmNode.maxChunk {
+                throw ValidationError("--chunk must be between 1 and \(FarmNode.maxChunk).")
+            }
         }
 
         func run() async throws {
@@ -92,6 +94,8 @@ struct Waiter {
         while true {
             var request = ControlRequest(op: .status)
             request.job = job
+            // The frame list is only needed at the end, to check every file is in place.
+            request.brief = lastState != "done"
             guard let status = try await poll(request) else {
                 let since = unreachableSince ?? .now
                 if unreachableSince == nil && !quiet {
@@ -117,18 +121,18 @@ struct Waiter {
                 } else {
                     print("\(job): \(done)/\(total) frames done (\(state))")
                 }
-                lastDone = done
-                lastState = state
             }
+            lastDone = done
+            lastState = state
             if ["failed", "canceled"].contains(state) {
                 if tty { print("") }
                 return status
             }
-            if state == "done", allDelivered(status) {
+            if state == "done", status["frames"] != nil, allDelivered(status) {
                 if tty { print("") }
                 return status
             }
-            try await Task.sleep(for: .milliseconds(250))
+            try await Task.sleep(for: .milliseconds(100))
         }
     }
 

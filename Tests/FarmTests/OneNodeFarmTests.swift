@@ -216,9 +216,15 @@ import Testing
         submit.standardOutput = FileHandle.nullDevice
         try submit.run()
         let startDeadline = Date().addingTimeInterval(60)
-        while processes(matching: "\(node.data)/work/").isEmpty && Date() < startDeadline { usleep(100_000) }
+        var running: String?
+        while Date() < startDeadline {
+            running = (try? node.json(["jobs"]) as? [[String: Any]])?.first?["state"] as? String == "running"
+                ? ((try? node.json(["jobs"]) as? [[String: Any]])?.first?["job"] as? String) : nil
+            if running != nil && !processes(matching: "\(node.data)/work/").isEmpty { break }
+            usleep(100_000)
+        }
         #expect(!processes(matching: "\(node.data)/work/").isEmpty, "Blender never started")
-        let job = try #require((try node.json(["jobs"]) as? [[String: Any]])?.first?["job"] as? String)
+        let job = try #require(running)
         let c = try node.cli(["cancel", job])
         #expect(c.status == 0, "\(c)")
         let deadline = Date().addingTimeInterval(15)

@@ -113,7 +113,7 @@ final class TestLedger {
     @Test func firstCompletionWinsAndLaterOnesAreIgnored() throws {
         let l = try TestLedger()
         try l.submit()
-        try l.assign("a1", frames: [1, 2])
+        _ = try l.assign("a1", frames: [1, 2])
         #expect(try l.complete(1, assignment: "a1") == [.applied])
         if case .ignored = try l.complete(1, assignment: "a1", node: "n2")[0] {} else {
             Issue.record("second completion must be ignored")
@@ -128,9 +128,9 @@ final class TestLedger {
     @Test func jobIsDoneWhenEveryFrameIsDoneAndAssignmentsClose() throws {
         let l = try TestLedger()
         try l.submit(frames: [1, 2])
-        try l.assign("a1", frames: [1, 2])
-        try l.complete(1, assignment: "a1")
-        try l.complete(2, assignment: "a1")
+        _ = try l.assign("a1", frames: [1, 2])
+        _ = try l.complete(1, assignment: "a1")
+        _ = try l.complete(2, assignment: "a1")
         #expect(try l.store.job("j1")?.state == "done")
         #expect(try l.store.openAssignments().isEmpty)
         #expect(try l.store.framesDoneByNode() == ["n1": 2])
@@ -140,7 +140,7 @@ final class TestLedger {
         let l = try TestLedger()
         try l.submit(frames: [1])
         for attempt in 1...LedgerRules.maxAttempts {
-            try l.assign("a\(attempt)", frames: [1])
+            _ = try l.assign("a\(attempt)", frames: [1])
             #expect(try l.fail(1, assignment: "a\(attempt)") == [.applied])
             let f = try l.frame(1)
             #expect(f.attempts == attempt)
@@ -154,8 +154,8 @@ final class TestLedger {
     @Test func fatalFailureFailsTheFrameAtOnce() throws {
         let l = try TestLedger()
         try l.submit(frames: [1, 2])
-        try l.assign("a1", frames: [1, 2])
-        try l.fail(1, assignment: "a1", fatal: true)
+        _ = try l.assign("a1", frames: [1, 2])
+        _ = try l.fail(1, assignment: "a1", fatal: true)
         #expect(try l.frame(1).state == "failed")
         #expect(try l.store.job("j1")?.state == "running")
     }
@@ -163,9 +163,9 @@ final class TestLedger {
     @Test func staleFailureReportIsFenced() throws {
         let l = try TestLedger()
         try l.submit(frames: [1])
-        try l.assign("a1", frames: [1])
+        _ = try l.assign("a1", frames: [1])
         try l.apply(.releaseFrames(ReleaseFrames(assignment: "a1", reason: "test")))
-        try l.assign("a2", frames: [1])
+        _ = try l.assign("a2", frames: [1])
         if case .ignored = try l.fail(1, assignment: "a1")[0] {} else { Issue.record("stale report must be ignored") }
         #expect(try l.frame(1).attempts == 0)
         #expect(try l.frame(1).assignment == "a2")
@@ -174,8 +174,8 @@ final class TestLedger {
     @Test func releaseReturnsUnfinishedFramesOnly() throws {
         let l = try TestLedger()
         try l.submit(frames: [1, 2])
-        try l.assign("a1", frames: [1, 2])
-        try l.complete(1, assignment: "a1")
+        _ = try l.assign("a1", frames: [1, 2])
+        _ = try l.complete(1, assignment: "a1")
         try l.apply(.releaseFrames(ReleaseFrames(assignment: "a1", reason: "restart")))
         #expect(try l.frame(1).state == "done")
         #expect(try l.frame(2).state == "queued")
@@ -185,8 +185,8 @@ final class TestLedger {
     @Test func cancelStopsEverythingAndLaterCompletionsAreIgnored() throws {
         let l = try TestLedger()
         try l.submit()
-        try l.assign("a1", frames: [1, 2])
-        try l.complete(1, assignment: "a1")
+        _ = try l.assign("a1", frames: [1, 2])
+        _ = try l.complete(1, assignment: "a1")
         try l.apply(.cancelJob(CancelJob(job: "j1")))
         #expect(try l.store.job("j1")?.state == "canceled")
         #expect(try l.store.frames(of: "j1").map(\.state) == ["done", "canceled", "canceled", "canceled"])
@@ -198,8 +198,8 @@ final class TestLedger {
     @Test func stateSurvivesReopeningTheDatabase() throws {
         let l = try TestLedger()
         try l.submit()
-        try l.assign("a1", frames: [1])
-        try l.complete(1, assignment: "a1")
+        _ = try l.assign("a1", frames: [1])
+        _ = try l.complete(1, assignment: "a1")
         let reopened = try LedgerStore(path: l.dir + "/ledger.sqlite")
         #expect(try reopened.appliedIndex() == 3)
         #expect(try reopened.job("j1")?.framesDone == 1)
@@ -212,9 +212,9 @@ final class TestLedger {
         let b = try TestLedger()
         for l in [a, b] {
             try l.submit(frames: [1, 2, 3])
-            try l.assign("a1", frames: [1, 2])
-            try l.complete(2, assignment: "a1")
-            try l.fail(1, assignment: "a1")
+            _ = try l.assign("a1", frames: [1, 2])
+            _ = try l.complete(2, assignment: "a1")
+            _ = try l.fail(1, assignment: "a1")
         }
         #expect(try a.store.frames(of: "j1") == b.store.frames(of: "j1"))
         #expect(try a.store.jobs() == b.store.jobs())

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# make bench: every benchmark under bench/ that is a script; module fragments add their own steps.
+set -euo pipefail
+BIN=${1:-.build/release}
+cd "$(dirname "$0")/.."
+for b in bench/*.sh; do
+    echo "### $b"
+    "$b" "$BIN"
+    echo
+done
