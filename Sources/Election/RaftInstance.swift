@@ -138,6 +138,17 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             if now >= heartbeatDeadline {
                 broadcastAppend(now: now, out: &out, heartbeat: true)
             }
+        } else if (role == .candidate || role == .preCandidate) && now >= heartbeatDeadline
+            && now < electionDeadline
+        {
+            // Votes can be lost: ask the members that have not granted yet again, once per heartbeat.
+            heartbeatDeadline = now + settings.heartbeatInterval
+            let request = VoteRequest(
+                term: role == .candidate ? currentTerm : currentTerm + 1, candidateID: id, lastLogIndex: lastIndex,
+                lastLogTerm: lastTerm)
+            for peer in members where peer != id && !votes.contains(peer) {
+                out.append(.send(to: peer, role == .candidate ? .requestVote(request) : .preVote(request)))
+            }
         } else if now >= electionDeadline {
             if members.contains(id) {
                 if settings.preVote {
@@ -246,6 +257,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         leaderID = nil
         votes = [id]
         electionDeadline = now + randomElectionTimeout()
+        heartbeatDeadline = now + settings.heartbeatInterval
         if votes.count >= quorum {
             startElection(now: now, out: &out)
             return
@@ -263,6 +275,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         leaderID = nil
         votes = [id]
         electionDeadline = now + randomElectionTimeout()
+        heartbeatDeadline = now + settings.heartbeatInterval
         // The self-vote must be durable before anyone sees the request.
         out.append(.persist(PersistRequest(hardState: hardState)))
         if votes.count >= quorum {
@@ -609,6 +622,8 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         let next: RaftTime
         if role == .leader {
             next = settings.checkQuorum ? min(heartbeatDeadline, quorumCheckDeadline) : heartbeatDeadline
+        } else if role == .candidate || role == .preCandidate {
+            next = min(electionDeadline, heartbeatDeadline)
         } else {
             next = electionDeadline
         }

@@ -102,6 +102,11 @@ private struct IndexTerm: Hashable {
     var term: Term
 }
 
+private struct VoteKey: Hashable {
+    var node: Int
+    var term: Term
+}
+
 private struct Violation: Error {
     var message: String
 }
@@ -110,6 +115,11 @@ private struct Violation: Error {
 struct Simulation {
     private let config: SimConfig
     private let seed: UInt64
+    private let settings: RaftSettings
+    /// Failover is only sampled on seeds that run the default timings.
+    private let defaultTimings: Bool
+    private var committedMembers: Set<NodeID> = []
+    private var votesCast: [VoteKey: Int] = [:]
     private var rng: SplitMix64
     private var now: UInt64 = 0
     private var queue = EventQueue<SimEvent>()
@@ -137,6 +147,15 @@ struct Simulation {
         self.config = config
         self.seed = seed
         self.rng = SplitMix64(seed: seed &* 0x9E37_79B9 &+ 0x5EED)
+        // Most seeds use the defaults; the rest explore the settings space: a narrow jitter range (so
+        // candidates duel for the same term), no pre-vote, no check-quorum.
+        var settings = config.settings
+        let variant = UInt64.random(in: 0..<10, using: &rng)
+        if variant < 3 { settings.electionTimeoutMax = settings.electionTimeoutMin + .milliseconds(15) }
+        if variant == 3 || variant == 4 { settings.preVote = false }
+        if variant == 4 || variant == 5 { settings.checkQuorum = false }
+        self.settings = settings
+        self.defaultTimings = variant >= 6
         self.result = SimResult(seed: seed)
         self.nodes = (0..<config.nodes).map { SimNode(id: "n\($0)") }
     }
@@ -150,6 +169,7 @@ struct Simulation {
             while steps < config.steps, let (time, event) = queue.pop() {
                 now = max(now, time)
                 try handle(event)
+                try checkElectable()
                 steps += 1
             }
             try finalCheck()
@@ -196,7 +216,7 @@ struct Simulation {
 
     private mutating func boot(node i: Int) throws {
         let instance = RaftInstance(
-            id: nodes[i].id, settings: config.settings, hardState: nodes[i].durableHard, log: nodes[i].durableLog,
+            id: nodes[i].id, settings: settings, hardState: nodes[i].durableHard, log: nodes[i].durableLog,
             random: SplitMix64(seed: rng.next()), now: time)
         nodes[i].instance = instance
         nodes[i].applied = 0
@@ -226,7 +246,9 @@ struct Simulation {
             try perform(node: i, nodes[i].instance!.onTick(now: time))
         case .propose:
             try propose()
-            queue.push(.propose, at: now + random(5_000_000..<30_000_000))
+            // Mostly a steady stream; sometimes a quiet spell, so leaders also sit idle.
+            let pause = chance(0.01) ? random(200_000_000..<1_500_000_000) : random(5_000_000..<30_000_000)
+            queue.push(.propose, at: now + pause)
         case .fault:
             try fault()
         case .heal:
@@ -340,16 +362,17 @@ struct Simulation {
         queue.push(.heal, at: now + random(200_000_000..<3_000_000_000))
     }
 
-    private mutating func crash(node i: Int) {
+    private mutating func crash(node i: Int, quickly: Bool = false) {
         if nodes[i].instance?.role == .leader { startFailover(leader: i) }
         nodes[i].instance = nil
         nodes[i].timerGeneration += 1
         result.crashes += 1
-        queue.push(.restart(node: i), at: now + random(100_000_000..<2_000_000_000))
+        let delay = quickly ? random(10_000_000..<300_000_000) : random(100_000_000..<2_000_000_000)
+        queue.push(.restart(node: i), at: now + delay)
     }
 
     private mutating func startFailover(leader i: Int) {
-        guard failoverStart == nil, let instance = nodes[i].instance, instance.role == .leader else { return }
+        guard defaultTimings, failoverStart == nil, let instance = nodes[i].instance, instance.role == .leader else { return }
         failoverStart = now
         failoverTerm = instance.currentTerm
     }
@@ -368,10 +391,29 @@ struct Simulation {
             case .persist(let request):
                 try persistDurable(node: i, request)
                 let more = nodes[i].instance!.onPersisted(request, now: time)
+                // Targeted fault: a leader dies right after writing entries, before replicating them.
+                if nodes[i].instance?.role == .leader && !request.entries.isEmpty && chance(0.01) {
+                    crash(node: i, quickly: true)
+                    return
+                }
                 try perform(node: i, more)
             case .send(let to, let message):
                 guard let target = nodes.firstIndex(where: { $0.id == to }) else { continue }
+                if case .voteResponse(let response) = message, response.granted, !response.preVote {
+                    // Vote safety: one vote per node and term, across crashes.
+                    let key = VoteKey(node: i, term: response.term)
+                    if let earlier = votesCast[key], earlier != target {
+                        throw Violation(message: "vote safety: \(nodes[i].id) voted for \(nodes[earlier].id) and "
+                                            + "\(nodes[target].id) in term \(response.term)")
+                    }
+                    votesCast[key] = target
+                }
                 send(from: i, to: target, message)
+                // Targeted fault: a voter dies right after granting its vote.
+                if case .voteResponse(let response) = message, response.granted, !response.preVote, chance(0.1) {
+                    crash(node: i, quickly: true)
+                    return
+                }
             case .apply(let entries):
                 try apply(node: i, entries)
             case .roleChanged(let role, let term, _):
@@ -451,6 +493,11 @@ struct Simulation {
             } else {
                 committed.append(entry)
                 result.commits += 1
+                switch entry.kind {
+                case .addNode(let n): committedMembers.insert(n)
+                case .removeNode(let n): committedMembers.remove(n)
+                default: break
+                }
             }
             if let id = entry.commandID {
                 // De-duplication by command id: a retried command is applied once.
@@ -493,6 +540,29 @@ struct Simulation {
         for entry in committed where instance.entry(at: entry.index) != entry {
             throw Violation(message: "leader completeness: \(nodes[i].id) leads term \(term) without committed "
                                 + "\(describe(entry))")
+        }
+    }
+
+    /// The inductive core of leader completeness: no node lacking a committed entry may look up to date to
+    /// a majority of the committed configuration (otherwise it could win an election and overwrite it).
+    private func checkElectable() throws {
+        guard let last = committed.last else { return }
+        let members = committedMembers
+        let quorum = members.count / 2 + 1
+        for x in nodes.indices where members.contains(nodes[x].id) {
+            let log = nodes[x].durableLog
+            if log.count >= Int(last.index) && log[Int(last.index) - 1] == last { continue }
+            let xLast = (log.last?.term ?? 0, LogIndex(log.count))
+            var supporters = 0
+            for y in nodes.indices where members.contains(nodes[y].id) {
+                let other = nodes[y].durableLog
+                let yLast = (other.last?.term ?? 0, LogIndex(other.count))
+                if xLast.0 > yLast.0 || (xLast.0 == yLast.0 && xLast.1 >= yLast.1) { supporters += 1 }
+            }
+            if supporters >= quorum {
+                throw Violation(message: "leader completeness: \(nodes[x].id) lacks committed \(describe(last)) "
+                                    + "but \(supporters) of \(members.count) members would elect it")
+            }
         }
     }
 
