@@ -50,7 +50,11 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     /// Highest index this node knows to be on its own disk; a leader counts itself only up to here.
     public private(set) var durableIndex: LogIndex
     /// Voting members, from the latest membership entry in the log (committed or not).
-    public private(set) var members: Set<NodeID>
+    public private(set) var members: Set<NodeID> {
+        didSet { peers = members.filter { $0 != id }.sorted() }
+    }
+    /// The other members in a fixed order, so the directives' order never depends on hashing.
+    private var peers: [NodeID] = []
     private var configIndex: LogIndex
 
     private var votes: Set<NodeID> = []
@@ -146,7 +150,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             let request = VoteRequest(
                 term: role == .candidate ? currentTerm : currentTerm + 1, candidateID: id, lastLogIndex: lastIndex,
                 lastLogTerm: lastTerm)
-            for peer in members where peer != id && !votes.contains(peer) {
+            for peer in peers where !votes.contains(peer) {
                 out.append(.send(to: peer, role == .candidate ? .requestVote(request) : .preVote(request)))
             }
         } else if now >= electionDeadline {
@@ -263,7 +267,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             return
         }
         let request = VoteRequest(term: currentTerm + 1, candidateID: id, lastLogIndex: lastIndex, lastLogTerm: lastTerm)
-        for peer in members where peer != id {
+        for peer in peers {
             out.append(.send(to: peer, .preVote(request)))
         }
     }
@@ -283,7 +287,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             return
         }
         let request = VoteRequest(term: currentTerm, candidateID: id, lastLogIndex: lastIndex, lastLogTerm: lastTerm)
-        for peer in members where peer != id {
+        for peer in peers {
             out.append(.send(to: peer, .requestVote(request)))
         }
     }
@@ -293,7 +297,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         leaderID = id
         nextIndex = [:]
         matchIndex = [:]
-        for peer in members where peer != id {
+        for peer in peers {
             nextIndex[peer] = lastIndex + 1
             matchIndex[peer] = 0
         }
@@ -449,7 +453,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             configIndex = entry.index
         }
         if role == .leader {
-            for peer in members where peer != id && nextIndex[peer] == nil {
+            for peer in peers where nextIndex[peer] == nil {
                 nextIndex[peer] = lastIndex + 1
                 matchIndex[peer] = 0
             }
@@ -457,7 +461,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     }
 
     private mutating func broadcastAppend(now: RaftTime, out: inout [RaftDirective], heartbeat: Bool) {
-        for peer in members where peer != id {
+        for peer in peers {
             sendAppend(to: peer, out: &out, heartbeat: heartbeat)
         }
         if heartbeat {

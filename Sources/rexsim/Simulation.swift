@@ -4,6 +4,7 @@ import Election
 
 /// Parameters of one simulated run; everything else follows from the seed.
 struct SimConfig: Sendable {
+    var trace = false
     var nodes: Int = 5
     var steps: Int = 5000
     var bug: InjectedBug?
@@ -191,6 +192,10 @@ struct Simulation {
 
     private var time: RaftTime { RaftTime(nanoseconds: now) }
 
+    private func trace(_ text: @autoclosure () -> String) {
+        if config.trace { print("\(now / 1_000_000)ms \(text())") }
+    }
+
     private mutating func start() throws {
         // Every node starts fresh at the same moment: the bootstrap rule must yield exactly one founder.
         let window = Duration.milliseconds(300)
@@ -215,6 +220,7 @@ struct Simulation {
     }
 
     private mutating func boot(node i: Int) throws {
+        trace("\(nodes[i].id) boot durable last \(nodes[i].durableLog.count) hard \(nodes[i].durableHard)")
         let instance = RaftInstance(
             id: nodes[i].id, settings: settings, hardState: nodes[i].durableHard, log: nodes[i].durableLog,
             random: SplitMix64(seed: rng.next()), now: time)
@@ -252,6 +258,7 @@ struct Simulation {
         case .fault:
             try fault()
         case .heal:
+            trace("heal")
             blocked = []
             queue.push(.fault, at: now + random(200_000_000..<2_000_000_000))
         case .restart(let i):
@@ -278,7 +285,8 @@ struct Simulation {
                 let victim = Int(random(0..<UInt64(config.nodes)))
                 if victim != target { change = .removeNode(nodes[victim].id) }
             }
-            if let change, case .accepted(_, _, let directives) = instance.onProposeMembership(change, now: time) {
+            if let change, case .accepted(let at, _, let directives) = instance.onProposeMembership(change, now: time) {
+                trace("\(nodes[target].id) proposes \(change) at \(at)")
                 nodes[target].instance = instance
                 try perform(node: target, directives)
                 guard let again = nodes[target].instance else { return }
@@ -333,6 +341,7 @@ struct Simulation {
         }
         result.partitions += 1
         let n = config.nodes
+        defer { trace("partition \(blocked.sorted().map { "\($0 / n)->\($0 % n)" })") }
         if roll < 70 {
             // Isolate one node, usually the leader.
             var victim = Int(random(0..<UInt64(n)))
@@ -363,6 +372,7 @@ struct Simulation {
     }
 
     private mutating func crash(node i: Int, quickly: Bool = false) {
+        trace("\(nodes[i].id) CRASH durable last \(nodes[i].durableLog.count) hard \(nodes[i].durableHard)")
         if nodes[i].instance?.role == .leader { startFailover(leader: i) }
         nodes[i].instance = nil
         nodes[i].timerGeneration += 1
@@ -407,6 +417,7 @@ struct Simulation {
                                             + "\(nodes[target].id) in term \(response.term)")
                     }
                     votesCast[key] = target
+                    trace("\(nodes[i].id) votes \(nodes[target].id) term \(response.term)")
                 }
                 send(from: i, to: target, message)
                 // Targeted fault: a voter dies right after granting its vote.
@@ -416,7 +427,10 @@ struct Simulation {
                 }
             case .apply(let entries):
                 try apply(node: i, entries)
-            case .roleChanged(let role, let term, _):
+            case .roleChanged(let role, let term, let leader):
+                trace("\(nodes[i].id) \(role.rawValue) term \(term) leader \(leader ?? "-") "
+                      + "last \(nodes[i].instance!.lastIndex) commit \(nodes[i].instance!.commitIndex) "
+                      + "members \(nodes[i].instance!.members.sorted())")
                 if role == .leader { try checkNewLeader(node: i, term: term) }
             case .scheduleTimer(let at):
                 nodes[i].timerGeneration += 1

@@ -31,6 +31,9 @@ struct RexSim: ParsableCommand {
     @Option(help: "Switch on a deliberately broken variant: \(InjectedBug.allCases.map(\.rawValue).joined(separator: ", ")).")
     var injectBug: String?
 
+    @Flag(name: .customLong("trace"), help: .hidden)
+    var trace = false
+
     @Option(help: "Worker threads (seeds run in parallel; results do not depend on this).")
     var jobs: Int = 2
 
@@ -46,7 +49,7 @@ struct RexSim: ParsableCommand {
     }
 
     func run() throws {
-        let config = SimConfig(nodes: nodes, steps: steps, bug: injectBug.flatMap(InjectedBug.init(rawValue:)))
+        let config = SimConfig(trace: trace, nodes: nodes, steps: steps, bug: injectBug.flatMap(InjectedBug.init(rawValue:)))
         let summary = SeedRunner.run(config: config, seedStart: seedStart, seeds: seeds, jobs: jobs)
         if json {
             print(summary.json())
