@@ -85,6 +85,14 @@ let package = Package(
         .testTarget(name: "LedgerTests", dependencies: ["Ledger"]),
         .testTarget(name: "RenderTests", dependencies: ["Render"]),
         .testTarget(name: "FarmTests", dependencies: ["Farm", "Ledger", "Render", "Mesh"]),
+        .executableTarget(
+            name: "raftbench",
+            dependencies: [
+                "Election", "Ledger",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "bench/raftbench"
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
