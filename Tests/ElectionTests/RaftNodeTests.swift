@@ -1,0 +1,93 @@
+import Testing
+
+@testable import Election
+
+/// Three `RaftNode` actors over the in-memory network with in-memory storage.
+private struct InProcessFarm {
+    let network = InMemoryRaftNetwork()
+    var nodes: [RaftNode] = []
+    var storages: [InMemoryRaftStorage] = []
+
+    init(ids: [NodeID]) {
+        var settings = RaftSettings()
+        settings.heartbeatInterval = .milliseconds(20)
+        settings.electionTimeoutMin = .milliseconds(100)
+        settings.electionTimeoutMax = .milliseconds(200)
+        let log = ids.enumerated().map { LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: .addNode($0.element)) }
+        for (i, id) in ids.enumerated() {
+            let storage = InMemoryRaftStorage(hardState: HardState(term: 1), log: log)
+            let node = RaftNode(id: id, settings: settings, storage: storage, transport: network.transport(for: id),
+                                seed: UInt64(i + 1))
+            network.register(node)
+            nodes.append(node)
+            storages.append(storage)
+        }
+    }
+
+    func leader(excluding excluded: Set<NodeID> = [], timeout: Duration = .seconds(10)) async throws -> RaftNode? {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            for node in nodes where !excluded.contains(node.id) {
+                if let status = await node.status, status.role == .leader, status.commitIndex > 3 { return node }
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return nil
+    }
+}
+
+@Suite("RaftNode shell", .serialized)
+struct RaftNodeTests {
+    @Test func proposalsCommitOnEveryNodeAndFollowersAnswerNotLeader() async throws {
+        let farm = InProcessFarm(ids: ["a", "b", "c"])
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for node in farm.nodes { group.addTask { try await node.run() } }
+            let leader = try #require(try await farm.leader())
+            let indices = try await withThrowingTaskGroup(of: LogIndex.self) { proposals in
+                for k in 0..<50 { proposals.addTask { try await leader.propose([UInt8(k)]) } }
+                var all: [LogIndex] = []
+                for try await index in proposals { all.append(index) }
+                return all
+            }
+            #expect(Set(indices).count == 50, "every proposal got its own index")
+            let follower = farm.nodes.first { $0.id != leader.id }!
+            await #expect(throws: RaftError.self) { _ = try await follower.propose([1]) }
+            do {
+                _ = try await follower.propose([1])
+            } catch let error as RaftError {
+                #expect(error.code == .notLeader)
+                #expect(error.leaderHint == leader.id)
+            }
+            // Every node's committed stream carries the same 50 commands.
+            let highest = indices.max()!
+            for node in farm.nodes {
+                var payloads: [UInt8] = []
+                for await entry in node.committed {
+                    if case .command(let command) = entry.kind { payloads.append(command.payload[0]) }
+                    if entry.index >= highest { break }
+                }
+                #expect(payloads.sorted() == (0..<50).map { UInt8($0) })
+            }
+            // Batching: far fewer leader writes than proposals.
+            let leaderStorage = farm.storages[farm.nodes.firstIndex { $0 === leader }!]
+            #expect(leaderStorage.persistCount < 50)
+            group.cancelAll()
+        }
+    }
+
+    @Test func isolatedLeaderIsReplacedAndTheFarmKeepsCommitting() async throws {
+        let farm = InProcessFarm(ids: ["a", "b", "c"])
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for node in farm.nodes { group.addTask { try await node.run() } }
+            let first = try #require(try await farm.leader())
+            _ = try await first.propose([1])
+            farm.network.isolate(first.id)
+            let second = try #require(try await farm.leader(excluding: [first.id]))
+            #expect(second.id != first.id)
+            let index = try await second.propose([2])
+            #expect(index > 0)
+            farm.network.heal()
+            group.cancelAll()
+        }
+    }
+}
