@@ -248,7 +248,7 @@ public actor RaftNode {
             }
         }
         if let deadline = timerDeadline, now() >= deadline {
-            timerDeadline = nil
+            // The deadline stays until the instance schedules a new one, so a tick is never lost.
             try await perform(instance!.onTick(now: now()))
         }
     }
