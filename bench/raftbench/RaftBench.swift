@@ -19,7 +19,7 @@ extension RaftBench {
         var nodes: Int = 3
 
         @Option(help: "Commands for the batched run.")
-        var commands: Int = 20_000
+        var commands: Int = 100_000
 
         @Option(help: "Concurrent clients in the batched run.")
         var concurrency: Int = 256
@@ -29,7 +29,7 @@ extension RaftBench {
 
         func run() async throws {
             let single = try await ThroughputBench(
-                nodes: nodes, commands: 500, concurrency: 1, directory: dir + "/single").run()
+                nodes: nodes, commands: 2_000, concurrency: 1, directory: dir + "/single").run()
             let batched = try await ThroughputBench(
                 nodes: nodes, commands: commands, concurrency: concurrency, directory: dir + "/batched").run()
             func row(_ name: String, _ r: ThroughputBench.Result, _ n: Int) -> String {
@@ -39,7 +39,7 @@ extension RaftBench {
                     + String(format: "%.2f s", r.seconds)
             }
             print("commit throughput, \(nodes) nodes, SQLite WAL synchronous=FULL, in-memory transport")
-            print(row("1 client   ", single, 500))
+            print(row("1 client   ", single, 2_000))
             print(row("\(concurrency) clients", batched, commands / concurrency * concurrency))
             print(String(format: "batching speed-up: %.1fx", batched.commandsPerSecond / single.commandsPerSecond))
         }
