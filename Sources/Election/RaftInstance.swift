@@ -266,7 +266,8 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             startElection(now: now, out: &out)
             return
         }
-        let request = VoteRequest(term: currentTerm + 1, candidateID: id, lastLogIndex: lastIndex, lastLogTerm: lastTerm)
+        let request = VoteRequest(
+            term: currentTerm + 1, candidateID: id, lastLogIndex: lastIndex, lastLogTerm: lastTerm)
         for peer in peers {
             out.append(.send(to: peer, .preVote(request)))
         }
@@ -365,9 +366,11 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         out.append(.send(to: peer, .voteResponse(VoteResponse(term: currentTerm, granted: granted, preVote: false))))
     }
 
-    private mutating func handlePreVote(_ m: VoteRequest, from peer: NodeID, now: RaftTime, out: inout [RaftDirective]) {
+    private mutating func handlePreVote(_ m: VoteRequest, from peer: NodeID, now: RaftTime, out: inout [RaftDirective])
+    {
         // A pre-vote changes nothing here; it only predicts whether a real vote would be granted.
-        let granted = m.term > currentTerm && !inLease(now: now)
+        let granted =
+            m.term > currentTerm && !inLease(now: now)
             && isUpToDate(lastLogIndex: m.lastLogIndex, lastLogTerm: m.lastLogTerm)
         let term = granted ? m.term : currentTerm
         out.append(.send(to: peer, .voteResponse(VoteResponse(term: term, granted: granted, preVote: true))))
@@ -504,8 +507,13 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
 
         // Log matching: the entry before the new ones must be ours too.
         guard m.prevLogIndex <= lastIndex else {
-            out.append(.send(to: peer, .appendResponse(AppendResponse(term: currentTerm, success: false,
-                                                                      index: lastIndex + 1))))
+            out.append(
+                .send(
+                    to: peer,
+                    .appendResponse(
+                        AppendResponse(
+                            term: currentTerm, success: false,
+                            index: lastIndex + 1))))
             return
         }
         let skipCheck = settings.injectedBugs.contains(.noLogCheck)
@@ -515,8 +523,13 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             while hint > commitIndex + 1, term(at: hint - 1) == ours {
                 hint -= 1
             }
-            out.append(.send(to: peer, .appendResponse(AppendResponse(term: currentTerm, success: false,
-                                                                      index: max(hint, 1)))))
+            out.append(
+                .send(
+                    to: peer,
+                    .appendResponse(
+                        AppendResponse(
+                            term: currentTerm, success: false,
+                            index: max(hint, 1)))))
             return
         }
         var newEntries: [LogEntry] = []
@@ -550,8 +563,9 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
 
     private mutating func truncate(from index: LogIndex) {
         guard index >= 1, index <= lastIndex else { return }
-        precondition(index > commitIndex || settings.injectedBugs.isEmpty == false,
-                     "Raft safety: truncating committed entry \(index) (commit \(commitIndex))")
+        precondition(
+            index > commitIndex || settings.injectedBugs.isEmpty == false,
+            "Raft safety: truncating committed entry \(index) (commit \(commitIndex))")
         log.removeSubrange(Int(index - 1)...)
         durableIndex = min(durableIndex, index - 1)
     }

@@ -1,9 +1,9 @@
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 // MARK: - Transport
@@ -269,8 +269,9 @@ public actor RaftNode {
                         if expected == nil ? entry.kind.isMembershipChange : entry.commandID == expected {
                             continuation.resume(returning: entry.index)
                         } else {
-                            continuation.resume(throwing: RaftError(
-                                .entryOverwritten, "another entry was committed at index \(entry.index)"))
+                            continuation.resume(
+                                throwing: RaftError(
+                                    .entryOverwritten, "another entry was committed at index \(entry.index)"))
                         }
                     }
                 }
@@ -279,9 +280,10 @@ public actor RaftNode {
                     let lost = waiters
                     waiters = [:]
                     for (_, (_, continuation)) in lost {
-                        continuation.resume(throwing: RaftError(
-                            .leadershipLost, "leadership moved before the entry committed; it may still commit",
-                            leaderHint: leader))
+                        continuation.resume(
+                            throwing: RaftError(
+                                .leadershipLost, "leadership moved before the entry committed; it may still commit",
+                                leaderHint: leader))
                     }
                 }
             case .scheduleTimer(let at):

@@ -382,7 +382,9 @@ struct Simulation {
     }
 
     private mutating func startFailover(leader i: Int) {
-        guard defaultTimings, failoverStart == nil, let instance = nodes[i].instance, instance.role == .leader else { return }
+        guard defaultTimings, failoverStart == nil, let instance = nodes[i].instance, instance.role == .leader else {
+            return
+        }
         failoverStart = now
         failoverTerm = instance.currentTerm
     }
@@ -413,8 +415,9 @@ struct Simulation {
                     // Vote safety: one vote per node and term, across crashes.
                     let key = VoteKey(node: i, term: response.term)
                     if let earlier = votesCast[key], earlier != target {
-                        throw Violation(message: "vote safety: \(nodes[i].id) voted for \(nodes[earlier].id) and "
-                                            + "\(nodes[target].id) in term \(response.term)")
+                        throw Violation(
+                            message: "vote safety: \(nodes[i].id) voted for \(nodes[earlier].id) and "
+                                + "\(nodes[target].id) in term \(response.term)")
                     }
                     votesCast[key] = target
                     trace("\(nodes[i].id) votes \(nodes[target].id) term \(response.term)")
@@ -428,9 +431,10 @@ struct Simulation {
             case .apply(let entries):
                 try apply(node: i, entries)
             case .roleChanged(let role, let term, let leader):
-                trace("\(nodes[i].id) \(role.rawValue) term \(term) leader \(leader ?? "-") "
-                      + "last \(nodes[i].instance!.lastIndex) commit \(nodes[i].instance!.commitIndex) "
-                      + "members \(nodes[i].instance!.members.sorted())")
+                trace(
+                    "\(nodes[i].id) \(role.rawValue) term \(term) leader \(leader ?? "-") "
+                        + "last \(nodes[i].instance!.lastIndex) commit \(nodes[i].instance!.commitIndex) "
+                        + "members \(nodes[i].instance!.members.sorted())")
                 if role == .leader { try checkNewLeader(node: i, term: term) }
             case .scheduleTimer(let at):
                 nodes[i].timerGeneration += 1
@@ -461,7 +465,8 @@ struct Simulation {
         }
         for entry in request.entries {
             guard entry.index == LogIndex(nodes[i].durableLog.count + 1) else {
-                throw Violation(message: "\(nodes[i].id) persisted entry \(entry.index) after \(nodes[i].durableLog.count)")
+                throw Violation(
+                    message: "\(nodes[i].id) persisted entry \(entry.index) after \(nodes[i].durableLog.count)")
             }
             // Log matching: the same (index, term) must always sit on top of the same history.
             let link = fnv(nodes[i].chain.last ?? 0xCBF2_9CE4_8422_2325, entry)
@@ -470,8 +475,9 @@ struct Simulation {
             let key = IndexTerm(index: entry.index, term: entry.term)
             if let known = chainAt[key] {
                 if known != link {
-                    throw Violation(message: "log matching: \(nodes[i].id) has a different history at index "
-                                        + "\(entry.index) term \(entry.term)")
+                    throw Violation(
+                        message: "log matching: \(nodes[i].id) has a different history at index "
+                            + "\(entry.index) term \(entry.term)")
                 }
             } else {
                 chainAt[key] = link
@@ -501,8 +507,9 @@ struct Simulation {
             let position = Int(entry.index - 1)
             if position < committed.count {
                 if committed[position] != entry {
-                    throw Violation(message: "state machine safety: \(nodes[i].id) applied \(describe(entry)) but "
-                                        + "\(describe(committed[position])) was committed at index \(entry.index)")
+                    throw Violation(
+                        message: "state machine safety: \(nodes[i].id) applied \(describe(entry)) but "
+                            + "\(describe(committed[position])) was committed at index \(entry.index)")
                 }
             } else {
                 committed.append(entry)
@@ -525,7 +532,9 @@ struct Simulation {
                 if entry.term > failoverTerm {
                     result.failoverMs.append((now - start) / 1_000_000)
                     failoverStart = nil
-                } else if entry.term == failoverTerm && entry.index > 0 && nodes[i].instance?.currentTerm == failoverTerm {
+                } else if entry.term == failoverTerm && entry.index > 0
+                    && nodes[i].instance?.currentTerm == failoverTerm
+                {
                     failoverStart = nil  // the old leader came back before anyone replaced it
                 }
             }
@@ -552,8 +561,9 @@ struct Simulation {
         // Leader completeness: a new leader holds every committed entry.
         guard let instance = nodes[i].instance else { return }
         for entry in committed where instance.entry(at: entry.index) != entry {
-            throw Violation(message: "leader completeness: \(nodes[i].id) leads term \(term) without committed "
-                                + "\(describe(entry))")
+            throw Violation(
+                message: "leader completeness: \(nodes[i].id) leads term \(term) without committed "
+                    + "\(describe(entry))")
         }
     }
 
@@ -574,8 +584,9 @@ struct Simulation {
                 if xLast.0 > yLast.0 || (xLast.0 == yLast.0 && xLast.1 >= yLast.1) { supporters += 1 }
             }
             if supporters >= quorum {
-                throw Violation(message: "leader completeness: \(nodes[x].id) lacks committed \(describe(last)) "
-                                    + "but \(supporters) of \(members.count) members would elect it")
+                throw Violation(
+                    message: "leader completeness: \(nodes[x].id) lacks committed \(describe(last)) "
+                        + "but \(supporters) of \(members.count) members would elect it")
             }
         }
     }

@@ -3,7 +3,7 @@ import Dispatch
 import Election
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Deterministic simulation of Raft-lite: N real `RaftInstance`s, a hostile simulated network and clock,
@@ -28,7 +28,9 @@ struct RexSim: ParsableCommand {
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
-    @Option(help: "Switch on a deliberately broken variant: \(InjectedBug.allCases.map(\.rawValue).joined(separator: ", ")).")
+    @Option(
+        help:
+            "Switch on a deliberately broken variant: \(InjectedBug.allCases.map(\.rawValue).joined(separator: ", ")).")
     var injectBug: String?
 
     @Flag(name: .customLong("trace"), help: .hidden)
@@ -43,13 +45,15 @@ struct RexSim: ParsableCommand {
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
         guard jobs >= 1 else { throw ValidationError("--jobs must be at least 1") }
         if let injectBug, InjectedBug(rawValue: injectBug) == nil {
-            throw ValidationError("unknown bug '\(injectBug)'; known: "
-                                  + InjectedBug.allCases.map(\.rawValue).joined(separator: ", "))
+            throw ValidationError(
+                "unknown bug '\(injectBug)'; known: "
+                    + InjectedBug.allCases.map(\.rawValue).joined(separator: ", "))
         }
     }
 
     func run() throws {
-        let config = SimConfig(trace: trace, nodes: nodes, steps: steps, bug: injectBug.flatMap(InjectedBug.init(rawValue:)))
+        let config = SimConfig(
+            trace: trace, nodes: nodes, steps: steps, bug: injectBug.flatMap(InjectedBug.init(rawValue:)))
         let summary = SeedRunner.run(config: config, seedStart: seedStart, seeds: seeds, jobs: jobs)
         if json {
             print(summary.json())

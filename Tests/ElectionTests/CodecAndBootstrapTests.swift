@@ -5,17 +5,24 @@ import Testing
 @Suite("RaftMessage codec")
 struct CodecTests {
     static let samples: [RaftMessage] = [
-        .appendEntries(AppendEntries(
-            term: 7, leaderID: "0123456789abcdef", prevLogIndex: 41, prevLogTerm: 6, leaderCommit: 40,
-            entries: [
-                LogEntry(term: 7, index: 42, kind: .noop),
-                LogEntry(term: 7, index: 43, kind: .command(RaftCommand(
-                    id: CommandID(origin: "0123456789abcdef", sequence: 1 << 40), payload: [0, 1, 2, 255]))),
-                LogEntry(term: 7, index: 44, kind: .addNode("fedcba9876543210")),
-                LogEntry(term: 7, index: 45, kind: .removeNode("fedcba9876543210")),
-            ])),
-        .appendEntries(AppendEntries(term: 1, leaderID: "a", prevLogIndex: 0, prevLogTerm: 0, leaderCommit: 0,
-                                     entries: [])),
+        .appendEntries(
+            AppendEntries(
+                term: 7, leaderID: "0123456789abcdef", prevLogIndex: 41, prevLogTerm: 6, leaderCommit: 40,
+                entries: [
+                    LogEntry(term: 7, index: 42, kind: .noop),
+                    LogEntry(
+                        term: 7, index: 43,
+                        kind: .command(
+                            RaftCommand(
+                                id: CommandID(origin: "0123456789abcdef", sequence: 1 << 40),
+                                payload: [0, 1, 2, 255]))),
+                    LogEntry(term: 7, index: 44, kind: .addNode("fedcba9876543210")),
+                    LogEntry(term: 7, index: 45, kind: .removeNode("fedcba9876543210")),
+                ])),
+        .appendEntries(
+            AppendEntries(
+                term: 1, leaderID: "a", prevLogIndex: 0, prevLogTerm: 0, leaderCommit: 0,
+                entries: [])),
         .appendResponse(AppendResponse(term: UInt64.max, success: true, index: 12)),
         .appendResponse(AppendResponse(term: 3, success: false, index: 0)),
         .requestVote(VoteRequest(term: 9, candidateID: "b", lastLogIndex: 100, lastLogTerm: 8)),
@@ -107,11 +114,14 @@ struct BootstrapTests {
         var joiners: [NodeID] = []
         for id in ids {
             let peers = ids.filter { $0 != id }.map { DiscoveredPeer(id: $0, isMember: false) }
-            switch BootstrapPlanner.decide(selfID: id, hasState: false, peers: peers, startedAt: .milliseconds(0),
-                                           now: .milliseconds(3_000), window: window)
+            switch BootstrapPlanner.decide(
+                selfID: id, hasState: false, peers: peers, startedAt: .milliseconds(0),
+                now: .milliseconds(3_000), window: window)
             {
             case .bootstrap: founders.append(id)
-            case .join(let contact): joiners.append(id); #expect(contact == "0a00000000000000")
+            case .join(let contact):
+                joiners.append(id)
+                #expect(contact == "0a00000000000000")
             default: Issue.record("unexpected decision for \(id)")
             }
         }
@@ -148,8 +158,9 @@ struct BootstrapTests {
 
     @Test func bootstrapStateMakesTheFounderTheOnlyMember() {
         let state = Instance.bootstrapState(for: "f")
-        let node = Instance(id: "f", hardState: state.hardState!, log: state.entries, random: SplitMix64(seed: 1),
-                            now: .milliseconds(0))
+        let node = Instance(
+            id: "f", hardState: state.hardState!, log: state.entries, random: SplitMix64(seed: 1),
+            now: .milliseconds(0))
         #expect(node.members == ["f"])
         #expect(node.currentTerm == 1)
     }

@@ -8,9 +8,11 @@ private func instance(
     _ id: NodeID, term: Term = 1, votedFor: NodeID? = nil, log: [LogEntry]? = nil, members: [NodeID] = ["a", "b", "c"],
     settings: RaftSettings = RaftSettings()
 ) -> Instance {
-    let entries = log ?? members.enumerated().map {
-        LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: .addNode($0.element))
-    }
+    let entries =
+        log
+        ?? members.enumerated().map {
+            LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: .addNode($0.element))
+        }
     return Instance(
         id: id, settings: settings, hardState: HardState(term: term, votedFor: votedFor), log: entries,
         random: SplitMix64(seed: 42), now: .milliseconds(0))
@@ -119,12 +121,15 @@ struct ElectionTests {
     @Test func nodeVotesOncePerTermEvenForAnEquallyGoodCandidate() {
         var node = instance("c")
         let now = RaftTime.milliseconds(2_000)
-        let first = node.onMessage(.requestVote(VoteRequest(term: 2, candidateID: "a", lastLogIndex: 3, lastLogTerm: 1)),
-                                   from: "a", now: now)
-        let second = node.onMessage(.requestVote(VoteRequest(term: 2, candidateID: "b", lastLogIndex: 3, lastLogTerm: 1)),
-                                    from: "b", now: now)
-        let again = node.onMessage(.requestVote(VoteRequest(term: 2, candidateID: "a", lastLogIndex: 3, lastLogTerm: 1)),
-                                   from: "a", now: now)
+        let first = node.onMessage(
+            .requestVote(VoteRequest(term: 2, candidateID: "a", lastLogIndex: 3, lastLogTerm: 1)),
+            from: "a", now: now)
+        let second = node.onMessage(
+            .requestVote(VoteRequest(term: 2, candidateID: "b", lastLogIndex: 3, lastLogTerm: 1)),
+            from: "b", now: now)
+        let again = node.onMessage(
+            .requestVote(VoteRequest(term: 2, candidateID: "a", lastLogIndex: 3, lastLogTerm: 1)),
+            from: "a", now: now)
         #expect(voteResponses(first).map(\.granted) == [true])
         #expect(voteResponses(second).map(\.granted) == [false])
         #expect(voteResponses(again).map(\.granted) == [true])
@@ -133,8 +138,9 @@ struct ElectionTests {
 
     @Test func restartedNodeKeepsItsVoteFromStorage() {
         var node = instance("c", term: 2, votedFor: "a")
-        let out = node.onMessage(.requestVote(VoteRequest(term: 2, candidateID: "b", lastLogIndex: 9, lastLogTerm: 1)),
-                                 from: "b", now: .milliseconds(2_000))
+        let out = node.onMessage(
+            .requestVote(VoteRequest(term: 2, candidateID: "b", lastLogIndex: 9, lastLogTerm: 1)),
+            from: "b", now: .milliseconds(2_000))
         #expect(voteResponses(out).map(\.granted) == [false])
     }
 
@@ -212,15 +218,19 @@ struct PreVoteTests {
     @Test func followerRefusesPreVoteWhileItHearsFromALeader() {
         var node = instance("b")
         _ = node.onMessage(
-            .appendEntries(AppendEntries(term: 1, leaderID: "a", prevLogIndex: 3, prevLogTerm: 1, leaderCommit: 3,
-                                         entries: [])),
+            .appendEntries(
+                AppendEntries(
+                    term: 1, leaderID: "a", prevLogIndex: 3, prevLogTerm: 1, leaderCommit: 3,
+                    entries: [])),
             from: "a", now: .milliseconds(1_000))
-        let out = node.onMessage(.preVote(VoteRequest(term: 2, candidateID: "c", lastLogIndex: 3, lastLogTerm: 1)),
-                                 from: "c", now: .milliseconds(1_100))
+        let out = node.onMessage(
+            .preVote(VoteRequest(term: 2, candidateID: "c", lastLogIndex: 3, lastLogTerm: 1)),
+            from: "c", now: .milliseconds(1_100))
         #expect(voteResponses(out) == [VoteResponse(term: 1, granted: false, preVote: true)])
         #expect(node.currentTerm == 1)
-        let later = node.onMessage(.preVote(VoteRequest(term: 2, candidateID: "c", lastLogIndex: 3, lastLogTerm: 1)),
-                                   from: "c", now: .milliseconds(1_600))
+        let later = node.onMessage(
+            .preVote(VoteRequest(term: 2, candidateID: "c", lastLogIndex: 3, lastLogTerm: 1)),
+            from: "c", now: .milliseconds(1_600))
         #expect(voteResponses(later) == [VoteResponse(term: 2, granted: true, preVote: true)])
         #expect(node.currentTerm == 1, "a pre-vote must not change the voter's term")
     }
@@ -257,10 +267,14 @@ struct ReplicationTests {
         log.append(LogEntry(term: 2, index: 4, kind: command(1)))
         log.append(LogEntry(term: 2, index: 5, kind: command(2)))
         var node = instance("b", term: 2, log: log)
-        let leaderEntries = [LogEntry(term: 3, index: 4, kind: command(9)), LogEntry(term: 3, index: 5, kind: command(10))]
+        let leaderEntries = [
+            LogEntry(term: 3, index: 4, kind: command(9)), LogEntry(term: 3, index: 5, kind: command(10)),
+        ]
         let out = node.onMessage(
-            .appendEntries(AppendEntries(term: 3, leaderID: "a", prevLogIndex: 3, prevLogTerm: 1, leaderCommit: 3,
-                                         entries: leaderEntries)),
+            .appendEntries(
+                AppendEntries(
+                    term: 3, leaderID: "a", prevLogIndex: 3, prevLogTerm: 1, leaderCommit: 3,
+                    entries: leaderEntries)),
             from: "a", now: .milliseconds(10))
         guard case .persist(let request)? = out.first else {
             Issue.record("persist must come first: \(out)")
@@ -278,8 +292,10 @@ struct ReplicationTests {
         log.append(LogEntry(term: 2, index: 5, kind: command(2)))
         var node = instance("b", term: 2, log: log)
         let out = node.onMessage(
-            .appendEntries(AppendEntries(term: 2, leaderID: "a", prevLogIndex: 3, prevLogTerm: 1, leaderCommit: 3,
-                                         entries: [log[3]])),
+            .appendEntries(
+                AppendEntries(
+                    term: 2, leaderID: "a", prevLogIndex: 3, prevLogTerm: 1, leaderCommit: 3,
+                    entries: [log[3]])),
             from: "a", now: .milliseconds(10))
         #expect(node.lastIndex == 5)
         #expect(appendResponses(out) == [AppendResponse(term: 2, success: true, index: 4)])
@@ -289,14 +305,18 @@ struct ReplicationTests {
     @Test func followerRejectsAppendWhosePreviousEntryItLacksAndHintsWhereToResume() {
         var node = instance("b", term: 2)
         let missing = node.onMessage(
-            .appendEntries(AppendEntries(term: 2, leaderID: "a", prevLogIndex: 7, prevLogTerm: 2, leaderCommit: 3,
-                                         entries: [LogEntry(term: 2, index: 8, kind: command(1))])),
+            .appendEntries(
+                AppendEntries(
+                    term: 2, leaderID: "a", prevLogIndex: 7, prevLogTerm: 2, leaderCommit: 3,
+                    entries: [LogEntry(term: 2, index: 8, kind: command(1))])),
             from: "a", now: .milliseconds(10))
         #expect(appendResponses(missing) == [AppendResponse(term: 2, success: false, index: 4)])
         #expect(node.lastIndex == 3)
         let wrongTerm = node.onMessage(
-            .appendEntries(AppendEntries(term: 2, leaderID: "a", prevLogIndex: 3, prevLogTerm: 2, leaderCommit: 3,
-                                         entries: [LogEntry(term: 2, index: 4, kind: command(1))])),
+            .appendEntries(
+                AppendEntries(
+                    term: 2, leaderID: "a", prevLogIndex: 3, prevLogTerm: 2, leaderCommit: 3,
+                    entries: [LogEntry(term: 2, index: 4, kind: command(1))])),
             from: "a", now: .milliseconds(20))
         #expect(appendResponses(wrongTerm).map(\.success) == [false])
         #expect(node.lastIndex == 3)
@@ -329,17 +349,20 @@ struct ReplicationTests {
         var leader = instance("a", term: 2, log: log, settings: settings)
         var out = leader.onTick(now: .milliseconds(2_000))
         _ = leader.onPersisted(PersistRequest(hardState: leader.hardState), now: .milliseconds(2_000))
-        out = leader.onMessage(.voteResponse(VoteResponse(term: 3, granted: true, preVote: false)), from: "b",
-                               now: .milliseconds(2_001))
+        out = leader.onMessage(
+            .voteResponse(VoteResponse(term: 3, granted: true, preVote: false)), from: "b",
+            now: .milliseconds(2_001))
         #expect(leader.role == .leader)
         for case .persist(let request) in out { _ = leader.onPersisted(request, now: .milliseconds(2_001)) }
         // "b" acknowledges index 4 only (the old-term entry): a majority holds it, but it must not commit.
-        _ = leader.onMessage(.appendResponse(AppendResponse(term: 3, success: true, index: 4)), from: "b",
-                             now: .milliseconds(2_002))
+        _ = leader.onMessage(
+            .appendResponse(AppendResponse(term: 3, success: true, index: 4)), from: "b",
+            now: .milliseconds(2_002))
         #expect(leader.commitIndex < 4)
         // Once "b" holds the no-op of term 3, both commit together.
-        let commit = leader.onMessage(.appendResponse(AppendResponse(term: 3, success: true, index: 5)), from: "b",
-                                      now: .milliseconds(2_003))
+        let commit = leader.onMessage(
+            .appendResponse(AppendResponse(term: 3, success: true, index: 5)), from: "b",
+            now: .milliseconds(2_003))
         #expect(leader.commitIndex == 5)
         let applied = commit.flatMap { d -> [LogEntry] in
             if case .apply(let entries) = d { return entries }
@@ -356,7 +379,8 @@ struct ReplicationTests {
         let outcome = node.onPropose(
             [RaftCommand(id: CommandID(origin: "x", sequence: 1), payload: [1])], now: cluster.now)
         #expect(node.commitIndex == before)
-        guard case .accepted(let first, _, let directives) = outcome, case .persist(let request)? = directives.first else {
+        guard case .accepted(let first, _, let directives) = outcome, case .persist(let request)? = directives.first
+        else {
             Issue.record("expected an accepted proposal that starts with a persist")
             return
         }
@@ -419,7 +443,8 @@ struct MembershipTests {
             return
         }
         #expect(leader.members == ["a", "b"], "a membership change takes effect when appended")
-        #expect(leader.onProposeMembership(.addNode("c"), now: cluster.now)
+        #expect(
+            leader.onProposeMembership(.addNode("c"), now: cluster.now)
                 == .rejected(reason: "another membership change is pending"))
         cluster.nodes["a"] = leader
         cluster.perform("a", directives)
@@ -446,10 +471,12 @@ struct MembershipTests {
         var leader = instance("a", settings: settings)
         _ = leader.onTick(now: .milliseconds(2_000))
         _ = leader.onPersisted(PersistRequest(hardState: leader.hardState), now: .milliseconds(2_000))
-        _ = leader.onMessage(.voteResponse(VoteResponse(term: 2, granted: true, preVote: false)), from: "b",
-                             now: .milliseconds(2_001))
+        _ = leader.onMessage(
+            .voteResponse(VoteResponse(term: 2, granted: true, preVote: false)), from: "b",
+            now: .milliseconds(2_001))
         #expect(leader.role == .leader)
-        #expect(leader.onProposeMembership(.addNode("d"), now: .milliseconds(2_002))
+        #expect(
+            leader.onProposeMembership(.addNode("d"), now: .milliseconds(2_002))
                 == .rejected(reason: "the leader has not committed an entry of its own term yet"))
     }
 

@@ -16,8 +16,9 @@ private struct InProcessFarm {
         let log = ids.enumerated().map { LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: .addNode($0.element)) }
         for (i, id) in ids.enumerated() {
             let storage = InMemoryRaftStorage(hardState: HardState(term: 1), log: log)
-            let node = RaftNode(id: id, settings: settings, storage: storage, transport: network.transport(for: id),
-                                seed: UInt64(i + 1))
+            let node = RaftNode(
+                id: id, settings: settings, storage: storage, transport: network.transport(for: id),
+                seed: UInt64(i + 1))
             network.register(node)
             nodes.append(node)
             storages.append(storage)

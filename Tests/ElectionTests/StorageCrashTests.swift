@@ -1,11 +1,12 @@
 import Foundation
+import GRDB
 import Ledger
 import Testing
 
 @testable import Election
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // MARK: - Child process helper
@@ -121,12 +122,16 @@ private func temporaryDatabase(_ name: String) -> String {
 
 private func append(term: Term, prev: LogIndex, prevTerm: Term, count: Int, commit: LogIndex = 0) -> RaftMessage {
     let entries = (0..<count).map {
-        LogEntry(term: term, index: prev + LogIndex($0) + 1, kind: .command(RaftCommand(
-            id: CommandID(origin: "leader", sequence: prev + LogIndex($0) + 1), payload: [UInt8($0 & 0xFF)])))
+        LogEntry(
+            term: term, index: prev + LogIndex($0) + 1,
+            kind: .command(
+                RaftCommand(
+                    id: CommandID(origin: "leader", sequence: prev + LogIndex($0) + 1), payload: [UInt8($0 & 0xFF)])))
     }
-    return .appendEntries(AppendEntries(
-        term: term, leaderID: "leader", prevLogIndex: prev, prevLogTerm: prevTerm, leaderCommit: commit,
-        entries: entries))
+    return .appendEntries(
+        AppendEntries(
+            term: term, leaderID: "leader", prevLogIndex: prev, prevLogTerm: prevTerm, leaderCommit: commit,
+            entries: entries))
 }
 
 // MARK: - SQLite storage
@@ -137,10 +142,12 @@ struct RaftLogStoreTests {
         let path = temporaryDatabase("reopen")
         do {
             let store = try RaftLogStore.openStandalone(path: path)
-            try await store.persist(PersistRequest(
-                hardState: HardState(term: 3, votedFor: "n1"),
-                entries: (1...5).map { LogEntry(term: 2, index: $0, kind: .noop) }))
-            try await store.persist(PersistRequest(truncateFrom: 4, entries: [LogEntry(term: 3, index: 4, kind: .addNode("n9"))]))
+            try await store.persist(
+                PersistRequest(
+                    hardState: HardState(term: 3, votedFor: "n1"),
+                    entries: (1...5).map { LogEntry(term: 2, index: $0, kind: .noop) }))
+            try await store.persist(
+                PersistRequest(truncateFrom: 4, entries: [LogEntry(term: 3, index: 4, kind: .addNode("n9"))]))
         }
         let reopened = try RaftLogStore.openStandalone(path: path)
         let (hard, log) = try await reopened.load()
@@ -226,21 +233,26 @@ struct CrashTests {
             #expect(lastIndex >= acknowledgedIndex, "round \(round): lost acknowledged entries")
             if let (voteTerm, candidate) = grantedVote {
                 let storedTerm = Term(status[1])!
-                #expect(storedTerm > voteTerm || (storedTerm == voteTerm && status[2] == candidate),
-                        "round \(round): lost a granted vote")
+                #expect(
+                    storedTerm > voteTerm || (storedTerm == voteTerm && status[2] == candidate),
+                    "round \(round): lost a granted vote")
             }
             term = max(term, Term(status[1])!) + 1
             // A candidate asks for a vote in a new term.
-            child.send(.requestVote(VoteRequest(term: term, candidateID: "c\(round)", lastLogIndex: lastIndex,
-                                                lastLogTerm: lastTerm)), from: "c\(round)")
+            child.send(
+                .requestVote(
+                    VoteRequest(
+                        term: term, candidateID: "c\(round)", lastLogIndex: lastIndex,
+                        lastLogTerm: lastTerm)), from: "c\(round)")
             if case .voteResponse(let r)? = try child.readReply(), r.granted { grantedVote = (term, "c\(round)") }
             term += 1
             var prev = lastIndex
             var prevTerm = lastTerm
             let sends = 5 + Int(rng.next() % 20)
             for k in 0..<sends {
-                child.send(append(term: term, prev: prev, prevTerm: prevTerm, count: 1 + Int(rng.next() % 4)),
-                           from: "leader")
+                child.send(
+                    append(term: term, prev: prev, prevTerm: prevTerm, count: 1 + Int(rng.next() % 4)),
+                    from: "leader")
                 if k == sends - 1 {
                     usleep(UInt32(rng.next() % 4_000))
                     child.kill9()
@@ -260,8 +272,6 @@ struct CrashTests {
 }
 
 // MARK: - GRDB access for the migrator test
-
-import GRDB
 
 enum GRDBPoolFactory {
     static func pool(_ path: String) throws -> DatabasePool {

@@ -3,7 +3,7 @@ import Election
 import Ledger
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A real `RaftInstance` on a real `RaftLogStore`, driven line by line over stdin/stdout, so a test can
@@ -41,7 +41,8 @@ struct StorageCrashChild: ParsableCommand {
             let now = RaftTime.milliseconds(clock)
             let parts = line.split(separator: " ").map(String.init)
             if parts.first == "status" {
-                emit("status \(instance.currentTerm) \(instance.votedFor ?? "-") \(instance.lastIndex) \(instance.lastTerm)")
+                let vote = instance.votedFor ?? "-"
+                emit("status \(instance.currentTerm) \(vote) \(instance.lastIndex) \(instance.lastTerm)")
                 continue
             }
             guard parts.count == 3, parts[0] == "msg", let bytes = Hex.decode(parts[2]),

@@ -30,8 +30,9 @@ struct FailoverBench {
             log.append(LogEntry(term: 1, index: LogIndex(i + 1), kind: .addNode(id)))
         }
         var instances: [RaftInstance<SplitMix64>?] = ids.map {
-            RaftInstance(id: $0, hardState: HardState(term: 1), log: log, random: SplitMix64(seed: rng.next()),
-                         now: .milliseconds(0))
+            RaftInstance(
+                id: $0, hardState: HardState(term: 1), log: log, random: SplitMix64(seed: rng.next()),
+                now: .milliseconds(0))
         }
         var generations = [UInt64](repeating: 0, count: nodes)
         var heap = MinHeap<Event>()
@@ -59,8 +60,9 @@ struct FailoverBench {
                     }
                 case .send(let to, let message):
                     let j = ids.firstIndex(of: to)!
-                    push(.deliver(from: i, to: j, bytes: message.encode()),
-                         now + UInt64.random(in: 200_000..<2_000_000, using: &rng))
+                    push(
+                        .deliver(from: i, to: j, bytes: message.encode()),
+                        now + UInt64.random(in: 200_000..<2_000_000, using: &rng))
                 case .apply(let entries):
                     if let start = killedAt, instances[i]?.role == .leader,
                         entries.contains(where: { $0.term > killedTerm })

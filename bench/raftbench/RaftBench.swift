@@ -13,7 +13,8 @@ struct RaftBench: AsyncParsableCommand {
 extension RaftBench {
     /// Commit throughput on real SQLite, unbatched (one client) and batched (many clients) side by side.
     struct Throughput: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Commit throughput on SQLite, 3 nodes in one process.")
+        static let configuration = CommandConfiguration(
+            abstract: "Commit throughput on SQLite, 3 nodes in one process.")
 
         @Option(help: "Nodes.")
         var nodes: Int = 3
@@ -29,9 +30,11 @@ extension RaftBench {
 
         func run() async throws {
             let single = try await ThroughputBench(
-                nodes: nodes, commands: 2_000, concurrency: 1, directory: dir + "/single").run()
+                nodes: nodes, commands: 2_000, concurrency: 1, directory: dir + "/single"
+            ).run()
             let batched = try await ThroughputBench(
-                nodes: nodes, commands: commands, concurrency: concurrency, directory: dir + "/batched").run()
+                nodes: nodes, commands: commands, concurrency: concurrency, directory: dir + "/batched"
+            ).run()
             func row(_ name: String, _ r: ThroughputBench.Result, _ n: Int) -> String {
                 let rate = String(format: "%9.0f", r.commandsPerSecond)
                 let perFsync = String(format: "%6.1f", Double(n) / Double(max(r.leaderPersists, 1)))
@@ -63,10 +66,9 @@ extension RaftBench {
                 func p(_ q: Double) -> UInt64 {
                     samples[min(samples.count - 1, max(0, Int((q * Double(samples.count)).rounded(.up)) - 1))]
                 }
-                print("\(n) nodes  p50 \(p(0.5)) ms  p99 \(p(0.99)) ms  max \(samples.last!) ms  (\(samples.count) trials)")
+                let worst = samples.last!
+                print("\(n) nodes  p50 \(p(0.5)) ms  p99 \(p(0.99)) ms  max \(worst) ms  (\(samples.count) trials)")
             }
         }
     }
 }
-
-

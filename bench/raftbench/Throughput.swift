@@ -51,7 +51,9 @@ struct ThroughputBench {
         for (i, id) in ids.enumerated() {
             let store = try RaftLogStore.openStandalone(path: "\(directory)/node\(i).sqlite")
             // Same starting membership everywhere: as if the farm was formed and every node was added.
-            let members = ids.enumerated().map { LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: .addNode($0.element)) }
+            let members = ids.enumerated().map {
+                LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: .addNode($0.element))
+            }
             try await store.persist(PersistRequest(hardState: HardState(term: 1), entries: members))
             let storage = CountingStorage(inner: store)
             storages.append(storage)
