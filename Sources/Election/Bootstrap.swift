@@ -40,4 +40,10 @@ public enum BootstrapPlanner {
         if let lowest, lowest < selfID { return .join(contact: lowest) }
         return .bootstrap
     }
+
+    /// What the founder persists before starting its `RaftNode`: term 1 and entry 1 = `addNode(founder)`.
+    public static func foundingState(for founder: NodeID) -> PersistRequest {
+        PersistRequest(
+            hardState: HardState(term: 1), entries: [LogEntry(term: 1, index: 1, kind: .addNode(founder))])
+    }
 }

@@ -97,7 +97,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
 
     /// The first entry a brand-new farm writes: the bootstrapping node as its only member, at term 1.
     public static func bootstrapState(for id: NodeID) -> PersistRequest {
-        PersistRequest(hardState: HardState(term: 1), entries: [LogEntry(term: 1, index: 1, kind: .addNode(id))])
+        BootstrapPlanner.foundingState(for: id)
     }
 
     // MARK: Queries

@@ -382,7 +382,8 @@ struct Simulation {
     }
 
     private mutating func startFailover(leader i: Int) {
-        guard defaultTimings, failoverStart == nil, let instance = nodes[i].instance, instance.role == .leader else {
+        // Sampled only in steady state: default timings and every node a committed member.
+        guard defaultTimings, committedMembers.count == config.nodes, failoverStart == nil, let instance = nodes[i].instance, instance.role == .leader else {
             return
         }
         failoverStart = now
