@@ -1,3 +1,5 @@
+import Foundation
+import Ledger
 import Testing
 
 @testable import Election
@@ -90,5 +92,68 @@ struct RaftNodeTests {
             farm.network.heal()
             group.cancelAll()
         }
+    }
+}
+
+@Suite("RaftNode on SQLite", .serialized)
+struct RaftNodeSQLiteTests {
+    @Test func farmRestartedFromItsDatabasesResumesWithTermVoteAndLog() async throws {
+        let ids = ["a", "b", "c"]
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("raft-node-restart-\(getpid())")
+        try? FileManager.default.removeItem(at: dir)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let paths = ids.map { dir.appendingPathComponent("\($0).sqlite").path }
+        var settings = RaftSettings()
+        settings.heartbeatInterval = .milliseconds(20)
+        settings.electionTimeoutMin = .milliseconds(100)
+        settings.electionTimeoutMax = .milliseconds(200)
+        let members = ids.enumerated().map {
+            LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: .addNode($0.element))
+        }
+        for path in paths {
+            try RaftLogStore.openStandalone(path: path).persistNow(
+                PersistRequest(hardState: HardState(term: 1), entries: members))
+        }
+
+        func runFarm(proposals: Int) async throws -> [HardState] {
+            let network = InMemoryRaftNetwork()
+            let stores = try paths.map { try RaftLogStore.openStandalone(path: $0) }
+            let nodes = ids.enumerated().map { i, id in
+                RaftNode(id: id, settings: settings, storage: stores[i], transport: network.transport(for: id),
+                         seed: UInt64(i + 10))
+            }
+            for node in nodes { network.register(node) }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for node in nodes { group.addTask { try await node.run() } }
+                var leader: RaftNode?
+                let deadline = ContinuousClock.now + .seconds(10)
+                while leader == nil && ContinuousClock.now < deadline {
+                    for node in nodes {
+                        if let s = await node.status, s.role == .leader, s.commitIndex > 3 { leader = node }
+                    }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                let chosen = try #require(leader)
+                for k in 0..<proposals { _ = try await chosen.propose([UInt8(k)]) }
+                group.cancelAll()
+            }
+            return try stores.map { try $0.loadNow().hardState }
+        }
+
+        let before = try await runFarm(proposals: 10)
+        let logsBefore = try paths.map { try RaftLogStore.openStandalone(path: $0).loadNow().log }
+        let commandsBefore = logsBefore.map { $0.filter { $0.commandID != nil }.count }
+        #expect(commandsBefore.filter { $0 == 10 }.count >= 2, "a majority stored all ten commands")
+
+        let after = try await runFarm(proposals: 5)
+        for (old, new) in zip(before, after) {
+            #expect(new.term >= old.term, "terms never go back across a restart")
+        }
+        #expect(after.map(\.term).max()! > before.map(\.term).max()!, "the restarted farm elected in a new term")
+        let logsAfter = try paths.map { try RaftLogStore.openStandalone(path: $0).loadNow().log }
+        for (old, new) in zip(logsBefore, logsAfter) where old.count >= 13 {
+            #expect(Array(new.prefix(13)) == Array(old.prefix(13)), "committed entries survive the restart")
+        }
+        #expect(logsAfter.map { $0.filter { $0.commandID != nil }.count }.max() == 15)
     }
 }
