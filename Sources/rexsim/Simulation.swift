@@ -131,6 +131,8 @@ struct Simulation {
     // Checker state.
     private var leaderOfTerm: [Term: Int] = [:]
     private var committed: [LogEntry] = []
+    /// The term each committed entry was first seen committed in (the applying node's term, an upper bound).
+    private var committedInTerm: [Term] = []
     private var chainAt: [IndexTerm: UInt64] = [:]
     private var acked: Set<CommandID> = []
     private var pendingAcks: [Int: [LogIndex: CommandID]] = [:]
@@ -383,7 +385,9 @@ struct Simulation {
 
     private mutating func startFailover(leader i: Int) {
         // Sampled only in steady state: default timings and every node a committed member.
-        guard defaultTimings, committedMembers.count == config.nodes, failoverStart == nil, let instance = nodes[i].instance, instance.role == .leader else {
+        guard defaultTimings, committedMembers.count == config.nodes, failoverStart == nil,
+            let instance = nodes[i].instance, instance.role == .leader
+        else {
             return
         }
         failoverStart = now
@@ -514,6 +518,7 @@ struct Simulation {
                 }
             } else {
                 committed.append(entry)
+                committedInTerm.append(instance.currentTerm)
                 result.commits += 1
                 switch entry.kind {
                 case .addNode(let n): committedMembers.insert(n)
@@ -559,9 +564,11 @@ struct Simulation {
             throw Violation(message: "election safety: \(nodes[other].id) and \(nodes[i].id) both lead term \(term)")
         }
         leaderOfTerm[term] = i
-        // Leader completeness: a new leader holds every committed entry.
+        // Leader completeness: a leader holds every entry committed in an earlier term. (A leader of an
+        // older term can still be elected late, by delayed votes; it cannot commit anything.)
         guard let instance = nodes[i].instance else { return }
-        for entry in committed where instance.entry(at: entry.index) != entry {
+        for (position, entry) in committed.enumerated()
+        where committedInTerm[position] < term && instance.entry(at: entry.index) != entry {
             throw Violation(
                 message: "leader completeness: \(nodes[i].id) leads term \(term) without committed "
                     + "\(describe(entry))")
