@@ -73,6 +73,8 @@ public actor RaftNode {
     /// Every committed entry, in index order, once per node run (including no-ops and membership changes).
     /// Commands can repeat under a retried `CommandID`; state machines skip ids they have applied.
     public nonisolated let committed: AsyncStream<LogEntry>
+    /// Role, term and leader changes, for logs and `rexnode peers` (keeps only the latest 16 if unread).
+    public nonisolated let roleChanges: AsyncStream<RaftStatus>
 
     private let settings: RaftSettings
     private let storage: any RaftStorage
@@ -82,6 +84,7 @@ public actor RaftNode {
     private let clock = ContinuousClock()
     private let origin: ContinuousClock.Instant
     private let committedContinuation: AsyncStream<LogEntry>.Continuation
+    private let roleContinuation: AsyncStream<RaftStatus>.Continuation
     private let doorbell: AsyncStream<Void>
     private let doorbellContinuation: AsyncStream<Void>.Continuation
     private let inbox = Mutex<[(NodeID, [UInt8])]>([])
@@ -110,6 +113,8 @@ public actor RaftNode {
         self.seed = seed ?? system.next()
         self.origin = clock.now
         (committed, committedContinuation) = AsyncStream.makeStream(of: LogEntry.self)
+        (roleChanges, roleContinuation) = AsyncStream.makeStream(
+            of: RaftStatus.self, bufferingPolicy: .bufferingNewest(16))
         (doorbell, doorbellContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -276,6 +281,7 @@ public actor RaftNode {
                     }
                 }
             case .roleChanged(let role, _, let leader):
+                if let status { roleContinuation.yield(status) }
                 if role != .leader && !waiters.isEmpty {
                     let lost = waiters
                     waiters = [:]
@@ -302,6 +308,7 @@ public actor RaftNode {
         pendingChanges = []
         waiters = [:]
         committedContinuation.finish()
+        roleContinuation.finish()
     }
 }
 

@@ -71,6 +71,13 @@ struct RaftNodeTests {
                 }
                 #expect(payloads.sorted() == (0..<50).map { UInt8($0) })
             }
+            // The leader announced its role on the roleChanges stream.
+            var announced: RaftStatus?
+            for await status in leader.roleChanges where status.role == .leader {
+                announced = status
+                break
+            }
+            #expect(announced?.leader == leader.id)
             // Batching: far fewer leader writes than proposals.
             let leaderStorage = farm.storages[farm.nodes.firstIndex { $0 === leader }!]
             #expect(leaderStorage.persistCount < 50)
