@@ -12,9 +12,9 @@ private struct InProcessFarm {
 
     init(ids: [NodeID]) {
         var settings = RaftSettings()
-        settings.heartbeatInterval = .milliseconds(20)
-        settings.electionTimeoutMin = .milliseconds(100)
-        settings.electionTimeoutMax = .milliseconds(200)
+        settings.heartbeatInterval = .milliseconds(50)
+        settings.electionTimeoutMin = .milliseconds(400)
+        settings.electionTimeoutMax = .milliseconds(800)
         let log = ids.enumerated().map { LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: .addNode($0.element)) }
         for (i, id) in ids.enumerated() {
             let storage = InMemoryRaftStorage(hardState: HardState(term: 1), log: log)
@@ -111,9 +111,9 @@ struct RaftNodeSQLiteTests {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let paths = ids.map { dir.appendingPathComponent("\($0).sqlite").path }
         var settings = RaftSettings()
-        settings.heartbeatInterval = .milliseconds(20)
-        settings.electionTimeoutMin = .milliseconds(100)
-        settings.electionTimeoutMax = .milliseconds(200)
+        settings.heartbeatInterval = .milliseconds(50)
+        settings.electionTimeoutMin = .milliseconds(400)
+        settings.electionTimeoutMax = .milliseconds(800)
         let members = ids.enumerated().map {
             LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: .addNode($0.element))
         }
@@ -126,8 +126,9 @@ struct RaftNodeSQLiteTests {
             let network = InMemoryRaftNetwork()
             let stores = try paths.map { try RaftLogStore.openStandalone(path: $0) }
             let nodes = ids.enumerated().map { i, id in
-                RaftNode(id: id, settings: settings, storage: stores[i], transport: network.transport(for: id),
-                         seed: UInt64(i + 10))
+                RaftNode(
+                    id: id, settings: settings, storage: stores[i], transport: network.transport(for: id),
+                    seed: UInt64(i + 10))
             }
             for node in nodes { network.register(node) }
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -140,8 +141,25 @@ struct RaftNodeSQLiteTests {
                     }
                     try await Task.sleep(for: .milliseconds(10))
                 }
-                let chosen = try #require(leader)
-                for k in 0..<proposals { _ = try await chosen.propose([UInt8(k)]) }
+                var chosen = try #require(leader)
+                for k in 0..<proposals {
+                    // A busy machine can cost the leader its lease; retry with the same id (applied once).
+                    let command = RaftCommand(
+                        id: CommandID(origin: "test", sequence: UInt64(proposals * 100 + k)), payload: [UInt8(k)])
+                    var attempts = 0
+                    while true {
+                        do {
+                            _ = try await chosen.propose(command)
+                            break
+                        } catch let error as RaftError where attempts < 50 {
+                            attempts += 1
+                            try await Task.sleep(for: .milliseconds(50))
+                            if let hint = error.leaderHint, let next = nodes.first(where: { $0.id == hint }) {
+                                chosen = next
+                            }
+                        }
+                    }
+                }
                 group.cancelAll()
             }
             return try stores.map { try $0.loadNow().hardState }
@@ -149,7 +167,7 @@ struct RaftNodeSQLiteTests {
 
         let before = try await runFarm(proposals: 10)
         let logsBefore = try paths.map { try RaftLogStore.openStandalone(path: $0).loadNow().log }
-        let commandsBefore = logsBefore.map { $0.filter { $0.commandID != nil }.count }
+        let commandsBefore = logsBefore.map { Set($0.compactMap(\.commandID)).count }
         #expect(commandsBefore.filter { $0 == 10 }.count >= 2, "a majority stored all ten commands")
 
         let after = try await runFarm(proposals: 5)
@@ -158,9 +176,13 @@ struct RaftNodeSQLiteTests {
         }
         #expect(after.map(\.term).max()! > before.map(\.term).max()!, "the restarted farm elected in a new term")
         let logsAfter = try paths.map { try RaftLogStore.openStandalone(path: $0).loadNow().log }
-        for (old, new) in zip(logsBefore, logsAfter) where old.count >= 13 {
-            #expect(Array(new.prefix(13)) == Array(old.prefix(13)), "committed entries survive the restart")
+        let committedBefore = logsBefore.filter { Set($0.compactMap(\.commandID)).count == 10 }.min {
+            $0.count < $1.count
+        }!
+        for new in logsAfter where Set(new.compactMap(\.commandID)).count == 15 {
+            #expect(
+                Array(new.prefix(committedBefore.count)) == committedBefore, "committed entries survive the restart")
         }
-        #expect(logsAfter.map { $0.filter { $0.commandID != nil }.count }.max() == 15)
+        #expect(logsAfter.map { Set($0.compactMap(\.commandID)).count }.max() == 15)
     }
 }
