@@ -275,11 +275,12 @@ struct Simulation {
         if nodes[target].instance == nil || chance(0.1) {
             target = Int(random(0..<UInt64(config.nodes)))
         }
-        guard var instance = nodes[target].instance else { return }
-        defer {}
+        // Instances are mutated in place (never copied out), so their logs are not copied on write.
+        guard let canChange = nodes[target].instance?.canChangeMembership else { return }
         // Membership driver: the leader adds every node that is not a member, and now and then removes one.
-        if instance.canChangeMembership {
-            let missing = nodes.indices.first { !instance.members.contains(nodes[$0].id) }
+        if canChange {
+            let members = nodes[target].instance!.members
+            let missing = nodes.indices.first { !members.contains(nodes[$0].id) }
             var change: EntryKind?
             if let missing {
                 change = .addNode(nodes[missing].id)
@@ -287,12 +288,13 @@ struct Simulation {
                 let victim = Int(random(0..<UInt64(config.nodes)))
                 if victim != target { change = .removeNode(nodes[victim].id) }
             }
-            if let change, case .accepted(let at, _, let directives) = instance.onProposeMembership(change, now: time) {
+            if let change,
+                case .accepted(let at, _, let directives) = nodes[target].instance!.onProposeMembership(
+                    change, now: time)
+            {
                 trace("\(nodes[target].id) proposes \(change) at \(at)")
-                nodes[target].instance = instance
                 try perform(node: target, directives)
-                guard let again = nodes[target].instance else { return }
-                instance = again
+                guard nodes[target].instance != nil else { return }
             }
         }
         var batch: [RaftCommand] = []
@@ -308,18 +310,16 @@ struct Simulation {
                 batch.append(command)
             }
         }
-        switch instance.onPropose(batch, now: time) {
+        switch nodes[target].instance!.onPropose(batch, now: time) {
         case .accepted(let first, _, let directives):
-            nodes[target].instance = instance
             for (offset, command) in batch.enumerated() {
                 pendingAcks[target, default: [:]][first + LogIndex(offset)] = command.id
             }
             try perform(node: target, directives)
         case .notLeader(let hint):
-            nodes[target].instance = instance
             if let hint, let index = nodes.firstIndex(where: { $0.id == hint }) { believedLeader = index }
         case .rejected:
-            nodes[target].instance = instance
+            break
         }
         if unacked.count > 64 { unacked.removeFirst(unacked.count - 64) }
     }
