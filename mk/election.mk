@@ -7,10 +7,13 @@ BENCH_STEPS += bench-election
 
 .PHONY: test-sim sim-long bench-election
 
-## test-sim: 2,000 seeds of 5 nodes with no violation, and every injected bug caught within 100 seeds.
+## test-sim: 2,000 seeds of 5 nodes (and 500 each of 3 and 7) with no violation; every injected bug caught
+## within 100 seeds.
 test-sim:
 	$(SWIFT) build -c release --product rexsim $(BUILD_FLAGS)
 	$(ELECTION_BIN)/rexsim --nodes 5 --seed-start 1 --seeds 2000 --json
+	$(ELECTION_BIN)/rexsim --nodes 3 --seed-start 1 --seeds 500 --json
+	$(ELECTION_BIN)/rexsim --nodes 7 --seed-start 1 --seeds 500 --json
 	@for bug in $(ELECTION_BUGS); do \
 	  $(ELECTION_BIN)/rexsim --nodes 5 --seed-start 1 --seeds 100 --inject-bug $$bug --json >/dev/null 2>&1; \
 	  rc=$$?; \

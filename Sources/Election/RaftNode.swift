@@ -171,7 +171,8 @@ public actor RaftNode {
 
     // MARK: Run loop
 
-    /// Loads storage and runs the node until the calling task is cancelled.
+    /// Loads storage and runs the node until the calling task is cancelled. A storage error ends the run
+    /// (the node can no longer promise durability); pending proposals then fail with `.stopped`.
     public func run() async throws {
         let (hardState, log) = try await storage.load()
         var instance = RaftInstance(
