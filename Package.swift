@@ -81,6 +81,14 @@ let package = Package(
             name: "LedgerTests", dependencies: ["Ledger", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "RenderTests", dependencies: ["Render"]),
         .testTarget(name: "FarmTests", dependencies: ["Farm", "Ledger", "Render", "Mesh"]),
+        .executableTarget(
+            name: "raftbench",
+            dependencies: [
+                "Election", "Ledger",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "bench/raftbench"
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,653 @@
+// MARK: - Directives
+
+/// What a `RaftInstance` asks its shell to do, in order.
+///
+/// The order is part of the contract: a `.persist` must be durable before any later directive of the same
+/// list is performed, so a vote or an acknowledgement never leaves the node before the state it promises.
+public enum RaftDirective: Hashable, Sendable {
+    /// Make this durable (one transaction), then call `onPersisted(_:now:)` with it.
+    case persist(PersistRequest)
+    /// Send a message to a peer; loss is tolerated.
+    case send(to: NodeID, RaftMessage)
+    /// Hand newly committed entries, in index order, to the state machine.
+    case apply([LogEntry])
+    /// The node's role, term or known leader changed (for logs, metrics and `rexnode peers`).
+    case roleChanged(role: RaftRole, term: Term, leader: NodeID?)
+    /// Call `onTick(now:)` no later than this time.
+    case scheduleTimer(at: RaftTime)
+}
+
+/// The result of a proposal: the log indices assigned, or where the leader might be.
+public enum ProposalOutcome: Hashable, Sendable {
+    case accepted(first: LogIndex, last: LogIndex, directives: [RaftDirective])
+    case notLeader(hint: NodeID?)
+    /// A membership change was refused (another change pending, or no entry of this term committed yet).
+    case rejected(reason: String)
+}
+
+// MARK: - RaftInstance
+
+/// Raft-lite consensus as a pure value: each input (`onTick`, `onMessage`, `onPropose`, `onPersisted`)
+/// mutates the state and returns directives; sockets, clocks, disk and randomness stay in the shell.
+///
+/// This is what makes the protocol testable by the thousand seeds in `rexsim` and in plain unit tests.
+public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random: Sendable {
+    public let id: NodeID
+    public let settings: RaftSettings
+    private var random: Random
+
+    // Persistent state (mirrored by storage).
+    public private(set) var currentTerm: Term
+    public private(set) var votedFor: NodeID?
+    /// The whole log in memory ("lite": no compaction). `log[i]` has index `i + 1`.
+    public private(set) var log: [LogEntry]
+
+    // Volatile state.
+    public private(set) var role: RaftRole = .follower
+    public private(set) var leaderID: NodeID?
+    public private(set) var commitIndex: LogIndex
+    public private(set) var appliedIndex: LogIndex
+    /// Highest index this node knows to be on its own disk; a leader counts itself only up to here.
+    public private(set) var durableIndex: LogIndex
+    /// Voting members, from the latest membership entry in the log (committed or not).
+    public private(set) var members: Set<NodeID> {
+        didSet { peers = members.filter { $0 != id }.sorted() }
+    }
+    /// The other members in a fixed order, so the directives' order never depends on hashing.
+    private var peers: [NodeID] = []
+    private var configIndex: LogIndex
+
+    private var votes: Set<NodeID> = []
+    private var nextIndex: [NodeID: LogIndex] = [:]
+    public private(set) var matchIndex: [NodeID: LogIndex] = [:]
+    private var heardFrom: Set<NodeID> = []
+    private var termStartIndex: LogIndex = 0
+
+    private var lastLeaderContact: RaftTime?
+    private var electionDeadline: RaftTime
+    private var heartbeatDeadline: RaftTime
+    private var quorumCheckDeadline: RaftTime
+    private var scheduledTimer: RaftTime?
+    private var lastReportedRole: (RaftRole, Term, NodeID?)?
+
+    /// Restores a node from what its storage holds. `appliedIndex` is how far the state machine already
+    /// applied (those entries are committed by definition); pass 0 for a state machine rebuilt from the log.
+    public init(
+        id: NodeID, settings: RaftSettings = RaftSettings(), hardState: HardState = HardState(),
+        log: [LogEntry] = [], appliedIndex: LogIndex = 0, random: Random, now: RaftTime
+    ) {
+        self.id = id
+        self.settings = settings
+        self.random = random
+        self.currentTerm = hardState.term
+        self.votedFor = hardState.votedFor
+        self.log = log
+        let last = LogIndex(log.count)
+        self.commitIndex = min(appliedIndex, last)
+        self.appliedIndex = min(appliedIndex, last)
+        self.durableIndex = last
+        self.members = []
+        self.configIndex = 0
+        self.electionDeadline = now
+        self.heartbeatDeadline = now
+        self.quorumCheckDeadline = now
+        recomputeMembers()
+        electionDeadline = now + randomElectionTimeout()
+    }
+
+    /// The first entry a brand-new farm writes: the bootstrapping node as its only member, at term 1.
+    public static func bootstrapState(for id: NodeID) -> PersistRequest {
+        BootstrapPlanner.foundingState(for: id)
+    }
+
+    // MARK: Queries
+
+    public var lastIndex: LogIndex { LogIndex(log.count) }
+    public var lastTerm: Term { log.last?.term ?? 0 }
+    public var hardState: HardState { HardState(term: currentTerm, votedFor: votedFor) }
+    public var isLeader: Bool { role == .leader }
+
+    public func term(at index: LogIndex) -> Term? {
+        if index == 0 { return 0 }
+        guard index <= lastIndex else { return nil }
+        return log[Int(index - 1)].term
+    }
+
+    public func entry(at index: LogIndex) -> LogEntry? {
+        guard index >= 1, index <= lastIndex else { return nil }
+        return log[Int(index - 1)]
+    }
+
+    /// Whether a membership change may be proposed now (leader, own-term entry committed, none pending).
+    public var canChangeMembership: Bool {
+        role == .leader && commitIndex >= termStartIndex && configIndex <= commitIndex
+    }
+
+    // MARK: Inputs
+
+    /// Advances timers: heartbeats and check-quorum for a leader, (pre-)elections for everyone else.
+    public mutating func onTick(now: RaftTime) -> [RaftDirective] {
+        var out: [RaftDirective] = []
+        if role == .leader {
+            if settings.checkQuorum && now >= quorumCheckDeadline {
+                let active = heardFrom.intersection(members).count + (members.contains(id) ? 1 : 0)
+                heardFrom = []
+                quorumCheckDeadline = now + settings.electionTimeoutMin
+                if active < quorum {
+                    becomeFollower(term: currentTerm, leader: nil, now: now, out: &out)
+                    finish(now: now, out: &out)
+                    return out
+                }
+            }
+            if now >= heartbeatDeadline {
+                broadcastAppend(now: now, out: &out, heartbeat: true)
+            }
+        } else if (role == .candidate || role == .preCandidate) && now >= heartbeatDeadline
+            && now < electionDeadline
+        {
+            // Votes can be lost: ask the members that have not granted yet again, once per heartbeat.
+            heartbeatDeadline = now + settings.heartbeatInterval
+            let request = VoteRequest(
+                term: role == .candidate ? currentTerm : currentTerm + 1, candidateID: id, lastLogIndex: lastIndex,
+                lastLogTerm: lastTerm)
+            for peer in peers where !votes.contains(peer) {
+                out.append(.send(to: peer, role == .candidate ? .requestVote(request) : .preVote(request)))
+            }
+        } else if now >= electionDeadline {
+            if members.contains(id) {
+                if settings.preVote {
+                    startPreVote(now: now, out: &out)
+                } else {
+                    startElection(now: now, out: &out)
+                }
+            } else {
+                electionDeadline = now + randomElectionTimeout()
+            }
+        }
+        finish(now: now, out: &out)
+        return out
+    }
+
+    /// Handles one message from a peer.
+    public mutating func onMessage(_ message: RaftMessage, from peer: NodeID, now: RaftTime) -> [RaftDirective] {
+        var out: [RaftDirective] = []
+        var persist = PersistRequest()
+        switch message {
+        case .appendEntries(let m):
+            handleAppend(m, from: peer, now: now, persist: &persist, out: &out)
+        case .appendResponse(let m):
+            handleAppendResponse(m, from: peer, now: now, persist: &persist, out: &out)
+        case .requestVote(let m):
+            handleVoteRequest(m, from: peer, now: now, persist: &persist, out: &out)
+        case .preVote(let m):
+            handlePreVote(m, from: peer, now: now, out: &out)
+        case .voteResponse(let m):
+            handleVoteResponse(m, from: peer, now: now, persist: &persist, out: &out)
+        }
+        if !persist.isEmpty {
+            out.insert(.persist(persist), at: 0)
+        }
+        finish(now: now, out: &out)
+        return out
+    }
+
+    /// Appends commands as one batch (one persist, one round of AppendEntries) if this node leads.
+    public mutating func onPropose(_ commands: [RaftCommand], now: RaftTime) -> ProposalOutcome {
+        guard role == .leader else { return .notLeader(hint: leaderID) }
+        guard !commands.isEmpty else { return .accepted(first: lastIndex + 1, last: lastIndex, directives: []) }
+        return appendAsLeader(commands.map { .command($0) }, now: now)
+    }
+
+    /// Proposes adding or removing one voting member. Refused unless this leader has committed an entry
+    /// of its own term and no other membership change is still uncommitted (one change at a time).
+    public mutating func onProposeMembership(_ change: EntryKind, now: RaftTime) -> ProposalOutcome {
+        guard role == .leader else { return .notLeader(hint: leaderID) }
+        guard change.isMembershipChange else { return .rejected(reason: "not a membership change") }
+        guard commitIndex >= termStartIndex else {
+            return .rejected(reason: "the leader has not committed an entry of its own term yet")
+        }
+        guard configIndex <= commitIndex else { return .rejected(reason: "another membership change is pending") }
+        switch change {
+        case .addNode(let node) where members.contains(node):
+            return .rejected(reason: "\(node) is already a member")
+        case .removeNode(let node) where !members.contains(node):
+            return .rejected(reason: "\(node) is not a member")
+        default:
+            break
+        }
+        return appendAsLeader([change], now: now)
+    }
+
+    /// The shell made `request` durable: a leader may now count its own copy of those entries.
+    public mutating func onPersisted(_ request: PersistRequest, now: RaftTime) -> [RaftDirective] {
+        var out: [RaftDirective] = []
+        if let from = request.truncateFrom {
+            durableIndex = min(durableIndex, from - 1)
+        }
+        if let last = request.entries.last, last.index <= lastIndex, term(at: last.index) == last.term {
+            durableIndex = max(durableIndex, last.index)
+        }
+        durableIndex = min(durableIndex, lastIndex)
+        if role == .leader {
+            advanceCommit(now: now, out: &out)
+        }
+        finish(now: now, out: &out)
+        return out
+    }
+
+    // MARK: Elections
+
+    private var quorum: Int { members.count / 2 + 1 }
+
+    private mutating func randomElectionTimeout() -> Duration {
+        let low = settings.electionTimeoutMin.raftNanoseconds
+        let high = max(settings.electionTimeoutMax.raftNanoseconds, low + 1)
+        return .nanoseconds(Int64(UInt64.random(in: low..<high, using: &random)))
+    }
+
+    private func inLease(now: RaftTime) -> Bool {
+        guard settings.checkQuorum else { return false }
+        if role == .leader { return true }
+        guard leaderID != nil, let contact = lastLeaderContact else { return false }
+        return now.nanoseconds(since: contact) < settings.electionTimeoutMin.raftNanoseconds
+    }
+
+    private func isUpToDate(lastLogIndex: LogIndex, lastLogTerm: Term) -> Bool {
+        lastLogTerm > lastTerm || (lastLogTerm == lastTerm && lastLogIndex >= lastIndex)
+    }
+
+    private mutating func startPreVote(now: RaftTime, out: inout [RaftDirective]) {
+        role = .preCandidate
+        leaderID = nil
+        votes = [id]
+        electionDeadline = now + randomElectionTimeout()
+        heartbeatDeadline = now + settings.heartbeatInterval
+        if votes.count >= quorum {
+            startElection(now: now, out: &out)
+            return
+        }
+        let request = VoteRequest(
+            term: currentTerm + 1, candidateID: id, lastLogIndex: lastIndex, lastLogTerm: lastTerm)
+        for peer in peers {
+            out.append(.send(to: peer, .preVote(request)))
+        }
+    }
+
+    private mutating func startElection(now: RaftTime, out: inout [RaftDirective]) {
+        currentTerm += 1
+        votedFor = id
+        role = .candidate
+        leaderID = nil
+        votes = [id]
+        electionDeadline = now + randomElectionTimeout()
+        heartbeatDeadline = now + settings.heartbeatInterval
+        // The self-vote must be durable before anyone sees the request.
+        out.append(.persist(PersistRequest(hardState: hardState)))
+        if votes.count >= quorum {
+            becomeLeader(now: now, out: &out)
+            return
+        }
+        let request = VoteRequest(term: currentTerm, candidateID: id, lastLogIndex: lastIndex, lastLogTerm: lastTerm)
+        for peer in peers {
+            out.append(.send(to: peer, .requestVote(request)))
+        }
+    }
+
+    private mutating func becomeLeader(now: RaftTime, out: inout [RaftDirective]) {
+        role = .leader
+        leaderID = id
+        nextIndex = [:]
+        matchIndex = [:]
+        for peer in peers {
+            nextIndex[peer] = lastIndex + 1
+            matchIndex[peer] = 0
+        }
+        heardFrom = []
+        quorumCheckDeadline = now + settings.electionTimeoutMin
+        termStartIndex = lastIndex + 1
+        if settings.injectedBugs.contains(.commitOldTerm) {
+            // Broken on purpose: no no-op, and (in advanceCommit) old-term entries commit by counting.
+            termStartIndex = 0
+            broadcastAppend(now: now, out: &out, heartbeat: true)
+        } else {
+            let entry = LogEntry(term: currentTerm, index: lastIndex + 1, kind: .noop)
+            log.append(entry)
+            out.append(.persist(PersistRequest(entries: [entry])))
+            broadcastAppend(now: now, out: &out, heartbeat: true)
+        }
+    }
+
+    private mutating func becomeFollower(term: Term, leader: NodeID?, now: RaftTime, out: inout [RaftDirective]) {
+        if term > currentTerm {
+            currentTerm = term
+            votedFor = nil
+        }
+        if role != .follower {
+            electionDeadline = now + randomElectionTimeout()
+        }
+        role = .follower
+        leaderID = leader
+        votes = []
+    }
+
+    /// Adopts a higher term seen in any message; returns whether the hard state changed.
+    private mutating func observeTerm(_ term: Term, now: RaftTime, out: inout [RaftDirective]) -> Bool {
+        guard term > currentTerm else { return false }
+        becomeFollower(term: term, leader: nil, now: now, out: &out)
+        return true
+    }
+
+    private mutating func handleVoteRequest(
+        _ m: VoteRequest, from peer: NodeID, now: RaftTime, persist: inout PersistRequest,
+        out: inout [RaftDirective]
+    ) {
+        if m.term > currentTerm && inLease(now: now) && leaderID != m.candidateID {
+            // Leader lease: a live leader exists, so this candidate is disruptive; ignore it entirely.
+            return
+        }
+        var dirty = observeTerm(m.term, now: now, out: &out)
+        var granted = false
+        if m.term == currentTerm && (votedFor == nil || votedFor == m.candidateID)
+            && isUpToDate(lastLogIndex: m.lastLogIndex, lastLogTerm: m.lastLogTerm)
+        {
+            granted = true
+            if votedFor != m.candidateID {
+                votedFor = m.candidateID
+                dirty = true
+            }
+            electionDeadline = now + randomElectionTimeout()
+            if settings.injectedBugs.contains(.skipVotePersist) {
+                dirty = false  // Broken on purpose: the vote is sent but never made durable.
+            }
+        }
+        if dirty {
+            persist.hardState = hardState
+        }
+        out.append(.send(to: peer, .voteResponse(VoteResponse(term: currentTerm, granted: granted, preVote: false))))
+    }
+
+    private mutating func handlePreVote(_ m: VoteRequest, from peer: NodeID, now: RaftTime, out: inout [RaftDirective])
+    {
+        // A pre-vote changes nothing here; it only predicts whether a real vote would be granted.
+        let granted =
+            m.term > currentTerm && !inLease(now: now)
+            && isUpToDate(lastLogIndex: m.lastLogIndex, lastLogTerm: m.lastLogTerm)
+        let term = granted ? m.term : currentTerm
+        out.append(.send(to: peer, .voteResponse(VoteResponse(term: term, granted: granted, preVote: true))))
+    }
+
+    private mutating func handleVoteResponse(
+        _ m: VoteResponse, from peer: NodeID, now: RaftTime, persist: inout PersistRequest,
+        out: inout [RaftDirective]
+    ) {
+        if m.preVote {
+            if m.granted {
+                guard role == .preCandidate, m.term == currentTerm + 1, members.contains(peer) else { return }
+                votes.insert(peer)
+                if votes.count >= quorum {
+                    startElection(now: now, out: &out)
+                }
+            } else if m.term > currentTerm {
+                if observeTerm(m.term, now: now, out: &out) {
+                    persist.hardState = hardState
+                }
+            }
+            return
+        }
+        if observeTerm(m.term, now: now, out: &out) {
+            persist.hardState = hardState
+            return
+        }
+        guard role == .candidate, m.term == currentTerm, m.granted, members.contains(peer) else { return }
+        votes.insert(peer)
+        if votes.count >= quorum {
+            becomeLeader(now: now, out: &out)
+        }
+    }
+
+    // MARK: Replication
+
+    private mutating func appendAsLeader(_ kinds: [EntryKind], now: RaftTime) -> ProposalOutcome {
+        var out: [RaftDirective] = []
+        let first = lastIndex + 1
+        var entries: [LogEntry] = []
+        entries.reserveCapacity(kinds.count)
+        for kind in kinds {
+            let entry = LogEntry(term: currentTerm, index: lastIndex + 1, kind: kind)
+            log.append(entry)
+            entries.append(entry)
+            if kind.isMembershipChange {
+                applyMembership(kind, at: entry.index)
+            }
+        }
+        out.append(.persist(PersistRequest(entries: entries)))
+        broadcastAppend(now: now, out: &out, heartbeat: false)
+        finish(now: now, out: &out)
+        return .accepted(first: first, last: lastIndex, directives: out)
+    }
+
+    private mutating func applyMembership(_ kind: EntryKind, at index: LogIndex) {
+        switch kind {
+        case .addNode(let node):
+            members.insert(node)
+            if role == .leader && node != id && nextIndex[node] == nil {
+                nextIndex[node] = lastIndex + 1
+                matchIndex[node] = 0
+            }
+        case .removeNode(let node):
+            members.remove(node)
+            nextIndex[node] = nil
+            matchIndex[node] = nil
+        default:
+            return
+        }
+        configIndex = index
+    }
+
+    private mutating func recomputeMembers() {
+        members = []
+        configIndex = 0
+        for entry in log where entry.kind.isMembershipChange {
+            switch entry.kind {
+            case .addNode(let node): members.insert(node)
+            case .removeNode(let node): members.remove(node)
+            default: break
+            }
+            configIndex = entry.index
+        }
+        if role == .leader {
+            for peer in peers where nextIndex[peer] == nil {
+                nextIndex[peer] = lastIndex + 1
+                matchIndex[peer] = 0
+            }
+        }
+    }
+
+    private mutating func broadcastAppend(now: RaftTime, out: inout [RaftDirective], heartbeat: Bool) {
+        for peer in peers {
+            sendAppend(to: peer, out: &out, heartbeat: heartbeat)
+        }
+        if heartbeat {
+            heartbeatDeadline = now + settings.heartbeatInterval
+        }
+    }
+
+    /// Sends the entries from `nextIndex` on (pipelined: `nextIndex` moves past what was sent); a
+    /// heartbeat goes out even with nothing new, so followers keep their election timers reset.
+    private mutating func sendAppend(to peer: NodeID, out: inout [RaftDirective], heartbeat: Bool) {
+        let next = min(nextIndex[peer] ?? lastIndex + 1, lastIndex + 1)
+        let available = Int(lastIndex + 1 - next)
+        if available == 0 && !heartbeat { return }
+        let count = min(available, settings.maxEntriesPerAppend)
+        let prev = next - 1
+        let entries = count == 0 ? [] : Array(log[Int(prev)..<Int(prev) + count])
+        let message = AppendEntries(
+            term: currentTerm, leaderID: id, prevLogIndex: prev, prevLogTerm: term(at: prev) ?? 0,
+            leaderCommit: commitIndex, entries: entries)
+        nextIndex[peer] = next + LogIndex(count)
+        out.append(.send(to: peer, .appendEntries(message)))
+    }
+
+    private mutating func handleAppend(
+        _ m: AppendEntries, from peer: NodeID, now: RaftTime, persist: inout PersistRequest,
+        out: inout [RaftDirective]
+    ) {
+        if m.term < currentTerm {
+            out.append(.send(to: peer, .appendResponse(AppendResponse(term: currentTerm, success: false, index: 0))))
+            return
+        }
+        if observeTerm(m.term, now: now, out: &out) {
+            persist.hardState = hardState
+        }
+        if role != .follower || leaderID != m.leaderID {
+            becomeFollower(term: m.term, leader: m.leaderID, now: now, out: &out)
+        }
+        lastLeaderContact = now
+        electionDeadline = now + randomElectionTimeout()
+
+        // Log matching: the entry before the new ones must be ours too.
+        guard m.prevLogIndex <= lastIndex else {
+            out.append(
+                .send(
+                    to: peer,
+                    .appendResponse(
+                        AppendResponse(
+                            term: currentTerm, success: false,
+                            index: lastIndex + 1))))
+            return
+        }
+        let skipCheck = settings.injectedBugs.contains(.noLogCheck)
+        if !skipCheck, let ours = term(at: m.prevLogIndex), ours != m.prevLogTerm {
+            // Hint: retry from the first entry of our conflicting term (never below the commit point).
+            var hint = m.prevLogIndex
+            while hint > commitIndex + 1, term(at: hint - 1) == ours {
+                hint -= 1
+            }
+            out.append(
+                .send(
+                    to: peer,
+                    .appendResponse(
+                        AppendResponse(
+                            term: currentTerm, success: false,
+                            index: max(hint, 1)))))
+            return
+        }
+        var newEntries: [LogEntry] = []
+        for entry in m.entries {
+            if entry.index <= lastIndex {
+                if term(at: entry.index) == entry.term && newEntries.isEmpty { continue }
+                // Conflict: drop this entry and everything after it (never a committed one).
+                if newEntries.isEmpty {
+                    truncate(from: entry.index)
+                    persist.truncateFrom = entry.index
+                }
+            }
+            newEntries.append(entry)
+        }
+        if !newEntries.isEmpty {
+            for entry in newEntries {
+                log.append(entry)
+            }
+            persist.entries = newEntries
+            if newEntries.contains(where: { $0.kind.isMembershipChange }) || persist.truncateFrom != nil {
+                recomputeMembers()
+            }
+        }
+        let lastNew = m.prevLogIndex + LogIndex(m.entries.count)
+        if m.leaderCommit > commitIndex {
+            commitIndex = max(commitIndex, min(m.leaderCommit, lastNew))
+        }
+        out.append(.send(to: peer, .appendResponse(AppendResponse(term: currentTerm, success: true, index: lastNew))))
+        emitApply(out: &out)
+    }
+
+    private mutating func truncate(from index: LogIndex) {
+        guard index >= 1, index <= lastIndex else { return }
+        precondition(
+            index > commitIndex || settings.injectedBugs.isEmpty == false,
+            "Raft safety: truncating committed entry \(index) (commit \(commitIndex))")
+        log.removeSubrange(Int(index - 1)...)
+        durableIndex = min(durableIndex, index - 1)
+    }
+
+    private mutating func handleAppendResponse(
+        _ m: AppendResponse, from peer: NodeID, now: RaftTime, persist: inout PersistRequest,
+        out: inout [RaftDirective]
+    ) {
+        if observeTerm(m.term, now: now, out: &out) {
+            persist.hardState = hardState
+            return
+        }
+        guard role == .leader, m.term == currentTerm, members.contains(peer) else { return }
+        heardFrom.insert(peer)
+        if m.success {
+            let match = min(m.index, lastIndex)
+            if match > matchIndex[peer] ?? 0 {
+                matchIndex[peer] = match
+            }
+            if (nextIndex[peer] ?? 0) < match + 1 {
+                nextIndex[peer] = match + 1
+            }
+            advanceCommit(now: now, out: &out)
+            if (nextIndex[peer] ?? 0) <= lastIndex {
+                sendAppend(to: peer, out: &out, heartbeat: false)
+            }
+        } else {
+            let floor = (matchIndex[peer] ?? 0) + 1
+            let current = nextIndex[peer] ?? lastIndex + 1
+            let retry = max(floor, min(m.index, current > 1 ? current - 1 : 1))
+            nextIndex[peer] = retry
+            sendAppend(to: peer, out: &out, heartbeat: true)
+        }
+    }
+
+    /// Commits the highest index stored on a quorum, but only if that entry is of the leader's own term
+    /// (Raft §5.4.2); earlier entries are then committed with it.
+    private mutating func advanceCommit(now: RaftTime, out: inout [RaftDirective]) {
+        guard role == .leader else { return }
+        var indices: [LogIndex] = members.map { $0 == id ? durableIndex : (matchIndex[$0] ?? 0) }
+        guard !indices.isEmpty else { return }
+        indices.sort(by: >)
+        let candidate = indices[quorum - 1]
+        guard candidate > commitIndex else { return }
+        let ownTermOnly = !settings.injectedBugs.contains(.commitOldTerm)
+        if ownTermOnly && term(at: candidate) != currentTerm { return }
+        commitIndex = candidate
+        emitApply(out: &out)
+        if !members.contains(id) && configIndex <= commitIndex {
+            // This leader removed itself and the change is committed: step down (Raft §6).
+            becomeFollower(term: currentTerm, leader: nil, now: now, out: &out)
+        }
+    }
+
+    private mutating func emitApply(out: inout [RaftDirective]) {
+        guard commitIndex > appliedIndex else { return }
+        let upTo = min(commitIndex, lastIndex)
+        guard upTo > appliedIndex else { return }
+        out.append(.apply(Array(log[Int(appliedIndex)..<Int(upTo)])))
+        appliedIndex = upTo
+    }
+
+    // MARK: Bookkeeping
+
+    /// Appends a role report and the next timer, each only when it changed.
+    private mutating func finish(now: RaftTime, out: inout [RaftDirective]) {
+        if let last = lastReportedRole, last.0 == role, last.1 == currentTerm, last.2 == leaderID {
+        } else {
+            lastReportedRole = (role, currentTerm, leaderID)
+            out.append(.roleChanged(role: role, term: currentTerm, leader: leaderID))
+        }
+        let next: RaftTime
+        if role == .leader {
+            next = settings.checkQuorum ? min(heartbeatDeadline, quorumCheckDeadline) : heartbeatDeadline
+        } else if role == .candidate || role == .preCandidate {
+            next = min(electionDeadline, heartbeatDeadline)
+        } else {
+            next = electionDeadline
+        }
+        if scheduledTimer != next {
+            scheduledTimer = next
+            out.append(.scheduleTimer(at: next))
+        }
+    }
+}

@@ -1,0 +1,356 @@
+// MARK: - Messages
+
+/// The Raft RPCs as plain values; the Mesh layer carries their `encode()` bytes as an opaque payload.
+///
+/// The sender's id is not in the message: the authenticated transport supplies it.
+public enum RaftMessage: Hashable, Sendable {
+    case appendEntries(AppendEntries)
+    case appendResponse(AppendResponse)
+    case requestVote(VoteRequest)
+    /// A pre-vote asks "would you vote for me at `term`?" without anyone changing state.
+    case preVote(VoteRequest)
+    case voteResponse(VoteResponse)
+
+    /// The term the message was sent in.
+    public var term: Term {
+        switch self {
+        case .appendEntries(let m): return m.term
+        case .appendResponse(let m): return m.term
+        case .requestVote(let m), .preVote(let m): return m.term
+        case .voteResponse(let m): return m.term
+        }
+    }
+}
+
+/// Replicates entries after (`prevLogIndex`, `prevLogTerm`) and tells the follower the commit index.
+public struct AppendEntries: Hashable, Sendable {
+    public var term: Term
+    public var leaderID: NodeID
+    public var prevLogIndex: LogIndex
+    public var prevLogTerm: Term
+    public var leaderCommit: LogIndex
+    /// Consecutive entries starting at `prevLogIndex + 1`.
+    public var entries: [LogEntry]
+
+    public init(
+        term: Term, leaderID: NodeID, prevLogIndex: LogIndex, prevLogTerm: Term, leaderCommit: LogIndex,
+        entries: [LogEntry]
+    ) {
+        self.term = term
+        self.leaderID = leaderID
+        self.prevLogIndex = prevLogIndex
+        self.prevLogTerm = prevLogTerm
+        self.leaderCommit = leaderCommit
+        self.entries = entries
+    }
+}
+
+/// A follower's answer: on success the index up to which its log now matches the leader's; on failure a
+/// hint where the leader should retry from, so a lagging follower is repaired in few round trips.
+public struct AppendResponse: Hashable, Sendable {
+    public var term: Term
+    public var success: Bool
+    /// Success: last index known to match. Failure: the index the leader should try next.
+    public var index: LogIndex
+
+    public init(term: Term, success: Bool, index: LogIndex) {
+        self.term = term
+        self.success = success
+        self.index = index
+    }
+}
+
+/// A (pre-)vote request; `lastLogIndex`/`lastLogTerm` let the voter apply the up-to-date check.
+public struct VoteRequest: Hashable, Sendable {
+    public var term: Term
+    public var candidateID: NodeID
+    public var lastLogIndex: LogIndex
+    public var lastLogTerm: Term
+
+    public init(term: Term, candidateID: NodeID, lastLogIndex: LogIndex, lastLogTerm: Term) {
+        self.term = term
+        self.candidateID = candidateID
+        self.lastLogIndex = lastLogIndex
+        self.lastLogTerm = lastLogTerm
+    }
+}
+
+/// The answer to a vote or pre-vote request.
+public struct VoteResponse: Hashable, Sendable {
+    public var term: Term
+    public var granted: Bool
+    public var preVote: Bool
+
+    public init(term: Term, granted: Bool, preVote: Bool) {
+        self.term = term
+        self.granted = granted
+        self.preVote = preVote
+    }
+}
+
+// MARK: - Codec
+
+/// Why bytes could not be decoded; the caller drops the message (Raft tolerates loss).
+public struct RaftCodecError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var message: String
+    public var offset: Int
+
+    public init(_ message: String, offset: Int) {
+        self.message = message
+        self.offset = offset
+    }
+
+    public var description: String { "raft codec: \(message) at byte \(offset)" }
+}
+
+/// Limits that keep a hostile or corrupted message from making the decoder allocate without bound.
+public enum RaftCodecLimits {
+    public static let version: UInt8 = 1
+    public static let maxNodeIDBytes = 255
+    public static let maxPayloadBytes = 16 << 20
+    public static let maxEntries = 65_536
+}
+
+extension RaftMessage {
+    enum Tag: UInt8 {
+        case appendEntries = 1
+        case appendResponse = 2
+        case requestVote = 3
+        case preVote = 4
+        case voteResponse = 5
+    }
+
+    /// Compact binary form: version byte, tag byte, then LEB128 varints, length-prefixed strings and blobs.
+    /// The layout is documented byte by byte in docs/raft.md.
+    public func encode() -> [UInt8] {
+        var w = ByteWriter()
+        w.byte(RaftCodecLimits.version)
+        switch self {
+        case .appendEntries(let m):
+            w.byte(Tag.appendEntries.rawValue)
+            w.varint(m.term)
+            w.string(m.leaderID)
+            w.varint(m.prevLogIndex)
+            w.varint(m.prevLogTerm)
+            w.varint(m.leaderCommit)
+            w.varint(UInt64(m.entries.count))
+            for entry in m.entries {
+                w.varint(entry.term)
+                w.entryKind(entry.kind)
+            }
+        case .appendResponse(let m):
+            w.byte(Tag.appendResponse.rawValue)
+            w.varint(m.term)
+            w.byte(m.success ? 1 : 0)
+            w.varint(m.index)
+        case .requestVote(let m), .preVote(let m):
+            if case .preVote = self {
+                w.byte(Tag.preVote.rawValue)
+            } else {
+                w.byte(Tag.requestVote.rawValue)
+            }
+            w.varint(m.term)
+            w.string(m.candidateID)
+            w.varint(m.lastLogIndex)
+            w.varint(m.lastLogTerm)
+        case .voteResponse(let m):
+            w.byte(Tag.voteResponse.rawValue)
+            w.varint(m.term)
+            w.byte((m.granted ? 1 : 0) | (m.preVote ? 2 : 0))
+        }
+        return w.bytes
+    }
+
+    /// Decodes `encode()` output; throws on unknown versions or tags, truncation, overlong varints,
+    /// oversized lengths, invalid UTF-8, impossible values and trailing bytes — never traps.
+    public init(bytes: [UInt8]) throws {
+        var r = ByteReader(bytes)
+        let version = try r.byte()
+        guard version == RaftCodecLimits.version else {
+            throw RaftCodecError("unsupported version \(version)", offset: 0)
+        }
+        let rawTag = try r.byte()
+        guard let tag = Tag(rawValue: rawTag) else { throw RaftCodecError("unknown message tag \(rawTag)", offset: 1) }
+        switch tag {
+        case .appendEntries:
+            let term = try r.varint()
+            let leader = try r.string()
+            let prevIndex = try r.varint()
+            let prevTerm = try r.varint()
+            let commit = try r.varint()
+            let count = try r.varint()
+            guard count <= UInt64(RaftCodecLimits.maxEntries), count <= UInt64(r.remaining) else {
+                throw RaftCodecError("entry count \(count) too large", offset: r.offset)
+            }
+            guard prevIndex <= UInt64.max - count else {
+                throw RaftCodecError("entry index overflow", offset: r.offset)
+            }
+            var entries: [LogEntry] = []
+            entries.reserveCapacity(Int(count))
+            for position in 0..<count {
+                let entryTerm = try r.varint()
+                let kind = try r.entryKind()
+                entries.append(LogEntry(term: entryTerm, index: prevIndex + position + 1, kind: kind))
+            }
+            self = .appendEntries(
+                AppendEntries(
+                    term: term, leaderID: leader, prevLogIndex: prevIndex, prevLogTerm: prevTerm,
+                    leaderCommit: commit, entries: entries))
+        case .appendResponse:
+            let term = try r.varint()
+            let success = try r.bool()
+            let index = try r.varint()
+            self = .appendResponse(AppendResponse(term: term, success: success, index: index))
+        case .requestVote, .preVote:
+            let request = VoteRequest(
+                term: try r.varint(), candidateID: try r.string(), lastLogIndex: try r.varint(),
+                lastLogTerm: try r.varint())
+            self = tag == .preVote ? .preVote(request) : .requestVote(request)
+        case .voteResponse:
+            let term = try r.varint()
+            let flags = try r.byte()
+            guard flags & ~3 == 0 else { throw RaftCodecError("bad vote flags \(flags)", offset: r.offset - 1) }
+            self = .voteResponse(VoteResponse(term: term, granted: flags & 1 != 0, preVote: flags & 2 != 0))
+        }
+        guard r.remaining == 0 else { throw RaftCodecError("\(r.remaining) trailing bytes", offset: r.offset) }
+    }
+}
+
+// MARK: - Entry kind codec (shared with storage)
+
+extension EntryKind {
+    /// The entry body as an opaque blob: what storage keeps in its `payload` column.
+    public func encode() -> [UInt8] {
+        var w = ByteWriter()
+        w.entryKind(self)
+        return w.bytes
+    }
+
+    /// Decodes `encode()` output; throws on garbage.
+    public init(bytes: [UInt8]) throws {
+        var r = ByteReader(bytes)
+        self = try r.entryKind()
+        guard r.remaining == 0 else { throw RaftCodecError("\(r.remaining) trailing bytes", offset: r.offset) }
+    }
+}
+
+/// Entry kind tags: 0 noop, 1 command (origin, sequence, payload), 2 add node, 3 remove node.
+struct ByteWriter {
+    var bytes: [UInt8] = []
+
+    mutating func byte(_ value: UInt8) {
+        bytes.append(value)
+    }
+
+    mutating func varint(_ value: UInt64) {
+        var v = value
+        while v >= 0x80 {
+            bytes.append(UInt8(truncatingIfNeeded: v) | 0x80)
+            v >>= 7
+        }
+        bytes.append(UInt8(v))
+    }
+
+    mutating func blob(_ value: [UInt8]) {
+        varint(UInt64(value.count))
+        bytes.append(contentsOf: value)
+    }
+
+    mutating func string(_ value: String) {
+        blob(Array(value.utf8))
+    }
+
+    mutating func entryKind(_ kind: EntryKind) {
+        switch kind {
+        case .noop:
+            byte(0)
+        case .command(let command):
+            byte(1)
+            string(command.id.origin)
+            varint(command.id.sequence)
+            blob(command.payload)
+        case .addNode(let id):
+            byte(2)
+            string(id)
+        case .removeNode(let id):
+            byte(3)
+            string(id)
+        }
+    }
+}
+
+struct ByteReader {
+    let bytes: [UInt8]
+    var offset = 0
+
+    init(_ bytes: [UInt8]) {
+        self.bytes = bytes
+    }
+
+    var remaining: Int { bytes.count - offset }
+
+    mutating func byte() throws -> UInt8 {
+        guard offset < bytes.count else { throw RaftCodecError("truncated", offset: offset) }
+        defer { offset += 1 }
+        return bytes[offset]
+    }
+
+    mutating func bool() throws -> Bool {
+        let value = try byte()
+        guard value <= 1 else { throw RaftCodecError("bad bool \(value)", offset: offset - 1) }
+        return value == 1
+    }
+
+    mutating func varint() throws -> UInt64 {
+        var result: UInt64 = 0
+        var shift: UInt64 = 0
+        let start = offset
+        while true {
+            let b = try byte()
+            if shift == 63 && b > 1 { throw RaftCodecError("varint overflow", offset: start) }
+            result |= UInt64(b & 0x7F) << shift
+            if b & 0x80 == 0 {
+                if b == 0 && shift > 0 { throw RaftCodecError("overlong varint", offset: start) }
+                return result
+            }
+            shift += 7
+            if shift > 63 { throw RaftCodecError("varint overflow", offset: start) }
+        }
+    }
+
+    mutating func blob(limit: Int) throws -> [UInt8] {
+        let length = try varint()
+        guard length <= UInt64(limit) else { throw RaftCodecError("length \(length) over limit", offset: offset) }
+        guard length <= UInt64(remaining) else { throw RaftCodecError("truncated blob", offset: offset) }
+        let end = offset + Int(length)
+        defer { offset = end }
+        return Array(bytes[offset..<end])
+    }
+
+    mutating func string() throws -> String {
+        let raw = try blob(limit: RaftCodecLimits.maxNodeIDBytes)
+        guard let value = String(validating: raw, as: UTF8.self) else {
+            throw RaftCodecError("invalid UTF-8", offset: offset)
+        }
+        return value
+    }
+
+    mutating func entryKind() throws -> EntryKind {
+        let tag = try byte()
+        switch tag {
+        case 0:
+            return .noop
+        case 1:
+            let origin = try string()
+            let sequence = try varint()
+            let payload = try blob(limit: RaftCodecLimits.maxPayloadBytes)
+            return .command(RaftCommand(id: CommandID(origin: origin, sequence: sequence), payload: payload))
+        case 2:
+            return .addNode(try string())
+        case 3:
+            return .removeNode(try string())
+        default:
+            throw RaftCodecError("unknown entry kind \(tag)", offset: offset - 1)
+        }
+    }
+}

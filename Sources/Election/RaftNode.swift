@@ -1,0 +1,362 @@
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+// MARK: - Transport
+
+/// How a node's messages reach its peers; the Mesh layer implements it over the secure channel.
+///
+/// Sending is fire-and-forget: Raft tolerates loss, duplication and reordering, so a transport may drop a
+/// message when a peer is unreachable instead of blocking the node.
+public protocol RaftTransport: Sendable {
+    func send(_ bytes: [UInt8], to peer: NodeID)
+}
+
+// MARK: - Errors
+
+/// Why a proposal did not complete, with where to go next when that is known.
+public struct RaftError: Error, Sendable, Hashable, CustomStringConvertible {
+    public enum Code: String, Sendable, Hashable {
+        /// This node does not lead; `leaderHint` says who might.
+        case notLeader
+        /// Leadership was lost before the entry committed; it may still commit, so retry with the same id.
+        case leadershipLost
+        /// Another entry was committed at the proposal's index; it will never commit.
+        case entryOverwritten
+        /// A membership change was refused (see the message).
+        case membershipRejected
+        /// The node stopped.
+        case stopped
+    }
+
+    public var code: Code
+    public var message: String
+    public var leaderHint: NodeID?
+
+    public init(_ code: Code, _ message: String, leaderHint: NodeID? = nil) {
+        self.code = code
+        self.message = message
+        self.leaderHint = leaderHint
+    }
+
+    public static func notLeader(_ hint: NodeID?) -> RaftError {
+        RaftError(.notLeader, "this node is not the leader" + (hint.map { "; try \($0)" } ?? ""), leaderHint: hint)
+    }
+
+    public var description: String { "\(code.rawValue): \(message)" }
+}
+
+/// A snapshot of a node's view of the farm, for `rexnode peers` and logs.
+public struct RaftStatus: Sendable, Hashable {
+    public var id: NodeID
+    public var role: RaftRole
+    public var term: Term
+    public var leader: NodeID?
+    public var commitIndex: LogIndex
+    public var lastIndex: LogIndex
+    public var members: Set<NodeID>
+}
+
+// MARK: - RaftNode
+
+/// The shell around `RaftInstance`: owns the clock, randomness, storage and transport, performs the
+/// instance's directives in order (persist before send) and feeds results back.
+///
+/// Run it with `run()` (for example as a `Service`); it stops when that task is cancelled. Proposals that
+/// arrive while a write is in flight are batched into one append and one fsync.
+public actor RaftNode {
+    public nonisolated let id: NodeID
+    /// Every committed entry, in index order, once per node run (including no-ops and membership changes).
+    /// Commands can repeat under a retried `CommandID`; state machines skip ids they have applied.
+    public nonisolated let committed: AsyncStream<LogEntry>
+    /// Role, term and leader changes, for logs and `rexnode peers` (keeps only the latest 16 if unread).
+    public nonisolated let roleChanges: AsyncStream<RaftStatus>
+
+    private let settings: RaftSettings
+    private let storage: any RaftStorage
+    private let transport: any RaftTransport
+    private let appliedIndex: LogIndex
+    private let seed: UInt64
+    private let clock = ContinuousClock()
+    private let origin: ContinuousClock.Instant
+    private let committedContinuation: AsyncStream<LogEntry>.Continuation
+    private let roleContinuation: AsyncStream<RaftStatus>.Continuation
+    private let doorbell: AsyncStream<Void>
+    private let doorbellContinuation: AsyncStream<Void>.Continuation
+    private let inbox = Mutex<[(NodeID, [UInt8])]>([])
+
+    private var instance: RaftInstance<SplitMix64>?
+    private var timerDeadline: RaftTime?
+    private var nextSequence: UInt64 = 1
+    private var pendingProposals: [(RaftCommand, CheckedContinuation<LogIndex, any Error>)] = []
+    private var pendingChanges: [(EntryKind, CheckedContinuation<LogIndex, any Error>)] = []
+    private var waiters: [LogIndex: (CommandID?, CheckedContinuation<LogIndex, any Error>)] = [:]
+    private var stopped = false
+
+    /// - Parameters:
+    ///   - appliedIndex: how far the caller's state machine has already applied (0 to replay the log).
+    ///   - seed: seeds the election jitter; `nil` draws one from the system generator.
+    public init(
+        id: NodeID, settings: RaftSettings = RaftSettings(), storage: any RaftStorage, transport: any RaftTransport,
+        appliedIndex: LogIndex = 0, seed: UInt64? = nil
+    ) {
+        self.id = id
+        self.settings = settings
+        self.storage = storage
+        self.transport = transport
+        self.appliedIndex = appliedIndex
+        var system = SystemRandomNumberGenerator()
+        self.seed = seed ?? system.next()
+        self.origin = clock.now
+        (committed, committedContinuation) = AsyncStream.makeStream(of: LogEntry.self)
+        (roleChanges, roleContinuation) = AsyncStream.makeStream(
+            of: RaftStatus.self, bufferingPolicy: .bufferingNewest(16))
+        (doorbell, doorbellContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    // MARK: Inputs from outside
+
+    /// Hands a message from `peer` to the node; callable from any thread (the transport's receive path).
+    public nonisolated func receive(from peer: NodeID, bytes: [UInt8]) {
+        inbox.withLock { $0.append((peer, bytes)) }
+        doorbellContinuation.yield()
+    }
+
+    /// Proposes a command; returns its log index once it is committed and was emitted on `committed`.
+    public func propose(_ payload: [UInt8]) async throws -> LogIndex {
+        let command = RaftCommand(id: CommandID(origin: id, sequence: nextSequence), payload: payload)
+        nextSequence += 1
+        return try await propose(command)
+    }
+
+    /// Proposes a command with a caller-chosen id: retrying with the same id is safe (applied once).
+    public func propose(_ command: RaftCommand) async throws -> LogIndex {
+        if stopped { throw RaftError(.stopped, "the node has stopped") }
+        if let instance, !instance.isLeader { throw RaftError.notLeader(instance.leaderID) }
+        return try await withCheckedThrowingContinuation { continuation in
+            pendingProposals.append((command, continuation))
+            doorbellContinuation.yield()
+        }
+    }
+
+    /// Adds a voting member (the leader does this for nodes that asked to join); one change at a time.
+    public func addMember(_ node: NodeID) async throws -> LogIndex {
+        try await changeMembership(.addNode(node))
+    }
+
+    /// Removes a voting member; one change at a time.
+    public func removeMember(_ node: NodeID) async throws -> LogIndex {
+        try await changeMembership(.removeNode(node))
+    }
+
+    private func changeMembership(_ change: EntryKind) async throws -> LogIndex {
+        if stopped { throw RaftError(.stopped, "the node has stopped") }
+        return try await withCheckedThrowingContinuation { continuation in
+            pendingChanges.append((change, continuation))
+            doorbellContinuation.yield()
+        }
+    }
+
+    /// The node's current view; `nil` before `run()` has loaded storage.
+    public var status: RaftStatus? {
+        guard let instance else { return nil }
+        return RaftStatus(
+            id: id, role: instance.role, term: instance.currentTerm, leader: instance.leaderID,
+            commitIndex: instance.commitIndex, lastIndex: instance.lastIndex, members: instance.members)
+    }
+
+    // MARK: Run loop
+
+    /// Loads storage and runs the node until the calling task is cancelled. A storage error ends the run
+    /// (the node can no longer promise durability); pending proposals then fail with `.stopped`.
+    public func run() async throws {
+        let (hardState, log) = try await storage.load()
+        var instance = RaftInstance(
+            id: id, settings: settings, hardState: hardState, log: log, appliedIndex: appliedIndex,
+            random: SplitMix64(seed: seed), now: now())
+        // Sequences only grow across restarts: start above both the log and the wall clock.
+        let logged = log.compactMap { $0.commandID }.filter { $0.origin == id }.map(\.sequence).max() ?? 0
+        nextSequence = max(logged + 1, Self.wallClockNanoseconds())
+        let first = instance.onTick(now: now())
+        self.instance = instance
+        let tick = min(settings.heartbeatInterval / 5, .milliseconds(10))
+        let bell = doorbellContinuation
+        defer { shutDown() }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    try await Task.sleep(for: tick)
+                    bell.yield()
+                }
+            }
+            try await perform(first)
+            for await _ in doorbell {
+                if Task.isCancelled { break }
+                try await processPending()
+            }
+            group.cancelAll()
+        }
+    }
+
+    private func now() -> RaftTime {
+        let elapsed = clock.now - origin
+        return RaftTime(nanoseconds: elapsed.raftNanoseconds)
+    }
+
+    private static func wallClockNanoseconds() -> UInt64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return UInt64(spec.tv_sec) * 1_000_000_000 + UInt64(spec.tv_nsec)
+    }
+
+    private func processPending() async throws {
+        let messages = inbox.withLock { pending in
+            defer { pending.removeAll(keepingCapacity: true) }
+            return pending
+        }
+        for (peer, bytes) in messages {
+            // Garbage from a peer is dropped: Raft treats it like a lost message.
+            guard let message = try? RaftMessage(bytes: bytes) else { continue }
+            try await perform(instance!.onMessage(message, from: peer, now: now()))
+        }
+        if !pendingProposals.isEmpty {
+            let batch = pendingProposals
+            pendingProposals = []
+            switch instance!.onPropose(batch.map(\.0), now: now()) {
+            case .accepted(let first, _, let directives):
+                for (offset, (command, continuation)) in batch.enumerated() {
+                    waiters[first + LogIndex(offset)] = (command.id, continuation)
+                }
+                try await perform(directives)
+            case .notLeader(let hint):
+                for (_, continuation) in batch { continuation.resume(throwing: RaftError.notLeader(hint)) }
+            case .rejected(let reason):
+                for (_, continuation) in batch { continuation.resume(throwing: RaftError(.membershipRejected, reason)) }
+            }
+        }
+        if !pendingChanges.isEmpty {
+            let changes = pendingChanges
+            pendingChanges = []
+            for (change, continuation) in changes {
+                switch instance!.onProposeMembership(change, now: now()) {
+                case .accepted(let index, _, let directives):
+                    waiters[index] = (nil, continuation)
+                    try await perform(directives)
+                case .notLeader(let hint):
+                    continuation.resume(throwing: RaftError.notLeader(hint))
+                case .rejected(let reason):
+                    continuation.resume(throwing: RaftError(.membershipRejected, reason))
+                }
+            }
+        }
+        if let deadline = timerDeadline, now() >= deadline {
+            // The deadline stays until the instance schedules a new one, so a tick is never lost.
+            try await perform(instance!.onTick(now: now()))
+        }
+    }
+
+    /// Performs directives strictly in order: a persist completes (fsync) before anything after it.
+    private func perform(_ directives: [RaftDirective]) async throws {
+        for directive in directives {
+            switch directive {
+            case .persist(let request):
+                try await storage.persist(request)
+                try await perform(instance!.onPersisted(request, now: now()))
+            case .send(let peer, let message):
+                transport.send(message.encode(), to: peer)
+            case .apply(let entries):
+                for entry in entries {
+                    committedContinuation.yield(entry)
+                    if let (expected, continuation) = waiters.removeValue(forKey: entry.index) {
+                        if expected == nil ? entry.kind.isMembershipChange : entry.commandID == expected {
+                            continuation.resume(returning: entry.index)
+                        } else {
+                            continuation.resume(
+                                throwing: RaftError(
+                                    .entryOverwritten, "another entry was committed at index \(entry.index)"))
+                        }
+                    }
+                }
+            case .roleChanged(let role, _, let leader):
+                if let status { roleContinuation.yield(status) }
+                if role != .leader && !waiters.isEmpty {
+                    let lost = waiters
+                    waiters = [:]
+                    for (_, (_, continuation)) in lost {
+                        continuation.resume(
+                            throwing: RaftError(
+                                .leadershipLost, "leadership moved before the entry committed; it may still commit",
+                                leaderHint: leader))
+                    }
+                }
+            case .scheduleTimer(let at):
+                timerDeadline = at
+            }
+        }
+    }
+
+    private func shutDown() {
+        stopped = true
+        let error = RaftError(.stopped, "the node has stopped")
+        for (_, continuation) in pendingProposals { continuation.resume(throwing: error) }
+        for (_, continuation) in pendingChanges { continuation.resume(throwing: error) }
+        for (_, (_, continuation)) in waiters { continuation.resume(throwing: error) }
+        pendingProposals = []
+        pendingChanges = []
+        waiters = [:]
+        committedContinuation.finish()
+        roleContinuation.finish()
+    }
+}
+
+// MARK: - In-memory network
+
+/// Connects `RaftNode`s in one process, for tests and the benchmark; links can be cut to model partitions.
+public final class InMemoryRaftNetwork: Sendable {
+    private struct State {
+        var nodes: [NodeID: RaftNode] = [:]
+        var isolated: Set<NodeID> = []
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// The transport a node with this id should use.
+    public func transport(for id: NodeID) -> any RaftTransport {
+        Endpoint(network: self, id: id)
+    }
+
+    public func register(_ node: RaftNode) {
+        state.withLock { $0.nodes[node.id] = node }
+    }
+
+    /// Drops every message to or from `id` until `heal()`.
+    public func isolate(_ id: NodeID) {
+        state.withLock { _ = $0.isolated.insert(id) }
+    }
+
+    public func heal() {
+        state.withLock { $0.isolated = [] }
+    }
+
+    fileprivate func deliver(_ bytes: [UInt8], from: NodeID, to: NodeID) {
+        let target: RaftNode? = state.withLock { s in
+            s.isolated.contains(from) || s.isolated.contains(to) ? nil : s.nodes[to]
+        }
+        target?.receive(from: from, bytes: bytes)
+    }
+
+    private struct Endpoint: RaftTransport {
+        let network: InMemoryRaftNetwork
+        let id: NodeID
+
+        func send(_ bytes: [UInt8], to peer: NodeID) {
+            network.deliver(bytes, from: id, to: peer)
+        }
+    }
+}

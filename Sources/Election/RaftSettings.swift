@@ -1,0 +1,34 @@
+/// Timing and behaviour knobs of one Raft node; a `Sendable` value so a farm's settings can nest it.
+///
+/// Defaults follow the architecture: heartbeat 100 ms, election timeout uniformly random in [500, 1000) ms.
+public struct RaftSettings: Sendable, Hashable {
+    /// How often a leader sends AppendEntries (heartbeats) to every follower.
+    public var heartbeatInterval: Duration = .milliseconds(100)
+    /// The lower bound of the randomised election timeout (inclusive).
+    public var electionTimeoutMin: Duration = .milliseconds(500)
+    /// The upper bound of the randomised election timeout (exclusive).
+    public var electionTimeoutMax: Duration = .milliseconds(1000)
+    /// Ask for pre-votes before raising the term, so a node that was cut off cannot depose a live leader.
+    public var preVote: Bool = true
+    /// A leader steps down if it has not heard from a quorum within one minimum election timeout, and
+    /// followers that heard from a leader recently ignore vote requests (leader lease).
+    public var checkQuorum: Bool = true
+    /// Cap on entries per AppendEntries message, so one message stays well under the transport's frame cap.
+    public var maxEntriesPerAppend: Int = 512
+    /// Deliberately broken variants for the simulator's self-test. **Test-only; never enable in production.**
+    public var injectedBugs: Set<InjectedBug> = []
+
+    public init() {}
+}
+
+/// Known-bad protocol variants that `rexsim --inject-bug` switches on to prove the checker catches them.
+///
+/// Test-only: each one breaks a Raft safety rule on purpose.
+public enum InjectedBug: String, Sendable, Hashable, CaseIterable {
+    /// Grant votes (and adopt the term) without persisting the hard state first.
+    case skipVotePersist = "skip-vote-persist"
+    /// Commit entries of earlier terms by counting replicas, and skip the election no-op.
+    case commitOldTerm = "commit-old-term"
+    /// Accept AppendEntries without comparing the term of the entry at `prevLogIndex`.
+    case noLogCheck = "no-log-check"
+}

@@ -1,0 +1,114 @@
+import Election
+import Foundation
+import GRDB
+
+/// Raft's hard state and log in the node's SQLite database (`raft_` tables), durable before `persist`
+/// returns: WAL with `synchronous = FULL`, one transaction (one fsync) per request.
+///
+/// The node's database owner calls `registerMigrations(_:)` on its migrator and hands its writer to
+/// `init(writer:)`; tests and the benchmark use `openStandalone(path:)`.
+public final class RaftLogStore: RaftStorage {
+    private let writer: any DatabaseWriter
+
+    /// Uses an already-migrated database (the caller's migrator ran `registerMigrations`).
+    public init(writer: any DatabaseWriter) {
+        self.writer = writer
+    }
+
+    /// Opens (creating if needed) a database file that holds only Raft's tables.
+    public static func openStandalone(path: String) throws -> RaftLogStore {
+        let pool = try DatabasePool(path: path)
+        // DatabasePool resets `synchronous` to NORMAL when it opens; Raft needs every commit on disk.
+        try pool.writeWithoutTransaction { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        var migrator = DatabaseMigrator()
+        registerMigrations(&migrator)
+        try migrator.migrate(pool)
+        return RaftLogStore(writer: pool)
+    }
+
+    /// Adds Raft's tables to the node's migrator. Schema (see docs/raft.md):
+    /// `raft_hard_state(id = 1, term, voted_for)` and `raft_log(idx PRIMARY KEY, term, payload BLOB)` where
+    /// `payload` is `EntryKind.encode()` (command id and bytes, or a membership change).
+    public static func registerMigrations(_ migrator: inout DatabaseMigrator) {
+        migrator.registerMigration("raft_v1") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE raft_hard_state (
+                        id INTEGER PRIMARY KEY CHECK (id = 1),
+                        term INTEGER NOT NULL,
+                        voted_for TEXT
+                    );
+                    CREATE TABLE raft_log (
+                        idx INTEGER PRIMARY KEY,
+                        term INTEGER NOT NULL,
+                        payload BLOB NOT NULL
+                    );
+                    """)
+        }
+    }
+
+    public func load() async throws -> (hardState: HardState, log: [LogEntry]) {
+        try await writer.read { db in try Self.load(db) }
+    }
+
+    public func persist(_ request: PersistRequest) async throws {
+        try await writer.write { db in try Self.persist(request, db) }
+    }
+
+    /// Blocking variants, for a process that must not return to an event loop between steps (crash tests).
+    public func loadNow() throws -> (hardState: HardState, log: [LogEntry]) {
+        try writer.read { db in try Self.load(db) }
+    }
+
+    public func persistNow(_ request: PersistRequest) throws {
+        try writer.write { db in try Self.persist(request, db) }
+    }
+
+    // MARK: SQL
+
+    private static func load(_ db: Database) throws -> (hardState: HardState, log: [LogEntry]) {
+        var hard = HardState()
+        if let row = try Row.fetchOne(db, sql: "SELECT term, voted_for FROM raft_hard_state WHERE id = 1") {
+            hard = HardState(term: UInt64(row["term"] as Int64), votedFor: row["voted_for"])
+        }
+        var log: [LogEntry] = []
+        let rows = try Row.fetchCursor(db, sql: "SELECT idx, term, payload FROM raft_log ORDER BY idx")
+        while let row = try rows.next() {
+            let index = UInt64(row["idx"] as Int64)
+            guard index == UInt64(log.count + 1) else {
+                throw RaftStorageError("raft_log has a gap before index \(index)")
+            }
+            let payload: [UInt8] = Array(row["payload"] as Data)
+            let kind: EntryKind
+            do {
+                kind = try EntryKind(bytes: payload)
+            } catch {
+                throw RaftStorageError("raft_log entry \(index) is unreadable", cause: error)
+            }
+            log.append(LogEntry(term: UInt64(row["term"] as Int64), index: index, kind: kind))
+        }
+        return (hard, log)
+    }
+
+    private static func persist(_ request: PersistRequest, _ db: Database) throws {
+        if let hard = request.hardState {
+            try db.execute(
+                sql: """
+                    INSERT INTO raft_hard_state (id, term, voted_for) VALUES (1, ?, ?)
+                    ON CONFLICT(id) DO UPDATE SET term = excluded.term, voted_for = excluded.voted_for
+                    """,
+                arguments: [Int64(hard.term), hard.votedFor])
+        }
+        if let from = request.truncateFrom {
+            try db.execute(sql: "DELETE FROM raft_log WHERE idx >= ?", arguments: [Int64(from)])
+        }
+        if !request.entries.isEmpty {
+            let statement = try db.cachedStatement(sql: "INSERT INTO raft_log (idx, term, payload) VALUES (?, ?, ?)")
+            for entry in request.entries {
+                try statement.execute(arguments: [Int64(entry.index), Int64(entry.term), Data(entry.kind.encode())])
+            }
+        }
+    }
+}

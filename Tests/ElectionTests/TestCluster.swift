@@ -1,0 +1,89 @@
+@testable import Election
+
+typealias Instance = RaftInstance<SplitMix64>
+
+/// A handful of pure `RaftInstance`s with an instant, loss-free network and a manual clock, for tests that
+/// walk through a situation step by step.
+struct TestCluster {
+    var nodes: [NodeID: Instance] = [:]
+    var durable: [NodeID: (HardState, [LogEntry])] = [:]
+    var applied: [NodeID: [LogEntry]] = [:]
+    var inFlight: [(from: NodeID, to: NodeID, message: RaftMessage)] = []
+    var cut: Set<NodeID> = []
+    var now = RaftTime.milliseconds(0)
+
+    /// A farm whose log already lists every node as a member (as after bootstrap and joins).
+    init(_ ids: [NodeID], settings: RaftSettings = RaftSettings()) {
+        let log = ids.enumerated().map { LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: .addNode($0.element)) }
+        for (i, id) in ids.enumerated() {
+            nodes[id] = Instance(
+                id: id, settings: settings, hardState: HardState(term: 1), log: log,
+                random: SplitMix64(seed: UInt64(i + 1)), now: now)
+            durable[id] = (HardState(term: 1), log)
+            applied[id] = []
+        }
+    }
+
+    /// Performs directives like a shell: persist (then ack), queue sends, record applies.
+    mutating func perform(_ id: NodeID, _ directives: [RaftDirective]) {
+        for directive in directives {
+            switch directive {
+            case .persist(let request):
+                var (hard, log) = durable[id]!
+                try! InMemoryRaftStorage.apply(request, to: &hard, &log)
+                durable[id] = (hard, log)
+                perform(id, nodes[id]!.onPersisted(request, now: now))
+            case .send(let to, let message):
+                inFlight.append((id, to, message))
+            case .apply(let entries):
+                applied[id, default: []].append(contentsOf: entries)
+            case .roleChanged, .scheduleTimer:
+                break
+            }
+        }
+    }
+
+    mutating func tick(_ id: NodeID) {
+        perform(id, nodes[id]!.onTick(now: now))
+    }
+
+    /// Moves the clock and ticks everyone.
+    mutating func advance(by ms: UInt64) {
+        now = now + .milliseconds(Int64(ms))
+        for id in nodes.keys.sorted() { tick(id) }
+    }
+
+    /// Delivers queued messages (and whatever they cause) until the network is quiet.
+    mutating func deliverAll(limit: Int = 10_000) {
+        var steps = 0
+        while !inFlight.isEmpty && steps < limit {
+            let (from, to, message) = inFlight.removeFirst()
+            steps += 1
+            if cut.contains(from) || cut.contains(to) { continue }
+            guard nodes[to] != nil else { continue }
+            perform(to, nodes[to]!.onMessage(message, from: from, now: now))
+        }
+    }
+
+    /// Ticks in 10 ms steps, delivering messages each time, until a leader exists (or gives up).
+    mutating func electLeader(maxMs: UInt64 = 10_000) -> NodeID? {
+        var waited: UInt64 = 0
+        while waited < maxMs {
+            advance(by: 10)
+            deliverAll()
+            waited += 10
+            let leaders = nodes.values.filter { $0.role == .leader && !cut.contains($0.id) }
+            if let leader = leaders.max(by: { $0.currentTerm < $1.currentTerm }) { return leader.id }
+        }
+        return nil
+    }
+
+    mutating func propose(_ id: NodeID, _ payloads: [[UInt8]], sequence: UInt64 = 1) -> ProposalOutcome {
+        let commands = payloads.enumerated().map {
+            RaftCommand(id: CommandID(origin: "test", sequence: sequence + UInt64($0.offset)), payload: $0.element)
+        }
+        let outcome = nodes[id]!.onPropose(commands, now: now)
+        if case .accepted(_, _, let directives) = outcome { perform(id, directives) }
+        return outcome
+    }
+}
