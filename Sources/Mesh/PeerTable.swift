@@ -114,6 +114,9 @@ public struct PeerTable: Sendable {
         return changes
     }
 
+    /// Drops a peer at once (for example when its identity is removed from the farm).
+    public mutating func remove(_ nodeID: String) -> Bool { peers.removeValue(forKey: nodeID) != nil }
+
     /// Snapshot sorted by node id.
     public var snapshot: [PeerInfo] { peers.values.sorted { $0.nodeID < $1.nodeID } }
 }
