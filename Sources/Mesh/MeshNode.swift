@@ -117,6 +117,11 @@ public actor MeshNode {
         if let conn = connections[id] { conn.channel.close(promise: nil) }
     }
 
+    /// Closes the connection to a peer, if any (the lower node id redials while the peer is alive).
+    public func disconnect(from nodeID: String) {
+        connections[nodeID]?.channel.close(promise: nil)
+    }
+
     /// The TCP port the listener is bound to, once `run()` has bound it.
     public func listeningPort() async throws -> Int {
         if let boundPort { return boundPort }
