@@ -161,6 +161,12 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         done.fail(MeshError(.closed, "The connection closed during the handshake."))
         context.fireChannelInactive()
     }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        // A connect that fails never becomes active: the promise must still complete.
+        timeoutTask?.cancel()
+        done.fail(MeshError(.closed, "The connection closed during the handshake."))
+    }
 }
 
 // MARK: Encryption
