@@ -85,6 +85,15 @@ let package = Package(
         .testTarget(name: "LedgerTests", dependencies: ["Ledger"]),
         .testTarget(name: "RenderTests", dependencies: ["Render"]),
         .testTarget(name: "FarmTests", dependencies: ["Farm", "Ledger", "Render", "Mesh"]),
+        .executableTarget(
+            name: "meshbench",
+            dependencies: [
+                "Mesh",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "bench/meshbench"
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
