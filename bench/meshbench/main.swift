@@ -5,6 +5,7 @@ import Foundation
 import Mesh
 import NIOCore
 import NIOPosix
+import Logging
 import Synchronization
 
 // MARK: In-memory blob store (so neither side of the transfer comparison touches the disk)
@@ -65,8 +66,16 @@ func settings(group: String, port: Int, interval: Duration, name: String) -> Mes
     s.discovery.interface = "127.0.0.1"  // loopback multicast, TTL 0: nothing leaves the host
     s.discovery.beaconInterval = interval
     s.requestTimeout = .seconds(30)
+    s.blobWindow = window
     return s
 }
+
+let quiet: Logger = {
+    var l = Logger(label: "meshbench")
+    l.logLevel = .warning
+    return l
+}()
+let window = Int(ProcessInfo.processInfo.environment["MESHBENCH_WINDOW"] ?? "") ?? MeshNode.Settings().blobWindow
 
 func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
 
@@ -149,6 +158,35 @@ func withNodes<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async thro
     }
 }
 
+/// The secure channel alone: 1 MiB messages from one node to another (encrypt, frame, decrypt, decode).
+func channelThroughput(size: Int, group: String, port: Int) async throws -> Double {
+    let key = FarmKey.generate()
+    let a = MeshNode(settings: settings(group: group, port: port, interval: .milliseconds(200), name: "a"),
+                     farmKey: key, identity: .generate(), logger: quiet)
+    let b = MeshNode(settings: settings(group: group, port: port, interval: .milliseconds(200), name: "b"),
+                     farmKey: key, identity: .generate(), logger: quiet)
+    let chunk = Sodium.randomBytes(1 << 20)
+    let count = size >> 20
+    return try await withNodes([a, b]) {
+        guard await waitFor(.seconds(10), { await b.connectedPeers() == [a.nodeID] }) else {
+            throw MeshError(.timeout, "The benchmark nodes did not connect.")
+        }
+        let start = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                var received = 0
+                for await _ in b.incoming {
+                    received += 1
+                    if received == count { return }
+                }
+            }
+            for _ in 0..<count { try await a.send(to: b.nodeID, .raft(chunk)) }
+            try await group.waitForAll()
+        }
+        return Double(size) / seconds(ContinuousClock.now - start) / 1e6
+    }
+}
+
 func transfer(size: Int, group: String, port: Int) async throws -> (mesh: Double, raw: Double) {
     let payload = Sodium.randomBytes(size)
     let key = FarmKey.generate()
@@ -156,9 +194,9 @@ func transfer(size: Int, group: String, port: Int) async throws -> (mesh: Double
     let hash = source.put(payload)
     let sink = MemoryBlobs()
     let a = MeshNode(settings: settings(group: group, port: port, interval: .milliseconds(200), name: "a"),
-                     farmKey: key, identity: .generate(), blobSource: source)
+                     farmKey: key, identity: .generate(), blobSource: source, logger: quiet)
     let b = MeshNode(settings: settings(group: group, port: port, interval: .milliseconds(200), name: "b"),
-                     farmKey: key, identity: .generate())
+                     farmKey: key, identity: .generate(), logger: quiet)
     let mesh = try await withNodes([a, b]) {
         guard await waitFor(.seconds(10), { await b.connectedPeers() == [a.nodeID] }) else {
             throw MeshError(.timeout, "The benchmark nodes did not connect.")
@@ -179,10 +217,10 @@ func discoveryLatency(group: String, port: Int, interval: Duration) async throws
     let key = FarmKey.generate()
     let old = (0..<4).map {
         MeshNode(settings: settings(group: group, port: port, interval: interval, name: "n\($0)"), farmKey: key,
-                 identity: .generate())
+                 identity: .generate(), logger: quiet)
     }
     let newcomer = MeshNode(settings: settings(group: group, port: port, interval: interval, name: "new"),
-                            farmKey: key, identity: .generate())
+                            farmKey: key, identity: .generate(), logger: quiet)
     return try await withNodes(old) {
         guard await waitFor(.seconds(15), {
             for node in old where await node.peers().count != 3 { return false }
@@ -244,7 +282,7 @@ let args = CommandLine.arguments
 if args.count >= 6, args[1] == "node" {
     let key = try FarmKey(token: args[2])
     let node = MeshNode(settings: settings(group: args[3], port: Int(args[4])!, interval: .seconds(1), name: args[5]),
-                        farmKey: key, identity: .generate())
+                        farmKey: key, identity: .generate(), logger: quiet)
     try await node.run()
     exit(0)
 }
@@ -253,11 +291,18 @@ let group = "239.255.77.\(Int.random(in: 100...250))"
 let basePort = Int.random(in: 30_000...50_000)
 print("meshbench — loopback only (multicast IF 127.0.0.1, TTL 0), \(ProcessInfo.processInfo.activeProcessorCount) cores")
 print("")
+let probe = Sodium.randomBytes(1 << 20)
+var t0 = ContinuousClock.now
+for _ in 0..<64 { _ = Sodium.blake2b(probe) }
+let hashRate = 64.0 * 1.048576 / seconds(ContinuousClock.now - t0)
+print(String(format: "single core: BLAKE2b-256 %.0f MB/s (the per-chunk check)", hashRate))
+print("")
 print("encrypted blob transfer (BLAKE2b-verified 1 MiB chunks, secretstream) vs raw TCP, memory to memory:")
 for (i, size) in [16 << 20, 128 << 20].enumerated() {
     let r = try await transfer(size: size, group: group, port: basePort + i)
-    print(String(format: "  %4d MiB: mesh %7.1f MB/s   raw TCP %7.1f MB/s   ratio %3.0f %%",
-                 size >> 20, r.mesh, r.raw, r.mesh / r.raw * 100))
+    let channel = try await channelThroughput(size: size, group: group, port: basePort + 5 + i)
+    print(String(format: "  %4d MiB: raw TCP %7.1f MB/s | encrypted channel %7.1f MB/s (%3.0f %%) | verified blob fetch %7.1f MB/s (%3.0f %%)",
+                 size >> 20, r.raw, channel, channel / r.raw * 100, r.mesh, r.mesh / r.raw * 100))
 }
 print("")
 let interval = Duration.milliseconds(500)
