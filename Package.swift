@@ -89,6 +89,15 @@ let package = Package(
             ],
             path: "bench/raftbench"
         ),
+        .executableTarget(
+            name: "meshbench",
+            dependencies: [
+                "Mesh",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "bench/meshbench"
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,30 @@
+import Synchronization
+
+/// Everything the mesh dropped or refused, by reason: hostile input must show up here, never as a crash.
+public enum MeshCounter: String, Sendable, CaseIterable {
+    case beaconsAccepted, beaconsGarbage, beaconsBadAuth, beaconsReplayed, beaconsStale, beaconsOtherFarm
+    case beaconsDenied, beaconsOwn
+    case connectionsAccepted, connectionsDialed, handshakeFailures, handshakeTimeouts, peersDenied
+    case framesTooLarge, framesUndecryptable, messagesMalformed, connectionErrors
+    case blobChunksRejected, blobChunksFetched, controlRequestsServed
+}
+
+/// Thread-safe counters shared by the discovery socket, every connection pipeline and the facade.
+public final class MeshCounters: Sendable {
+    private let values = Mutex<[MeshCounter: Int]>([:])
+
+    public init() {}
+
+    public func increment(_ counter: MeshCounter, by n: Int = 1) {
+        values.withLock { $0[counter, default: 0] += n }
+    }
+
+    public subscript(_ counter: MeshCounter) -> Int { values.withLock { $0[counter, default: 0] } }
+
+    /// All counters, zeros included, keyed by name (for JSON and logs).
+    public var snapshot: [String: Int] {
+        values.withLock { v in
+            Dictionary(uniqueKeysWithValues: MeshCounter.allCases.map { ($0.rawValue, v[$0, default: 0]) })
+        }
+    }
+}

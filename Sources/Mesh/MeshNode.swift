@@ -1,0 +1,541 @@
+import Foundation
+import Synchronization
+import Logging
+import NIOCore
+import NIOPosix
+
+/// The mesh as the daemon sees it: discovery, authenticated peer connections, messages, requests and
+/// blob transfer behind one actor, started with `run()` and stopped by cancelling it.
+public actor MeshNode {
+    /// Everything configurable about a node's mesh layer, with defaults that suit a LAN farm.
+    public struct Settings: Sendable {
+        public var listenHost = "127.0.0.1"
+        /// 0 picks any free port; the chosen one is announced in beacons.
+        public var listenPort = 0
+        public var discovery = DiscoverySettings()
+        public var name = ProcessInfo.processInfo.hostName
+        /// Largest frame accepted on a connection (must exceed a 1 MiB blob chunk plus headers).
+        public var maxFrameBytes = 2 << 20
+        public var handshakeTimeout: Duration = .seconds(5)
+        public var requestTimeout: Duration = .seconds(10)
+        public var reconnectMin: Duration = .milliseconds(100)
+        public var reconnectMax: Duration = .seconds(5)
+        /// Chunk requests kept in flight per holder during a blob fetch.
+        public var blobWindow = 4
+
+        public init() {}
+
+        /// Parses "HOST:PORT", the form of the `--listen` flag.
+        public mutating func setListen(_ spec: String) throws(MeshError) {
+            (listenHost, listenPort) = try parseHostPort(spec, what: "listen address")
+        }
+    }
+
+    public typealias ControlHandler = @Sendable (_ from: String, _ payload: [UInt8]) async throws -> [UInt8]
+
+    public nonisolated let settings: Settings
+    public nonisolated let identity: NodeIdentity
+    public nonisolated let nodeID: String
+    /// Drop and refusal counts by reason.
+    public nonisolated let counters: MeshCounters
+    /// Messages for the layers above (Raft and any other non-internal traffic), with the sender's node id.
+    public nonisolated let incoming: AsyncStream<(from: String, message: MeshMessage)>
+    /// Peer table changes as discovery sees them.
+    public nonisolated let peerChanges: AsyncStream<PeerChange>
+
+    private let farmKey: FarmKey
+    private let logger: Logger
+    private let discovery: Discovery
+    private let blobSource: (any BlobSource)?
+    private let incomingContinuation: AsyncStream<(from: String, message: MeshMessage)>.Continuation
+    private let peerChangesContinuation: AsyncStream<PeerChange>.Continuation
+    private let dialContinuation: AsyncStream<String>.Continuation
+    private let dialRequests: AsyncStream<String>
+    private let eventLoopGroup: any EventLoopGroup
+
+    private struct Connection {
+        let id: UInt64
+        let channel: Channel
+        let dialed: Bool
+    }
+    private var connections: [String: Connection] = [:]
+    private var dialing: Set<String> = []
+    private var pending: [UInt64: (peer: String, continuation: CheckedContinuation<MeshMessage, Error>)] = [:]
+    private var nextID: UInt64 = 1
+    private var controlHandler: ControlHandler?
+    private var boundPort: Int?
+    private var portWaiters: [CheckedContinuation<Int, Error>] = []
+    private var infoCache: [String: MeshMessage.BlobInfo] = [:]
+
+    public init(
+        settings: Settings, farmKey: FarmKey, identity: NodeIdentity, blobSource: (any BlobSource)? = nil,
+        logger: Logger = Logger(label: "rexnode.mesh"), eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) {
+        precondition(Sodium.ready, "libsodium failed to initialise")
+        self.settings = settings
+        self.farmKey = farmKey
+        self.identity = identity
+        self.nodeID = identity.nodeID
+        self.logger = logger
+        self.blobSource = blobSource
+        self.eventLoopGroup = eventLoopGroup
+        let counters = MeshCounters()
+        self.counters = counters
+        discovery = Discovery(
+            settings: settings.discovery, farmKey: farmKey, identity: identity, name: settings.name,
+            counters: counters, logger: logger)
+        (incoming, incomingContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(4096))
+        (peerChanges, peerChangesContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1024))
+        (dialRequests, dialContinuation) = AsyncStream.makeStream(bufferingPolicy: .unbounded)
+    }
+
+    // MARK: Public API
+
+    /// Snapshot of the peer table (every node heard from, with its liveness).
+    public func peers() async -> [PeerInfo] { await discovery.peers() }
+
+    /// Node ids with an authenticated connection right now.
+    public func connectedPeers() -> [String] { connections.keys.sorted() }
+
+    /// Bytes announced in every beacon (role, slots, ...), at most `Beacon.maxStatusBytes`.
+    public func setStatus(_ bytes: [UInt8]) async { await discovery.setStatus(bytes) }
+
+    /// Distinct other farms whose beacons were heard in the last 30 s (`join` without a token refuses then).
+    public func otherFarmsSeen() async -> Int { await discovery.otherFarmsSeen() }
+
+    /// Answers `controlRequest`s from peers; without one they get an error response.
+    public func setControlHandler(_ handler: ControlHandler?) { controlHandler = handler }
+
+    /// Removes a node from the farm as far as the mesh is concerned: its beacons are ignored, its handshakes
+    /// refused and any open connection closed.
+    public func deny(publicKey: [UInt8]) async {
+        deniedShared.insert(publicKey)
+        let shared = deniedShared
+        await discovery.setDenyList { shared.contains($0) }
+        let id = String(publicKey.hexString.prefix(16))
+        await discovery.forget(id)
+        if let conn = connections[id] { conn.channel.close(promise: nil) }
+    }
+
+    /// Closes the connection to a peer, if any (the lower node id redials while the peer is alive).
+    public func disconnect(from nodeID: String) {
+        connections[nodeID]?.channel.close(promise: nil)
+    }
+
+    /// The TCP port the listener is bound to, once `run()` has bound it.
+    public func listeningPort() async throws -> Int {
+        if let boundPort { return boundPort }
+        return try await withCheckedThrowingContinuation { portWaiters.append($0) }
+    }
+
+    /// Sends one message to a connected peer; throws at once when there is no connection (Raft retries).
+    public func send(to nodeID: String, _ message: MeshMessage) async throws {
+        guard let conn = connections[nodeID] else {
+            throw MeshError(.closed, "Node \(nodeID) is not connected.")
+        }
+        try await conn.channel.writeAndFlush(message).get()
+    }
+
+    /// Sends a control request and waits for the peer's answer; waits for a connection within the timeout.
+    public func request(to nodeID: String, _ payload: [UInt8], timeout: Duration? = nil) async throws -> [UInt8] {
+        let reply = try await exchange(nodeID, timeout: timeout ?? settings.requestTimeout) {
+            .controlRequest(id: $0, payload: payload)
+        }
+        guard case .controlResponse(_, let result) = reply else {
+            throw MeshError(.protocolViolation, "Node \(nodeID) answered a request with the wrong message.")
+        }
+        switch result {
+        case .success(let bytes): return bytes
+        case .failure(let text): throw MeshError(.protocolViolation, "Node \(nodeID) refused the request: \(text)")
+        }
+    }
+
+    // MARK: Run
+
+    /// Binds the peer listener, starts discovery, dials peers and serves connections until cancelled.
+    public func run() async throws {
+        let pipeline = connectionPipeline()
+        let server: NIOAsyncChannel<Accepted, Never>
+        do {
+            server = try await ServerBootstrap(group: eventLoopGroup)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .bind(host: settings.listenHost, port: settings.listenPort) { child in
+                    child.eventLoop.makeCompletedFuture {
+                        let handshake = try pipeline.install(on: child, role: .responder, expectedPeer: nil)
+                        let channel = try NIOAsyncChannel<MeshMessage, MeshMessage>(wrappingChannelSynchronously: child)
+                        return Accepted(channel: channel, handshake: handshake)
+                    }
+                }
+        } catch {
+            let failure = MeshError(.io, "Cannot listen on \(settings.listenHost):\(settings.listenPort): \(error).")
+            for waiter in portWaiters { waiter.resume(throwing: failure) }
+            portWaiters = []
+            throw failure
+        }
+        let port = server.channel.localAddress?.port ?? settings.listenPort
+        boundPort = port
+        for waiter in portWaiters { waiter.resume(returning: port) }
+        portWaiters = []
+        logger.info("mesh listening", metadata: ["mesh/node": "\(nodeID)", "mesh/port": "\(port)"])
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask {
+                try await server.executeThenClose { inbound in
+                    try await withThrowingDiscardingTaskGroup { connections in
+                        for try await accepted in inbound {
+                            self.counters.increment(.connectionsAccepted)
+                            connections.addTask { await self.serve(accepted, dialed: false) }
+                        }
+                    }
+                }
+            }
+            group.addTask { try await self.discovery.run(tcpPort: port, group: self.eventLoopGroup) }
+            group.addTask {
+                for await change in self.discovery.changes { await self.onPeerChange(change) }
+            }
+            for await peer in dialRequests {
+                group.addTask { await self.dialLoop(peer) }
+            }
+            group.cancelAll()
+        }
+    }
+
+    private func connectionPipeline() -> ConnectionPipeline {
+        let shared = deniedShared
+        return ConnectionPipeline(
+            identity: identity, farmKey: farmKey, maxFrame: settings.maxFrameBytes,
+            handshakeTimeout: .nanoseconds(Int64(settings.handshakeTimeout.components.seconds) * 1_000_000_000
+                + settings.handshakeTimeout.components.attoseconds / 1_000_000_000),
+            counters: counters, authorize: { !shared.contains($0) })
+    }
+
+    // Deny-list lookups from the event loop: a lock-protected copy, since the handshake runs off the actor.
+    private nonisolated let deniedShared = DenySet()
+
+    private func onPeerChange(_ change: PeerChange) async {
+        peerChangesContinuation.yield(change)
+        guard let peer = change.peer, peer.state == .alive else { return }
+        if nodeID < peer.nodeID, connections[peer.nodeID] == nil, !dialing.contains(peer.nodeID) {
+            dialing.insert(peer.nodeID)
+            dialContinuation.yield(peer.nodeID)
+        }
+    }
+
+    /// Lower node id dials (one connection per pair); retries with exponential backoff while the peer lives.
+    private func dialLoop(_ peerID: String) async {
+        defer { dialing.remove(peerID) }
+        var backoff = settings.reconnectMin
+        while !Task.isCancelled {
+            guard let peer = await discovery.peer(peerID), peer.state != .dead,
+                !deniedShared.contains(peer.publicKey)
+            else { return }
+            if connections[peerID] == nil {
+                do {
+                    let accepted = try await connect(to: peer)
+                    counters.increment(.connectionsDialed)
+                    backoff = settings.reconnectMin
+                    await serve(accepted, dialed: true)
+                    continue
+                } catch {
+                    logger.debug("dial failed", metadata: ["mesh/peer": "\(peerID)", "error": "\(error)"])
+                }
+            }
+            let jitter = Double.random(in: 0.8...1.2)
+            try? await Task.sleep(for: backoff * jitter)
+            backoff = min(backoff * 2, settings.reconnectMax)
+        }
+    }
+
+    private func connect(to peer: PeerInfo) async throws -> Accepted {
+        let pipeline = connectionPipeline()
+        let expected = peer.publicKey
+        return try await ClientBootstrap(group: eventLoopGroup)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(3))
+            .connect(host: peer.host, port: peer.port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handshake = try pipeline.install(on: channel, role: .initiator, expectedPeer: expected)
+                    let async = try NIOAsyncChannel<MeshMessage, MeshMessage>(wrappingChannelSynchronously: channel)
+                    return Accepted(channel: async, handshake: handshake)
+                }
+            }
+    }
+
+    /// Serves one connection until it ends; its errors end it and nothing else.
+    private nonisolated func serve(_ accepted: Accepted, dialed: Bool) async {
+        let channel = accepted.channel.channel
+        var peerID: String?
+        var connectionID: UInt64 = 0
+        do {
+            try await accepted.channel.executeThenClose { inbound, _ in
+                let peer = try await accepted.handshake.get()
+                peerID = peer.nodeID
+                connectionID = await self.register(peer, channel: channel, dialed: dialed)
+                try await withThrowingDiscardingTaskGroup { tasks in
+                    for try await message in inbound {
+                        switch message {
+                        case .ping(let n):
+                            channel.writeAndFlush(MeshMessage.pong(n), promise: nil)
+                        case .controlRequest(let id, let payload):
+                            tasks.addTask { await self.answerControl(id: id, payload: payload, from: peer.nodeID, channel) }
+                        case .blobQuery(let id, let hash):
+                            tasks.addTask { await self.answerBlobQuery(id: id, hash: hash, channel) }
+                        case .blobRead(let id, let hash, let offset, let length):
+                            tasks.addTask {
+                                await self.answerBlobRead(id: id, hash: hash, offset: offset, length: length, channel)
+                            }
+                        case .controlResponse, .blobInfo, .blobData, .blobError, .pong:
+                            if let id = message.responseID { await self.resolve(id, with: message) }
+                        case .raft:
+                            self.incomingContinuation.yield((from: peer.nodeID, message: message))
+                        }
+                    }
+                }
+            }
+        } catch {
+            logger.debug("connection ended", metadata: ["mesh/peer": "\(peerID ?? "?")", "error": "\(error)"])
+        }
+        if let peerID { await unregister(peerID, id: connectionID) }
+    }
+
+    private func register(_ peer: PeerIdentity, channel: Channel, dialed: Bool) -> UInt64 {
+        let id = nextID
+        nextID += 1
+        if let old = connections[peer.nodeID] {
+            // One connection per pair: the newest wins (the old one is usually a half-dead leftover).
+            old.channel.close(promise: nil)
+        }
+        connections[peer.nodeID] = Connection(id: id, channel: channel, dialed: dialed)
+        logger.info("peer connected", metadata: ["mesh/peer": "\(peer.nodeID)", "mesh/dialed": "\(dialed)"])
+        return id
+    }
+
+    private func unregister(_ peerID: String, id: UInt64) {
+        guard let conn = connections[peerID], conn.id == id else { return }
+        connections[peerID] = nil
+        logger.info("peer disconnected", metadata: ["mesh/peer": "\(peerID)"])
+        let error = MeshError(.closed, "The connection to node \(peerID) closed.")
+        for (rid, entry) in pending where entry.peer == peerID {
+            pending[rid] = nil
+            entry.continuation.resume(throwing: error)
+        }
+    }
+
+    // MARK: Requests
+
+    /// Sends the message built with a fresh request id and waits for the response with that id.
+    func exchange(
+        _ peerID: String, timeout: Duration, _ build: @Sendable (UInt64) -> MeshMessage
+    ) async throws -> MeshMessage {
+        let deadline = ContinuousClock.now + timeout
+        while connections[peerID] == nil {
+            guard ContinuousClock.now < deadline else {
+                throw MeshError(.timeout, "Node \(peerID) is not connected.")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let id = nextID
+        nextID += 1
+        let message = build(id)
+        return try await withThrowingTaskGroup(of: MeshMessage?.self) { group in
+            group.addTask { try await self.awaitResponse(id, peer: peerID, message: message) }
+            group.addTask {
+                try? await Task.sleep(until: deadline)
+                await self.resolve(id, failing: MeshError(.timeout, "Node \(peerID) did not answer in time."))
+                return nil
+            }
+            while let result = try await group.next() {
+                if let result {
+                    group.cancelAll()
+                    return result
+                }
+            }
+            throw MeshError(.timeout, "Node \(peerID) did not answer in time.")
+        }
+    }
+
+    private func awaitResponse(_ id: UInt64, peer: String, message: MeshMessage) async throws -> MeshMessage {
+        guard let conn = connections[peer] else { throw MeshError(.closed, "Node \(peer) is not connected.") }
+        return try await withCheckedThrowingContinuation { continuation in
+            pending[id] = (peer, continuation)
+            conn.channel.writeAndFlush(message, promise: nil)
+        }
+    }
+
+    private func resolve(_ id: UInt64, with message: MeshMessage) {
+        pending.removeValue(forKey: id)?.continuation.resume(returning: message)
+    }
+
+    private func resolve(_ id: UInt64, failing error: Error) {
+        pending.removeValue(forKey: id)?.continuation.resume(throwing: error)
+    }
+
+    private func answerControl(id: UInt64, payload: [UInt8], from peer: String, _ channel: Channel) async {
+        let result: MeshMessage.ControlResult
+        if let handler = controlHandler {
+            do {
+                result = .success(try await handler(peer, payload))
+            } catch {
+                result = .failure("\(error)")
+            }
+        } else {
+            result = .failure("This node does not answer control requests.")
+        }
+        counters.increment(.controlRequestsServed)
+        channel.writeAndFlush(MeshMessage.controlResponse(id: id, result: result), promise: nil)
+    }
+
+    // MARK: Blob serving
+
+    static let chunkSize = 1 << 20
+
+    private func blobInfo(_ hash: String) async throws -> MeshMessage.BlobInfo? {
+        if let cached = infoCache[hash] { return cached }
+        guard let source = blobSource, let size = try await source.size(hash) else { return nil }
+        var hashes: [[UInt8]] = []
+        var offset: UInt64 = 0
+        while offset < size {
+            let piece = try await source.read(hash, offset: offset, length: Int(min(UInt64(Self.chunkSize), size - offset)))
+            guard !piece.isEmpty else { throw MeshError(.io, "Blob \(hash) is shorter than its size.") }
+            hashes.append(Sodium.blake2b(piece))
+            offset += UInt64(piece.count)
+        }
+        let info = MeshMessage.BlobInfo(
+            hash: try BlobAddress.bytes(hash), size: size, chunkSize: UInt32(Self.chunkSize), chunkHashes: hashes)
+        if infoCache.count >= 64 { infoCache.removeAll() }
+        infoCache[hash] = info
+        return info
+    }
+
+    private func answerBlobQuery(id: UInt64, hash: [UInt8], _ channel: Channel) async {
+        let info = try? await blobInfo(hash.hexString)
+        channel.writeAndFlush(MeshMessage.blobInfo(id: id, info: info ?? nil), promise: nil)
+    }
+
+    private nonisolated func answerBlobRead(
+        id: UInt64, hash: [UInt8], offset: UInt64, length: UInt32, _ channel: Channel
+    ) async {
+        guard let source = blobSource else {
+            channel.writeAndFlush(MeshMessage.blobError(id: id, message: "This node serves no blobs."), promise: nil)
+            return
+        }
+        do {
+            let data = try await source.read(hash.hexString, offset: offset, length: Int(length))
+            try await channel.writeAndFlush(MeshMessage.blobData(id: id, offset: offset, data: data)).get()
+        } catch {
+            channel.writeAndFlush(MeshMessage.blobError(id: id, message: "\(error)"), promise: nil)
+        }
+    }
+
+    // MARK: Blob fetching
+
+    /// Fetches a blob into `sink` from the given holders at once, verifying each 1 MiB chunk, resuming from
+    /// partial data already in the sink, and riding out dropped connections while a holder stays alive.
+    public func fetchBlob(_ hash: String, from holders: [String], into sink: any BlobSink) async throws {
+        let hashBytes = try BlobAddress.bytes(hash)
+        let timeout = settings.requestTimeout
+        // 1. Ask every holder for size and chunk hashes; keep the answer most holders agree on.
+        var answers: [(String, MeshMessage.BlobInfo)] = []
+        await withTaskGroup(of: (String, MeshMessage.BlobInfo?).self) { group in
+            for holder in Set(holders) where holder != nodeID {
+                group.addTask {
+                    let reply = try? await self.exchange(holder, timeout: timeout) { .blobQuery(id: $0, hash: hashBytes) }
+                    if case .blobInfo(_, let info?) = reply, info.hash == hashBytes { return (holder, info) }
+                    return (holder, nil)
+                }
+            }
+            for await (holder, info) in group { if let info { answers.append((holder, info)) } }
+        }
+        var votes: [[[UInt8]]: Int] = [:]
+        for (_, info) in answers { votes[info.chunkHashes, default: 0] += 1 }
+        guard let best = votes.max(by: { $0.value < $1.value })?.key,
+            let info = answers.first(where: { $0.1.chunkHashes == best })?.1
+        else {
+            throw MeshError(.closed, "No holder of blob \(hash.prefix(12))… answered.")
+        }
+        let sources = answers.filter { $0.1.chunkHashes == best }.map(\.0)
+        // 2. Re-verify partial data already in the sink; only missing or bad chunks are fetched.
+        let chunk = UInt64(info.chunkSize)
+        let present = try await sink.partialSize(hash)
+        var missing: [Int] = []
+        for (index, expected) in info.chunkHashes.enumerated() {
+            let start = UInt64(index) * chunk
+            let length = Int(min(chunk, info.size - start))
+            if start + UInt64(length) <= present,
+                let bytes = try? await sink.readPartial(hash, offset: start, length: length),
+                bytes.count == length, Sodium.blake2b(bytes) == expected
+            {
+                continue
+            }
+            missing.append(index)
+        }
+        logger.debug("blob fetch", metadata: [
+            "blob": "\(hash.prefix(12))", "mesh/holders": "\(sources.count)",
+            "chunks": "\(missing.count)/\(info.chunkHashes.count)",
+        ])
+        // 3. Workers per holder pull chunk indices from one queue.
+        let queue = ChunkQueue(missing: missing, total: info.chunkHashes.count)
+        let window = max(1, settings.blobWindow)
+        await withTaskGroup(of: Void.self) { group in
+            for holder in sources {
+                for _ in 0..<window {
+                    group.addTask {
+                        await self.fetchWorker(holder: holder, hash: hash, info: info, queue: queue, sink: sink)
+                    }
+                }
+            }
+        }
+        guard await queue.finished else {
+            throw MeshError(.closed, "Blob \(hash.prefix(12))… could not be fetched completely; the partial data is kept.")
+        }
+        try await sink.finalize(hash, size: info.size)
+    }
+
+    private nonisolated func fetchWorker(
+        holder: String, hash: String, info: MeshMessage.BlobInfo, queue: ChunkQueue, sink: any BlobSink
+    ) async {
+        var failures = 0
+        var backoff = settings.reconnectMin
+        while !Task.isCancelled, let index = await queue.take() {
+            let offset = UInt64(index) * UInt64(info.chunkSize)
+            let length = UInt32(min(UInt64(info.chunkSize), info.size - offset))
+            do {
+                let reply = try await exchange(holder, timeout: settings.requestTimeout) {
+                    .blobRead(id: $0, hash: info.hash, offset: offset, length: length)
+                }
+                guard case .blobData(_, let off, let data) = reply, off == offset, data.count == Int(length),
+                    Sodium.blake2b(data) == info.chunkHashes[index]
+                else {
+                    counters.increment(.blobChunksRejected)
+                    throw MeshError(.authentication, "Node \(holder) sent a chunk that does not match its hash.")
+                }
+                try await sink.writePartial(hash, offset: offset, bytes: data)
+                counters.increment(.blobChunksFetched)
+                await queue.complete(index)
+                failures = 0
+                backoff = settings.reconnectMin
+            } catch {
+                await queue.giveBack(index)
+                failures += 1
+                // A dropped connection: wait for the redial, unless the holder is gone or keeps failing.
+                let alive = await discovery.peer(holder).map { $0.state != .dead } ?? false
+                if failures >= 8 || (!alive && failures >= 2) { return }
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, settings.reconnectMax)
+            }
+        }
+    }
+}
+
+/// A connection as the channel initializer returns it: the async wrapper plus the handshake's outcome.
+struct Accepted: Sendable {
+    let channel: NIOAsyncChannel<MeshMessage, MeshMessage>
+    let handshake: EventLoopFuture<PeerIdentity>
+}
+
+/// The deny-list, readable from event-loop threads during handshakes.
+final class DenySet: Sendable {
+    private let keys = Mutex<Set<[UInt8]>>([])
+    func insert(_ key: [UInt8]) { keys.withLock { _ = $0.insert(key) } }
+    func contains(_ key: [UInt8]) -> Bool { keys.withLock { $0.contains(key) } }
+}

@@ -1,0 +1,148 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Synchronization
+import Testing
+
+@testable import Mesh
+
+/// Nodes of a test farm on loopback: multicast with IP_MULTICAST_IF=127.0.0.1 and TTL 0, random group/port.
+struct TestFarm {
+    let key: FarmKey
+    let group: String
+    let port: Int
+
+    init(key: FarmKey = .generate(), group: String? = nil, port: Int? = nil) {
+        self.key = key
+        self.group = group ?? "239.255.77.\(Int.random(in: 1...250))"
+        self.port = port ?? Int.random(in: 20_000...60_000)
+    }
+
+    func settings(name: String) -> MeshNode.Settings {
+        var s = MeshNode.Settings()
+        s.name = name
+        s.listenHost = "127.0.0.1"
+        s.listenPort = 0
+        s.discovery.group = group
+        s.discovery.port = port
+        s.discovery.interface = "127.0.0.1"
+        s.discovery.beaconInterval = .milliseconds(200)
+        s.discovery.peerTable = .init(suspectAfter: .milliseconds(800), deadAfter: .seconds(3))
+        s.handshakeTimeout = .seconds(2)
+        s.requestTimeout = .seconds(5)
+        s.reconnectMin = .milliseconds(50)
+        s.reconnectMax = .milliseconds(500)
+        return s
+    }
+
+    func node(_ name: String, source: (any BlobSource)? = nil) -> MeshNode {
+        MeshNode(settings: settings(name: name), farmKey: key, identity: .generate(), blobSource: source)
+    }
+}
+
+/// Polls `condition` every 50 ms for at most `seconds`; bounded so a broken mesh fails instead of hanging.
+func eventually(_ seconds: Double = 10, _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
+}
+
+/// Runs the nodes for the duration of `body`, then cancels them.
+func withRunning<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        for node in nodes { group.addTask { try await node.run(); return nil } }
+        for node in nodes { _ = try await node.listeningPort() }
+        let result = try await body()
+        group.cancelAll()
+        while let _ = try? await group.next() {}
+        return result
+    }
+}
+
+@Suite(.serialized) struct LiveMeshTests {
+    @Test(.timeLimit(.minutes(1))) func threeNodesFindEachOtherAndIgnoreAnotherFarm() async throws {
+        let farm = TestFarm()
+        let stranger = TestFarm(group: farm.group, port: farm.port)  // same group, different key
+        let nodes = [farm.node("a"), farm.node("b"), farm.node("c")]
+        let outsider = stranger.node("x")
+        try await withRunning(nodes + [outsider]) {
+            for node in nodes {
+                let found = await eventually {
+                    let peers = await node.peers()
+                    let connected = await node.connectedPeers()
+                    return peers.count == 2 && peers.allSatisfy { $0.state == .alive } && connected.count == 2
+                }
+                let seen = await node.peers().map(\.nodeID)
+                #expect(found, "node \(node.nodeID) sees \(seen)")
+                let ids = Set(await node.peers().map(\.nodeID))
+                #expect(!ids.contains(outsider.nodeID))
+                #expect(await eventually { await node.otherFarmsSeen() == 1 })
+            }
+            #expect(await outsider.peers().isEmpty)
+            #expect(await outsider.otherFarmsSeen() == 1)
+            #expect(outsider.counters[.beaconsOtherFarm] > 0)
+            // Status bytes travel in beacons.
+            await nodes[0].setStatus([42])
+            #expect(await eventually { await nodes[1].peers().first { $0.nodeID == nodes[0].nodeID }?.status == [42] })
+            let peer = await nodes[1].peers().first { $0.nodeID == nodes[0].nodeID }
+            #expect(peer?.name == "a")
+            #expect(peer?.address.hasPrefix("127.0.0.1:") == true)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func raftMessagesAndControlRequestsFlow() async throws {
+        let farm = TestFarm()
+        let a = farm.node("a")
+        let b = farm.node("b")
+        await b.setControlHandler { from, payload in Array("echo:".utf8) + payload + Array(from.utf8.prefix(4)) }
+        try await withRunning([a, b]) {
+            #expect(await eventually {
+                let fromA = await a.connectedPeers()
+                let fromB = await b.connectedPeers()
+                return fromA == [b.nodeID] && fromB == [a.nodeID]
+            })
+            let reply = try await a.request(to: b.nodeID, Array("hi".utf8))
+            #expect(reply == Array("echo:hi".utf8) + Array(a.nodeID.utf8.prefix(4)))
+            // No handler on a: the request fails with the peer's sentence, not a hang.
+            await #expect(throws: MeshError.self) { try await b.request(to: a.nodeID, [1]) }
+            try await a.send(to: b.nodeID, .raft([7, 7]))
+            var iterator = b.incoming.makeAsyncIterator()
+            let first = await iterator.next()
+            #expect(first?.from == a.nodeID)
+            #expect(first?.message == .raft([7, 7]))
+            await #expect(throws: MeshError.self) { try await a.send(to: "0000000000000000", .raft([1])) }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func silentPeerGoesSuspectThenDead() async throws {
+        let farm = TestFarm()
+        let a = farm.node("a")
+        let b = farm.node("b")
+        try await withRunning([a]) {
+            try await withRunning([b]) {
+                #expect(await eventually { await a.peers().first?.state == .alive })
+            }
+            #expect(await eventually(3) { await a.peers().first?.state == .suspect })
+            #expect(await eventually(5) { await a.peers().first?.state == .dead })
+            #expect(await eventually(3) { await a.connectedPeers().isEmpty })
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func deniedPeerIsDisconnectedAndIgnored() async throws {
+        let farm = TestFarm()
+        let a = farm.node("a")
+        let b = farm.node("b")
+        try await withRunning([a, b]) {
+            #expect(await eventually { await a.connectedPeers() == [b.nodeID] })
+            await a.deny(publicKey: b.identity.publicKey)
+            #expect(await eventually { await a.connectedPeers().isEmpty })
+            try await Task.sleep(for: .milliseconds(600))
+            #expect(await a.peers().isEmpty)
+            #expect(await a.connectedPeers().isEmpty)
+            #expect(a.counters[.beaconsDenied] > 0)
+        }
+    }
+}
