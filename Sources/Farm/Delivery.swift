@@ -16,12 +16,14 @@ extension FarmNode {
         var jobs: [String: JobRecord] = [:]
         for await _ in pulse.subscribe() {
             do {
-                for (key, frame) in deliveryRetries where try deliver(frame, jobs: &jobs) {
+                for (key, frame) in deliveryRetries where try await deliver(frame, jobs: &jobs) {
                     deliveryRetries[key] = nil
                 }
                 let batch = try ledger.framesDone(after: deliveredThrough, limit: 1000)
                 for frame in batch {
-                    if try !deliver(frame, jobs: &jobs) { deliveryRetries["\(frame.job)/\(frame.frame)"] = frame }
+                    if try await !deliver(frame, jobs: &jobs) {
+                        deliveryRetries["\(frame.job)/\(frame.frame)"] = frame
+                    }
                     deliveredThrough = frame.doneIndex ?? deliveredThrough
                 }
                 if batch.count == 1000 { pulse.fire() }
@@ -32,10 +34,18 @@ extension FarmNode {
     }
 
     /// Places one frame if it belongs to a job submitted here; false when it must be retried later.
-    private func deliver(_ frame: FrameRecord, jobs: inout [String: JobRecord]) throws -> Bool {
+    private func deliver(_ frame: FrameRecord, jobs: inout [String: JobRecord]) async throws -> Bool {
         if jobs[frame.job] == nil { jobs[frame.job] = try ledger.job(frame.job) }
         guard let job = jobs[frame.job], job.submitter == nodeID, !job.output.isEmpty else { return true }
-        guard let hash = frame.hash, blobs.has(hash) else { return false }
+        guard let hash = frame.hash else { return true }
+        if !blobs.has(hash) {
+            do {
+                try await ensureBlob(hash, holders: frame.holders)
+            } catch {
+                logger.debug("frame image not fetched yet", metadata: ["job": "\(job.job)", "frame": "\(frame.frame)"])
+                return false
+            }
+        }
         let target = "\(job.output)/\(Self.frameFileName(job: job.name, frame: frame.frame, ext: frame.ext ?? ""))"
         do {
             try Self.placeAtomically(source: blobs.path(for: hash), target: target)
@@ -66,11 +76,15 @@ extension FarmNode {
     }
 
     /// Copies every done frame of a job into `output` (the `fetch` command).
-    func fetch(_ job: JobRecord, into output: String) throws -> Int {
+    func fetch(_ job: JobRecord, into output: String) async throws -> Int {
         var count = 0
         for frame in try ledger.frames(of: job.job) where frame.state == "done" {
-            guard let hash = frame.hash, blobs.has(hash) else {
-                throw FarmError(.notFound, "Frame \(frame.frame) of job \(job.job) is not on this node.")
+            guard let hash = frame.hash else { continue }
+            do {
+                try await ensureBlob(hash, holders: frame.holders)
+            } catch {
+                throw FarmError(
+                    .notFound, "Frame \(frame.frame) of job \(job.job) is on no reachable node (\(error)).")
             }
             try Self.placeAtomically(
                 source: blobs.path(for: hash),

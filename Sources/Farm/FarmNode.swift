@@ -1,3 +1,4 @@
+import Election
 import Foundation
 import Ledger
 import Logging
@@ -19,7 +20,13 @@ public actor FarmNode {
     let renderer: any Renderer
     let blender: BlenderInstallation?
     let pulse = Pulse()
-    var commandLog: (any CommandLog)!
+    let mesh: MeshNode
+    let raft: RaftNode
+    let raftStore: RaftLogStore
+    let raftLog: RaftCommandLog
+    var commandLog: any CommandLog { raftLog }
+    let raftOutbox: AsyncStream<(peer: String, bytes: [UInt8])>.Continuation
+    let raftOutgoing: AsyncStream<(peer: String, bytes: [UInt8])>
     var logger: Logger
     private let lockFD: Int32
     private var group: ServiceGroup?
@@ -54,8 +61,9 @@ public actor FarmNode {
             logger[metadataKey: "node"] = "\(settings.name)"
             self.logger = logger
             try FileManager.default.createDirectory(atPath: data.work, withIntermediateDirectories: true)
-            ledger = try LedgerStore(path: data.database)
+            ledger = try LedgerStore(path: data.database, extraMigrations: RaftLogStore.registerMigrations)
             blobs = try BlobStore(root: data.blobs)
+            raftStore = RaftLogStore(writer: ledger.writer)
             switch settings.renderer {
             case .blender:
                 let found = try await BlenderLocator.locate(
@@ -72,7 +80,32 @@ public actor FarmNode {
             throw error
         }
         let pulse = self.pulse
-        commandLog = LocalCommandLog(ledger: ledger, node: nodeID, onApply: { pulse.fire() })
+        var meshSettings = MeshNode.Settings()
+        meshSettings.name = settings.name
+        try meshSettings.setListen(settings.listen)
+        try meshSettings.discovery.setGroup(settings.discovery)
+        meshSettings.discovery.interface = settings.interface ?? "127.0.0.1"
+        meshSettings.discovery.beaconInterval = .milliseconds(settings.beaconMilliseconds)
+        meshSettings.discovery.peerTable.suspectAfter = .milliseconds(settings.suspectMilliseconds)
+        meshSettings.discovery.peerTable.deadAfter = .milliseconds(settings.deadMilliseconds)
+        var meshLogger = logger
+        meshLogger.logLevel = max(logger.logLevel, .notice)
+        mesh = MeshNode(
+            settings: meshSettings, farmKey: farmKey, identity: identity,
+            blobSource: try DirectoryBlobStore(root: data.blobs), logger: meshLogger)
+        (raftOutgoing, raftOutbox) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(8192))
+        raft = RaftNode(
+            id: identity.nodeID, settings: settings.raft, storage: raftStore,
+            transport: OutboxTransport(outbox: raftOutbox), appliedIndex: try ledger.appliedIndex())
+        let mesh = self.mesh
+        raftLog = try RaftCommandLog(
+            raft: raft, ledger: ledger, node: identity.nodeID, logger: logger,
+            forward: { leader, entries in
+                let answer = try await mesh.request(
+                    to: leader, PeerRequest(op: .propose, payloads: entries).encoded(), timeout: .seconds(5))
+                return try PeerAnswer(bytes: answer).indexes ?? []
+            },
+            onApply: { pulse.fire() })
     }
 
     /// One daemon per data directory: an exclusive `flock` held for the daemon's lifetime.
@@ -97,31 +130,44 @@ public actor FarmNode {
 
     /// Runs until SIGINT/SIGTERM or `rexnode leave`; on the way out every Blender process is killed.
     public func run(onReady: @escaping @Sendable () -> Void = {}) async throws {
-        try await recoverAfterRestart()
         let handler: @Sendable (ControlRequest) async -> ControlResponse = { [self] request in
             await self.handle(request)
         }
+        await mesh.setControlHandler { [self] from, payload in try await self.answerPeer(from: from, payload) }
+        func loop(_ name: String, _ body: @escaping @Sendable () async -> Void) -> ServiceGroupConfiguration
+            .ServiceConfiguration
+        {
+            .init(service: LoopService(name: name, body: body), serviceName: name)
+        }
+        let mesh = self.mesh
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(
+                service: ThrowingService(name: "mesh") { try await mesh.run() },
+                successTerminationBehavior: .gracefullyShutdownGroup,
+                failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "mesh"),
+            .init(
+                service: ThrowingService(name: "raft") { [self] in try await self.runRaft() },
+                successTerminationBehavior: .gracefullyShutdownGroup,
+                failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "raft"),
+            loop("apply") { [raftLog] in await raftLog.applyCommitted() },
+            loop("raft-out") { [self] in await self.sendRaftMessages() },
+            loop("raft-in") { [self] in await self.receiveMeshMessages() },
+            loop("leader") { [self] in await self.leaderDutiesLoop() },
+            loop("status") { [self] in await self.publishStatusLoop() },
             .init(
                 service: ControlServer(path: settings.data.socket, logger: logger, handler: handler),
                 successTerminationBehavior: .gracefullyShutdownGroup,
                 failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "control"),
-            .init(service: LoopService(name: "ticker") { [self] in await self.tickLoop() }, serviceName: "ticker"),
+            loop("ticker") { [self] in await self.tickLoop() },
+            loop("scheduler") { [self] in await self.schedulerLoop() },
+            loop("delivery") { [self] in await self.deliveryLoop() },
+            loop("reaper") { [self] in await self.sessionReaperLoop() },
             .init(
-                service: LoopService(name: "scheduler") { [self] in await self.schedulerLoop() },
-                serviceName: "scheduler"),
-            .init(
-                service: LoopService(name: "delivery") { [self] in await self.deliveryLoop() },
-                serviceName: "delivery"),
-            .init(
-                service: LoopService(name: "reaper") { [self] in await self.sessionReaperLoop() },
-                serviceName: "reaper"),
+                service: LoopService(name: "recovery") { [self] in await self.recoverAfterRestart() },
+                successTerminationBehavior: .ignore, serviceName: "recovery"),
         ]
         for slot in 0..<max(1, settings.slots) {
-            services.append(
-                .init(
-                    service: LoopService(name: "slot-\(slot)") { [self] in await self.slotLoop(slot) },
-                    serviceName: "slot-\(slot)"))
+            services.append(loop("slot-\(slot)") { [self] in await self.slotLoop(slot) })
         }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
@@ -155,13 +201,17 @@ public actor FarmNode {
         await group?.triggerGracefulShutdown()
     }
 
-    /// After a crash or `kill -9`: this node's unfinished assignments go back to the queue.
-    private func recoverAfterRestart() async throws {
-        let mine = try ledger.openAssignments(node: nodeID)
-        guard !mine.isEmpty else { return }
+    /// After a crash or `kill -9`: this node's unfinished assignments go back to the queue (once the farm has
+    /// a leader to record it).
+    private func recoverAfterRestart() async {
+        guard let mine = try? ledger.openAssignments(node: nodeID), !mine.isEmpty else { return }
         logger.info("returning unfinished frames to the queue after a restart", metadata: ["chunks": "\(mine.count)"])
-        _ = try await commandLog.propose(
-            mine.map { .releaseFrames(ReleaseFrames(assignment: $0.assignment, reason: "node restarted")) })
+        do {
+            _ = try await commandLog.propose(
+                mine.map { .releaseFrames(ReleaseFrames(assignment: $0.assignment, reason: "node restarted")) })
+        } catch {
+            logger.warning("could not return unfinished frames yet; the leader will when it sees this node: \(error)")
+        }
     }
 
     private func tickLoop() async {
@@ -178,8 +228,10 @@ public actor FarmNode {
         for await _ in pulse.subscribe() {
             guard await commandLog.isLeader() else { continue }
             do {
-                let busy = try ledger.openAssignments(node: nodeID).count
-                let slots = [Scheduler.Slot(node: nodeID, free: max(0, settings.slots) - busy)]
+                let open = try ledger.openAssignments()
+                let slots = await renderSlots().map { node, total in
+                    Scheduler.Slot(node: node, free: max(0, total - open.filter { $0.node == node }.count))
+                }
                 let free = slots.reduce(0) { $0 + max(0, $1.free) }
                 guard free > 0 else { continue }
                 let queue = try ledger.queuedWork(framesPerJob: free * Self.maxChunk)
@@ -210,6 +262,22 @@ public actor FarmNode {
 
     static func shortID() -> String {
         Sodium.randomBytes(6).hexString
+    }
+}
+
+/// A long-lived task that ends the group when it stops (the mesh, Raft).
+struct ThrowingService: Service, CustomStringConvertible {
+    let name: String
+    let body: @Sendable () async throws -> Void
+
+    var description: String { name }
+
+    func run() async throws {
+        do {
+            try await cancelWhenGracefulShutdown { try await body() }
+        } catch is CancellationError {
+            // Shutting down.
+        }
     }
 }
 

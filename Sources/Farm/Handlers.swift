@@ -20,7 +20,7 @@ extension FarmNode {
     private func answer(_ request: ControlRequest) async throws -> JSONValue {
         switch request.op {
         case .submit: return try await submit(request)
-        case .peers: return try peersJSON()
+        case .peers: return try await peersJSON()
         case .jobs: return .array(try ledger.jobs().map(Self.jobJSON))
         case .status:
             let job = try findJob(request.job)
@@ -46,7 +46,7 @@ extension FarmNode {
             let job = try findJob(request.job)
             guard let output = request.output else { throw FarmError(.badInput, "fetch needs --output DIR.") }
             try SceneFile.prepareOutput(output)
-            let count = try fetch(job, into: output)
+            let count = try await fetch(job, into: output)
             return ["job": .string(job.job), "frames": JSONValue(count), "output": .string(output)]
         }
     }
@@ -107,7 +107,7 @@ extension FarmNode {
                         frames: frames, chunk: chunk, priority: request.priority ?? 0, output: output,
                         submittedAtMs: Self.nowMs()))
             ])
-            guard outcomes.first == .applied else {
+            guard let outcome = outcomes.first, outcome == .applied || outcome.isDuplicate else {
                 throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")
             }
         } catch {
@@ -153,17 +153,50 @@ extension FarmNode {
         return view
     }
 
-    private func peersJSON() throws -> JSONValue {
+    /// This node, then every peer discovery knows or the farm's membership lists.
+    private func peersJSON() async throws -> JSONValue {
         let done = try ledger.framesDoneByNode()
-        let tasks = progress.snapshot().values.sorted { $0.job < $1.job || ($0.job == $1.job && $0.frame < $1.frame) }
+        let status = await raft.status
+        let members = status?.members ?? []
+        let tasks = progress.snapshot().values.sorted { ($0.job, $0.frame) < ($1.job, $1.frame) }
         let task: JSONValue = tasks.isEmpty ? .null : .string(tasks.map { "\($0.job)/\($0.frame)" }.joined(separator: ","))
-        return [
+        let role: String =
+            switch status?.role {
+            case .leader?: "leader"
+            case .candidate?: "candidate"
+            case .follower? where members.contains(nodeID): "follower"
+            default: "joining"
+            }
+        let port = (try? await mesh.listeningPort()).map(String.init) ?? "?"
+        let host = settings.listen.split(separator: ":").dropLast().joined(separator: ":")
+        var rows: [JSONValue] = [
             [
-                "id": .string(nodeID), "name": .string(settings.name), "address": .string(settings.listen),
-                "role": "leader", "state": "alive", "slots": JSONValue(settings.slots),
+                "id": .string(nodeID), "name": .string(settings.name), "address": .string("\(host):\(port)"),
+                "role": .string(role), "state": "alive", "slots": JSONValue(settings.slots),
                 "frames_done": JSONValue(done[nodeID] ?? 0), "self": true, "task": task,
+                "member": .bool(members.contains(nodeID)),
             ]
         ]
+        var seen: Set<String> = [nodeID]
+        for peer in await mesh.peers() {
+            seen.insert(peer.nodeID)
+            let announced = NodeStatus(bytes: peer.status)
+            var peerRole = announced?.r ?? "joining"
+            if peerRole == "leader" && status?.leader != nil && status?.leader != peer.nodeID { peerRole = "follower" }
+            rows.append([
+                "id": .string(peer.nodeID), "name": .string(peer.name), "address": .string(peer.address),
+                "role": .string(peer.state == .dead ? "follower" : peerRole), "state": .string(peer.state.rawValue),
+                "slots": JSONValue(announced?.s ?? 0), "frames_done": JSONValue(done[peer.nodeID] ?? 0),
+                "self": false, "task": JSONValue(announced?.t), "member": .bool(members.contains(peer.nodeID)),
+            ])
+        }
+        for member in members.sorted() where !seen.contains(member) {
+            rows.append([
+                "id": .string(member), "name": .string(member), "address": "", "role": "follower", "state": "dead",
+                "slots": 0, "frames_done": JSONValue(done[member] ?? 0), "self": false, "task": .null, "member": true,
+            ])
+        }
+        return .array(rows)
     }
 
     static func logJSON(_ logged: LoggedEntry) -> JSONValue {
@@ -180,6 +213,7 @@ extension FarmNode {
             case .failFrame(let c): .from(c)
             case .releaseFrames(let c): .from(c)
             case .cancelJob(let c): .from(c)
+            case .addNode(let c), .removeNode(let c): .from(c)
             case .noop: [:]
             }
         if case .object(let f) = fields { for (k, v) in f where o[k] == nil { o[k] = v } }

@@ -1,3 +1,4 @@
+import Election
 import Foundation
 
 /// Where a node keeps everything: one folder per node (`--data`, `REXNODE_HOME`).
@@ -68,6 +69,16 @@ public struct NodeSettings: Sendable {
     public var leaseMilliseconds: Int64 = 10 * 60 * 1000
     /// How often background loops look at the ledger even when nothing was signalled.
     public var tickMilliseconds: Int = 250
+    /// Discovery: beacon interval, and how long a silent peer takes to be suspect, then dead.
+    public var beaconMilliseconds: Int = 1000
+    public var suspectMilliseconds: Int = 3000
+    public var deadMilliseconds: Int = 10_000
+    /// A member dead this long is removed from the farm's membership (`--evict-after`).
+    public var evictMilliseconds: Int = 10 * 60 * 1000
+    /// Raft timing (heartbeat 100 ms, election timeout 500–1000 ms by default).
+    public var raft = RaftSettings()
+    /// Set when this run created the farm key: then another farm already visible on the network is an error.
+    public var createdFarm = false
 
     public init(data: DataDirectory, name: String) {
         self.data = data

@@ -60,6 +60,7 @@ extension FarmNode {
                 })
             return
         }
+        let submitter = (try? ledger.job(job))?.submitter ?? nodeID
         let outDir = "\(settings.data.work)/\(job)/slot-\(slot)"
         try? FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
         // Results are recorded while the next frame renders; the chunk ends when all are in the ledger.
@@ -76,12 +77,14 @@ extension FarmNode {
                     let stored = try blobs.put(fileAt: rendered.path)
                     try? FileManager.default.removeItem(atPath: rendered.path)
                     let ext = (rendered.path as NSString).pathExtension
+                    // A frame counts once its image is on two nodes (the submitter first), or on the only one.
+                    let holders = await replicate(stored.hash, submitter: submitter)
                     logger.debug("frame rendered", metadata: ["job": "\(job)", "frame": "\(frame)"])
                     command = .completeFrame(
                         CompleteFrame(
                             job: job, frame: frame, node: nodeID, assignment: assignment.assignment,
                             term: assignment.term, hash: stored.hash, ext: ext.isEmpty ? "" : "." + ext,
-                            holders: [nodeID]))
+                            holders: holders))
                 } catch let error as RenderError where error.code == .canceled || sessions[slot] == nil {
                     // The job was canceled (or finished elsewhere) and the reaper closed the session.
                     break
@@ -109,6 +112,7 @@ extension FarmNode {
             return warm
         }
         guard let record = try ledger.job(job) else { throw FarmError(.notFound, "Job \(job) is not in the ledger.") }
+        try await ensureBlob(record.blendHash, holders: [record.submitter] + (await alivePeers()))
         let blend = try sceneFile(job: record.job, name: record.name, blendHash: record.blendHash)
         let session = try await renderer.makeSession(
             for: RenderRequest(jobID: job, blendPath: blend, threads: settings.threads))

@@ -24,6 +24,9 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
     case failFrame(FailFrame)
     case releaseFrames(ReleaseFrames)
     case cancelJob(CancelJob)
+    /// Raft membership changes, recorded so the ledger's indexes match Raft's and `rexnode ledger` shows them.
+    case addNode(NodeChange)
+    case removeNode(NodeChange)
     /// Raft's no-op of a new term, and anything else that only occupies an index.
     case noop
 
@@ -36,6 +39,8 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
         case .failFrame: "FailFrame"
         case .releaseFrames: "ReleaseFrames"
         case .cancelJob: "CancelJob"
+        case .addNode: "AddNode"
+        case .removeNode: "RemoveNode"
         case .noop: "Noop"
         }
     }
@@ -146,6 +151,13 @@ public struct ReleaseFrames: Sendable, Equatable, Codable {
         self.assignment = assignment
         self.reason = reason
     }
+}
+
+/// A node joining or leaving the farm's voting membership.
+public struct NodeChange: Sendable, Equatable, Codable {
+    public var node: String
+
+    public init(node: String) { self.node = node }
 }
 
 public struct CancelJob: Sendable, Equatable, Codable {

@@ -142,6 +142,14 @@ public enum ApplyOutcome: Sendable, Equatable {
     case duplicate(firstIndex: UInt64)
 }
 
+extension ApplyOutcome {
+    /// The command had been applied before (a retried proposal): its effect is already in the ledger.
+    public var isDuplicate: Bool {
+        if case .duplicate = self { return true }
+        return false
+    }
+}
+
 /// One applied log entry as stored.
 public struct LoggedEntry: Sendable, Equatable {
     public var index: UInt64

@@ -109,17 +109,27 @@ extension RexNode {
         @Option(help: "CPU threads per Blender process (default: all).") var threads: Int?
         @Option(help: "blender, or simulated:MS (sleeps MS per frame, writes a small PNG).") var renderer: String =
             "blender"
+        @Option(help: "Seconds a dead node stays a member before it is removed from the farm.") var evictAfter: Int =
+            600
+        @Option(help: "Seconds of silence before a peer counts as dead (its frames go to others).") var deadAfter:
+            Double = 10
+        @Option(help: ArgumentHelp("Milliseconds between discovery beacons.", visibility: .hidden)) var beaconMs: Int =
+            1000
 
         func validate() throws {
             guard slots >= 1 && slots <= 64 else { throw ValidationError("--slots must be between 1 and 64.") }
             if let threads, threads < 1 { throw ValidationError("--threads must be at least 1.") }
             if token != nil && key != nil { throw ValidationError("Give either --token or --key, not both.") }
+            guard deadAfter >= 1 else { throw ValidationError("--dead-after must be at least 1 second.") }
+            guard evictAfter >= 1 else { throw ValidationError("--evict-after must be at least 1 second.") }
+            guard beaconMs >= 50 else { throw ValidationError("--beacon-ms must be at least 50.") }
         }
 
         func run() async throws {
             try await RexNode.guarded {
                 let dir = data.directory
                 try dir.create()
+                let hadKey = FileManager.default.fileExists(atPath: dir.farmKey)
                 let farmKey = try resolveKey(dir)
                 var settings = NodeSettings(data: dir, name: name ?? Self.defaultName(dir))
                 settings.listen = listen
@@ -129,6 +139,11 @@ extension RexNode {
                 settings.slots = slots
                 settings.threads = threads
                 settings.renderer = try RendererChoice(renderer)
+                settings.createdFarm = !hadKey && token == nil && key == nil
+                settings.evictMilliseconds = evictAfter * 1000
+                settings.deadMilliseconds = Int(deadAfter * 1000)
+                settings.suspectMilliseconds = min(3000, settings.deadMilliseconds / 2)
+                settings.beaconMilliseconds = beaconMs
                 LoggingSystem.bootstrap { label in
                     var handler = StreamLogHandler.standardError(label: label)
                     handler.logLevel =
@@ -136,7 +151,14 @@ extension RexNode {
                     return handler
                 }
                 let node = try await FarmNode(settings: settings, farmKey: farmKey, logger: Logger(label: "rexnode"))
-                try await node.run()
+                do {
+                    try await node.run()
+                } catch let error as FarmError where settings.createdFarm && error.code == .alreadyRunning {
+                    // The farm this run created was never used: forget it, so the next run can join the other.
+                    try? FileManager.default.removeItem(atPath: dir.farmKey)
+                    try? FileManager.default.removeItem(atPath: dir.database)
+                    throw error
+                }
             }
         }
 

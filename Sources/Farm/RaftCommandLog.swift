@@ -1,0 +1,194 @@
+import Election
+import Foundation
+import Ledger
+import Logging
+import Synchronization
+
+/// The replicated `CommandLog`: commands go through Raft and every node applies the committed log to its ledger.
+///
+/// A proposal made on a follower is forwarded to the leader; whatever happens (leader change, lost
+/// connection) it is retried with the same command id until it is applied here, and the ledger applies an id
+/// once, so a retried command never takes effect twice.
+public actor RaftCommandLog: CommandLog {
+    /// How a follower hands proposals to the leader (the mesh, in the daemon).
+    public typealias Forwarder = @Sendable (_ leader: String, _ entries: [[UInt8]]) async throws -> [UInt64]
+
+    let raft: RaftNode
+    private let ledger: LedgerStore
+    private let node: String
+    private let forward: Forwarder
+    private let onApply: @Sendable () -> Void
+    private let logger: Logger
+    private var seq: UInt64
+    private var applied: UInt64
+    private var outcomes: [UInt64: ApplyOutcome] = [:]
+    private var waiters: [UInt64: [CheckedContinuation<Void, Never>]] = [:]
+    /// How long a proposal keeps retrying while the farm has no reachable leader.
+    private let patience: Duration
+
+    public init(
+        raft: RaftNode, ledger: LedgerStore, node: String, patience: Duration = .seconds(60), logger: Logger,
+        forward: @escaping Forwarder, onApply: @escaping @Sendable () -> Void
+    ) throws {
+        self.raft = raft
+        self.ledger = ledger
+        self.node = node
+        self.forward = forward
+        self.onApply = onApply
+        self.logger = logger
+        self.patience = patience
+        applied = try ledger.appliedIndex()
+        // Nanoseconds of wall clock at start: above every sequence this node used before a restart.
+        seq = UInt64(Date().timeIntervalSince1970 * 1_000_000_000)
+    }
+
+    // MARK: Proposing
+
+    public func propose(_ commands: [LedgerCommand]) async throws -> [ApplyOutcome] {
+        guard !commands.isEmpty else { return [] }
+        let entries = commands.map { command -> LedgerEntry in
+            seq += 1
+            return LedgerEntry(id: CommandID(node: node, seq: seq), command: command)
+        }
+        let deadline = ContinuousClock.now + patience
+        var lastError: (any Error)?
+        while ContinuousClock.now < deadline {
+            do {
+                let indexes = try await submit(entries)
+                if let last = indexes.max() { await waitApplied(last) }
+                return indexes.map { outcomes[$0] ?? .ignored("entry \($0) was not recorded") }
+            } catch {
+                lastError = error
+                logger.debug("proposal retried", metadata: ["error": "\(error)"])
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        throw FarmError(
+            .failed,
+            "The farm has no reachable leader right now, so the change was not recorded (\(lastError.map { "\($0)" } ?? "timeout")); try again.",
+            cause: nil)
+    }
+
+    /// Proposes through this node if it leads, else through the leader; returns the entries' log indexes.
+    private func submit(_ entries: [LedgerEntry]) async throws -> [UInt64] {
+        guard let status = await raft.status else { throw RaftError(.notLeader, "Raft is not running yet") }
+        if status.role == .leader {
+            return try await Self.proposeLocally(entries.map { $0.encoded() }, on: raft)
+        }
+        guard let leader = status.leader, leader != node else {
+            throw RaftError.notLeader(nil)
+        }
+        return try await forward(leader, entries.map { $0.encoded() })
+    }
+
+    /// On the leader: proposes encoded ledger entries (their ids come from inside) and waits for commit.
+    static func proposeLocally(_ payloads: [[UInt8]], on raft: RaftNode) async throws -> [UInt64] {
+        let commands = try payloads.map { payload in
+            let entry = try LedgerEntry(bytes: payload)
+            return RaftCommand(
+                id: Election.CommandID(origin: entry.id.node, sequence: entry.id.seq), payload: payload)
+        }
+        // Proposed together so the node batches them into one append and one fsync.
+        return try await withThrowingTaskGroup(of: (Int, UInt64).self) { group in
+            for (offset, command) in commands.enumerated() {
+                group.addTask { (offset, try await raft.propose(command)) }
+            }
+            var indexes = [UInt64](repeating: 0, count: commands.count)
+            for try await (offset, index) in group { indexes[offset] = index }
+            return indexes
+        }
+    }
+
+    /// Leader side of a forwarded proposal.
+    public func proposeForwarded(_ payloads: [[UInt8]]) async throws -> [UInt64] {
+        try await Self.proposeLocally(payloads, on: raft)
+    }
+
+    private func waitApplied(_ index: UInt64) async {
+        guard applied < index else { return }
+        await withCheckedContinuation { waiters[index, default: []].append($0) }
+    }
+
+    // MARK: Applying
+
+    /// Applies committed entries to the ledger as Raft emits them, until the stream ends. Entries that pile up
+    /// while a transaction syncs are applied together in the next one.
+    func applyCommitted() async {
+        let buffer = EntryBuffer()
+        let (bell, ring) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let committed = raft.committed
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                for await entry in committed {
+                    buffer.append(entry)
+                    ring.yield()
+                }
+                ring.finish()
+            }
+            for await _ in bell {
+                let batch = buffer.drain()
+                guard !batch.isEmpty else { continue }
+                do {
+                    try await apply(batch)
+                } catch {
+                    logger.critical("cannot apply committed entries to the ledger: \(error)")
+                    group.cancelAll()
+                    return
+                }
+            }
+        }
+    }
+
+    private func apply(_ entries: [LogEntry]) async throws {
+        let rows = entries.filter { $0.index > applied }.map { entry in
+            (index: entry.index, term: entry.term, entry: Self.ledgerEntry(for: entry))
+        }
+        guard !rows.isEmpty else { return }
+        let results = try await ledger.applyAsync(rows)
+        for (row, outcome) in zip(rows, results) { outcomes[row.index] = outcome }
+        applied = rows.last!.index
+        // Outcomes are only needed by proposers waiting right now; keep a bounded window.
+        if outcomes.count > 20_000 {
+            let floor = applied - 10_000
+            outcomes = outcomes.filter { $0.key > floor }
+        }
+        let ready = waiters.keys.filter { $0 <= applied }
+        for index in ready {
+            for waiter in waiters.removeValue(forKey: index) ?? [] { waiter.resume() }
+        }
+        onApply()
+    }
+
+    /// Raft's own entries (no-ops, membership) become ledger entries too, so ledger indexes match Raft's.
+    static func ledgerEntry(for entry: LogEntry) -> LedgerEntry {
+        switch entry.kind {
+        case .command(let command):
+            if let decoded = try? LedgerEntry(bytes: command.payload) { return decoded }
+            return LedgerEntry(id: CommandID(node: "raft", seq: entry.index), command: .noop)
+        case .addNode(let id):
+            return LedgerEntry(id: CommandID(node: "raft", seq: entry.index), command: .addNode(NodeChange(node: id)))
+        case .removeNode(let id):
+            return LedgerEntry(
+                id: CommandID(node: "raft", seq: entry.index), command: .removeNode(NodeChange(node: id)))
+        default:
+            return LedgerEntry(id: CommandID(node: "raft", seq: entry.index), command: .noop)
+        }
+    }
+
+    public func currentTerm() async -> UInt64 { await raft.status?.term ?? 0 }
+    public func isLeader() async -> Bool { await raft.status?.role == .leader }
+}
+
+/// Committed entries waiting for the applier.
+final class EntryBuffer: Sendable {
+    private let entries = Mutex<[LogEntry]>([])
+
+    func append(_ entry: LogEntry) { entries.withLock { $0.append(entry) } }
+
+    func drain() -> [LogEntry] {
+        entries.withLock { pending in
+            defer { pending.removeAll(keepingCapacity: true) }
+            return pending
+        }
+    }
+}
