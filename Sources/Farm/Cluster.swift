@@ -256,12 +256,14 @@ extension FarmNode {
 
     /// Copies a rendered image to a second node (the submitter first) and returns every node that holds it.
     func replicate(_ hash: String, submitter: String) async -> [String] {
-        let alive = await alivePeers()
+        // Only peers connected right now: a node that just died is skipped instead of waited for.
+        let connected = Set(await mesh.connectedPeers())
+        let alive = await alivePeers().filter { connected.contains($0) }
         let candidates = (alive.contains(submitter) ? [submitter] : []) + alive.filter { $0 != submitter }.sorted()
         for peer in candidates where peer != nodeID {
             let request = PeerRequest(op: .replicate, hash: hash, from: nodeID)
             do {
-                _ = try await mesh.request(to: peer, request.encoded(), timeout: .seconds(60))
+                _ = try await mesh.request(to: peer, request.encoded(), timeout: .seconds(30))
                 return [nodeID, peer]
             } catch {
                 logger.warning("could not copy an image to a peer", metadata: ["peer": "\(peer)", "error": "\(error)"])
