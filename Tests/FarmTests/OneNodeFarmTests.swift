@@ -1,8 +1,12 @@
 import Foundation
 import Testing
 
+/// Tests that start real `rexnode join` processes: one at a time, so real Blender has the machine's cores.
+@Suite(.serialized) enum ProcessTests {}
+
 /// A one-node farm as a user runs it: a real `rexnode join` process, real Blender, real SQLite, the CLI.
-@Suite(.serialized) struct OneNodeFarmTests {
+extension ProcessTests {
+@Suite struct OneNodeFarmTests {
     @Test func rendersAGeneratedSceneIntoTheOutputFolder() throws {
         let scene = try Scenes.make(["--frames", "4", "--width", "64", "--height", "48", "--samples", "4"])
         let node = try TestNode()
@@ -265,4 +269,5 @@ import Testing
         #expect(peers.status != 0)
         #expect(peers.stderr.contains("No rexnode daemon is running"), "\(peers)")
     }
+}
 }

@@ -91,12 +91,17 @@ final class TestNode {
     private(set) var process: Process?
     let logPath: String
 
-    init(name: String = "n1", args: [String] = []) throws {
-        data = NSTemporaryDirectory() + "rex-node-\(UUID().uuidString.prefix(8))"
+    let discoveryPort: Int
+
+    init(
+        name: String = "n1", args: [String] = [], data: String? = nil, discoveryPort: Int? = nil, start: Bool = true
+    ) throws {
+        self.discoveryPort = discoveryPort ?? TestNode.freshPort()
+        self.data = data ?? NSTemporaryDirectory() + "rex-node-\(UUID().uuidString.prefix(8))"
         self.name = name
         extraArgs = args
-        logPath = data + ".log"
-        try start()
+        logPath = self.data + ".log"
+        if start { try self.start() }
     }
 
     deinit {
@@ -110,7 +115,8 @@ final class TestNode {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: TestPaths.rexnode)
         process.arguments =
-            ["join", "--data", data, "--name", name, "--listen", "127.0.0.1:0", "--interface", "127.0.0.1"]
+            ["join", "--data", data, "--name", name, "--listen", "127.0.0.1:0", "--interface", "127.0.0.1",
+                "--discovery", "239.255.77.\(TestNode.groupByte):\(discoveryPort)"]
             + extraArgs
         if !FileManager.default.fileExists(atPath: logPath) {
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
@@ -129,6 +135,35 @@ final class TestNode {
             usleep(100_000)
         }
         throw TestFailure("rexnode join did not answer within 30 s:\n\(self.log)")
+    }
+
+    /// A multicast port no other farm of this test run uses (different farms must not hear each other).
+    static func freshPort() -> Int {
+        portLock.lock()
+        defer { portLock.unlock() }
+        nextPort += 1
+        return nextPort
+    }
+
+    nonisolated(unsafe) private static var nextPort = 20_000 + Int(getpid() % 2_000) * 10
+    private static let portLock = NSLock()
+    static let groupByte = 100 + Int(getpid() % 100)
+
+    /// Launches the daemon without waiting for it (several nodes started at the same moment).
+    func launch() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: TestPaths.rexnode)
+        process.arguments =
+            ["join", "--data", data, "--name", name, "--listen", "127.0.0.1:0", "--interface", "127.0.0.1",
+                "--discovery", "239.255.77.\(TestNode.groupByte):\(discoveryPort)"]
+            + extraArgs
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        process.standardOutput = log
+        process.standardError = log
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        self.process = process
     }
 
     var pid: Int32 { process?.processIdentifier ?? 0 }

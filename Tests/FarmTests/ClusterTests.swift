@@ -1,0 +1,183 @@
+import Foundation
+import Testing
+
+/// Several `rexnode join` processes on loopback: one farm, Raft over the encrypted mesh, real kills.
+final class TestFarm {
+    let nodes: [TestNode]
+    let token: String
+    let port: Int
+
+    /// Starts `count` nodes of one farm (the first was made with `rexnode init`), all at the same moment.
+    init(count: Int, args: [String]) throws {
+        let first = NSTemporaryDirectory() + "rex-node-\(UUID().uuidString.prefix(8))"
+        let initResult = try runProgram(TestPaths.rexnode, ["init", "--data", first])
+        guard initResult.status == 0, let token = initResult.stdout.split(separator: "\n").last.map(String.init)
+        else { throw TestFailure("rexnode init failed: \(initResult)") }
+        self.token = token
+        let common = ["--token", token, "--beacon-ms", "200", "--dead-after", "2"] + args
+        let port = TestNode.freshPort()
+        let started = try (0..<count).map { i in
+            try TestNode(
+                name: "n\(i + 1)", args: common, data: i == 0 ? first : nil, discoveryPort: port, start: false)
+        }
+        self.port = port
+        nodes = started
+        for node in started { try node.launch() }
+        try waitUntil(timeout: 40, "one farm with every node a member and one leader") {
+            let views = started.compactMap { try? $0.json(["peers"]) as? [[String: Any]] }
+            guard views.count == started.count else { return false }
+            return views.allSatisfy { view in
+                view.filter { $0["member"] as? Bool == true && $0["state"] as? String == "alive" }.count == count
+                    && view.filter { $0["role"] as? String == "leader" }.count == 1
+            }
+        }
+    }
+
+    /// The node that currently leads, as every live node sees it.
+    func leader() throws -> TestNode {
+        for node in nodes where node.isRunning {
+            guard let view = try? node.json(["peers"]) as? [[String: Any]],
+                let me = view.first(where: { $0["self"] as? Bool == true })
+            else { continue }
+            if me["role"] as? String == "leader" { return node }
+        }
+        throw TestFailure("no node leads")
+    }
+
+    func ledgers(of nodes: [TestNode]) throws -> [String] {
+        try nodes.map { node in
+            let r = try node.cli(["ledger", "--json"])
+            guard r.status == 0 else { throw TestFailure("ledger failed: \(r)") }
+            return r.stdout
+        }
+    }
+}
+
+/// Polls `condition` every 200 ms until it holds or `timeout` seconds pass.
+func waitUntil(timeout: Double, _ what: String, _ condition: () throws -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if (try? condition()) == true { return }
+        usleep(200_000)
+    }
+    throw TestFailure("timed out after \(timeout) s waiting for: \(what)")
+}
+
+extension ProcessTests {
+    @Suite struct ClusterTests {
+        @Test func threeNodesShareTheWorkAndEveryFrameIsOnTwoPeers() throws {
+            let scene = try Scenes.make(["--frames", "2", "--width", "32", "--height", "24", "--samples", "1"])
+            let farm = try TestFarm(count: 3, args: ["--renderer", "simulated:60"])
+            let submitter = farm.nodes[1]
+            let out = tempDir("cluster")
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            // Submitted from a node that may well be a follower: the proposal is forwarded to the leader.
+            let r = try submitter.cli(["submit", scene, "--frames", "1-30", "--chunk", "2", "--output", out, "--json"])
+            #expect(r.status == 0, "\(r)")
+            let files = try FileManager.default.contentsOfDirectory(atPath: out).filter { !$0.hasPrefix(".") }
+            #expect(files.count == 30)
+            let job = try #require((try submitter.json(["jobs"]) as? [[String: Any]])?.first?["job"] as? String)
+            let status = try farm.nodes[2].status(job)
+            let frames = try #require(status["frames"] as? [[String: Any]])
+            #expect(frames.count == 30)
+            let renderers = Set(frames.compactMap { $0["node"] as? String })
+            #expect(renderers.count >= 2, "work was spread: \(renderers)")
+            for frame in frames {
+                let holders = (frame["holders"] as? [String]) ?? []
+                #expect(Set(holders).count >= 2, "frame \(frame["frame"] ?? "?") is on \(holders)")
+            }
+            // Every node applied the same log and answers `jobs` the same way.
+            try waitUntil(timeout: 10, "ledgers agree") { Set(try farm.ledgers(of: farm.nodes)).count == 1 }
+            let jobViews = try farm.nodes.map { try $0.cli(["jobs", "--json"]).stdout }
+            #expect(Set(jobViews).count == 1)
+            // Any node can fetch the frames, from whichever peers hold them.
+            let fetched = tempDir("fetch")
+            defer { try? FileManager.default.removeItem(atPath: fetched) }
+            let f = try farm.nodes[0].cli(["fetch", job, "--output", fetched])
+            #expect(f.status == 0, "\(f)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: fetched).count == 30)
+        }
+
+        @Test func killingTheLeaderMidJobLosesNoFrameAndSubmitKeepsWaiting() throws {
+            let scene = try Scenes.make(["--frames", "12", "--width", "96", "--height", "54", "--samples", "8"])
+            let farm = try TestFarm(count: 3, args: [])
+            let leader = try farm.leader()
+            let submitter = try #require(farm.nodes.first { $0 !== leader })
+            let out = tempDir("failover")
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let submit = Process()
+            submit.executableURL = URL(fileURLWithPath: TestPaths.rexnode)
+            submit.arguments = ["submit", scene, "--chunk", "2", "--output", out, "--json", "--data", submitter.data]
+            let stdout = Pipe()
+            submit.standardOutput = stdout
+            submit.standardError = FileHandle.nullDevice
+            try submit.run()
+            try waitUntil(timeout: 120, "3 frames done") {
+                ((try submitter.json(["jobs"]) as? [[String: Any]])?.first?["frames_done"] as? Int ?? 0) >= 3
+            }
+            leader.kill9()
+            let deadline = Date().addingTimeInterval(240)
+            while submit.isRunning && Date() < deadline { usleep(100_000) }
+            if submit.isRunning { submit.terminate() }
+            submit.waitUntilExit()
+            #expect(submit.terminationStatus == 0, "submit must finish after the failover\n\(submitter.log)")
+            let summary = try JSONSerialization.jsonObject(
+                with: stdout.fileHandleForReading.readDataToEndOfFile()) as? [String: Any]
+            #expect(summary?["state"] as? String == "done")
+            let files = try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasSuffix(".png") }
+            #expect(files.count == 12)
+            let survivors = farm.nodes.filter { $0 !== leader }
+            try waitUntil(timeout: 10, "survivors' ledgers agree") { Set(try farm.ledgers(of: survivors)).count == 1 }
+            let ledger = try #require(try survivors[0].json(["ledger"]) as? [[String: Any]])
+            // Every frame committed exactly once, whatever was in flight when the leader died.
+            let completions = ledger.filter { $0["type"] as? String == "CompleteFrame" && $0["duplicate"] == nil }
+            let job = try #require((try submitter.json(["jobs"]) as? [[String: Any]])?.first?["job"] as? String)
+            let frames = try #require(try submitter.status(job)["frames"] as? [[String: Any]])
+            #expect(frames.allSatisfy { $0["state"] as? String == "done" })
+            #expect(frames.allSatisfy { Set(($0["holders"] as? [String]) ?? []).count >= 2 })
+            #expect(completions.count >= 12)
+            let terms = ledger.compactMap { $0["term"] as? Int }
+            #expect(terms == terms.sorted(), "terms never go backwards in the log")
+
+            // The killed node comes back, catches up, and takes work again.
+            try leader.start()
+            try waitUntil(timeout: 30, "the restarted node catches up") {
+                Set(try farm.ledgers(of: farm.nodes)).count == 1
+            }
+            let again = try leader.cli(["submit", scene, "--frames", "1-6", "--chunk", "1", "--output", out + "/2"])
+            #expect(again.status == 0, "\(again)")
+        }
+
+        @Test func fiveNodesStartedAtOnceFormExactlyOneFarm() throws {
+            let farm = try TestFarm(count: 5, args: ["--renderer", "simulated:10"])
+            let views = try farm.nodes.map { try #require(try $0.json(["peers"]) as? [[String: Any]]) }
+            let leaders = Set(views.flatMap { $0.filter { $0["role"] as? String == "leader" }.compactMap { $0["id"] as? String } })
+            #expect(leaders.count == 1, "\(leaders)")
+            // Exactly one node founded the farm: one AddNode for it at index 1, and five AddNodes in all.
+            let ledger = try #require(try farm.nodes[0].json(["ledger"]) as? [[String: Any]])
+            let adds = ledger.filter { $0["type"] as? String == "AddNode" }
+            #expect(adds.count == 5)
+            #expect(adds.first?["index"] as? Int == 1)
+        }
+
+        @Test func aNodeOfAnotherFarmIsRefusedAndAFreshFarmWithoutTokenRefusesToStart() throws {
+            let farm = try TestFarm(count: 2, args: ["--renderer", "simulated:10"])
+            // A node with no key and no token, on the same network: it must not create a second farm.
+            let stranger = NSTemporaryDirectory() + "rex-node-\(UUID().uuidString.prefix(8))"
+            defer { try? FileManager.default.removeItem(atPath: stranger) }
+            let r = try runProgram(
+                TestPaths.rexnode,
+                [
+                    "join", "--data", stranger, "--listen", "127.0.0.1:0", "--interface", "127.0.0.1",
+                    "--beacon-ms", "200", "--renderer", "simulated:10",
+                    "--discovery", "239.255.77.\(TestNode.groupByte):\(farm.port)",
+                ], timeout: 30)
+            #expect(r.status != 0)
+            #expect(r.stderr.contains("Another rexnode farm is visible"), "\(r)")
+            #expect(!FileManager.default.fileExists(atPath: stranger + "/farm.key"), "the unused key is forgotten")
+            // The farm never saw it as a member.
+            let view = try #require(try farm.nodes[0].json(["peers"]) as? [[String: Any]])
+            #expect(view.filter { $0["member"] as? Bool == true }.count == 2)
+        }
+    }
+}
