@@ -23,7 +23,11 @@ public struct BlenderRenderer: Renderer {
         self.installation = installation
         self.niceLevel = niceLevel
         self.logger = logger
+        self.niceExecutable = BlenderLocator.resolve("nice", searchPath: "/usr/bin:/bin")
     }
+
+    /// `nice` from coreutils; without it Blender runs at normal priority rather than not at all.
+    let niceExecutable: String?
 
     /// Starts Blender on the request's .blend and returns once the scene is loaded (so `sceneInfo` is set).
     /// A file Blender cannot load throws `.badScene` with Blender's message.
@@ -34,7 +38,8 @@ public struct BlenderRenderer: Renderer {
             blendFile: request.blendPath,
             pythonScript: try DriverScripts.driver(),
             threads: request.threads,
-            niceLevel: niceLevel)
+            niceLevel: niceExecutable == nil ? 0 : niceLevel,
+            niceExecutable: niceExecutable ?? "nice")
         let session = BlenderSession(command: command, jobID: request.jobID, logger: logger)
         try await session.start()
         return session
@@ -137,6 +142,11 @@ actor BlenderSession: RenderSession {
         }
         busy = true
         defer { busy = false }
+        if let process, process.hasEnded {
+            // Blender died between frames (e.g. killed for memory); its exit is old news, not this frame's failure.
+            logger?.warning("Blender exited between frames", metadata: ["job": "\(jobID)"])
+            await stopProcess()
+        }
         if process == nil {
             logger?.info("restarting Blender", metadata: ["job": "\(jobID)"])
             try await start()

@@ -52,6 +52,9 @@ final class ChildProcess: Sendable {
     /// The pid once started (it leads its own process group), nil before and after.
     var pid: Int32? { pidBox.value }
 
+    /// True once the process has exited (or failed to start); its events may still be unread.
+    var hasEnded: Bool { pidBox.hasEnded }
+
     /// Queues a line for the process's stdin.
     func send(_ line: String) {
         input.yield(line)
@@ -150,13 +153,19 @@ final class ChildProcess: Sendable {
     }
 }
 
-/// The child's pid, readable from any thread (a cancellation handler must be able to kill without awaiting).
+/// The child's pid and whether it has ended, readable from any thread (a cancellation handler must be able
+/// to kill without awaiting, and a session checks for a Blender that died between frames).
 private final class PIDBox: @unchecked Sendable {
     private let lock = NSLock()
     private var pid: Int32?
+    private var ended = false
 
     var value: Int32? {
         lock.withLock { pid }
+    }
+
+    var hasEnded: Bool {
+        lock.withLock { ended }
     }
 
     func set(_ pid: Int32) {
@@ -164,7 +173,10 @@ private final class PIDBox: @unchecked Sendable {
     }
 
     func clear() {
-        lock.withLock { pid = nil }
+        lock.withLock {
+            pid = nil
+            ended = true
+        }
     }
 
     /// Under the lock, so the pid cannot be reaped and reused between the check and the kill.

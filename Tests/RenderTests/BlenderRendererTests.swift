@@ -257,6 +257,10 @@ struct FakeBlenderTests {
         echo 'Read blend: fake'
         echo '@@REX {"event": "scene", "frameStart": 1, "frameEnd": 9, "frameStep": 1, "resolutionX": 4, '\\
         '"resolutionY": 4, "resolutionPercentage": 100, "engine": "CYCLES", "fileFormat": "PNG", "fileExtension": ".png"}'
+        if [ -n "$EXIT_IDLE" ] && [ ! -e "$dir/exited-once" ]; then
+            touch "$dir/exited-once"
+            exit 0
+        fi
         while read -r line; do
             frame=$(echo "$line" | sed 's/.*"frame":\\(-*[0-9]*\\).*/\\1/')
             output=$(echo "$line" | sed 's/.*"output":"\\([^"]*\\)".*/\\1/')
@@ -306,6 +310,26 @@ struct FakeBlenderTests {
         let second = try await session.render(frame: 6, into: directory + "/out") { _ in }
         #expect(second.frame == 6)
         #expect(await blender.starts == 2)
+        await session.close()
+    }
+
+    @Test("Blender exiting between frames is restarted before the next frame, which then succeeds")
+    func idleExitRestarts() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try TestSupport.writeScript(Self.crashingBlender, to: directory + "/blender")
+        try "".write(toFile: directory + "/crashed-once", atomically: true, encoding: .utf8)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        var command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        command.environment["EXIT_IDLE"] = "1"
+        let session = BlenderSession(command: command, jobID: "c4", logger: nil)
+        try await session.start()
+        #expect(await TestSupport.eventually { FileManager.default.fileExists(atPath: directory + "/exited-once") })
+        #expect(await TestSupport.eventually(timeout: .seconds(5)) { await session.processID == nil })
+        let rendered = try await session.render(frame: 3, into: directory + "/out") { _ in }
+        #expect(FileManager.default.fileExists(atPath: rendered.path))
+        #expect(await session.starts == 2)
         await session.close()
     }
 

@@ -77,15 +77,15 @@ enum TestSupport {
     }
 
     /// Waits until `condition` holds or the timeout passes.
-    static func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
+    static func eventually(timeout: Duration = .seconds(10), _ condition: () async -> Bool) async -> Bool {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
-            if condition() {
+            if await condition() {
                 return true
             }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        return condition()
+        return await condition()
     }
 
     /// Writes an executable shell script standing in for Blender.
