@@ -31,7 +31,8 @@ public enum BlenderLocator {
             (source, candidate) = ("PATH", "blender")
         }
         guard let path = resolve(candidate, searchPath: environment["PATH"]) else {
-            let hint = source == "PATH"
+            let hint =
+                source == "PATH"
                 ? "Blender was not found on PATH; install it (apt-get install blender) or pass --blender PATH"
                 : "Blender was not found at '\(candidate)' (from \(source)); pass --blender with an executable"
             throw RenderError(.blenderMissing, hint + ".")
@@ -49,7 +50,8 @@ public enum BlenderLocator {
                 && fileManager.isExecutableFile(atPath: path)
         }
         if candidate.contains("/") {
-            let absolute = candidate.hasPrefix("/")
+            let absolute =
+                candidate.hasPrefix("/")
                 ? candidate : fileManager.currentDirectoryPath + "/" + candidate
             return usable(absolute) ? (absolute as NSString).standardizingPath : nil
         }
@@ -92,7 +94,8 @@ public enum BlenderLocator {
 // MARK: - Probing a scene
 
 extension BlenderInstallation {
-    /// One Blender start with rex_probe.py: reads the scene's facts. A corrupt/truncated .blend -> RenderError with Blender's text.
+    /// One Blender start with rex_probe.py: reads the scene's facts.
+    /// A corrupt/truncated .blend -> RenderError with Blender's text.
     public func probeScene(at blendPath: String) async throws -> SceneInfo {
         try await probeScene(at: blendPath, niceLevel: 0)
     }

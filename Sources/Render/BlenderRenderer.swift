@@ -160,7 +160,8 @@ actor BlenderSession: RenderSession {
             throw RenderError(
                 .frameFailed, "The output directory \(directory) cannot be created: \(error.localizedDescription).")
         }
-        let absoluteDirectory = directory.hasPrefix("/")
+        let absoluteDirectory =
+            directory.hasPrefix("/")
             ? directory : FileManager.default.currentDirectoryPath + "/" + directory
         let output = absoluteDirectory + "/" + Self.baseName(frame: frame)
         let clock = ContinuousClock()
@@ -197,7 +198,8 @@ actor BlenderSession: RenderSession {
                     switch driverEvent {
                     case .done(let doneFrame, let path, _) where doneFrame == frame:
                         let elapsed = clock.now - started
-                        let seconds = Double(elapsed.components.seconds)
+                        let seconds =
+                            Double(elapsed.components.seconds)
                             + Double(elapsed.components.attoseconds) / 1e18
                         progress(FrameProgress(frame: frame, fraction: 1))
                         return RenderedFrame(frame: frame, path: path, seconds: seconds)
@@ -222,7 +224,8 @@ actor BlenderSession: RenderSession {
                 let errors = tail.errorLines
                 let reason = errors.isEmpty ? "" : ": " + errors.suffix(3).joined(separator: "; ")
                 logger?.warning(
-                    "Blender crashed", metadata: ["job": "\(jobID)", "render/frame": "\(frame)", "render/exit": "\(how)"])
+                    "Blender crashed",
+                    metadata: ["job": "\(jobID)", "render/frame": "\(frame)", "render/exit": "\(how)"])
                 throw RenderError(
                     .crashed, "Blender \(how) while rendering frame \(frame) of \(command.blendFile)\(reason).",
                     commandLine: commandLine, outputTail: tail.lines)
@@ -234,9 +237,11 @@ actor BlenderSession: RenderSession {
         }
         // The stream also ends early when the calling task is cancelled (AsyncStream stops on cancellation).
         await stopProcess()
-        throw closed || Task.isCancelled ? canceledError() : RenderError(
-            .crashed, "Blender's output ended while rendering frame \(frame).",
-            commandLine: commandLine, outputTail: tail.lines)
+        throw closed || Task.isCancelled
+            ? canceledError()
+            : RenderError(
+                .crashed, "Blender's output ended while rendering frame \(frame).",
+                commandLine: commandLine, outputTail: tail.lines)
     }
 
     // MARK: Close

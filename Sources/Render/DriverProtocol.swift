@@ -51,7 +51,9 @@ enum DriverCommand: Sendable, Equatable {
             object = ["cmd": "quit"]
         }
         // JSONSerialization never fails for these plain values.
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        let data =
+            (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+            ?? Data()
         return String(decoding: data, as: UTF8.self) + "\n"
     }
 }

@@ -49,10 +49,11 @@ struct BlenderRendererTests {
         let scene = try await SceneCache.shared.standard()
         let info = try await TestSupport.installation().probeScene(at: scene)
         #expect(
-            info == SceneInfo(
-                frameStart: 1, frameEnd: 3, frameStep: 1, resolutionX: 64, resolutionY: 48,
-                resolutionPercentage: 50, engine: "CYCLES", fileFormat: "PNG", fileExtension: ".png",
-                camera: "Camera"))
+            info
+                == SceneInfo(
+                    frameStart: 1, frameEnd: 3, frameStep: 1, resolutionX: 64, resolutionY: 48,
+                    resolutionPercentage: 50, engine: "CYCLES", fileFormat: "PNG", fileExtension: ".png",
+                    camera: "Camera"))
     }
 
     @Test("one session renders three frames in one Blender process: right size, distinct images, progress")
@@ -230,7 +231,9 @@ struct FakeBlenderTests {
             return error.code == .blenderMissing && error.message.contains("/nonexistent/blender")
                 && error.message.contains("--blender")
         }
-        await #expect { try await BlenderLocator.locate(explicit: nil, environment: ["PATH": "/nonexistent"]) } throws: {
+        await #expect {
+            try await BlenderLocator.locate(explicit: nil, environment: ["PATH": "/nonexistent"])
+        } throws: {
             ($0 as? RenderError)?.code == .blenderMissing
         }
         await #expect {
@@ -248,46 +251,25 @@ struct FakeBlenderTests {
         }
     }
 
-    /// A stand-in for Blender that speaks the driver protocol; on its first render request it dies like a
-    /// segfaulting Blender, afterwards it renders (writes a file) normally.
-    static let crashingBlender = """
-        #!/bin/sh
-        dir="$(dirname "$0")"
-        echo "Blender 3.4.1"
-        echo 'Read blend: fake'
-        echo '@@REX {"event": "scene", "frameStart": 1, "frameEnd": 9, "frameStep": 1, "resolutionX": 4, '\\
-        '"resolutionY": 4, "resolutionPercentage": 100, "engine": "CYCLES", "fileFormat": "PNG", "fileExtension": ".png"}'
-        if [ -n "$EXIT_IDLE" ] && [ ! -e "$dir/exited-once" ]; then
-            touch "$dir/exited-once"
-            exit 0
-        fi
-        while read -r line; do
-            frame=$(echo "$line" | sed 's/.*"frame":\\(-*[0-9]*\\).*/\\1/')
-            output=$(echo "$line" | sed 's/.*"output":"\\([^"]*\\)".*/\\1/')
-            echo "Fra:$frame Mem:1.00M (Peak 1.00M) | Time:00:00.01 | Mem:0.10M, Peak:0.10M | Scene, ViewLayer | Sample 1/2"
-            if [ ! -e "$dir/crashed-once" ]; then
-                touch "$dir/crashed-once"
-                echo "Error: EXCEPTION_ACCESS_VIOLATION (simulated)"
-                kill -9 $$
-            fi
-            if [ -n "$HANG" ]; then
-                sleep 300 &
-                echo $! > "$dir/child.pid"
-                wait
-            fi
-            printf 'image' > "$output.png"
-            echo "@@REX {\\"event\\": \\"done\\", \\"frame\\": $frame, \\"path\\": \\"$output.png\\", \\"seconds\\": 0.0}"
-        done
-        """
+    /// Copies Tests/Fixtures/fake_blender.sh into `directory` (its marker files live next to it).
+    static func installFakeBlender(in directory: String) throws -> String {
+        let path = directory + "/blender"
+        try FileManager.default.copyItem(
+            atPath: TestSupport.repositoryRoot + "/Tests/Fixtures/fake_blender.sh", toPath: path)
+        chmod(path, 0o755)
+        return path
+    }
 
     @Test("Blender dying mid-frame gives crashed with its output, and the next render restarts it")
     func crashThenRestart() async throws {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        try TestSupport.writeScript(Self.crashingBlender, to: directory + "/blender")
+        _ = try Self.installFakeBlender(in: directory)
         try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
-        let renderer = BlenderRenderer(installation: BlenderInstallation(path: directory + "/blender", version: "3.4.1"))
-        let session = try await renderer.makeSession(for: RenderRequest(jobID: "c1", blendPath: directory + "/scene.blend"))
+        let renderer = BlenderRenderer(
+            installation: BlenderInstallation(path: directory + "/blender", version: "3.4.1"))
+        let session = try await renderer.makeSession(
+            for: RenderRequest(jobID: "c1", blendPath: directory + "/scene.blend"))
         let blender = try #require(session as? BlenderSession)
         #expect(await session.sceneInfo?.frameEnd == 9)
         let firstPID = try #require(await blender.processID)
@@ -317,7 +299,7 @@ struct FakeBlenderTests {
     func idleExitRestarts() async throws {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        try TestSupport.writeScript(Self.crashingBlender, to: directory + "/blender")
+        _ = try Self.installFakeBlender(in: directory)
         try "".write(toFile: directory + "/crashed-once", atomically: true, encoding: .utf8)
         try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
         var command = BlenderCommand(
@@ -337,7 +319,7 @@ struct FakeBlenderTests {
     func closeKillsProcessGroup() async throws {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        try TestSupport.writeScript(Self.crashingBlender, to: directory + "/blender")
+        _ = try Self.installFakeBlender(in: directory)
         try "".write(toFile: directory + "/crashed-once", atomically: true, encoding: .utf8)
         try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
         var command = BlenderCommand(
@@ -350,9 +332,10 @@ struct FakeBlenderTests {
         let render = Task { try await session.render(frame: 1, into: directory + "/out") { _ in } }
         let childFile = directory + "/child.pid"
         #expect(await TestSupport.eventually { FileManager.default.fileExists(atPath: childFile) })
-        #expect(await TestSupport.eventually {
-            (try? String(contentsOfFile: childFile, encoding: .utf8))?.hasSuffix("\n") == true
-        })
+        #expect(
+            await TestSupport.eventually {
+                (try? String(contentsOfFile: childFile, encoding: .utf8))?.hasSuffix("\n") == true
+            })
         let childText = try String(contentsOfFile: childFile, encoding: .utf8)
         let child = try #require(Int32(childText.trimmingCharacters(in: .whitespacesAndNewlines)))
         #expect(TestSupport.isAlive(pid) && TestSupport.isAlive(child))
@@ -373,7 +356,7 @@ struct FakeBlenderTests {
     func taskCancellation() async throws {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        try TestSupport.writeScript(Self.crashingBlender, to: directory + "/blender")
+        _ = try Self.installFakeBlender(in: directory)
         try "".write(toFile: directory + "/crashed-once", atomically: true, encoding: .utf8)
         try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
         var command = BlenderCommand(

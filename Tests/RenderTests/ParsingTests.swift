@@ -6,18 +6,22 @@ import Testing
 struct ParsingTests {
     @Test("Cycles sample lines from Blender 3.4 give sample, samples and fraction")
     func cyclesSampleLine() {
-        let line = "Fra:12 Mem:23.1M (Peak 24M) | Time:00:00.52 | Remaining:00:01.02 | Mem:0.78M, Peak:0.78M"
+        let line =
+            "Fra:12 Mem:23.1M (Peak 24M) | Time:00:00.52 | Remaining:00:01.02 | Mem:0.78M, Peak:0.78M"
             + " | Scene, ViewLayer | Sample 8/16"
         #expect(ProgressParser.parse(line: line) == FrameProgress(frame: 12, sample: 8, samples: 16, fraction: 0.5))
     }
 
     @Test("real Blender 3.4.1 lines: setup steps are 0, Finished is 1")
     func realLines() {
-        let setup = "Fra:2 Mem:9.40M (Peak 9.40M) | Time:00:00.06 | Mem:0.00M, Peak:0.00M | Scene, ViewLayer"
+        let setup =
+            "Fra:2 Mem:9.40M (Peak 9.40M) | Time:00:00.06 | Mem:0.00M, Peak:0.00M | Scene, ViewLayer"
             + " | Updating Scene BVH | Building BVH 0%"
-        let first = "Fra:2 Mem:9.90M (Peak 10.16M) | Time:00:00.07 | Mem:0.76M, Peak:0.76M | Scene, ViewLayer"
+        let first =
+            "Fra:2 Mem:9.90M (Peak 10.16M) | Time:00:00.07 | Mem:0.76M, Peak:0.76M | Scene, ViewLayer"
             + " | Sample 0/4"
-        let finished = "Fra:2 Mem:9.95M (Peak 10.16M) | Time:00:00.08 | Mem:0.78M, Peak:0.78M | Scene, ViewLayer"
+        let finished =
+            "Fra:2 Mem:9.95M (Peak 10.16M) | Time:00:00.08 | Mem:0.78M, Peak:0.78M | Scene, ViewLayer"
             + " | Finished"
         #expect(ProgressParser.parse(line: setup) == FrameProgress(frame: 2, fraction: 0))
         #expect(ProgressParser.parse(line: first) == FrameProgress(frame: 2, sample: 0, samples: 4, fraction: 0))
@@ -40,11 +44,13 @@ struct ParsingTests {
 
     @Test("driver events parse even when Blender's buffered text precedes the tag on the same line")
     func driverEvents() {
-        let done = #"Fra:1 Mem:1M | Sam@@REX {"frame": 3, "path": "/o/rex_000003.png", "seconds": 0.5, "event": "done"}"#
+        let done =
+            #"Fra:1 Mem:1M | Sam@@REX {"frame": 3, "path": "/o/rex_000003.png", "seconds": 0.5, "event": "done"}"#
         #expect(DriverEvent.parse(line: done) == .done(frame: 3, path: "/o/rex_000003.png", seconds: 0.5))
         let error = #"@@REX {"frame": 1, "message": "Build without OpenImageDenoiser", "event": "error"}"#
         #expect(DriverEvent.parse(line: error) == .error(frame: 1, message: "Build without OpenImageDenoiser"))
-        let scene = #"@@REX {"event": "scene", "pid": 7, "frameStart": 1, "frameEnd": 24, "frameStep": 1, "#
+        let scene =
+            #"@@REX {"event": "scene", "pid": 7, "frameStart": 1, "frameEnd": 24, "frameStep": 1, "#
             + #""resolutionX": 192, "resolutionY": 108, "resolutionPercentage": 100, "engine": "CYCLES", "#
             + #""fileFormat": "PNG", "fileExtension": ".png"}"#
         let info = SceneInfo(
