@@ -175,6 +175,22 @@ actor BlenderSession: RenderSession {
         }
     }
 
+    /// "Blender failed to render frame 3 of a.blend: <Blender's words>." plus advice for errors we know.
+    static func frameFailureMessage(frame: Int, file: String, _ blenderMessage: String) -> String {
+        var text = blenderMessage.trimmingCharacters(in: .whitespacesAndNewlines)
+        if !text.hasSuffix(".") {
+            text += "."
+        }
+        var message = "Blender failed to render frame \(frame) of \(file): \(text)"
+        if blenderMessage.contains("OpenImageDenoiser") {
+            message += " This Blender is built without OpenImageDenoise: turn off Denoise in the scene's"
+            message += " Cycles sampling settings, or render on a node whose Blender has it."
+        } else if blenderMessage.contains("no camera") {
+            message += " Set an active camera in the scene."
+        }
+        return message
+    }
+
     /// Output file base name; Blender appends the format's extension.
     static func baseName(frame: Int) -> String {
         frame < 0 ? "rex_-" + zeroPadded(-frame, width: 6) : "rex_" + zeroPadded(frame, width: 6)
@@ -205,7 +221,7 @@ actor BlenderSession: RenderSession {
                         return RenderedFrame(frame: frame, path: path, seconds: seconds)
                     case .error(let errorFrame, let message) where errorFrame == frame || errorFrame == nil:
                         throw RenderError(
-                            .frameFailed, "Blender failed to render frame \(frame) of \(command.blendFile): \(message)",
+                            .frameFailed, Self.frameFailureMessage(frame: frame, file: command.blendFile, message),
                             commandLine: commandLine, outputTail: tail.lines)
                     default:
                         continue
@@ -277,8 +293,9 @@ actor BlenderSession: RenderSession {
     private var commandLine: [String] { command.commandLine }
 
     private func canceledError() -> RenderError {
-        RenderError(
-            .canceled, "The render session for job \(jobID) was closed.", commandLine: commandLine,
+        let how = closed ? "was closed" : "was cancelled"
+        return RenderError(
+            .canceled, "The render session for job \(jobID) \(how).", commandLine: commandLine,
             outputTail: tail.lines)
     }
 }

@@ -105,4 +105,13 @@ struct ParsingTests {
         #expect(BlenderLocator.parseVersion("Blender 4.2.0 LTS") == "4.2.0")
         #expect(BlenderLocator.parseVersion("\tbuild date: 2023-01-01") == nil)
     }
+
+    @Test("frame failure messages keep Blender's words and add advice for known errors")
+    func frameFailureMessages() {
+        let oidn = BlenderSession.frameFailureMessage(frame: 3, file: "/j/a.blend", "Build without OpenImageDenoiser")
+        #expect(oidn.hasPrefix("Blender failed to render frame 3 of /j/a.blend: Build without OpenImageDenoiser."))
+        #expect(oidn.contains("turn off Denoise"))
+        let other = BlenderSession.frameFailureMessage(frame: 1, file: "b.blend", "Out of memory in CUDA queue.")
+        #expect(other == "Blender failed to render frame 1 of b.blend: Out of memory in CUDA queue.")
+    }
 }
