@@ -133,10 +133,13 @@ extension BlenderInstallation {
 /// A readable "could not load" sentence built from Blender's own error lines.
 func loadFailureMessage(_ blendPath: String, _ tail: OutputTail, _ status: String) -> String {
     let errors = tail.errorLines
-    if errors.isEmpty {
-        return "Blender could not load \(blendPath) (\(status)) and printed no error."
+    if !errors.isEmpty {
+        return "Blender could not load \(blendPath): \(errors.joined(separator: "; "))."
     }
-    return "Blender could not load \(blendPath): \(errors.joined(separator: "; "))."
+    if let exception = tail.pythonException {
+        return "rexnode's Blender script failed on \(blendPath) (\(status)): \(exception)."
+    }
+    return "Blender could not load \(blendPath) (\(status)) and printed no error."
 }
 
 /// Fails early, with a plain message, when the .blend is not there (Blender's own message is less clear).

@@ -69,6 +69,11 @@ actor BlenderSession: RenderSession {
         self.logger = logger
     }
 
+    /// A session dropped without `close()` must not leave Blender running for the life of the daemon.
+    deinit {
+        process?.killGroup()
+    }
+
     var sceneInfo: SceneInfo? { scene }
 
     /// The running Blender's pid (and process group id); nil when no process runs.

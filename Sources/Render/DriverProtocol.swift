@@ -124,6 +124,14 @@ struct OutputTail: Sendable {
         }
     }
 
+    /// The last line of a Python traceback ("NameError: name 'x' is not defined"), if one was printed.
+    var pythonException: String? {
+        guard let start = lines.lastIndex(where: { $0.hasPrefix("Traceback (most recent call last)") }) else {
+            return nil
+        }
+        return lines[(start + 1)...].first { !$0.hasPrefix(" ") && !$0.isEmpty }
+    }
+
     /// Blender's error lines ("Error: ..."), prefix removed, most useful for a one-sentence message.
     var errorLines: [String] {
         lines.compactMap { line in

@@ -208,7 +208,9 @@ struct BlenderRendererTests {
         let pid = try #require(await blender.processID)
         let log = ProgressLog()
         let render = Task { try await session.render(frame: 1, into: output) { log.append($0) } }
-        #expect(await TestSupport.eventually { log.all.contains { $0.sample != nil } }, "rendering started")
+        #expect(
+            await TestSupport.eventually(timeout: .seconds(30)) { log.all.contains { $0.sample != nil } },
+            "rendering started")
         await session.close()
         await session.close()  // idempotent
         do {
@@ -293,6 +295,22 @@ struct FakeBlenderTests {
         #expect(second.frame == 6)
         #expect(await blender.starts == 2)
         await session.close()
+    }
+
+    @Test("a session dropped without close() kills its Blender")
+    func droppedSessionKillsBlender() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.installFakeBlender(in: directory)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        let command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        var session: BlenderSession? = BlenderSession(command: command, jobID: "c5", logger: nil)
+        try await session?.start()
+        let pid = try #require(await session?.processID)
+        #expect(TestSupport.isAlive(pid))
+        session = nil
+        #expect(await TestSupport.eventually { !TestSupport.isAlive(pid) })
     }
 
     @Test("Blender exiting between frames is restarted before the next frame, which then succeeds")

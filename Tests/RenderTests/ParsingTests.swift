@@ -114,4 +114,20 @@ struct ParsingTests {
         let other = BlenderSession.frameFailureMessage(frame: 1, file: "b.blend", "Out of memory in CUDA queue.")
         #expect(other == "Blender failed to render frame 1 of b.blend: Out of memory in CUDA queue.")
     }
+
+    @Test("a Python traceback's last line explains a driver failure")
+    func pythonException() {
+        var tail = OutputTail()
+        for line in [
+            "Read blend: /j/a.blend", "Traceback (most recent call last):",
+            "  File \"/res/rex_driver.py\", line 3, in <module>", "    import bpy_missing",
+            "ModuleNotFoundError: No module named 'bpy_missing'", "", "Blender quit",
+        ] {
+            tail.append(line)
+        }
+        #expect(tail.pythonException == "ModuleNotFoundError: No module named 'bpy_missing'")
+        let message = loadFailureMessage("/j/a.blend", tail, "exit status 1")
+        #expect(message.contains("No module named 'bpy_missing'"))
+        #expect(OutputTail().pythonException == nil)
+    }
 }
