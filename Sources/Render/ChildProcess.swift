@@ -138,6 +138,9 @@ final class ChildProcess: Sendable {
                     }
                 }
             }
+            // Nothing Blender started may outlive it: take down what is left of its process group. (Subprocess
+            // ends the output stream when the process exits, even if such a leftover still holds the pipe.)
+            pidBox.killGroup()
             pidBox.clear()
             switch result.terminationStatus {
             case .exited(let code):

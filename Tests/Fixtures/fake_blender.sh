@@ -3,7 +3,8 @@
 # temporary directory, whose marker files switch its behaviour:
 #   - no "crashed-once" file: the first render request dies like a segfaulting Blender (SIGKILL to itself);
 #   - EXIT_IDLE=1 and no "exited-once" file: exits right after reporting the scene (Blender dying between frames);
-#   - HANG=1: each render starts a child in the process group, writes its pid to child.pid and waits forever.
+#   - HANG=1: each render starts a child in the process group, writes its pid to child.pid and waits forever;
+#   - ORPHAN=1: the crash leaves a child behind that keeps the output pipe open.
 # Otherwise each request writes a small file and reports it done.
 dir="$(dirname "$0")"
 echo "Blender 3.4.1"
@@ -22,6 +23,10 @@ while read -r line; do
     if [ ! -e "$dir/crashed-once" ]; then
         touch "$dir/crashed-once"
         echo "Error: EXCEPTION_ACCESS_VIOLATION (simulated)"
+        if [ -n "$ORPHAN" ]; then
+            sleep 300 &
+            echo $! > "$dir/child.pid"
+        fi
         kill -9 $$
     fi
     if [ -n "$HANG" ]; then

@@ -297,6 +297,28 @@ struct FakeBlenderTests {
         await session.close()
     }
 
+    @Test("a crash is reported even when a leftover child keeps Blender's output pipe open")
+    func crashWithOrphanHoldingPipe() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.installFakeBlender(in: directory)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        var command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        command.environment["ORPHAN"] = "1"
+        let session = BlenderSession(command: command, jobID: "c6", logger: nil)
+        try await session.start()
+        await #expect { _ = try await session.render(frame: 2, into: directory + "/out") { _ in } } throws: {
+            ($0 as? RenderError)?.code == .crashed
+        }
+        let child = try #require(
+            Int32(
+                try String(contentsOfFile: directory + "/child.pid", encoding: .utf8)
+                    .trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(await TestSupport.eventually(timeout: .seconds(2)) { !TestSupport.isAlive(child) })
+        await session.close()
+    }
+
     @Test("a session dropped without close() kills its Blender")
     func droppedSessionKillsBlender() async throws {
         let directory = try TestSupport.temporaryDirectory()
