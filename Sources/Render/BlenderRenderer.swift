@@ -223,6 +223,9 @@ actor BlenderSession: RenderSession {
                             Double(elapsed.components.seconds)
                             + Double(elapsed.components.attoseconds) / 1e18
                         progress(FrameProgress(frame: frame, fraction: 1))
+                        logger?.debug(
+                            "frame rendered",
+                            metadata: ["job": "\(jobID)", "render/frame": "\(frame)", "render/seconds": "\(seconds)"])
                         return RenderedFrame(frame: frame, path: path, seconds: seconds)
                     case .error(let errorFrame, let message) where errorFrame == frame || errorFrame == nil:
                         throw RenderError(

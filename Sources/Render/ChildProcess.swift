@@ -12,8 +12,9 @@ import Darwin
 // MARK: - ChildProcess
 
 /// One external process (Blender, or a stand-in in tests) in its own process group, with its output turned
-/// into a stream of lines and its stdin fed from a queue. Both output pipes are read all the time, whether
-/// or not anyone is listening, so a chatty Blender never blocks on a full pipe.
+/// into a stream of lines and its stdin fed from a queue. Its stdout and stderr share one pipe, read all the
+/// time whether or not anyone is listening, so a chatty Blender never blocks on a full pipe. If the parent
+/// dies, Blender's stdin reaches end-of-file and the driver quits after the current frame.
 ///
 /// Subprocess keeps a process alive only inside the closure passed to `run`, so a child task owned by this
 /// object hosts that closure for the process's whole life; `wait()` awaits it.
@@ -21,7 +22,7 @@ final class ChildProcess: Sendable {
     enum Event: Sendable, Equatable {
         /// The process is running with this pid (also its process group id).
         case started(pid: Int32)
-        /// One line of stdout or stderr (merged, in arrival order per stream).
+        /// One line of stdout or stderr (one pipe, in the order the process wrote them).
         case line(String)
         /// The process ended with an exit status or by a signal.
         case exited(status: Int32?, signal: Int32?)
@@ -111,7 +112,9 @@ final class ChildProcess: Sendable {
                                 }
                             }
                         } catch {
-                            events.yield(.line("rexnode: reading Blender's output failed: \(error)"))
+                            // Nobody would drain the pipe any more and the process could block forever.
+                            events.yield(.line("rexnode: reading the process's output failed: \(error)"))
+                            pidBox.killGroup()
                         }
                         if let last = splitter.finish() {
                             events.yield(.line(last))
