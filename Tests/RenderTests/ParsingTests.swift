@@ -30,8 +30,9 @@ struct ParsingTests {
 
     @Test("Eevee's 'Rendering N / M samples' is understood too")
     func eeveeLine() {
-        let line = "Fra:5 Mem:40.2M (Peak 41M) | Time:00:01.10 | Rendering 16 / 64 samples"
-        #expect(ProgressParser.parse(line: line) == FrameProgress(frame: 5, sample: 16, samples: 64, fraction: 0.25))
+        // Printed by Blender 3.4.1's Eevee in background mode on this machine.
+        let line = "Fra:1 Mem:11.09M (Peak 12.20M) | Time:00:05.44 | Rendering 16 / 64 samples"
+        #expect(ProgressParser.parse(line: line) == FrameProgress(frame: 1, sample: 16, samples: 64, fraction: 0.25))
     }
 
     @Test("negative frames and lines that are not status lines")
