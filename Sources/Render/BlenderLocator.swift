@@ -194,16 +194,20 @@ struct ProcessOutcome: Sendable {
     }
 }
 
-/// Runs a process to its end, keeping every line (these runs are short: `--version`, the probe).
+/// Runs a process to its end, keeping every line (these runs are short: `--version`, the probe). A timeout or
+/// the caller's cancellation kills the process group.
 func runToEnd(executable: String, arguments: [String], timeout: Duration) async -> ProcessOutcome {
     let process = ChildProcess(executable: executable, arguments: arguments)
     var outcome = ProcessOutcome()
-    return await withTaskGroup(of: Void.self) { group in
+    return await withTaskGroup(of: Bool.self) { group in
         group.addTask {
-            try? await Task.sleep(for: timeout)
-            if !Task.isCancelled {
-                process.killGroup()
+            do {
+                try await Task.sleep(for: timeout)
+            } catch {
+                return false
             }
+            process.killGroup()
+            return true
         }
         for await event in process.events {
             switch event {
@@ -221,10 +225,12 @@ func runToEnd(executable: String, arguments: [String], timeout: Duration) async 
                 outcome.launchFailure = message
             }
         }
-        group.cancelAll()
-        if outcome.signal == SIGKILL {
-            outcome.timedOut = true
+        if Task.isCancelled {
+            // The event stream ends early on cancellation; the process must not be left running.
+            process.killGroup()
         }
+        group.cancelAll()
+        outcome.timedOut = await group.next() ?? false
         await process.wait()
         return outcome
     }

@@ -319,6 +319,18 @@ struct FakeBlenderTests {
         await session.close()
     }
 
+    @Test("a short-lived run that overstays its timeout is killed and reported as timed out")
+    func runToEndTimeout() async throws {
+        let clock = ContinuousClock()
+        let started = clock.now
+        let outcome = await runToEnd(
+            executable: "/bin/sh", arguments: ["-c", "echo hi; sleep 30"], timeout: .milliseconds(300))
+        #expect(clock.now - started < .seconds(10))
+        #expect(outcome.timedOut)
+        #expect(outcome.statusDescription == "timed out")
+        #expect(outcome.lines == ["hi"])
+    }
+
     @Test("a session dropped without close() kills its Blender")
     func droppedSessionKillsBlender() async throws {
         let directory = try TestSupport.temporaryDirectory()
