@@ -118,6 +118,12 @@ actor BlenderSession: RenderSession {
                 if closed {
                     throw canceledError()
                 }
+                if let signal, tail.errorLines.isEmpty {
+                    // Killed while loading without a word (out of memory, a crash): not evidence of a bad file.
+                    throw RenderError(
+                        .crashed, "Blender was killed by signal \(signal) while loading \(command.blendFile).",
+                        commandLine: commandLine, outputTail: tail.lines)
+                }
                 let statusText = signal.map { "killed by signal \($0)" } ?? "exit status \(status ?? -1)"
                 throw RenderError(
                     .badScene, loadFailureMessage(command.blendFile, tail, statusText),

@@ -4,11 +4,15 @@
 #   - no "crashed-once" file: the first render request dies like a segfaulting Blender (SIGKILL to itself);
 #   - EXIT_IDLE=1 and no "exited-once" file: exits right after reporting the scene (Blender dying between frames);
 #   - HANG=1: each render starts a child in the process group, writes its pid to child.pid and waits forever;
-#   - ORPHAN=1: the crash leaves a child behind that keeps the output pipe open.
+#   - ORPHAN=1: the crash leaves a child behind that keeps the output pipe open;
+#   - CRASH_LOAD=1: dies while "loading", before reporting the scene.
 # Otherwise each request writes a small file and reports it done.
 dir="$(dirname "$0")"
 echo "Blender 3.4.1"
 echo "Read blend: fake"
+if [ -n "$CRASH_LOAD" ]; then
+    kill -9 $$
+fi
 scene='"frameStart": 1, "frameEnd": 9, "frameStep": 1, "resolutionX": 4, "resolutionY": 4'
 scene="$scene"', "resolutionPercentage": 100, "engine": "CYCLES", "fileFormat": "PNG", "fileExtension": ".png"'
 echo "@@REX {\"event\": \"scene\", $scene}"

@@ -319,6 +319,24 @@ struct FakeBlenderTests {
         await session.close()
     }
 
+    @Test("Blender killed while loading is a crash, not a bad scene (the file may be fine)")
+    func crashWhileLoading() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.installFakeBlender(in: directory)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        var command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        command.environment["CRASH_LOAD"] = "1"
+        let session = BlenderSession(command: command, jobID: "c7", logger: nil)
+        await #expect { try await session.start() } throws: {
+            guard let error = $0 as? RenderError else { return false }
+            return error.code == .crashed && error.message.contains("signal 9")
+                && error.outputTail.contains("Read blend: fake")
+        }
+        #expect(await session.processID == nil)
+    }
+
     @Test("a short-lived run that overstays its timeout is killed and reported as timed out")
     func runToEndTimeout() async throws {
         let clock = ContinuousClock()
