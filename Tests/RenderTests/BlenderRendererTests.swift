@@ -61,7 +61,7 @@ struct BlenderRendererTests {
         let scene = try await SceneCache.shared.standard()
         let output = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: output) }
-        let renderer = BlenderRenderer(installation: try await TestSupport.installation())
+        let renderer = BlenderRenderer(installation: try await TestSupport.installation(), persistentData: true)
         let session = try await renderer.makeSession(for: RenderRequest(jobID: "j1", blendPath: scene, threads: 2))
         let blender = try #require(session as? BlenderSession)
         let info = try #require(await session.sceneInfo)
