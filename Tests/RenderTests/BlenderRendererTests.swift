@@ -91,6 +91,36 @@ struct BlenderRendererTests {
         #expect(!TestSupport.isAlive(pid))
     }
 
+    @Test("a frame from the persistent session has the same pixels as `blender -b scene -f N`")
+    func sessionMatchesBlenderCommandLine() async throws {
+        let scene = try await SceneCache.shared.standard()
+        let output = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        let session = try await BlenderRenderer(installation: try await TestSupport.installation(), niceLevel: 0)
+            .makeSession(for: RenderRequest(jobID: "j5", blendPath: scene))
+        _ = try await session.render(frame: 1, into: output) { _ in }
+        let ours = try await session.render(frame: 3, into: output) { _ in }
+        await session.close()
+        let reference = await runToEnd(
+            executable: TestSupport.blenderPath,
+            arguments: ["-b", scene, "-o", output + "/cli_####", "-f", "3"], timeout: .seconds(120))
+        #expect(reference.status == 0)
+        let compare = """
+            import bpy, sys
+            a = bpy.data.images.load(sys.argv[-2])
+            b = bpy.data.images.load(sys.argv[-1])
+            same = tuple(a.size) == tuple(b.size) and list(a.pixels) == list(b.pixels)
+            print("PIXELS", "SAME" if same else "DIFFERENT", tuple(a.size))
+            """
+        let result = await runToEnd(
+            executable: TestSupport.blenderPath,
+            arguments: [
+                "-b", "--factory-startup", "--python-expr", compare, "--", ours.path, output + "/cli_0003.png",
+            ],
+            timeout: .seconds(120))
+        #expect(result.lines.contains("PIXELS SAME (32, 24)"), "\(result.lines.suffix(5))")
+    }
+
     @Test("denoising on Debian's Blender fails the frame with Blender's OpenImageDenoiser message")
     func denoiseErrorIsSurfaced() async throws {
         let scene = try await SceneCache.shared.scene(
