@@ -1,6 +1,6 @@
 # rexnode render driver: runs inside one long-lived Blender process.
 #
-# Started as `blender -b FILE ... --python rex_driver.py -- [--protocol 1]`. Blender loads FILE first;
+# Started as `blender -b FILE ... --python rex_driver.py [-- --persistent-data on|off]`. Blender loads FILE;
 # this script then reports the scene's facts and serves render requests read from stdin, one JSON object
 # per line:
 #     {"cmd": "render", "frame": 12, "output": "/abs/dir/rex_000012"}
