@@ -228,6 +228,7 @@ actor BlenderSession: RenderSession {
         _ frame: Int, progress: @escaping @Sendable (FrameProgress) -> Void,
         started: ContinuousClock.Instant, clock: ContinuousClock
     ) async throws -> RenderedFrame {
+        var lastProgress: FrameProgress?
         while let event = await nextEvent() {
             switch event {
             case .started:
@@ -254,7 +255,9 @@ actor BlenderSession: RenderSession {
                     }
                 }
                 tail.append(line)
-                if let update = ProgressParser.parse(line: line), update.frame == frame {
+                if let update = ProgressParser.parse(line: line), update.frame == frame, update != lastProgress {
+                    // Blender repeats status lines while it works; forward changes only.
+                    lastProgress = update
                     progress(update)
                 }
             case .exited(let status, let signal):

@@ -5,7 +5,8 @@
 #   - EXIT_IDLE=1 and no "exited-once" file: exits right after reporting the scene (Blender dying between frames);
 #   - HANG=1: each render starts a child in the process group, writes its pid to child.pid and waits forever;
 #   - ORPHAN=1: the crash leaves a child behind that keeps the output pipe open;
-#   - CRASH_LOAD=1: dies while "loading", before reporting the scene.
+#   - CRASH_LOAD=1: dies while "loading", before reporting the scene;
+#   - CHATTY=1: prints about 2.5 MB on stdout and stderr during each render.
 # Otherwise each request writes a small file and reports it done.
 dir="$(dirname "$0")"
 echo "Blender 3.4.1"
@@ -32,6 +33,11 @@ while read -r line; do
             echo $! > "$dir/child.pid"
         fi
         kill -9 $$
+    fi
+    if [ -n "$CHATTY" ]; then
+        # Far more than a pipe holds (64 KiB): rexnode must keep reading while it waits for the frame.
+        yes "Fra:$frame Mem:1.00M (Peak 1.00M) | Time:00:00.01 | Scene, ViewLayer | Sample 1/2" | head -n 30000
+        yes "Warning: chatty stderr line" | head -n 5000 >&2
     fi
     if [ -n "$HANG" ]; then
         sleep 300 &

@@ -367,6 +367,28 @@ struct FakeBlenderTests {
         #expect(await session.processID == nil)
     }
 
+    @Test("megabytes of output during a frame neither block Blender nor the session")
+    func chattyBlenderDoesNotDeadlock() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.installFakeBlender(in: directory)
+        try "".write(toFile: directory + "/crashed-once", atomically: true, encoding: .utf8)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        var command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        command.environment["CHATTY"] = "1"
+        let session = BlenderSession(command: command, jobID: "c8", logger: nil)
+        try await session.start()
+        let log = ProgressLog()
+        for frame in 1...2 {
+            let rendered = try await session.render(frame: frame, into: directory + "/out") { log.append($0) }
+            #expect(FileManager.default.fileExists(atPath: rendered.path))
+        }
+        #expect(log.all.count < 100, "repeated identical progress is forwarded once")
+        #expect(log.all.last == FrameProgress(frame: 2, fraction: 1))
+        await session.close()
+    }
+
     @Test("a short-lived run that overstays its timeout is killed and reported as timed out")
     func runToEndTimeout() async throws {
         let clock = ContinuousClock()
