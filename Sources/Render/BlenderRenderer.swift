@@ -241,7 +241,10 @@ actor BlenderSession: RenderSession {
                         let seconds =
                             Double(elapsed.components.seconds)
                             + Double(elapsed.components.attoseconds) / 1e18
-                        progress(FrameProgress(frame: frame, fraction: 1))
+                        let finished = FrameProgress(frame: frame, fraction: 1)
+                        if lastProgress != finished {
+                            progress(finished)
+                        }
                         logger?.debug(
                             "frame rendered",
                             metadata: ["job": "\(jobID)", "render/frame": "\(frame)", "render/seconds": "\(seconds)"])
