@@ -6,7 +6,7 @@
 #   - HANG=1: each render starts a child in the process group, writes its pid to child.pid and waits forever;
 #   - ORPHAN=1: the crash leaves a child behind that keeps the output pipe open;
 #   - CRASH_LOAD=1: dies while "loading", before reporting the scene;
-#   - CHATTY=1: prints about 2.5 MB on stdout and stderr during each render.
+#   - CHATTY=1: prints about 0.8 MB on stdout and stderr during each render.
 # Otherwise each request writes a small file and reports it done.
 dir="$(dirname "$0")"
 echo "Blender 3.4.1"
@@ -36,8 +36,8 @@ while read -r line; do
     fi
     if [ -n "$CHATTY" ]; then
         # Far more than a pipe holds (64 KiB): rexnode must keep reading while it waits for the frame.
-        yes "Fra:$frame Mem:1.00M (Peak 1.00M) | Time:00:00.01 | Scene, ViewLayer | Sample 1/2" | head -n 30000
-        yes "Warning: chatty stderr line" | head -n 5000 >&2
+        yes "Fra:$frame Mem:1.00M (Peak 1.00M) | Time:00:00.01 | Scene, ViewLayer | Sample 1/2" | head -n 10000
+        yes "Warning: chatty stderr line" | head -n 2000 >&2
     fi
     if [ -n "$HANG" ]; then
         sleep 300 &
