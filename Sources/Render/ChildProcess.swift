@@ -1,5 +1,5 @@
-import Foundation
 import Subprocess
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -161,34 +161,37 @@ final class ChildProcess: Sendable {
 
 /// The child's pid and whether it has ended, readable from any thread (a cancellation handler must be able
 /// to kill without awaiting, and a session checks for a Blender that died between frames).
-private final class PIDBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var pid: Int32?
-    private var ended = false
+private final class PIDBox: Sendable {
+    private struct State {
+        var pid: Int32?
+        var ended = false
+    }
+
+    private let state = Mutex(State())
 
     var value: Int32? {
-        lock.withLock { pid }
+        state.withLock { $0.pid }
     }
 
     var hasEnded: Bool {
-        lock.withLock { ended }
+        state.withLock { $0.ended }
     }
 
     func set(_ pid: Int32) {
-        lock.withLock { self.pid = pid }
+        state.withLock { $0.pid = pid }
     }
 
     func clear() {
-        lock.withLock {
-            pid = nil
-            ended = true
+        state.withLock {
+            $0.pid = nil
+            $0.ended = true
         }
     }
 
-    /// Under the lock, so the pid cannot be reaped and reused between the check and the kill.
+    /// Under the lock, so the pid cannot be cleared (and later reused) between the check and the kill.
     func killGroup() {
-        lock.withLock {
-            if let pid, pid > 0 {
+        state.withLock {
+            if let pid = $0.pid, pid > 0 {
                 _ = kill(-pid, SIGKILL)
             }
         }

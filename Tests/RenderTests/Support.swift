@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import Render
@@ -96,15 +97,14 @@ enum TestSupport {
 }
 
 /// Collects progress callbacks from Blender's reader into something a test can inspect.
-final class ProgressLog: @unchecked Sendable {
-    private let lock = NSLock()
-    private var items: [FrameProgress] = []
+final class ProgressLog: Sendable {
+    private let items = Mutex<[FrameProgress]>([])
 
     func append(_ progress: FrameProgress) {
-        lock.withLock { items.append(progress) }
+        items.withLock { $0.append(progress) }
     }
 
     var all: [FrameProgress] {
-        lock.withLock { items }
+        items.withLock { $0 }
     }
 }
