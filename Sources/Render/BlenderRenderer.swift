@@ -75,10 +75,15 @@ actor BlenderSession: RenderSession {
     /// How many times Blender was started (1 + restarts after crashes).
     private(set) var starts = 0
 
-    init(command: BlenderCommand, jobID: String, logger: Logger?) {
+    /// How long Blender may take to load the scene before it is killed: a hung load must not block a
+    /// submit or a render slot forever.
+    let loadTimeout: Duration
+
+    init(command: BlenderCommand, jobID: String, logger: Logger?, loadTimeout: Duration = .seconds(300)) {
         self.command = command
         self.jobID = jobID
         self.logger = logger
+        self.loadTimeout = loadTimeout
     }
 
     /// A session dropped without `close()` must not leave Blender running for the life of the daemon.
@@ -105,6 +110,19 @@ actor BlenderSession: RenderSession {
         tail = OutputTail()
         starts += 1
         logger?.info("starting Blender", metadata: ["job": "\(jobID)", "render/command": "\(commandLine)"])
+        let clock = ContinuousClock()
+        let deadline = clock.now + loadTimeout
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await Task.sleep(until: deadline, clock: clock)
+                process.killGroup()
+            }
+            defer { group.cancelAll() }
+            try await awaitScene(loadingTimedOut: { clock.now >= deadline })
+        }
+    }
+
+    private func awaitScene(loadingTimedOut: () -> Bool) async throws {
         while let event = await nextEvent() {
             switch event {
             case .started(let pid):
@@ -129,6 +147,11 @@ actor BlenderSession: RenderSession {
                 await stopProcess()
                 if closed {
                     throw canceledError()
+                }
+                if signal != nil, loadingTimedOut() {
+                    throw RenderError(
+                        .crashed, "Blender did not finish loading \(command.blendFile) within \(loadTimeout).",
+                        commandLine: commandLine, outputTail: tail.lines)
                 }
                 if let signal, tail.errorLines.isEmpty {
                     // Killed while loading without a word (out of memory, a crash): not evidence of a bad file.

@@ -6,13 +6,17 @@
 #   - HANG=1: each render starts a child in the process group, writes its pid to child.pid and waits forever;
 #   - ORPHAN=1: the crash leaves a child behind that keeps the output pipe open;
 #   - CRASH_LOAD=1: dies while "loading", before reporting the scene;
-#   - CHATTY=1: prints about 0.8 MB on stdout and stderr during each render.
+#   - CHATTY=1: prints about 0.8 MB on stdout and stderr during each render;
+#   - HANG_LOAD=1: never finishes "loading".
 # Otherwise each request writes a small file and reports it done.
 dir="$(dirname "$0")"
 echo "Blender 3.4.1"
 echo "Read blend: fake"
 if [ -n "$CRASH_LOAD" ]; then
     kill -9 $$
+fi
+if [ -n "$HANG_LOAD" ]; then
+    sleep 300
 fi
 scene='"frameStart": 1, "frameEnd": 9, "frameStep": 1, "resolutionX": 4, "resolutionY": 4'
 scene="$scene"', "resolutionPercentage": 100, "engine": "CYCLES", "fileFormat": "PNG", "fileExtension": ".png"'

@@ -389,6 +389,26 @@ struct FakeBlenderTests {
         await session.close()
     }
 
+    @Test("a Blender that never finishes loading is killed after the load timeout")
+    func loadTimeout() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.installFakeBlender(in: directory)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        var command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        command.environment["HANG_LOAD"] = "1"
+        let session = BlenderSession(command: command, jobID: "c9", logger: nil, loadTimeout: .milliseconds(300))
+        let clock = ContinuousClock()
+        let started = clock.now
+        await #expect { try await session.start() } throws: {
+            guard let error = $0 as? RenderError else { return false }
+            return error.code == .crashed && error.message.contains("did not finish loading")
+        }
+        #expect(clock.now - started < .seconds(10))
+        #expect(await session.processID == nil)
+    }
+
     @Test("a short-lived run that overstays its timeout is killed and reported as timed out")
     func runToEndTimeout() async throws {
         let clock = ContinuousClock()
