@@ -409,6 +409,32 @@ struct FakeBlenderTests {
         #expect(await session.processID == nil)
     }
 
+    @Test("Blender inherits none of the daemon's descriptors (sockets, databases), only its three pipes")
+    func noInheritedDescriptors() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.installFakeBlender(in: directory)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        // A descriptor opened without O_CLOEXEC, like a careless library's.
+        // Numbered high so it cannot coincide with one the shell opens itself.
+        let opened = open(directory + "/scene.blend", O_RDONLY)
+        let leaky = fcntl(opened, F_DUPFD, 500)
+        close(opened)
+        #expect(leaky >= 500)
+        defer { close(leaky) }
+        let command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        let session = BlenderSession(command: command, jobID: "c10", logger: nil)
+        try await session.start()
+        let pid = try #require(await session.processID)
+        let descriptors = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap {
+            Int32($0)
+        }
+        #expect(!descriptors.contains(leaky))
+        #expect(Set(descriptors).isSuperset(of: [0, 1, 2]))
+        await session.close()
+    }
+
     @Test("a short-lived run that overstays its timeout is killed and reported as timed out")
     func runToEndTimeout() async throws {
         let clock = ContinuousClock()
