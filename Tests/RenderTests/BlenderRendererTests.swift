@@ -36,7 +36,7 @@ struct BlenderRendererTests {
     func locateRealBlender() async throws {
         let installation = try await TestSupport.installation()
         #expect(installation.path == TestSupport.blenderPath)
-        #expect(installation.version.hasPrefix("3."))
+        #expect(installation.version.first?.isNumber == true && installation.version.contains("."))
         let fromPath = try await BlenderLocator.locate(explicit: nil, environment: ["PATH": "/nonexistent:/usr/bin"])
         #expect(fromPath.path == "/usr/bin/blender")
         let fromVariable = try await BlenderLocator.locate(
