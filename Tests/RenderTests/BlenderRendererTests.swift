@@ -17,11 +17,26 @@ actor SceneCache {
         if let task = scenes[name] {
             return try await task.value
         }
-        let directory = try self.directory ?? TestSupport.temporaryDirectory("scenes")
+        let directory = try self.directory ?? Self.makeDirectory()
         self.directory = directory
         let task = Task { try await TestSupport.makeScene(arguments, in: directory, name: name) }
         scenes[name] = task
         return try await task.value
+    }
+
+    /// One directory per test process (named by pid); those of earlier, finished runs are removed.
+    private static func makeDirectory() throws -> String {
+        let fileManager = FileManager.default
+        let base = fileManager.temporaryDirectory.path
+        let prefix = "rexnode-render-scenes-"
+        for name in (try? fileManager.contentsOfDirectory(atPath: base)) ?? [] where name.hasPrefix(prefix) {
+            if let pid = Int32(name.dropFirst(prefix.count)), pid != getpid(), kill(pid, 0) != 0 {
+                try? fileManager.removeItem(atPath: base + "/" + name)
+            }
+        }
+        let path = base + "/" + prefix + String(getpid())
+        try fileManager.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
     }
 
     /// 64x48 at 50 % (so images are 32x24), 3 frames, 4 samples, denoising off.
