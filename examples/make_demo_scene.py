@@ -173,6 +173,8 @@ def build(args):
     render.image_settings.file_format = "PNG"
     render.image_settings.color_mode = "RGB"
     render.filepath = "//render/demo_"
+    # Keep Cycles' scene data between frames: same pixels, noticeably faster animation renders.
+    render.use_persistent_data = True
     cycles = scene.cycles
     cycles.device = "CPU"
     cycles.samples = args.samples

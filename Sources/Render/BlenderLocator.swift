@@ -31,7 +31,8 @@ public enum BlenderLocator {
             (source, candidate) = ("PATH", "blender")
         }
         guard let path = resolve(candidate, searchPath: environment["PATH"]) else {
-            let hint = source == "PATH"
+            let hint =
+                source == "PATH"
                 ? "Blender was not found on PATH; install it (apt-get install blender) or pass --blender PATH"
                 : "Blender was not found at '\(candidate)' (from \(source)); pass --blender with an executable"
             throw RenderError(.blenderMissing, hint + ".")
@@ -49,7 +50,8 @@ public enum BlenderLocator {
                 && fileManager.isExecutableFile(atPath: path)
         }
         if candidate.contains("/") {
-            let absolute = candidate.hasPrefix("/")
+            let absolute =
+                candidate.hasPrefix("/")
                 ? candidate : fileManager.currentDirectoryPath + "/" + candidate
             return usable(absolute) ? (absolute as NSString).standardizingPath : nil
         }
@@ -92,7 +94,8 @@ public enum BlenderLocator {
 // MARK: - Probing a scene
 
 extension BlenderInstallation {
-    /// One Blender start with rex_probe.py: reads the scene's facts. A corrupt/truncated .blend -> RenderError with Blender's text.
+    /// One Blender start with rex_probe.py: reads the scene's facts.
+    /// A corrupt/truncated .blend -> RenderError with Blender's text.
     public func probeScene(at blendPath: String) async throws -> SceneInfo {
         try await probeScene(at: blendPath, niceLevel: 0)
     }
@@ -130,10 +133,13 @@ extension BlenderInstallation {
 /// A readable "could not load" sentence built from Blender's own error lines.
 func loadFailureMessage(_ blendPath: String, _ tail: OutputTail, _ status: String) -> String {
     let errors = tail.errorLines
-    if errors.isEmpty {
-        return "Blender could not load \(blendPath) (\(status)) and printed no error."
+    if !errors.isEmpty {
+        return "Blender could not load \(blendPath): \(errors.joined(separator: "; "))."
     }
-    return "Blender could not load \(blendPath): \(errors.joined(separator: "; "))."
+    if let exception = tail.pythonException {
+        return "rexnode's Blender script failed on \(blendPath) (\(status)): \(exception)."
+    }
+    return "Blender could not load \(blendPath) (\(status)) and printed no error."
 }
 
 /// Fails early, with a plain message, when the .blend is not there (Blender's own message is less clear).
@@ -188,16 +194,20 @@ struct ProcessOutcome: Sendable {
     }
 }
 
-/// Runs a process to its end, keeping every line (these runs are short: `--version`, the probe).
+/// Runs a process to its end, keeping every line (these runs are short: `--version`, the probe). A timeout or
+/// the caller's cancellation kills the process group.
 func runToEnd(executable: String, arguments: [String], timeout: Duration) async -> ProcessOutcome {
     let process = ChildProcess(executable: executable, arguments: arguments)
     var outcome = ProcessOutcome()
-    return await withTaskGroup(of: Void.self) { group in
+    return await withTaskGroup(of: Bool.self) { group in
         group.addTask {
-            try? await Task.sleep(for: timeout)
-            if !Task.isCancelled {
-                process.killGroup()
+            do {
+                try await Task.sleep(for: timeout)
+            } catch {
+                return false
             }
+            process.killGroup()
+            return true
         }
         for await event in process.events {
             switch event {
@@ -215,10 +225,12 @@ func runToEnd(executable: String, arguments: [String], timeout: Duration) async 
                 outcome.launchFailure = message
             }
         }
-        group.cancelAll()
-        if outcome.signal == SIGKILL {
-            outcome.timedOut = true
+        if Task.isCancelled {
+            // The event stream ends early on cancellation; the process must not be left running.
+            process.killGroup()
         }
+        group.cancelAll()
+        outcome.timedOut = await group.next() ?? false
         await process.wait()
         return outcome
     }

@@ -1,5 +1,5 @@
-import Foundation
 import Subprocess
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -12,8 +12,9 @@ import Darwin
 // MARK: - ChildProcess
 
 /// One external process (Blender, or a stand-in in tests) in its own process group, with its output turned
-/// into a stream of lines and its stdin fed from a queue. Both output pipes are read all the time, whether
-/// or not anyone is listening, so a chatty Blender never blocks on a full pipe.
+/// into a stream of lines and its stdin fed from a queue. Its stdout and stderr share one pipe, read all the
+/// time whether or not anyone is listening, so a chatty Blender never blocks on a full pipe. If the parent
+/// dies, Blender's stdin reaches end-of-file and the driver quits after the current frame.
 ///
 /// Subprocess keeps a process alive only inside the closure passed to `run`, so a child task owned by this
 /// object hosts that closure for the process's whole life; `wait()` awaits it.
@@ -21,7 +22,7 @@ final class ChildProcess: Sendable {
     enum Event: Sendable, Equatable {
         /// The process is running with this pid (also its process group id).
         case started(pid: Int32)
-        /// One line of stdout or stderr (merged, in arrival order per stream).
+        /// One line of stdout or stderr (one pipe, in the order the process wrote them).
         case line(String)
         /// The process ended with an exit status or by a signal.
         case exited(status: Int32?, signal: Int32?)
@@ -51,6 +52,9 @@ final class ChildProcess: Sendable {
 
     /// The pid once started (it leads its own process group), nil before and after.
     var pid: Int32? { pidBox.value }
+
+    /// True once the process has exited (or failed to start); its events may still be unread.
+    var hasEnded: Bool { pidBox.hasEnded }
 
     /// Queues a line for the process's stdin.
     func send(_ line: String) {
@@ -108,7 +112,9 @@ final class ChildProcess: Sendable {
                                 }
                             }
                         } catch {
-                            events.yield(.line("rexnode: reading Blender's output failed: \(error)"))
+                            // Nobody would drain the pipe any more and the process could block forever.
+                            events.yield(.line("rexnode: reading the process's output failed: \(error)"))
+                            pidBox.killGroup()
                         }
                         if let last = splitter.finish() {
                             events.yield(.line(last))
@@ -135,6 +141,9 @@ final class ChildProcess: Sendable {
                     }
                 }
             }
+            // Nothing Blender started may outlive it: take down what is left of its process group. (Subprocess
+            // ends the output stream when the process exits, even if such a leftover still holds the pipe.)
+            pidBox.killGroup()
             pidBox.clear()
             switch result.terminationStatus {
             case .exited(let code):
@@ -150,27 +159,39 @@ final class ChildProcess: Sendable {
     }
 }
 
-/// The child's pid, readable from any thread (a cancellation handler must be able to kill without awaiting).
-private final class PIDBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var pid: Int32?
+/// The child's pid and whether it has ended, readable from any thread (a cancellation handler must be able
+/// to kill without awaiting, and a session checks for a Blender that died between frames).
+private final class PIDBox: Sendable {
+    private struct State {
+        var pid: Int32?
+        var ended = false
+    }
+
+    private let state = Mutex(State())
 
     var value: Int32? {
-        lock.withLock { pid }
+        state.withLock { $0.pid }
+    }
+
+    var hasEnded: Bool {
+        state.withLock { $0.ended }
     }
 
     func set(_ pid: Int32) {
-        lock.withLock { self.pid = pid }
+        state.withLock { $0.pid = pid }
     }
 
     func clear() {
-        lock.withLock { pid = nil }
+        state.withLock {
+            $0.pid = nil
+            $0.ended = true
+        }
     }
 
-    /// Under the lock, so the pid cannot be reaped and reused between the check and the kill.
+    /// Under the lock, so the pid cannot be cleared (and later reused) between the check and the kill.
     func killGroup() {
-        lock.withLock {
-            if let pid, pid > 0 {
+        state.withLock {
+            if let pid = $0.pid, pid > 0 {
                 _ = kill(-pid, SIGKILL)
             }
         }

@@ -51,7 +51,9 @@ enum DriverCommand: Sendable, Equatable {
             object = ["cmd": "quit"]
         }
         // JSONSerialization never fails for these plain values.
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        let data =
+            (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+            ?? Data()
         return String(decoding: data, as: UTF8.self) + "\n"
     }
 }
@@ -120,6 +122,14 @@ struct OutputTail: Sendable {
         if lines.count > capacity {
             lines.removeFirst(lines.count - capacity)
         }
+    }
+
+    /// The last line of a Python traceback ("NameError: name 'x' is not defined"), if one was printed.
+    var pythonException: String? {
+        guard let start = lines.lastIndex(where: { $0.hasPrefix("Traceback (most recent call last)") }) else {
+            return nil
+        }
+        return lines[(start + 1)...].first { !$0.hasPrefix(" ") && !$0.isEmpty }
     }
 
     /// Blender's error lines ("Error: ..."), prefix removed, most useful for a one-sentence message.

@@ -22,8 +22,10 @@ public struct SimulatedRenderer: Renderer {
         let size = 16
         // A multiplicative hash spreads neighbouring frames over distinct colours.
         let hash = UInt64(bitPattern: Int64(frame)) &* 0x9E37_79B9_7F4A_7C15
-        let base = (UInt8(truncatingIfNeeded: hash >> 40), UInt8(truncatingIfNeeded: hash >> 48),
-            UInt8(truncatingIfNeeded: hash >> 56))
+        let base = (
+            UInt8(truncatingIfNeeded: hash >> 40), UInt8(truncatingIfNeeded: hash >> 48),
+            UInt8(truncatingIfNeeded: hash >> 56)
+        )
         let marker = ((frame % size) + size) % size
         var rgb: [UInt8] = []
         rgb.reserveCapacity(size * size * 3)

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import Render
@@ -50,5 +51,21 @@ struct BlenderCommandTests {
         #expect(a == b)
         b.threads = 4
         #expect(a != b)
+    }
+
+    @Test("BlenderRenderer's session command: nice 10, the driver resource, threads, persistent data on request")
+    func rendererCommand() throws {
+        let installation = BlenderInstallation(path: "/usr/bin/blender", version: "3.4.1")
+        let request = RenderRequest(jobID: "j", blendPath: "/jobs/a.blend", threads: 3)
+        let plain = try BlenderRenderer(installation: installation).command(for: request)
+        #expect(plain.niceLevel == 10)
+        #expect(plain.threads == 3)
+        #expect(plain.pythonScript?.hasSuffix("rex_driver.py") == true)
+        #expect(FileManager.default.fileExists(atPath: plain.pythonScript ?? ""))
+        #expect(plain.scriptArguments.isEmpty)
+        let persistent = try BlenderRenderer(installation: installation, niceLevel: 0, persistentData: true)
+            .command(for: request)
+        #expect(persistent.scriptArguments == ["--persistent-data", "on"])
+        #expect(persistent.invocation.executable == "/usr/bin/blender")
     }
 }

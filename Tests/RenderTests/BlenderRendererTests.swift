@@ -17,11 +17,26 @@ actor SceneCache {
         if let task = scenes[name] {
             return try await task.value
         }
-        let directory = try self.directory ?? TestSupport.temporaryDirectory("scenes")
+        let directory = try self.directory ?? Self.makeDirectory()
         self.directory = directory
         let task = Task { try await TestSupport.makeScene(arguments, in: directory, name: name) }
         scenes[name] = task
         return try await task.value
+    }
+
+    /// One directory per test process (named by pid); those of earlier, finished runs are removed.
+    private static func makeDirectory() throws -> String {
+        let fileManager = FileManager.default
+        let base = fileManager.temporaryDirectory.path
+        let prefix = "rexnode-render-scenes-"
+        for name in (try? fileManager.contentsOfDirectory(atPath: base)) ?? [] where name.hasPrefix(prefix) {
+            if let pid = Int32(name.dropFirst(prefix.count)), pid != getpid(), kill(pid, 0) != 0 {
+                try? fileManager.removeItem(atPath: base + "/" + name)
+            }
+        }
+        let path = base + "/" + prefix + String(getpid())
+        try fileManager.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
     }
 
     /// 64x48 at 50 % (so images are 32x24), 3 frames, 4 samples, denoising off.
@@ -36,7 +51,7 @@ struct BlenderRendererTests {
     func locateRealBlender() async throws {
         let installation = try await TestSupport.installation()
         #expect(installation.path == TestSupport.blenderPath)
-        #expect(installation.version.hasPrefix("3."))
+        #expect(installation.version.first?.isNumber == true && installation.version.contains("."))
         let fromPath = try await BlenderLocator.locate(explicit: nil, environment: ["PATH": "/nonexistent:/usr/bin"])
         #expect(fromPath.path == "/usr/bin/blender")
         let fromVariable = try await BlenderLocator.locate(
@@ -49,10 +64,11 @@ struct BlenderRendererTests {
         let scene = try await SceneCache.shared.standard()
         let info = try await TestSupport.installation().probeScene(at: scene)
         #expect(
-            info == SceneInfo(
-                frameStart: 1, frameEnd: 3, frameStep: 1, resolutionX: 64, resolutionY: 48,
-                resolutionPercentage: 50, engine: "CYCLES", fileFormat: "PNG", fileExtension: ".png",
-                camera: "Camera"))
+            info
+                == SceneInfo(
+                    frameStart: 1, frameEnd: 3, frameStep: 1, resolutionX: 64, resolutionY: 48,
+                    resolutionPercentage: 50, engine: "CYCLES", fileFormat: "PNG", fileExtension: ".png",
+                    camera: "Camera"))
     }
 
     @Test("one session renders three frames in one Blender process: right size, distinct images, progress")
@@ -60,7 +76,7 @@ struct BlenderRendererTests {
         let scene = try await SceneCache.shared.standard()
         let output = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: output) }
-        let renderer = BlenderRenderer(installation: try await TestSupport.installation())
+        let renderer = BlenderRenderer(installation: try await TestSupport.installation(), persistentData: true)
         let session = try await renderer.makeSession(for: RenderRequest(jobID: "j1", blendPath: scene, threads: 2))
         let blender = try #require(session as? BlenderSession)
         let info = try #require(await session.sceneInfo)
@@ -88,6 +104,36 @@ struct BlenderRendererTests {
         #expect(progress.allSatisfy { (0...1).contains($0.fraction) })
         await session.close()
         #expect(!TestSupport.isAlive(pid))
+    }
+
+    @Test("a frame from the persistent session has the same pixels as `blender -b scene -f N`")
+    func sessionMatchesBlenderCommandLine() async throws {
+        let scene = try await SceneCache.shared.standard()
+        let output = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        let session = try await BlenderRenderer(installation: try await TestSupport.installation(), niceLevel: 0)
+            .makeSession(for: RenderRequest(jobID: "j5", blendPath: scene))
+        _ = try await session.render(frame: 1, into: output) { _ in }
+        let ours = try await session.render(frame: 3, into: output) { _ in }
+        await session.close()
+        let reference = await runToEnd(
+            executable: TestSupport.blenderPath,
+            arguments: ["-b", scene, "-o", output + "/cli_####", "-f", "3"], timeout: .seconds(120))
+        #expect(reference.status == 0)
+        let compare = """
+            import bpy, sys
+            a = bpy.data.images.load(sys.argv[-2])
+            b = bpy.data.images.load(sys.argv[-1])
+            same = tuple(a.size) == tuple(b.size) and list(a.pixels) == list(b.pixels)
+            print("PIXELS", "SAME" if same else "DIFFERENT", tuple(a.size))
+            """
+        let result = await runToEnd(
+            executable: TestSupport.blenderPath,
+            arguments: [
+                "-b", "--factory-startup", "--python-expr", compare, "--", ours.path, output + "/cli_0003.png",
+            ],
+            timeout: .seconds(120))
+        #expect(result.lines.contains("PIXELS SAME (32, 24)"), "\(result.lines.suffix(5))")
     }
 
     @Test("denoising on Debian's Blender fails the frame with Blender's OpenImageDenoiser message")
@@ -207,7 +253,9 @@ struct BlenderRendererTests {
         let pid = try #require(await blender.processID)
         let log = ProgressLog()
         let render = Task { try await session.render(frame: 1, into: output) { log.append($0) } }
-        #expect(await TestSupport.eventually { log.all.contains { $0.sample != nil } }, "rendering started")
+        #expect(
+            await TestSupport.eventually(timeout: .seconds(30)) { log.all.contains { $0.sample != nil } },
+            "rendering started")
         await session.close()
         await session.close()  // idempotent
         do {
@@ -230,7 +278,9 @@ struct FakeBlenderTests {
             return error.code == .blenderMissing && error.message.contains("/nonexistent/blender")
                 && error.message.contains("--blender")
         }
-        await #expect { try await BlenderLocator.locate(explicit: nil, environment: ["PATH": "/nonexistent"]) } throws: {
+        await #expect {
+            try await BlenderLocator.locate(explicit: nil, environment: ["PATH": "/nonexistent"])
+        } throws: {
             ($0 as? RenderError)?.code == .blenderMissing
         }
         await #expect {
@@ -248,42 +298,25 @@ struct FakeBlenderTests {
         }
     }
 
-    /// A stand-in for Blender that speaks the driver protocol; on its first render request it dies like a
-    /// segfaulting Blender, afterwards it renders (writes a file) normally.
-    static let crashingBlender = """
-        #!/bin/sh
-        dir="$(dirname "$0")"
-        echo "Blender 3.4.1"
-        echo 'Read blend: fake'
-        echo '@@REX {"event": "scene", "frameStart": 1, "frameEnd": 9, "frameStep": 1, "resolutionX": 4, '\\
-        '"resolutionY": 4, "resolutionPercentage": 100, "engine": "CYCLES", "fileFormat": "PNG", "fileExtension": ".png"}'
-        while read -r line; do
-            frame=$(echo "$line" | sed 's/.*"frame":\\(-*[0-9]*\\).*/\\1/')
-            output=$(echo "$line" | sed 's/.*"output":"\\([^"]*\\)".*/\\1/')
-            echo "Fra:$frame Mem:1.00M (Peak 1.00M) | Time:00:00.01 | Mem:0.10M, Peak:0.10M | Scene, ViewLayer | Sample 1/2"
-            if [ ! -e "$dir/crashed-once" ]; then
-                touch "$dir/crashed-once"
-                echo "Error: EXCEPTION_ACCESS_VIOLATION (simulated)"
-                kill -9 $$
-            fi
-            if [ -n "$HANG" ]; then
-                sleep 300 &
-                echo $! > "$dir/child.pid"
-                wait
-            fi
-            printf 'image' > "$output.png"
-            echo "@@REX {\\"event\\": \\"done\\", \\"frame\\": $frame, \\"path\\": \\"$output.png\\", \\"seconds\\": 0.0}"
-        done
-        """
+    /// Copies Tests/Fixtures/fake_blender.sh into `directory` (its marker files live next to it).
+    static func installFakeBlender(in directory: String) throws -> String {
+        let path = directory + "/blender"
+        try FileManager.default.copyItem(
+            atPath: TestSupport.repositoryRoot + "/Tests/Fixtures/fake_blender.sh", toPath: path)
+        chmod(path, 0o755)
+        return path
+    }
 
     @Test("Blender dying mid-frame gives crashed with its output, and the next render restarts it")
     func crashThenRestart() async throws {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        try TestSupport.writeScript(Self.crashingBlender, to: directory + "/blender")
+        _ = try Self.installFakeBlender(in: directory)
         try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
-        let renderer = BlenderRenderer(installation: BlenderInstallation(path: directory + "/blender", version: "3.4.1"))
-        let session = try await renderer.makeSession(for: RenderRequest(jobID: "c1", blendPath: directory + "/scene.blend"))
+        let renderer = BlenderRenderer(
+            installation: BlenderInstallation(path: directory + "/blender", version: "3.4.1"))
+        let session = try await renderer.makeSession(
+            for: RenderRequest(jobID: "c1", blendPath: directory + "/scene.blend"))
         let blender = try #require(session as? BlenderSession)
         #expect(await session.sceneInfo?.frameEnd == 9)
         let firstPID = try #require(await blender.processID)
@@ -309,11 +342,167 @@ struct FakeBlenderTests {
         await session.close()
     }
 
+    @Test("a crash is reported even when a leftover child keeps Blender's output pipe open")
+    func crashWithOrphanHoldingPipe() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.installFakeBlender(in: directory)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        var command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        command.environment["ORPHAN"] = "1"
+        let session = BlenderSession(command: command, jobID: "c6", logger: nil)
+        try await session.start()
+        await #expect { _ = try await session.render(frame: 2, into: directory + "/out") { _ in } } throws: {
+            ($0 as? RenderError)?.code == .crashed
+        }
+        let child = try #require(
+            Int32(
+                try String(contentsOfFile: directory + "/child.pid", encoding: .utf8)
+                    .trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(await TestSupport.eventually(timeout: .seconds(2)) { !TestSupport.isAlive(child) })
+        await session.close()
+    }
+
+    @Test("Blender killed while loading is a crash, not a bad scene (the file may be fine)")
+    func crashWhileLoading() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.installFakeBlender(in: directory)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        var command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        command.environment["CRASH_LOAD"] = "1"
+        let session = BlenderSession(command: command, jobID: "c7", logger: nil)
+        await #expect { try await session.start() } throws: {
+            guard let error = $0 as? RenderError else { return false }
+            return error.code == .crashed && error.message.contains("signal 9")
+                && error.outputTail.contains("Read blend: fake")
+        }
+        #expect(await session.processID == nil)
+    }
+
+    @Test("megabytes of output during a frame neither block Blender nor the session")
+    func chattyBlenderDoesNotDeadlock() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.installFakeBlender(in: directory)
+        try "".write(toFile: directory + "/crashed-once", atomically: true, encoding: .utf8)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        var command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        command.environment["CHATTY"] = "1"
+        let session = BlenderSession(command: command, jobID: "c8", logger: nil)
+        try await session.start()
+        let log = ProgressLog()
+        for frame in 1...2 {
+            let rendered = try await session.render(frame: frame, into: directory + "/out") { log.append($0) }
+            #expect(FileManager.default.fileExists(atPath: rendered.path))
+        }
+        #expect(log.all.count < 100, "repeated identical progress is forwarded once")
+        #expect(log.all.last == FrameProgress(frame: 2, fraction: 1))
+        await session.close()
+    }
+
+    @Test("a Blender that never finishes loading is killed after the load timeout")
+    func loadTimeout() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.installFakeBlender(in: directory)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        var command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        command.environment["HANG_LOAD"] = "1"
+        let session = BlenderSession(command: command, jobID: "c9", logger: nil, loadTimeout: .milliseconds(300))
+        let clock = ContinuousClock()
+        let started = clock.now
+        await #expect { try await session.start() } throws: {
+            guard let error = $0 as? RenderError else { return false }
+            return error.code == .crashed && error.message.contains("did not finish loading")
+        }
+        #expect(clock.now - started < .seconds(10))
+        #expect(await session.processID == nil)
+    }
+
+    @Test("Blender inherits none of the daemon's descriptors (sockets, databases), only its three pipes")
+    func noInheritedDescriptors() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.installFakeBlender(in: directory)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        // A descriptor opened without O_CLOEXEC, like a careless library's.
+        // Numbered high so it cannot coincide with one the shell opens itself.
+        let opened = open(directory + "/scene.blend", O_RDONLY)
+        let leaky = fcntl(opened, F_DUPFD, 500)
+        close(opened)
+        #expect(leaky >= 500)
+        defer { close(leaky) }
+        let command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        let session = BlenderSession(command: command, jobID: "c10", logger: nil)
+        try await session.start()
+        let pid = try #require(await session.processID)
+        let descriptors = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap {
+            Int32($0)
+        }
+        #expect(!descriptors.contains(leaky))
+        #expect(Set(descriptors).isSuperset(of: [0, 1, 2]))
+        await session.close()
+    }
+
+    @Test("a short-lived run that overstays its timeout is killed and reported as timed out")
+    func runToEndTimeout() async throws {
+        let clock = ContinuousClock()
+        let started = clock.now
+        let outcome = await runToEnd(
+            executable: "/bin/sh", arguments: ["-c", "echo hi; sleep 30"], timeout: .milliseconds(300))
+        #expect(clock.now - started < .seconds(10))
+        #expect(outcome.timedOut)
+        #expect(outcome.statusDescription == "timed out")
+        #expect(outcome.lines == ["hi"])
+    }
+
+    @Test("a session dropped without close() kills its Blender")
+    func droppedSessionKillsBlender() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.installFakeBlender(in: directory)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        let command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        var session: BlenderSession? = BlenderSession(command: command, jobID: "c5", logger: nil)
+        try await session?.start()
+        let pid = try #require(await session?.processID)
+        #expect(TestSupport.isAlive(pid))
+        session = nil
+        #expect(await TestSupport.eventually { !TestSupport.isAlive(pid) })
+    }
+
+    @Test("Blender exiting between frames is restarted before the next frame, which then succeeds")
+    func idleExitRestarts() async throws {
+        let directory = try TestSupport.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.installFakeBlender(in: directory)
+        try "".write(toFile: directory + "/crashed-once", atomically: true, encoding: .utf8)
+        try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
+        var command = BlenderCommand(
+            executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
+        command.environment["EXIT_IDLE"] = "1"
+        let session = BlenderSession(command: command, jobID: "c4", logger: nil)
+        try await session.start()
+        #expect(await TestSupport.eventually { FileManager.default.fileExists(atPath: directory + "/exited-once") })
+        #expect(await TestSupport.eventually(timeout: .seconds(5)) { await session.processID == nil })
+        let rendered = try await session.render(frame: 3, into: directory + "/out") { _ in }
+        #expect(FileManager.default.fileExists(atPath: rendered.path))
+        #expect(await session.starts == 2)
+        await session.close()
+    }
+
     @Test("close() kills the whole process group, children included, and fails the in-flight render")
     func closeKillsProcessGroup() async throws {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        try TestSupport.writeScript(Self.crashingBlender, to: directory + "/blender")
+        _ = try Self.installFakeBlender(in: directory)
         try "".write(toFile: directory + "/crashed-once", atomically: true, encoding: .utf8)
         try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
         var command = BlenderCommand(
@@ -326,9 +515,10 @@ struct FakeBlenderTests {
         let render = Task { try await session.render(frame: 1, into: directory + "/out") { _ in } }
         let childFile = directory + "/child.pid"
         #expect(await TestSupport.eventually { FileManager.default.fileExists(atPath: childFile) })
-        #expect(await TestSupport.eventually {
-            (try? String(contentsOfFile: childFile, encoding: .utf8))?.hasSuffix("\n") == true
-        })
+        #expect(
+            await TestSupport.eventually {
+                (try? String(contentsOfFile: childFile, encoding: .utf8))?.hasSuffix("\n") == true
+            })
         let childText = try String(contentsOfFile: childFile, encoding: .utf8)
         let child = try #require(Int32(childText.trimmingCharacters(in: .whitespacesAndNewlines)))
         #expect(TestSupport.isAlive(pid) && TestSupport.isAlive(child))
@@ -349,7 +539,7 @@ struct FakeBlenderTests {
     func taskCancellation() async throws {
         let directory = try TestSupport.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        try TestSupport.writeScript(Self.crashingBlender, to: directory + "/blender")
+        _ = try Self.installFakeBlender(in: directory)
         try "".write(toFile: directory + "/crashed-once", atomically: true, encoding: .utf8)
         try "BLENDER-fake".write(toFile: directory + "/scene.blend", atomically: true, encoding: .utf8)
         var command = BlenderCommand(

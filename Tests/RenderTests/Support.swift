@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import Render
@@ -77,15 +78,15 @@ enum TestSupport {
     }
 
     /// Waits until `condition` holds or the timeout passes.
-    static func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
+    static func eventually(timeout: Duration = .seconds(10), _ condition: () async -> Bool) async -> Bool {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
-            if condition() {
+            if await condition() {
                 return true
             }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        return condition()
+        return await condition()
     }
 
     /// Writes an executable shell script standing in for Blender.
@@ -96,15 +97,14 @@ enum TestSupport {
 }
 
 /// Collects progress callbacks from Blender's reader into something a test can inspect.
-final class ProgressLog: @unchecked Sendable {
-    private let lock = NSLock()
-    private var items: [FrameProgress] = []
+final class ProgressLog: Sendable {
+    private let items = Mutex<[FrameProgress]>([])
 
     func append(_ progress: FrameProgress) {
-        lock.withLock { items.append(progress) }
+        items.withLock { $0.append(progress) }
     }
 
     var all: [FrameProgress] {
-        lock.withLock { items }
+        items.withLock { $0 }
     }
 }
