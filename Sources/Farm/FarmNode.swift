@@ -162,9 +162,6 @@ public actor FarmNode {
             loop("scheduler") { [self] in await self.schedulerLoop() },
             loop("delivery") { [self] in await self.deliveryLoop() },
             loop("reaper") { [self] in await self.sessionReaperLoop() },
-            .init(
-                service: LoopService(name: "recovery") { [self] in await self.recoverAfterRestart() },
-                successTerminationBehavior: .ignore, serviceName: "recovery"),
         ]
         for slot in 0..<max(1, settings.slots) {
             services.append(loop("slot-\(slot)") { [self] in await self.slotLoop(slot) })
@@ -199,19 +196,6 @@ public actor FarmNode {
 
     func requestShutdown() async {
         await group?.triggerGracefulShutdown()
-    }
-
-    /// After a crash or `kill -9`: this node's unfinished assignments go back to the queue (once the farm has
-    /// a leader to record it).
-    private func recoverAfterRestart() async {
-        guard let mine = try? ledger.openAssignments(node: nodeID), !mine.isEmpty else { return }
-        logger.info("returning unfinished frames to the queue after a restart", metadata: ["chunks": "\(mine.count)"])
-        do {
-            _ = try await commandLog.propose(
-                mine.map { .releaseFrames(ReleaseFrames(assignment: $0.assignment, reason: "node restarted")) })
-        } catch {
-            logger.warning("could not return unfinished frames yet; the leader will when it sees this node: \(error)")
-        }
     }
 
     private func tickLoop() async {
