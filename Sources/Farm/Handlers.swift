@@ -187,7 +187,8 @@ extension FarmNode {
                 "id": .string(peer.nodeID), "name": .string(peer.name), "address": .string(peer.address),
                 "role": .string(peer.state == .dead ? "follower" : peerRole), "state": .string(peer.state.rawValue),
                 "slots": JSONValue(announced?.s ?? 0), "frames_done": JSONValue(done[peer.nodeID] ?? 0),
-                "self": false, "task": JSONValue(announced?.t), "member": .bool(members.contains(peer.nodeID)),
+                "self": false, "task": peer.state == .alive ? JSONValue(announced?.t) : .null,
+                "member": .bool(members.contains(peer.nodeID)),
             ])
         }
         for member in members.sorted() where !seen.contains(member) {
