@@ -3,7 +3,7 @@
 set -euo pipefail
 BIN=${1:-.build/release}
 cd "$(dirname "$0")/.."
-for b in bench/*.sh; do
+for b in bench/*.sh bench/*.py; do
     echo "### $b"
     "$b" "$BIN"
     echo

@@ -21,7 +21,9 @@ public struct BlobStore: Sendable {
     }
 
     /// Copies the file at `source` into the store and returns its content address and size.
-    public func put(fileAt source: String) throws -> (hash: String, size: Int64) {
+    ///
+    /// With `sync: false` the caller makes it durable later (see `GroupSync`), before anything refers to it.
+    public func put(fileAt source: String, sync: Bool = true) throws -> (hash: String, size: Int64) {
         guard let input = FileHandle(forReadingAtPath: source) else {
             throw FarmError(.io, "Cannot read \(source).")
         }
@@ -38,7 +40,7 @@ public struct BlobStore: Sendable {
                 try output.write(contentsOf: chunk)
                 size += Int64(chunk.count)
             }
-            try output.synchronize()
+            if sync { try output.synchronize() }
             try output.close()
         } catch {
             try? output.close()

@@ -17,6 +17,7 @@ public actor FarmNode {
     let farmKey: FarmKey
     let ledger: LedgerStore
     let blobs: BlobStore
+    let blobSync: GroupSync
     let renderer: any Renderer
     let blender: BlenderInstallation?
     let pulse = Pulse()
@@ -64,6 +65,7 @@ public actor FarmNode {
             ledger = try LedgerStore(path: data.database, extraMigrations: RaftLogStore.registerMigrations)
             blobs = try BlobStore(root: data.blobs)
             raftStore = RaftLogStore(writer: ledger.writer)
+            blobSync = GroupSync()
             switch settings.renderer {
             case .blender:
                 let found = try await BlenderLocator.locate(

@@ -74,8 +74,10 @@ extension FarmNode {
                     let rendered = try await session.render(frame: frame, into: outDir) { p in
                         progress.set(slot, .init(job: job, frame: frame, fraction: p.fraction))
                     }
-                    let stored = try blobs.put(fileAt: rendered.path)
+                    let stored = try blobs.put(fileAt: rendered.path, sync: false)
                     try? FileManager.default.removeItem(atPath: rendered.path)
+                    // Durable before the ledger may say the frame is done; one flush serves every slot.
+                    await blobSync.flush()
                     let ext = (rendered.path as NSString).pathExtension
                     // A frame counts once its image is on two nodes (the submitter first), or on the only one.
                     let holders = await replicate(stored.hash, submitter: submitter)

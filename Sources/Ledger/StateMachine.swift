@@ -68,7 +68,7 @@ struct StateMachine {
                 VALUES (?,?,?,?,?,?)
                 """,
             arguments: [c.assignment, c.job, c.node, Int64(c.term), c.leaseUntilMs, Self.json(taken)])
-        try refreshJob(c.job)
+        try updateJob(c.job, started: true)
         return .applied
     }
 
@@ -86,7 +86,7 @@ struct StateMachine {
                 """,
             arguments: [c.node, c.hash, c.ext, Self.json(c.holders.sorted()), Int64(index), c.job, c.frame])
         try closeAssignmentIfFinished(c.assignment)
-        try refreshJob(c.job)
+        try updateJob(c.job, done: 1)
         return .applied
     }
 
@@ -111,7 +111,7 @@ struct StateMachine {
             try db.execute(sql: "UPDATE jobs SET message = ? WHERE job = ?", arguments: [c.message, c.job])
         }
         try closeAssignmentIfFinished(c.assignment)
-        try refreshJob(c.job)
+        try updateJob(c.job, failed: final ? 1 : 0)
         return .applied
     }
 
@@ -126,7 +126,7 @@ struct StateMachine {
                 """,
             arguments: [c.assignment])
         try db.execute(sql: "UPDATE assignments SET open = 0 WHERE assignment = ?", arguments: [c.assignment])
-        try refreshJob(job)
+        try updateJob(job)
         return .applied
     }
 
@@ -160,32 +160,20 @@ struct StateMachine {
             arguments: [assignment, assignment])
     }
 
-    /// Derives the job's counters and state from its frames.
-    private func refreshJob(_ job: String) throws {
-        guard let row = try Row.fetchOne(
-            db,
-            sql: """
-                SELECT COUNT(*) AS total,
-                    SUM(state = 'done') AS done, SUM(state = 'failed') AS failed,
-                    SUM(state IN ('assigned', 'done', 'failed')) AS started
-                FROM frames WHERE job = ?
-                """,
-            arguments: [job])
-        else { return }
-        let total: Int = row["total"]
-        let done: Int = row["done"] ?? 0
-        let failed: Int = row["failed"] ?? 0
-        let started: Int = row["started"] ?? 0
-        let state: String =
-            if done + failed == total { failed > 0 ? "failed" : "done" } else if started > 0 { "running" } else {
-                "queued"
-            }
+    /// Moves the job's counters by what one command did and derives its state from them, in O(1): a frame
+    /// becomes done or failed once (its state never leaves those), so counting transitions counts frames.
+    private func updateJob(_ job: String, done: Int = 0, failed: Int = 0, started: Bool = false) throws {
         try db.execute(
             sql: """
-                UPDATE jobs SET frames_done = ?, frames_failed = ?, state = ?
+                UPDATE jobs SET frames_done = frames_done + ?, frames_failed = frames_failed + ?,
+                    state = CASE
+                        WHEN frames_done + ? + frames_failed + ? >= frames_total
+                            THEN CASE WHEN frames_failed + ? > 0 THEN 'failed' ELSE 'done' END
+                        WHEN ? OR state = 'running' OR frames_done + ? + frames_failed + ? > 0 THEN 'running'
+                        ELSE 'queued' END
                 WHERE job = ? AND state != 'canceled'
                 """,
-            arguments: [done, failed, state, job])
+            arguments: [done, failed, done, failed, failed, started, done, failed, job])
     }
 
     static func json<T: Encodable>(_ value: T) -> String {
