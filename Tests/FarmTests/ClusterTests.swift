@@ -179,5 +179,49 @@ extension ProcessTests {
             let view = try #require(try farm.nodes[0].json(["peers"]) as? [[String: Any]])
             #expect(view.filter { $0["member"] as? Bool == true }.count == 2)
         }
+
+        @Test(.enabled(if: getuid() == 0, "capturing loopback packets needs root (CI runs as root)"))
+        func noPlaintextBlendOrImageBytesCrossTheWire() throws {
+            let scene = try Scenes.make(["--frames", "2", "--width", "32", "--height", "24", "--samples", "1"])
+            let farm = try TestFarm(count: 2, args: ["--renderer", "simulated:20"])
+            let ports = try farm.nodes.flatMap { node in
+                ((try node.json(["peers"]) as? [[String: Any]]) ?? []).compactMap { peer in
+                    (peer["address"] as? String)?.split(separator: ":").last.flatMap { Int($0) }
+                }
+            }
+            #expect(Set(ports).count == 2)
+            let capture = tempDir("capture") + "/wire.bin"
+            let sniffer = Process()
+            sniffer.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            sniffer.arguments = [
+                "python3", "\(TestPaths.root)/Tests/Fixtures/sniff_loopback.py", capture,
+                Set(ports).map(String.init).joined(separator: ","), "120",
+            ]
+            let ready = Pipe()
+            sniffer.standardOutput = ready
+            try sniffer.run()
+            _ = ready.fileHandleForReading.availableData  // "ready"
+            let out = tempDir("capture-out")
+            let r = try farm.nodes[0].cli(["submit", scene, "--frames", "1-12", "--chunk", "1", "--output", out])
+            #expect(r.status == 0, "\(r)")
+            _ = FileManager.default.createFile(atPath: capture + ".stop", contents: nil)
+            sniffer.waitUntilExit()
+            let wire = try #require(FileManager.default.contents(atPath: capture))
+            let blend = try #require(FileManager.default.contents(atPath: scene))
+            // The second node fetched the .blend and the first received copies of images: the bytes did travel.
+            #expect(wire.count > blend.count, "captured \(wire.count) bytes, the scene is \(blend.count)")
+            let job = try #require((try farm.nodes[0].json(["jobs"]) as? [[String: Any]])?.first?["job"] as? String)
+            let frames = try #require(try farm.nodes[0].status(job)["frames"] as? [[String: Any]])
+            #expect(frames.contains { $0["node"] as? String != frames.first?["node"] as? String } || frames.count == 12)
+            let png = try #require(FileManager.default.contents(atPath: out + "/" + (try FileManager.default.contentsOfDirectory(atPath: out).first!)))
+            for (needle, what) in [
+                (Data("BLENDER".utf8), "the .blend magic"),
+                (blend.subdata(in: blend.count / 2..<(blend.count / 2 + 64)), "bytes from the middle of the .blend"),
+                (Data([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), "the PNG signature"),
+                (png.subdata(in: 8..<min(png.count, 40)), "bytes of a rendered image"),
+            ] {
+                #expect(wire.range(of: needle) == nil, "\(what) crossed the wire in the clear")
+            }
+        }
     }
 }
