@@ -478,8 +478,15 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         let next = min(nextIndex[peer] ?? lastIndex + 1, lastIndex + 1)
         let available = Int(lastIndex + 1 - next)
         if available == 0 && !heartbeat { return }
-        let count = min(available, settings.maxEntriesPerAppend)
         let prev = next - 1
+        var count = 0
+        var bytes = 0
+        // Cap by count and by payload bytes (at least one entry), so a message fits the transport's frame.
+        while count < min(available, settings.maxEntriesPerAppend) {
+            bytes += log[Int(prev) + count].approximateSize
+            if count > 0 && bytes > settings.maxAppendBytes { break }
+            count += 1
+        }
         let entries = count == 0 ? [] : Array(log[Int(prev)..<Int(prev) + count])
         let message = AppendEntries(
             term: currentTerm, leaderID: id, prevLogIndex: prev, prevLogTerm: term(at: prev) ?? 0,
@@ -648,6 +655,17 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         if scheduledTimer != next {
             scheduledTimer = next
             out.append(.scheduleTimer(at: next))
+        }
+    }
+}
+
+extension LogEntry {
+    /// Roughly the encoded size; used to keep AppendEntries messages under `maxAppendBytes`.
+    var approximateSize: Int {
+        switch kind {
+        case .noop: return 12
+        case .command(let command): return 24 + command.id.origin.utf8.count + command.payload.count
+        case .addNode(let node), .removeNode(let node): return 12 + node.utf8.count
         }
     }
 }

@@ -15,6 +15,8 @@ public struct RaftSettings: Sendable, Hashable {
     public var checkQuorum: Bool = true
     /// Cap on entries per AppendEntries message, so one message stays well under the transport's frame cap.
     public var maxEntriesPerAppend: Int = 512
+    /// Cap on the payload bytes per AppendEntries (a single larger entry still goes alone).
+    public var maxAppendBytes: Int = 1 << 20
     /// Deliberately broken variants for the simulator's self-test. **Test-only; never enable in production.**
     public var injectedBugs: Set<InjectedBug> = []
 

@@ -66,28 +66,54 @@ public final class RaftLogStore: RaftStorage {
         try writer.write { db in try Self.persist(request, db) }
     }
 
+    /// The stored hard state (term and vote); a fresh database gives term 0 and no vote.
+    public func hardState() throws -> HardState {
+        try writer.read { db in try Self.hardState(db) }
+    }
+
+    /// Stored entries from `index` on, at most `limit` of them (for `rexnode ledger` and debugging).
+    public func entries(from index: LogIndex = 1, limit: Int = Int.max) throws -> [LogEntry] {
+        try writer.read { db in
+            let rows = try Row.fetchCursor(
+                db, sql: "SELECT idx, term, payload FROM raft_log WHERE idx >= ? ORDER BY idx LIMIT ?",
+                arguments: [Int64(clamping: index), Int64(clamping: limit)])
+            var out: [LogEntry] = []
+            while let row = try rows.next() {
+                out.append(try Self.entry(row))
+            }
+            return out
+        }
+    }
+
     // MARK: SQL
 
-    private static func load(_ db: Database) throws -> (hardState: HardState, log: [LogEntry]) {
-        var hard = HardState()
-        if let row = try Row.fetchOne(db, sql: "SELECT term, voted_for FROM raft_hard_state WHERE id = 1") {
-            hard = HardState(term: UInt64(row["term"] as Int64), votedFor: row["voted_for"])
+    private static func hardState(_ db: Database) throws -> HardState {
+        guard let row = try Row.fetchOne(db, sql: "SELECT term, voted_for FROM raft_hard_state WHERE id = 1") else {
+            return HardState()
         }
+        return HardState(term: UInt64(row["term"] as Int64), votedFor: row["voted_for"])
+    }
+
+    private static func entry(_ row: Row) throws -> LogEntry {
+        let index = UInt64(row["idx"] as Int64)
+        let payload: [UInt8] = Array(row["payload"] as Data)
+        do {
+            return LogEntry(term: UInt64(row["term"] as Int64), index: index, kind: try EntryKind(bytes: payload))
+        } catch {
+            throw RaftStorageError("raft_log entry \(index) is unreadable", cause: error)
+        }
+    }
+
+    private static func load(_ db: Database) throws -> (hardState: HardState, log: [LogEntry]) {
+        let hard = try hardState(db)
         var log: [LogEntry] = []
         let rows = try Row.fetchCursor(db, sql: "SELECT idx, term, payload FROM raft_log ORDER BY idx")
         while let row = try rows.next() {
-            let index = UInt64(row["idx"] as Int64)
-            guard index == UInt64(log.count + 1) else {
-                throw RaftStorageError("raft_log has a gap before index \(index)")
+            let entry = try Self.entry(row)
+            guard entry.index == UInt64(log.count + 1) else {
+                throw RaftStorageError("raft_log has a gap before index \(entry.index)")
             }
-            let payload: [UInt8] = Array(row["payload"] as Data)
-            let kind: EntryKind
-            do {
-                kind = try EntryKind(bytes: payload)
-            } catch {
-                throw RaftStorageError("raft_log entry \(index) is unreadable", cause: error)
-            }
-            log.append(LogEntry(term: UInt64(row["term"] as Int64), index: index, kind: kind))
+            log.append(entry)
         }
         return (hard, log)
     }

@@ -406,6 +406,26 @@ struct ReplicationTests {
         #expect(appends.count == 2)
     }
 
+    @Test func largeEntriesAreSplitAcrossAppendMessagesAndStillReachEveryone() {
+        var cluster = TestCluster(["a", "b", "c"])
+        let leader = cluster.electLeader()!
+        let big = [UInt8](repeating: 7, count: 400_000)
+        guard case .accepted(_, let last, let directives) = cluster.propose(leader, [big, big, big, big]) else {
+            Issue.record("leader must accept")
+            return
+        }
+        let sizes = sends(directives).compactMap { send -> Int? in
+            if case .appendEntries(let m) = send.1 { return m.entries.count }
+            return nil
+        }
+        #expect(sizes == [2, 2], "two 400 kB entries per message under the 1 MiB cap")
+        cluster.deliverAll()
+        for node in cluster.nodes.values {
+            #expect(node.lastIndex == last)
+        }
+        #expect(cluster.nodes[leader]!.commitIndex == last)
+    }
+
     @Test func followerReturnsNotLeaderWithTheLeadersId() {
         var cluster = TestCluster(["a", "b", "c"])
         let leader = cluster.electLeader()!

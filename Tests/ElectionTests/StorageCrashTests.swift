@@ -156,6 +156,20 @@ struct RaftLogStoreTests {
         #expect(log.last == LogEntry(term: 3, index: 4, kind: .addNode("n9")))
     }
 
+    @Test func entriesAndHardStateCanBeReadForTheLedgerCommand() throws {
+        let store = try RaftLogStore.openStandalone(path: temporaryDatabase("read"))
+        #expect(try store.hardState() == HardState())
+        try store.persistNow(
+            PersistRequest(
+                hardState: HardState(term: 4, votedFor: "v"),
+                entries: (1...10).map { LogEntry(term: 4, index: $0, kind: .addNode("n\($0)")) }))
+        #expect(try store.hardState() == HardState(term: 4, votedFor: "v"))
+        #expect(try store.entries(from: 8).map(\.index) == [8, 9, 10])
+        #expect(try store.entries(from: 2, limit: 2) == [
+            LogEntry(term: 4, index: 2, kind: .addNode("n2")), LogEntry(term: 4, index: 3, kind: .addNode("n3")),
+        ])
+    }
+
     @Test func migrationsCanJoinAnotherModulesMigrator() throws {
         let path = temporaryDatabase("migrator")
         let pool = try GRDBPoolFactory.pool(path)
