@@ -242,6 +242,26 @@ extension FarmNode {
         }
     }
 
+    /// `rexnode leave`: hand this node's unfinished frames back and leave the membership, so the farm neither
+    /// waits for it nor counts it in its majority. Best effort, a few seconds at most: the node exits anyway.
+    func leaveFarm() async {
+        guard let status = await raft.status, status.members.contains(nodeID), status.members.count > 1 else {
+            return
+        }
+        if let mine = try? ledger.openAssignments(node: nodeID), !mine.isEmpty {
+            _ = try? await withTimeout(.seconds(5)) { [commandLog] in
+                try await commandLog.propose(
+                    mine.map { .releaseFrames(ReleaseFrames(assignment: $0.assignment, reason: "node left")) })
+            }
+        }
+        if status.role == .leader {
+            _ = try? await withTimeout(.seconds(3)) { [raft, nodeID] in try await raft.removeMember(nodeID) }
+        } else if let leader = status.leader {
+            _ = try? await mesh.request(
+                to: leader, PeerRequest(op: .leave, node: nodeID).encoded(), timeout: .seconds(5))
+        }
+    }
+
     // MARK: Blobs across peers
 
     /// Makes sure blob `hash` is in this node's store, fetching it from `holders` (all at once) if not.
@@ -270,5 +290,18 @@ extension FarmNode {
             }
         }
         return [nodeID]
+    }
+}
+
+/// Runs `body`, giving up after `limit`.
+func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            throw FarmError(.failed, "timed out")
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
     }
 }

@@ -35,6 +35,7 @@ extension FarmNode {
         case .ledger: return .array(try ledger.log().map(Self.logJSON))
         case .leave:
             logger.info("leaving the farm on request")
+            await leaveFarm()
             // Shut down just after this answer is on its way.
             Task {
                 try? await Task.sleep(for: .milliseconds(100))

@@ -158,6 +158,16 @@ extension ProcessTests {
             let adds = ledger.filter { $0["type"] as? String == "AddNode" }
             #expect(adds.count == 5)
             #expect(adds.first?["index"] as? Int == 1)
+            // `leave` takes a node out of the membership, so the farm stops counting it in its majority.
+            let leaving = farm.nodes[4]
+            let r = try leaving.cli(["leave"])
+            #expect(r.status == 0, "\(r)")
+            try waitUntil(timeout: 20, "the others see four members") {
+                let view = try #require(try farm.nodes[0].json(["peers"]) as? [[String: Any]])
+                return view.filter { $0["member"] as? Bool == true }.count == 4
+            }
+            let after = try #require(try farm.nodes[1].json(["ledger"]) as? [[String: Any]])
+            #expect(after.contains { $0["type"] as? String == "RemoveNode" })
         }
 
         @Test func aNodeOfAnotherFarmIsRefusedAndAFreshFarmWithoutTokenRefusesToStart() throws {
