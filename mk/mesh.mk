@@ -19,7 +19,8 @@ fuzz-mesh:
 	@for t in $(MESH_FUZZ_TARGETS); do \
 	  mkdir -p .build/fuzz/corpus-$$t; \
 	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
-	  .build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
+	  SWIFT_BACKTRACE=enable=no .build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
+	    -artifact_prefix=.build/fuzz/$$t- \
 	    .build/fuzz/corpus-$$t fuzz/corpus/$$t 2>&1 | grep -E "^(#|stat::number_of_executed_units|==|SUMMARY|Done)" | tail -3; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done
