@@ -15,6 +15,8 @@ public struct DiscoverySettings: Sendable, Equatable {
     /// Beacons whose clock differs from ours by more than this are dropped as stale or replayed.
     public var timeWindow: Duration = .seconds(30)
     public var peerTable = PeerTable.Settings()
+    /// False: listen only, send no beacons (a node without a farm yet looking for other farms).
+    public var announce = true
 
     public init() {}
 
@@ -203,9 +205,11 @@ actor Discovery {
                 }
                 tasks.addTask {
                     while !Task.isCancelled {
-                        let datagram = await self.nextBeacon(tcpPort: tcpPort)
-                        try await outbound.write(
-                            AddressedEnvelope(remoteAddress: groupAddress, data: ByteBuffer(bytes: datagram)))
+                        if settings.announce {
+                            let datagram = await self.nextBeacon(tcpPort: tcpPort)
+                            try await outbound.write(
+                                AddressedEnvelope(remoteAddress: groupAddress, data: ByteBuffer(bytes: datagram)))
+                        }
                         await self.tick()
                         try await Task.sleep(for: settings.beaconInterval)
                     }

@@ -163,7 +163,7 @@ public actor MeshNode {
                 .bind(host: settings.listenHost, port: settings.listenPort) { child in
                     child.eventLoop.makeCompletedFuture {
                         let handshake = try pipeline.install(on: child, role: .responder, expectedPeer: nil)
-                        let channel = try NIOAsyncChannel<MeshMessage, MeshMessage>(wrappingChannelSynchronously: child)
+                        let channel = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: child)
                         return Accepted(channel: channel, handshake: handshake)
                     }
                 }
@@ -255,7 +255,7 @@ public actor MeshNode {
             .connect(host: peer.host, port: peer.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handshake = try pipeline.install(on: channel, role: .initiator, expectedPeer: expected)
-                    let async = try NIOAsyncChannel<MeshMessage, MeshMessage>(wrappingChannelSynchronously: channel)
+                    let async = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: channel)
                     return Accepted(channel: async, handshake: handshake)
                 }
             }
@@ -267,7 +267,7 @@ public actor MeshNode {
         var peerID: String?
         var connectionID: UInt64 = 0
         do {
-            try await accepted.channel.executeThenClose { inbound, _ in
+            try await accepted.channel.executeThenClose { inbound in
                 let peer = try await accepted.handshake.get()
                 peerID = peer.nodeID
                 connectionID = await self.register(peer, channel: channel, dialed: dialed)
@@ -529,7 +529,7 @@ public actor MeshNode {
 
 /// A connection as the channel initializer returns it: the async wrapper plus the handshake's outcome.
 struct Accepted: Sendable {
-    let channel: NIOAsyncChannel<MeshMessage, MeshMessage>
+    let channel: NIOAsyncChannel<MeshMessage, Never>
     let handshake: EventLoopFuture<PeerIdentity>
 }
 

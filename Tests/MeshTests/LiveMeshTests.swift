@@ -93,6 +93,20 @@ func withRunning<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async th
         }
     }
 
+    @Test(.timeLimit(.minutes(1))) func listenOnlyNodeSeesAFarmWithoutBeingSeen() async throws {
+        let farm = TestFarm()
+        let member = farm.node("member")
+        var quiet = TestFarm(group: farm.group, port: farm.port).settings(name: "fresh")
+        quiet.discovery.announce = false
+        let fresh = MeshNode(settings: quiet, farmKey: .generate(), identity: .generate())
+        try await withRunning([member, fresh]) {
+            #expect(await eventually { await fresh.otherFarmsSeen() == 1 })
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(await member.otherFarmsSeen() == 0)
+            #expect(await member.peers().isEmpty)
+        }
+    }
+
     @Test(.timeLimit(.minutes(1))) func raftMessagesAndControlRequestsFlow() async throws {
         let farm = TestFarm()
         let a = farm.node("a")
