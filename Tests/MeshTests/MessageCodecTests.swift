@@ -90,3 +90,21 @@ import Testing
         #expect(Framing.parse(prefix: [0, 0, 0, 10], available: 14, maxFrame: 10) == .frame(length: 10))
     }
 }
+
+@Suite struct BulkPathTests {
+    /// The handler's fast path must produce and accept exactly the bytes of the general codec.
+    @Test(arguments: [MeshMessage.raft([]), .raft([1, 2, 3]), .blobData(id: 7, offset: 1 << 20, data: [4, 5]),
+                      .blobData(id: 0, offset: 0, data: [])])
+    func fastPathMatchesTheCodec(_ message: MeshMessage) throws {
+        let channel = EmbeddedChannel(handler: MessageCodecHandler(maxPayload: 1 << 20, counters: nil))
+        try channel.writeOutbound(message)
+        var out = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        let bytes = out.readBytes(length: out.readableBytes)!
+        #expect(bytes == MessageCodec.encode(message))
+        try channel.writeInbound(ByteBuffer(bytes: bytes))
+        #expect(try channel.readInbound(as: MeshMessage.self) == message)
+        // Trailing byte: the fast path declines and the general decoder rejects it.
+        #expect(throws: (any Error).self) { try channel.writeInbound(ByteBuffer(bytes: bytes + [0])) }
+        _ = try? channel.finish()
+    }
+}
