@@ -122,9 +122,11 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         do {
             switch try machine.receive(bytes) {
             case .send(let reply):
-                context.writeAndFlush(Self.wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)), promise: nil)
+                context.writeAndFlush(
+                    Self.wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)), promise: nil)
             case .sendAndComplete(let reply, let keys):
-                context.writeAndFlush(Self.wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)), promise: nil)
+                context.writeAndFlush(
+                    Self.wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)), promise: nil)
                 finish(context: context, keys: keys)
             case .complete(let keys):
                 finish(context: context, keys: keys)
@@ -193,7 +195,9 @@ final class StreamCryptoHandler: ChannelDuplexHandler {
         keys = established.keys
         let queued = pending
         pending = []
-        for (buffer, promise) in queued { context.write(Self.wrapOutboundOut(seal(buffer, context: context)), promise: promise) }
+        for (buffer, promise) in queued {
+            context.write(Self.wrapOutboundOut(seal(buffer, context: context)), promise: promise)
+        }
         if pendingFlush || !queued.isEmpty { context.flush() }
         context.fireUserInboundEventTriggered(event)
     }
@@ -220,7 +224,8 @@ final class StreamCryptoHandler: ChannelDuplexHandler {
         }
         guard ok == plainCount, !keys.pull.failed else {
             counters?.increment(.framesUndecryptable)
-            context.fireErrorCaught(MeshError(.authentication, "A frame failed to decrypt (tampered, replayed or reordered)."))
+            context.fireErrorCaught(
+                MeshError(.authentication, "A frame failed to decrypt (tampered, replayed or reordered)."))
             context.close(promise: nil)
             return
         }
@@ -311,7 +316,8 @@ final class MessageCodecHandler: ChannelDuplexHandler {
             buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
             return .raft(payload)
         case MessageCodec.Tag.blobData.rawValue:
-            guard let id: UInt64 = buffer.getInteger(at: start + 2), let offset: UInt64 = buffer.getInteger(at: start + 10),
+            guard let id: UInt64 = buffer.getInteger(at: start + 2),
+                let offset: UInt64 = buffer.getInteger(at: start + 10),
                 let length: UInt32 = buffer.getInteger(at: start + 18), Int(length) <= MessageCodec.maxChunkBytes,
                 buffer.readableBytes == 22 + Int(length),
                 let data = buffer.getBytes(at: start + 22, length: Int(length))

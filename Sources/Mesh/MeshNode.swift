@@ -1,8 +1,8 @@
 import Foundation
-import Synchronization
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// The mesh as the daemon sees it: discovery, authenticated peer connections, messages, requests and
 /// blob transfer behind one actor, started with `run()` and stopped by cancelling it.
@@ -69,7 +69,8 @@ public actor MeshNode {
 
     public init(
         settings: Settings, farmKey: FarmKey, identity: NodeIdentity, blobSource: (any BlobSource)? = nil,
-        logger: Logger = Logger(label: "rexnode.mesh"), eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+        logger: Logger = Logger(label: "rexnode.mesh"),
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) {
         precondition(Sodium.ready, "libsodium failed to initialise")
         self.settings = settings
@@ -204,8 +205,9 @@ public actor MeshNode {
         let shared = deniedShared
         return ConnectionPipeline(
             identity: identity, farmKey: farmKey, maxFrame: settings.maxFrameBytes,
-            handshakeTimeout: .nanoseconds(Int64(settings.handshakeTimeout.components.seconds) * 1_000_000_000
-                + settings.handshakeTimeout.components.attoseconds / 1_000_000_000),
+            handshakeTimeout: .nanoseconds(
+                Int64(settings.handshakeTimeout.components.seconds) * 1_000_000_000
+                    + settings.handshakeTimeout.components.attoseconds / 1_000_000_000),
             counters: counters, authorize: { !shared.contains($0) })
     }
 
@@ -277,7 +279,9 @@ public actor MeshNode {
                         case .ping(let n):
                             channel.writeAndFlush(MeshMessage.pong(n), promise: nil)
                         case .controlRequest(let id, let payload):
-                            tasks.addTask { await self.answerControl(id: id, payload: payload, from: peer.nodeID, channel) }
+                            tasks.addTask {
+                                await self.answerControl(id: id, payload: payload, from: peer.nodeID, channel)
+                            }
                         case .blobQuery(let id, let hash):
                             tasks.addTask { await self.answerBlobQuery(id: id, hash: hash, channel) }
                         case .blobRead(let id, let hash, let offset, let length):
@@ -395,7 +399,8 @@ public actor MeshNode {
         var hashes: [[UInt8]] = []
         var offset: UInt64 = 0
         while offset < size {
-            let piece = try await source.read(hash, offset: offset, length: Int(min(UInt64(Self.chunkSize), size - offset)))
+            let piece = try await source.read(
+                hash, offset: offset, length: Int(min(UInt64(Self.chunkSize), size - offset)))
             guard !piece.isEmpty else { throw MeshError(.io, "Blob \(hash) is shorter than its size.") }
             hashes.append(Sodium.blake2b(piece))
             offset += UInt64(piece.count)
@@ -439,7 +444,9 @@ public actor MeshNode {
         await withTaskGroup(of: (String, MeshMessage.BlobInfo?).self) { group in
             for holder in Set(holders) where holder != nodeID {
                 group.addTask {
-                    let reply = try? await self.exchange(holder, timeout: timeout) { .blobQuery(id: $0, hash: hashBytes) }
+                    let reply = try? await self.exchange(holder, timeout: timeout) {
+                        .blobQuery(id: $0, hash: hashBytes)
+                    }
                     if case .blobInfo(_, let info?) = reply, info.hash == hashBytes { return (holder, info) }
                     return (holder, nil)
                 }
@@ -469,10 +476,12 @@ public actor MeshNode {
             }
             missing.append(index)
         }
-        logger.debug("blob fetch", metadata: [
-            "blob": "\(hash.prefix(12))", "mesh/holders": "\(sources.count)",
-            "chunks": "\(missing.count)/\(info.chunkHashes.count)",
-        ])
+        logger.debug(
+            "blob fetch",
+            metadata: [
+                "blob": "\(hash.prefix(12))", "mesh/holders": "\(sources.count)",
+                "chunks": "\(missing.count)/\(info.chunkHashes.count)",
+            ])
         // 3. Workers per holder pull chunk indices from one queue.
         let queue = ChunkQueue(missing: missing, total: info.chunkHashes.count)
         let window = max(1, settings.blobWindow)
@@ -486,7 +495,8 @@ public actor MeshNode {
             }
         }
         guard await queue.finished else {
-            throw MeshError(.closed, "Blob \(hash.prefix(12))… could not be fetched completely; the partial data is kept.")
+            throw MeshError(
+                .closed, "Blob \(hash.prefix(12))… could not be fetched completely; the partial data is kept.")
         }
         try await sink.finalize(hash, size: info.size)
     }

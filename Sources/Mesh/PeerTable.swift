@@ -47,8 +47,10 @@ public struct PeerTable: Sendable {
         public var suspectAfter: Duration = .seconds(3)
         public var deadAfter: Duration = .seconds(10)
         public var forgetAfter: Duration = .seconds(300)
-        public init(suspectAfter: Duration = .seconds(3), deadAfter: Duration = .seconds(10),
-                    forgetAfter: Duration = .seconds(300)) {
+        public init(
+            suspectAfter: Duration = .seconds(3), deadAfter: Duration = .seconds(10),
+            forgetAfter: Duration = .seconds(300)
+        ) {
             self.suspectAfter = suspectAfter
             self.deadAfter = deadAfter
             self.forgetAfter = forgetAfter

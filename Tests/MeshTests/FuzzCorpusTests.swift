@@ -69,6 +69,8 @@ import Testing
             try write("frames", String(format: "msg-%02d", i), frame.bytes)
         }
         try write("frames", "huge-prefix", [0xff, 0xff, 0xff, 0xff, 1, 2])
-        try write("frames", "two-frames", [0, 0, 0, 10] + MessageCodec.encode(.ping(1)) + [0, 0, 0, 10] + MessageCodec.encode(.pong(1)))
+        try write(
+            "frames", "two-frames",
+            [0, 0, 0, 10] + MessageCodec.encode(.ping(1)) + [0, 0, 0, 10] + MessageCodec.encode(.pong(1)))
     }
 }

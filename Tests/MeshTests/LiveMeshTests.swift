@@ -53,11 +53,16 @@ func eventually(_ seconds: Double = 10, _ condition: () async throws -> Bool) as
 /// Runs the nodes for the duration of `body`, then cancels them.
 func withRunning<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async throws -> T) async throws -> T {
     try await withThrowingTaskGroup(of: T?.self) { group in
-        for node in nodes { group.addTask { try await node.run(); return nil } }
+        for node in nodes {
+            group.addTask {
+                try await node.run()
+                return nil
+            }
+        }
         for node in nodes { _ = try await node.listeningPort() }
         let result = try await body()
         group.cancelAll()
-        while let _ = try? await group.next() {}
+        while (try? await group.next()) != nil {}
         return result
     }
 }
@@ -113,11 +118,12 @@ func withRunning<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async th
         let b = farm.node("b")
         await b.setControlHandler { from, payload in Array("echo:".utf8) + payload + Array(from.utf8.prefix(4)) }
         try await withRunning([a, b]) {
-            #expect(await eventually {
-                let fromA = await a.connectedPeers()
-                let fromB = await b.connectedPeers()
-                return fromA == [b.nodeID] && fromB == [a.nodeID]
-            })
+            #expect(
+                await eventually {
+                    let fromA = await a.connectedPeers()
+                    let fromB = await b.connectedPeers()
+                    return fromA == [b.nodeID] && fromB == [a.nodeID]
+                })
             let reply = try await a.request(to: b.nodeID, Array("hi".utf8))
             #expect(reply == Array("echo:hi".utf8) + Array(a.nodeID.utf8.prefix(4)))
             // No handler on a: the request fails with the peer's sentence, not a hang.
