@@ -91,6 +91,7 @@ let package = Package(
                 "Mesh",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "bench/meshbench"
         ),
