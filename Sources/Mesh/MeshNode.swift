@@ -16,6 +16,8 @@ public actor MeshNode {
         public var name = ProcessInfo.processInfo.hostName
         /// Largest frame accepted on a connection (must exceed a 1 MiB blob chunk plus headers).
         public var maxFrameBytes = 2 << 20
+        /// Unauthenticated connections allowed at once; more are closed on accept (a flood cannot grow memory).
+        public var maxPendingHandshakes = 128
         public var handshakeTimeout: Duration = .seconds(5)
         public var requestTimeout: Duration = .seconds(10)
         public var reconnectMin: Duration = .milliseconds(100)
@@ -82,6 +84,7 @@ public actor MeshNode {
         self.eventLoopGroup = eventLoopGroup
         let counters = MeshCounters()
         self.counters = counters
+        slots = HandshakeSlots(limit: settings.maxPendingHandshakes)
         discovery = Discovery(
             settings: settings.discovery, farmKey: farmKey, identity: identity, name: settings.name,
             counters: counters, logger: logger)
@@ -161,9 +164,25 @@ public actor MeshNode {
             server = try await ServerBootstrap(group: eventLoopGroup)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .bind(host: settings.listenHost, port: settings.listenPort) { child in
+                .bind(host: settings.listenHost, port: settings.listenPort) { [slots, counters] child in
+                    // Refuse by closing, not by failing: a failed initializer ends the listener's accept stream.
                     child.eventLoop.makeCompletedFuture {
-                        let handshake = try pipeline.install(on: child, role: .responder, expectedPeer: nil)
+                        guard slots.acquire() else {
+                            counters.increment(.connectionsRefused)
+                            child.close(promise: nil)
+                            let channel = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: child)
+                            let refused = MeshError(.closed, "Too many connections are handshaking.")
+                            return Accepted(channel: channel, handshake: child.eventLoop.makeFailedFuture(refused))
+                        }
+                        // The protocol handlers go in first, then the async wrapper at the tail.
+                        let handshake: EventLoopFuture<PeerIdentity>
+                        do {
+                            handshake = try pipeline.install(on: child, role: .responder, expectedPeer: nil)
+                        } catch {
+                            slots.release()  // only when the child is already closed
+                            throw error
+                        }
+                        handshake.whenComplete { _ in slots.release() }
                         let channel = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: child)
                         return Accepted(channel: channel, handshake: handshake)
                     }
@@ -213,6 +232,7 @@ public actor MeshNode {
 
     // Deny-list lookups from the event loop: a lock-protected copy, since the handshake runs off the actor.
     private nonisolated let deniedShared = DenySet()
+    private nonisolated let slots: HandshakeSlots
 
     private func onPeerChange(_ change: PeerChange) async {
         peerChangesContinuation.yield(change)
@@ -541,6 +561,15 @@ public actor MeshNode {
 struct Accepted: Sendable {
     let channel: NIOAsyncChannel<MeshMessage, Never>
     let handshake: EventLoopFuture<PeerIdentity>
+}
+
+/// Counts connections still in their handshake, so a flood of idle sockets is refused instead of held.
+final class HandshakeSlots: Sendable {
+    private let used = Mutex(0)
+    let limit: Int
+    init(limit: Int) { self.limit = limit }
+    func acquire() -> Bool { used.withLock { n in n < limit ? { n += 1; return true }() : false } }
+    func release() { used.withLock { $0 = max(0, $0 - 1) } }
 }
 
 /// The deny-list, readable from event-loop threads during handshakes.

@@ -102,4 +102,29 @@ func sendDatagrams(_ datagrams: [[UInt8]], group: String, port: Int) async throw
             #expect(ids.contains(b.nodeID))
         }
     }
+
+    @Test(.timeLimit(.minutes(1))) func floodOfIdleConnectionsIsCappedNotHeld() async throws {
+        let farm = TestFarm()
+        var settings = farm.settings(name: "a")
+        settings.maxPendingHandshakes = 2
+        let a = MeshNode(settings: settings, farmKey: farm.key, identity: .generate())
+        try await withRunning([a]) {
+            let port = try await a.listeningPort()
+            var idle: [Channel] = []
+            for _ in 0..<2 {
+                idle.append(try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .connect(host: "127.0.0.1", port: port).get())
+            }
+            try await Task.sleep(for: .milliseconds(200))
+            // The third is closed at once, long before the 2 s handshake timeout.
+            #expect(try await serverCloses(port: port, sending: [], within: 1))
+            #expect(a.counters[.connectionsRefused] >= 1)
+            for channel in idle { try? await channel.close() }
+            // Slots come back: a real peer gets in.
+            let b = farm.node("b")
+            try await withRunning([b]) {
+                #expect(await eventually { await a.connectedPeers() == [b.nodeID] })
+            }
+        }
+    }
 }
