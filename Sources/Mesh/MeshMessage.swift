@@ -207,6 +207,7 @@ public enum MessageCodec {
 public enum Framing {
     public static let prefixBytes = 4
 
+    /// What the bytes at the front of the buffer are: not enough yet, a whole frame, or a refused length.
     public enum Parse: Equatable {
         case needMore
         case frame(length: Int)
