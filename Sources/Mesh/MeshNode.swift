@@ -154,6 +154,35 @@ public actor MeshNode {
         }
     }
 
+    /// Listens on the discovery group for `duration` without announcing anything and returns how many
+    /// distinct farms were heard: what `rexnode join` without a token checks before creating a new farm.
+    public static func scanForFarms(
+        discovery: DiscoverySettings, duration: Duration, logger: Logger = Logger(label: "rexnode.mesh")
+    ) async throws -> Int {
+        var settings = Settings()
+        settings.discovery = discovery
+        settings.discovery.announce = false
+        settings.listenHost = "127.0.0.1"
+        settings.listenPort = 0
+        let node = MeshNode(settings: settings, farmKey: .generate(), identity: .generate(), logger: logger)
+        return try await withThrowingTaskGroup(of: Int?.self) { group in
+            group.addTask {
+                try await node.run()
+                return nil
+            }
+            group.addTask {
+                _ = try await node.listeningPort()
+                try await Task.sleep(for: duration)
+                return await node.otherFarmsSeen()
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let result { return result }
+            }
+            return 0
+        }
+    }
+
     // MARK: Run
 
     /// Binds the peer listener, starts discovery, dials peers and serves connections until cancelled.
@@ -568,7 +597,15 @@ final class HandshakeSlots: Sendable {
     private let used = Mutex(0)
     let limit: Int
     init(limit: Int) { self.limit = limit }
-    func acquire() -> Bool { used.withLock { n in n < limit ? { n += 1; return true }() : false } }
+    func acquire() -> Bool {
+        used.withLock { n in
+            n < limit
+                ? {
+                    n += 1
+                    return true
+                }() : false
+        }
+    }
     func release() { used.withLock { $0 = max(0, $0 - 1) } }
 }
 

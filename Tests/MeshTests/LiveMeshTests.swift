@@ -112,6 +112,21 @@ func withRunning<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async th
         }
     }
 
+    @Test(.timeLimit(.minutes(1))) func scanCountsTheFarmsOnTheGroup() async throws {
+        let farm = TestFarm()
+        let other = TestFarm(group: farm.group, port: farm.port)
+        let nodes = [farm.node("a"), farm.node("b"), other.node("x")]
+        let discovery = farm.settings(name: "scan").discovery
+        try await withRunning(nodes) {
+            let farms = try await MeshNode.scanForFarms(discovery: discovery, duration: .milliseconds(700))
+            #expect(farms == 2)
+        }
+        let empty = TestFarm()
+        #expect(
+            try await MeshNode.scanForFarms(
+                discovery: empty.settings(name: "s").discovery, duration: .milliseconds(300)) == 0)
+    }
+
     @Test(.timeLimit(.minutes(1))) func raftMessagesAndControlRequestsFlow() async throws {
         let farm = TestFarm()
         let a = farm.node("a")
