@@ -284,9 +284,11 @@ public actor MeshNode {
                 do {
                     let accepted = try await connect(to: peer)
                     counters.increment(.connectionsDialed)
-                    backoff = settings.reconnectMin
-                    await serve(accepted, dialed: true)
-                    continue
+                    if await serve(accepted, dialed: true) {
+                        // It was up: redial at once. A refused handshake falls through to the backoff.
+                        backoff = settings.reconnectMin
+                        continue
+                    }
                 } catch {
                     logger.debug("dial failed", metadata: ["mesh/peer": "\(peerID)", "error": "\(error)"])
                 }
@@ -313,7 +315,9 @@ public actor MeshNode {
     }
 
     /// Serves one connection until it ends; its errors end it and nothing else.
-    private nonisolated func serve(_ accepted: Accepted, dialed: Bool) async {
+    /// Returns whether the peer authenticated (so a dialer knows whether to back off).
+    @discardableResult
+    private nonisolated func serve(_ accepted: Accepted, dialed: Bool) async -> Bool {
         let channel = accepted.channel.channel
         var peerID: String?
         var connectionID: UInt64 = 0
@@ -349,6 +353,7 @@ public actor MeshNode {
             logger.debug("connection ended", metadata: ["mesh/peer": "\(peerID ?? "?")", "error": "\(error)"])
         }
         if let peerID { await unregister(peerID, id: connectionID) }
+        return peerID != nil
     }
 
     private func register(_ peer: PeerIdentity, channel: Channel, dialed: Bool) -> UInt64 {
