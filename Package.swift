@@ -75,7 +75,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "MeshTests", dependencies: ["Mesh"]),
+        .testTarget(
+            name: "MeshTests", dependencies: ["Mesh", .product(name: "NIOEmbedded", package: "swift-nio")]),
         .testTarget(name: "ElectionTests", dependencies: ["Election", "Ledger"]),
         .testTarget(
             name: "LedgerTests", dependencies: ["Ledger", .product(name: "GRDB", package: "GRDB.swift")]),
@@ -95,6 +96,7 @@ let package = Package(
                 "Mesh",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "bench/meshbench"
         ),

@@ -167,6 +167,7 @@ public struct ReplayGuard: Sendable {
         self.capacity = capacity
     }
 
+    /// Whether a beacon is new (and now recorded), a repeat, or outside the time window.
     public enum Verdict: Sendable, Equatable { case fresh, replayed, stale }
 
     /// Records the beacon if fresh. `nowMillis` is the receiver's wall clock.

@@ -115,7 +115,8 @@ public struct DirectoryBlobStore: BlobSource, BlobSink {
         }
         guard offset == size, hasher.finalize().hexString == hash else {
             try? FileManager.default.removeItem(atPath: file)
-            throw MeshError(.authentication, "The fetched blob \(hash.prefix(12))… does not match its address; discarded.")
+            throw MeshError(
+                .authentication, "The fetched blob \(hash.prefix(12))… does not match its address; discarded.")
         }
         truncate(file, off_t(size))
         let dest = path(hash)

@@ -122,9 +122,11 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         do {
             switch try machine.receive(bytes) {
             case .send(let reply):
-                context.writeAndFlush(Self.wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)), promise: nil)
+                context.writeAndFlush(
+                    Self.wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)), promise: nil)
             case .sendAndComplete(let reply, let keys):
-                context.writeAndFlush(Self.wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)), promise: nil)
+                context.writeAndFlush(
+                    Self.wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)), promise: nil)
                 finish(context: context, keys: keys)
             case .complete(let keys):
                 finish(context: context, keys: keys)
@@ -193,7 +195,9 @@ final class StreamCryptoHandler: ChannelDuplexHandler {
         keys = established.keys
         let queued = pending
         pending = []
-        for (buffer, promise) in queued { context.write(Self.wrapOutboundOut(seal(buffer, context: context)), promise: promise) }
+        for (buffer, promise) in queued {
+            context.write(Self.wrapOutboundOut(seal(buffer, context: context)), promise: promise)
+        }
         if pendingFlush || !queued.isEmpty { context.flush() }
         context.fireUserInboundEventTriggered(event)
     }
@@ -220,7 +224,8 @@ final class StreamCryptoHandler: ChannelDuplexHandler {
         }
         guard ok == plainCount, !keys.pull.failed else {
             counters?.increment(.framesUndecryptable)
-            context.fireErrorCaught(MeshError(.authentication, "A frame failed to decrypt (tampered, replayed or reordered)."))
+            context.fireErrorCaught(
+                MeshError(.authentication, "A frame failed to decrypt (tampered, replayed or reordered)."))
             context.close(promise: nil)
             return
         }
@@ -280,6 +285,10 @@ final class MessageCodecHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = Self.unwrapInboundIn(data)
+        if let message = Self.decodeBulk(&buffer, maxPayload: maxPayload) {
+            context.fireChannelRead(Self.wrapInboundOut(message))
+            return
+        }
         let bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
         do {
             let message = try MessageCodec.decode(bytes, maxPayload: maxPayload)
@@ -291,8 +300,59 @@ final class MessageCodecHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Fast path for the two bulk messages (`raft`, `blobData`): one copy instead of three. Same layout as
+    /// `MessageCodec`; anything unusual returns nil and goes through the general decoder.
+    static func decodeBulk(_ buffer: inout ByteBuffer, maxPayload: Int) -> MeshMessage? {
+        let start = buffer.readerIndex
+        guard let version: UInt8 = buffer.getInteger(at: start), version == MessageCodec.version,
+            let tag: UInt8 = buffer.getInteger(at: start + 1)
+        else { return nil }
+        switch tag {
+        case MessageCodec.Tag.raft.rawValue:
+            guard let length: UInt32 = buffer.getInteger(at: start + 2), Int(length) <= maxPayload,
+                buffer.readableBytes == 6 + Int(length),
+                let payload = buffer.getBytes(at: start + 6, length: Int(length))
+            else { return nil }
+            buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
+            return .raft(payload)
+        case MessageCodec.Tag.blobData.rawValue:
+            guard let id: UInt64 = buffer.getInteger(at: start + 2),
+                let offset: UInt64 = buffer.getInteger(at: start + 10),
+                let length: UInt32 = buffer.getInteger(at: start + 18), Int(length) <= MessageCodec.maxChunkBytes,
+                buffer.readableBytes == 22 + Int(length),
+                let data = buffer.getBytes(at: start + 22, length: Int(length))
+            else { return nil }
+            buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
+            return .blobData(id: id, offset: offset, data: data)
+        default:
+            return nil
+        }
+    }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let message = Self.unwrapOutboundIn(data)
+        switch message {
+        case .raft(let payload):
+            var buffer = context.channel.allocator.buffer(capacity: payload.count + 6)
+            buffer.writeInteger(MessageCodec.version)
+            buffer.writeInteger(MessageCodec.Tag.raft.rawValue)
+            buffer.writeInteger(UInt32(payload.count))
+            buffer.writeBytes(payload)
+            context.write(Self.wrapOutboundOut(buffer), promise: promise)
+            return
+        case .blobData(let id, let offset, let payload):
+            var buffer = context.channel.allocator.buffer(capacity: payload.count + 22)
+            buffer.writeInteger(MessageCodec.version)
+            buffer.writeInteger(MessageCodec.Tag.blobData.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeInteger(offset)
+            buffer.writeInteger(UInt32(payload.count))
+            buffer.writeBytes(payload)
+            context.write(Self.wrapOutboundOut(buffer), promise: promise)
+            return
+        default:
+            break
+        }
         let bytes = MessageCodec.encode(message)
         context.write(Self.wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: promise)
     }

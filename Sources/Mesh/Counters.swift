@@ -4,7 +4,7 @@ import Synchronization
 public enum MeshCounter: String, Sendable, CaseIterable {
     case beaconsAccepted, beaconsGarbage, beaconsBadAuth, beaconsReplayed, beaconsStale, beaconsOtherFarm
     case beaconsDenied, beaconsOwn
-    case connectionsAccepted, connectionsDialed, handshakeFailures, handshakeTimeouts, peersDenied
+    case connectionsAccepted, connectionsRefused, connectionsDialed, handshakeFailures, handshakeTimeouts, peersDenied
     case framesTooLarge, framesUndecryptable, messagesMalformed, connectionErrors
     case blobChunksRejected, blobChunksFetched, controlRequestsServed
 }

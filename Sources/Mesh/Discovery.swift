@@ -15,6 +15,8 @@ public struct DiscoverySettings: Sendable, Equatable {
     /// Beacons whose clock differs from ours by more than this are dropped as stale or replayed.
     public var timeWindow: Duration = .seconds(30)
     public var peerTable = PeerTable.Settings()
+    /// False: listen only, send no beacons (a node without a farm yet looking for other farms).
+    public var announce = true
 
     public init() {}
 
@@ -115,8 +117,10 @@ actor Discovery {
     let changes: AsyncStream<PeerChange>
     private let changesContinuation: AsyncStream<PeerChange>.Continuation
 
-    init(settings: DiscoverySettings, farmKey: FarmKey, identity: NodeIdentity, name: String, counters: MeshCounters,
-         logger: Logger) {
+    init(
+        settings: DiscoverySettings, farmKey: FarmKey, identity: NodeIdentity, name: String, counters: MeshCounters,
+        logger: Logger
+    ) {
         self.settings = settings
         self.identity = identity
         self.counters = counters
@@ -159,7 +163,8 @@ actor Discovery {
     private func publish(_ changes: [PeerChange]) {
         for change in changes {
             switch change {
-            case .added(let p): logger.info("peer discovered", metadata: ["mesh/peer": "\(p.nodeID)", "mesh/address": "\(p.address)"])
+            case .added(let p):
+                logger.info("peer discovered", metadata: ["mesh/peer": "\(p.nodeID)", "mesh/address": "\(p.address)"])
             case .stateChanged(let p, let from):
                 logger.info("peer \(from.rawValue) -> \(p.state.rawValue)", metadata: ["mesh/peer": "\(p.nodeID)"])
             default: break
@@ -179,7 +184,10 @@ actor Discovery {
         let groupAddress = try SocketAddress(ipAddress: settings.group, port: settings.port)
         let channel = try await DatagramBootstrap(group: eventLoopGroup)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelOption(ChannelOptions.Types.SocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_REUSEPORT)), value: 1)
+            .channelOption(
+                ChannelOptions.Types.SocketOption(
+                    level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_REUSEPORT)), value: 1
+            )
             .bind(host: settings.group, port: settings.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try NIOAsyncChannel<AddressedEnvelope<ByteBuffer>, AddressedEnvelope<ByteBuffer>>(
@@ -203,9 +211,11 @@ actor Discovery {
                 }
                 tasks.addTask {
                     while !Task.isCancelled {
-                        let datagram = await self.nextBeacon(tcpPort: tcpPort)
-                        try await outbound.write(
-                            AddressedEnvelope(remoteAddress: groupAddress, data: ByteBuffer(bytes: datagram)))
+                        if settings.announce {
+                            let datagram = await self.nextBeacon(tcpPort: tcpPort)
+                            try await outbound.write(
+                                AddressedEnvelope(remoteAddress: groupAddress, data: ByteBuffer(bytes: datagram)))
+                        }
                         await self.tick()
                         try await Task.sleep(for: settings.beaconInterval)
                     }

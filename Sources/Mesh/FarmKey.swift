@@ -34,7 +34,8 @@ public struct FarmKey: Sendable, Equatable {
     public init(token: String) throws(MeshError) {
         let trimmed = token.trimmingCharacters(in: .whitespacesAndNewlines)
         guard trimmed.hasPrefix(Self.tokenPrefix) else {
-            throw MeshError(.badToken, "A join token starts with '\(Self.tokenPrefix)'; check that you copied all of it.")
+            throw MeshError(
+                .badToken, "A join token starts with '\(Self.tokenPrefix)'; check that you copied all of it.")
         }
         guard let raw = Base32.decode(String(trimmed.dropFirst(Self.tokenPrefix.count))),
             raw.count == Self.byteCount + 4

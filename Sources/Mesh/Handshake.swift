@@ -282,7 +282,8 @@ struct HandshakeStateMachine {
         w.raw(mac("I", transcript))
         w.raw(push.header)
         state = .done
-        return .sendAndComplete(w.bytes, SessionKeys(push: push, pull: pull, peer: PeerIdentity(publicKey: peerIdentity)))
+        return .sendAndComplete(
+            w.bytes, SessionKeys(push: push, pull: pull, peer: PeerIdentity(publicKey: peerIdentity)))
     }
 
     // MARK: Crypto helpers

@@ -191,7 +191,7 @@ public enum MessageCodec {
         guard found == 1, let hash = r.raw(32), let size = r.u64(), let chunkSize = r.u32(),
             chunkSize > 0, chunkSize <= maxChunkBytes, let count = r.u32(), count <= maxChunkHashes,
             r.remaining == Int(count) * 32,
-            UInt64(count) == (size + UInt64(chunkSize) - 1) / UInt64(chunkSize)
+            UInt64(count) == size / UInt64(chunkSize) + (size % UInt64(chunkSize) == 0 ? 0 : 1)
         else { return nil }
         var hashes: [[UInt8]] = []
         hashes.reserveCapacity(Int(count))
@@ -207,6 +207,7 @@ public enum MessageCodec {
 public enum Framing {
     public static let prefixBytes = 4
 
+    /// What the bytes at the front of the buffer are: not enough yet, a whole frame, or a refused length.
     public enum Parse: Equatable {
         case needMore
         case frame(length: Int)

@@ -1,8 +1,8 @@
 import Foundation
-import Synchronization
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// The mesh as the daemon sees it: discovery, authenticated peer connections, messages, requests and
 /// blob transfer behind one actor, started with `run()` and stopped by cancelling it.
@@ -16,6 +16,8 @@ public actor MeshNode {
         public var name = ProcessInfo.processInfo.hostName
         /// Largest frame accepted on a connection (must exceed a 1 MiB blob chunk plus headers).
         public var maxFrameBytes = 2 << 20
+        /// Unauthenticated connections allowed at once; more are closed on accept (a flood cannot grow memory).
+        public var maxPendingHandshakes = 128
         public var handshakeTimeout: Duration = .seconds(5)
         public var requestTimeout: Duration = .seconds(10)
         public var reconnectMin: Duration = .milliseconds(100)
@@ -69,7 +71,8 @@ public actor MeshNode {
 
     public init(
         settings: Settings, farmKey: FarmKey, identity: NodeIdentity, blobSource: (any BlobSource)? = nil,
-        logger: Logger = Logger(label: "rexnode.mesh"), eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+        logger: Logger = Logger(label: "rexnode.mesh"),
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) {
         precondition(Sodium.ready, "libsodium failed to initialise")
         self.settings = settings
@@ -81,6 +84,7 @@ public actor MeshNode {
         self.eventLoopGroup = eventLoopGroup
         let counters = MeshCounters()
         self.counters = counters
+        slots = HandshakeSlots(limit: settings.maxPendingHandshakes)
         discovery = Discovery(
             settings: settings.discovery, farmKey: farmKey, identity: identity, name: settings.name,
             counters: counters, logger: logger)
@@ -150,6 +154,35 @@ public actor MeshNode {
         }
     }
 
+    /// Listens on the discovery group for `duration` without announcing anything and returns how many
+    /// distinct farms were heard: what `rexnode join` without a token checks before creating a new farm.
+    public static func scanForFarms(
+        discovery: DiscoverySettings, duration: Duration, logger: Logger = Logger(label: "rexnode.mesh")
+    ) async throws -> Int {
+        var settings = Settings()
+        settings.discovery = discovery
+        settings.discovery.announce = false
+        settings.listenHost = "127.0.0.1"
+        settings.listenPort = 0
+        let node = MeshNode(settings: settings, farmKey: .generate(), identity: .generate(), logger: logger)
+        return try await withThrowingTaskGroup(of: Int?.self) { group in
+            group.addTask {
+                try await node.run()
+                return nil
+            }
+            group.addTask {
+                _ = try await node.listeningPort()
+                try await Task.sleep(for: duration)
+                return await node.otherFarmsSeen()
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let result { return result }
+            }
+            return 0
+        }
+    }
+
     // MARK: Run
 
     /// Binds the peer listener, starts discovery, dials peers and serves connections until cancelled.
@@ -160,10 +193,26 @@ public actor MeshNode {
             server = try await ServerBootstrap(group: eventLoopGroup)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .bind(host: settings.listenHost, port: settings.listenPort) { child in
+                .bind(host: settings.listenHost, port: settings.listenPort) { [slots, counters] child in
+                    // Refuse by closing, not by failing: a failed initializer ends the listener's accept stream.
                     child.eventLoop.makeCompletedFuture {
-                        let handshake = try pipeline.install(on: child, role: .responder, expectedPeer: nil)
-                        let channel = try NIOAsyncChannel<MeshMessage, MeshMessage>(wrappingChannelSynchronously: child)
+                        guard slots.acquire() else {
+                            counters.increment(.connectionsRefused)
+                            child.close(promise: nil)
+                            let channel = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: child)
+                            let refused = MeshError(.closed, "Too many connections are handshaking.")
+                            return Accepted(channel: channel, handshake: child.eventLoop.makeFailedFuture(refused))
+                        }
+                        // The protocol handlers go in first, then the async wrapper at the tail.
+                        let handshake: EventLoopFuture<PeerIdentity>
+                        do {
+                            handshake = try pipeline.install(on: child, role: .responder, expectedPeer: nil)
+                        } catch {
+                            slots.release()  // only when the child is already closed
+                            throw error
+                        }
+                        handshake.whenComplete { _ in slots.release() }
+                        let channel = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: child)
                         return Accepted(channel: channel, handshake: handshake)
                     }
                 }
@@ -204,13 +253,15 @@ public actor MeshNode {
         let shared = deniedShared
         return ConnectionPipeline(
             identity: identity, farmKey: farmKey, maxFrame: settings.maxFrameBytes,
-            handshakeTimeout: .nanoseconds(Int64(settings.handshakeTimeout.components.seconds) * 1_000_000_000
-                + settings.handshakeTimeout.components.attoseconds / 1_000_000_000),
+            handshakeTimeout: .nanoseconds(
+                Int64(settings.handshakeTimeout.components.seconds) * 1_000_000_000
+                    + settings.handshakeTimeout.components.attoseconds / 1_000_000_000),
             counters: counters, authorize: { !shared.contains($0) })
     }
 
     // Deny-list lookups from the event loop: a lock-protected copy, since the handshake runs off the actor.
     private nonisolated let deniedShared = DenySet()
+    private nonisolated let slots: HandshakeSlots
 
     private func onPeerChange(_ change: PeerChange) async {
         peerChangesContinuation.yield(change)
@@ -233,9 +284,11 @@ public actor MeshNode {
                 do {
                     let accepted = try await connect(to: peer)
                     counters.increment(.connectionsDialed)
-                    backoff = settings.reconnectMin
-                    await serve(accepted, dialed: true)
-                    continue
+                    if await serve(accepted, dialed: true) {
+                        // It was up: redial at once. A refused handshake falls through to the backoff.
+                        backoff = settings.reconnectMin
+                        continue
+                    }
                 } catch {
                     logger.debug("dial failed", metadata: ["mesh/peer": "\(peerID)", "error": "\(error)"])
                 }
@@ -255,19 +308,21 @@ public actor MeshNode {
             .connect(host: peer.host, port: peer.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handshake = try pipeline.install(on: channel, role: .initiator, expectedPeer: expected)
-                    let async = try NIOAsyncChannel<MeshMessage, MeshMessage>(wrappingChannelSynchronously: channel)
+                    let async = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: channel)
                     return Accepted(channel: async, handshake: handshake)
                 }
             }
     }
 
     /// Serves one connection until it ends; its errors end it and nothing else.
-    private nonisolated func serve(_ accepted: Accepted, dialed: Bool) async {
+    /// Returns whether the peer authenticated (so a dialer knows whether to back off).
+    @discardableResult
+    private nonisolated func serve(_ accepted: Accepted, dialed: Bool) async -> Bool {
         let channel = accepted.channel.channel
         var peerID: String?
         var connectionID: UInt64 = 0
         do {
-            try await accepted.channel.executeThenClose { inbound, _ in
+            try await accepted.channel.executeThenClose { inbound in
                 let peer = try await accepted.handshake.get()
                 peerID = peer.nodeID
                 connectionID = await self.register(peer, channel: channel, dialed: dialed)
@@ -277,7 +332,9 @@ public actor MeshNode {
                         case .ping(let n):
                             channel.writeAndFlush(MeshMessage.pong(n), promise: nil)
                         case .controlRequest(let id, let payload):
-                            tasks.addTask { await self.answerControl(id: id, payload: payload, from: peer.nodeID, channel) }
+                            tasks.addTask {
+                                await self.answerControl(id: id, payload: payload, from: peer.nodeID, channel)
+                            }
                         case .blobQuery(let id, let hash):
                             tasks.addTask { await self.answerBlobQuery(id: id, hash: hash, channel) }
                         case .blobRead(let id, let hash, let offset, let length):
@@ -296,6 +353,7 @@ public actor MeshNode {
             logger.debug("connection ended", metadata: ["mesh/peer": "\(peerID ?? "?")", "error": "\(error)"])
         }
         if let peerID { await unregister(peerID, id: connectionID) }
+        return peerID != nil
     }
 
     private func register(_ peer: PeerIdentity, channel: Channel, dialed: Bool) -> UInt64 {
@@ -395,7 +453,8 @@ public actor MeshNode {
         var hashes: [[UInt8]] = []
         var offset: UInt64 = 0
         while offset < size {
-            let piece = try await source.read(hash, offset: offset, length: Int(min(UInt64(Self.chunkSize), size - offset)))
+            let piece = try await source.read(
+                hash, offset: offset, length: Int(min(UInt64(Self.chunkSize), size - offset)))
             guard !piece.isEmpty else { throw MeshError(.io, "Blob \(hash) is shorter than its size.") }
             hashes.append(Sodium.blake2b(piece))
             offset += UInt64(piece.count)
@@ -439,7 +498,9 @@ public actor MeshNode {
         await withTaskGroup(of: (String, MeshMessage.BlobInfo?).self) { group in
             for holder in Set(holders) where holder != nodeID {
                 group.addTask {
-                    let reply = try? await self.exchange(holder, timeout: timeout) { .blobQuery(id: $0, hash: hashBytes) }
+                    let reply = try? await self.exchange(holder, timeout: timeout) {
+                        .blobQuery(id: $0, hash: hashBytes)
+                    }
                     if case .blobInfo(_, let info?) = reply, info.hash == hashBytes { return (holder, info) }
                     return (holder, nil)
                 }
@@ -469,10 +530,12 @@ public actor MeshNode {
             }
             missing.append(index)
         }
-        logger.debug("blob fetch", metadata: [
-            "blob": "\(hash.prefix(12))", "mesh/holders": "\(sources.count)",
-            "chunks": "\(missing.count)/\(info.chunkHashes.count)",
-        ])
+        logger.debug(
+            "blob fetch",
+            metadata: [
+                "blob": "\(hash.prefix(12))", "mesh/holders": "\(sources.count)",
+                "chunks": "\(missing.count)/\(info.chunkHashes.count)",
+            ])
         // 3. Workers per holder pull chunk indices from one queue.
         let queue = ChunkQueue(missing: missing, total: info.chunkHashes.count)
         let window = max(1, settings.blobWindow)
@@ -486,7 +549,8 @@ public actor MeshNode {
             }
         }
         guard await queue.finished else {
-            throw MeshError(.closed, "Blob \(hash.prefix(12))… could not be fetched completely; the partial data is kept.")
+            throw MeshError(
+                .closed, "Blob \(hash.prefix(12))… could not be fetched completely; the partial data is kept.")
         }
         try await sink.finalize(hash, size: info.size)
     }
@@ -529,8 +593,25 @@ public actor MeshNode {
 
 /// A connection as the channel initializer returns it: the async wrapper plus the handshake's outcome.
 struct Accepted: Sendable {
-    let channel: NIOAsyncChannel<MeshMessage, MeshMessage>
+    let channel: NIOAsyncChannel<MeshMessage, Never>
     let handshake: EventLoopFuture<PeerIdentity>
+}
+
+/// Counts connections still in their handshake, so a flood of idle sockets is refused instead of held.
+final class HandshakeSlots: Sendable {
+    private let used = Mutex(0)
+    let limit: Int
+    init(limit: Int) { self.limit = limit }
+    func acquire() -> Bool {
+        used.withLock { n in
+            n < limit
+                ? {
+                    n += 1
+                    return true
+                }() : false
+        }
+    }
+    func release() { used.withLock { $0 = max(0, $0 - 1) } }
 }
 
 /// The deny-list, readable from event-loop threads during handshakes.

@@ -43,12 +43,15 @@ public enum PeerChange: Sendable, Equatable {
 /// A peer not heard from for `suspectAfter` is suspect, for `deadAfter` dead, and forgotten after
 /// `forgetAfter`. Only authenticated, non-replayed beacons reach it, so it never holds phantom peers.
 public struct PeerTable: Sendable {
+    /// Liveness thresholds; short in tests, seconds on a real farm.
     public struct Settings: Sendable, Equatable {
         public var suspectAfter: Duration = .seconds(3)
         public var deadAfter: Duration = .seconds(10)
         public var forgetAfter: Duration = .seconds(300)
-        public init(suspectAfter: Duration = .seconds(3), deadAfter: Duration = .seconds(10),
-                    forgetAfter: Duration = .seconds(300)) {
+        public init(
+            suspectAfter: Duration = .seconds(3), deadAfter: Duration = .seconds(10),
+            forgetAfter: Duration = .seconds(300)
+        ) {
             self.suspectAfter = suspectAfter
             self.deadAfter = deadAfter
             self.forgetAfter = forgetAfter

@@ -8,7 +8,10 @@ struct WireWriter {
     init(capacity: Int = 64) { bytes.reserveCapacity(capacity) }
 
     mutating func u8(_ v: UInt8) { bytes.append(v) }
-    mutating func u16(_ v: UInt16) { bytes.append(UInt8(v >> 8)); bytes.append(UInt8(v & 0xff)) }
+    mutating func u16(_ v: UInt16) {
+        bytes.append(UInt8(v >> 8))
+        bytes.append(UInt8(v & 0xff))
+    }
     mutating func u32(_ v: UInt32) {
         for shift in stride(from: 24, through: 0, by: -8) { bytes.append(UInt8((v >> UInt32(shift)) & 0xff)) }
     }
@@ -18,9 +21,15 @@ struct WireWriter {
     mutating func raw(_ v: [UInt8]) { bytes.append(contentsOf: v) }
     mutating func raw(_ v: ArraySlice<UInt8>) { bytes.append(contentsOf: v) }
     /// One length byte, then the bytes (at most 255).
-    mutating func short(_ v: [UInt8]) { u8(UInt8(v.count)); raw(v) }
+    mutating func short(_ v: [UInt8]) {
+        u8(UInt8(v.count))
+        raw(v)
+    }
     /// Four length bytes, then the bytes.
-    mutating func long(_ v: [UInt8]) { u32(UInt32(v.count)); raw(v) }
+    mutating func long(_ v: [UInt8]) {
+        u32(UInt32(v.count))
+        raw(v)
+    }
 }
 
 /// Reads big-endian fields from a byte slice; every read is bounds-checked and returns nil past the end.

@@ -85,7 +85,8 @@ import Testing
         var guardian = ReplayGuard(capacity: 16)
         for _ in 0..<100 {
             let id = NodeIdentity.generate()
-            let b = Beacon(publicKey: id.publicKey, instanceID: 1, sequence: 1, timeMillis: 5, tcpPort: 1, name: "", status: [])
+            let b = Beacon(
+                publicKey: id.publicKey, instanceID: 1, sequence: 1, timeMillis: 5, tcpPort: 1, name: "", status: [])
             _ = guardian.check(b, nowMillis: 5)
         }
         #expect(guardian.trackedNodes == 16)
@@ -96,8 +97,9 @@ import Testing
     let identity = NodeIdentity.generate()
 
     func beacon(status: [UInt8] = []) -> Beacon {
-        Beacon(publicKey: identity.publicKey, instanceID: 1, sequence: 1, timeMillis: 1, tcpPort: 9000, name: "b",
-               status: status)
+        Beacon(
+            publicKey: identity.publicKey, instanceID: 1, sequence: 1, timeMillis: 1, tcpPort: 9000, name: "b",
+            status: status)
     }
 
     @Test func silentPeerBecomesSuspectThenDeadThenAliveAgain() {
@@ -149,14 +151,23 @@ import Testing
         var b = beacon()
         b.timeMillis = wall
         let sealed = codec.seal(b)
-        #expect(core.onDatagram(sealed, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false }).count == 1)
-        #expect(core.onDatagram(sealed, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false }).isEmpty)
+        #expect(
+            core.onDatagram(
+                sealed, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false }
+            ).count == 1)
+        #expect(
+            core.onDatagram(
+                sealed, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false }
+            ).isEmpty)
         var flipped = sealed
         flipped[60] ^= 1
-        _ = core.onDatagram(flipped, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false })
-        _ = core.onDatagram([1, 2, 3], host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false })
+        _ = core.onDatagram(
+            flipped, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false })
+        _ = core.onDatagram(
+            [1, 2, 3], host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false })
         let foreign = BeaconCodec(farmKey: FarmKey.generate()).seal(b)
-        _ = core.onDatagram(foreign, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false })
+        _ = core.onDatagram(
+            foreign, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false })
         #expect(counters[.beaconsAccepted] == 1)
         #expect(counters[.beaconsReplayed] == 1)
         #expect(counters[.beaconsBadAuth] == 1)

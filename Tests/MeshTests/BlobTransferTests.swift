@@ -35,7 +35,12 @@ struct HookedSink: BlobSink {
 
 final class Counter: Sendable {
     private let value = Mutex(0)
-    func next() -> Int { value.withLock { $0 += 1; return $0 } }
+    func next() -> Int {
+        value.withLock {
+            $0 += 1
+            return $0
+        }
+    }
     var current: Int { value.withLock { $0 } }
 }
 
@@ -131,7 +136,8 @@ func temporaryDirectory() -> String {
         try await withRunning([a, c]) {
             #expect(await eventually { await c.connectedPeers() == [a.nodeID] })
             await #expect(throws: MeshError.self) {
-                try await c.fetchBlob(BlobAddress.of([1]), from: [a.nodeID], into: try DirectoryBlobStore(root: temporaryDirectory()))
+                try await c.fetchBlob(
+                    BlobAddress.of([1]), from: [a.nodeID], into: try DirectoryBlobStore(root: temporaryDirectory()))
             }
         }
     }

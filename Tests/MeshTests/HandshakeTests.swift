@@ -12,13 +12,17 @@ import Testing
 
     /// Runs the three messages; returns (initiator keys, responder keys).
     func handshake(
-        initiatorKey: FarmKey? = nil, expected: [UInt8]? = nil, authorize: @escaping @Sendable ([UInt8]) -> Bool = { _ in true }
+        initiatorKey: FarmKey? = nil, expected: [UInt8]? = nil,
+        authorize: @escaping @Sendable ([UInt8]) -> Bool = { _ in true }
     ) throws -> (SessionKeys, SessionKeys) {
-        var i = HandshakeStateMachine(role: .initiator, identity: alice, farmKey: initiatorKey ?? farm, expectedPeer: expected)
+        var i = HandshakeStateMachine(
+            role: .initiator, identity: alice, farmKey: initiatorKey ?? farm, expectedPeer: expected)
         var r = HandshakeStateMachine(role: .responder, identity: bob, farmKey: farm, authorize: authorize)
         let m1 = i.start()
         guard case .send(let m2) = try r.receive(m1) else { throw MeshError(.protocolViolation, "no msg2") }
-        guard case .sendAndComplete(let m3, let ik) = try i.receive(m2) else { throw MeshError(.protocolViolation, "no msg3") }
+        guard case .sendAndComplete(let m3, let ik) = try i.receive(m2) else {
+            throw MeshError(.protocolViolation, "no msg3")
+        }
         guard case .complete(let rk) = try r.receive(m3) else { throw MeshError(.protocolViolation, "no completion") }
         return (ik, rk)
     }
@@ -43,7 +47,10 @@ import Testing
         var r = HandshakeStateMachine(role: .responder, identity: bob, farmKey: farm)
         var m1 = i.start()
         m1.replaceSubrange(5..<13, with: farm.fingerprint)
-        guard case .send(let m2) = try r.receive(m1) else { Issue.record("no reply"); return }
+        guard case .send(let m2) = try r.receive(m1) else {
+            Issue.record("no reply")
+            return
+        }
         #expect(throws: MeshError.self) { try i.receive(m2) }
     }
 
@@ -66,7 +73,9 @@ import Testing
         var i = HandshakeStateMachine(role: .initiator, identity: alice, farmKey: farm)
         var r = HandshakeStateMachine(role: .responder, identity: bob, farmKey: farm)
         let m1 = i.start()
-        guard case .send(let m2) = try r.receive(m1), case .sendAndComplete(let m3, _) = try i.receive(m2) else { return }
+        guard case .send(let m2) = try r.receive(m1), case .sendAndComplete(let m3, _) = try i.receive(m2) else {
+            return
+        }
         // A recorded msg1 + msg3 replayed against a fresh responder: its new ephemeral key changes the transcript.
         var r2 = HandshakeStateMachine(role: .responder, identity: bob, farmKey: farm)
         _ = try r2.receive(m1)
@@ -138,13 +147,17 @@ func peek<T: Sendable>(_ future: EventLoopFuture<T>) -> Result<T, any Error>? {
 @Suite struct PipelineTests {
     let farm = FarmKey.generate()
 
-    func makePair(responderKey: FarmKey? = nil) throws -> (EmbeddedChannel, EmbeddedChannel, EventLoopFuture<PeerIdentity>, EventLoopFuture<PeerIdentity>) {
+    func makePair(responderKey: FarmKey? = nil) throws -> (
+        EmbeddedChannel, EmbeddedChannel, EventLoopFuture<PeerIdentity>, EventLoopFuture<PeerIdentity>
+    ) {
         let a = EmbeddedChannel()
         let b = EmbeddedChannel()
-        let pa = ConnectionPipeline(identity: .generate(), farmKey: farm, maxFrame: 1 << 16, handshakeTimeout: .seconds(5),
-                                    counters: nil, authorize: { _ in true })
-        let pb = ConnectionPipeline(identity: .generate(), farmKey: responderKey ?? farm, maxFrame: 1 << 16,
-                                    handshakeTimeout: .seconds(5), counters: nil, authorize: { _ in true })
+        let pa = ConnectionPipeline(
+            identity: .generate(), farmKey: farm, maxFrame: 1 << 16, handshakeTimeout: .seconds(5),
+            counters: nil, authorize: { _ in true })
+        let pb = ConnectionPipeline(
+            identity: .generate(), farmKey: responderKey ?? farm, maxFrame: 1 << 16,
+            handshakeTimeout: .seconds(5), counters: nil, authorize: { _ in true })
         let fb = try pb.install(on: b, role: .responder, expectedPeer: nil)
         let fa = try pa.install(on: a, role: .initiator, expectedPeer: nil)
         try b.connect(to: .init(ipAddress: "127.0.0.1", port: 1)).wait()
@@ -222,8 +235,9 @@ func peek<T: Sendable>(_ future: EventLoopFuture<T>) -> Result<T, any Error>? {
     @Test func stalledHandshakeTimesOut() throws {
         let b = EmbeddedChannel()
         let counters = MeshCounters()
-        let pb = ConnectionPipeline(identity: .generate(), farmKey: farm, maxFrame: 1024, handshakeTimeout: .seconds(2),
-                                    counters: counters, authorize: { _ in true })
+        let pb = ConnectionPipeline(
+            identity: .generate(), farmKey: farm, maxFrame: 1024, handshakeTimeout: .seconds(2),
+            counters: counters, authorize: { _ in true })
         let fb = try pb.install(on: b, role: .responder, expectedPeer: nil)
         try b.connect(to: .init(ipAddress: "127.0.0.1", port: 1)).wait()
         b.embeddedEventLoop.advanceTime(by: .seconds(3))

@@ -31,7 +31,8 @@ func sendDatagrams(_ datagrams: [[UInt8]], group: String, port: Int) async throw
     try await provider.setIPMulticastLoop(1).get()
     let target = try SocketAddress(ipAddress: group, port: port)
     for (i, datagram) in datagrams.prefix(1000).enumerated() {
-        try await channel.writeAndFlush(AddressedEnvelope(remoteAddress: target, data: ByteBuffer(bytes: datagram))).get()
+        try await channel.writeAndFlush(AddressedEnvelope(remoteAddress: target, data: ByteBuffer(bytes: datagram)))
+            .get()
         if i % 20 == 19 { try await Task.sleep(for: .milliseconds(20)) }  // stay under the receive buffer
     }
     try await channel.close()
@@ -61,9 +62,10 @@ func sendDatagrams(_ datagrams: [[UInt8]], group: String, port: Int) async throw
             // Hostile datagrams on the discovery group.
             let codec = BeaconCodec(farmKey: farm.key)
             let fake = NodeIdentity.generate()
-            let legit = codec.seal(Beacon(
-                publicKey: fake.publicKey, instanceID: 1, sequence: 1,
-                timeMillis: UInt64(Date().timeIntervalSince1970 * 1000), tcpPort: 1, name: "replayed", status: []))
+            let legit = codec.seal(
+                Beacon(
+                    publicKey: fake.publicKey, instanceID: 1, sequence: 1,
+                    timeMillis: UInt64(Date().timeIntervalSince1970 * 1000), tcpPort: 1, name: "replayed", status: []))
             var datagrams: [[UInt8]] = (0..<50).map { _ in Sodium.randomBytes(Int.random(in: 0...1400)) }
             for i in 0..<40 {
                 var flipped = legit
@@ -71,11 +73,16 @@ func sendDatagrams(_ datagrams: [[UInt8]], group: String, port: Int) async throw
                 datagrams.append(flipped)
             }
             datagrams += Array(repeating: legit, count: 20)
-            datagrams += (0..<10).map { _ in BeaconCodec(farmKey: .generate()).seal(Beacon(
-                publicKey: fake.publicKey, instanceID: 1, sequence: 1, timeMillis: 1, tcpPort: 1, name: "", status: [])) }
-            let stale = codec.seal(Beacon(
-                publicKey: NodeIdentity.generate().publicKey, instanceID: 1, sequence: 1, timeMillis: 1, tcpPort: 1,
-                name: "stale", status: []))
+            datagrams += (0..<10).map { _ in
+                BeaconCodec(farmKey: .generate()).seal(
+                    Beacon(
+                        publicKey: fake.publicKey, instanceID: 1, sequence: 1, timeMillis: 1, tcpPort: 1, name: "",
+                        status: []))
+            }
+            let stale = codec.seal(
+                Beacon(
+                    publicKey: NodeIdentity.generate().publicKey, instanceID: 1, sequence: 1, timeMillis: 1, tcpPort: 1,
+                    name: "stale", status: []))
             datagrams += Array(repeating: stale, count: 5)
             try await sendDatagrams(datagrams, group: farm.group, port: farm.port)
             #expect(await eventually(3) { a.counters[.beaconsReplayed] >= 15 })
@@ -93,6 +100,31 @@ func sendDatagrams(_ datagrams: [[UInt8]], group: String, port: Int) async throw
             let ids = Set(await a.peers().map(\.nodeID))
             #expect(ids.isSubset(of: [b.nodeID, fake.nodeID]))
             #expect(ids.contains(b.nodeID))
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func floodOfIdleConnectionsIsCappedNotHeld() async throws {
+        let farm = TestFarm()
+        var settings = farm.settings(name: "a")
+        settings.maxPendingHandshakes = 2
+        let a = MeshNode(settings: settings, farmKey: farm.key, identity: .generate())
+        try await withRunning([a]) {
+            let port = try await a.listeningPort()
+            var idle: [Channel] = []
+            for _ in 0..<2 {
+                idle.append(try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .connect(host: "127.0.0.1", port: port).get())
+            }
+            try await Task.sleep(for: .milliseconds(200))
+            // The third is closed at once, long before the 2 s handshake timeout.
+            #expect(try await serverCloses(port: port, sending: [], within: 1))
+            #expect(a.counters[.connectionsRefused] >= 1)
+            for channel in idle { try? await channel.close() }
+            // Slots come back: a real peer gets in.
+            let b = farm.node("b")
+            try await withRunning([b]) {
+                #expect(await eventually { await a.connectedPeers() == [b.nodeID] })
+            }
         }
     }
 }

@@ -53,11 +53,16 @@ func eventually(_ seconds: Double = 10, _ condition: () async throws -> Bool) as
 /// Runs the nodes for the duration of `body`, then cancels them.
 func withRunning<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async throws -> T) async throws -> T {
     try await withThrowingTaskGroup(of: T?.self) { group in
-        for node in nodes { group.addTask { try await node.run(); return nil } }
+        for node in nodes {
+            group.addTask {
+                try await node.run()
+                return nil
+            }
+        }
         for node in nodes { _ = try await node.listeningPort() }
         let result = try await body()
         group.cancelAll()
-        while let _ = try? await group.next() {}
+        while (try? await group.next()) != nil {}
         return result
     }
 }
@@ -93,17 +98,47 @@ func withRunning<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async th
         }
     }
 
+    @Test(.timeLimit(.minutes(1))) func listenOnlyNodeSeesAFarmWithoutBeingSeen() async throws {
+        let farm = TestFarm()
+        let member = farm.node("member")
+        var quiet = TestFarm(group: farm.group, port: farm.port).settings(name: "fresh")
+        quiet.discovery.announce = false
+        let fresh = MeshNode(settings: quiet, farmKey: .generate(), identity: .generate())
+        try await withRunning([member, fresh]) {
+            #expect(await eventually { await fresh.otherFarmsSeen() == 1 })
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(await member.otherFarmsSeen() == 0)
+            #expect(await member.peers().isEmpty)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func scanCountsTheFarmsOnTheGroup() async throws {
+        let farm = TestFarm()
+        let other = TestFarm(group: farm.group, port: farm.port)
+        let nodes = [farm.node("a"), farm.node("b"), other.node("x")]
+        let discovery = farm.settings(name: "scan").discovery
+        try await withRunning(nodes) {
+            let farms = try await MeshNode.scanForFarms(discovery: discovery, duration: .milliseconds(700))
+            #expect(farms == 2)
+        }
+        let empty = TestFarm()
+        #expect(
+            try await MeshNode.scanForFarms(
+                discovery: empty.settings(name: "s").discovery, duration: .milliseconds(300)) == 0)
+    }
+
     @Test(.timeLimit(.minutes(1))) func raftMessagesAndControlRequestsFlow() async throws {
         let farm = TestFarm()
         let a = farm.node("a")
         let b = farm.node("b")
         await b.setControlHandler { from, payload in Array("echo:".utf8) + payload + Array(from.utf8.prefix(4)) }
         try await withRunning([a, b]) {
-            #expect(await eventually {
-                let fromA = await a.connectedPeers()
-                let fromB = await b.connectedPeers()
-                return fromA == [b.nodeID] && fromB == [a.nodeID]
-            })
+            #expect(
+                await eventually {
+                    let fromA = await a.connectedPeers()
+                    let fromB = await b.connectedPeers()
+                    return fromA == [b.nodeID] && fromB == [a.nodeID]
+                })
             let reply = try await a.request(to: b.nodeID, Array("hi".utf8))
             #expect(reply == Array("echo:hi".utf8) + Array(a.nodeID.utf8.prefix(4)))
             // No handler on a: the request fails with the peer's sentence, not a hang.

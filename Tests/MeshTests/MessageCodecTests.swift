@@ -12,8 +12,11 @@ import Testing
         .controlResponse(id: 10, result: .failure("no leader")),
         .blobQuery(id: 3, hash: [UInt8](repeating: 7, count: 32)),
         .blobInfo(id: 3, info: nil),
-        .blobInfo(id: 4, info: .init(hash: [UInt8](repeating: 1, count: 32), size: 3 << 20, chunkSize: 1 << 20,
-                                     chunkHashes: [[UInt8]](repeating: [UInt8](repeating: 2, count: 32), count: 3))),
+        .blobInfo(
+            id: 4,
+            info: .init(
+                hash: [UInt8](repeating: 1, count: 32), size: 3 << 20, chunkSize: 1 << 20,
+                chunkHashes: [[UInt8]](repeating: [UInt8](repeating: 2, count: 32), count: 3))),
         .blobRead(id: 5, hash: [UInt8](repeating: 7, count: 32), offset: 1 << 20, length: 1 << 20),
         .blobData(id: 5, offset: 1 << 20, data: [9, 9, 9]),
         .blobError(id: 6, message: "gone"),
@@ -37,8 +40,12 @@ import Testing
     }
 
     @Test func oversizedPayloadLengthIsRejected() {
-        #expect(throws: MeshError.self) { try MessageCodec.decode([1, 0x10, 0xff, 0xff, 0xff, 0xff], maxPayload: 1024) }
-        #expect(throws: MeshError.self) { try MessageCodec.decode(MessageCodec.encode(.raft([UInt8](repeating: 0, count: 2048))), maxPayload: 1024) }
+        #expect(throws: MeshError.self) {
+            try MessageCodec.decode([1, 0x10, 0xff, 0xff, 0xff, 0xff], maxPayload: 1024)
+        }
+        #expect(throws: MeshError.self) {
+            try MessageCodec.decode(MessageCodec.encode(.raft([UInt8](repeating: 0, count: 2048))), maxPayload: 1024)
+        }
     }
 
     @Test func inconsistentChunkCountIsRejected() {
@@ -88,5 +95,25 @@ import Testing
         #expect(Framing.parse(prefix: [0, 0, 0, 11], available: 100, maxFrame: 10) == .tooLarge(length: 11))
         #expect(Framing.parse(prefix: [0, 0, 0, 10], available: 13, maxFrame: 10) == .needMore)
         #expect(Framing.parse(prefix: [0, 0, 0, 10], available: 14, maxFrame: 10) == .frame(length: 10))
+    }
+}
+
+@Suite struct BulkPathTests {
+    /// The handler's fast path must produce and accept exactly the bytes of the general codec.
+    @Test(arguments: [
+        MeshMessage.raft([]), .raft([1, 2, 3]), .blobData(id: 7, offset: 1 << 20, data: [4, 5]),
+        .blobData(id: 0, offset: 0, data: []),
+    ])
+    func fastPathMatchesTheCodec(_ message: MeshMessage) throws {
+        let channel = EmbeddedChannel(handler: MessageCodecHandler(maxPayload: 1 << 20, counters: nil))
+        try channel.writeOutbound(message)
+        var out = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        let bytes = out.readBytes(length: out.readableBytes)!
+        #expect(bytes == MessageCodec.encode(message))
+        try channel.writeInbound(ByteBuffer(bytes: bytes))
+        #expect(try channel.readInbound(as: MeshMessage.self) == message)
+        // Trailing byte: the fast path declines and the general decoder rejects it.
+        #expect(throws: (any Error).self) { try channel.writeInbound(ByteBuffer(bytes: bytes + [0])) }
+        _ = try? channel.finish()
     }
 }

@@ -2,10 +2,10 @@
 //   meshbench                 all benchmarks (transfer, discovery latency, idle cost)
 //   meshbench node ...        one node, used as a child process by the idle benchmark
 import Foundation
+import Logging
 import Mesh
 import NIOCore
 import NIOPosix
-import Logging
 import Synchronization
 
 // MARK: In-memory blob store (so neither side of the transfer comparison touches the disk)
@@ -115,7 +115,8 @@ final class SendingHandler: ChannelInboundHandler, @unchecked Sendable {
         var offset = 0
         while offset < payload.count {
             let end = min(payload.count, offset + (1 << 20))
-            context.write(Self.wrapOutboundOut(context.channel.allocator.buffer(bytes: payload[offset..<end])), promise: nil)
+            context.write(
+                Self.wrapOutboundOut(context.channel.allocator.buffer(bytes: payload[offset..<end])), promise: nil)
             offset = end
         }
         context.flush()
@@ -126,7 +127,9 @@ func rawTCP(_ payload: [UInt8]) async throws -> Double {
     let group = MultiThreadedEventLoopGroup.singleton
     let server = try await ServerBootstrap(group: group)
         .childChannelInitializer { ch in
-            ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(SendingHandler(payload: payload)) }
+            ch.eventLoop.makeCompletedFuture {
+                try ch.pipeline.syncOperations.addHandler(SendingHandler(payload: payload))
+            }
         }
         .bind(host: "127.0.0.1", port: 0).get()
     let done = group.next().makePromise(of: Void.self)
@@ -149,11 +152,16 @@ func rawTCP(_ payload: [UInt8]) async throws -> Double {
 
 func withNodes<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async throws -> T) async throws -> T {
     try await withThrowingTaskGroup(of: T?.self) { group in
-        for node in nodes { group.addTask { try await node.run(); return nil } }
+        for node in nodes {
+            group.addTask {
+                try await node.run()
+                return nil
+            }
+        }
         for node in nodes { _ = try await node.listeningPort() }
         let result = try await body()
         group.cancelAll()
-        while let _ = try? await group.next() {}
+        while (try? await group.next()) != nil {}
         return result
     }
 }
@@ -161,10 +169,12 @@ func withNodes<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async thro
 /// The secure channel alone: 1 MiB messages from one node to another (encrypt, frame, decrypt, decode).
 func channelThroughput(size: Int, group: String, port: Int) async throws -> Double {
     let key = FarmKey.generate()
-    let a = MeshNode(settings: settings(group: group, port: port, interval: .milliseconds(200), name: "a"),
-                     farmKey: key, identity: .generate(), logger: quiet)
-    let b = MeshNode(settings: settings(group: group, port: port, interval: .milliseconds(200), name: "b"),
-                     farmKey: key, identity: .generate(), logger: quiet)
+    let a = MeshNode(
+        settings: settings(group: group, port: port, interval: .milliseconds(200), name: "a"),
+        farmKey: key, identity: .generate(), logger: quiet)
+    let b = MeshNode(
+        settings: settings(group: group, port: port, interval: .milliseconds(200), name: "b"),
+        farmKey: key, identity: .generate(), logger: quiet)
     let chunk = Sodium.randomBytes(1 << 20)
     let count = size >> 20
     return try await withNodes([a, b]) {
@@ -193,10 +203,12 @@ func transfer(size: Int, group: String, port: Int) async throws -> (mesh: Double
     let source = MemoryBlobs()
     let hash = source.put(payload)
     let sink = MemoryBlobs()
-    let a = MeshNode(settings: settings(group: group, port: port, interval: .milliseconds(200), name: "a"),
-                     farmKey: key, identity: .generate(), blobSource: source, logger: quiet)
-    let b = MeshNode(settings: settings(group: group, port: port, interval: .milliseconds(200), name: "b"),
-                     farmKey: key, identity: .generate(), logger: quiet)
+    let a = MeshNode(
+        settings: settings(group: group, port: port, interval: .milliseconds(200), name: "a"),
+        farmKey: key, identity: .generate(), blobSource: source, logger: quiet)
+    let b = MeshNode(
+        settings: settings(group: group, port: port, interval: .milliseconds(200), name: "b"),
+        farmKey: key, identity: .generate(), logger: quiet)
     let mesh = try await withNodes([a, b]) {
         guard await waitFor(.seconds(10), { await b.connectedPeers() == [a.nodeID] }) else {
             throw MeshError(.timeout, "The benchmark nodes did not connect.")
@@ -216,16 +228,22 @@ func transfer(size: Int, group: String, port: Int) async throws -> (mesh: Double
 func discoveryLatency(group: String, port: Int, interval: Duration) async throws -> Double {
     let key = FarmKey.generate()
     let old = (0..<4).map {
-        MeshNode(settings: settings(group: group, port: port, interval: interval, name: "n\($0)"), farmKey: key,
-                 identity: .generate(), logger: quiet)
+        MeshNode(
+            settings: settings(group: group, port: port, interval: interval, name: "n\($0)"), farmKey: key,
+            identity: .generate(), logger: quiet)
     }
-    let newcomer = MeshNode(settings: settings(group: group, port: port, interval: interval, name: "new"),
-                            farmKey: key, identity: .generate(), logger: quiet)
+    let newcomer = MeshNode(
+        settings: settings(group: group, port: port, interval: interval, name: "new"),
+        farmKey: key, identity: .generate(), logger: quiet)
     return try await withNodes(old) {
-        guard await waitFor(.seconds(15), {
-            for node in old where await node.peers().count != 3 { return false }
-            return true
-        }) else { throw MeshError(.timeout, "The first four nodes did not find each other.") }
+        guard
+            await waitFor(
+                .seconds(15),
+                {
+                    for node in old where await node.peers().count != 3 { return false }
+                    return true
+                })
+        else { throw MeshError(.timeout, "The first four nodes did not find each other.") }
         let start = ContinuousClock.now
         return try await withNodes([newcomer]) {
             _ = await waitFor(.seconds(15)) {
@@ -271,7 +289,8 @@ func idleCost(group: String, port: Int, sampleSeconds: Int) async throws -> (cpu
     try await Task.sleep(for: .seconds(sampleSeconds))
     let after = cpuTicks()
     let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
-    let rssKiB = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+    let rssKiB =
+        status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
         .flatMap { Double($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
     return ((after - before) / ticks / Double(sampleSeconds) * 100, rssKiB / 1024)
 }
@@ -281,15 +300,17 @@ func idleCost(group: String, port: Int, sampleSeconds: Int) async throws -> (cpu
 let args = CommandLine.arguments
 if args.count >= 6, args[1] == "node" {
     let key = try FarmKey(token: args[2])
-    let node = MeshNode(settings: settings(group: args[3], port: Int(args[4])!, interval: .seconds(1), name: args[5]),
-                        farmKey: key, identity: .generate(), logger: quiet)
+    let node = MeshNode(
+        settings: settings(group: args[3], port: Int(args[4])!, interval: .seconds(1), name: args[5]),
+        farmKey: key, identity: .generate(), logger: quiet)
     try await node.run()
     exit(0)
 }
 
 let group = "239.255.77.\(Int.random(in: 100...250))"
 let basePort = Int.random(in: 30_000...50_000)
-print("meshbench — loopback only (multicast IF 127.0.0.1, TTL 0), \(ProcessInfo.processInfo.activeProcessorCount) cores")
+let cores = ProcessInfo.processInfo.activeProcessorCount
+print("meshbench — loopback only (multicast IF 127.0.0.1, TTL 0), \(cores) cores")
 print("")
 let probe = Sodium.randomBytes(1 << 20)
 var t0 = ContinuousClock.now
@@ -301,14 +322,22 @@ print("encrypted blob transfer (BLAKE2b-verified 1 MiB chunks, secretstream) vs 
 for (i, size) in [16 << 20, 128 << 20].enumerated() {
     let r = try await transfer(size: size, group: group, port: basePort + i)
     let channel = try await channelThroughput(size: size, group: group, port: basePort + 5 + i)
-    print(String(format: "  %4d MiB: raw TCP %7.1f MB/s | encrypted channel %7.1f MB/s (%3.0f %%) | verified blob fetch %7.1f MB/s (%3.0f %%)",
-                 size >> 20, r.raw, channel, channel / r.raw * 100, r.mesh, r.mesh / r.raw * 100))
+    print(
+        String(
+            format: "  %4d MiB: raw TCP %7.1f MB/s | encrypted channel %7.1f MB/s (%3.0f %%)"
+                + " | verified blob fetch %7.1f MB/s (%3.0f %%)",
+            size >> 20, r.raw, channel, channel / r.raw * 100, r.mesh, r.mesh / r.raw * 100))
 }
 print("")
 let interval = Duration.milliseconds(500)
 let latency = try await discoveryLatency(group: group, port: basePort + 10, interval: interval)
-print(String(format: "discovery: 5th node in all 4 peers' lists (and they in its) after %.0f ms = %.2f beacon intervals (%.0f ms)",
-             latency * 1000, latency / seconds(interval), seconds(interval) * 1000))
+print(
+    String(
+        format: "discovery: 5th node in all 4 peers' lists (and they in its) after %.0f ms"
+            + " = %.2f beacon intervals (%.0f ms)",
+        latency * 1000, latency / seconds(interval), seconds(interval) * 1000))
 let idle = try await idleCost(group: group, port: basePort + 20, sampleSeconds: 10)
-print(String(format: "idle node with 4 peers (separate processes, 1 s beacons): CPU %.2f %% of one core, RSS %.1f MiB",
-             idle.cpuPercent, idle.rssMiB))
+print(
+    String(
+        format: "idle node with 4 peers (separate processes, 1 s beacons): CPU %.2f %% of one core, RSS %.1f MiB",
+        idle.cpuPercent, idle.rssMiB))
