@@ -165,6 +165,8 @@ private final class PIDBox: Sendable {
     private struct State {
         var pid: Int32?
         var ended = false
+        /// A kill asked for before the spawn reported its pid (a timeout or close racing a slow start).
+        var killRequested = false
     }
 
     private let state = Mutex(State())
@@ -177,8 +179,13 @@ private final class PIDBox: Sendable {
         state.withLock { $0.ended }
     }
 
+    /// Records the pid; if a kill was already asked for, it happens now, so no kill is ever lost to the race
+    /// between starting a process and stopping it.
     func set(_ pid: Int32) {
-        state.withLock { $0.pid = pid }
+        state.withLock {
+            $0.pid = pid
+            if $0.killRequested, pid > 0 { _ = kill(-pid, SIGKILL) }
+        }
     }
 
     func clear() {
@@ -191,6 +198,7 @@ private final class PIDBox: Sendable {
     /// Under the lock, so the pid cannot be cleared (and later reused) between the check and the kill.
     func killGroup() {
         state.withLock {
+            $0.killRequested = true
             if let pid = $0.pid, pid > 0 {
                 _ = kill(-pid, SIGKILL)
             }
