@@ -1,8 +1,9 @@
 import Foundation
 
-/// Makes files durable in groups: one `sync` covers every write made before it started, so many workers
-/// storing images at once pay for one disk flush instead of one each.
+/// Makes files durable in groups: files handed in while a flush runs are flushed together by the next one, so
+/// many workers storing images at once share the disk's journal commits instead of queueing one each.
 actor GroupSync {
+    private var pending: [String] = []
     private var started = 0
     private var finished = 0
     private var running = false
@@ -10,9 +11,10 @@ actor GroupSync {
 
     init() {}
 
-    /// Returns once everything written before the call is on disk.
-    func flush() async {
-        // A flush already under way may have started before our write: we need the next one.
+    /// Returns once `path` (a file written and closed by the caller) is on disk.
+    func flush(_ path: String) async {
+        pending.append(path)
+        // A flush already under way did not take this path: we need the next one.
         let target = started + 1
         while finished < target {
             if running {
@@ -21,11 +23,18 @@ actor GroupSync {
             }
             running = true
             started += 1
-            // syncfs blocks its thread for milliseconds: keep it off Swift's cooperative pool.
+            let batch = pending
+            pending = []
+            // fsync blocks its thread for milliseconds: keep it off Swift's cooperative pool.
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                 DispatchQueue.global().async {
-                    // syncfs(2) would be narrower, but Glibc does not export it to Swift; sync(2) covers it.
-                    sync()
+                    for file in batch {
+                        let fd = open(file, O_RDONLY)
+                        if fd >= 0 {
+                            fsync(fd)
+                            close(fd)
+                        }
+                    }
                     done.resume()
                 }
             }

@@ -69,24 +69,29 @@ extension FarmNode {
                 guard stillMine(job: job, frame: frame, assignment: assignment.assignment) else { continue }
                 progress.set(slot, .init(job: job, frame: frame, fraction: 0))
                 let progress = self.progress
-                let command: LedgerCommand
                 do {
                     let rendered = try await session.render(frame: frame, into: outDir) { p in
                         progress.set(slot, .init(job: job, frame: frame, fraction: p.fraction))
                     }
                     let stored = try blobs.put(fileAt: rendered.path, sync: false)
                     try? FileManager.default.removeItem(atPath: rendered.path)
-                    // Durable before the ledger may say the frame is done; one flush serves every slot.
-                    await blobSync.flush()
                     let ext = (rendered.path as NSString).pathExtension
-                    // A frame counts once its image is on two nodes (the submitter first), or on the only one.
-                    let holders = await replicate(stored.hash, submitter: submitter)
                     logger.debug("frame rendered", metadata: ["job": "\(job)", "frame": "\(frame)"])
-                    command = .completeFrame(
-                        CompleteFrame(
-                            job: job, frame: frame, node: nodeID, assignment: assignment.assignment,
-                            term: assignment.term, hash: stored.hash, ext: ext.isEmpty ? "" : "." + ext,
-                            holders: holders))
+                    // The next frame renders while this one is made durable, copied to a second node (the
+                    // submitter first) and recorded: a frame counts once its image is on two nodes (or on the
+                    // only one).
+                    let blobPath = blobs.path(for: stored.hash)
+                    reports.addTask {
+                        await self.blobSync.flush(blobPath)
+                        let holders = await self.replicate(stored.hash, submitter: submitter)
+                        await self.report([
+                            .completeFrame(
+                                CompleteFrame(
+                                    job: job, frame: frame, node: self.nodeID, assignment: assignment.assignment,
+                                    term: assignment.term, hash: stored.hash, ext: ext.isEmpty ? "" : "." + ext,
+                                    holders: holders))
+                        ])
+                    }
                 } catch let error as RenderError where error.code == .canceled || sessions[slot] == nil {
                     // The job was canceled (or finished elsewhere) and the reaper closed the session.
                     break
@@ -95,12 +100,12 @@ extension FarmNode {
                     let message = renderError?.message ?? "\(error)"
                     logger.warning(
                         "frame failed", metadata: ["job": "\(job)", "frame": "\(frame)", "error": "\(message)"])
-                    command = .failFrame(
+                    let command = LedgerCommand.failFrame(
                         FailFrame(
                             job: job, frame: frame, node: nodeID, assignment: assignment.assignment,
                             message: message, fatal: renderError?.code == .badScene))
+                    reports.addTask { await self.report([command]) }
                 }
-                reports.addTask { await self.report([command]) }
             }
         }
     }
