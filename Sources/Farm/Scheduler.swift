@@ -23,21 +23,35 @@ public enum Scheduler {
 
     public static func assign(queue: [QueuedJob], slots: [Slot]) -> [Decision] {
         var jobs = queue
+        let everyNode = Set(slots.map(\.node))
+        // A block only holds while some node of the farm may still take the job; else the frames would wait for
+        // ever (a farm of one), so they go on failing until their attempts run out.
+        for index in jobs.indices where everyNode.isSubset(of: jobs[index].blockedNodes) {
+            jobs[index].blockedNodes = []
+        }
         var free = slots.filter { $0.free > 0 }
         var decisions: [Decision] = []
         while let slotIndex = free.firstIndex(where: { $0.free > 0 }) {
+            let node = free[slotIndex].node
             // Highest priority first; among equals, the job with the fewest chunks in flight, then the oldest.
-            guard let pick = jobs.indices.filter({ !jobs[$0].queuedFrames.isEmpty }).min(by: { a, b in
-                if jobs[a].priority != jobs[b].priority { return jobs[a].priority > jobs[b].priority }
-                if jobs[a].openAssignments != jobs[b].openAssignments {
-                    return jobs[a].openAssignments < jobs[b].openAssignments
+            // A job that blocked this node (it failed there too often) is not offered to it.
+            let pick = jobs.indices.filter { !jobs[$0].queuedFrames.isEmpty && !jobs[$0].blockedNodes.contains(node) }
+                .min { a, b in
+                    if jobs[a].priority != jobs[b].priority { return jobs[a].priority > jobs[b].priority }
+                    if jobs[a].openAssignments != jobs[b].openAssignments {
+                        return jobs[a].openAssignments < jobs[b].openAssignments
+                    }
+                    return a < b
                 }
-                return a < b
-            }) else { break }
+            guard let pick else {
+                // Nothing this node may take: it sits this round out.
+                free.remove(at: slotIndex)
+                continue
+            }
             let chunk = Array(jobs[pick].queuedFrames.prefix(max(1, jobs[pick].chunk)))
             jobs[pick].queuedFrames.removeFirst(chunk.count)
             jobs[pick].openAssignments += 1
-            decisions.append(Decision(job: jobs[pick].job, frames: chunk, node: free[slotIndex].node))
+            decisions.append(Decision(job: jobs[pick].job, frames: chunk, node: node))
             free[slotIndex].free -= 1
             // Rotate so the next chunk goes to another node when several have free slots.
             let slot = free.remove(at: slotIndex)

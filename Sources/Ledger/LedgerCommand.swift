@@ -191,4 +191,6 @@ public struct LedgerEntry: Sendable, Equatable, Codable {
 public enum LedgerRules {
     /// A frame that fails this many times is marked failed with the last error.
     public static let maxAttempts = 3
+    /// A node whose renders of a job failed this many times gets no more of that job's frames.
+    public static let nodeFailuresBeforeBlock = 3
 }

@@ -54,6 +54,8 @@ public final class LedgerStore: Sendable {
                         assignment TEXT PRIMARY KEY, job TEXT NOT NULL, node TEXT NOT NULL, term INTEGER NOT NULL,
                         lease_until_ms INTEGER NOT NULL, frames TEXT NOT NULL, open INTEGER NOT NULL DEFAULT 1);
                     CREATE INDEX assignments_open ON assignments(open, node);
+                    CREATE TABLE job_node_failures (
+                        job TEXT NOT NULL, node TEXT NOT NULL, failures INTEGER NOT NULL, PRIMARY KEY (job, node));
                     """)
         }
     }

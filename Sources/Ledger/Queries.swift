@@ -168,9 +168,12 @@ extension LedgerStore {
                 let running = try Int.fetchOne(
                     db, sql: "SELECT COUNT(*) FROM assignments WHERE job = ? AND open = 1", arguments: [job]) ?? 0
                 guard !frames.isEmpty else { return nil }
+                let blocked = try String.fetchAll(
+                    db, sql: "SELECT node FROM job_node_failures WHERE job = ? AND failures >= ?",
+                    arguments: [job, LedgerRules.nodeFailuresBeforeBlock])
                 return QueuedJob(
                     job: job, priority: row["priority"], chunk: row["chunk"], queuedFrames: frames,
-                    openAssignments: running)
+                    openAssignments: running, blockedNodes: Set(blocked))
             }
         }
     }
@@ -196,12 +199,18 @@ public struct QueuedJob: Sendable, Equatable {
     public var chunk: Int
     public var queuedFrames: [Int]
     public var openAssignments: Int
+    /// Nodes that failed this job `LedgerRules.nodeFailuresBeforeBlock` times: its frames go elsewhere.
+    public var blockedNodes: Set<String>
 
-    public init(job: String, priority: Int, chunk: Int, queuedFrames: [Int], openAssignments: Int) {
+    public init(
+        job: String, priority: Int, chunk: Int, queuedFrames: [Int], openAssignments: Int,
+        blockedNodes: Set<String> = []
+    ) {
         self.job = job
         self.priority = priority
         self.chunk = chunk
         self.queuedFrames = queuedFrames
         self.openAssignments = openAssignments
+        self.blockedNodes = blockedNodes
     }
 }

@@ -98,6 +98,12 @@ struct StateMachine {
         guard let current, current["state"] as String == "assigned", current["assignment"] as String? == c.assignment
         else { return .ignored("stale failure report for \(c.job)/\(c.frame)") }
         let attempts = (current["attempts"] as Int) + 1
+        try db.execute(
+            sql: """
+                INSERT INTO job_node_failures (job, node, failures) VALUES (?, ?, 1)
+                ON CONFLICT (job, node) DO UPDATE SET failures = failures + 1
+                """,
+            arguments: [c.job, c.node])
         let final = c.fatal || attempts >= LedgerRules.maxAttempts
         try db.execute(
             sql: """

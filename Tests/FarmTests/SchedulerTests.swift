@@ -43,6 +43,21 @@ import Testing
         #expect(d.map(\.job) == ["idle"])
     }
 
+    @Test func aNodeBlockedForAJobGetsOtherWorkOrNone() {
+        let blocked = QueuedJob(
+            job: "bad", priority: 9, chunk: 1, queuedFrames: [1, 2], openAssignments: 0, blockedNodes: ["a"])
+        let d = Scheduler.assign(
+            queue: [blocked, job("ok", frames: [1])], slots: [.init(node: "a", free: 2), .init(node: "b", free: 1)])
+        #expect(!d.contains { $0.node == "a" && $0.job == "bad" })
+        #expect(d.contains { $0.node == "a" && $0.job == "ok" })
+        #expect(d.contains { $0.node == "b" && $0.job == "bad" })
+        // A node blocked for the only job gets nothing while another node could take it, and the loop ends.
+        #expect(
+            Scheduler.assign(queue: [blocked], slots: [.init(node: "a", free: 3), .init(node: "b", free: 0)]).isEmpty)
+        // In a farm where every node is blocked, the block is lifted: the frames run out their attempts instead.
+        #expect(Scheduler.assign(queue: [blocked], slots: [.init(node: "a", free: 1)]).map(\.node) == ["a"])
+    }
+
     @Test func defaultChunkSpreadsSmallJobsOverSlots() {
         #expect(Scheduler.defaultChunk(frames: 24, slots: 1) == 6)
         #expect(Scheduler.defaultChunk(frames: 3, slots: 2) == 1)

@@ -151,6 +151,19 @@ final class TestLedger {
         #expect(job.message == "boom")
     }
 
+    @Test func aNodeThatFailsAJobThreeTimesIsBlockedForIt() throws {
+        let l = try TestLedger()
+        try l.submit(frames: [1, 2, 3, 4])
+        for (n, frame) in [1, 2].enumerated() {
+            _ = try l.assign("a\(n)", frames: [frame])
+            _ = try l.fail(frame, assignment: "a\(n)")
+        }
+        #expect(try l.store.queuedWork().first?.blockedNodes == [])
+        _ = try l.assign("a3", frames: [3])
+        _ = try l.fail(3, assignment: "a3")
+        #expect(try l.store.queuedWork().first?.blockedNodes == ["n1"])
+    }
+
     @Test func fatalFailureFailsTheFrameAtOnce() throws {
         let l = try TestLedger()
         try l.submit(frames: [1, 2])
