@@ -164,6 +164,7 @@ public actor FarmNode {
             loop("scheduler") { [self] in await self.schedulerLoop() },
             loop("delivery") { [self] in await self.deliveryLoop() },
             loop("reaper") { [self] in await self.sessionReaperLoop() },
+            loop("cleanup") { [self] in await self.blendCleanupLoop() },
         ]
         for slot in 0..<max(1, settings.slots) {
             services.append(loop("slot-\(slot)") { [self] in await self.slotLoop(slot) })

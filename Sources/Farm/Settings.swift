@@ -77,6 +77,8 @@ public struct NodeSettings: Sendable {
     public var evictMilliseconds: Int = 10 * 60 * 1000
     /// Raft timing (heartbeat 100 ms, election timeout 500–1000 ms by default).
     public var raft = RaftSettings()
+    /// How long a finished job's .blend stays in this node's blob store (images stay until removed by hand).
+    public var blendGraceMilliseconds: Int = 10 * 60 * 1000
     /// Set when this run created the farm key: then another farm already visible on the network is an error.
     public var createdFarm = false
 

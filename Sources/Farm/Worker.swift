@@ -176,3 +176,30 @@ extension FarmNode {
         }
     }
 }
+
+extension FarmNode {
+    // MARK: Clean-up
+
+    /// Drops a finished job's .blend (blob and work folder) from this node once the grace period has passed,
+    /// unless a job still running uses the same file. Rendered images are kept.
+    func blendCleanupLoop() async {
+        var finishedSince: [String: ContinuousClock.Instant] = [:]
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(min(30_000, max(200, settings.blendGraceMilliseconds / 4))))
+            guard let jobs = try? ledger.jobs() else { continue }
+            let inUse = Set(jobs.filter { !$0.isFinished }.map(\.blendHash))
+            let now = ContinuousClock.now
+            for job in jobs where job.isFinished {
+                let since = finishedSince[job.job] ?? now
+                finishedSince[job.job] = since
+                let work = "\(settings.data.work)/\(job.job)"
+                guard now - since >= .milliseconds(settings.blendGraceMilliseconds),
+                    FileManager.default.fileExists(atPath: work) || blobs.has(job.blendHash)
+                else { continue }
+                try? FileManager.default.removeItem(atPath: work)
+                if !inUse.contains(job.blendHash) { blobs.remove(job.blendHash) }
+                logger.debug("dropped a finished job's scene", metadata: ["job": "\(job.job)"])
+            }
+        }
+    }
+}

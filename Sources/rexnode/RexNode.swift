@@ -115,6 +115,7 @@ extension RexNode {
             Double = 10
         @Option(help: ArgumentHelp("Milliseconds between discovery beacons.", visibility: .hidden)) var beaconMs: Int =
             1000
+        @Option(help: "Seconds a finished job's .blend is kept on this node.") var blendGrace: Double = 600
 
         func validate() throws {
             guard slots >= 1 && slots <= 64 else { throw ValidationError("--slots must be between 1 and 64.") }
@@ -144,6 +145,7 @@ extension RexNode {
                 settings.deadMilliseconds = Int(deadAfter * 1000)
                 settings.suspectMilliseconds = min(3000, settings.deadMilliseconds / 2)
                 settings.beaconMilliseconds = beaconMs
+                settings.blendGraceMilliseconds = Int(blendGrace * 1000)
                 LoggingSystem.bootstrap { label in
                     var handler = StreamLogHandler.standardError(label: label)
                     handler.logLevel =

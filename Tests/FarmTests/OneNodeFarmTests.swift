@@ -248,7 +248,7 @@ extension ProcessTests {
 
     @Test func simulatedRendererFarmThenLeaveStopsTheDaemonCleanly() throws {
         let scene = try Scenes.make(["--frames", "2", "--width", "32", "--height", "24", "--samples", "1"])
-        let node = try TestNode(args: ["--renderer", "simulated:5", "--slots", "2"])
+        let node = try TestNode(args: ["--renderer", "simulated:5", "--slots", "2", "--blend-grace", "0.5"])
         let out = tempDir("sim")
         defer { try? FileManager.default.removeItem(atPath: out) }
         let r = try node.cli(["submit", scene, "--frames", "1-40x2", "--chunk", "4", "--output", out])
@@ -256,6 +256,20 @@ extension ProcessTests {
         let files = try FileManager.default.contentsOfDirectory(atPath: out).filter { !$0.hasPrefix(".") }
         #expect(files.count == 20)
         #expect(files.allSatisfy { pngSize("\(out)/\($0)") != nil })
+        // The finished job's .blend leaves the node after the grace period; its images stay.
+        let sceneHash = try #require(
+            try FileManager.default.subpathsOfDirectory(atPath: node.data + "/blobs").first { path in
+                FileManager.default.contents(atPath: node.data + "/blobs/" + path).map {
+                    $0.prefix(7) == Data("BLENDER".utf8)
+                } ?? false
+            })
+        try waitUntil(timeout: 10, "the scene is dropped") {
+            !FileManager.default.fileExists(atPath: node.data + "/blobs/" + sceneHash)
+        }
+        let images = try FileManager.default.subpathsOfDirectory(atPath: node.data + "/blobs").filter {
+            $0.count > 60 && !$0.hasPrefix("tmp") && !$0.hasPrefix("partial")
+        }
+        #expect(images.count == 20)
         let leave = try node.cli(["leave"])
         #expect(leave.status == 0, "\(leave)")
         let deadline = Date().addingTimeInterval(10)
