@@ -24,7 +24,11 @@ start_node() { # DATA RENDERER
         --discovery 239.255.77.78:17778 --renderer "$2" >"$1.log" 2>&1 &
     pids+=($!)
     NODE_PID=$!
-    for _ in $(seq 1 200); do "$REXNODE" peers --data "$1" >/dev/null 2>&1 && return; sleep 0.05; done
+    # Ready = this node leads its farm (of one): nothing left to wait for but the job.
+    for _ in $(seq 1 400); do
+        "$REXNODE" peers --json --data "$1" 2>/dev/null | grep -q '"role" : "leader"' && return
+        sleep 0.05
+    done
     echo "node did not start"; cat "$1.log"; exit 1
 }
 

@@ -86,7 +86,12 @@ extension FarmNode {
     /// Joins or founds the farm (after a discovery window when the log is empty), then runs Raft.
     func runRaft() async throws {
         let hasState = !(try raftStore.loadNow().log.isEmpty)
-        if !hasState {
+        let founderMark = settings.data.founderMark
+        if !hasState && FileManager.default.fileExists(atPath: founderMark) {
+            // `rexnode init` made this farm here: found it now; the mark goes once the log holds the founding.
+            try raftStore.persistNow(BootstrapPlanner.foundingState(for: nodeID))
+            logger.info("founded the farm made by rexnode init", metadata: ["raft/members": "1"])
+        } else if !hasState {
             let clock = ContinuousClock()
             let started = clock.now
             let window = Duration.milliseconds(max(1000, settings.beaconMilliseconds * 3))
@@ -117,6 +122,7 @@ extension FarmNode {
                 }
             }
         }
+        try? FileManager.default.removeItem(atPath: founderMark)
         try await raft.run()
     }
 

@@ -31,6 +31,8 @@ public struct DataDirectory: Sendable {
     public var lock: String { root + "/rexnode.lock" }
     public var work: String { root + "/work" }
     public var nodeName: String { root + "/name" }
+    /// Left by `rexnode init`: this node founds the farm at its first start, without a discovery window.
+    public var founderMark: String { root + "/founder" }
 
     public func create() throws {
         try FileManager.default.createDirectory(

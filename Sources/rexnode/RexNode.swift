@@ -67,6 +67,7 @@ extension RexNode {
                 let key = FarmKey.generate()
                 try key.save(to: dir.farmKey)
                 let identity = try NodeIdentity.loadOrCreate(at: dir.identity)
+                _ = FileManager.default.createFile(atPath: dir.founderMark, contents: nil)
                 print("New farm created in \(dir.root) (node \(identity.nodeID)).")
                 print("Join other machines with: rexnode join --token <token below>")
                 print(key.token)
