@@ -103,6 +103,11 @@ public actor FarmNode {
         raftLog = try RaftCommandLog(
             raft: raft, ledger: ledger, node: identity.nodeID, logger: logger,
             forward: { leader, entries in
+                // A leader we have no connection to is likely gone: fail now and retry as Raft moves on,
+                // rather than wait out the request timeout.
+                guard await mesh.connectedPeers().contains(leader) else {
+                    throw FarmError(.notRunning, "The leader \(leader) is not connected.")
+                }
                 let answer = try await mesh.request(
                     to: leader, PeerRequest(op: .propose, payloads: entries).encoded(), timeout: .seconds(5))
                 return try PeerAnswer(bytes: answer).indexes ?? []
