@@ -198,14 +198,24 @@ extension FarmNode {
     /// frames to the others.
     func leaderDutiesLoop() async {
         var deadSince: [String: ContinuousClock.Instant] = [:]
+        var leadingSince: ContinuousClock.Instant?
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(300))
-            guard let status = await raft.status, status.role == .leader else { continue }
+            guard let status = await raft.status, status.role == .leader else {
+                leadingSince = nil
+                deadSince = [:]
+                continue
+            }
+            let since = leadingSince ?? .now
+            leadingSince = since
             let peers = await mesh.peers()
             let now = ContinuousClock.now
             // 1. One membership change at a time: a fresh node that is alive, then a member dead too long.
-            if let fresh = peers.first(where: {
-                $0.state == .alive && !status.members.contains($0.nodeID) && NodeStatus(bytes: $0.status)?.m == false
+            // A fresh node (empty log), or one that left or was evicted and came back (it says it is joining).
+            if let fresh = peers.first(where: { peer in
+                let announced = NodeStatus(bytes: peer.status)
+                return peer.state == .alive && !status.members.contains(peer.nodeID)
+                    && (announced?.m == false || announced?.r == "joining")
             }) {
                 logger.info("adding a node to the farm", metadata: ["peer": "\(fresh.name)", "id": "\(fresh.nodeID)"])
                 _ = try? await raft.addMember(fresh.nodeID)
@@ -214,7 +224,9 @@ extension FarmNode {
             var dead: Set<String> = []
             for member in status.members where member != nodeID {
                 let peer = peers.first { $0.nodeID == member }
-                if peer == nil || peer?.state == .dead {
+                // A member not heard of at all counts as dead only once this leader has listened long enough.
+                let unseenTooLong = peer == nil && now - since > .milliseconds(settings.deadMilliseconds)
+                if unseenTooLong || peer?.state == .dead {
                     dead.insert(member)
                     deadSince[member] = deadSince[member] ?? now
                 } else {
@@ -278,6 +290,19 @@ extension FarmNode {
             throw FarmError(.notFound, "Blob \(hash.prefix(12))… is not on this node and no peer holds it.")
         }
         try await mesh.fetchBlob(hash, from: sources, into: try DirectoryBlobStore(root: settings.data.blobs))
+    }
+
+    /// `replicate` until the image is on two nodes, or the farm has no other member to hold it: a frame counts
+    /// only once it is on two nodes (or on the only one), so a worker cut off from its peers waits for them.
+    func replicateUntilCopied(_ hash: String, submitter: String) async -> [String] {
+        var delay = Duration.milliseconds(200)
+        while true {
+            let holders = await replicate(hash, submitter: submitter)
+            let members = await raft.status?.members ?? []
+            if holders.count >= 2 || members.subtracting([nodeID]).isEmpty || Task.isCancelled { return holders }
+            try? await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(5))
+        }
     }
 
     /// Copies a rendered image to a second node (the submitter first) and returns every node that holds it.

@@ -38,6 +38,8 @@ public actor FarmNode {
     var sessions: [Int: (job: String, session: any RenderSession)] = [:]
     /// Sessions opened at submit time to read a scene's frame range, waiting for the job's first chunk.
     var warmSessions: [String: any RenderSession] = [:]
+    /// Scenes stored by submits not yet committed: clean-up must not take them.
+    var submitting: Set<String> = []
     /// Assignments a slot is working on.
     var claimed: Set<String> = []
     /// Delivery has looked at every frame committed up to this log index.

@@ -68,6 +68,8 @@ extension FarmNode {
         guard let output = request.output else { throw FarmError(.badInput, "submit needs an output folder.") }
         try SceneFile.prepareOutput(output)
         let stored = try blobs.put(fileAt: path)
+        submitting.insert(stored.hash)
+        defer { submitting.remove(stored.hash) }
         let name = SceneFile.jobName(from: request.name ?? path)
         let job = "j" + Self.shortID()
         let frames: [Int]

@@ -22,7 +22,8 @@ public actor RaftCommandLog: CommandLog {
     private var seq: UInt64
     private var applied: UInt64
     private var outcomes: [UInt64: ApplyOutcome] = [:]
-    private var waiters: [UInt64: [CheckedContinuation<Void, Never>]] = [:]
+    private var waiters: [UInt64: [Int: CheckedContinuation<Void, any Error>]] = [:]
+    private var nextWaiter = 0
     /// How long a proposal keeps retrying while the farm has no reachable leader.
     private let patience: Duration
 
@@ -55,7 +56,7 @@ public actor RaftCommandLog: CommandLog {
         while ContinuousClock.now < deadline {
             do {
                 let indexes = try await submit(entries)
-                if let last = indexes.max() { await waitApplied(last) }
+                if let last = indexes.max() { try await waitApplied(last, deadline: deadline) }
                 return indexes.map { outcomes[$0] ?? .ignored("entry \($0) was not recorded") }
             } catch {
                 lastError = error
@@ -104,9 +105,39 @@ public actor RaftCommandLog: CommandLog {
         try await Self.proposeLocally(payloads, on: raft)
     }
 
-    private func waitApplied(_ index: UInt64) async {
+    /// Waits until this node has applied `index`; gives up at `deadline` or when the caller is cancelled (a
+    /// node cut off from the farm must still be able to shut down).
+    private func waitApplied(_ index: UInt64, deadline: ContinuousClock.Instant) async throws {
         guard applied < index else { return }
-        await withCheckedContinuation { waiters[index, default: []].append($0) }
+        let token = nextWaiter
+        nextWaiter += 1
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await self.park(until: index, token: token) }
+            group.addTask {
+                try await Task.sleep(until: deadline)
+                throw FarmError(.failed, "The change was sent but not seen committed here in time; try again.")
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func park(until index: UInt64, token: Int) async throws {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                if applied >= index {
+                    continuation.resume()
+                } else {
+                    waiters[index, default: [:]][token] = continuation
+                }
+            }
+        } onCancel: {
+            Task { await self.unpark(index, token: token) }
+        }
+    }
+
+    private func unpark(_ index: UInt64, token: Int) {
+        waiters[index]?.removeValue(forKey: token)?.resume(throwing: CancellationError())
     }
 
     // MARK: Applying
@@ -154,7 +185,7 @@ public actor RaftCommandLog: CommandLog {
         }
         let ready = waiters.keys.filter { $0 <= applied }
         for index in ready {
-            for waiter in waiters.removeValue(forKey: index) ?? [] { waiter.resume() }
+            for waiter in (waiters.removeValue(forKey: index) ?? [:]).values { waiter.resume() }
         }
         onApply()
     }

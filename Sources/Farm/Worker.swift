@@ -47,17 +47,23 @@ extension FarmNode {
         let session: any RenderSession
         do {
             session = try await openSession(for: job, slot: slot)
-        } catch {
-            let message = (error as? RenderError)?.message ?? "\(error)"
-            let fatal = (error as? RenderError)?.code == .badScene
-            logger.error("cannot start rendering", metadata: ["job": "\(job)", "error": "\(message)"])
+        } catch let error as RenderError {
+            logger.error("cannot start rendering", metadata: ["job": "\(job)", "error": "\(error.message)"])
             await report(
                 assignment.pendingFrames.map {
                     .failFrame(
                         FailFrame(
-                            job: job, frame: $0, node: nodeID, assignment: assignment.assignment, message: message,
-                            fatal: fatal))
+                            job: job, frame: $0, node: nodeID, assignment: assignment.assignment,
+                            message: error.message, fatal: error.code == .badScene))
                 })
+            return
+        } catch {
+            // Not Blender's fault (the scene could not be fetched yet, the node is shutting down): hand the
+            // frames back instead of spending their attempts.
+            logger.warning("returning a chunk", metadata: ["job": "\(job)", "error": "\(error)"])
+            // A pause first, so a node that cannot get the scene yet does not take the chunk straight back.
+            try? await Task.sleep(for: .seconds(1))
+            await report([.releaseFrames(ReleaseFrames(assignment: assignment.assignment, reason: "\(error)"))])
             return
         }
         let submitter = (try? ledger.job(job))?.submitter ?? nodeID
@@ -83,7 +89,7 @@ extension FarmNode {
                     let blobPath = blobs.path(for: stored.hash)
                     reports.addTask {
                         await self.blobSync.flush(blobPath)
-                        let holders = await self.replicate(stored.hash, submitter: submitter)
+                        let holders = await self.replicateUntilCopied(stored.hash, submitter: submitter)
                         await self.report([
                             .completeFrame(
                                 CompleteFrame(
@@ -163,6 +169,8 @@ extension FarmNode {
             for (slot, open) in sessions {
                 let state = (try? ledger.job(open.job))?.state
                 guard state != "queued" && state != "running" else { continue }
+                // The map may have changed during an earlier close: only drop the session we looked at.
+                guard let current = sessions[slot], current.session === open.session else { continue }
                 sessions[slot] = nil
                 await open.session.close()
                 logger.debug("render session closed", metadata: ["job": "\(open.job)", "state": "\(state ?? "-")"])
@@ -187,7 +195,7 @@ extension FarmNode {
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(min(30_000, max(200, settings.blendGraceMilliseconds / 4))))
             guard let jobs = try? ledger.jobs() else { continue }
-            let inUse = Set(jobs.filter { !$0.isFinished }.map(\.blendHash))
+            let inUse = Set(jobs.filter { !$0.isFinished }.map(\.blendHash)).union(submitting)
             let now = ContinuousClock.now
             for job in jobs where job.isFinished {
                 let since = finishedSince[job.job] ?? now

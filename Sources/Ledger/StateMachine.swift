@@ -78,6 +78,9 @@ struct StateMachine {
         guard state == "queued" || state == "assigned" else {
             return .ignored("frame \(c.job)/\(c.frame) is already \(state)")
         }
+        // A late completion from a released assignment may win a frame another assignment now holds.
+        let holder = try String.fetchOne(
+            db, sql: "SELECT assignment FROM frames WHERE job = ? AND frame = ?", arguments: [c.job, c.frame])
         try db.execute(
             sql: """
                 UPDATE frames SET state = 'done', node = ?, hash = ?, ext = ?, holders = ?, message = NULL,
@@ -86,6 +89,7 @@ struct StateMachine {
                 """,
             arguments: [c.node, c.hash, c.ext, Self.json(c.holders.sorted()), Int64(index), c.job, c.frame])
         try closeAssignmentIfFinished(c.assignment)
+        if let holder, holder != c.assignment { try closeAssignmentIfFinished(holder) }
         try updateJob(c.job, done: 1)
         return .applied
     }

@@ -84,6 +84,8 @@ struct Waiter {
     let quiet: Bool
     /// How long to keep waiting for a daemon that went away (it may be restarting).
     var daemonGrace: Duration = .seconds(120)
+    /// How long frames may stay undeliverable after the job is done before `submit` gives up.
+    var deliveryGrace: Duration = .seconds(15)
 
     func wait() async throws -> JSONValue {
         let tty = isatty(STDOUT_FILENO) != 0 && !quiet
@@ -91,6 +93,7 @@ struct Waiter {
         var lastDone = -1
         var lastState = ""
         var unreachableSince: ContinuousClock.Instant?
+        var undeliverableSince: ContinuousClock.Instant?
         while true {
             var request = ControlRequest(op: .status)
             request.job = job
@@ -131,6 +134,17 @@ struct Waiter {
             if state == "done", status["frames"] != nil, allDelivered(status) {
                 if tty { print("") }
                 return status
+            }
+            // Rendered, but the daemon cannot write the frames (folder gone or unwritable, images unreachable).
+            if state == "done", let problem = status["delivery_error"]?.string {
+                let since = undeliverableSince ?? .now
+                undeliverableSince = since
+                if ContinuousClock.now - since > deliveryGrace {
+                    if tty { print("") }
+                    throw FarmError(.failed, "Job \(job) rendered, but its frames cannot be delivered: \(problem)")
+                }
+            } else {
+                undeliverableSince = nil
             }
             try await Task.sleep(for: .milliseconds(100))
         }
