@@ -180,6 +180,7 @@ extension FarmNode {
             let status = await raft.status
             let role: String =
                 switch status?.role {
+                case _ where leaving: "leaving"
                 case .leader?: "leader"
                 case .candidate?: "candidate"
                 case .follower? where status?.members.contains(nodeID) == true: "follower"
@@ -263,6 +264,9 @@ extension FarmNode {
     /// `rexnode leave`: hand this node's unfinished frames back and leave the membership, so the farm neither
     /// waits for it nor counts it in its majority. Best effort, a few seconds at most: the node exits anyway.
     func leaveFarm() async {
+        // From now on beacons say "leaving": the leader must not add this node back while it is still up.
+        leaving = true
+        await mesh.setStatus(NodeStatus(r: "leaving", s: settings.slots, m: true, t: nil).encoded())
         guard let status = await raft.status, status.members.contains(nodeID), status.members.count > 1 else {
             return
         }

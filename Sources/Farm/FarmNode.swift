@@ -38,6 +38,8 @@ public actor FarmNode {
     var sessions: [Int: (job: String, session: any RenderSession)] = [:]
     /// Sessions opened at submit time to read a scene's frame range, waiting for the job's first chunk.
     var warmSessions: [String: any RenderSession] = [:]
+    /// Set by `rexnode leave`: beacons announce it, so the leader does not add this node back.
+    var leaving = false
     /// Scenes stored by submits not yet committed: clean-up must not take them.
     var submitting: Set<String> = []
     /// Assignments a slot is working on.

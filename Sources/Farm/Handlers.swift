@@ -185,6 +185,8 @@ extension FarmNode {
             seen.insert(peer.nodeID)
             let announced = NodeStatus(bytes: peer.status)
             var peerRole = announced?.r ?? "joining"
+            // The contract's roles are leader|follower|candidate|joining; a node on its way out still follows.
+            if peerRole == "leaving" { peerRole = "follower" }
             if peerRole == "leader" && status?.leader != nil && status?.leader != peer.nodeID { peerRole = "follower" }
             rows.append([
                 "id": .string(peer.nodeID), "name": .string(peer.name), "address": .string(peer.address),

@@ -148,7 +148,7 @@ extension ProcessTests {
             #expect(again.status == 0, "\(again)")
         }
 
-        @Test func fiveNodesStartedAtOnceFormExactlyOneFarm() throws {
+        @Test func fiveNodesStartedAtOnceFormExactlyOneFarm() async throws {
             let farm = try TestFarm(count: 5, args: ["--renderer", "simulated:10"])
             let views = try farm.nodes.map { try #require(try $0.json(["peers"]) as? [[String: Any]]) }
             let leaders = Set(views.flatMap { $0.filter { $0["role"] as? String == "leader" }.compactMap { $0["id"] as? String } })
@@ -166,8 +166,17 @@ extension ProcessTests {
                 let view = try #require(try farm.nodes[0].json(["peers"]) as? [[String: Any]])
                 return view.filter { $0["member"] as? Bool == true }.count == 4
             }
-            let after = try #require(try farm.nodes[1].json(["ledger"]) as? [[String: Any]])
-            #expect(after.contains { $0["type"] as? String == "RemoveNode" })
+            try waitUntil(timeout: 20, "every member has applied the RemoveNode") {
+                try farm.nodes[0..<4].allSatisfy { node in
+                    ((try node.json(["ledger"]) as? [[String: Any]]) ?? []).contains {
+                        $0["type"] as? String == "RemoveNode"
+                    }
+                }
+            }
+            // And it is not added back in the moments before it exits.
+            try await Task.sleep(for: .seconds(1))
+            let view = try #require(try farm.nodes[0].json(["peers"]) as? [[String: Any]])
+            #expect(view.filter { $0["member"] as? Bool == true }.count == 4)
         }
 
         @Test func aNodeOfAnotherFarmIsRefusedAndAFreshFarmWithoutTokenRefusesToStart() throws {
