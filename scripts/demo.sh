@@ -33,9 +33,9 @@ for i in 1 2 3; do
 done
 # peers --json, filtered with a line of Python: "3" members alive, and which node leads.
 members() { "$REXNODE" peers --json --data "$DEMO/node$1" 2>/dev/null | python3 -c \
-    'import json,sys; print(sum(1 for p in json.load(sys.stdin) if p["member"] and p["state"] == "alive"))' || echo 0; }
+    'import json,sys; print(sum(1 for p in json.load(sys.stdin) if p["member"] and p["state"] == "alive"))' 2>/dev/null || echo 0; }
 self_role() { "$REXNODE" peers --json --data "$DEMO/node$1" 2>/dev/null | python3 -c \
-    'import json,sys; print([p["role"] for p in json.load(sys.stdin) if p["self"]][0])' || echo none; }
+    'import json,sys; print([p["role"] for p in json.load(sys.stdin) if p["self"]][0])' 2>/dev/null || echo none; }
 for _ in $(seq 1 150); do
     [ "$(members 1)" = 3 ] && [ "$(members 2)" = 3 ] && [ "$(members 3)" = 3 ] && break
     sleep 0.2
