@@ -37,7 +37,10 @@ public actor FarmNode {
     /// Each slot's open render session and its job (reused for the next chunk of the same job).
     var sessions: [Int: (job: String, session: any RenderSession)] = [:]
     /// Sessions opened at submit time to read a scene's frame range, waiting for the job's first chunk.
-    var warmSessions: [String: any RenderSession] = [:]
+    /// Closed after `warmSessionLifetime` if no local slot took them (the job's chunks went to other nodes), so
+    /// a burst of submits does not leave one idle Blender per job.
+    var warmSessions: [String: (session: any RenderSession, since: ContinuousClock.Instant)] = [:]
+    static let warmSessionLifetime: Duration = .seconds(30)
     /// Set by `rexnode leave`: beacons announce it, so the leader does not add this node back.
     var leaving = false
     /// Scenes stored by submits not yet committed: clean-up must not take them.
@@ -199,7 +202,7 @@ public actor FarmNode {
         pulse.finish()
         for (_, open) in sessions { await open.session.close() }
         sessions.removeAll()
-        for (_, warm) in warmSessions { await warm.close() }
+        for (_, warm) in warmSessions { await warm.session.close() }
         warmSessions.removeAll()
         unlink(settings.data.socket)
         close(lockFD)

@@ -118,7 +118,7 @@ extension FarmNode {
             try? FileManager.default.removeItem(atPath: "\(settings.data.work)/\(job)")
             throw error
         }
-        if let warm { warmSessions[job] = warm }
+        if let warm { warmSessions[job] = (warm, .now) }
         guard let record = try ledger.job(job) else { throw FarmError(.failed, "Job \(job) vanished after commit.") }
         logger.info("job submitted", metadata: ["job": "\(job)", "frames": "\(frames.count)", "name": "\(name)"])
         return Self.jobJSON(record)

@@ -120,7 +120,7 @@ extension FarmNode {
     private func openSession(for job: String, slot: Int) async throws -> any RenderSession {
         if let open = sessions[slot], open.job == job { return open.session }
         if let old = sessions.removeValue(forKey: slot) { await old.session.close() }
-        if let warm = warmSessions.removeValue(forKey: job) {
+        if let warm = warmSessions.removeValue(forKey: job)?.session {
             sessions[slot] = (job, warm)
             return warm
         }
@@ -177,9 +177,12 @@ extension FarmNode {
             }
             for (job, warm) in warmSessions {
                 let state = (try? ledger.job(job))?.state
-                guard state != "queued" && state != "running" else { continue }
+                let unused = ContinuousClock.now - warm.since > Self.warmSessionLifetime
+                guard (state != "queued" && state != "running") || unused else { continue }
+                // Only if no slot took it during an earlier close.
+                guard let current = warmSessions[job], current.session === warm.session else { continue }
                 warmSessions[job] = nil
-                await warm.close()
+                await warm.session.close()
             }
         }
     }
