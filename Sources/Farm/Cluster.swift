@@ -99,7 +99,8 @@ extension FarmNode {
                 if settings.createdFarm, await mesh.otherFarmsSeen() > 0 {
                     throw FarmError(
                         .alreadyRunning,
-                        "Another rexnode farm is visible on this network; join it with --token (run `rexnode token` on one of its machines).")
+                        "Another rexnode farm is visible on this network; join it with --token "
+                            + "(run `rexnode token` on one of its machines).")
                 }
                 let peers = await mesh.peers().filter { $0.state == .alive }.map { peer in
                     DiscoveredPeer(id: peer.nodeID, isMember: NodeStatus(bytes: peer.status)?.m ?? false)
@@ -115,6 +116,7 @@ extension FarmNode {
                 case .bootstrap:
                     try raftStore.persistNow(BootstrapPlanner.foundingState(for: nodeID))
                     logger.info("founded a new farm", metadata: ["raft/members": "1"])
+                    if settings.createdFarm { onFounded() }
                     break decide
                 case .join(let contact):
                     logger.info("joining the farm", metadata: ["contact": "\(contact ?? "-")"])

@@ -172,7 +172,8 @@ struct ControlServer: Service {
             try await connection.executeThenClose { inbound, outbound in
                 for try await line in inbound {
                     let response: ControlResponse
-                    if let request = try? JSONDecoder().decode(ControlRequest.self, from: Data(line.readableBytesView)) {
+                    let bytes = Data(line.readableBytesView)
+                    if let request = try? JSONDecoder().decode(ControlRequest.self, from: bytes) {
                         response = await handler(request)
                     } else {
                         response = ControlResponse(error: FarmError(.protocolError, "The request was not understood."))

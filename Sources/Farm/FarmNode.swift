@@ -41,6 +41,7 @@ public actor FarmNode {
     /// a burst of submits does not leave one idle Blender per job.
     var warmSessions: [String: (session: any RenderSession, since: ContinuousClock.Instant)] = [:]
     static let warmSessionLifetime: Duration = .seconds(30)
+    var onFounded: @Sendable () -> Void = {}
     /// Set by `rexnode leave`: beacons announce it, so the leader does not add this node back.
     var leaving = false
     /// Scenes stored by submits not yet committed: clean-up must not take them.
@@ -143,7 +144,12 @@ public actor FarmNode {
     // MARK: Run
 
     /// Runs until SIGINT/SIGTERM or `rexnode leave`; on the way out every Blender process is killed.
-    public func run(onReady: @escaping @Sendable () -> Void = {}) async throws {
+    /// - Parameter onFounded: called once if this start founds a new farm after its discovery window (the CLI
+    ///   prints the join token then, not before it knows no other farm is in sight).
+    public func run(
+        onReady: @escaping @Sendable () -> Void = {}, onFounded: @escaping @Sendable () -> Void = {}
+    ) async throws {
+        self.onFounded = onFounded
         let handler: @Sendable (ControlRequest) async -> ControlResponse = { [self] request in
             await self.handle(request)
         }

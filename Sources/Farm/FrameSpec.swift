@@ -10,7 +10,9 @@ public struct FrameSpec: Sendable, Equatable, CustomStringConvertible {
 
     public init(_ text: String) throws(FarmError) {
         let spec = text.replacingOccurrences(of: " ", with: "")
-        guard !spec.isEmpty else { throw FarmError(.badInput, "The frame list is empty; write it like 1-250 or 1,5,10-20.") }
+        guard !spec.isEmpty else {
+            throw FarmError(.badInput, "The frame list is empty; write it like 1-250 or 1,5,10-20.")
+        }
         var frames = Set<Int>()
         for part in spec.split(separator: ",", omittingEmptySubsequences: false) {
             guard !part.isEmpty else {
@@ -21,7 +23,8 @@ public struct FrameSpec: Sendable, Equatable, CustomStringConvertible {
                 if frames.count > Self.maxFrameCount {
                     throw FarmError(
                         .badInput,
-                        "The frame list '\(text)' has more than \(Self.maxFrameCount) frames; split it into several jobs.")
+                        "The frame list '\(text)' has more than \(Self.maxFrameCount) frames; "
+                            + "split it into several jobs.")
                 }
             }
         }
@@ -53,7 +56,8 @@ public struct FrameSpec: Sendable, Equatable, CustomStringConvertible {
             throw FarmError(.badInput, "'\(item)' is not a frame or a frame range; \(hint).")
         }
         guard first <= last else {
-            throw FarmError(.badInput, "The range '\(item)' runs backwards; write the lower frame first (\(last)-\(first)).")
+            throw FarmError(
+                .badInput, "The range '\(item)' runs backwards; write the lower frame first (\(last)-\(first)).")
         }
         guard last <= maxFrameNumber else {
             throw FarmError(.badInput, "Frame \(last) is beyond Blender's last frame (\(maxFrameNumber)).")
@@ -63,7 +67,8 @@ public struct FrameSpec: Sendable, Equatable, CustomStringConvertible {
         }
         if (last - first) / step + 1 > maxFrameCount {
             throw FarmError(
-                .badInput, "The frame list '\(whole)' has more than \(maxFrameCount) frames; split it into several jobs.")
+                .badInput,
+                "The frame list '\(whole)' has more than \(maxFrameCount) frames; split it into several jobs.")
         }
         return stride(from: first, through: last, by: step)
     }

@@ -162,7 +162,8 @@ extension FarmNode {
         let status = await raft.status
         let members = status?.members ?? []
         let tasks = progress.snapshot().values.sorted { ($0.job, $0.frame) < ($1.job, $1.frame) }
-        let task: JSONValue = tasks.isEmpty ? .null : .string(tasks.map { "\($0.job)/\($0.frame)" }.joined(separator: ","))
+        let task: JSONValue =
+            tasks.isEmpty ? .null : .string(tasks.map { "\($0.job)/\($0.frame)" }.joined(separator: ","))
         let role: String =
             switch status?.role {
             case .leader?: "leader"

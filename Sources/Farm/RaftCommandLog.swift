@@ -66,7 +66,8 @@ public actor RaftCommandLog: CommandLog {
         }
         throw FarmError(
             .failed,
-            "The farm has no reachable leader right now, so the change was not recorded (\(lastError.map { "\($0)" } ?? "timeout")); try again.",
+            "The farm has no reachable leader right now, so the change was not recorded ("
+                + (lastError.map { "\($0)" } ?? "timeout") + "); try again.",
             cause: nil)
     }
 

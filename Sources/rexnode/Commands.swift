@@ -102,7 +102,8 @@ struct Waiter {
             guard let status = try await poll(request) else {
                 let since = unreachableSince ?? .now
                 if unreachableSince == nil && !quiet {
-                    print(tty ? "\nThe daemon is not answering; waiting for it…" : "The daemon is not answering; waiting.")
+                    let text = "The daemon is not answering; waiting for it…"
+                    print(tty ? "\n" + text : text)
                 }
                 unreachableSince = since
                 if ContinuousClock.now - since > daemonGrace {
@@ -255,7 +256,8 @@ extension RexNode {
                 if json.json { return print(s.jsonText()) }
                 print(
                     "\(s["job"]?.string ?? "") \(s["name"]?.string ?? ""): \(s["state"]?.string ?? "") — "
-                        + "\(s["frames_done"]?.int ?? 0)/\(s["frames_total"]?.int ?? 0) frames → \(s["output"]?.string ?? "")")
+                        + "\(s["frames_done"]?.int ?? 0)/\(s["frames_total"]?.int ?? 0) frames → "
+                        + (s["output"]?.string ?? ""))
                 if let message = s["message"]?.string { print("last error: \(message)") }
                 let rows = (s["frames"]?.array ?? []).map { f in
                     [
@@ -285,7 +287,8 @@ extension RexNode {
                 request.job = job
                 request.output = DataDirectoryPath.absolute(output)
                 let r = try await ControlClient.send(request, data: data.directory)
-                print("\(r["frames"]?.int ?? 0) frames of \(r["job"]?.string ?? job) are in \(r["output"]?.string ?? "")")
+                let output = r["output"]?.string ?? ""
+                print("\(r["frames"]?.int ?? 0) frames of \(r["job"]?.string ?? job) are in \(output)")
             }
         }
     }

@@ -150,12 +150,18 @@ extension RexNode {
                 LoggingSystem.bootstrap { label in
                     var handler = StreamLogHandler.standardError(label: label)
                     handler.logLevel =
-                        ProcessInfo.processInfo.environment["REXNODE_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .info
+                        ProcessInfo.processInfo.environment["REXNODE_LOG"].flatMap { Logger.Level(rawValue: $0) }
+                        ?? .info
                     return handler
                 }
                 let node = try await FarmNode(settings: settings, farmKey: farmKey, logger: Logger(label: "rexnode"))
                 do {
-                    try await node.run()
+                    try await node.run(onFounded: {
+                        // Printed once the farm exists (no other farm was in sight). Unbuffered: `join` keeps
+                        // running, and scripts read the token while it does.
+                        let text = "New farm created. Join other machines with: rexnode join --token <token below>\n"
+                        FileHandle.standardOutput.write(Data((text + farmKey.token + "\n").utf8))
+                    })
                 } catch let error as FarmError where settings.createdFarm && error.code == .alreadyRunning {
                     // The farm this run created was never used: forget it, so the next run can join the other.
                     try? FileManager.default.removeItem(atPath: dir.farmKey)
@@ -172,7 +178,8 @@ extension RexNode {
             if let given {
                 if let saved, saved != given {
                     throw FarmError(
-                        .badInput, "\(dir.root) already belongs to another farm; use a new --data folder to join this one.")
+                        .badInput,
+                        "\(dir.root) already belongs to another farm; use a new --data folder to join this one.")
                 }
                 try given.save(to: dir.farmKey)
                 return given
@@ -180,9 +187,6 @@ extension RexNode {
             if let saved { return saved }
             let fresh = FarmKey.generate()
             try fresh.save(to: dir.farmKey)
-            // Unbuffered: `join` keeps running, and scripts read the token while it does.
-            FileHandle.standardOutput.write(
-                Data("New farm created. Join other machines with: rexnode join --token <token below>\n\(fresh.token)\n".utf8))
             return fresh
         }
 

@@ -151,7 +151,8 @@ extension ProcessTests {
         @Test func fiveNodesStartedAtOnceFormExactlyOneFarm() async throws {
             let farm = try TestFarm(count: 5, args: ["--renderer", "simulated:10"])
             let views = try farm.nodes.map { try #require(try $0.json(["peers"]) as? [[String: Any]]) }
-            let leaders = Set(views.flatMap { $0.filter { $0["role"] as? String == "leader" }.compactMap { $0["id"] as? String } })
+            let leaders = Set(
+                views.flatMap { $0.filter { $0["role"] as? String == "leader" }.compactMap { $0["id"] as? String } })
             #expect(leaders.count == 1, "\(leaders)")
             // Exactly one node founded the farm: one AddNode for it at index 1, and five AddNodes in all.
             let ledger = try #require(try farm.nodes[0].json(["ledger"]) as? [[String: Any]])
@@ -232,7 +233,8 @@ extension ProcessTests {
             let job = try #require((try farm.nodes[0].json(["jobs"]) as? [[String: Any]])?.first?["job"] as? String)
             let frames = try #require(try farm.nodes[0].status(job)["frames"] as? [[String: Any]])
             #expect(frames.contains { $0["node"] as? String != frames.first?["node"] as? String } || frames.count == 12)
-            let png = try #require(FileManager.default.contents(atPath: out + "/" + (try FileManager.default.contentsOfDirectory(atPath: out).first!)))
+            let firstImage = try #require(try FileManager.default.contentsOfDirectory(atPath: out).first)
+            let png = try #require(FileManager.default.contents(atPath: out + "/" + firstImage))
             for (needle, what) in [
                 (Data("BLENDER".utf8), "the .blend magic"),
                 (blend.subdata(in: blend.count / 2..<(blend.count / 2 + 64)), "bytes from the middle of the .blend"),
