@@ -6,14 +6,17 @@ import Mesh
 /// Writes go to a temporary file and are renamed into place, so a blob is either whole or absent after a crash.
 public struct BlobStore: Sendable {
     public let root: String
+    /// The same files as the mesh sees them: served to peers, and where fetches from peers land.
+    public let directory: DirectoryBlobStore
 
     public init(root: String) throws {
         self.root = root
+        directory = try DirectoryBlobStore(root: root)
         try FileManager.default.createDirectory(atPath: root + "/tmp", withIntermediateDirectories: true)
     }
 
     public func path(for hash: String) -> String {
-        "\(root)/\(hash.prefix(2))/\(hash)"
+        directory.path(hash)
     }
 
     public func has(_ hash: String) -> Bool {

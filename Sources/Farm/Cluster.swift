@@ -177,17 +177,20 @@ extension FarmNode {
         return await mesh.peers().filter { $0.state == .alive && members.contains($0.nodeID) }.map(\.nodeID)
     }
 
+    /// This node's role as `peers` and beacons name it: a follower that is not a member yet is joining.
+    func role(in status: RaftStatus?) -> String {
+        switch status?.role {
+        case .leader?: "leader"
+        case .candidate?: "candidate"
+        case .follower? where status?.members.contains(nodeID) == true: "follower"
+        default: "joining"
+        }
+    }
+
     func publishStatusLoop() async {
         while !Task.isCancelled {
             let status = await raft.status
-            let role: String =
-                switch status?.role {
-                case _ where leaving: "leaving"
-                case .leader?: "leader"
-                case .candidate?: "candidate"
-                case .follower? where status?.members.contains(nodeID) == true: "follower"
-                default: "joining"
-                }
+            let role = leaving ? "leaving" : role(in: status)
             let task = progress.snapshot().values.first.map { "\($0.job)/\($0.frame)" }
             let isMember = (status?.lastIndex ?? 0) > 0
             await mesh.setStatus(NodeStatus(r: role, s: settings.slots, m: isMember, t: task).encoded())
@@ -295,7 +298,7 @@ extension FarmNode {
         guard !sources.isEmpty else {
             throw FarmError(.notFound, "Blob \(hash.prefix(12))… is not on this node and no peer holds it.")
         }
-        try await mesh.fetchBlob(hash, from: sources, into: try DirectoryBlobStore(root: settings.data.blobs))
+        try await mesh.fetchBlob(hash, from: sources, into: blobs.directory)
     }
 
     /// `replicate` until the image is on two nodes, or the farm has no other member to hold it: a frame counts

@@ -102,7 +102,7 @@ public actor FarmNode {
         meshLogger.logLevel = max(logger.logLevel, .notice)
         mesh = MeshNode(
             settings: meshSettings, farmKey: farmKey, identity: identity,
-            blobSource: try DirectoryBlobStore(root: data.blobs), logger: meshLogger)
+            blobSource: blobs.directory, logger: meshLogger)
         (raftOutgoing, raftOutbox) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(8192))
         raft = RaftNode(
             id: identity.nodeID, settings: settings.raft, storage: raftStore,

@@ -164,13 +164,7 @@ extension FarmNode {
         let tasks = progress.snapshot().values.sorted { ($0.job, $0.frame) < ($1.job, $1.frame) }
         let task: JSONValue =
             tasks.isEmpty ? .null : .string(tasks.map { "\($0.job)/\($0.frame)" }.joined(separator: ","))
-        let role: String =
-            switch status?.role {
-            case .leader?: "leader"
-            case .candidate?: "candidate"
-            case .follower? where members.contains(nodeID): "follower"
-            default: "joining"
-            }
+        let role = role(in: status)
         let port = (try? await mesh.listeningPort()).map(String.init) ?? "?"
         let host = settings.listen.split(separator: ":").dropLast().joined(separator: ":")
         var rows: [JSONValue] = [

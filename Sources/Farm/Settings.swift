@@ -18,9 +18,11 @@ public struct DataDirectory: Sendable {
         return DataDirectory(NSHomeDirectory() + "/.local/share/rexnode")
     }
 
-    static func absolute(_ path: String) -> String {
+    /// A user's path made absolute (`~` expanded, relative to the working folder) and standardized.
+    public static func absolute(_ path: String) -> String {
         let expanded = (path as NSString).expandingTildeInPath
-        return expanded.hasPrefix("/") ? expanded : FileManager.default.currentDirectoryPath + "/" + expanded
+        let full = expanded.hasPrefix("/") ? expanded : FileManager.default.currentDirectoryPath + "/" + expanded
+        return (full as NSString).standardizingPath
     }
 
     public var farmKey: String { root + "/farm.key" }
@@ -30,7 +32,6 @@ public struct DataDirectory: Sendable {
     public var socket: String { root + "/rexnode.sock" }
     public var lock: String { root + "/rexnode.lock" }
     public var work: String { root + "/work" }
-    public var nodeName: String { root + "/name" }
     /// Left by `rexnode init`: this node founds the farm at its first start, without a discovery window.
     public var founderMark: String { root + "/founder" }
 

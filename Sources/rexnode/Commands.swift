@@ -26,11 +26,11 @@ extension RexNode {
 
         func run() async throws {
             try await RexNode.guarded {
-                let path = DataDirectoryPath.absolute(file)
+                let path = DataDirectory.absolute(file)
                 try SceneFile.validate(path)
                 if let frames { _ = try FrameSpec(frames) }
                 let jobName = SceneFile.jobName(from: name ?? path)
-                let outputDir = DataDirectoryPath.absolute(output ?? "rex-out/\(jobName)")
+                let outputDir = DataDirectory.absolute(output ?? "rex-out/\(jobName)")
                 try SceneFile.prepareOutput(outputDir)
                 var request = ControlRequest(op: .submit)
                 request.path = path
@@ -66,14 +66,6 @@ extension RexNode {
                 "output": job["output"] ?? .null,
             ]
         }
-    }
-}
-
-enum DataDirectoryPath {
-    static func absolute(_ path: String) -> String {
-        let expanded = (path as NSString).expandingTildeInPath
-        let full = expanded.hasPrefix("/") ? expanded : FileManager.default.currentDirectoryPath + "/" + expanded
-        return (full as NSString).standardizingPath
     }
 }
 
@@ -285,7 +277,7 @@ extension RexNode {
             try await RexNode.guarded {
                 var request = ControlRequest(op: .fetch)
                 request.job = job
-                request.output = DataDirectoryPath.absolute(output)
+                request.output = DataDirectory.absolute(output)
                 let r = try await ControlClient.send(request, data: data.directory)
                 let output = r["output"]?.string ?? ""
                 print("\(r["frames"]?.int ?? 0) frames of \(r["job"]?.string ?? job) are in \(output)")
