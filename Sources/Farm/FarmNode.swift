@@ -263,7 +263,7 @@ public actor FarmNode {
     /// The largest chunk a job may ask for (the scheduler reads no more queued frames than slots × this).
     public static let maxChunk = 1000
 
-    static func nowMs() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    static func nowMs() -> Int64 { WallClock.millis() }
 
     static func shortID() -> String {
         Sodium.randomBytes(6).hexString

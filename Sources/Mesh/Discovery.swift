@@ -173,7 +173,7 @@ actor Discovery {
         }
     }
 
-    static func wallMillis() -> UInt64 { UInt64(max(0, Date().timeIntervalSince1970 * 1000)) }
+    static func wallMillis() -> UInt64 { UInt64(max(0, WallClock.millis())) }
 
     func finish() { changesContinuation.finish() }
 

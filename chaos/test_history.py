@@ -1,0 +1,126 @@
+"""Tests of the history checker: each hands it a history with one known fault and expects that fault named."""
+import hashlib
+import os
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import history  # noqa: E402
+
+
+def entry(index, term, kind, outcome="applied", cid=None, **fields):
+    return dict(index=index, term=term, type=kind, outcome=outcome, id=cid or f"n:{index}", **fields)
+
+
+def blake(data):
+    return hashlib.blake2b(data, digest_size=32).hexdigest()
+
+
+class HistoryTests(unittest.TestCase):
+    def setUp(self):
+        self.out = tempfile.mkdtemp(prefix="rex-history-test-")
+        self.images = {1: b"frame one", 2: b"frame two"}
+        for frame, data in self.images.items():
+            with open(os.path.join(self.out, f"shot_{frame:04d}.png"), "wb") as f:
+                f.write(data)
+        self.log = [
+            entry(1, 1, "Noop", cid="raft:1"),
+            entry(2, 1, "SubmitJob", job="j1", name="shot", frames=[1, 2], output=self.out),
+            entry(3, 1, "AssignChunk", job="j1"),
+            entry(4, 1, "CompleteFrame", job="j1", frame=1, hash=blake(self.images[1])),
+            entry(5, 2, "Noop", cid="raft:5"),
+            entry(6, 2, "CompleteFrame", job="j1", frame=2, hash=blake(self.images[2])),
+        ]
+        self.submits = [{"job": "j1", "acknowledged": True, "output": self.out}]
+
+    def check(self, ledgers=None, submits=None, leaders=(), terms=None):
+        ledgers = ledgers if ledgers is not None else {"a": self.log, "b": self.log[:4], "c": self.log}
+        return history.check(ledgers, self.submits if submits is None else submits, list(leaders), terms or {})
+
+    def test_a_clean_history_passes(self):
+        problems, stats = self.check(leaders=[{"node": "a", "term": 1}, {"node": "c", "term": 2}],
+                                     terms={"a": [(0.0, 1), (1.0, 2)]})
+        self.assertEqual(problems, [])
+        self.assertEqual(stats["frames_committed"], 2)
+        self.assertEqual(stats["frames_lost"], 0)
+        self.assertEqual(stats["frames_double"], 0)
+
+    def test_a_diverging_log_is_found(self):
+        other = list(self.log)
+        other[3] = entry(4, 1, "CompleteFrame", job="j1", frame=1, hash="00" * 32, cid="x:9")
+        problems, _ = self.check(ledgers={"a": self.log, "b": other})
+        self.assertTrue(any("differs from the agreed history at index 4" in p for p in problems), problems)
+
+    def test_a_different_outcome_at_one_index_is_found(self):
+        other = [dict(e) for e in self.log]
+        other[5]["outcome"] = "ignored"
+        problems, _ = self.check(ledgers={"a": self.log, "b": other})
+        self.assertTrue(any("index 6" in p for p in problems), problems)
+
+    def test_a_gap_in_a_log_is_found(self):
+        problems, _ = self.check(ledgers={"a": self.log, "b": self.log[:2] + self.log[3:]})
+        self.assertTrue(any("has index 4 at position 3" in p for p in problems), problems)
+
+    def test_a_frame_committed_twice_is_found(self):
+        log = self.log + [entry(7, 2, "CompleteFrame", job="j1", frame=2, hash=blake(self.images[2]), cid="n:77")]
+        problems, stats = self.check(ledgers={"a": log})
+        self.assertEqual(stats["frames_double"], 1)
+        self.assertTrue(any("committed 2 times" in p for p in problems), problems)
+
+    def test_a_second_completion_the_ledger_ignored_is_not_a_double_commit(self):
+        log = self.log + [entry(7, 2, "CompleteFrame", outcome="ignored", job="j1", frame=2, hash="11" * 32)]
+        problems, stats = self.check(ledgers={"a": log})
+        self.assertEqual(problems, [])
+        self.assertEqual(stats["frames_double"], 0)
+
+    def test_a_lost_acknowledged_submit_is_found(self):
+        submits = self.submits + [{"job": "j2", "acknowledged": True, "output": self.out}]
+        problems, stats = self.check(submits=submits)
+        self.assertTrue(any("acknowledged job j2 is not in the agreed history" in p for p in problems), problems)
+        self.assertEqual(stats["frames_lost"], 1)
+
+    def test_an_unacknowledged_submit_may_be_missing(self):
+        submits = self.submits + [{"job": None, "acknowledged": False, "output": self.out}]
+        problems, _ = self.check(submits=submits)
+        self.assertEqual(problems, [])
+
+    def test_a_frame_never_committed_is_lost(self):
+        problems, stats = self.check(ledgers={"a": self.log[:5]})
+        self.assertEqual(stats["frames_lost"], 1)
+        self.assertTrue(any("1 of 2 frames never committed" in p for p in problems), problems)
+
+    def test_a_frame_missing_from_the_output_is_lost(self):
+        os.remove(os.path.join(self.out, "shot_0002.png"))
+        problems, stats = self.check()
+        self.assertEqual(stats["frames_lost"], 1)
+        self.assertTrue(any("frame 2 is committed but not in" in p for p in problems), problems)
+
+    def test_a_wrong_image_in_the_output_is_found(self):
+        with open(os.path.join(self.out, "shot_0001.png"), "wb") as f:
+            f.write(b"something else")
+        problems, _ = self.check()
+        self.assertTrue(any("frame 1 in" in p and "not the committed image" in p for p in problems), problems)
+
+    def test_a_canceled_job_need_not_finish(self):
+        log = self.log[:4] + [entry(5, 2, "CancelJob", job="j1")]
+        problems, stats = self.check(ledgers={"a": log})
+        self.assertEqual(problems, [])
+        self.assertEqual(stats["frames_lost"], 0)
+
+    def test_two_leaders_in_one_term_are_found(self):
+        problems, _ = self.check(leaders=[{"node": "a", "term": 3}, {"node": "b", "term": 3}])
+        self.assertIn("term 3 had 2 leaders: a, b.", problems)
+
+    def test_a_term_going_back_is_found(self):
+        problems, _ = self.check(terms={"b": [(0.0, 4), (0.5, 5), (1.0, 3)]})
+        self.assertTrue(any("node b's term went back from 5 to 3" in p for p in problems), problems)
+
+    def test_a_log_whose_terms_go_back_is_found(self):
+        log = self.log[:4] + [entry(5, 0, "Noop", cid="raft:5")]
+        problems, _ = self.check(ledgers={"a": log})
+        self.assertTrue(any("goes back from term 1 to 0 at index 5" in p for p in problems), problems)
+
+
+if __name__ == "__main__":
+    unittest.main()
