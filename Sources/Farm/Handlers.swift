@@ -218,6 +218,20 @@ extension FarmNode {
             case .noop: [:]
             }
         if case .object(let f) = fields { for (k, v) in f where o[k] == nil { o[k] = v } }
+        // What applying it did (absent for entries applied before outcomes were recorded). The command's own
+        // fields keep their keys: ReleaseFrames has a `reason` of its own, so `ignored_reason` always carries why.
+        if let outcome = logged.outcome {
+            o["outcome"] = .string(outcome.name)
+            switch outcome {
+            case .ignored(let reason):
+                o["ignored_reason"] = .string(reason)
+                if o["reason"] == nil { o["reason"] = .string(reason) }
+            case .duplicate(let first):
+                o["duplicate_of"] = .int(Int64(clamping: first))
+            case .applied:
+                break
+            }
+        }
         return .object(o)
     }
 }
