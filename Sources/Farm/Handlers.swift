@@ -173,6 +173,9 @@ extension FarmNode {
                 "role": .string(role), "state": "alive", "slots": JSONValue(settings.slots),
                 "frames_done": JSONValue(done[nodeID] ?? 0), "self": true, "task": task,
                 "member": .bool(members.contains(nodeID)),
+                // This node's Raft view: its current term (0 before Raft started) and the leader it follows.
+                "term": .int(Int64(clamping: status?.term ?? 0)),
+                "leader": status?.leader.map { .string($0) } ?? .null,
             ]
         ]
         var seen: Set<String> = [nodeID]
