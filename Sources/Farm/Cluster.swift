@@ -1,6 +1,7 @@
 import Election
 import Foundation
 import Ledger
+import Logging
 import Mesh
 
 // MARK: Wire types between daemons
@@ -126,6 +127,24 @@ extension FarmNode {
         }
         try? FileManager.default.removeItem(atPath: founderMark)
         try await raft.run()
+    }
+
+    /// Logs every Raft role, term or leader change of this node, one line each, with a fixed message so logs can be
+    /// searched: `raft role changed` with `raft/role`, `raft/term` and `raft/leader` ("-" for none). The stream
+    /// belongs to the node's one `RaftNode` (run once per process) and ends when it stops.
+    static func logRoleChanges(_ changes: AsyncStream<RaftStatus>, logger: Logger) async {
+        var last: (RaftRole, UInt64, String?)?
+        for await status in changes {
+            // The node reports its state as of each report, so two reports in one step can repeat a state.
+            if let last, last == (status.role, status.term, status.leader) { continue }
+            last = (status.role, status.term, status.leader)
+            logger.notice(
+                "raft role changed",
+                metadata: [
+                    "raft/role": "\(status.role.rawValue)", "raft/term": "\(status.term)",
+                    "raft/leader": "\(status.leader ?? "-")",
+                ])
+        }
     }
 
     func sendRaftMessages() async {

@@ -172,6 +172,7 @@ public actor FarmNode {
             loop("apply") { [raftLog] in await raftLog.applyCommitted() },
             loop("raft-out") { [self] in await self.sendRaftMessages() },
             loop("raft-in") { [self] in await self.receiveMeshMessages() },
+            loop("roles") { [raft, logger] in await Self.logRoleChanges(raft.roleChanges, logger: logger) },
             loop("leader") { [self] in await self.leaderDutiesLoop() },
             loop("status") { [self] in await self.publishStatusLoop() },
             .init(

@@ -173,6 +173,9 @@ extension FarmNode {
                 "role": .string(role), "state": "alive", "slots": JSONValue(settings.slots),
                 "frames_done": JSONValue(done[nodeID] ?? 0), "self": true, "task": task,
                 "member": .bool(members.contains(nodeID)),
+                // This node's Raft view: its current term (0 before Raft started) and the leader it follows.
+                "term": .int(Int64(clamping: status?.term ?? 0)),
+                "leader": status?.leader.map { .string($0) } ?? .null,
             ]
         ]
         var seen: Set<String> = [nodeID]
@@ -218,6 +221,20 @@ extension FarmNode {
             case .noop: [:]
             }
         if case .object(let f) = fields { for (k, v) in f where o[k] == nil { o[k] = v } }
+        // What applying it did (absent for entries applied before outcomes were recorded). The command's own
+        // fields keep their keys: ReleaseFrames has a `reason` of its own, so `ignored_reason` always carries why.
+        if let outcome = logged.outcome {
+            o["outcome"] = .string(outcome.name)
+            switch outcome {
+            case .ignored(let reason):
+                o["ignored_reason"] = .string(reason)
+                if o["reason"] == nil { o["reason"] = .string(reason) }
+            case .duplicate(let first):
+                o["duplicate_of"] = .int(Int64(clamping: first))
+            case .applied:
+                break
+            }
+        }
         return .object(o)
     }
 }

@@ -19,7 +19,8 @@ public actor RaftCommandLog: CommandLog {
     private let forward: Forwarder
     private let onApply: @Sendable () -> Void
     private let logger: Logger
-    private var seq: UInt64
+    /// Command sequence numbers: never reused, across restarts and wall-clock steps (reserved in the ledger).
+    private var sequencer: CommandSequencer
     private var applied: UInt64
     private var outcomes: [UInt64: ApplyOutcome] = [:]
     private var waiters: [UInt64: [Int: CheckedContinuation<Void, any Error>]] = [:]
@@ -27,8 +28,10 @@ public actor RaftCommandLog: CommandLog {
     /// How long a proposal keeps retrying while the farm has no reachable leader.
     private let patience: Duration
 
+    /// - Parameter wallClock: nanoseconds since 1970, the lower bound of command sequence numbers (tests inject it).
     public init(
         raft: RaftNode, ledger: LedgerStore, node: String, patience: Duration = .seconds(60), logger: Logger,
+        wallClock: @escaping @Sendable () -> UInt64 = CommandSequencer.wallClockNanoseconds,
         forward: @escaping Forwarder, onApply: @escaping @Sendable () -> Void
     ) throws {
         self.raft = raft
@@ -39,17 +42,18 @@ public actor RaftCommandLog: CommandLog {
         self.logger = logger
         self.patience = patience
         applied = try ledger.appliedIndex()
-        // Nanoseconds of wall clock at start: above every sequence this node used before a restart.
-        seq = UInt64(Date().timeIntervalSince1970 * 1_000_000_000)
+        // Above every sequence this node reserved before a restart, and above the wall clock in nanoseconds.
+        sequencer = try CommandSequencer(ledger: ledger, wallClock: wallClock)
     }
 
     // MARK: Proposing
 
     public func propose(_ commands: [LedgerCommand]) async throws -> [ApplyOutcome] {
         guard !commands.isEmpty else { return [] }
-        let entries = commands.map { command -> LedgerEntry in
-            seq += 1
-            return LedgerEntry(id: CommandID(node: node, seq: seq), command: command)
+        // Every id is under a ceiling already durable in the ledger; when a block runs out, the next one is reserved
+        // here, synchronously (no suspension point, so no other proposal can take an id in between).
+        let entries = try commands.map { command -> LedgerEntry in
+            LedgerEntry(id: CommandID(node: node, seq: try sequencer.next()), command: command)
         }
         let deadline = ContinuousClock.now + patience
         var lastError: (any Error)?

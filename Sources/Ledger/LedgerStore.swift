@@ -58,6 +58,10 @@ public final class LedgerStore: Sendable {
                         job TEXT NOT NULL, node TEXT NOT NULL, failures INTEGER NOT NULL, PRIMARY KEY (job, node));
                     """)
         }
+        migrator.registerMigration("ledger-v2") { db in
+            // What applying each entry did ("applied", "duplicate", "ignored: <reason>"); NULL for older rows.
+            try db.execute(sql: "ALTER TABLE ledger_log ADD COLUMN outcome TEXT")
+        }
     }
 
     // MARK: Applying the log
@@ -106,13 +110,27 @@ public final class LedgerStore: Sendable {
         let id = entry.id.description
         let seen = try Int64.fetchOne(
             db, sql: "SELECT log_index FROM ledger_commands WHERE command_id = ?", arguments: [id])
+        let outcome: ApplyOutcome
+        if let seen {
+            outcome = .duplicate(firstIndex: UInt64(seen))
+        } else {
+            try db.execute(
+                sql: "INSERT INTO ledger_commands (command_id, log_index) VALUES (?, ?)",
+                arguments: [id, Int64(index)])
+            outcome = try StateMachine(db: db, index: index).apply(entry.command)
+        }
+        // Recorded after the state machine ran (same transaction): the outcome depends only on the log, so every
+        // node applying it stores the same text.
         try db.execute(
-            sql: "INSERT INTO ledger_log (log_index, term, type, command_id, duplicate, payload) VALUES (?,?,?,?,?,?)",
-            arguments: [Int64(index), Int64(term), entry.command.typeName, id, seen != nil, Data(entry.encoded())])
-        if let seen { return .duplicate(firstIndex: UInt64(seen)) }
-        try db.execute(
-            sql: "INSERT INTO ledger_commands (command_id, log_index) VALUES (?, ?)", arguments: [id, Int64(index)])
-        return try StateMachine(db: db, index: index).apply(entry.command)
+            sql: """
+                INSERT INTO ledger_log (log_index, term, type, command_id, duplicate, payload, outcome)
+                VALUES (?,?,?,?,?,?,?)
+                """,
+            arguments: [
+                Int64(index), Int64(term), entry.command.typeName, id, seen != nil, Data(entry.encoded()),
+                outcome.storedText,
+            ])
+        return outcome
     }
 
     // MARK: Reading the log
@@ -123,15 +141,19 @@ public final class LedgerStore: Sendable {
             try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT log_index, term, command_id, duplicate, payload FROM ledger_log
-                    WHERE log_index >= ? ORDER BY log_index LIMIT ?
+                    SELECT l.log_index, l.term, l.command_id, l.duplicate, l.payload, l.outcome,
+                        c.log_index AS first_index
+                    FROM ledger_log l LEFT JOIN ledger_commands c ON c.command_id = l.command_id
+                    WHERE l.log_index >= ? ORDER BY l.log_index LIMIT ?
                     """,
                 arguments: [Int64(index), Int64(min(limit, Int(Int64.max)))]
             ).map { row in
                 let payload: Data = row["payload"]
+                let firstIndex: Int64? = row["first_index"]
                 return LoggedEntry(
                     index: UInt64(row["log_index"] as Int64), term: UInt64(row["term"] as Int64),
-                    duplicate: row["duplicate"], entry: try LedgerEntry(bytes: Array(payload)))
+                    duplicate: row["duplicate"], entry: try LedgerEntry(bytes: Array(payload)),
+                    outcome: ApplyOutcome(storedText: row["outcome"], firstIndex: firstIndex.map { UInt64($0) }))
             }
         }
     }
@@ -150,6 +172,37 @@ extension ApplyOutcome {
         if case .duplicate = self { return true }
         return false
     }
+
+    /// `applied`, `ignored` or `duplicate` (for `rexnode ledger --json`).
+    public var name: String {
+        switch self {
+        case .applied: "applied"
+        case .ignored: "ignored"
+        case .duplicate: "duplicate"
+        }
+    }
+
+    /// The `outcome` column of `ledger_log`: "applied", "duplicate" or "ignored: <reason>".
+    var storedText: String {
+        switch self {
+        case .applied: "applied"
+        case .ignored(let reason): "ignored: " + reason
+        case .duplicate: "duplicate"
+        }
+    }
+
+    /// Reads the `outcome` column back; `firstIndex` is where the command id was first applied (for duplicates).
+    init?(storedText: String?, firstIndex: UInt64?) {
+        guard let text = storedText else { return nil }
+        switch text {
+        case "applied": self = .applied
+        case "duplicate": self = .duplicate(firstIndex: firstIndex ?? 0)
+        default:
+            guard text.hasPrefix("ignored") else { return nil }
+            let reason = text.dropFirst("ignored".count)
+            self = .ignored(String(reason.hasPrefix(": ") ? reason.dropFirst(2) : reason))
+        }
+    }
 }
 
 /// One applied log entry as stored.
@@ -158,4 +211,6 @@ public struct LoggedEntry: Sendable, Equatable {
     public var term: UInt64
     public var duplicate: Bool
     public var entry: LedgerEntry
+    /// What applying it did; `nil` for entries applied before the ledger recorded outcomes.
+    public var outcome: ApplyOutcome?
 }

@@ -154,11 +154,34 @@ extension ProcessTests {
             let leaders = Set(
                 views.flatMap { $0.filter { $0["role"] as? String == "leader" }.compactMap { $0["id"] as? String } })
             #expect(leaders.count == 1, "\(leaders)")
+            // Each node's own row says which term it is in and whom it follows; they all agree once the election
+            // has settled, and the leader logged its rise in the fixed form scripts look for.
+            let leaderID = try #require(leaders.first)
+            try waitUntil(timeout: 10, "every node follows the leader in one term") {
+                let selves = try farm.nodes.map { node in
+                    try #require((try node.json(["peers"]) as? [[String: Any]])?.first { $0["self"] as? Bool == true })
+                }
+                let terms = Set(selves.compactMap { $0["term"] as? Int })
+                return terms.count == 1 && terms.first! >= 1
+                    && selves.allSatisfy { $0["leader"] as? String == leaderID }
+            }
+            let leaderNode = try #require(
+                try farm.nodes.first { node in
+                    (try node.json(["peers"]) as? [[String: Any]])?.first { $0["self"] as? Bool == true }?["id"]
+                        as? String == leaderID
+                })
+            #expect(
+                leaderNode.log.split(separator: "\n").contains {
+                    $0.contains("raft role changed") && $0.contains("raft/role=leader") && $0.contains("raft/term=")
+                }, "\(leaderNode.log)")
             // Exactly one node founded the farm: one AddNode for it at index 1, and five AddNodes in all.
             let ledger = try #require(try farm.nodes[0].json(["ledger"]) as? [[String: Any]])
             let adds = ledger.filter { $0["type"] as? String == "AddNode" }
             #expect(adds.count == 5)
             #expect(adds.first?["index"] as? Int == 1)
+            #expect(
+                ledger.allSatisfy { ["applied", "ignored", "duplicate"].contains($0["outcome"] as? String ?? "") },
+                "every entry says what applying it did: \(ledger)")
             // `leave` takes a node out of the membership, so the farm stops counting it in its majority.
             let leaving = farm.nodes[4]
             let r = try leaving.cli(["leave"])

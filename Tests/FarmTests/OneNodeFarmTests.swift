@@ -58,6 +58,16 @@ extension ProcessTests {
         #expect(types.filter { $0 == "SubmitJob" }.count == 1)
         #expect(types.filter { $0 == "CompleteFrame" }.count == 4)
         #expect(ledger.map { $0["index"] as? Int } == Array(1...ledger.count).map { Optional($0) })
+        let completions = ledger.filter { $0["type"] as? String == "CompleteFrame" }
+        #expect(completions.allSatisfy { $0["outcome"] as? String == "applied" }, "\(completions)")
+        #expect(ledger.allSatisfy { ["applied", "ignored", "duplicate"].contains($0["outcome"] as? String ?? "") })
+        // The node's own row: the Raft term it is in, and itself as leader.
+        #expect((peers[0]["term"] as? Int ?? 0) >= 1)
+        #expect(peers[0]["leader"] as? String == peers[0]["id"] as? String)
+        #expect(
+            node.log.split(separator: "\n").contains {
+                $0.contains("raft role changed") && $0.contains("raft/role=leader") && $0.contains("raft/term=")
+            }, "\(node.log)")
 
         // fetch copies the same frames from the node's blob store.
         let fetched = tempDir("fetch")
