@@ -2,6 +2,7 @@ import Election
 import Foundation
 import Ledger
 import Logging
+import Mesh
 import Synchronization
 
 /// The replicated `CommandLog`: commands go through Raft and every node applies the committed log to its ledger.
@@ -31,7 +32,7 @@ public actor RaftCommandLog: CommandLog {
     /// - Parameter wallClock: nanoseconds since 1970, the lower bound of command sequence numbers (tests inject it).
     public init(
         raft: RaftNode, ledger: LedgerStore, node: String, patience: Duration = .seconds(60), logger: Logger,
-        wallClock: @escaping @Sendable () -> UInt64 = CommandSequencer.wallClockNanoseconds,
+        wallClock: @escaping @Sendable () -> UInt64 = WallClock.nanos,
         forward: @escaping Forwarder, onApply: @escaping @Sendable () -> Void
     ) throws {
         self.raft = raft
