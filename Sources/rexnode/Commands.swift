@@ -47,6 +47,7 @@ extension RexNode {
                 }
                 if !json.json {
                     print("Job \(id) (\(job["frames_total"]?.int ?? 0) frames) → \(outputDir)")
+                    fflush(nil)  // a script reading the pipe learns the job id as soon as it is accepted
                 }
                 let final = try await Waiter(job: id, data: data.directory, quiet: json.json).wait()
                 if json.json { print(Self.summary(final).jsonText()) }
