@@ -631,6 +631,7 @@ def main():
             problems.append(f"fault {f['n']} ({f['kind']}): no new leader within the wait.")
         stats.update({
             "faults": len(fault_log), "seed": args.seed, "started": started_at,
+            "duration_min": round((now() - cluster.t0) / 60, 1),
             "failover_p50_ms": None if not failovers else round(percentile(failovers, 50) * 1000),
             "failover_p99_ms": None if not failovers else round(percentile(failovers, 99) * 1000),
             "failover_count": len(failovers),
@@ -741,6 +742,7 @@ Figures from one run of the fault suite (`make chaos`), {s['started']}, on this 
 
 | | |
 |---|---|
+| runs | 1 run of {s['faults']} faults, seed {s['seed']}, {s['duration_min']} min (`make test` runs a 10-fault version) |
 | faults injected | {s['faults']} |
 | jobs submitted / acknowledged | {s['jobs_submitted']} / {s['jobs_acknowledged']} |
 | frames committed | {s['frames_committed']} (of which real Blender: {s['blender_frames']}) |

@@ -2,14 +2,14 @@
 # Root only (network namespaces); CI runs as root.
 CHAOS_FAULTS ?= 200
 CHAOS_SEED ?= 1
-CHAOS_SHORT_FAULTS ?= 12
+CHAOS_SHORT_FAULTS ?= 10
 APT_PACKAGES += ethtool
 
 TEST_STEPS += test-chaos
 
 .PHONY: test-chaos chaos
 
-## test-chaos: the history checker's own tests, then a short fault run (one fault of each kind and more,
+## test-chaos: the history checker's own tests, then a short fault run (one fault of each kind,
 ## plus a real Blender job through a leader kill), under 5 minutes.
 test-chaos: setup
 	python3 -m unittest chaos/test_history.py

@@ -256,6 +256,39 @@ extension ProcessTests {
         #expect(again.stderr.contains("already canceled"), "\(again)")
     }
 
+    /// Found by the fault suite: a script reading `submit` through a pipe got the "Job ID" line only when the
+    /// job ended (stdout was block-buffered), so it could not tell an accepted job from a refused one.
+    @Test func aPipedSubmitReportsItsJobIdWhileTheJobIsStillRunning() throws {
+        let scene = try Scenes.make(["--frames", "2", "--width", "32", "--height", "24", "--samples", "1"])
+        let node = try TestNode(args: ["--renderer", "simulated:200", "--slots", "1"])
+        let out = tempDir("piped")
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let submit = Process()
+        submit.executableURL = URL(fileURLWithPath: TestPaths.rexnode)
+        submit.arguments = ["submit", scene, "--frames", "1-20", "--chunk", "1", "--output", out, "--data", node.data]
+        let pipe = Pipe()
+        submit.standardOutput = pipe
+        submit.standardError = FileHandle.nullDevice
+        try submit.run()
+        defer {
+            if submit.isRunning { submit.terminate() }
+            submit.waitUntilExit()
+        }
+        var first = Data()
+        while !first.contains(UInt8(ascii: "\n")) {
+            let chunk = pipe.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            first.append(chunk)
+        }
+        let line = String(decoding: first, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? ""
+        #expect(line.hasPrefix("Job j") && line.contains("(20 frames)"), "\(line)")
+        // 20 frames at 200 ms on one slot take 4 s: the line must have come while the job was still running.
+        let job = String(line.dropFirst(4).prefix { $0 != " " })
+        let state = try node.status(job)["state"] as? String
+        #expect(state == "running" || state == "queued", "job \(job) is \(state ?? "unknown") already")
+        #expect(submit.isRunning)
+    }
+
     @Test func simulatedRendererFarmThenLeaveStopsTheDaemonCleanly() throws {
         let scene = try Scenes.make(["--frames", "2", "--width", "32", "--height", "24", "--samples", "1"])
         let node = try TestNode(args: ["--renderer", "simulated:5", "--slots", "2", "--blend-grace", "0.5"])
