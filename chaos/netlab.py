@@ -28,10 +28,26 @@ def existing_namespaces():
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+PREFIX = "rxc"
+
+
+def stale_prefixes():
+    """Labs left behind by runs that were killed (their pid no longer exists)."""
+    stale = set()
+    for ns in existing_namespaces():
+        head = ns.split("-")[0]
+        if head.startswith(PREFIX) and head[len(PREFIX):].isdigit():
+            pid = int(head[len(PREFIX):])
+            if pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+                stale.add(head)
+    return stale
+
+
 class Lab:
-    def __init__(self, hosts, work, prefix="rxc", seed=1):
+    def __init__(self, hosts, work, seed=1):
         self.hosts = hosts
-        self.prefix = prefix
+        # Namespaces carry this process's pid: two runs side by side never touch each other's lab.
+        self.prefix = f"{PREFIX}{os.getpid()}"
         self.work = work
         self.seed = seed
         self.switch = None
@@ -48,7 +64,8 @@ class Lab:
         return f"{SUBNET}.{i}"
 
     def up(self):
-        self.down()  # what a killed earlier run left behind
+        for prefix in stale_prefixes():  # what killed earlier runs left behind
+            Lab.remove(prefix)
         sh("ip", "netns", "add", self.sw)
         sh("ip", "-n", self.sw, "link", "set", "lo", "up")
         for i in range(1, self.hosts + 1):
@@ -58,7 +75,7 @@ class Lab:
                "netns", ns)
             for where, dev in ((ns, "eth0"), (self.sw, f"h{i}")):
                 sh("ip", "netns", "exec", where, "ethtool", "-K", dev, "tx", "off", "rx", "off", "tso", "off",
-                   "gso", "off", "gro", "off", check=False)
+                   "gso", "off", "gro", "off")
                 sh("ip", "-n", where, "link", "set", dev, "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
@@ -81,16 +98,26 @@ class Lab:
                 self.switch.wait(5)
             except subprocess.TimeoutExpired:
                 self.switch.kill()
+        Lab.remove(self.prefix)
+
+    @staticmethod
+    def remove(prefix):
         for ns in existing_namespaces():
-            if ns == self.sw or (ns.startswith(self.prefix + "-h")):
-                # Processes still inside keep a namespace alive only as long as they live: kill them first.
-                pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
-                for pid in pids:
-                    try:
-                        os.kill(int(pid), 9)
-                    except OSError:
-                        pass
+            if ns.startswith(prefix + "-"):
+                Lab.kill_namespace(ns)
                 sh("ip", "netns", "del", ns, check=False)
+
+    @staticmethod
+    def kill_namespace(ns):
+        """kill -9 of every process in a namespace, as when the machine loses power."""
+        for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+            try:
+                os.kill(int(pid), 9)
+            except OSError:
+                pass
+
+    def kill_all(self, i):
+        Lab.kill_namespace(self.ns(i))
 
     def request(self, message):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

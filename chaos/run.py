@@ -13,6 +13,7 @@ Root only (network namespaces). Exits non-zero if any check fails.
 """
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -59,7 +60,8 @@ class Cluster:
         self.t0 = now()
         self.lock = threading.Lock()
         self.rounds = []  # (t, {index: (role, term, leader)})
-        self.terms = {}  # node id -> [(t, term)]
+        self.terms = {}  # node id -> [term, ...] as polled
+        self.logs = {}
         self.claims = []  # {"t", "node", "term"}
         self.observing = False
         self.kills = []  # (t, index) of every kill -9
@@ -71,7 +73,9 @@ class Cluster:
     # Processes
 
     def start(self, i):
-        log = open(self.dirs[i] + ".log", "a")
+        if i in self.logs:
+            self.logs[i].close()
+        log = self.logs[i] = open(self.dirs[i] + ".log", "a")
         log.write(f"=== start at t={now() - self.t0:.2f} s, renderer {self.renderer}\n")
         log.flush()
         args = [self.rexnode, "join", "--data", self.dirs[i], "--token", self.token, "--name", f"h{i}",
@@ -89,10 +93,13 @@ class Cluster:
         return i in self.procs and self.procs[i].poll() is None
 
     def kill(self, i):
+        """kill -9 of the node and of everything else running in its host (its Blender processes too), as
+        when the machine dies."""
         self.kills.append((now() - self.t0, i))
         if self.running(i):
             self.procs[i].send_signal(signal.SIGKILL)
             self.procs[i].wait()
+        self.lab.kill_all(i)
         self.stopped.discard(i)
 
     def terminate(self, i):
@@ -141,8 +148,11 @@ class Cluster:
             return None
 
     def cli(self, i, *args, timeout=60):
-        return subprocess.run([self.rexnode, *args, "--data", self.dirs[i]], capture_output=True, text=True,
-                              timeout=timeout)
+        try:
+            return subprocess.run([self.rexnode, *args, "--data", self.dirs[i]], capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(args, 124, "", f"timed out after {timeout} s")
 
     # Observing roles and terms
 
@@ -156,13 +166,14 @@ class Cluster:
                     continue
                 peers = self.control(i, {"op": "peers"}, timeout=0.3)
                 me = next((p for p in peers or [] if p.get("self")), None)
-                if me is None:
+                if me is None or not me.get("term"):
+                    # Term 0: a restarted node answers before Raft has loaded its state; nothing to record.
                     continue
                 t = now() - self.t0
                 self.ids[i] = me["id"]
                 view[i] = (me["role"], me.get("term", 0), me.get("leader"))
                 with self.lock:
-                    self.terms.setdefault(me["id"], []).append((t, view[i][1]))
+                    self.terms.setdefault(me["id"], []).append(view[i][1])
                     if me["role"] == "leader":
                         self.claims.append({"t": t, "node": me["id"], "term": view[i][1]})
             with self.lock:
@@ -205,23 +216,27 @@ class Cluster:
         return bool(peers) and sum(1 for p in peers if p["member"] and p["state"] == "alive") == HOSTS
 
     def wait_healthy(self, timeout=45):
+        """Seconds until three polling rounds in a row, all started after this call, find the farm healthy."""
         deadline = now() + timeout
         started = now()
+        streak, last_round = 0, None
         while now() < deadline:
-            if self.healthy():
-                return now() - started
-            time.sleep(0.1)
+            t, _ = self.latest()
+            if t + self.t0 > started and t != last_round:
+                last_round = t
+                streak = streak + 1 if self.healthy() else 0
+                if streak >= 3:
+                    return now() - started
+            time.sleep(0.05)
         return None
 
-    def failover(self, old_leader, old_term, timeout=20):
-        """Seconds until another node leads with a higher term (polled every 100 ms), or None."""
-        old_id = self.ids.get(old_leader)
+    def failover(self, old_term, timeout=20):
+        """Seconds until a node leads at a term above OLD_TERM (polled every 100 ms), or None."""
         started = now()
         while now() - started < timeout:
             _, view = self.latest()
-            for i, (role, term, _) in view.items():
-                if role == "leader" and term > old_term and self.ids.get(i) != old_id:
-                    return now() - started
+            if any(role == "leader" and term > old_term for role, term, _ in view.values()):
+                return now() - started
             time.sleep(0.02)
         return None
 
@@ -245,25 +260,22 @@ class Cluster:
                 gap_start = t
         return longest
 
-    def log_claims(self):
-        """Leaders seen in the nodes' own logs ("raft role changed ... raft/role=leader raft/term=N")."""
-        claims = []
-        pattern = re.compile(r"raft/role=leader.*?raft/term=(\d+)|raft/term=(\d+).*?raft/role=leader")
+    def read_logs(self):
+        """Every node's log (all its runs): leader claims and the terms it went through, in order."""
+        claims, terms = [], {}
         for i, d in self.dirs.items():
-            node = self.ids.get(i)
-            if node is None or not os.path.exists(d + ".log"):
+            if not os.path.exists(d + ".log"):
                 continue
             with open(d + ".log", errors="replace") as f:
-                for line in f:
-                    if "raft role changed" in line:
-                        m = pattern.search(line)
-                        if m:
-                            claims.append({"t": None, "node": node, "term": int(m.group(1) or m.group(2))})
-        return claims
+                node, seen, led = history.read_node_log(f)
+            node = node or self.ids.get(i, f"h{i}")
+            terms[node + " (log)"] = seen
+            claims += [{"node": node, "term": term} for term in led]
+        return claims, terms
 
 
 class Submitter:
-    """Keeps jobs flowing through `rexnode submit --json` on random nodes; records what each submit saw."""
+    """Keeps jobs flowing through `rexnode submit` on random nodes; records what each submit saw."""
 
     def __init__(self, cluster, scene, work, rng, frames=(20, 60), in_flight=2):
         self.cluster, self.scene, self.work, self.rng = cluster, scene, work, rng
@@ -273,6 +285,7 @@ class Submitter:
         self.running = False
         self.count = 0
         self.lock = threading.Lock()
+        self.procs = []
 
     def submit_one(self, name, frames, chunk, i):
         out = os.path.join(self.work, "out", name)
@@ -284,6 +297,8 @@ class Submitter:
             [self.cluster.rexnode, "submit", self.scene, "--frames", f"1-{frames}", "--chunk", str(chunk),
              "--name", name, "--output", out, "--data", self.cluster.dirs[i]],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with self.lock:
+            self.procs.append(proc)
         # Printed (and flushed) once the farm has committed the job: "Job ID (N frames) → DIR".
         accepted = re.match(r"Job (\S+) \((\d+) frames\)", proc.stdout.readline())
         if accepted:
@@ -327,6 +342,12 @@ class Submitter:
             t.join(max(0.0, deadline - now()))
         return all(not t.is_alive() for t in self.threads)
 
+    def kill_all(self):
+        with self.lock:
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.kill()
+
 
 class Faults:
     """Each method injects one fault, holds it, heals it, and returns what happened (for the fault log)."""
@@ -355,7 +376,7 @@ class Faults:
             return {"error": "no leader before the fault"}
         term = self.cluster.term_of(leader)
         inject(leader)
-        failover = self.cluster.failover(leader, term, timeout=hold + 20)
+        failover = self.cluster.failover(term, timeout=hold + 20)
         heal(leader)
         return {"target": f"h{leader}", "old_term": term, "failover_s": failover}
 
@@ -372,7 +393,7 @@ class Faults:
         self.cluster.kill(victim)
         result = {"target": f"h{victim}", "was_leader": victim == leader}
         if victim == leader:
-            result["failover_s"] = self.cluster.failover(leader, term)
+            result["failover_s"] = self.cluster.failover(term)
         self.hold(0.5, 3)
         self.cluster.start(victim)
         return result
@@ -394,7 +415,7 @@ class Faults:
         self.lab.set_rules(self.cut(minority, majority))
         result = {"minority": [f"h{i}" for i in minority], "leader_in_minority": leader in minority}
         if leader in minority:
-            result["failover_s"] = self.cluster.failover(leader, term)
+            result["failover_s"] = self.cluster.failover(term)
         self.hold(3, 5)
         self.lab.heal()
         return result
@@ -432,16 +453,19 @@ class Faults:
 
     def stop_leader(self):
         # SIGSTOP for twice the longest election timeout, then SIGCONT. The others should elect a new leader
-        # meanwhile; if the old one resumes first, it finds a higher term and steps down.
+        # meanwhile; the old one, resumed, finds a higher term and steps down.
         leader = self.cluster.wait_leader()
         if leader is None:
             return {"error": "no leader before the fault"}
         term = self.cluster.term_of(leader)
         self.cluster.stop(leader)
-        failover = self.cluster.failover(leader, term, timeout=2 * ELECTION_TIMEOUT_MAX)
+        stopped = now()
+        failover = self.cluster.failover(term, timeout=2 * ELECTION_TIMEOUT_MAX)
+        time.sleep(max(0.0, 2 * ELECTION_TIMEOUT_MAX - (now() - stopped)))
         self.cluster.cont(leader)
         if failover is None:
-            failover = self.cluster.failover(leader, term, timeout=20)
+            later = self.cluster.failover(term, timeout=20)
+            failover = None if later is None else now() - stopped
         return {"target": f"h{leader}", "old_term": term, "failover_s": failover}
 
     def clock_jump(self):
@@ -471,9 +495,42 @@ def make_scene(path):
                     "--width", "64", "--height", "48", "--samples", "2"], capture_output=True, check=True)
 
 
-def wait_jobs(cluster, submitter, timeout):
-    """Until every submit process has exited (they exit once every frame is in their output folder)."""
-    return submitter.wait(timeout)
+def wait_settled(cluster, work, timeout):
+    """Until every job the farm committed has ended and, if done, has all its frames in its output folder
+    (jobs whose submit was interrupted too: the submitter's daemon delivers them after its restart)."""
+    deadline = now() + timeout
+    while now() < deadline:
+        node = next((i for i in cluster.dirs if cluster.usable(i)), None)
+        jobs = cluster.control(node, {"op": "jobs"}, timeout=5) if node else None
+        if jobs is not None and all(settled(job, work) for job in jobs):
+            return True
+        time.sleep(1)
+    return False
+
+
+def settled(job, work):
+    if job["state"] in ("failed", "canceled"):
+        return True
+    if job["state"] != "done":
+        return False
+    out = os.path.join(work, "out", job["name"])
+    files = [f for f in os.listdir(out) if f.startswith(job["name"] + "_")] if os.path.isdir(out) else []
+    return len(files) >= job["frames_total"]
+
+
+def collect_states(cluster):
+    """Each node's view of every job (`status`), for the checker to compare with the log."""
+    states = {}
+    for i in cluster.dirs:
+        jobs = cluster.control(i, {"op": "jobs"}, timeout=10) or []
+        view = {}
+        for job in jobs:
+            status = cluster.control(i, {"op": "status", "job": job["job"]}, timeout=10)
+            if status is not None:
+                view[job["job"]] = {"state": status["state"],
+                                    "frames": {f["frame"]: f for f in status.get("frames", [])}}
+        states[cluster.ids.get(i, f"h{i}")] = view
+    return states
 
 
 def wait_converged(cluster, timeout=60):
@@ -490,11 +547,15 @@ def wait_converged(cluster, timeout=60):
 
 
 def collect_ledgers(cluster):
+    """`rexnode ledger --json` of every node, as a user would read it."""
     ledgers = {}
     for i in cluster.dirs:
         out = cluster.cli(i, "ledger", "--json")
-        if out.returncode == 0:
-            ledgers[cluster.ids.get(i, f"h{i}")] = json.loads(out.stdout)
+        try:
+            if out.returncode == 0:
+                ledgers[cluster.ids.get(i, f"h{i}")] = json.loads(out.stdout)
+        except ValueError:
+            pass
     return ledgers
 
 
@@ -502,8 +563,7 @@ def percentile(values, p):
     if not values:
         return None
     values = sorted(values)
-    k = min(len(values) - 1, max(0, int(round(p / 100 * len(values) + 0.5)) - 1))
-    return values[k]
+    return values[min(len(values) - 1, max(0, math.ceil(p / 100 * len(values)) - 1))]
 
 
 def main():
@@ -514,20 +574,22 @@ def main():
     parser.add_argument("--sim-ms", type=int, default=40)
     parser.add_argument("--report", help="write the markdown table here (docs/reliability.md)")
     parser.add_argument("--json", help="write the full results here")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder even if every check passes")
     parser.add_argument("--no-blender", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("chaos: needs root (network namespaces).", file=sys.stderr)
         return 2
     rexnode = os.path.abspath(os.path.join(args.bin, "rexnode"))
-    rng = random.Random(args.seed)
+    # One stream per consumer: the fault sequence and its parameters follow the seed whatever the jobs do.
+    fault_rng, job_rng = random.Random(args.seed), random.Random(args.seed + 1_000_003)
     work = tempfile.mkdtemp(prefix="rex-chaos-")
-    lab = Lab(HOSTS, work, prefix="rxc", seed=args.seed)
+    lab = Lab(HOSTS, work, seed=args.seed)
     started_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"chaos: seed {args.seed}, {args.faults} faults, work folder {work}", flush=True)
     fault_log, problems, stats = [], [], {}
-    cluster = None
+    cluster = submitter = None
+    failed = True
     try:
         lab.up()
         scene = os.path.join(work, "scene.blend")
@@ -540,24 +602,20 @@ def main():
         if cluster.wait_healthy(90) is None:
             raise RuntimeError("the farm did not form in 90 s (see the h*.log files)")
         print(f"chaos: farm of {HOSTS} formed at t={now() - cluster.t0:.1f} s", flush=True)
-        submitter = Submitter(cluster, scene, work, rng)
+        submitter = Submitter(cluster, scene, work, job_rng)
         submitter.start()
-        kinds = []
-        for n in range(args.faults):
-            if not kinds:
-                kinds = list(KINDS)
-                rng.shuffle(kinds)
-            kind = kinds.pop()
+        faults = Faults(cluster, lab, fault_rng)
+
+        def inject(kind, label, blender=False):
             t = now() - cluster.t0
-            result = cluster_result = Faults(cluster, lab, rng).run(kind)
+            result = faults.run(kind)
             recovered = cluster.wait_healthy()
-            entry = {"n": n + 1, "kind": kind, "t": round(t, 2), **cluster_result,
+            entry = {"n": len(fault_log) + 1, "kind": kind, "t": round(t, 2), "blender": blender, **result,
                      "recovered_s": None if recovered is None else round(recovered, 2)}
             fault_log.append(entry)
-            print(f"chaos: fault {n + 1}/{args.faults} {kind} {json.dumps(result)} "
-                  f"recovered in {entry['recovered_s']} s", flush=True)
+            print(f"chaos: {label} {kind} {json.dumps(result)} recovered in {entry['recovered_s']} s", flush=True)
             if recovered is None:
-                problems.append(f"the farm did not recover within 45 s after fault {n + 1} ({kind}).")
+                problems.append(f"the farm did not recover within 45 s after fault {entry['n']} ({kind}).")
                 for i in cluster.dirs:
                     if not cluster.running(i):
                         cluster.start(i)
@@ -565,11 +623,20 @@ def main():
                         cluster.cont(i)
                 lab.heal()
                 cluster.wait_healthy(60)
-            time.sleep(rng.uniform(0.3, 1.0))
+
+        kinds = []
+        for n in range(args.faults):
+            if not kinds:
+                kinds = list(KINDS)
+                fault_rng.shuffle(kinds)
+            inject(kinds.pop(), f"fault {n + 1}/{args.faults}")
+            time.sleep(fault_rng.uniform(0.3, 1.0))
         submitter.stop()
-        print("chaos: faults done; waiting for the submitted jobs", flush=True)
-        if not wait_jobs(cluster, submitter, 300):
-            problems.append("some submits were still waiting 300 s after the last fault.")
+        print("chaos: faults done; waiting for every committed job to end and be delivered", flush=True)
+        if not wait_settled(cluster, work, 300):
+            problems.append("some committed jobs had not ended, or not reached their output folder, 300 s after "
+                            "the last fault.")
+        submitter.wait(60)
         blender_records = []
         if not args.no_blender:
             print("chaos: rolling restart onto real Blender, then a Blender job through a leader kill", flush=True)
@@ -577,35 +644,32 @@ def main():
             for i in cluster.dirs:
                 cluster.terminate(i)
                 cluster.start(i)
-                cluster.wait_healthy(60)
-            blend = Submitter(cluster, scene, work, rng, frames=(12, 12), in_flight=1)
-            thread = threading.Thread(target=blend.submit_one, args=("blender", 12, 2, rng.choice([1, 2, 3, 4, 5])))
+                if cluster.wait_healthy(60) is None:
+                    problems.append(f"the farm was not healthy 60 s after h{i} restarted onto Blender.")
+            blend = Submitter(cluster, scene, work, job_rng, frames=(12, 12), in_flight=1)
+            thread = threading.Thread(target=blend.submit_one, args=("blender", 12, 2, job_rng.randint(1, HOSTS)))
             thread.start()
             time.sleep(3)
-            faults = Faults(cluster, lab, rng)
             for kind in ("kill-leader", "split-2-3"):
-                t = now() - cluster.t0
-                result = faults.run(kind)
-                recovered = cluster.wait_healthy()
-                fault_log.append({"n": len(fault_log) + 1, "kind": kind, "t": round(t, 2), "blender": True,
-                                  **result, "recovered_s": None if recovered is None else round(recovered, 2)})
-                print(f"chaos: blender-phase fault {kind} {json.dumps(result)}", flush=True)
+                inject(kind, "blender-phase fault", blender=True)
             thread.join(600)
             blender_records = blend.records
-            for record in blender_records:
-                if record["exit"] != 0:
-                    problems.append(f"the Blender job's submit exited {record['exit']}: {record.get('stderr')}")
+            if not wait_settled(cluster, work, 120):
+                problems.append("the Blender job had not ended, or not reached its output folder, 120 s after its "
+                                "faults.")
         cluster.observing = False
         if not wait_converged(cluster):
             problems.append("the nodes' ledgers did not converge within 60 s after the run.")
         ledgers = collect_ledgers(cluster)
         if len(ledgers) != HOSTS:
             problems.append(f"only {len(ledgers)} of {HOSTS} nodes answered `rexnode ledger --json`.")
+        states = collect_states(cluster)
         submits = submitter.records + blender_records
-        leaders = cluster.claims + cluster.log_claims()
-        found, stats = history.check(ledgers, submits, leaders, cluster.terms)
+        log_claims, log_terms = cluster.read_logs()
+        found, stats = history.check(ledgers, submits, cluster.claims + log_claims,
+                                     {**cluster.terms, **log_terms}, states)
         problems += found
-        stats["leader_claims_in_logs"] = len(leaders) - len(cluster.claims)
+        stats["leader_claims"] = {"polls": len(cluster.claims), "logs": len(log_claims)}
         stats.update(submits_interrupted=0, submits_refused=0)
         for record in submits:
             if record["exit"] == 0:
@@ -616,7 +680,7 @@ def main():
                 # A submit whose own node was killed loses its connection; the job itself must still finish
                 # (the checker verifies its frames reached the output folder through the restarted node).
                 stats["submits_interrupted"] += 1
-            elif not record["acknowledged"]:
+            elif not record["acknowledged"] and record["exit"] is not None:
                 # Refused before it was committed (no leader reachable in time, say): allowed, in one sentence.
                 stats["submits_refused"] += 1
                 if not record.get("stderr") or "\n" in record["stderr"].strip():
@@ -624,11 +688,13 @@ def main():
                                     f"{record.get('stderr')!r}")
             else:
                 problems.append(f"submit {record['name']} (job {record['job']}) on h{record['node_index']} "
-                                f"exited {record['exit']} although its node was not killed: {record['stderr']}")
+                                f"exited {record['exit']} although its node was not killed: {record.get('stderr')}")
         failovers = [f["failover_s"] for f in fault_log if f.get("failover_s") is not None]
-        missed = [f for f in fault_log if "failover_s" in f and f["failover_s"] is None]
-        for f in missed:
-            problems.append(f"fault {f['n']} ({f['kind']}): no new leader within the wait.")
+        for f in fault_log:
+            if "failover_s" in f and f["failover_s"] is None:
+                problems.append(f"fault {f['n']} ({f['kind']}): no new leader within the wait.")
+        recoveries = [f["recovered_s"] for f in fault_log if f["recovered_s"] is not None]
+        blender_jobs = {r["job"] for r in blender_records if r["acknowledged"]}
         stats.update({
             "faults": len(fault_log), "seed": args.seed, "started": started_at,
             "duration_min": round((now() - cluster.t0) / 60, 1),
@@ -636,9 +702,10 @@ def main():
             "failover_p99_ms": None if not failovers else round(percentile(failovers, 99) * 1000),
             "failover_count": len(failovers),
             "longest_without_leader_ms": round(cluster.longest_without_leader() * 1000),
-            "recovery_p50_s": percentile([f["recovered_s"] for f in fault_log if f["recovered_s"]], 50),
+            "recovery_p50_s": percentile(recoveries, 50), "recovery_max_s": max(recoveries, default=None),
             "jobs_submitted": len(submits), "switch": lab.stats(),
-            "blender_frames": sum(r["frames"] for r in blender_records if r["acknowledged"]),
+            "blender_frames": sum(1 for e in history.agreed_history(ledgers) if e.get("type") == "CompleteFrame"
+                                  and e.get("outcome") == "applied" and e.get("job") in blender_jobs),
         })
         by_kind = {}
         for f in fault_log:
@@ -655,18 +722,23 @@ def main():
             print("chaos: PROBLEM:", p)
         print(f"chaos: {len(problems)} problems; frames committed {stats.get('frames_committed')}, "
               f"lost {stats.get('frames_lost')}, committed twice {stats.get('frames_double')}", flush=True)
+        failed = bool(problems)
         return 1 if problems else 0
     finally:
+        if submitter is not None:
+            submitter.running = False
+            submitter.kill_all()
         if cluster is not None:
             cluster.observing = False
             for i in cluster.dirs:
                 if cluster.running(i):
                     cluster.kill(i)
         lab.down()
-        if args.keep or not problems and False:
-            print(f"chaos: kept {work}")
-        elif not args.keep:
+        if args.keep or failed:
+            print(f"chaos: kept {work} (node logs h*.log, switch.log)")
+        else:
             shutil.rmtree(work, ignore_errors=True)
+
 
 METHOD = """
 ## How the run works
@@ -676,16 +748,18 @@ software switch in a sixth namespace (`chaos/switch.py`: MAC learning, flooding 
 rules that drop, lose a percentage or delay frames). The root namespace has no interface in the lab; multicast
 discovery runs on the hosts' eth0 with TTL 1. One `rexnode join` runs in each host (`--beacon-ms 250
 --dead-after 2`, simulated renderer at `--sim-ms` per frame, 2 slots). A submitter keeps two jobs in flight
-(20-60 frames, chunk 1, 2 or 5) through `rexnode submit --json` on random nodes. Faults come one after
+(20-60 frames, chunk 1, 2 or 5) through `rexnode submit` on random nodes. Faults come one after
 another, kinds in shuffled rounds so every kind gets its share; after each, the run heals the network and
-waits until all five nodes run, agree on one leader and term, and the leader sees five live members.
+waits until three polls in a row find all five nodes running, agreeing on one leader and term, and the
+leader seeing five live members. At the end it waits until every committed job has ended and its frames are
+in its output folder.
 Then every node restarts, one at a time, onto real Blender (1 slot, 1 thread), and one 12-frame Blender job
 renders through a leader kill -9 and a 2|3 split.
 
 | kind | what is done |
 |---|---|
-| kill-leader | `kill -9` of the leader; restarted 0.5-2 s later |
-| kill-random | `kill -9` of a random node (the leader too, sometimes); restarted 0.5-3 s later |
+| kill-leader | `kill -9` of every process in the leader's host; restarted 0.5-2 s after a new leader is seen |
+| kill-random | `kill -9` of every process in a random node's host (the leader's, sometimes); restarted 0.5-3 s later |
 | isolate-leader | every frame to and from the leader dropped until a new leader is seen, then 1-3 s more |
 | split-2-3 | a random 2 / 3 split for 3-5 s |
 | partial-partition | one node (the leader half the time) reaches only one peer, for 3-5 s; the others reach everyone |
@@ -697,7 +771,9 @@ renders through a leader kill -9 and a 2|3 split.
 
 **Why a software switch, not `tc netem`.** This machine's kernel has no netem, tc filters or NFQUEUE
 (`tc qdisc add ... netem` answers "Specified qdisc kind is unknown"). The switch does what netem and `nft`
-drop rules would, in one process, seeded, so a run can be reproduced.
+drop rules would, in one process. The seed fixes the order of the fault kinds, the random draws for
+targets and durations, and the jobs' sizes; which node leads at a given moment, and the timing of processes
+and packets, are not reproducible, so a run is not replayed exactly.
 
 **How the clock jumps.** Time namespaces shift only CLOCK_MONOTONIC and CLOCK_BOOTTIME, and every namespace
 shares the machine's CLOCK_REALTIME; libfaketime (Jepsen's tool) empties Swift's `CommandLine.arguments` here,
@@ -717,9 +793,14 @@ goes through it; timeouts use the monotonic clock and are not affected.
   logs and every poll in which a node said it was leader.
 - **Exactly once**: every frame has at most one `CompleteFrame` whose outcome was `applied`; later
   completions of a done frame must have been ignored by the ledger (first valid completion wins).
-- **Nothing acknowledged is lost**: every submit that printed its job id is in the agreed history, the job
-  ended done (or was canceled), every frame of it was committed, and each frame file in the submitter's
-  output folder has the BLAKE2b-256 hash the ledger committed.
+- **Nothing acknowledged is lost**: every submit that printed its job id is in the agreed history with the
+  frames it asked for; every committed job (acknowledged or not) has every frame committed, and each frame
+  file in its output folder has the BLAKE2b-256 hash the ledger committed; no job was canceled (the run
+  cancels none); every node's own tables (`status` of each job) agree with the log: job done, each frame
+  done with the committed hash.
+- **Every submit ends well**: a submit exits 0, unless its own node was killed while it waited (it loses its
+  connection; its job must still finish), or it was refused before being committed, with a one-sentence
+  reason.
 
 **Failover** is measured from the moment a fault hits the leader (kill, isolation, 2|3 split with the
 leader in the minority, SIGSTOP) to the first 100 ms poll in which another node says it leads at a higher
@@ -745,14 +826,15 @@ Figures from one run of the fault suite (`make chaos`), {s['started']}, on this 
 | runs | 1 run of {s['faults']} faults, seed {s['seed']}, {s['duration_min']} min (`make test` runs a 10-fault version) |
 | faults injected | {s['faults']} |
 | jobs submitted / acknowledged | {s['jobs_submitted']} / {s['jobs_acknowledged']} |
-| frames committed | {s['frames_committed']} (of which real Blender: {s['blender_frames']}) |
+| frames committed | {s['frames_committed']} (of which rendered by real Blender: {s['blender_frames']}) |
 | **frames lost** (goal 0) | **{s['frames_lost']}** |
 | **frames committed twice** (goal 0) | **{s['frames_double']}** |
-| history checks failed | {len(summary['problems'])} |
+| problems found (history checks, submits, recovery) | {len(summary['problems'])} |
 | failover p50 / p99 (leader faults, {s['failover_count']} measured) | {s['failover_p50_ms']} ms / {s['failover_p99_ms']} ms |
 | longest time with no leader | {s['longest_without_leader_ms']} ms |
-| recovery to 5 live members, p50 | {s['recovery_p50_s']} s |
+| recovery to 5 live members after the heal, p50 / max | {s['recovery_p50_s']} s / {s['recovery_max_s']} s |
 | agreed log length | {s['log_length']} entries |
+| Ethernet frames through the switch | {s['switch']['forwarded']} forwarded, {s['switch']['delayed']} delayed, {s['switch']['lost']} lost at random, {s['switch']['dropped']} dropped by partitions, {s['switch']['send_errors']} send errors |
 
 ## Faults by kind
 

@@ -83,11 +83,17 @@ class Switch:
         self.send(dst, frame)
 
     def send(self, dst, frame):
-        try:
-            self.by_host[dst].send(frame)
-            self.stats["forwarded"] += 1
-        except OSError:
-            self.stats["send_errors"] += 1
+        sock = self.by_host[dst]
+        for _ in range(50):  # a full send buffer is waited out (up to ~50 ms), not turned into loss
+            try:
+                sock.send(frame)
+                self.stats["forwarded"] += 1
+                return
+            except BlockingIOError:
+                select.select([], [sock], [], 0.001)
+            except OSError:
+                break
+        self.stats["send_errors"] += 1
 
     def receive(self, fd, now):
         src, sock = self.ports[fd]
@@ -121,12 +127,15 @@ class Switch:
         buf += data
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
-            request = json.loads(line)
-            if "rules" in request:
-                self.rules = request["rules"]
-                reply = {"ok": True}
-            else:
-                reply = dict(self.stats, rules=self.rules, pending=len(self.pending))
+            try:
+                request = json.loads(line)
+                if "rules" in request:
+                    self.rules = {str(k): dict(v) for k, v in request["rules"].items()}
+                    reply = {"ok": True}
+                else:
+                    reply = dict(self.stats, rules=self.rules, pending=len(self.pending))
+            except (ValueError, AttributeError, TypeError) as error:
+                reply = {"error": f"bad request: {error}"}
             client.sendall((json.dumps(reply) + "\n").encode())
         self.clients[client] = buf
 

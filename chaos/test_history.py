@@ -1,6 +1,7 @@
 """Tests of the history checker: each hands it a history with one known fault and expects that fault named."""
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 import unittest
@@ -32,15 +33,19 @@ class HistoryTests(unittest.TestCase):
             entry(5, 2, "Noop", cid="raft:5"),
             entry(6, 2, "CompleteFrame", job="j1", frame=2, hash=blake(self.images[2])),
         ]
-        self.submits = [{"job": "j1", "acknowledged": True, "output": self.out}]
+        self.submits = [{"job": "j1", "acknowledged": True, "output": self.out, "frames": 2}]
 
-    def check(self, ledgers=None, submits=None, leaders=(), terms=None):
+    def tearDown(self):
+        shutil.rmtree(self.out, ignore_errors=True)
+
+    def check(self, ledgers=None, submits=None, leaders=(), terms=None, states=None, canceled=()):
         ledgers = ledgers if ledgers is not None else {"a": self.log, "b": self.log[:4], "c": self.log}
-        return history.check(ledgers, self.submits if submits is None else submits, list(leaders), terms or {})
+        return history.check(ledgers, self.submits if submits is None else submits, list(leaders), terms or {},
+                             states, canceled)
 
     def test_a_clean_history_passes(self):
         problems, stats = self.check(leaders=[{"node": "a", "term": 1}, {"node": "c", "term": 2}],
-                                     terms={"a": [(0.0, 1), (1.0, 2)]})
+                                     terms={"a": [1, 1, 2]})
         self.assertEqual(problems, [])
         self.assertEqual(stats["frames_committed"], 2)
         self.assertEqual(stats["frames_lost"], 0)
@@ -50,7 +55,8 @@ class HistoryTests(unittest.TestCase):
         other = list(self.log)
         other[3] = entry(4, 1, "CompleteFrame", job="j1", frame=1, hash="00" * 32, cid="x:9")
         problems, _ = self.check(ledgers={"a": self.log, "b": other})
-        self.assertTrue(any("differs from the agreed history at index 4" in p for p in problems), problems)
+        self.assertTrue(any("differs from the agreed history at index 4 (hash, id)" in p for p in problems),
+                        problems)
 
     def test_a_different_outcome_at_one_index_is_found(self):
         other = [dict(e) for e in self.log]
@@ -75,10 +81,10 @@ class HistoryTests(unittest.TestCase):
         self.assertEqual(stats["frames_double"], 0)
 
     def test_a_lost_acknowledged_submit_is_found(self):
-        submits = self.submits + [{"job": "j2", "acknowledged": True, "output": self.out}]
+        submits = self.submits + [{"job": "j2", "acknowledged": True, "output": self.out, "frames": 3}]
         problems, stats = self.check(submits=submits)
         self.assertTrue(any("acknowledged job j2 is not in the agreed history" in p for p in problems), problems)
-        self.assertEqual(stats["frames_lost"], 1)
+        self.assertEqual(stats["frames_lost"], 3)
 
     def test_an_unacknowledged_submit_may_be_missing(self):
         submits = self.submits + [{"job": None, "acknowledged": False, "output": self.out}]
@@ -102,18 +108,72 @@ class HistoryTests(unittest.TestCase):
         problems, _ = self.check()
         self.assertTrue(any("frame 1 in" in p and "not the committed image" in p for p in problems), problems)
 
-    def test_a_canceled_job_need_not_finish(self):
+    def test_a_job_the_run_canceled_need_not_finish(self):
         log = self.log[:4] + [entry(5, 2, "CancelJob", job="j1")]
-        problems, stats = self.check(ledgers={"a": log})
+        problems, stats = self.check(ledgers={"a": log}, canceled={"j1"})
         self.assertEqual(problems, [])
         self.assertEqual(stats["frames_lost"], 0)
+
+    def test_a_cancel_nobody_asked_for_is_found(self):
+        log = self.log[:4] + [entry(5, 2, "CancelJob", job="j1")]
+        problems, _ = self.check(ledgers={"a": log})
+        self.assertIn("job j1 was canceled, but the run canceled nothing.", problems)
+
+    def test_entries_that_differ_only_in_their_fields_are_found(self):
+        other = [dict(e) for e in self.log]
+        other[1]["output"] = "/somewhere/else"
+        problems, _ = self.check(ledgers={"a": self.log, "b": other})
+        self.assertTrue(any("at index 2 (output)" in p for p in problems), problems)
+
+    def test_a_completion_of_a_frame_no_job_has_is_found(self):
+        log = self.log + [entry(7, 2, "CompleteFrame", job="j1", frame=9, hash="22" * 32)]
+        problems, _ = self.check(ledgers={"a": log})
+        self.assertTrue(any("j1/9, a frame no job has" in p for p in problems), problems)
+
+    def test_a_committed_job_nobody_acknowledged_must_still_finish(self):
+        log = self.log + [entry(7, 2, "SubmitJob", job="j2", name="other", frames=[1], output=self.out)]
+        problems, stats = self.check(ledgers={"a": log})
+        self.assertTrue(any("job j2: 1 of 1 frames never committed" in p for p in problems), problems)
+        self.assertEqual(stats["frames_lost"], 1)
+
+    def test_a_job_with_other_frames_than_asked_is_found(self):
+        problems, _ = self.check(submits=[{"job": "j1", "acknowledged": True, "output": self.out, "frames": 3}])
+        self.assertTrue(any("submitted with frames 1-3 but the ledger has 2" in p for p in problems), problems)
+
+    def test_a_node_whose_tables_disagree_with_the_log_is_found(self):
+        good = {"j1": {"state": "done", "frames": {1: {"state": "done", "hash": blake(self.images[1])},
+                                                   2: {"state": "done", "hash": blake(self.images[2])}}}}
+        bad = {"j1": {"state": "running", "frames": {1: {"state": "done", "hash": blake(self.images[1])},
+                                                     2: {"state": "assigned", "hash": None}}}}
+        problems, _ = self.check(states={"a": good, "b": bad})
+        self.assertIn("node b says job j1 is running, the log says done.", problems)
+        self.assertTrue(any(p.startswith("node b has frame j1/2 as") for p in problems), problems)
+        self.assertFalse(any(p.startswith("node a") for p in problems), problems)
+
+    def test_a_node_log_gives_its_id_terms_and_leaderships(self):
+        lines = [
+            "2026-11-22T18:43:35+0000 info rexnode: id=84411faec8366b34 node=h1 slots=2 socket=/x [Farm] node ready",
+            "2026-11-22T18:51:45+0000 notice rexnode: node=h1 raft/leader=- raft/role=follower raft/term=1 "
+            "[Farm] raft role changed",
+            "2026-11-22T18:51:45+0000 notice rexnode: node=h1 raft/leader=84411faec8366b34 raft/role=leader "
+            "raft/term=2 [Farm] raft role changed",
+            "=== start at t=45.10 s, renderer simulated:40",
+            "2026-11-22T18:52:00+0000 notice rexnode: node=h1 raft/leader=- raft/role=pre-candidate raft/term=2 "
+            "[Farm] raft role changed",
+            "2026-11-22T18:52:01+0000 notice rexnode: node=h1 raft/leader=aa raft/role=follower raft/term=3 "
+            "[Farm] raft role changed",
+        ]
+        node, terms, led = history.read_node_log(lines)
+        self.assertEqual(node, "84411faec8366b34")
+        self.assertEqual(terms, [1, 2, 2, 3])
+        self.assertEqual(led, [2])
 
     def test_two_leaders_in_one_term_are_found(self):
         problems, _ = self.check(leaders=[{"node": "a", "term": 3}, {"node": "b", "term": 3}])
         self.assertIn("term 3 had 2 leaders: a, b.", problems)
 
     def test_a_term_going_back_is_found(self):
-        problems, _ = self.check(terms={"b": [(0.0, 4), (0.5, 5), (1.0, 3)]})
+        problems, _ = self.check(terms={"b": [4, 5, 3]})
         self.assertTrue(any("node b's term went back from 5 to 3" in p for p in problems), problems)
 
     def test_a_log_whose_terms_go_back_is_found(self):
