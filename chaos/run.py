@@ -245,20 +245,21 @@ class Cluster:
         return view.get(i, (None, 0, None))[1]
 
     def longest_without_leader(self):
-        """The longest stretch of polling rounds in which no node led at the highest term anyone reported."""
-        longest, gap_start = 0.0, None
+        """The longest stretch of polling rounds in which no node led at the highest term anyone reported, and
+        when it started."""
+        longest, at, gap_start = 0.0, None, None
         with self.lock:
             rounds = list(self.rounds)
         for t, view in rounds:
             top = max((term for _, term, _ in view.values()), default=0)
             led = any(role == "leader" and term == top for role, term, _ in view.values())
             if led:
-                if gap_start is not None:
-                    longest = max(longest, t - gap_start)
+                if gap_start is not None and t - gap_start > longest:
+                    longest, at = t - gap_start, gap_start
                 gap_start = None
             elif gap_start is None:
                 gap_start = t
-        return longest
+        return longest, at
 
     def read_logs(self):
         """Every node's log (all its runs): leader claims and the terms it went through, in order."""
@@ -533,17 +534,17 @@ def collect_states(cluster):
     return states
 
 
-def wait_converged(cluster, timeout=60):
+def converged_ledgers(cluster, timeout=180):
+    """Every node's `rexnode ledger --json`, read again until all five have the same length (or time is up)."""
     deadline = now() + timeout
-    while now() < deadline:
-        lengths = set()
-        for i in cluster.dirs:
-            log = cluster.control(i, {"op": "ledger"}, timeout=10)
-            lengths.add(len(log) if log is not None else -1)
-        if len(lengths) == 1 and -1 not in lengths:
-            return True
-        time.sleep(1)
-    return False
+    while True:
+        started = now()
+        ledgers = collect_ledgers(cluster)
+        lengths = {len(log) for log in ledgers.values()}
+        print(f"chaos: read {len(ledgers)} ledgers in {now() - started:.1f} s, lengths {sorted(lengths)}", flush=True)
+        if (len(ledgers) == HOSTS and len(lengths) == 1) or now() > deadline:
+            return ledgers, len(ledgers) == HOSTS and len(lengths) == 1
+        time.sleep(2)
 
 
 def collect_ledgers(cluster):
@@ -658,9 +659,9 @@ def main():
                 problems.append("the Blender job had not ended, or not reached its output folder, 120 s after its "
                                 "faults.")
         cluster.observing = False
-        if not wait_converged(cluster):
-            problems.append("the nodes' ledgers did not converge within 60 s after the run.")
-        ledgers = collect_ledgers(cluster)
+        ledgers, converged = converged_ledgers(cluster)
+        if not converged:
+            problems.append("the nodes' ledgers did not reach the same length within 180 s after the run.")
         if len(ledgers) != HOSTS:
             problems.append(f"only {len(ledgers)} of {HOSTS} nodes answered `rexnode ledger --json`.")
         states = collect_states(cluster)
@@ -693,6 +694,7 @@ def main():
         for f in fault_log:
             if "failover_s" in f and f["failover_s"] is None:
                 problems.append(f"fault {f['n']} ({f['kind']}): no new leader within the wait.")
+        gap, gap_at = cluster.longest_without_leader()
         recoveries = [f["recovered_s"] for f in fault_log if f["recovered_s"] is not None]
         blender_jobs = {r["job"] for r in blender_records if r["acknowledged"]}
         stats.update({
@@ -701,7 +703,9 @@ def main():
             "failover_p50_ms": None if not failovers else round(percentile(failovers, 50) * 1000),
             "failover_p99_ms": None if not failovers else round(percentile(failovers, 99) * 1000),
             "failover_count": len(failovers),
-            "longest_without_leader_ms": round(cluster.longest_without_leader() * 1000),
+            "longest_without_leader_ms": round(gap * 1000),
+            "longest_without_leader_during": next((f"fault {f['n']} ({f['kind']})" for f in reversed(fault_log)
+                                                   if gap_at is not None and f["t"] <= gap_at), "the start"),
             "recovery_p50_s": percentile(recoveries, 50), "recovery_max_s": max(recoveries, default=None),
             "jobs_submitted": len(submits), "switch": lab.stats(),
             "blender_frames": sum(1 for e in history.agreed_history(ledgers) if e.get("type") == "CompleteFrame"
@@ -805,7 +809,7 @@ goes through it; timeouts use the monotonic clock and are not affected.
 **Failover** is measured from the moment a fault hits the leader (kill, isolation, 2|3 split with the
 leader in the minority, SIGSTOP) to the first 100 ms poll in which another node says it leads at a higher
 term. **Time with no leader** is the longest run of polls in which no node said it led at the highest term
-any node reported.
+any node reported; the table names the last fault that had started when it began.
 """
 
 
@@ -831,7 +835,7 @@ Figures from one run of the fault suite (`make chaos`), {s['started']}, on this 
 | **frames committed twice** (goal 0) | **{s['frames_double']}** |
 | problems found (history checks, submits, recovery) | {len(summary['problems'])} |
 | failover p50 / p99 (leader faults, {s['failover_count']} measured) | {s['failover_p50_ms']} ms / {s['failover_p99_ms']} ms |
-| longest time with no leader | {s['longest_without_leader_ms']} ms |
+| longest time with no leader | {s['longest_without_leader_ms']} ms, during {s['longest_without_leader_during']} |
 | recovery to 5 live members after the heal, p50 / max | {s['recovery_p50_s']} s / {s['recovery_max_s']} s |
 | agreed log length | {s['log_length']} entries |
 | Ethernet frames through the switch | {s['switch']['forwarded']} forwarded, {s['switch']['delayed']} delayed, {s['switch']['lost']} lost at random, {s['switch']['dropped']} dropped by partitions, {s['switch']['send_errors']} send errors |
