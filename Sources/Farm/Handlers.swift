@@ -24,7 +24,7 @@ extension FarmNode {
         case .jobs: return .array(try ledger.jobs().map(Self.jobJSON))
         case .status:
             let job = try findJob(request.job)
-            return request.brief == true ? Self.jobJSON(job) : try statusJSON(job)
+            return request.brief == true ? Self.jobJSON(job) : try await statusJSON(job)
         case .cancel:
             let job = try findJob(request.job)
             guard !job.isFinished else {
@@ -32,7 +32,11 @@ extension FarmNode {
             }
             _ = try await commandLog.propose([.cancelJob(CancelJob(job: job.job))])
             return Self.jobJSON(try ledger.job(job.job) ?? job)
-        case .ledger: return .array(try ledger.log().map(Self.logJSON))
+        case .ledger:
+            // Off the actor: a long log takes seconds to turn into JSON, and this actor also carries Raft's
+            // heartbeats (found by the fault suite: reading a 49,000-entry ledger cost the leader its term).
+            let ledger = self.ledger
+            return try await Task.detached(priority: .utility) { .array(try ledger.log().map(Self.logJSON)) }.value
         case .leave:
             logger.info("leaving the farm on request")
             await leaveFarm()
@@ -135,10 +139,21 @@ extension FarmNode {
         ]
     }
 
-    private func statusJSON(_ job: JobRecord) throws -> JSONValue {
+    /// Builds the per-frame list off the actor (a job can have tens of thousands of frames).
+    private func statusJSON(_ job: JobRecord) async throws -> JSONValue {
         let live = progress.snapshot().values.filter { $0.job == job.job }
+        let deliveryError = deliveryErrors[job.job]
+        let ledger = self.ledger
+        return try await Task.detached(priority: .utility) {
+            try Self.statusJSON(job, frames: ledger.frames(of: job.job), live: live, deliveryError: deliveryError)
+        }.value
+    }
+
+    private static func statusJSON(
+        _ job: JobRecord, frames records: [FrameRecord], live: [SlotProgress.Task], deliveryError: String?
+    ) -> JSONValue {
         var view = Self.jobJSON(job)
-        let frames: [JSONValue] = try ledger.frames(of: job.job).map { f in
+        let frames: [JSONValue] = records.map { f in
             var o: [String: JSONValue] = [
                 "frame": JSONValue(f.frame), "state": .string(f.state), "node": JSONValue(f.node),
                 "hash": JSONValue(f.hash), "holders": .array(f.holders.map(JSONValue.string)),
@@ -150,7 +165,7 @@ extension FarmNode {
         }
         if case .object(var o) = view {
             o["frames"] = .array(frames)
-            if let error = deliveryErrors[job.job] { o["delivery_error"] = .string(error) }
+            if let error = deliveryError { o["delivery_error"] = .string(error) }
             view = .object(o)
         }
         return view

@@ -98,6 +98,36 @@ extension ProcessTests {
             #expect(try FileManager.default.contentsOfDirectory(atPath: fetched).count == 30)
         }
 
+        /// Found by the fault suite: `rexnode ledger` built its JSON on the daemon's actor, which also carries
+        /// Raft's heartbeats, so reading a long log on the leader stalled it past the election timeout and the
+        /// farm elected a new leader on every read. `status` of a huge job did the same.
+        @Test func readingABigJobsStatusOrTheLedgerDoesNotCostTheLeaderItsTerm() throws {
+            let scene = try Scenes.make(["--frames", "2", "--width", "32", "--height", "24", "--samples", "1"])
+            let farm = try TestFarm(count: 3, args: ["--renderer", "simulated:5000"])
+            let leader = try farm.leader()
+            // 100,000 frames (the most one job may have): one SubmitJob, and a status of about 15 MB.
+            let r = try leader.cli(["submit", scene, "--frames", "1-100000", "--chunk", "1000", "--no-wait"])
+            #expect(r.status == 0, "\(r)")
+            let job = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            func terms() throws -> [Int] {
+                try farm.nodes.map { node in
+                    let view = try #require(try node.json(["peers"]) as? [[String: Any]])
+                    return try #require(view.first { $0["self"] as? Bool == true }?["term"] as? Int)
+                }
+            }
+            try waitUntil(timeout: 10, "every node at one term") { Set(try terms()).count == 1 }
+            let before = try terms()
+            for _ in 0..<3 {
+                let status = try leader.cli(["status", job, "--json"])
+                #expect(status.status == 0)
+                #expect(status.stdout.count > 5_000_000, "a big status: \(status.stdout.count) bytes")
+                #expect(try leader.cli(["ledger", "--json"]).status == 0)
+            }
+            #expect(try terms() == before, "an election happened while the leader answered status and ledger")
+            #expect(try farm.leader().data == leader.data)
+            #expect(try leader.cli(["cancel", job]).status == 0)
+        }
+
         @Test func killingTheLeaderMidJobLosesNoFrameAndSubmitKeepsWaiting() throws {
             let scene = try Scenes.make(["--frames", "12", "--width", "96", "--height", "54", "--samples", "8"])
             let farm = try TestFarm(count: 3, args: [])
