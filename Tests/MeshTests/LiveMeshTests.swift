@@ -32,6 +32,7 @@ struct TestFarm {
         s.requestTimeout = .seconds(5)
         s.reconnectMin = .milliseconds(50)
         s.reconnectMax = .milliseconds(500)
+        s.redialMax = .milliseconds(500)
         return s
     }
 
