@@ -806,6 +806,20 @@ goes through it; timeouts use the monotonic clock and are not affected.
   connection; its job must still finish), or it was refused before being committed, with a one-sentence
   reason.
 
+## What the suite found (fixed, each with its regression test)
+
+- `rexnode ledger` and `status` built their JSON on the daemon's actor, which also carries Raft's messages:
+  reading a 49,000-entry ledger on the leader stalled it for seconds and the farm elected a new leader on
+  every read. Both now run in a detached task (`readingABigJobsStatusOrTheLedgerDoesNotCostTheLeaderItsTerm`).
+- A stopped leader was once not replaced within its 2 s of SIGSTOP, 6 s after a burst of 50 % loss: the mesh
+  redialled lost connections with backoff up to 5 s, probably leaving followers unconnected to each other.
+  A live peer is now redialled at least every second (no lower-tier test; this suite reproduces it).
+- A piped `rexnode submit` printed its "Job ID" line only at the end (block-buffered stdout)
+  (`aPipedSubmitReportsItsJobIdWhileTheJobIsStillRunning`).
+- Command ids started at the wall clock: a restart with the clock stepped back could reuse them and the
+  ledger would drop the new commands as retries. They now come from blocks reserved in the database
+  (`CommandSequencerTests`).
+
 **Failover** is measured from the moment a fault hits the leader (kill, isolation, 2|3 split with the
 leader in the minority, SIGSTOP) to the first 100 ms poll in which another node says it leads at a higher
 term. **Time with no leader** is the longest run of polls in which no node said it led at the highest term
