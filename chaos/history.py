@@ -144,7 +144,7 @@ def replay(history):
     return jobs, orphans
 
 
-def check_frames(history, submits, states=None, canceled=(), verify_files=True):
+def check_frames(history, submits, states=None, canceled=()):
     """Returns (problems, stats): exactly-once commits and nothing committed or acknowledged lost."""
     problems = []
     jobs, orphans = replay(history)
@@ -183,8 +183,6 @@ def check_frames(history, submits, states=None, canceled=(), verify_files=True):
             lost += len(missing)
             problems.append(f"job {job}: {len(missing)} of {len(frames)} frames never committed "
                             f"(first {missing[:5]}).")
-        if not verify_files:
-            continue
         name, output = record["submit"]["name"], record["submit"]["output"]
         for frame in frames:
             if frame in missing:
@@ -224,10 +222,11 @@ def compare_state(node, view, jobs):
     return problems
 
 
-def check(ledgers, submits, leaders, terms, states=None, canceled=(), verify_files=True):
+def check(ledgers, submits, leaders, terms, states=None, canceled=()):
     """All checks; returns (problems, stats)."""
+    history = agreed_history(ledgers)
     problems = check_prefix(ledgers) + check_monotone_terms(ledgers, terms) + check_one_leader(leaders)
-    frame_problems, stats = check_frames(agreed_history(ledgers), submits, states, canceled, verify_files)
+    frame_problems, stats = check_frames(history, submits, states, canceled)
     stats["jobs_acknowledged"] = sum(1 for s in submits if s.get("acknowledged"))
-    stats["log_length"] = len(agreed_history(ledgers))
+    stats["log_length"] = len(history)
     return problems + frame_problems, stats

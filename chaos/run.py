@@ -20,7 +20,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,8 +48,8 @@ def now():
 class Cluster:
     """One `rexnode join` per lab host, with the run's observations of roles and terms."""
 
-    def __init__(self, lab, rexnode, work, renderer, log):
-        self.lab, self.rexnode, self.work, self.log = lab, rexnode, work, log
+    def __init__(self, lab, rexnode, work, renderer):
+        self.lab, self.rexnode, self.work = lab, rexnode, work
         self.renderer = renderer
         self.threads = None
         self.dirs = {i: os.path.join(work, f"h{i}") for i in range(1, HOSTS + 1)}
@@ -595,7 +594,7 @@ def main():
         lab.up()
         scene = os.path.join(work, "scene.blend")
         make_scene(scene)
-        cluster = Cluster(lab, rexnode, work, f"simulated:{args.sim_ms}", print)
+        cluster = Cluster(lab, rexnode, work, f"simulated:{args.sim_ms}")
         for i in cluster.dirs:
             cluster.start(i)
         observer = threading.Thread(target=cluster.observe, daemon=True)

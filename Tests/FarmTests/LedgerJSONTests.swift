@@ -6,11 +6,16 @@ import Testing
 
 /// `rexnode ledger --json` rows: the contract's keys, plus what applying each entry did.
 @Suite struct LedgerJSONTests {
-    @Test func rowsCarryTheOutcomeAndWhyAnEntryWasIgnored() throws {
+    /// A ledger in a folder of its own (the caller removes the folder).
+    private func freshStore() throws -> LedgerStore {
         let dir = NSTemporaryDirectory() + "rex-ledger-json-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let store = try LedgerStore(path: dir + "/ledger.sqlite")
+        return try LedgerStore(path: dir + "/ledger.sqlite")
+    }
+
+    @Test func rowsCarryTheOutcomeAndWhyAnEntryWasIgnored() throws {
+        let store = try freshStore()
+        defer { try? FileManager.default.removeItem(atPath: (store.path as NSString).deletingLastPathComponent) }
         let submit = LedgerEntry(
             id: CommandID(node: "n1", seq: 1),
             command: .submitJob(
@@ -37,10 +42,8 @@ import Testing
     }
 
     @Test func anIgnoredCompletionSaysWhy() throws {
-        let dir = NSTemporaryDirectory() + "rex-ledger-json-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let store = try LedgerStore(path: dir + "/ledger.sqlite")
+        let store = try freshStore()
+        defer { try? FileManager.default.removeItem(atPath: (store.path as NSString).deletingLastPathComponent) }
         let complete = LedgerEntry(
             id: CommandID(node: "n1", seq: 1),
             command: .completeFrame(

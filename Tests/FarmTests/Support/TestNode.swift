@@ -112,25 +112,10 @@ final class TestNode {
 
     /// Starts the daemon and waits until its control socket answers.
     func start() throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: TestPaths.rexnode)
-        process.arguments =
-            ["join", "--data", data, "--name", name, "--listen", "127.0.0.1:0", "--interface", "127.0.0.1",
-                "--discovery", "239.255.77.\(TestNode.groupByte):\(discoveryPort)"]
-            + extraArgs
-        if !FileManager.default.fileExists(atPath: logPath) {
-            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        }
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-        log.seekToEndOfFile()
-        process.standardOutput = log
-        process.standardError = log
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        self.process = process
+        try launch()
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
-            if !process.isRunning { throw TestFailure("rexnode join exited early:\n\(self.log)") }
+            if !isRunning { throw TestFailure("rexnode join exited early:\n\(self.log)") }
             if let r = try? cli(["peers", "--json"], timeout: 10), r.status == 0 { return }
             usleep(100_000)
         }
@@ -157,8 +142,11 @@ final class TestNode {
             ["join", "--data", data, "--name", name, "--listen", "127.0.0.1:0", "--interface", "127.0.0.1",
                 "--discovery", "239.255.77.\(TestNode.groupByte):\(discoveryPort)"]
             + extraArgs
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        if !FileManager.default.fileExists(atPath: logPath) {
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        }
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        log.seekToEndOfFile()  // a restarted node's log follows its earlier runs
         process.standardOutput = log
         process.standardError = log
         process.standardInput = FileHandle.nullDevice
