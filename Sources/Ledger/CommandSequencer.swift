@@ -1,11 +1,5 @@
 import GRDB
 
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
-
 extension LedgerStore {
     /// The `ledger_meta` key holding the highest command sequence number this node has reserved.
     static let commandSequenceCeilingKey = "command_seq_ceiling"
@@ -59,10 +53,10 @@ public struct CommandSequencer: Sendable {
     private var ceiling: UInt64
 
     /// Reserves the first block at once.
-    /// - Parameter wallClock: nanoseconds since 1970 (injected by tests; defaults to `CLOCK_REALTIME`).
+    /// - Parameter wallClock: nanoseconds since 1970 (the daemon passes Mesh's `WallClock.nanos`; tests their own).
     public init(
         ledger: LedgerStore, blockSize: UInt64 = CommandSequencer.defaultBlockSize,
-        wallClock: @escaping @Sendable () -> UInt64 = CommandSequencer.wallClockNanoseconds
+        wallClock: @escaping @Sendable () -> UInt64
     ) throws {
         precondition(blockSize > 0, "the block size must be positive")
         self.ledger = ledger
@@ -82,12 +76,5 @@ public struct CommandSequencer: Sendable {
         }
         last += 1
         return last
-    }
-
-    /// `CLOCK_REALTIME` in nanoseconds.
-    public static func wallClockNanoseconds() -> UInt64 {
-        var spec = timespec()
-        clock_gettime(CLOCK_REALTIME, &spec)
-        return UInt64(max(0, spec.tv_sec)) * 1_000_000_000 + UInt64(max(0, spec.tv_nsec))
     }
 }
