@@ -1,3 +1,5 @@
+import NIOCore
+import NIOPosix
 import Synchronization
 
 #if canImport(Glibc)
@@ -68,8 +70,18 @@ public struct RaftStatus: Sendable, Hashable {
 ///
 /// Run it with `run()` (for example as a `Service`); it stops when that task is cancelled. Proposals that
 /// arrive while a write is in flight are batched into one append and one fsync.
+///
+/// The node runs on its own thread (an event loop of its own, or one the caller dedicates to it), never on Swift's
+/// shared pool: its timer fires from that loop, messages arrive through `receive` from any thread and replies leave
+/// through a transport that must not block, and `persist` blocks only this thread. So heartbeats keep time while the
+/// rest of a busy process (hashing, copying, SQLite reads, Blender on every core) holds every pool thread.
 public actor RaftNode {
     public nonisolated let id: NodeID
+    private nonisolated let loop: any EventLoop
+    private nonisolated let serialExecutor: any SerialExecutor
+    /// The loop this node made for itself (none given), shut down with the node.
+    private nonisolated let ownedGroup: MultiThreadedEventLoopGroup?
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { serialExecutor.asUnownedSerialExecutor() }
     /// Every committed entry, in index order, once per node run (including no-ops and membership changes).
     /// Commands can repeat under a retried `CommandID`; state machines skip ids they have applied.
     public nonisolated let committed: AsyncStream<LogEntry>
@@ -100,11 +112,21 @@ public actor RaftNode {
     /// - Parameters:
     ///   - appliedIndex: how far the caller's state machine has already applied (0 to replay the log).
     ///   - seed: seeds the election jitter; `nil` draws one from the system generator.
+    ///   - eventLoop: the thread the node runs on; `nil` gives it a loop of its own. Dedicate it to this node.
     public init(
         id: NodeID, settings: RaftSettings = RaftSettings(), storage: any RaftStorage, transport: any RaftTransport,
-        appliedIndex: LogIndex = 0, seed: UInt64? = nil
+        appliedIndex: LogIndex = 0, seed: UInt64? = nil, eventLoop: (any EventLoop)? = nil
     ) {
         self.id = id
+        if let eventLoop {
+            loop = eventLoop
+            ownedGroup = nil
+        } else {
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            loop = group.next()
+            ownedGroup = group
+        }
+        serialExecutor = loop.executor
         self.settings = settings
         self.storage = storage
         self.transport = transport
@@ -116,6 +138,10 @@ public actor RaftNode {
         (roleChanges, roleContinuation) = AsyncStream.makeStream(
             of: RaftStatus.self, bufferingPolicy: .bufferingNewest(16))
         (doorbell, doorbellContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    deinit {
+        ownedGroup?.shutdownGracefully(queue: .global()) { _ in }
     }
 
     // MARK: Inputs from outside
@@ -185,20 +211,20 @@ public actor RaftNode {
         self.instance = instance
         let tick = min(settings.heartbeatInterval / 5, .milliseconds(10))
         let bell = doorbellContinuation
-        defer { shutDown() }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                while !Task.isCancelled {
-                    try await Task.sleep(for: tick)
-                    bell.yield()
-                }
-            }
-            try await perform(first)
-            for await _ in doorbell {
-                if Task.isCancelled { break }
-                try await processPending()
-            }
-            group.cancelAll()
+        // The timer rings from the node's own loop: no pool thread is needed to wake it.
+        let nanos = Int64(clamping: tick.raftNanoseconds)
+        let ticker = loop.scheduleRepeatedTask(initialDelay: .nanoseconds(nanos), delay: .nanoseconds(nanos)) { _ in
+            bell.yield()
+        }
+        defer {
+            ticker.cancel()
+            shutDown()
+        }
+        try perform(first)
+        // Ends when the calling task is cancelled (the stream's iterator returns nil then).
+        for await _ in doorbell {
+            if Task.isCancelled { break }
+            try processPending()
         }
     }
 
@@ -213,7 +239,7 @@ public actor RaftNode {
         return UInt64(spec.tv_sec) * 1_000_000_000 + UInt64(spec.tv_nsec)
     }
 
-    private func processPending() async throws {
+    private func processPending() throws {
         let messages = inbox.withLock { pending in
             defer { pending.removeAll(keepingCapacity: true) }
             return pending
@@ -221,7 +247,7 @@ public actor RaftNode {
         for (peer, bytes) in messages {
             // Garbage from a peer is dropped: Raft treats it like a lost message.
             guard let message = try? RaftMessage(bytes: bytes) else { continue }
-            try await perform(instance!.onMessage(message, from: peer, now: now()))
+            try perform(instance!.onMessage(message, from: peer, now: now()))
         }
         if !pendingProposals.isEmpty {
             let batch = pendingProposals
@@ -231,7 +257,7 @@ public actor RaftNode {
                 for (offset, (command, continuation)) in batch.enumerated() {
                     waiters[first + LogIndex(offset)] = (command.id, continuation)
                 }
-                try await perform(directives)
+                try perform(directives)
             case .notLeader(let hint):
                 for (_, continuation) in batch { continuation.resume(throwing: RaftError.notLeader(hint)) }
             case .rejected(let reason):
@@ -245,7 +271,7 @@ public actor RaftNode {
                 switch instance!.onProposeMembership(change, now: now()) {
                 case .accepted(let index, _, let directives):
                     waiters[index] = (nil, continuation)
-                    try await perform(directives)
+                    try perform(directives)
                 case .notLeader(let hint):
                     continuation.resume(throwing: RaftError.notLeader(hint))
                 case .rejected(let reason):
@@ -255,17 +281,17 @@ public actor RaftNode {
         }
         if let deadline = timerDeadline, now() >= deadline {
             // The deadline stays until the instance schedules a new one, so a tick is never lost.
-            try await perform(instance!.onTick(now: now()))
+            try perform(instance!.onTick(now: now()))
         }
     }
 
     /// Performs directives strictly in order: a persist completes (fsync) before anything after it.
-    private func perform(_ directives: [RaftDirective]) async throws {
+    private func perform(_ directives: [RaftDirective]) throws {
         for directive in directives {
             switch directive {
             case .persist(let request):
-                try await storage.persist(request)
-                try await perform(instance!.onPersisted(request, now: now()))
+                try storage.persist(request)
+                try perform(instance!.onPersisted(request, now: now()))
             case .send(let peer, let message):
                 transport.send(message.encode(), to: peer)
             case .apply(let entries):

@@ -9,7 +9,10 @@ public protocol RaftStorage: Sendable {
     /// Reads what was made durable: the hard state and the whole log in index order.
     func load() async throws -> (hardState: HardState, log: [LogEntry])
     /// Atomically stores the hard state (if any), truncates the log (if asked) and appends the entries.
-    func persist(_ request: PersistRequest) async throws
+    ///
+    /// Blocks the calling thread until the request is durable: `RaftNode` calls it on its own thread (its event
+    /// loop), so the wait never holds a thread of Swift's shared pool and no pool thread is needed to resume.
+    func persist(_ request: PersistRequest) throws
 }
 
 /// A storage error with a message a person can act on and the underlying cause.
@@ -52,7 +55,7 @@ public final class InMemoryRaftStorage: RaftStorage {
         state.withLock { ($0.hardState, $0.log) }
     }
 
-    public func persist(_ request: PersistRequest) async throws {
+    public func persist(_ request: PersistRequest) throws {
         try state.withLock { s in
             try Self.apply(request, to: &s.hardState, &s.log)
             s.persistCount += 1

@@ -21,8 +21,32 @@ public struct ControlRequest: Codable, Sendable {
     public var job: String?
     /// For `status`: leave out the per-frame list (cheap enough to poll).
     public var brief: Bool?
+    /// For `status`: the frames-done count and state the client last saw. The daemon answers as soon as either
+    /// differs (or after about a second), so a waiting client hears of each committed frame without polling.
+    public var seenDone: Int?
+    public var seenState: String?
 
     public init(op: Op) { self.op = op }
+}
+
+/// What the server writes for one request: `{"result": …}` or `{"error": …, "code": …}`, encoded once from a typed
+/// value (a big job's status is megabytes; it is not built twice).
+public struct ControlReply: Sendable {
+    let json: Data
+
+    private struct Success<T: Encodable>: Encodable { var result: T }
+
+    static func success(_ value: some Encodable) -> ControlReply {
+        do {
+            return ControlReply(json: try JSONEncoder().encode(Success(result: value)))
+        } catch {
+            return failure(FarmError(.failed, "The answer could not be encoded.", cause: error))
+        }
+    }
+
+    static func failure(_ error: FarmError) -> ControlReply {
+        ControlReply(json: try! JSONEncoder().encode(ControlResponse(error: error)))
+    }
 }
 
 /// The answer: either `error` (one sentence) or the op's result, already in the CLI contract's JSON shape.
@@ -129,7 +153,7 @@ extension JSONValue {
 struct ControlServer: Service {
     let path: String
     let logger: Logger
-    let handler: @Sendable (ControlRequest) async -> ControlResponse
+    let handler: @Sendable (ControlRequest) async -> ControlReply
 
     func run() async throws {
         let oldUmask = umask(0o177)
@@ -171,14 +195,14 @@ struct ControlServer: Service {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 for try await line in inbound {
-                    let response: ControlResponse
+                    let reply: ControlReply
                     let bytes = Data(line.readableBytesView)
                     if let request = try? JSONDecoder().decode(ControlRequest.self, from: bytes) {
-                        response = await handler(request)
+                        reply = await handler(request)
                     } else {
-                        response = ControlResponse(error: FarmError(.protocolError, "The request was not understood."))
+                        reply = .failure(FarmError(.protocolError, "The request was not understood."))
                     }
-                    var out = ByteBuffer(bytes: try JSONEncoder().encode(response))
+                    var out = ByteBuffer(bytes: reply.json)
                     out.writeInteger(UInt8(ascii: "\n"))
                     // Keep the connection until the client closes it: closing here could cut a large answer short.
                     try await outbound.write(out)

@@ -1,34 +1,58 @@
 import Foundation
 import Ledger
+import Logging
 
-extension FarmNode {
-    // MARK: Delivery
+/// On the submitter: copies each committed frame into the job's output folder, once, atomically.
+///
+/// Works incrementally from the log index of each frame's commit, so a long job costs O(frames) in all. Frames
+/// that cannot be written yet (folder unwritable, image not here yet) are retried on every pulse.
+actor Delivery {
+    let nodeID: String
+    let ledger: LedgerStore
+    let blobs: BlobStore
+    let exchange: BlobExchange
+    let pulse: Pulse
+    let logger: Logger
+
+    /// Every frame committed up to this log index has been looked at.
+    private var deliveredThrough: UInt64 = 0
+    private var retries: [String: FrameRecord] = [:]
+    private var errors: [String: String] = [:]
+
+    init(nodeID: String, ledger: LedgerStore, blobs: BlobStore, exchange: BlobExchange, pulse: Pulse, logger: Logger) {
+        self.nodeID = nodeID
+        self.ledger = ledger
+        self.blobs = blobs
+        self.exchange = exchange
+        self.pulse = pulse
+        self.logger = logger
+    }
 
     /// The file name a frame gets in the output folder: `NAME_0001.png` (zero-padded, the image's own extension).
-    public static func frameFileName(job name: String, frame: Int, ext: String) -> String {
+    static func frameFileName(job name: String, frame: Int, ext: String) -> String {
         "\(name)_\(String(format: "%04d", frame))\(ext)"
     }
 
-    /// On the submitter: copy each committed frame into the job's output folder, once, atomically.
-    ///
-    /// Works incrementally from the log index of each frame's commit, so a long job costs O(frames) in all.
-    func deliveryLoop() async {
+    /// Why a job's frames cannot be written right now, if they cannot.
+    func problem(job: String) -> String? { errors[job] }
+
+    func run() async {
         var jobs: [String: JobRecord] = [:]
         for await _ in pulse.subscribe() {
             do {
-                for (key, frame) in deliveryRetries where try await deliver(frame, jobs: &jobs) {
-                    deliveryRetries[key] = nil
+                for (key, frame) in retries where try await deliver(frame, jobs: &jobs) {
+                    retries[key] = nil
                 }
                 let batch = try ledger.framesDone(after: deliveredThrough, limit: 1000)
                 for frame in batch {
                     if try await !deliver(frame, jobs: &jobs) {
-                        deliveryRetries["\(frame.job)/\(frame.frame)"] = frame
+                        retries["\(frame.job)/\(frame.frame)"] = frame
                     }
                     deliveredThrough = frame.doneIndex ?? deliveredThrough
                 }
                 if batch.count == 1000 { pulse.fire() }
             } catch {
-                logger.error("delivery failed: \(error)")
+                logger.error("delivery failed", metadata: ["error": "\(error)"])
             }
         }
     }
@@ -38,24 +62,25 @@ extension FarmNode {
         if jobs[frame.job] == nil { jobs[frame.job] = try ledger.job(frame.job) }
         guard let job = jobs[frame.job], job.submitter == nodeID, !job.output.isEmpty else { return true }
         guard let hash = frame.hash else { return true }
-        if !blobs.has(hash) {
-            do {
-                try await ensureBlob(hash, holders: frame.holders)
-            } catch {
-                logger.debug("frame image not fetched yet", metadata: ["job": "\(job.job)", "frame": "\(frame.frame)"])
-                return false
-            }
+        do {
+            try await exchange.ensure(hash, holders: frame.holders)
+        } catch {
+            logger.debug(
+                "frame image not fetched yet", metadata: ["farm/job": "\(job.job)", "farm/frame": "\(frame.frame)"])
+            return false
         }
         let target = "\(job.output)/\(Self.frameFileName(job: job.name, frame: frame.frame, ext: frame.ext ?? ""))"
         do {
-            try Self.placeAtomically(source: blobs.path(for: hash), target: target)
-            deliveryErrors[job.job] = nil
+            let source = blobs.path(for: hash)
+            try await Blocking.run { try Self.placeAtomically(source: source, target: target) }
+            errors[job.job] = nil
             return true
         } catch {
-            if deliveryErrors[job.job] == nil {
-                logger.error("cannot write a frame to the output folder", metadata: ["error": "\(error)"])
+            if errors[job.job] == nil {
+                logger.error(
+                    "cannot write a frame to the output folder", metadata: ["farm/job": "\(job.job)", "error": "\(error)"])
             }
-            deliveryErrors[job.job] = "Cannot write frames into \(job.output): \(error)"
+            errors[job.job] = "Cannot write frames into \(job.output): \(error)"
             return false
         }
     }
@@ -76,19 +101,19 @@ extension FarmNode {
     }
 
     /// Copies every done frame of a job into `output` (the `fetch` command).
-    func fetch(_ job: JobRecord, into output: String) async throws -> Int {
+    nonisolated func fetch(_ job: JobRecord, into output: String) async throws -> Int {
         var count = 0
         for frame in try ledger.frames(of: job.job) where frame.state == "done" {
             guard let hash = frame.hash else { continue }
             do {
-                try await ensureBlob(hash, holders: frame.holders)
+                try await exchange.ensure(hash, holders: frame.holders)
             } catch {
                 throw FarmError(
-                    .notFound, "Frame \(frame.frame) of job \(job.job) is on no reachable node (\(error)).")
+                    .notFound, "Frame \(frame.frame) of job \(job.job) is on no reachable node.", cause: error)
             }
-            try Self.placeAtomically(
-                source: blobs.path(for: hash),
-                target: "\(output)/\(Self.frameFileName(job: job.name, frame: frame.frame, ext: frame.ext ?? ""))")
+            let source = blobs.path(for: hash)
+            let target = "\(output)/\(Self.frameFileName(job: job.name, frame: frame.frame, ext: frame.ext ?? ""))"
+            try await Blocking.run { try Self.placeAtomically(source: source, target: target) }
             count += 1
         }
         return count

@@ -3,56 +3,43 @@ import Foundation
 import Ledger
 import Logging
 import Mesh
+import NIOPosix
 import Render
 import ServiceLifecycle
+import Synchronization
 
-/// The node daemon: ledger, blob store, scheduler, workers, delivery and the control socket, as one service group.
+/// The node daemon: it only wires the rooms together and runs them as one `ServiceGroup`.
 ///
-/// Every background loop wakes on `pulse` (fired after each applied batch and on a timer) and reads the ledger,
-/// so the ledger is the single source of truth and a restart resumes from it.
-public actor FarmNode {
+/// Raft runs on a thread of its own, fed straight from the mesh connections and sending straight to them (see
+/// `MeshRaftTransport`); every other room owns its state: `ControlAPI` (the control socket), `SubmitService`,
+/// `WorkerPool` (render slots and sessions), `Delivery`, `LeaderService` (`LeaderDuties` and the scheduler),
+/// `Janitor`, `Membership`, and `FarmQueries` (the read model). Background loops wake on `pulse` (fired after each
+/// applied batch and on a timer) and read the ledger, so the ledger is the single source of truth and a restart
+/// resumes from it.
+public final class FarmNode: Sendable {
     public let settings: NodeSettings
     public let nodeID: String
-    let identity: NodeIdentity
     let farmKey: FarmKey
     let ledger: LedgerStore
     let blobs: BlobStore
-    let blobSync: GroupSync
-    let renderer: any Renderer
-    let blender: BlenderInstallation?
-    let pulse = Pulse()
     let mesh: MeshNode
     let raft: RaftNode
-    let raftStore: RaftLogStore
     let raftLog: RaftCommandLog
-    var commandLog: any CommandLog { raftLog }
-    let raftOutbox: AsyncStream<(peer: String, bytes: [UInt8])>.Continuation
-    let raftOutgoing: AsyncStream<(peer: String, bytes: [UInt8])>
-    var logger: Logger
-    private let lockFD: Int32
-    private var group: ServiceGroup?
-
-    /// What each render slot is doing, for `peers` and `status`.
+    let pulse = Pulse()
     let progress = SlotProgress()
-    /// Each slot's open render session and its job (reused for the next chunk of the same job).
-    var sessions: [Int: (job: String, session: any RenderSession)] = [:]
-    /// Sessions opened at submit time to read a scene's frame range, waiting for the job's first chunk.
-    /// Closed after `warmSessionLifetime` if no local slot took them (the job's chunks went to other nodes), so
-    /// a burst of submits does not leave one idle Blender per job.
-    var warmSessions: [String: (session: any RenderSession, since: ContinuousClock.Instant)] = [:]
-    static let warmSessionLifetime: Duration = .seconds(30)
-    var onFounded: @Sendable () -> Void = {}
-    /// Set by `rexnode leave`: beacons announce it, so the leader does not add this node back.
-    var leaving = false
-    /// Scenes stored by submits not yet committed: clean-up must not take them.
-    var submitting: Set<String> = []
-    /// Assignments a slot is working on.
-    var claimed: Set<String> = []
-    /// Delivery has looked at every frame committed up to this log index.
-    var deliveredThrough: UInt64 = 0
-    /// Frames of this node's jobs that could not be written yet (folder unwritable, image not here yet).
-    var deliveryRetries: [String: FrameRecord] = [:]
-    var deliveryErrors: [String: String] = [:]
+    let roster: Roster
+    let exchange: BlobExchange
+    let workers: WorkerPool
+    let delivery: Delivery
+    let membership: Membership
+    let control: ControlAPI
+    let leader: LeaderService
+    let janitor: Janitor
+    let logger: Logger
+    /// Raft's own thread (see `RaftNode`): nothing else runs on it.
+    private let raftLoop: MultiThreadedEventLoopGroup
+    private let lockFD: Int32
+    private let group = GroupHandle()
 
     // MARK: Start
 
@@ -61,35 +48,42 @@ public actor FarmNode {
         let data = settings.data
         try data.create()
         lockFD = try Self.takeLock(data)
+        let identity: NodeIdentity
+        let ledger: LedgerStore
+        let blobs: BlobStore
+        let raftStore: RaftLogStore
+        let renderer: any Renderer
+        let blender: BlenderInstallation?
+        var logger = logger
+        logger[metadataKey: "farm/node"] = "\(settings.name)"
         do {
             identity = try NodeIdentity.loadOrCreate(at: data.identity)
-            nodeID = identity.nodeID
-            self.farmKey = farmKey
-            self.settings = settings
-            var logger = logger
-            logger[metadataKey: "node"] = "\(settings.name)"
-            self.logger = logger
             try FileManager.default.createDirectory(atPath: data.work, withIntermediateDirectories: true)
             ledger = try LedgerStore(path: data.database, extraMigrations: RaftLogStore.registerMigrations)
             blobs = try BlobStore(root: data.blobs)
             raftStore = RaftLogStore(writer: ledger.writer)
-            blobSync = GroupSync()
+            let environment = ProcessInfo.processInfo.environment
             switch settings.renderer {
             case .blender:
-                let found = try await BlenderLocator.locate(
-                    explicit: settings.blenderPath, environment: ProcessInfo.processInfo.environment)
+                let found = try await BlenderLocator.locate(explicit: settings.blenderPath, environment: environment)
                 blender = found
                 renderer = BlenderRenderer(installation: found, logger: logger)
             case .simulated(let ms):
-                blender = try? await BlenderLocator.locate(
-                    explicit: settings.blenderPath, environment: ProcessInfo.processInfo.environment)
+                blender = try? await BlenderLocator.locate(explicit: settings.blenderPath, environment: environment)
                 renderer = SimulatedRenderer(millisecondsPerFrame: ms)
             }
         } catch {
             close(lockFD)
             throw error
         }
-        let pulse = self.pulse
+        let nodeID = identity.nodeID
+        self.nodeID = nodeID
+        self.farmKey = farmKey
+        self.settings = settings
+        self.logger = logger
+        self.ledger = ledger
+        self.blobs = blobs
+
         var meshSettings = MeshNode.Settings()
         meshSettings.name = settings.name
         try meshSettings.setListen(settings.listen)
@@ -100,16 +94,21 @@ public actor FarmNode {
         meshSettings.discovery.peerTable.deadAfter = .milliseconds(settings.deadMilliseconds)
         var meshLogger = logger
         meshLogger.logLevel = max(logger.logLevel, .notice)
-        mesh = MeshNode(
-            settings: meshSettings, farmKey: farmKey, identity: identity,
-            blobSource: blobs.directory, logger: meshLogger)
-        (raftOutgoing, raftOutbox) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(8192))
-        raft = RaftNode(
-            id: identity.nodeID, settings: settings.raft, storage: raftStore,
-            transport: OutboxTransport(outbox: raftOutbox), appliedIndex: try ledger.appliedIndex())
-        let mesh = self.mesh
+        let mesh = MeshNode(
+            settings: meshSettings, farmKey: farmKey, identity: identity, blobSource: blobs.directory,
+            logger: meshLogger)
+        self.mesh = mesh
+
+        // Raft: its own thread; messages in straight from the connections, out straight to them.
+        raftLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let raft = RaftNode(
+            id: nodeID, settings: settings.raft, storage: raftStore, transport: MeshRaftTransport(mesh: mesh),
+            appliedIndex: try ledger.appliedIndex(), eventLoop: raftLoop.next())
+        self.raft = raft
+        mesh.setRaftHandler { from, bytes in raft.receive(from: from, bytes: bytes) }
+        let pulse = self.pulse
         raftLog = try RaftCommandLog(
-            raft: raft, ledger: ledger, node: identity.nodeID, logger: logger,
+            raft: raft, ledger: ledger, node: nodeID, logger: logger,
             forward: { leader, entries in
                 // A leader we have no connection to is likely gone: fail now and retry as Raft moves on,
                 // rather than wait out the request timeout.
@@ -117,10 +116,48 @@ public actor FarmNode {
                     throw FarmError(.notRunning, "The leader \(leader) is not connected.")
                 }
                 let answer = try await mesh.request(
-                    to: leader, PeerRequest(op: .propose, payloads: entries).encoded(), timeout: .seconds(5))
-                return try PeerAnswer(bytes: answer).indexes ?? []
+                    to: leader, PeerRequest.propose(entries).encoded(), timeout: .seconds(5))
+                return try PeerAnswer(bytes: answer).indexes
             },
             onApply: { pulse.fire() })
+
+        let roster = Roster(nodeID: nodeID, slots: settings.slots, raft: raft, mesh: mesh)
+        self.roster = roster
+        let exchange = BlobExchange(nodeID: nodeID, blobs: blobs, mesh: mesh, roster: roster, logger: logger)
+        self.exchange = exchange
+        let work = WorkFolders(root: data.work, blobs: blobs)
+        let inFlight = ScenesInFlight()
+        let workers = WorkerPool(
+            nodeID: nodeID, settings: settings, ledger: ledger, blobs: blobs, exchange: exchange, roster: roster,
+            commandLog: raftLog, renderer: renderer, work: work, pulse: pulse, progress: progress, logger: logger)
+        self.workers = workers
+        let delivery = Delivery(
+            nodeID: nodeID, ledger: ledger, blobs: blobs, exchange: exchange, pulse: pulse, logger: logger)
+        self.delivery = delivery
+        let group = self.group
+        membership = Membership(
+            nodeID: nodeID, settings: settings, raft: raft, raftStore: raftStore, mesh: mesh, ledger: ledger,
+            commandLog: raftLog, roster: roster, progress: progress, logger: logger,
+            requestShutdown: { await group.shutDown() })
+        let submit = SubmitService(
+            nodeID: nodeID, settings: settings, blobs: blobs, work: work, renderer: renderer, blender: blender,
+            commandLog: raftLog, ledger: ledger, inFlight: inFlight, logger: logger,
+            adoptWarm: { session, job in await workers.adoptWarmSession(session, job: job) })
+        let queries = FarmQueries(
+            nodeID: nodeID, name: settings.name, listen: settings.listen, slots: settings.slots, ledger: ledger,
+            raft: raft, mesh: mesh, roster: roster, progress: progress, delivery: delivery)
+        control = ControlAPI(
+            submitService: submit, queries: queries, delivery: delivery, membership: membership,
+            commandLog: raftLog, ledger: ledger, pulse: pulse, token: farmKey.token, logger: logger)
+        leader = LeaderService(
+            nodeID: nodeID, settings: settings, raft: raft, mesh: mesh, ledger: ledger, commandLog: raftLog,
+            roster: roster, pulse: pulse, logger: logger)
+        janitor = Janitor(
+            settings: settings, ledger: ledger, blobs: blobs, work: work, inFlight: inFlight, logger: logger)
+    }
+
+    deinit {
+        raftLoop.shutdownGracefully(queue: .global()) { _ in }
     }
 
     /// One daemon per data directory: an exclusive `flock` held for the daemon's lifetime.
@@ -149,52 +186,44 @@ public actor FarmNode {
     public func run(
         onReady: @escaping @Sendable () -> Void = {}, onFounded: @escaping @Sendable () -> Void = {}
     ) async throws {
-        self.onFounded = onFounded
-        let handler: @Sendable (ControlRequest) async -> ControlResponse = { [self] request in
-            await self.handle(request)
-        }
         await mesh.setControlHandler { [self] from, payload in try await self.answerPeer(from: from, payload) }
-        func loop(_ name: String, _ body: @escaping @Sendable () async -> Void) -> ServiceGroupConfiguration
-            .ServiceConfiguration
-        {
-            .init(service: LoopService(name: name, body: body), serviceName: name)
-        }
-        let mesh = self.mesh
+        let (mesh, membership, raftLog, control, leader, workers, delivery, janitor, pulse) = (
+            self.mesh, self.membership, self.raftLog, self.control, self.leader, self.workers, self.delivery,
+            self.janitor, self.pulse
+        )
+        let tick = settings.tickMilliseconds
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            Self.essential("mesh") { try await mesh.run() },
+            Self.essential("raft") { try await membership.runRaft(onFounded: onFounded) },
             .init(
-                service: ThrowingService(name: "mesh") { try await mesh.run() },
-                successTerminationBehavior: .gracefullyShutdownGroup,
-                failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "mesh"),
-            .init(
-                service: ThrowingService(name: "raft") { [self] in try await self.runRaft() },
-                successTerminationBehavior: .gracefullyShutdownGroup,
-                failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "raft"),
-            loop("apply") { [raftLog] in await raftLog.applyCommitted() },
-            loop("raft-out") { [self] in await self.sendRaftMessages() },
-            loop("raft-in") { [self] in await self.receiveMeshMessages() },
-            loop("roles") { [raft, logger] in await Self.logRoleChanges(raft.roleChanges, logger: logger) },
-            loop("leader") { [self] in await self.leaderDutiesLoop() },
-            loop("status") { [self] in await self.publishStatusLoop() },
-            .init(
-                service: ControlServer(path: settings.data.socket, logger: logger, handler: handler),
+                service: ControlServer(path: settings.data.socket, logger: logger, handler: { await control.handle($0) }),
                 successTerminationBehavior: .gracefullyShutdownGroup,
                 failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "control"),
-            loop("ticker") { [self] in await self.tickLoop() },
-            loop("scheduler") { [self] in await self.schedulerLoop() },
-            loop("delivery") { [self] in await self.deliveryLoop() },
-            loop("reaper") { [self] in await self.sessionReaperLoop() },
-            loop("cleanup") { [self] in await self.blendCleanupLoop() },
+            Self.loop("apply") { await raftLog.applyCommitted() },
+            Self.loop("roles") { await membership.logRoleChanges() },
+            Self.loop("status") { await membership.publishStatus() },
+            Self.loop("leader") { await leader.runDuties() },
+            Self.loop("scheduler") { await leader.runScheduler() },
+            Self.loop("delivery") { await delivery.run() },
+            Self.loop("reaper") { await workers.runReaper() },
+            Self.loop("janitor") { await janitor.run() },
+            Self.loop("ticker") {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(tick))
+                    pulse.fire()
+                }
+            },
         ]
         for slot in 0..<max(1, settings.slots) {
-            services.append(loop("slot-\(slot)") { [self] in await self.slotLoop(slot) })
+            services.append(Self.loop("slot-\(slot)") { await workers.runSlot(slot) })
         }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        self.group = group
+        self.group.set(group)
         logger.info(
             "node ready",
-            metadata: ["id": "\(nodeID)", "socket": "\(settings.data.socket)", "slots": "\(settings.slots)"])
+            metadata: ["farm/id": "\(nodeID)", "farm/socket": "\(settings.data.socket)", "farm/slots": "\(settings.slots)"])
         onReady()
         do {
             try await group.run()
@@ -207,56 +236,25 @@ public actor FarmNode {
 
     private func shutdown() async {
         pulse.finish()
-        for (_, open) in sessions { await open.session.close() }
-        sessions.removeAll()
-        for (_, warm) in warmSessions { await warm.session.close() }
-        warmSessions.removeAll()
+        await workers.closeAll()
         unlink(settings.data.socket)
         close(lockFD)
         logger.info("node stopped")
     }
 
-    func requestShutdown() async {
-        await group?.triggerGracefulShutdown()
-    }
-
-    private func tickLoop() async {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(settings.tickMilliseconds))
-            pulse.fire()
+    /// Answers another daemon's request (the mesh has already authenticated it as a farm member).
+    private func answerPeer(from: String, _ payload: [UInt8]) async throws -> [UInt8] {
+        switch try PeerRequest(bytes: payload) {
+        case .propose(let entries):
+            return PeerAnswer(indexes: try await raftLog.proposeForwarded(entries)).encoded()
+        case .replicate(let hash, let holder):
+            try await exchange.replicate(hash, from: holder)
+        case .store(let hash, let bytes):
+            try await exchange.receive(hash, bytes: bytes)
+        case .leave(let node):
+            _ = try await raft.removeMember(node)
         }
-    }
-
-    // MARK: Scheduler
-
-    /// On the leader: turn free slots into assignments whenever the ledger changes.
-    private func schedulerLoop() async {
-        for await _ in pulse.subscribe() {
-            guard await commandLog.isLeader() else { continue }
-            do {
-                let open = try ledger.openAssignments()
-                let slots = await renderSlots().map { node, total in
-                    Scheduler.Slot(node: node, free: max(0, total - open.filter { $0.node == node }.count))
-                }
-                let free = slots.reduce(0) { $0 + max(0, $1.free) }
-                guard free > 0 else { continue }
-                let queue = try ledger.queuedWork(framesPerJob: free * Self.maxChunk)
-                guard !queue.isEmpty else { continue }
-                let decisions = Scheduler.assign(queue: queue, slots: slots)
-                guard !decisions.isEmpty else { continue }
-                let term = await commandLog.currentTerm()
-                let lease = Self.nowMs() + settings.leaseMilliseconds
-                _ = try await commandLog.propose(
-                    decisions.map {
-                        .assignChunk(
-                            AssignChunk(
-                                assignment: "a-" + Self.shortID(), job: $0.job, frames: $0.frames, node: $0.node,
-                                term: term, leaseUntilMs: lease))
-                    })
-            } catch {
-                logger.error("scheduling failed: \(error)")
-            }
-        }
+        return PeerAnswer().encoded()
     }
 
     // MARK: Helpers
@@ -264,11 +262,35 @@ public actor FarmNode {
     /// The largest chunk a job may ask for (the scheduler reads no more queued frames than slots × this).
     public static let maxChunk = 1000
 
-    static func nowMs() -> Int64 { WallClock.millis() }
-
-    static func shortID() -> String {
-        Sodium.randomBytes(6).hexString
+    /// The file name a frame gets in the output folder: `NAME_0001.png` (zero-padded, the image's own extension).
+    public static func frameFileName(job name: String, frame: Int, ext: String) -> String {
+        Delivery.frameFileName(job: name, frame: frame, ext: ext)
     }
+
+    static func shortID() -> String { Sodium.randomBytes(6).hexString }
+
+    /// A task the node cannot live without (the mesh, Raft): when it ends, the whole group shuts down.
+    private static func essential(_ name: String, _ body: @escaping @Sendable () async throws -> Void)
+        -> ServiceGroupConfiguration.ServiceConfiguration
+    {
+        .init(
+            service: ThrowingService(name: name, body: body), successTerminationBehavior: .gracefullyShutdownGroup,
+            failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: name)
+    }
+
+    private static func loop(_ name: String, _ body: @escaping @Sendable () async -> Void)
+        -> ServiceGroupConfiguration.ServiceConfiguration
+    {
+        .init(service: LoopService(name: name, body: body), serviceName: name)
+    }
+}
+
+/// The running group, so `rexnode leave` can end it.
+final class GroupHandle: Sendable {
+    private let group = Mutex<ServiceGroup?>(nil)
+
+    func set(_ group: ServiceGroup) { self.group.withLock { $0 = group } }
+    func shutDown() async { await group.withLock { $0 }?.triggerGracefulShutdown() }
 }
 
 /// A long-lived task that ends the group when it stops (the mesh, Raft).

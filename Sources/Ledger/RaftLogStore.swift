@@ -53,17 +53,14 @@ public final class RaftLogStore: RaftStorage {
         try await writer.read { db in try Self.load(db) }
     }
 
-    public func persist(_ request: PersistRequest) async throws {
-        try await writer.write { db in try Self.persist(request, db) }
+    /// Blocks until the request is durable (see `RaftStorage.persist`).
+    public func persist(_ request: PersistRequest) throws {
+        try writer.write { db in try Self.persist(request, db) }
     }
 
-    /// Blocking variants, for a process that must not return to an event loop between steps (crash tests).
+    /// Blocking variant of `load`, for a process that must not return to an event loop between steps (crash tests).
     public func loadNow() throws -> (hardState: HardState, log: [LogEntry]) {
         try writer.read { db in try Self.load(db) }
-    }
-
-    public func persistNow(_ request: PersistRequest) throws {
-        try writer.write { db in try Self.persist(request, db) }
     }
 
     /// The stored hard state (term and vote); a fresh database gives term 0 and no vote.

@@ -1,4 +1,5 @@
 import NIOCore
+import Synchronization
 
 // The peer connection pipeline, bottom to top:
 //   FrameDecoder / FrameEncoder  — 4-byte length prefix with a size cap
@@ -378,6 +379,8 @@ struct ConnectionPipeline {
     var handshakeTimeout: TimeAmount
     var counters: MeshCounters?
     var authorize: @Sendable ([UInt8]) -> Bool
+    /// Where Raft messages go as soon as they are decoded (none: they travel up with the rest).
+    var raftTap: RaftTap?
 
     /// Adds the four layers; returns the handshake handler's completion future.
     func install(
@@ -394,6 +397,49 @@ struct ConnectionPipeline {
             StreamCryptoHandler(counters: counters),
             MessageCodecHandler(maxPayload: maxFrame, counters: counters),
         ])
+        if let raftTap { try channel.pipeline.syncOperations.addHandler(RaftTapHandler(tap: raftTap)) }
         return handshake.done.futureResult
+    }
+}
+
+// MARK: Raft's fast path
+
+/// Where a node's Raft messages go the moment a connection decodes them: set once by the layer above. Called on
+/// the connection's event loop, so the handler must only hand the bytes over (RaftNode.receive does).
+public final class RaftTap: Sendable {
+    public typealias Handler = @Sendable (_ from: String, _ bytes: [UInt8]) -> Void
+    private let handler = Mutex<Handler?>(nil)
+
+    public init() {}
+
+    func set(_ handler: Handler?) { self.handler.withLock { $0 = handler } }
+
+    /// Hands the message over; false when no handler is set (the message then travels up as before).
+    func deliver(from peer: String, _ bytes: [UInt8]) -> Bool {
+        guard let handler = handler.withLock({ $0 }) else { return false }
+        handler(peer, bytes)
+        return true
+    }
+}
+
+/// Takes `.raft` messages out of the pipeline on the event loop and gives them to the `RaftTap`: they never wait
+/// for the async channel, the Swift pool or an actor. Learns the peer from the handshake's event.
+final class RaftTapHandler: ChannelInboundHandler {
+    typealias InboundIn = MeshMessage
+    typealias InboundOut = MeshMessage
+
+    private let tap: RaftTap
+    private var peer: String?
+
+    init(tap: RaftTap) { self.tap = tap }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let established = event as? SecureSessionEstablished { peer = established.keys.peer.nodeID }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .raft(let bytes) = Self.unwrapInboundIn(data), let peer, tap.deliver(from: peer, bytes) { return }
+        context.fireChannelRead(data)
     }
 }

@@ -7,6 +7,9 @@ public enum MeshCounter: String, Sendable, CaseIterable {
     case connectionsAccepted, connectionsRefused, connectionsDialed, handshakeFailures, handshakeTimeouts, peersDenied
     case framesTooLarge, framesUndecryptable, messagesMalformed, connectionErrors
     case blobChunksRejected, blobChunksFetched, controlRequestsServed
+    /// Raft messages: handed straight to the layer above, sent, or dropped (no connection, or the peer's socket
+    /// is backed up: Raft treats both as a lost message and retries).
+    case raftReceived, raftSent, raftDroppedUnconnected, raftDroppedBackedUp
 }
 
 /// Thread-safe counters shared by the discovery socket, every connection pipeline and the facade.

@@ -65,6 +65,9 @@ public actor MeshNode {
         let dialed: Bool
     }
     private var connections: [String: Connection] = [:]
+    /// The same channels, readable from any thread: Raft sends through it without entering this actor.
+    private nonisolated let channels = ChannelDirectory()
+    private nonisolated let raftTap = RaftTap()
     private var dialing: Set<String> = []
     private var pending: [UInt64: (peer: String, continuation: CheckedContinuation<MeshMessage, Error>)] = [:]
     private var nextID: UInt64 = 1
@@ -134,6 +137,28 @@ public actor MeshNode {
     public func listeningPort() async throws -> Int {
         if let boundPort { return boundPort }
         return try await withCheckedThrowingContinuation { portWaiters.append($0) }
+    }
+
+    /// Raft's way in: `handler` gets every Raft message the moment a connection decodes it, on that connection's
+    /// event loop (it must only hand the bytes over). Without one they arrive on `incoming` like the rest.
+    public nonisolated func setRaftHandler(_ handler: RaftTap.Handler?) { raftTap.set(handler) }
+
+    /// Raft's way out: queues `bytes` on the peer's connection and returns at once, from any thread. Each connection
+    /// has its own bounded buffer, so a slow peer delays only itself: when its socket is backed up (or there is no
+    /// connection) the message is dropped and counted, which Raft treats as a lost message.
+    @discardableResult
+    public nonisolated func sendRaft(_ bytes: [UInt8], to nodeID: String) -> Bool {
+        guard let channel = channels[nodeID] else {
+            counters.increment(.raftDroppedUnconnected)
+            return false
+        }
+        guard channel.isWritable else {
+            counters.increment(.raftDroppedBackedUp)
+            return false
+        }
+        channel.writeAndFlush(MeshMessage.raft(bytes), promise: nil)
+        counters.increment(.raftSent)
+        return true
     }
 
     /// Sends one message to a connected peer; throws at once when there is no connection (Raft retries).
@@ -260,7 +285,7 @@ public actor MeshNode {
             handshakeTimeout: .nanoseconds(
                 Int64(settings.handshakeTimeout.components.seconds) * 1_000_000_000
                     + settings.handshakeTimeout.components.attoseconds / 1_000_000_000),
-            counters: counters, authorize: { !shared.contains($0) })
+            counters: counters, authorize: { !shared.contains($0) }, raftTap: raftTap)
     }
 
     // Deny-list lookups from the event loop: a lock-protected copy, since the handshake runs off the actor.
@@ -368,6 +393,7 @@ public actor MeshNode {
             old.channel.close(promise: nil)
         }
         connections[peer.nodeID] = Connection(id: id, channel: channel, dialed: dialed)
+        channels[peer.nodeID] = channel
         logger.info("peer connected", metadata: ["mesh/peer": "\(peer.nodeID)", "mesh/dialed": "\(dialed)"])
         return id
     }
@@ -375,6 +401,7 @@ public actor MeshNode {
     private func unregister(_ peerID: String, id: UInt64) {
         guard let conn = connections[peerID], conn.id == id else { return }
         connections[peerID] = nil
+        channels[peerID] = nil
         logger.info("peer disconnected", metadata: ["mesh/peer": "\(peerID)"])
         let error = MeshError(.closed, "The connection to node \(peerID) closed.")
         for (rid, entry) in pending where entry.peer == peerID {
@@ -619,6 +646,16 @@ final class HandshakeSlots: Sendable {
 }
 
 /// The deny-list, readable from event-loop threads during handshakes.
+/// Node id → open channel, behind a lock (Raft's sends read it from its own thread).
+final class ChannelDirectory: Sendable {
+    private let table = Mutex<[String: any Channel]>([:])
+
+    subscript(_ nodeID: String) -> (any Channel)? {
+        get { table.withLock { $0[nodeID] } }
+        set { table.withLock { $0[nodeID] = newValue } }
+    }
+}
+
 final class DenySet: Sendable {
     private let keys = Mutex<Set<[UInt8]>>([])
     func insert(_ key: [UInt8]) { keys.withLock { _ = $0.insert(key) } }

@@ -118,7 +118,7 @@ struct RaftNodeSQLiteTests {
             LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: .addNode($0.element))
         }
         for path in paths {
-            try RaftLogStore.openStandalone(path: path).persistNow(
+            try RaftLogStore.openStandalone(path: path).persist(
                 PersistRequest(hardState: HardState(term: 1), entries: members))
         }
 

@@ -142,11 +142,11 @@ struct RaftLogStoreTests {
         let path = temporaryDatabase("reopen")
         do {
             let store = try RaftLogStore.openStandalone(path: path)
-            try await store.persist(
+            try store.persist(
                 PersistRequest(
                     hardState: HardState(term: 3, votedFor: "n1"),
                     entries: (1...5).map { LogEntry(term: 2, index: $0, kind: .noop) }))
-            try await store.persist(
+            try store.persist(
                 PersistRequest(truncateFrom: 4, entries: [LogEntry(term: 3, index: 4, kind: .addNode("n9"))]))
         }
         let reopened = try RaftLogStore.openStandalone(path: path)
@@ -159,7 +159,7 @@ struct RaftLogStoreTests {
     @Test func entriesAndHardStateCanBeReadForTheLedgerCommand() throws {
         let store = try RaftLogStore.openStandalone(path: temporaryDatabase("read"))
         #expect(try store.hardState() == HardState())
-        try store.persistNow(
+        try store.persist(
             PersistRequest(
                 hardState: HardState(term: 4, votedFor: "v"),
                 entries: (1...10).map { LogEntry(term: 4, index: $0, kind: .addNode("n\($0)")) }))
@@ -177,17 +177,17 @@ struct RaftLogStoreTests {
         RaftLogStore.registerMigrations(&migrator)
         try migrator.migrate(pool)
         let store = RaftLogStore(writer: pool)
-        try store.persistNow(PersistRequest(hardState: HardState(term: 1)))
+        try store.persist(PersistRequest(hardState: HardState(term: 1)))
         #expect(try store.loadNow().hardState.term == 1)
         #expect(try GRDBPoolFactory.tables(pool).isSuperset(of: ["raft_hard_state", "raft_log"]))
     }
 
     @Test func inMemoryStorageRejectsAGapInTheLog() async throws {
         let storage = InMemoryRaftStorage()
-        await #expect(throws: RaftStorageError.self) {
-            try await storage.persist(PersistRequest(entries: [LogEntry(term: 1, index: 2, kind: .noop)]))
+        #expect(throws: RaftStorageError.self) {
+            try storage.persist(PersistRequest(entries: [LogEntry(term: 1, index: 2, kind: .noop)]))
         }
-        try await storage.persist(PersistRequest(entries: [LogEntry(term: 1, index: 1, kind: .noop)]))
+        try storage.persist(PersistRequest(entries: [LogEntry(term: 1, index: 1, kind: .noop)]))
         #expect(try await storage.load().log.count == 1)
     }
 }

@@ -25,7 +25,7 @@ import Testing
         let release = LedgerEntry(
             id: CommandID(node: "n1", seq: 2), command: .releaseFrames(ReleaseFrames(assignment: "a9", reason: "test")))
         try store.apply([(1, 1, submit), (2, 1, submit), (3, 1, release)])
-        let rows = try store.log().map(FarmNode.logJSON)
+        let rows = try store.log().map(FarmQueries.logRow)
 
         #expect(rows[0]["outcome"] == "applied")
         #expect(rows[0]["reason"] == nil && rows[0]["duplicate"] == nil)
@@ -51,7 +51,7 @@ import Testing
                     job: "j1", frame: 1, node: "n1", assignment: "a1", term: 1, hash: "h", ext: ".png",
                     holders: ["n1"])))
         try store.apply([(1, 1, complete)])
-        let row = try #require(try store.log().first.map(FarmNode.logJSON))
+        let row = try #require(try store.log().first.map(FarmQueries.logRow))
         #expect(row["outcome"] == "ignored")
         #expect(row["reason"] == "no frame j1/1")
         #expect(row["ignored_reason"] == "no frame j1/1")

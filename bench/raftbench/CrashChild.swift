@@ -56,7 +56,7 @@ struct StorageCrashChild: ParsableCommand {
                 let directive = queue.removeFirst()
                 switch directive {
                 case .persist(let request):
-                    try store.persistNow(request)
+                    try store.persist(request)
                     persists += 1
                     if let limit = dieAfterPersist, persists >= limit {
                         kill(getpid(), SIGKILL)

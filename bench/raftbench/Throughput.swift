@@ -28,8 +28,8 @@ struct ThroughputBench {
 
         func load() async throws -> (hardState: HardState, log: [LogEntry]) { try await inner.load() }
 
-        func persist(_ request: PersistRequest) async throws {
-            try await inner.persist(request)
+        func persist(_ request: PersistRequest) throws {
+            try inner.persist(request)
             counter.increment()
         }
     }
@@ -54,7 +54,7 @@ struct ThroughputBench {
             let members = ids.enumerated().map {
                 LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: .addNode($0.element))
             }
-            try await store.persist(PersistRequest(hardState: HardState(term: 1), entries: members))
+            try store.persist(PersistRequest(hardState: HardState(term: 1), entries: members))
             let storage = CountingStorage(inner: store)
             storages.append(storage)
             let node = RaftNode(id: id, storage: storage, transport: network.transport(for: id), seed: UInt64(i + 1))

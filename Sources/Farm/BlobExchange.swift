@@ -1,0 +1,83 @@
+import Foundation
+import Logging
+import Mesh
+
+/// Blobs across peers: fetching what this node lacks, and making the second copy of a rendered frame durable on
+/// another member before the frame is recorded.
+struct BlobExchange: Sendable {
+    let nodeID: String
+    let blobs: BlobStore
+    let mesh: MeshNode
+    let roster: Roster
+    let logger: Logger
+
+    /// Makes sure blob `hash` is in this node's store, fetching it from `holders` (all at once) if not.
+    func ensure(_ hash: String, holders: [String]) async throws {
+        if blobs.has(hash) { return }
+        let sources = holders.filter { $0 != nodeID }
+        guard !sources.isEmpty else {
+            throw FarmError(.notFound, "Blob \(hash.prefix(12))… is not on this node and no peer holds it.")
+        }
+        do {
+            try await mesh.fetchBlob(hash, from: sources, into: blobs.directory)
+        } catch {
+            throw FarmError(.notFound, "Blob \(hash.prefix(12))… could not be fetched from its holders.", cause: error)
+        }
+    }
+
+    /// Copies an image to a second member until one holds it durably, or the farm has no other member: a frame
+    /// counts only once it is on two nodes (or on the only one), so a worker cut off from its peers waits for them.
+    func copyUntilHeldTwice(_ hash: String, size: Int64, submitter: String) async -> [String] {
+        var delay = Duration.milliseconds(200)
+        while true {
+            let holders = await copyOnce(hash, size: size, submitter: submitter)
+            if holders.count >= 2 || Task.isCancelled { return holders }
+            if !(await roster.hasOtherMembers()) { return holders }
+            try? await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(5))
+        }
+    }
+
+    /// Pushes the image to one connected member (the submitter first) and returns every node that holds it. Small
+    /// images travel in the request; larger ones are fetched by the peer. Either way the peer answers only once the
+    /// copy is synced to its disk.
+    private func copyOnce(_ hash: String, size: Int64, submitter: String) async -> [String] {
+        // Only peers connected right now: a node that just died is skipped instead of waited for.
+        let connected = Set(await mesh.connectedPeers())
+        let alive = await roster.alivePeers().filter { connected.contains($0) }
+        let candidates = (alive.contains(submitter) ? [submitter] : []) + alive.filter { $0 != submitter }.sorted()
+        guard let first = candidates.first(where: { $0 != nodeID }) else { return [nodeID] }
+        let request: PeerRequest
+        if size <= Int64(PeerRequest.inlineBlobLimit), let bytes = try? await read(hash) {
+            request = .store(hash: hash, bytes: bytes)
+        } else {
+            request = .replicate(hash: hash, from: nodeID)
+        }
+        for peer in [first] + candidates.filter({ $0 != first && $0 != nodeID }) {
+            do {
+                _ = try await mesh.request(to: peer, request.encoded(), timeout: .seconds(30))
+                return [nodeID, peer]
+            } catch {
+                logger.warning(
+                    "could not copy an image to a peer", metadata: ["farm/peer": "\(peer)", "error": "\(error)"])
+            }
+        }
+        return [nodeID]
+    }
+
+    private func read(_ hash: String) async throws -> [UInt8] {
+        let path = blobs.path(for: hash)
+        return try await Blocking.run { Array(try Data(contentsOf: URL(fileURLWithPath: path))) }
+    }
+
+    /// The receiving side of `store`: keep the bytes, durably.
+    func receive(_ hash: String, bytes: [UInt8]) async throws {
+        try await Blocking.run { [blobs] in try blobs.put(bytes: bytes, hash: hash) }
+    }
+
+    /// The receiving side of `replicate`: fetch the blob from `holder` and make it durable.
+    func replicate(_ hash: String, from holder: String) async throws {
+        try await ensure(hash, holders: [holder])
+        try await Blocking.run { [blobs] in try blobs.makeDurable(hash) }
+    }
+}

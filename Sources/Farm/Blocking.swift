@@ -1,0 +1,9 @@
+import NIOPosix
+
+/// Work that holds a thread (hashing, copying, fsync): it runs on NIO's blocking thread pool, never on Swift's
+/// shared pool, which has one thread per core and carries every loop of the daemon.
+enum Blocking {
+    static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await NIOThreadPool.singleton.runIfActive(body)
+    }
+}

@@ -1,0 +1,86 @@
+import Foundation
+import Ledger
+import Logging
+import Render
+
+/// The control socket's requests, each handed to the room that owns it: submit to `SubmitService`, reads to
+/// `FarmQueries`, fetch to `Delivery`, leave to `Membership`. Runs on no shared actor.
+struct ControlAPI: Sendable {
+    let submitService: SubmitService
+    let queries: FarmQueries
+    let delivery: Delivery
+    let membership: Membership
+    let commandLog: any CommandLog
+    let ledger: LedgerStore
+    let pulse: Pulse
+    let token: String
+    let logger: Logger
+
+    func handle(_ request: ControlRequest) async -> ControlReply {
+        do {
+            return try await answer(request)
+        } catch let error as FarmError {
+            return .failure(error)
+        } catch let error as RenderError {
+            return .failure(FarmError(.render, error.message, cause: error))
+        } catch {
+            return .failure(FarmError(.failed, "The request failed: \(error).", cause: error))
+        }
+    }
+
+    private func answer(_ request: ControlRequest) async throws -> ControlReply {
+        switch request.op {
+        case .submit:
+            guard let path = request.path else { throw FarmError(.badInput, "submit needs a .blend file.") }
+            guard let output = request.output else { throw FarmError(.badInput, "submit needs an output folder.") }
+            let job = try await submitService.submit(
+                SubmitRequest(
+                    path: path, frames: request.frames, chunk: request.chunk, output: output, name: request.name,
+                    priority: request.priority))
+            return .success(JobRow(job))
+        case .peers:
+            return .success(try await queries.peers())
+        case .jobs:
+            return .success(try queries.jobs())
+        case .status:
+            var job = try queries.findJob(request.job)
+            if request.seenDone != nil || request.seenState != nil {
+                job = try await changed(job, seenDone: request.seenDone, seenState: request.seenState)
+            }
+            return .success(try await queries.status(job, brief: request.brief == true))
+        case .cancel:
+            let job = try queries.findJob(request.job)
+            guard !job.isFinished else {
+                throw FarmError(.badInput, "Job \(job.job) is already \(job.state); there is nothing to cancel.")
+            }
+            _ = try await commandLog.propose([.cancelJob(CancelJob(job: job.job))])
+            return .success(JobRow(try ledger.job(job.job) ?? job))
+        case .ledger:
+            return .success(try queries.log())
+        case .leave:
+            logger.info("leaving the farm on request")
+            return .success(await membership.leave())
+        case .token:
+            return .success(["token": token])
+        case .fetch:
+            let job = try queries.findJob(request.job)
+            guard let output = request.output else { throw FarmError(.badInput, "fetch needs --output DIR.") }
+            try SceneFile.prepareOutput(output)
+            let count = try await delivery.fetch(job, into: output)
+            return .success(["job": .string(job.job), "frames": JSONValue(count), "output": .string(output)] as JSONValue)
+        }
+    }
+
+    /// Waits until the job's done count or state differs from what the client saw, or about a second passes.
+    private func changed(_ job: JobRecord, seenDone: Int?, seenState: String?) async throws -> JobRecord {
+        func differs(_ j: JobRecord) -> Bool { j.framesDone != seenDone || j.state != seenState }
+        if differs(job) { return job }
+        let deadline = ContinuousClock.now + .seconds(1)
+        let ticks = pulse.subscribe()
+        for await _ in ticks {
+            let now = try ledger.job(job.job) ?? job
+            if differs(now) || ContinuousClock.now >= deadline || Task.isCancelled { return now }
+        }
+        return try ledger.job(job.job) ?? job
+    }
+}

@@ -1,0 +1,247 @@
+import Election
+import Foundation
+import Ledger
+import Mesh
+
+// MARK: Rows (the CLI contract's JSON shapes)
+
+/// One job as `jobs --json` and `status` show it. Absent values are `null`, never missing keys.
+struct JobRow: Encodable, Sendable {
+    var job, name, state: String
+    var framesTotal, framesDone, framesFailed: Int
+    var output: String
+    var priority: Int
+    var submitter: String
+    var message: String?
+
+    init(_ job: JobRecord) {
+        self.job = job.job
+        name = job.name
+        state = job.state
+        framesTotal = job.framesTotal
+        framesDone = job.framesDone
+        framesFailed = job.framesFailed
+        output = job.output
+        priority = job.priority
+        submitter = job.submitter
+        message = job.message
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case job, name, state, output, priority, submitter, message
+        case framesTotal = "frames_total"
+        case framesDone = "frames_done"
+        case framesFailed = "frames_failed"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(job, forKey: .job)
+        try c.encode(name, forKey: .name)
+        try c.encode(state, forKey: .state)
+        try c.encode(framesTotal, forKey: .framesTotal)
+        try c.encode(framesDone, forKey: .framesDone)
+        try c.encode(framesFailed, forKey: .framesFailed)
+        try c.encode(output, forKey: .output)
+        try c.encode(priority, forKey: .priority)
+        try c.encode(submitter, forKey: .submitter)
+        try c.encode(message, forKey: .message)
+    }
+}
+
+/// One frame in `status --json`.
+struct FrameRow: Encodable, Sendable {
+    var frame: Int
+    var state: String
+    var node, hash: String?
+    var holders: [String]
+    var attempts: Int
+    var message: String?
+    var progress: Double?
+
+    enum CodingKeys: String, CodingKey { case frame, state, node, hash, holders, attempts, message, progress }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(frame, forKey: .frame)
+        try c.encode(state, forKey: .state)
+        try c.encode(node, forKey: .node)
+        try c.encode(hash, forKey: .hash)
+        try c.encode(holders, forKey: .holders)
+        try c.encode(attempts, forKey: .attempts)
+        try c.encodeIfPresent(message, forKey: .message)
+        try c.encodeIfPresent(progress, forKey: .progress)
+    }
+}
+
+/// `status JOB`: the job, and unless brief its frames (and why delivery is stuck, if it is).
+struct JobStatusView: Encodable, Sendable {
+    var job: JobRow
+    var frames: [FrameRow]?
+    var deliveryError: String?
+
+    enum CodingKeys: String, CodingKey {
+        case frames
+        case deliveryError = "delivery_error"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        try job.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encodeIfPresent(frames, forKey: .frames)
+        try c.encodeIfPresent(deliveryError, forKey: .deliveryError)
+    }
+}
+
+/// One node in `peers --json`; this node's own row also carries its Raft term and the leader it follows.
+struct PeerRow: Encodable, Sendable {
+    var id, name, address, role, state: String
+    var slots, framesDone: Int
+    var isSelf: Bool
+    var task: String?
+    var member: Bool
+    var term: UInt64?
+    var leader: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, name, address, role, state, slots, task, member, term, leader
+        case framesDone = "frames_done"
+        case isSelf = "self"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(name, forKey: .name)
+        try c.encode(address, forKey: .address)
+        try c.encode(role, forKey: .role)
+        try c.encode(state, forKey: .state)
+        try c.encode(slots, forKey: .slots)
+        try c.encode(framesDone, forKey: .framesDone)
+        try c.encode(isSelf, forKey: .isSelf)
+        try c.encode(task, forKey: .task)
+        try c.encode(member, forKey: .member)
+        if isSelf {
+            try c.encode(term ?? 0, forKey: .term)
+            try c.encode(leader, forKey: .leader)
+        }
+    }
+}
+
+// MARK: The read model
+
+/// Answers `peers`, `jobs`, `status` and `ledger` from the ledger and the peer table, as typed rows whose keys are
+/// the CLI contract's. The control socket uses it; the dashboard will use the same one.
+struct FarmQueries: Sendable {
+    let nodeID: String
+    let name: String
+    let listen: String
+    let slots: Int
+    let ledger: LedgerStore
+    let raft: RaftNode
+    let mesh: MeshNode
+    let roster: Roster
+    let progress: SlotProgress
+    let delivery: Delivery
+
+    func jobs() throws -> [JobRow] { try ledger.jobs().map(JobRow.init) }
+
+    /// A job by id, unique id prefix or name (as the ledger resolves it).
+    func findJob(_ id: String?) throws -> JobRecord {
+        guard let id, !id.isEmpty else { throw FarmError(.badInput, "Name a job (see `rexnode jobs`).") }
+        guard let job = try ledger.job(id) else {
+            throw FarmError(.notFound, "There is no job '\(id)' in this farm (see `rexnode jobs`).")
+        }
+        return job
+    }
+
+    func status(_ job: JobRecord, brief: Bool) async throws -> JobStatusView {
+        guard !brief else { return JobStatusView(job: JobRow(job)) }
+        let live = progress.snapshot().values.filter { $0.job == job.job }
+        let problem = await delivery.problem(job: job.job)
+        let frames = try ledger.frames(of: job.job).map { f in
+            FrameRow(
+                frame: f.frame, state: f.state, node: f.node, hash: f.hash, holders: f.holders, attempts: f.attempts,
+                message: f.message, progress: live.first { $0.frame == f.frame }?.fraction)
+        }
+        return JobStatusView(job: JobRow(job), frames: frames, deliveryError: problem)
+    }
+
+    /// This node, then every peer discovery knows, then members discovery has never seen (dead).
+    func peers() async throws -> [PeerRow] {
+        let done = try ledger.framesDoneByNode()
+        let status = await raft.status
+        let members = status?.members ?? []
+        let tasks = progress.snapshot().values.sorted { ($0.job, $0.frame) < ($1.job, $1.frame) }
+        let port = (try? await mesh.listeningPort()).map(String.init) ?? "?"
+        let host = listen.split(separator: ":").dropLast().joined(separator: ":")
+        var rows = [
+            PeerRow(
+                id: nodeID, name: name, address: "\(host):\(port)", role: roster.role(in: status).rawValue,
+                state: "alive", slots: slots, framesDone: done[nodeID] ?? 0, isSelf: true,
+                task: tasks.isEmpty ? nil : tasks.map { "\($0.job)/\($0.frame)" }.joined(separator: ","),
+                member: members.contains(nodeID), term: status?.term ?? 0, leader: status?.leader)
+        ]
+        var seen: Set<String> = [nodeID]
+        for peer in await mesh.peers() {
+            seen.insert(peer.nodeID)
+            let announced = NodeStatus(bytes: peer.status)
+            var role = announced?.role ?? .joining
+            // The contract's roles are leader|follower|candidate|joining; a node on its way out still follows.
+            if role == .leaving { role = .follower }
+            if role == .leader && status?.leader != nil && status?.leader != peer.nodeID { role = .follower }
+            rows.append(
+                PeerRow(
+                    id: peer.nodeID, name: peer.name, address: peer.address,
+                    role: peer.state == .dead ? "follower" : role.rawValue, state: peer.state.rawValue,
+                    slots: announced?.slots ?? 0, framesDone: done[peer.nodeID] ?? 0, isSelf: false,
+                    task: peer.state == .alive ? announced?.task : nil, member: members.contains(peer.nodeID)))
+        }
+        for member in members.sorted() where !seen.contains(member) {
+            rows.append(
+                PeerRow(
+                    id: member, name: member, address: "", role: "follower", state: "dead", slots: 0,
+                    framesDone: done[member] ?? 0, isSelf: false, task: nil, member: true))
+        }
+        return rows
+    }
+
+    /// The retained applied log, one row per entry (`ledger --json`).
+    func log() throws -> [JSONValue] { try ledger.log().map(Self.logRow) }
+
+    /// One applied entry: index, term, type and command id, the command's own fields, and what applying it did.
+    static func logRow(_ logged: LoggedEntry) -> JSONValue {
+        var o: [String: JSONValue] = [
+            "index": .int(Int64(logged.index)), "term": .int(Int64(logged.term)),
+            "type": .string(logged.entry.command.typeName), "id": .string(logged.entry.id.description),
+        ]
+        if logged.duplicate { o["duplicate"] = true }
+        let fields: JSONValue =
+            switch logged.entry.command {
+            case .submitJob(let c): .from(c)
+            case .assignChunk(let c): .from(c)
+            case .completeFrame(let c): .from(c)
+            case .failFrame(let c): .from(c)
+            case .releaseFrames(let c): .from(c)
+            case .cancelJob(let c): .from(c)
+            case .addNode(let c), .removeNode(let c): .from(c)
+            case .noop: [:]
+            }
+        if case .object(let f) = fields { for (k, v) in f where o[k] == nil { o[k] = v } }
+        // What applying it did (absent for entries applied before outcomes were recorded). The command's own
+        // fields keep their keys: ReleaseFrames has a `reason` of its own, so `ignored_reason` always carries why.
+        if let outcome = logged.outcome {
+            o["outcome"] = .string(outcome.name)
+            switch outcome {
+            case .ignored(let reason):
+                o["ignored_reason"] = .string(reason)
+                if o["reason"] == nil { o["reason"] = .string(reason) }
+            case .duplicate(let first):
+                o["duplicate_of"] = .int(Int64(clamping: first))
+            case .applied:
+                break
+            }
+        }
+        return .object(o)
+    }
+}

@@ -1,0 +1,165 @@
+import Election
+import Foundation
+import Ledger
+import Logging
+import Mesh
+
+/// What the leader does besides Raft, decided as a pure function (like `RaftInstance`): the membership and the
+/// peer table in, what to change out. Time is a `Duration` on the caller's clock, so tests step it by hand.
+///
+/// One membership change at a time: first a fresh node that is alive (its log is empty, or it says it is joining
+/// after it left or was evicted; a node saying "leaving" is never added back), then a member dead longer than
+/// `evictAfter`. Otherwise the frames of assignments whose node is dead, no longer a member, or whose lease ran
+/// out go back to the queue. A member never heard from counts as dead only once this leader has listened for
+/// `deadAfter`.
+struct LeaderDuties: Sendable {
+    struct Peer: Sendable, Equatable {
+        var id: String
+        var name: String
+        var state: PeerState
+        var announced: NodeStatus?
+    }
+
+    enum Directive: Sendable, Equatable {
+        case addMember(id: String, name: String)
+        case removeMember(id: String)
+        case release([ReleaseFrames])
+    }
+
+    let deadAfter: Duration
+    let evictAfter: Duration
+    private var deadSince: [String: Duration] = [:]
+    private var leadingSince: Duration?
+
+    init(deadAfter: Duration, evictAfter: Duration) {
+        self.deadAfter = deadAfter
+        self.evictAfter = evictAfter
+    }
+
+    /// This node is not the leader (any more): what it knew about dead members starts over when it leads again.
+    mutating func stepDown() {
+        leadingSince = nil
+        deadSince = [:]
+    }
+
+    mutating func onTick(
+        now: Duration, nowMs: Int64, selfID: String, members: Set<String>, peers: [Peer], open: [AssignmentRecord]
+    ) -> [Directive] {
+        let since = leadingSince ?? now
+        leadingSince = since
+        if let fresh = peers.first(where: { peer in
+            peer.state == .alive && !members.contains(peer.id)
+                && (peer.announced?.hasLog == false || peer.announced?.role == .joining)
+        }) {
+            return [.addMember(id: fresh.id, name: fresh.name)]
+        }
+        var dead: Set<String> = []
+        for member in members where member != selfID {
+            let peer = peers.first { $0.id == member }
+            let unseenTooLong = peer == nil && now - since > deadAfter
+            if unseenTooLong || peer?.state == .dead {
+                dead.insert(member)
+                deadSince[member] = deadSince[member] ?? now
+            } else {
+                deadSince[member] = nil
+            }
+        }
+        for member in deadSince.keys where !members.contains(member) { deadSince[member] = nil }
+        if let evict = deadSince.filter({ now - $0.value > evictAfter }).keys.sorted().first {
+            deadSince[evict] = nil
+            return [.removeMember(id: evict)]
+        }
+        let stale = open.filter { a in
+            a.node != selfID && (dead.contains(a.node) || !members.contains(a.node)) || a.leaseUntilMs < nowMs
+        }
+        guard !stale.isEmpty else { return [] }
+        return [
+            .release(
+                stale.map {
+                    ReleaseFrames(
+                        assignment: $0.assignment,
+                        reason: $0.leaseUntilMs < nowMs ? "lease expired" : "node \($0.node) is dead")
+                })
+        ]
+    }
+}
+
+/// The leader's loops: membership and lost work (`LeaderDuties`, every 300 ms), and turning free slots into
+/// assignments whenever the ledger changes (`Scheduler`). Followers' loops idle.
+struct LeaderService: Sendable {
+    let nodeID: String
+    let settings: NodeSettings
+    let raft: RaftNode
+    let mesh: MeshNode
+    let ledger: LedgerStore
+    let commandLog: any CommandLog
+    let roster: Roster
+    let pulse: Pulse
+    let logger: Logger
+
+    func runDuties() async {
+        var duties = LeaderDuties(
+            deadAfter: .milliseconds(settings.deadMilliseconds), evictAfter: .milliseconds(settings.evictMilliseconds))
+        let origin = ContinuousClock.now
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(300))
+            guard let status = await raft.status, status.role == .leader else {
+                duties.stepDown()
+                continue
+            }
+            let peers = await mesh.peers().map {
+                LeaderDuties.Peer(
+                    id: $0.nodeID, name: $0.name, state: $0.state, announced: NodeStatus(bytes: $0.status))
+            }
+            guard let open = try? ledger.openAssignments() else { continue }
+            let directives = duties.onTick(
+                now: ContinuousClock.now - origin, nowMs: WallClock.millis(), selfID: nodeID,
+                members: status.members, peers: peers, open: open)
+            for directive in directives { await perform(directive) }
+        }
+    }
+
+    private func perform(_ directive: LeaderDuties.Directive) async {
+        switch directive {
+        case .addMember(let id, let name):
+            logger.info("adding a node to the farm", metadata: ["farm/peer": "\(name)", "farm/node": "\(id)"])
+            _ = try? await raft.addMember(id)
+        case .removeMember(let id):
+            logger.info("removing a node dead for too long", metadata: ["farm/node": "\(id)"])
+            _ = try? await raft.removeMember(id)
+        case .release(let releases):
+            logger.info("returning frames of lost workers to the queue", metadata: ["farm/chunks": "\(releases.count)"])
+            _ = try? await commandLog.propose(releases.map { .releaseFrames($0) })
+        }
+    }
+
+    /// Turns free slots into assignments whenever the ledger changes, while this node leads.
+    func runScheduler() async {
+        for await _ in pulse.subscribe() {
+            guard await commandLog.isLeader() else { continue }
+            do {
+                let open = try ledger.openAssignments()
+                let slots = await roster.renderSlots().map { node, total in
+                    Scheduler.Slot(node: node, free: max(0, total - open.filter { $0.node == node }.count))
+                }
+                let free = slots.reduce(0) { $0 + max(0, $1.free) }
+                guard free > 0 else { continue }
+                let queue = try ledger.queuedWork(framesPerJob: free * FarmNode.maxChunk)
+                guard !queue.isEmpty else { continue }
+                let decisions = Scheduler.assign(queue: queue, slots: slots)
+                guard !decisions.isEmpty else { continue }
+                let term = await commandLog.currentTerm()
+                let lease = WallClock.millis() + settings.leaseMilliseconds
+                _ = try await commandLog.propose(
+                    decisions.map {
+                        .assignChunk(
+                            AssignChunk(
+                                assignment: "a-" + FarmNode.shortID(), job: $0.job, frames: $0.frames, node: $0.node,
+                                term: term, leaseUntilMs: lease))
+                    })
+            } catch {
+                logger.error("scheduling failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+import Foundation
+import Mesh
+
+// MARK: Requests between daemons
+
+/// A request one daemon makes of another over the mesh's control channel, in a small binary form (a tag byte, then
+/// length-prefixed fields; see docs/protocol.md). Decoded once, on arrival, into one of these cases.
+enum PeerRequest: Sendable, Equatable {
+    /// Leader: propose these encoded ledger entries (each a `LedgerEntry`) and answer with their log indexes.
+    case propose([[UInt8]])
+    /// Keep a copy of blob `hash`, fetching it from `from`; answer once it is durable here (a large frame's second
+    /// copy).
+    case replicate(hash: String, from: String)
+    /// Keep these bytes as blob `hash`; answer once they are durable here (file and folder synced): the second copy
+    /// of a rendered frame, pushed in the request itself.
+    case store(hash: String, bytes: [UInt8])
+    /// Leader: remove `node` from the farm's membership (`rexnode leave`).
+    case leave(node: String)
+
+    /// The largest blob pushed inline with `store`; larger ones are fetched by the holder (`replicate`).
+    static let inlineBlobLimit = 1 << 20
+
+    private enum Tag: UInt8 {
+        case propose = 1, replicate = 2, store = 3, leave = 4
+    }
+
+    func encoded() -> [UInt8] {
+        var w = WireWriter()
+        switch self {
+        case .propose(let payloads):
+            w.u8(Tag.propose.rawValue)
+            w.u32(UInt32(payloads.count))
+            for payload in payloads { w.long(payload) }
+        case .replicate(let hash, let from):
+            w.u8(Tag.replicate.rawValue)
+            w.short(Array(hash.utf8))
+            w.short(Array(from.utf8))
+        case .store(let hash, let bytes):
+            w.u8(Tag.store.rawValue)
+            w.short(Array(hash.utf8))
+            w.long(bytes)
+        case .leave(let node):
+            w.u8(Tag.leave.rawValue)
+            w.short(Array(node.utf8))
+        }
+        return w.bytes
+    }
+
+    init(bytes: [UInt8]) throws(FarmError) {
+        var r = WireReader(bytes)
+        let bad = FarmError(.protocolError, "A peer sent a request this node cannot read.")
+        guard let raw = r.u8(), let tag = Tag(rawValue: raw) else { throw bad }
+        func text() throws(FarmError) -> String {
+            guard let field = r.short(), let s = String(validating: field, as: UTF8.self) else { throw bad }
+            return s
+        }
+        switch tag {
+        case .propose:
+            guard let count = r.u32(), Int(count) <= r.remaining / 4 else { throw bad }
+            var payloads: [[UInt8]] = []
+            for _ in 0..<count {
+                guard let payload = r.long(max: r.remaining) else { throw bad }
+                payloads.append(payload)
+            }
+            self = .propose(payloads)
+        case .replicate:
+            self = .replicate(hash: try text(), from: try text())
+        case .store:
+            let hash = try text()
+            guard let body = r.long(max: Self.inlineBlobLimit) else { throw bad }
+            self = .store(hash: hash, bytes: body)
+        case .leave:
+            self = .leave(node: try text())
+        }
+        guard r.isAtEnd else { throw bad }
+    }
+}
+
+/// The answer to a `PeerRequest`: the log indexes of proposed entries, or nothing.
+struct PeerAnswer: Sendable, Equatable {
+    var indexes: [UInt64] = []
+
+    func encoded() -> [UInt8] {
+        var w = WireWriter(capacity: 4 + indexes.count * 8)
+        w.u32(UInt32(indexes.count))
+        for index in indexes { w.u64(index) }
+        return w.bytes
+    }
+
+    init(indexes: [UInt64] = []) { self.indexes = indexes }
+
+    init(bytes: [UInt8]) throws(FarmError) {
+        var r = WireReader(bytes)
+        guard let count = r.u32(), Int(count) * 8 == r.remaining else {
+            throw FarmError(.protocolError, "A peer sent an answer this node cannot read.")
+        }
+        indexes = (0..<count).compactMap { _ in r.u64() }
+    }
+}
+
+// MARK: What a node announces
+
+/// What a node announces in its beacons, so peers can show it and the leader can schedule on it. JSON with short
+/// keys (a beacon has `Beacon.maxStatusBytes` for it); a status that does not fit is shortened, never cut.
+struct NodeStatus: Codable, Sendable, Equatable {
+    /// This node's part in the farm as its beacons say it.
+    enum Role: String, Codable, Sendable {
+        case leader, follower, candidate
+        /// Not a member yet (a fresh node, or one that left or was removed and came back).
+        case joining
+        /// Running `rexnode leave`: the leader must not add it back.
+        case leaving
+    }
+
+    var role: Role
+    /// Render slots.
+    var slots: Int
+    /// Has a Raft log (belongs to a farm); a fresh node with an empty log is `false`.
+    var hasLog: Bool
+    /// Current task, `job/frame`.
+    var task: String?
+
+    enum CodingKeys: String, CodingKey {
+        case role = "r"
+        case slots = "s"
+        case hasLog = "m"
+        case task = "t"
+    }
+
+    init(role: Role, slots: Int, hasLog: Bool, task: String?) {
+        self.role = role
+        self.slots = slots
+        self.hasLog = hasLog
+        self.task = task
+    }
+
+    /// The beacon's bytes: the whole status, or without its task when that would not fit.
+    func encoded() -> [UInt8] {
+        let encoder = JSONEncoder()
+        let whole = Array(try! encoder.encode(self))
+        if whole.count <= Beacon.maxStatusBytes { return whole }
+        var short = self
+        short.task = nil
+        return Array(try! encoder.encode(short))
+    }
+
+    init?(bytes: [UInt8]) {
+        guard let decoded = try? JSONDecoder().decode(NodeStatus.self, from: Data(bytes)) else { return nil }
+        self = decoded
+    }
+}

@@ -1,0 +1,42 @@
+import Election
+import Mesh
+
+/// Who is in the farm and who can work now: the Raft membership crossed with what discovery sees.
+struct Roster: Sendable {
+    let nodeID: String
+    let slots: Int
+    let raft: RaftNode
+    let mesh: MeshNode
+
+    /// Members that can take work now, with their render slots (this node's from its settings).
+    func renderSlots() async -> [(node: String, slots: Int)] {
+        let members = await raft.status?.members ?? [nodeID]
+        var result: [(String, Int)] = []
+        if members.contains(nodeID) || members.isEmpty { result.append((nodeID, slots)) }
+        for peer in await mesh.peers() where peer.state == .alive && members.contains(peer.nodeID) {
+            result.append((peer.nodeID, NodeStatus(bytes: peer.status)?.slots ?? 1))
+        }
+        return result
+    }
+
+    /// Members this node can reach now (for copies of images), excluding itself.
+    func alivePeers() async -> [String] {
+        let members = await raft.status?.members ?? []
+        return await mesh.peers().filter { $0.state == .alive && members.contains($0.nodeID) }.map(\.nodeID)
+    }
+
+    /// Whether the farm has a member besides this node.
+    func hasOtherMembers() async -> Bool {
+        !(await raft.status?.members ?? []).subtracting([nodeID]).isEmpty
+    }
+
+    /// This node's role as `peers` and beacons name it: a follower that is not a member yet is joining.
+    func role(in status: RaftStatus?) -> NodeStatus.Role {
+        switch status?.role {
+        case .leader?: .leader
+        case .candidate?: .candidate
+        case .follower? where status?.members.contains(nodeID) == true: .follower
+        default: .joining
+        }
+    }
+}

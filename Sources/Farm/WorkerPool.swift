@@ -1,0 +1,249 @@
+import Foundation
+import Ledger
+import Logging
+import Render
+import Synchronization
+
+/// What each render slot is doing right now; read by `peers` and `status` without waiting on anything.
+final class SlotProgress: Sendable {
+    struct Task: Sendable, Equatable {
+        var job: String
+        var frame: Int
+        var fraction: Double
+    }
+
+    private let table = Mutex<[Int: Task]>([:])
+
+    func set(_ slot: Int, _ task: Task?) { table.withLock { $0[slot] = task } }
+    func snapshot() -> [Int: Task] { table.withLock { $0 } }
+}
+
+/// This node's render slots and their Blender sessions.
+///
+/// A slot takes an open assignment of this node, reuses its session when the job is the same (else closes it and
+/// opens one), renders each frame still assigned to it, stores the image, copies it to a second member and
+/// proposes `CompleteFrame`; the next frame renders while that happens. Sessions opened at submit to read a scene
+/// (warm sessions) are adopted by the first local slot that takes the job, or closed after `warmSessionLifetime`.
+actor WorkerPool {
+    let nodeID: String
+    let settings: NodeSettings
+    let ledger: LedgerStore
+    let blobs: BlobStore
+    let exchange: BlobExchange
+    let roster: Roster
+    let commandLog: any CommandLog
+    let renderer: any Renderer
+    let work: WorkFolders
+    let pulse: Pulse
+    let progress: SlotProgress
+    let logger: Logger
+    private let blobSync = GroupSync()
+
+    private var sessions: [Int: (job: String, session: any RenderSession)] = [:]
+    private var warmSessions: [String: (session: any RenderSession, since: ContinuousClock.Instant)] = [:]
+    static let warmSessionLifetime: Duration = .seconds(30)
+    /// Assignments a slot is working on.
+    private var claimed: Set<String> = []
+
+    init(
+        nodeID: String, settings: NodeSettings, ledger: LedgerStore, blobs: BlobStore, exchange: BlobExchange,
+        roster: Roster, commandLog: any CommandLog, renderer: any Renderer, work: WorkFolders, pulse: Pulse,
+        progress: SlotProgress, logger: Logger
+    ) {
+        self.nodeID = nodeID
+        self.settings = settings
+        self.ledger = ledger
+        self.blobs = blobs
+        self.exchange = exchange
+        self.roster = roster
+        self.commandLog = commandLog
+        self.renderer = renderer
+        self.work = work
+        self.pulse = pulse
+        self.progress = progress
+        self.logger = logger
+    }
+
+    /// A session opened at submit time, for the job's first local chunk.
+    func adoptWarmSession(_ session: any RenderSession, job: String) {
+        warmSessions[job] = (session, .now)
+    }
+
+    func closeAll() async {
+        for (_, open) in sessions { await open.session.close() }
+        sessions.removeAll()
+        for (_, warm) in warmSessions { await warm.session.close() }
+        warmSessions.removeAll()
+    }
+
+    // MARK: Slots
+
+    /// One render slot: takes this node's open assignments one at a time.
+    func runSlot(_ slot: Int) async {
+        for await _ in pulse.subscribe() {
+            guard let assignment = nextAssignment() else { continue }
+            claimed.insert(assignment.assignment)
+            await render(assignment, slot: slot)
+            claimed.remove(assignment.assignment)
+            progress.set(slot, nil)
+            pulse.fire()
+        }
+    }
+
+    private func nextAssignment() -> AssignmentRecord? {
+        do {
+            return try ledger.openAssignments(node: nodeID).first { !claimed.contains($0.assignment) }
+        } catch {
+            logger.error("cannot read assignments", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    private func render(_ assignment: AssignmentRecord, slot: Int) async {
+        let job = assignment.job
+        let session: any RenderSession
+        do {
+            session = try await openSession(for: job, slot: slot)
+        } catch let error as RenderError {
+            logger.error("cannot start rendering", metadata: ["farm/job": "\(job)", "error": "\(error.message)"])
+            await report(
+                assignment.pendingFrames.map {
+                    .failFrame(
+                        FailFrame(
+                            job: job, frame: $0, node: nodeID, assignment: assignment.assignment,
+                            message: error.message, fatal: error.code == .badScene))
+                })
+            return
+        } catch {
+            // Not Blender's fault (the scene could not be fetched yet, the node is shutting down): hand the
+            // frames back instead of spending their attempts, after a pause so this node does not take the chunk
+            // straight back.
+            logger.warning("returning a chunk", metadata: ["farm/job": "\(job)", "error": "\(error)"])
+            try? await Task.sleep(for: .seconds(1))
+            await report([.releaseFrames(ReleaseFrames(assignment: assignment.assignment, reason: "\(error)"))])
+            return
+        }
+        let submitter = (try? ledger.job(job))?.submitter ?? nodeID
+        let outDir = work.slotFolder(job: job, slot: slot)
+        try? FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
+        // Results are recorded while the next frame renders; the chunk ends when all are in the ledger.
+        await withDiscardingTaskGroup { reports in
+            for frame in assignment.pendingFrames {
+                guard stillMine(job: job, frame: frame, assignment: assignment.assignment) else { continue }
+                progress.set(slot, .init(job: job, frame: frame, fraction: 0))
+                let progress = self.progress
+                do {
+                    let rendered = try await session.render(frame: frame, into: outDir) { p in
+                        progress.set(slot, .init(job: job, frame: frame, fraction: p.fraction))
+                    }
+                    let blobs = self.blobs
+                    let stored = try await Blocking.run {
+                        defer { try? FileManager.default.removeItem(atPath: rendered.path) }
+                        return try blobs.put(fileAt: rendered.path, sync: false)
+                    }
+                    let ext = (rendered.path as NSString).pathExtension
+                    logger.debug("frame rendered", metadata: ["farm/job": "\(job)", "farm/frame": "\(frame)"])
+                    let complete = CompleteFrameDraft(
+                        job: job, frame: frame, assignment: assignment.assignment, term: assignment.term,
+                        hash: stored.hash, size: stored.size, ext: ext.isEmpty ? "" : "." + ext)
+                    reports.addTask { await self.record(complete, submitter: submitter) }
+                } catch let error as RenderError where error.code == .canceled || sessions[slot] == nil {
+                    // The job was canceled (or finished elsewhere) and the reaper closed the session.
+                    break
+                } catch {
+                    let renderError = error as? RenderError
+                    let message = renderError?.message ?? "\(error)"
+                    logger.warning(
+                        "frame failed",
+                        metadata: ["farm/job": "\(job)", "farm/frame": "\(frame)", "error": "\(message)"])
+                    let command = LedgerCommand.failFrame(
+                        FailFrame(
+                            job: job, frame: frame, node: nodeID, assignment: assignment.assignment,
+                            message: message, fatal: renderError?.code == .badScene))
+                    reports.addTask { await self.report([command]) }
+                }
+            }
+        }
+    }
+
+    /// What a slot knows of a rendered frame before it is durable and copied.
+    private struct CompleteFrameDraft: Sendable {
+        var job: String
+        var frame: Int
+        var assignment: String
+        var term: UInt64
+        var hash: String
+        var size: Int64
+        var ext: String
+    }
+
+    /// Makes the image durable here, copies it to a second member (the submitter first), then records the frame:
+    /// a frame counts once its image is on two nodes (or on the only one).
+    private nonisolated func record(_ frame: CompleteFrameDraft, submitter: String) async {
+        await blobSync.flush(blobs.path(for: frame.hash))
+        let holders = await exchange.copyUntilHeldTwice(frame.hash, size: frame.size, submitter: submitter)
+        await report([
+            .completeFrame(
+                CompleteFrame(
+                    job: frame.job, frame: frame.frame, node: nodeID, assignment: frame.assignment, term: frame.term,
+                    hash: frame.hash, ext: frame.ext, holders: holders))
+        ])
+    }
+
+    /// The slot's session for `job`: reused when it is already open for that job, else a new one.
+    private func openSession(for job: String, slot: Int) async throws -> any RenderSession {
+        if let open = sessions[slot], open.job == job { return open.session }
+        if let old = sessions.removeValue(forKey: slot) { await old.session.close() }
+        if let warm = warmSessions.removeValue(forKey: job)?.session {
+            sessions[slot] = (job, warm)
+            return warm
+        }
+        guard let record = try ledger.job(job) else { throw FarmError(.notFound, "Job \(job) is not in the ledger.") }
+        try await exchange.ensure(record.blendHash, holders: [record.submitter] + (await roster.alivePeers()))
+        let blend = try work.sceneFile(job: record.job, name: record.name, blendHash: record.blendHash)
+        let session = try await renderer.makeSession(
+            for: RenderRequest(jobID: job, blendPath: blend, threads: settings.threads))
+        sessions[slot] = (job, session)
+        return session
+    }
+
+    private func stillMine(job: String, frame: Int, assignment: String) -> Bool {
+        guard let record = try? ledger.frame(job, frame) else { return false }
+        return record.state == "assigned" && record.assignment == assignment
+    }
+
+    /// Proposes a worker's report; a failure here only delays it (the lease returns the frames).
+    private nonisolated func report(_ commands: [LedgerCommand]) async {
+        do {
+            _ = try await commandLog.propose(commands)
+        } catch {
+            logger.error("cannot record a frame result", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: Reaper
+
+    /// Closes sessions whose job is no longer runnable: a canceled job's Blender dies at once, a finished job's
+    /// Blender does not linger, and an unused warm session goes after its lifetime.
+    func runReaper() async {
+        for await _ in pulse.subscribe() {
+            for (slot, open) in sessions {
+                let state = (try? ledger.job(open.job))?.state
+                guard state != "queued" && state != "running" else { continue }
+                // The map may have changed during an earlier close: only drop the session we looked at.
+                guard let current = sessions[slot], current.session === open.session else { continue }
+                sessions[slot] = nil
+                await open.session.close()
+                logger.debug("render session closed", metadata: ["farm/job": "\(open.job)", "state": "\(state ?? "-")"])
+            }
+            for (job, warm) in warmSessions {
+                let state = (try? ledger.job(job))?.state
+                let unused = ContinuousClock.now - warm.since > Self.warmSessionLifetime
+                guard (state != "queued" && state != "running") || unused else { continue }
+                guard let current = warmSessions[job], current.session === warm.session else { continue }
+                warmSessions[job] = nil
+                await warm.session.close()
+            }
+        }
+    }
+}
