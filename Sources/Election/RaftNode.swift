@@ -1,3 +1,4 @@
+import Dispatch
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -73,8 +74,14 @@ public struct RaftStatus: Sendable, Hashable {
 ///
 /// The node runs on its own thread (an event loop of its own, or one the caller dedicates to it), never on Swift's
 /// shared pool: its timer fires from that loop, messages arrive through `receive` from any thread and replies leave
-/// through a transport that must not block, and `persist` blocks only this thread. So heartbeats keep time while the
-/// rest of a busy process (hashing, copying, SQLite reads, Blender on every core) holds every pool thread.
+/// through a transport that must not block. Writes go to a storage thread of their own, batched (one fsync for
+/// whatever piled up), so a slow disk never stops the clock: heartbeats keep time while the rest of a busy process
+/// (hashing, copying, fsyncing a big .blend, Blender on every core) holds every pool thread and the disk.
+///
+/// Ordering is Raft's: every send and apply waits for the writes issued before it (a vote or an acknowledgement
+/// never leaves before what it promises is durable), except behind the leader's own appends, which replicate in
+/// parallel with its write (Raft thesis §10.2.1: the leader counts itself towards a commit only once its write is
+/// durable, which `RaftInstance` tracks as its durable index).
 public actor RaftNode {
     public nonisolated let id: NodeID
     private nonisolated let loop: any EventLoop
@@ -98,6 +105,20 @@ public actor RaftNode {
     private let committedContinuation: AsyncStream<LogEntry>.Continuation
     private let roleContinuation: AsyncStream<RaftStatus>.Continuation
     private let doorbell: AsyncStream<Void>
+    /// How long, at most, the node went without running (it runs at least every tick) and, as a follower, without
+    /// hearing from its leader: what a busy machine costs Raft (for benchmarks and diagnosis).
+    public private(set) var longestStall: Duration = .zero
+    public private(set) var longestLeaderSilence: Duration = .zero
+    private var lastRun: ContinuousClock.Instant?
+
+    /// Starts measuring `longestStall` and `longestLeaderSilence` afresh.
+    public func resetStallStatistics() {
+        longestStall = .zero
+        longestLeaderSilence = .zero
+        lastRun = nil
+        lastFromLeader = nil
+    }
+    private var lastFromLeader: (leader: NodeID, at: ContinuousClock.Instant)?
     private let doorbellContinuation: AsyncStream<Void>.Continuation
     private let inbox = Mutex<[(NodeID, [UInt8])]>([])
 
@@ -108,6 +129,22 @@ public actor RaftNode {
     private var pendingChanges: [(EntryKind, CheckedContinuation<LogIndex, any Error>)] = []
     private var waiters: [LogIndex: (CommandID?, CheckedContinuation<LogIndex, any Error>)] = [:]
     private var stopped = false
+
+    // Storage runs on its own queue; these track what it has made durable and what waits for it.
+    private let storageQueue = DispatchQueue(label: "rexnode.raft.storage")
+    private let storageState = Mutex(StorageState())
+    private var persistSequence: UInt64 = 0
+    /// The latest write that sends and applies must wait for (the leader's own appends are not barriers).
+    private var barrierSequence: UInt64 = 0
+    private var durableSequence: UInt64 = 0
+    private var deferred: [(needs: UInt64, directive: RaftDirective)] = []
+
+    private struct StorageState {
+        var queued: [(UInt64, PersistRequest)] = []
+        var running = false
+        var done: [(UInt64, PersistRequest)] = []
+        var failure: (any Error)?
+    }
 
     /// - Parameters:
     ///   - appliedIndex: how far the caller's state machine has already applied (0 to replay the log).
@@ -134,10 +171,10 @@ public actor RaftNode {
         var system = SystemRandomNumberGenerator()
         self.seed = seed ?? system.next()
         self.origin = clock.now
+        (doorbell, doorbellContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         (committed, committedContinuation) = AsyncStream.makeStream(of: LogEntry.self)
         (roleChanges, roleContinuation) = AsyncStream.makeStream(
             of: RaftStatus.self, bufferingPolicy: .bufferingNewest(16))
-        (doorbell, doorbellContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
     deinit {
@@ -149,7 +186,7 @@ public actor RaftNode {
     /// Hands a message from `peer` to the node; callable from any thread (the transport's receive path).
     public nonisolated func receive(from peer: NodeID, bytes: [UInt8]) {
         inbox.withLock { $0.append((peer, bytes)) }
-        doorbellContinuation.yield()
+        ring()
     }
 
     /// Proposes a command; returns its log index once it is committed and was emitted on `committed`.
@@ -165,7 +202,7 @@ public actor RaftNode {
         if let instance, !instance.isLeader { throw RaftError.notLeader(instance.leaderID) }
         return try await withCheckedThrowingContinuation { continuation in
             pendingProposals.append((command, continuation))
-            doorbellContinuation.yield()
+            ring()
         }
     }
 
@@ -183,7 +220,7 @@ public actor RaftNode {
         if stopped { throw RaftError(.stopped, "the node has stopped") }
         return try await withCheckedThrowingContinuation { continuation in
             pendingChanges.append((change, continuation))
-            doorbellContinuation.yield()
+            ring()
         }
     }
 
@@ -210,23 +247,29 @@ public actor RaftNode {
         let first = instance.onTick(now: now())
         self.instance = instance
         let tick = min(settings.heartbeatInterval / 5, .milliseconds(10))
-        let bell = doorbellContinuation
         // The timer rings from the node's own loop: no pool thread is needed to wake it.
         let nanos = Int64(clamping: tick.raftNanoseconds)
-        let ticker = loop.scheduleRepeatedTask(initialDelay: .nanoseconds(nanos), delay: .nanoseconds(nanos)) { _ in
-            bell.yield()
+        let ticker = loop.scheduleRepeatedTask(initialDelay: .nanoseconds(nanos), delay: .nanoseconds(nanos)) {
+            [weak self] _ in self?.ring()
         }
         defer {
             ticker.cancel()
             shutDown()
         }
         try perform(first)
-        // Ends when the calling task is cancelled (the stream's iterator returns nil then).
-        for await _ in doorbell {
-            if Task.isCancelled { break }
-            try processPending()
+        // The wait for the doorbell runs on the node's loop too (as the task's preferred executor): waking up never
+        // needs a thread of Swift's shared pool, which a busy process may hold for seconds.
+        try await withTaskExecutorPreference(LoopTaskExecutor(loop: loop)) {
+            // Ends when the calling task is cancelled (the stream's iterator returns nil then).
+            for await _ in doorbell {
+                if Task.isCancelled { break }
+                try processPending()
+            }
         }
     }
+
+    /// Wakes the node: it processes whatever is pending, once, on its loop.
+    private nonisolated func ring() { doorbellContinuation.yield() }
 
     private func now() -> RaftTime {
         let elapsed = clock.now - origin
@@ -240,6 +283,10 @@ public actor RaftNode {
     }
 
     private func processPending() throws {
+        let started = clock.now
+        if let lastRun { longestStall = max(longestStall, started - lastRun) }
+        lastRun = started
+        try takeDurable()
         let messages = inbox.withLock { pending in
             defer { pending.removeAll(keepingCapacity: true) }
             return pending
@@ -247,6 +294,13 @@ public actor RaftNode {
         for (peer, bytes) in messages {
             // Garbage from a peer is dropped: Raft treats it like a lost message.
             guard let message = try? RaftMessage(bytes: bytes) else { continue }
+            if case .appendEntries = message, instance?.role == .follower {
+                let at = clock.now
+                if let last = lastFromLeader, last.leader == peer {
+                    longestLeaderSilence = max(longestLeaderSilence, at - last.at)
+                }
+                lastFromLeader = (peer, at)
+            }
             try perform(instance!.onMessage(message, from: peer, now: now()))
         }
         if !pendingProposals.isEmpty {
@@ -285,43 +339,107 @@ public actor RaftNode {
         }
     }
 
-    /// Performs directives strictly in order: a persist completes (fsync) before anything after it.
+    /// Performs directives in order: a write goes to the storage queue, and a send or apply after a write waits
+    /// until that write is durable (unless the write is the leader's own append).
     private func perform(_ directives: [RaftDirective]) throws {
         for directive in directives {
             switch directive {
             case .persist(let request):
-                try storage.persist(request)
-                try perform(instance!.onPersisted(request, now: now()))
-            case .send(let peer, let message):
-                transport.send(message.encode(), to: peer)
-            case .apply(let entries):
-                for entry in entries {
-                    committedContinuation.yield(entry)
-                    if let (expected, continuation) = waiters.removeValue(forKey: entry.index) {
-                        if expected == nil ? entry.kind.isMembershipChange : entry.commandID == expected {
-                            continuation.resume(returning: entry.index)
-                        } else {
-                            continuation.resume(
-                                throwing: RaftError(
-                                    .entryOverwritten, "another entry was committed at index \(entry.index)"))
-                        }
-                    }
+                persistSequence += 1
+                let mayOvertake = instance!.role == .leader && request.hardState == nil && request.truncateFrom == nil
+                if !mayOvertake { barrierSequence = persistSequence }
+                enqueue(request, sequence: persistSequence)
+            case .send, .apply:
+                if barrierSequence > durableSequence {
+                    deferred.append((barrierSequence, directive))
+                } else {
+                    try performNow(directive)
                 }
-            case .roleChanged(let role, _, let leader):
-                if let status { roleContinuation.yield(status) }
-                if role != .leader && !waiters.isEmpty {
-                    let lost = waiters
-                    waiters = [:]
-                    for (_, (_, continuation)) in lost {
+            case .roleChanged, .scheduleTimer:
+                try performNow(directive)
+            }
+        }
+    }
+
+    /// Hands a write to the storage queue; whatever piles up while one write syncs goes in the next, together.
+    private nonisolated func enqueue(_ request: PersistRequest, sequence: UInt64) {
+        let start = storageState.withLock { state -> Bool in
+            state.queued.append((sequence, request))
+            guard !state.running else { return false }
+            state.running = true
+            return true
+        }
+        if start { storageQueue.async { self.drainStorage() } }
+    }
+
+    private nonisolated func drainStorage() {
+        while true {
+            let batch = storageState.withLock { state -> [(UInt64, PersistRequest)] in
+                defer { state.queued.removeAll(keepingCapacity: true) }
+                if state.queued.isEmpty || state.failure != nil { state.running = false }
+                return state.failure == nil ? state.queued : []
+            }
+            guard !batch.isEmpty else { return }
+            do {
+                try storage.persist(batch: batch.map(\.1))
+                storageState.withLock { $0.done += batch }
+            } catch {
+                storageState.withLock { $0.failure = error }
+            }
+            ring()
+        }
+    }
+
+    /// Feeds durable writes back to the instance and releases what waited for them; a storage error stops the node.
+    private func takeDurable() throws {
+        let (done, failure) = storageState.withLock { state in
+            defer { state.done.removeAll(keepingCapacity: true) }
+            return (state.done, state.failure)
+        }
+        if let failure { throw failure }
+        for (sequence, request) in done {
+            durableSequence = sequence
+            try perform(instance!.onPersisted(request, now: now()))
+            while let first = deferred.first, first.needs <= durableSequence {
+                deferred.removeFirst()
+                try performNow(first.directive)
+            }
+        }
+    }
+
+    private func performNow(_ directive: RaftDirective) throws {
+        switch directive {
+        case .persist:
+            preconditionFailure("writes go through perform(_:)")
+        case .send(let peer, let message):
+            transport.send(message.encode(), to: peer)
+        case .apply(let entries):
+            for entry in entries {
+                committedContinuation.yield(entry)
+                if let (expected, continuation) = waiters.removeValue(forKey: entry.index) {
+                    if expected == nil ? entry.kind.isMembershipChange : entry.commandID == expected {
+                        continuation.resume(returning: entry.index)
+                    } else {
                         continuation.resume(
                             throwing: RaftError(
-                                .leadershipLost, "leadership moved before the entry committed; it may still commit",
-                                leaderHint: leader))
+                                .entryOverwritten, "another entry was committed at index \(entry.index)"))
                     }
                 }
-            case .scheduleTimer(let at):
-                timerDeadline = at
             }
+        case .roleChanged(let role, _, let leader):
+            if let status { roleContinuation.yield(status) }
+            if role != .leader && !waiters.isEmpty {
+                let lost = waiters
+                waiters = [:]
+                for (_, (_, continuation)) in lost {
+                    continuation.resume(
+                        throwing: RaftError(
+                            .leadershipLost, "leadership moved before the entry committed; it may still commit",
+                            leaderHint: leader))
+                }
+            }
+        case .scheduleTimer(let at):
+            timerDeadline = at
         }
     }
 
@@ -336,6 +454,21 @@ public actor RaftNode {
         waiters = [:]
         committedContinuation.finish()
         roleContinuation.finish()
+    }
+}
+
+// MARK: - Executor
+
+/// Runs a task's nonisolated work on an event loop (SE-0417 task executor), so a task that prefers it never
+/// waits for a thread of the shared pool.
+final class LoopTaskExecutor: TaskExecutor {
+    let loop: any EventLoop
+
+    init(loop: any EventLoop) { self.loop = loop }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        loop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }
 

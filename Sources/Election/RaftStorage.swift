@@ -13,6 +13,14 @@ public protocol RaftStorage: Sendable {
     /// Blocks the calling thread until the request is durable: `RaftNode` calls it on its own thread (its event
     /// loop), so the wait never holds a thread of Swift's shared pool and no pool thread is needed to resume.
     func persist(_ request: PersistRequest) throws
+    /// Persists several requests in order, as one write where the storage can (one fsync for the lot).
+    func persist(batch requests: [PersistRequest]) throws
+}
+
+extension RaftStorage {
+    public func persist(batch requests: [PersistRequest]) throws {
+        for request in requests { try persist(request) }
+    }
 }
 
 /// A storage error with a message a person can act on and the underlying cause.

@@ -78,6 +78,17 @@ public struct AssignmentRecord: Sendable, Equatable {
     public var leaseUntilMs: Int64
     /// Frames of the assignment still to render.
     public var pendingFrames: [Int]
+
+    public init(
+        assignment: String, job: String, node: String, term: UInt64, leaseUntilMs: Int64, pendingFrames: [Int]
+    ) {
+        self.assignment = assignment
+        self.job = job
+        self.node = node
+        self.term = term
+        self.leaseUntilMs = leaseUntilMs
+        self.pendingFrames = pendingFrames
+    }
 }
 
 extension LedgerStore {

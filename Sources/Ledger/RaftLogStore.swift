@@ -58,6 +58,11 @@ public final class RaftLogStore: RaftStorage {
         try writer.write { db in try Self.persist(request, db) }
     }
 
+    /// Several requests in one transaction: one fsync for the lot.
+    public func persist(batch requests: [PersistRequest]) throws {
+        try writer.write { db in for request in requests { try Self.persist(request, db) } }
+    }
+
     /// Blocking variant of `load`, for a process that must not return to an event loop between steps (crash tests).
     public func loadNow() throws -> (hardState: HardState, log: [LogEntry]) {
         try writer.read { db in try Self.load(db) }

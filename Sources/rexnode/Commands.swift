@@ -90,8 +90,13 @@ struct Waiter {
         while true {
             var request = ControlRequest(op: .status)
             request.job = job
-            // The frame list is only needed at the end, to check every file is in place.
+            // The frame list is only needed at the end, to check every file is in place. Until then the daemon
+            // answers as soon as a frame commits or the state changes (or after a second), so no polling.
             request.brief = lastState != "done"
+            if lastDone >= 0 && lastState != "done" {
+                request.seenDone = lastDone
+                request.seenState = lastState
+            }
             guard let status = try await poll(request) else {
                 let since = unreachableSince ?? .now
                 if unreachableSince == nil && !quiet {
@@ -140,7 +145,8 @@ struct Waiter {
             } else {
                 undeliverableSince = nil
             }
-            try await Task.sleep(for: .milliseconds(100))
+            // Waiting for delivery (or a daemon from before long polls): look again shortly.
+            if state == "done" || status["frames_done"] == nil { try await Task.sleep(for: .milliseconds(100)) }
         }
     }
 
