@@ -51,6 +51,7 @@ class Lab:
         self.work = work
         self.seed = seed
         self.switch = None
+        self.switch_log = None
         self.control_path = os.path.join(work, "switch.sock")
 
     def ns(self, i):
@@ -79,7 +80,7 @@ class Lab:
                 sh("ip", "-n", where, "link", "set", dev, "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
-        log = open(os.path.join(self.work, "switch.log"), "w")
+        log = self.switch_log = open(os.path.join(self.work, "switch.log"), "w")
         self.switch = subprocess.Popen(
             ["ip", "netns", "exec", self.sw, sys.executable, os.path.join(HERE, "switch.py"),
              "--ports", ",".join(f"h{i}" for i in range(1, self.hosts + 1)), "--control", self.control_path,
@@ -98,6 +99,8 @@ class Lab:
                 self.switch.wait(5)
             except subprocess.TimeoutExpired:
                 self.switch.kill()
+        if self.switch_log is not None:
+            self.switch_log.close()
         Lab.remove(self.prefix)
 
     @staticmethod
@@ -141,6 +144,26 @@ class Lab:
 
     def stats(self):
         return self.request({"stats": True})
+
+    def set_link(self, i, up):
+        """Host I's link up or down (`ip link set eth0 up|down`), as when a cable is pulled or Wi-Fi drops."""
+        sh("ip", "-n", self.ns(i), "link", "set", "eth0", "up" if up else "down")
+
+    def stranger(self, i):
+        """An address host I never has normally (198.18.0.100+I)."""
+        return f"{SUBNET}.{100 + i}"
+
+    def change_address(self, i):
+        """Host I loses its address, and a stranger's takes its place (a DHCP change, a roaming laptop)."""
+        sh("ip", "-n", self.ns(i), "addr", "del", f"{self.address(i)}/24", "dev", "eth0")
+        sh("ip", "-n", self.ns(i), "addr", "add", f"{self.stranger(i)}/24", "dev", "eth0")
+
+    def restore_host(self, i):
+        """Host I as `up` made it, whatever was done to it: link up, its own address, no stranger's."""
+        ns = self.ns(i)
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "addr", "del", f"{self.stranger(i)}/24", "dev", "eth0", check=False)
+        sh("ip", "-n", ns, "addr", "replace", f"{self.address(i)}/24", "dev", "eth0")
 
     def command(self, i, args):
         """The argv that runs ARGS inside host I."""

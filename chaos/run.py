@@ -37,7 +37,7 @@ HOSTS = 5
 ELECTION_TIMEOUT_MAX = 1.0
 KINDS = [
     "kill-leader", "kill-random", "isolate-leader", "split-2-3", "partial-partition", "one-way-loss",
-    "loss-50", "delay-75", "stop-leader", "clock-jump",
+    "loss-50", "delay-75", "stop-leader", "clock-jump", "link-flap", "address-change",
 ]
 
 
@@ -480,12 +480,36 @@ class Faults:
         self.cluster.set_clock(victim, 0)
         return {"target": f"h{victim}", "offset_min": offset // 60_000}
 
+    def host_fault(self, inject):
+        # Something happens to one host's own network for 2-4 s (its link, its address), then it is put back.
+        # The leader half the time; then the others must elect meanwhile (the outage lasts until they have).
+        leader = self.cluster.leader()
+        x = leader if leader and self.rng.random() < 0.5 else self.rng.choice(list(self.cluster.dirs))
+        term = self.cluster.term_of(leader) if leader else 0
+        hold = self.rng.uniform(2, 4)
+        result = {"target": f"h{x}", "was_leader": x == leader, "held_s": round(hold, 1)}
+        started = now()
+        inject(x)
+        try:
+            if x == leader:
+                result["failover_s"] = self.cluster.failover(term)
+            time.sleep(max(0.0, hold - (now() - started)))
+        finally:
+            self.lab.restore_host(x)
+        return result
+
+    def link_flap(self):
+        return self.host_fault(lambda i: self.lab.set_link(i, up=False))
+
+    def address_change(self):
+        return self.host_fault(self.lab.change_address)
+
     def run(self, kind):
         return {
             "kill-leader": self.kill_leader, "kill-random": self.kill_random, "isolate-leader": self.isolate_leader,
             "split-2-3": self.split, "partial-partition": self.partial, "one-way-loss": self.one_way,
             "loss-50": self.loss, "delay-75": self.delay, "stop-leader": self.stop_leader,
-            "clock-jump": self.clock_jump,
+            "clock-jump": self.clock_jump, "link-flap": self.link_flap, "address-change": self.address_change,
         }[kind]()
 
 
@@ -622,6 +646,8 @@ def main():
                     elif i in cluster.stopped:
                         cluster.cont(i)
                 lab.heal()
+                for i in cluster.dirs:
+                    lab.restore_host(i)
                 cluster.wait_healthy(60)
 
         kinds = []
@@ -771,6 +797,8 @@ renders through a leader kill -9 and a 2|3 split.
 | delay-75 | every frame held 75 ms ± 50 ms (uniform) on every link, 4-6 s |
 | stop-leader | `SIGSTOP` of the leader for twice the longest election timeout (2 s), then `SIGCONT` |
 | clock-jump | a node's wall clock jumps 5-60 min forward or back; it is killed and restarted with that clock; 2-3 s later the clock comes back |
+| link-flap | one node's link goes down (`ip link set eth0 down`) for 2-4 s (the leader half the time; then until a new leader is seen), then up |
+| address-change | one node's address is removed and a stranger's (198.18.0.10x) put in its place for 2-4 s (the leader half the time), then its own comes back |
 
 **Why a software switch, not `tc netem`.** This machine's kernel has no netem, tc filters or NFQUEUE
 (`tc qdisc add ... netem` answers "Specified qdisc kind is unknown"). The switch does what netem and `nft`
@@ -840,7 +868,7 @@ Figures from one run of the fault suite (`make chaos`), {s['started']}, on this 
 
 | | |
 |---|---|
-| runs | 1 run of {s['faults']} faults, seed {s['seed']}, {s['duration_min']} min (`make test` runs a 10-fault version) |
+| runs | 1 run of {s['faults']} faults, seed {s['seed']}, {s['duration_min']} min (`make test` runs a 12-fault version, one of each kind) |
 | faults injected | {s['faults']} |
 | jobs submitted / acknowledged | {s['jobs_submitted']} / {s['jobs_acknowledged']} |
 | frames committed | {s['frames_committed']} (of which rendered by real Blender: {s['blender_frames']}) |

@@ -1,11 +1,12 @@
 import Synchronization
 
-/// Everything the mesh dropped or refused, by reason: hostile input must show up here, never as a crash.
+/// Everything the mesh dropped or refused, by reason: hostile input must show up here, never as a crash; so do
+/// the network errors it rode out (a failed beacon send, a discovery socket rebuilt, a listener bound again).
 public enum MeshCounter: String, Sendable, CaseIterable {
     case beaconsAccepted, beaconsGarbage, beaconsBadAuth, beaconsReplayed, beaconsStale, beaconsOtherFarm
-    case beaconsDenied, beaconsOwn
+    case beaconsDenied, beaconsOwn, beaconSendErrors, discoverySocketErrors, discoveryRejoins
     case connectionsAccepted, connectionsRefused, connectionsDialed, handshakeFailures, handshakeTimeouts, peersDenied
-    case framesTooLarge, framesUndecryptable, messagesMalformed, connectionErrors
+    case framesTooLarge, framesUndecryptable, messagesMalformed, connectionErrors, listenerErrors
     case blobChunksRejected, blobChunksFetched, controlRequestsServed
     /// Raft messages: handed straight to the layer above, sent, or dropped (no connection, or the peer's socket
     /// is backed up: Raft treats both as a lost message and retries).

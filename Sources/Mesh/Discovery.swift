@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// Where and how often nodes announce themselves.
 public struct DiscoverySettings: Sendable, Equatable {
@@ -17,6 +18,12 @@ public struct DiscoverySettings: Sendable, Equatable {
     public var peerTable = PeerTable.Settings()
     /// False: listen only, send no beacons (a node without a farm yet looking for other farms).
     public var announce = true
+    /// Backoff between attempts to rebuild the discovery socket after a network error (a link down, an
+    /// address gone): short, so a node is heard again within moments of its network coming back.
+    public var retryMin: Duration = .milliseconds(100)
+    public var retryMax: Duration = .seconds(2)
+    /// How often the group membership is renewed (the kernel drops it when the interface goes away).
+    public var rejoinInterval: Duration = .seconds(5)
 
     public init() {}
 
@@ -49,6 +56,8 @@ struct DiscoveryCore: Sendable {
     /// Other farms' fingerprints and when each was last heard (bounded).
     var foreign: [[UInt8]: ContinuousClock.Instant] = [:]
     static let maxForeign = 64
+    /// Own beacons looped back by the kernel: proof that the socket sends and receives on the group.
+    private(set) var ownBeaconsHeard = 0
 
     init(farmKey: FarmKey, ownKey: [UInt8], settings: DiscoverySettings) {
         codec = BeaconCodec(farmKey: farmKey)
@@ -77,6 +86,7 @@ struct DiscoveryCore: Sendable {
         case .beacon(let beacon):
             if beacon.publicKey == ownKey {
                 counters.increment(.beaconsOwn)
+                ownBeaconsHeard += 1
                 return []
             }
             if isDenied(beacon.publicKey) {
@@ -153,8 +163,10 @@ actor Discovery {
     }
 
     func receive(_ bytes: [UInt8], host: String) {
+        let heard = core.ownBeaconsHeard
         let changes = core.onDatagram(
             bytes, host: host, now: .now, nowMillis: Self.wallMillis(), counters: counters, isDenied: isDenied)
+        if core.ownBeaconsHeard != heard { noteWorking() }
         publish(changes)
     }
 
@@ -177,58 +189,190 @@ actor Discovery {
 
     func finish() { changesContinuation.finish() }
 
-    /// Binds the group port (shared with other nodes on the host), joins the group, then beacons and listens
-    /// until cancelled.
+    /// Beacons and listens on the multicast group until cancelled; only cancellation ends it.
+    ///
+    /// The peer table ages on its own clock, so a network error never freezes it. The socket (bind, interface,
+    /// group membership) is rebuilt after any failure of it — a beacon the kernel refuses while the link is
+    /// down (SwiftNIO closes the socket on ENETUNREACH and EADDRNOTAVAIL), an interface address that vanished,
+    /// a receive error — with a short backoff, until the network is back. The membership is renewed every
+    /// `rejoinInterval`, in case the kernel dropped it with the interface.
     func run(tcpPort: Int, group eventLoopGroup: any EventLoopGroup) async throws {
         let settings = self.settings
         let groupAddress = try SocketAddress(ipAddress: settings.group, port: settings.port)
-        let channel = try await DatagramBootstrap(group: eventLoopGroup)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelOption(
-                ChannelOptions.Types.SocketOption(
-                    level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_REUSEPORT)), value: 1
-            )
-            .bind(host: settings.group, port: settings.port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<AddressedEnvelope<ByteBuffer>, AddressedEnvelope<ByteBuffer>>(
-                        wrappingChannelSynchronously: channel)
+        var address = in_addr()
+        guard inet_pton(AF_INET, settings.interface, &address) == 1 else {
+            throw MeshError(.io, "The interface address '\(settings.interface)' is not an IPv4 address.")
+        }
+        try await withThrowingDiscardingTaskGroup { tasks in
+            tasks.addTask {
+                while true {
+                    await self.tick()
+                    try await Task.sleep(for: settings.beaconInterval)
                 }
             }
+            tasks.addTask {
+                while true {
+                    do {
+                        try await self.serveSocket(tcpPort: tcpPort, groupAddress: groupAddress, eventLoopGroup)
+                    } catch {
+                        try Task.checkCancellation()
+                        await self.noteFailure(error)
+                    }
+                    try Task.checkCancellation()
+                    try await Task.sleep(for: await self.retryDelay())
+                }
+            }
+        }
+    }
+
+    /// What went wrong with the discovery socket, for the log.
+    struct SocketFailure: Error, CustomStringConvertible {
+        var stage: String
+        var cause: any Error
+        var description: String { "\(stage): \(cause)" }
+    }
+
+    /// Consecutive socket failures since discovery last worked (0: working).
+    private var failures = 0
+    private var listenedOnce = false
+
+    /// Counts a failure and logs the first of a run of them (the rest at debug level: a link can stay down
+    /// for hours).
+    private func noteFailure(_ error: any Error) {
+        counters.increment(.discoverySocketErrors)
+        failures += 1
+        let metadata: Logger.Metadata = ["mesh/group": "\(settings.group):\(settings.port)", "error": "\(error)"]
+        if failures == 1 {
+            logger.warning("discovery cannot use the network; retrying until it can", metadata: metadata)
+        } else {
+            logger.debug("discovery still without network", metadata: metadata)
+        }
+    }
+
+    /// The socket works again: its own beacon came back (or, listening only, the group was joined). A write
+    /// that returns proves nothing: the async writer only queues it.
+    private func noteWorking() {
+        if failures > 0 {
+            logger.notice(
+                "discovery has the network back", metadata: ["mesh/failures": "\(failures)"])
+            failures = 0
+        }
+    }
+
+    /// Exponential backoff over the current run of failures, within the settings' bounds.
+    private func retryDelay() -> Duration {
+        let doublings = min(max(failures - 1, 0), 16)
+        return min(settings.retryMin * (1 << doublings), settings.retryMax)
+    }
+
+    /// One discovery socket, from bind to failure (or cancellation).
+    private func serveSocket(tcpPort: Int, groupAddress: SocketAddress, _ eventLoopGroup: any EventLoopGroup)
+        async throws
+    {
+        let settings = self.settings
+        let sendFailure = SendFailure(counters: counters)
+        let channel: NIOAsyncChannel<AddressedEnvelope<ByteBuffer>, AddressedEnvelope<ByteBuffer>>
+        do {
+            channel = try await DatagramBootstrap(group: eventLoopGroup)
+                .channelOption(.socketOption(.so_reuseaddr), value: 1)
+                .channelOption(
+                    ChannelOptions.Types.SocketOption(
+                        level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_REUSEPORT)), value: 1
+                )
+                .bind(host: settings.group, port: settings.port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(SendOutcomeHandler(failure: sendFailure))
+                        return try NIOAsyncChannel<AddressedEnvelope<ByteBuffer>, AddressedEnvelope<ByteBuffer>>(
+                            wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            throw SocketFailure(stage: "binding \(settings.group):\(settings.port)", cause: error)
+        }
         try await channel.executeThenClose { inbound, outbound in
-            try await Self.configureMulticast(channel.channel, settings: settings, groupAddress: groupAddress)
-            logger.info("discovery listening", metadata: ["mesh/group": "\(settings.group):\(settings.port)"])
+            do {
+                try await Self.configureMulticast(channel.channel, settings: settings, groupAddress: groupAddress)
+            } catch {
+                throw SocketFailure(stage: "joining the group on \(settings.interface)", cause: error)
+            }
+            self.noteListening()
             try await withThrowingDiscardingTaskGroup { tasks in
                 tasks.addTask {
-                    for try await envelope in inbound {
-                        var data = envelope.data
-                        guard data.readableBytes <= BeaconCodec.maxDatagramBytes else {
-                            self.counters.increment(.beaconsGarbage)
-                            continue
+                    do {
+                        for try await envelope in inbound {
+                            var data = envelope.data
+                            guard data.readableBytes <= BeaconCodec.maxDatagramBytes else {
+                                self.counters.increment(.beaconsGarbage)
+                                continue
+                            }
+                            let bytes = data.readBytes(length: data.readableBytes) ?? []
+                            await self.receive(bytes, host: envelope.remoteAddress.ipAddress ?? "?")
                         }
-                        let bytes = data.readBytes(length: data.readableBytes) ?? []
-                        await self.receive(bytes, host: envelope.remoteAddress.ipAddress ?? "?")
+                    } catch {
+                        try Task.checkCancellation()
+                        throw sendFailure.explain(SocketFailure(stage: "receiving", cause: error))
+                    }
+                    try Task.checkCancellation()
+                    throw sendFailure.explain(
+                        SocketFailure(stage: "receiving", cause: MeshError(.closed, "The socket closed.")))
+                }
+                if settings.announce {
+                    tasks.addTask {
+                        while true {
+                            let datagram = await self.nextBeacon(tcpPort: tcpPort)
+                            do {
+                                try await outbound.write(
+                                    AddressedEnvelope(remoteAddress: groupAddress, data: ByteBuffer(bytes: datagram)))
+                            } catch {
+                                try Task.checkCancellation()
+                                throw sendFailure.explain(SocketFailure(stage: "sending a beacon", cause: error))
+                            }
+                            try await Task.sleep(for: settings.beaconInterval)
+                        }
                     }
                 }
                 tasks.addTask {
-                    while !Task.isCancelled {
-                        if settings.announce {
-                            let datagram = await self.nextBeacon(tcpPort: tcpPort)
-                            try await outbound.write(
-                                AddressedEnvelope(remoteAddress: groupAddress, data: ByteBuffer(bytes: datagram)))
+                    while true {
+                        try await Task.sleep(for: settings.rejoinInterval)
+                        let rejoined: Bool
+                        do {
+                            rejoined = try await Self.configureMulticast(
+                                channel.channel, settings: settings, groupAddress: groupAddress, renewing: true)
+                        } catch {
+                            try Task.checkCancellation()
+                            throw SocketFailure(stage: "renewing the group membership", cause: error)
                         }
-                        await self.tick()
-                        try await Task.sleep(for: settings.beaconInterval)
+                        if rejoined {
+                            self.counters.increment(.discoveryRejoins)
+                            self.logger.notice(
+                                "discovery rejoined the multicast group",
+                                metadata: ["mesh/group": "\(settings.group):\(settings.port)"])
+                        }
                     }
                 }
             }
         }
     }
 
+    private func noteListening() {
+        let metadata: Logger.Metadata = ["mesh/group": "\(settings.group):\(settings.port)"]
+        if listenedOnce {
+            logger.debug("discovery socket rebuilt", metadata: metadata)
+        } else {
+            logger.info("discovery listening", metadata: metadata)
+            listenedOnce = true
+        }
+        if !settings.announce { noteWorking() }
+    }
+
     /// Joins the group on the interface that owns `settings.interface`, forcing the multicast flag on `lo`
     /// (SwiftNIO refuses otherwise although the kernel accepts it), and keeps loopback farms on the host.
-    static func configureMulticast(_ channel: Channel, settings: DiscoverySettings, groupAddress: SocketAddress)
-        async throws
-    {
+    /// `renewing`: the socket already joined once; being a member still (EADDRINUSE) is fine. Returns whether
+    /// the group was joined now (false: it was a member already).
+    @discardableResult
+    static func configureMulticast(
+        _ channel: Channel, settings: DiscoverySettings, groupAddress: SocketAddress, renewing: Bool = false
+    ) async throws -> Bool {
         guard let provider = channel as? SocketOptionProvider else {
             throw MeshError(.io, "The discovery socket does not accept multicast options.")
         }
@@ -237,8 +381,10 @@ actor Discovery {
             throw MeshError(.io, "The interface address '\(settings.interface)' is not an IPv4 address.")
         }
         try await provider.setIPMulticastIF(address).get()
-        try await provider.setIPMulticastTTL(settings.isLoopback ? 0 : 1).get()
-        try await provider.setIPMulticastLoop(1).get()
+        if !renewing {
+            try await provider.setIPMulticastTTL(settings.isLoopback ? 0 : 1).get()
+            try await provider.setIPMulticastLoop(1).get()
+        }
         let device = try System.enumerateDevices().first { $0.address?.ipAddress == settings.interface }
         guard var device else {
             throw MeshError(.io, "No network interface has the address \(settings.interface).")
@@ -247,6 +393,46 @@ actor Discovery {
         guard let multicast = channel as? MulticastChannel else {
             throw MeshError(.io, "The discovery socket cannot join multicast groups.")
         }
-        try await multicast.joinGroup(groupAddress, device: device).get()
+        do {
+            try await multicast.joinGroup(groupAddress, device: device).get()
+            return true
+        } catch let error as IOError where renewing && error.errnoCode == EADDRINUSE {
+            return false
+        }
+    }
+}
+
+/// The first failed send of one discovery socket. SwiftNIO closes a datagram socket whose send fails with most
+/// errors (ENETUNREACH, EADDRNOTAVAIL) and tells only the write's promise, which the async writer does not
+/// keep; `SendOutcomeHandler` keeps it, so the failure is counted and the log names the real cause.
+final class SendFailure: Sendable {
+    private let first = Mutex<(any Error)?>(nil)
+    private let counters: MeshCounters
+
+    init(counters: MeshCounters) { self.counters = counters }
+
+    func record(_ error: any Error) {
+        counters.increment(.beaconSendErrors)
+        first.withLock { if $0 == nil { $0 = error } }
+    }
+
+    /// `failure`, or the send failure that closed the socket when there was one.
+    func explain(_ failure: Discovery.SocketFailure) -> Discovery.SocketFailure {
+        first.withLock { $0 }.map { Discovery.SocketFailure(stage: "sending a beacon", cause: $0) } ?? failure
+    }
+}
+
+/// Watches every datagram write of the discovery socket and records the ones that fail.
+final class SendOutcomeHandler: ChannelOutboundHandler, Sendable {
+    typealias OutboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+    let failure: SendFailure
+
+    init(failure: SendFailure) { self.failure = failure }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let promise = promise ?? context.eventLoop.makePromise()
+        promise.futureResult.whenFailure { [failure] in failure.record($0) }
+        context.write(data, promise: promise)
     }
 }

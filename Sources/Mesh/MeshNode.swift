@@ -216,35 +216,9 @@ public actor MeshNode {
 
     /// Binds the peer listener, starts discovery, dials peers and serves connections until cancelled.
     public func run() async throws {
-        let pipeline = connectionPipeline()
         let server: NIOAsyncChannel<Accepted, Never>
         do {
-            server = try await ServerBootstrap(group: eventLoopGroup)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .bind(host: settings.listenHost, port: settings.listenPort) { [slots, counters] child in
-                    // Refuse by closing, not by failing: a failed initializer ends the listener's accept stream.
-                    child.eventLoop.makeCompletedFuture {
-                        guard slots.acquire() else {
-                            counters.increment(.connectionsRefused)
-                            child.close(promise: nil)
-                            let channel = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: child)
-                            let refused = MeshError(.closed, "Too many connections are handshaking.")
-                            return Accepted(channel: channel, handshake: child.eventLoop.makeFailedFuture(refused))
-                        }
-                        // The protocol handlers go in first, then the async wrapper at the tail.
-                        let handshake: EventLoopFuture<PeerIdentity>
-                        do {
-                            handshake = try pipeline.install(on: child, role: .responder, expectedPeer: nil)
-                        } catch {
-                            slots.release()  // only when the child is already closed
-                            throw error
-                        }
-                        handshake.whenComplete { _ in slots.release() }
-                        let channel = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: child)
-                        return Accepted(channel: channel, handshake: handshake)
-                    }
-                }
+            server = try await listen(port: settings.listenPort)
         } catch {
             let failure = MeshError(.io, "Cannot listen on \(settings.listenHost):\(settings.listenPort): \(error).")
             for waiter in portWaiters { waiter.resume(throwing: failure) }
@@ -257,17 +231,16 @@ public actor MeshNode {
         portWaiters = []
         logger.info("mesh listening", metadata: ["mesh/node": "\(nodeID)", "mesh/port": "\(port)"])
         try await withThrowingDiscardingTaskGroup { group in
+            // These end only when cancelled, or on a configuration error; then the dial requests end too, so
+            // `run` returns the error instead of waiting for dial requests that will never come.
             group.addTask {
-                try await server.executeThenClose { inbound in
-                    try await withThrowingDiscardingTaskGroup { connections in
-                        for try await accepted in inbound {
-                            self.counters.increment(.connectionsAccepted)
-                            connections.addTask { await self.serve(accepted, dialed: false) }
-                        }
-                    }
-                }
+                defer { self.dialContinuation.finish() }
+                try await self.acceptLoop(server, port: port)
             }
-            group.addTask { try await self.discovery.run(tcpPort: port, group: self.eventLoopGroup) }
+            group.addTask {
+                defer { self.dialContinuation.finish() }
+                try await self.discovery.run(tcpPort: port, group: self.eventLoopGroup)
+            }
             group.addTask {
                 for await change in self.discovery.changes { await self.onPeerChange(change) }
             }
@@ -278,7 +251,87 @@ public actor MeshNode {
         }
     }
 
-    private func connectionPipeline() -> ConnectionPipeline {
+    /// Accepts peers until cancelled. An accept error (EMFILE, say) ends a listener's stream, so the listener is
+    /// bound again on the same port after a backoff rather than taking the mesh down; connections already
+    /// accepted carry on meanwhile. The first failure of a run is logged; an accepted connection ends the run.
+    private nonisolated func acceptLoop(_ first: NIOAsyncChannel<Accepted, Never>, port: Int) async throws {
+        try await withThrowingDiscardingTaskGroup { connections in
+            var server: NIOAsyncChannel<Accepted, Never>? = first
+            var failures = 0
+            func failed(_ error: any Error) {
+                counters.increment(.listenerErrors)
+                failures += 1
+                let metadata: Logger.Metadata = ["mesh/port": "\(port)", "error": "\(error)"]
+                if failures == 1 {
+                    logger.warning("the peer listener failed; listening again shortly", metadata: metadata)
+                } else {
+                    logger.debug("the peer listener failed again", metadata: metadata)
+                }
+            }
+            while true {
+                if let listening = server {
+                    do {
+                        try await listening.executeThenClose { inbound in
+                            for try await accepted in inbound {
+                                if failures > 0 {
+                                    logger.notice("mesh listening again", metadata: ["mesh/port": "\(port)"])
+                                    failures = 0
+                                }
+                                counters.increment(.connectionsAccepted)
+                                connections.addTask { await self.serve(accepted, dialed: false) }
+                            }
+                        }
+                        try Task.checkCancellation()
+                        throw MeshError(.closed, "The listener closed.")
+                    } catch {
+                        try Task.checkCancellation()
+                        failed(error)
+                    }
+                }
+                let delay = min(settings.reconnectMin * (1 << min(failures, 16)), settings.reconnectMax)
+                try await Task.sleep(for: delay)
+                do {
+                    server = try await listen(port: port)
+                } catch {
+                    server = nil
+                    failed(error)
+                }
+            }
+        }
+    }
+
+    /// Binds the peer listener on `listenHost`:`port`.
+    private nonisolated func listen(port: Int) async throws -> NIOAsyncChannel<Accepted, Never> {
+        let pipeline = connectionPipeline()
+        return try await ServerBootstrap(group: eventLoopGroup)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .bind(host: settings.listenHost, port: port) { [slots, counters] child in
+                // Refuse by closing, not by failing: a failed initializer ends the listener's accept stream.
+                child.eventLoop.makeCompletedFuture {
+                    guard slots.acquire() else {
+                        counters.increment(.connectionsRefused)
+                        child.close(promise: nil)
+                        let channel = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: child)
+                        let refused = MeshError(.closed, "Too many connections are handshaking.")
+                        return Accepted(channel: channel, handshake: child.eventLoop.makeFailedFuture(refused))
+                    }
+                    // The protocol handlers go in first, then the async wrapper at the tail.
+                    let handshake: EventLoopFuture<PeerIdentity>
+                    do {
+                        handshake = try pipeline.install(on: child, role: .responder, expectedPeer: nil)
+                    } catch {
+                        slots.release()  // only when the child is already closed
+                        throw error
+                    }
+                    handshake.whenComplete { _ in slots.release() }
+                    let channel = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: child)
+                    return Accepted(channel: channel, handshake: handshake)
+                }
+            }
+    }
+
+    private nonisolated func connectionPipeline() -> ConnectionPipeline {
         let shared = deniedShared
         return ConnectionPipeline(
             identity: identity, farmKey: farmKey, maxFrame: settings.maxFrameBytes,

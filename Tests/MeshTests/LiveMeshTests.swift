@@ -182,4 +182,25 @@ func withRunning<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async th
             #expect(a.counters[.beaconsDenied] > 0)
         }
     }
+
+    /// Without its interface address (a laptop before its Wi-Fi is up, an address that went away) discovery keeps
+    /// retrying instead of ending the node's `run`; only cancellation ends it. No datagram leaves: the socket
+    /// fails when it selects the interface, before any send.
+    @Test(.timeLimit(.minutes(1))) func discoveryWithoutItsAddressKeepsRetrying() async throws {
+        let farm = TestFarm()
+        var settings = farm.settings(name: "a")
+        settings.discovery.interface = "198.18.255.254"
+        settings.discovery.retryMax = .milliseconds(100)
+        let a = MeshNode(settings: settings, farmKey: farm.key, identity: .generate())
+        let ended = Mutex(false)
+        let running = Task {
+            defer { ended.withLock { $0 = true } }
+            try await a.run()
+        }
+        _ = try await a.listeningPort()
+        #expect(await eventually { a.counters[.discoverySocketErrors] >= 3 })
+        #expect(!ended.withLock { $0 })
+        running.cancel()
+        _ = await running.result
+    }
 }
