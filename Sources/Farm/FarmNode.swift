@@ -119,7 +119,9 @@ public final class FarmNode: Sendable {
                     to: leader, PeerRequest.propose(entries).encoded(), timeout: .seconds(5))
                 return try PeerAnswer(bytes: answer).indexes
             },
-            onApply: { pulse.fire() })
+            onApply: { pulse.fire() },
+            // Removal is enforced: the removed node's current run can no longer reach this one.
+            onRemoved: { node in await mesh.deny(nodeID: node) })
 
         let roster = Roster(nodeID: nodeID, slots: settings.slots, raft: raft, mesh: mesh)
         self.roster = roster

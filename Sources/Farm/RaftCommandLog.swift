@@ -19,6 +19,7 @@ public actor RaftCommandLog: CommandLog {
     private let node: String
     private let forward: Forwarder
     private let onApply: @Sendable () -> Void
+    private let onRemoved: @Sendable (String) async -> Void
     private let logger: Logger
     /// Command sequence numbers: never reused, across restarts and wall-clock steps (reserved in the ledger).
     private var sequencer: CommandSequencer
@@ -33,13 +34,15 @@ public actor RaftCommandLog: CommandLog {
     public init(
         raft: RaftNode, ledger: LedgerStore, node: String, patience: Duration = .seconds(60), logger: Logger,
         wallClock: @escaping @Sendable () -> UInt64 = WallClock.nanos,
-        forward: @escaping Forwarder, onApply: @escaping @Sendable () -> Void
+        forward: @escaping Forwarder, onApply: @escaping @Sendable () -> Void,
+        onRemoved: @escaping @Sendable (_ node: String) async -> Void = { _ in }
     ) throws {
         self.raft = raft
         self.ledger = ledger
         self.node = node
         self.forward = forward
         self.onApply = onApply
+        self.onRemoved = onRemoved
         self.logger = logger
         self.patience = patience
         applied = try ledger.appliedIndex()
@@ -165,12 +168,26 @@ public actor RaftCommandLog: CommandLog {
             for await _ in bell {
                 let batch = buffer.drain()
                 guard !batch.isEmpty else { continue }
-                do {
-                    try await apply(batch)
-                } catch {
-                    logger.critical("cannot apply committed entries to the ledger: \(error)")
-                    group.cancelAll()
-                    return
+                // A write that fails (a full disk for a moment) is retried, in order, until it succeeds or the node
+                // stops: committed entries are never skipped, and the loop never dies of a passing error.
+                var delay = Duration.milliseconds(100)
+                var failures = 0
+                while !Task.isCancelled {
+                    do {
+                        try await apply(batch)
+                        if failures > 0 {
+                            logger.notice("applying committed entries works again", metadata: ["farm/retries": "\(failures)"])
+                        }
+                        break
+                    } catch {
+                        if failures == 0 {
+                            logger.error(
+                                "cannot apply committed entries to the ledger; retrying", metadata: ["error": "\(error)"])
+                        }
+                        failures += 1
+                        try? await Task.sleep(for: delay)
+                        delay = min(delay * 2, .seconds(5))
+                    }
                 }
             }
         }
@@ -194,6 +211,9 @@ public actor RaftCommandLog: CommandLog {
             for waiter in (waiters.removeValue(forKey: index) ?? [:]).values { waiter.resume() }
         }
         onApply()
+        for row in rows {
+            if case .removeNode(let change) = row.entry.command { await onRemoved(change.node) }
+        }
     }
 
     /// Raft's own entries (no-ops, membership) become ledger entries too, so ledger indexes match Raft's.

@@ -30,13 +30,14 @@ struct Roster: Sendable {
         !(await raft.status?.members ?? []).subtracting([nodeID]).isEmpty
     }
 
-    /// This node's role as `peers` and beacons name it: a follower that is not a member yet is joining.
+    /// This node's role as `peers` and beacons name it: a node that is not a member yet is joining; a member asking
+    /// for pre-votes is a candidate (it has not raised its term, but it has lost its leader).
     func role(in status: RaftStatus?) -> NodeStatus.Role {
-        switch status?.role {
-        case .leader?: .leader
-        case .candidate?: .candidate
-        case .follower? where status?.members.contains(nodeID) == true: .follower
-        default: .joining
+        guard let status, status.members.contains(nodeID) || status.role == .leader else { return .joining }
+        switch status.role {
+        case .leader: return .leader
+        case .candidate, .preCandidate: return .candidate
+        case .follower: return .follower
         }
     }
 }

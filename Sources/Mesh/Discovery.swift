@@ -68,7 +68,7 @@ struct DiscoveryCore: Sendable {
 
     mutating func onDatagram(
         _ bytes: [UInt8], host: String, now: ContinuousClock.Instant, nowMillis: UInt64, counters: MeshCounters,
-        isDenied: ([UInt8]) -> Bool
+        isDenied: (_ publicKey: [UInt8], _ instanceID: UInt64) -> Bool
     ) -> [PeerChange] {
         switch codec.open(bytes) {
         case .garbage:
@@ -89,7 +89,7 @@ struct DiscoveryCore: Sendable {
                 ownBeaconsHeard += 1
                 return []
             }
-            if isDenied(beacon.publicKey) {
+            if isDenied(beacon.publicKey, beacon.instanceID) {
                 counters.increment(.beaconsDenied)
                 return []
             }
@@ -123,7 +123,7 @@ actor Discovery {
     private var sequence: UInt64 = 0
     private var name: String
     private var status: [UInt8] = []
-    private var isDenied: @Sendable ([UInt8]) -> Bool = { _ in false }
+    private var isDenied: @Sendable ([UInt8], UInt64) -> Bool = { _, _ in false }
     let changes: AsyncStream<PeerChange>
     private let changesContinuation: AsyncStream<PeerChange>.Continuation
 
@@ -142,7 +142,7 @@ actor Discovery {
 
     func setStatus(_ bytes: [UInt8]) { status = Array(bytes.prefix(Beacon.maxStatusBytes)) }
     func setName(_ name: String) { self.name = name }
-    func setDenyList(_ denied: @escaping @Sendable ([UInt8]) -> Bool) { isDenied = denied }
+    func setDenyList(_ denied: @escaping @Sendable ([UInt8], UInt64) -> Bool) { isDenied = denied }
     func peers() -> [PeerInfo] { core.table.snapshot }
     func peer(_ nodeID: String) -> PeerInfo? { core.table.peers[nodeID] }
     func otherFarmsSeen() -> Int { core.otherFarms(now: .now, window: .seconds(30)) }

@@ -121,11 +121,24 @@ public actor MeshNode {
     /// refused and any open connection closed.
     public func deny(publicKey: [UInt8]) async {
         deniedShared.insert(publicKey)
+        await shutOut(String(publicKey.hexString.prefix(16)))
+    }
+
+    /// Shuts out the current run of a node removed from the farm: beacons from this run of it are ignored, its
+    /// handshakes refused and its connection closed. Once it restarts (its beacons carry a new instance id) it is
+    /// heard again and may ask to join afresh. A node never heard of has nothing to shut out.
+    public func deny(nodeID: String) async {
+        guard nodeID != self.nodeID, let peer = await discovery.peer(nodeID) else { return }
+        deniedShared.insert(peer.publicKey, instance: peer.instanceID)
+        logger.notice("peer removed from the farm; refused until it restarts", metadata: ["mesh/peer": "\(nodeID)"])
+        await shutOut(nodeID)
+    }
+
+    private func shutOut(_ nodeID: String) async {
         let shared = deniedShared
-        await discovery.setDenyList { shared.contains($0) }
-        let id = String(publicKey.hexString.prefix(16))
-        await discovery.forget(id)
-        if let conn = connections[id] { conn.channel.close(promise: nil) }
+        await discovery.setDenyList { shared.refuses(beaconFrom: $0, instance: $1) }
+        await discovery.forget(nodeID)
+        if let conn = connections[nodeID] { conn.channel.close(promise: nil) }
     }
 
     /// Closes the connection to a peer, if any (the lower node id redials while the peer is alive).
@@ -709,8 +722,28 @@ final class ChannelDirectory: Sendable {
     }
 }
 
+/// Denied nodes: for good (by key), or one run of a node (key and instance id) until a beacon shows it restarted.
 final class DenySet: Sendable {
-    private let keys = Mutex<Set<[UInt8]>>([])
-    func insert(_ key: [UInt8]) { keys.withLock { _ = $0.insert(key) } }
-    func contains(_ key: [UInt8]) -> Bool { keys.withLock { $0.contains(key) } }
+    private struct State {
+        var keys: Set<[UInt8]> = []
+        var instances: [[UInt8]: UInt64] = [:]
+    }
+    private let state = Mutex(State())
+
+    func insert(_ key: [UInt8]) { state.withLock { _ = $0.keys.insert(key) } }
+    func insert(_ key: [UInt8], instance: UInt64) { state.withLock { $0.instances[key] = instance } }
+
+    /// Handshakes and dials: refused while the key, or its current run, is denied.
+    func contains(_ key: [UInt8]) -> Bool { state.withLock { $0.keys.contains(key) || $0.instances[key] != nil } }
+
+    /// Beacons: a denied run stays refused; a beacon of a new run lifts that node's deny.
+    func refuses(beaconFrom key: [UInt8], instance: UInt64) -> Bool {
+        state.withLock { s in
+            if s.keys.contains(key) { return true }
+            guard let denied = s.instances[key] else { return false }
+            if denied == instance { return true }
+            s.instances[key] = nil
+            return false
+        }
+    }
 }

@@ -153,21 +153,21 @@ import Testing
         let sealed = codec.seal(b)
         #expect(
             core.onDatagram(
-                sealed, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false }
+                sealed, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _, _ in false }
             ).count == 1)
         #expect(
             core.onDatagram(
-                sealed, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false }
+                sealed, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _, _ in false }
             ).isEmpty)
         var flipped = sealed
         flipped[60] ^= 1
         _ = core.onDatagram(
-            flipped, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false })
+            flipped, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _, _ in false })
         _ = core.onDatagram(
-            [1, 2, 3], host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false })
+            [1, 2, 3], host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _, _ in false })
         let foreign = BeaconCodec(farmKey: FarmKey.generate()).seal(b)
         _ = core.onDatagram(
-            foreign, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _ in false })
+            foreign, host: "127.0.0.1", now: now, nowMillis: wall, counters: counters, isDenied: { _, _ in false })
         #expect(counters[.beaconsAccepted] == 1)
         #expect(counters[.beaconsReplayed] == 1)
         #expect(counters[.beaconsBadAuth] == 1)

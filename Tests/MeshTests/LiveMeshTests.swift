@@ -183,6 +183,34 @@ func withRunning<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async th
         }
     }
 
+    /// A node removed from the farm is shut out for the rest of its run (no connection, beacons ignored), and heard
+    /// again once it restarts: then it may ask to join afresh.
+    @Test(.timeLimit(.minutes(1))) func aRemovedNodesRunIsShutOutUntilItRestarts() async throws {
+        let farm = TestFarm()
+        let a = farm.node("a")
+        let identity = NodeIdentity.generate()
+        let b = MeshNode(settings: farm.settings(name: "b"), farmKey: farm.key, identity: identity)
+        // The same machine started again later: a new run, with a new instance id in its beacons.
+        let again = MeshNode(settings: farm.settings(name: "b"), farmKey: farm.key, identity: identity)
+        try await withRunning([a]) {
+            let first = Task { try await b.run() }
+            #expect(await eventually { await a.connectedPeers() == [b.nodeID] })
+            await a.deny(nodeID: b.nodeID)
+            #expect(await eventually { await a.connectedPeers().isEmpty })
+            try await Task.sleep(for: .milliseconds(600))
+            #expect(await a.peers().isEmpty)
+            #expect(await a.connectedPeers().isEmpty)
+            #expect(a.counters[.beaconsDenied] > 0)
+            first.cancel()
+            _ = await first.result
+            let second = Task { try await again.run() }
+            #expect(await eventually { await a.connectedPeers() == [again.nodeID] })
+            #expect(await a.peers().map(\.nodeID) == [again.nodeID])
+            second.cancel()
+            _ = await second.result
+        }
+    }
+
     /// Without its interface address (a laptop before its Wi-Fi is up, an address that went away) discovery keeps
     /// retrying instead of ending the node's `run`; only cancellation ends it. No datagram leaves: the socket
     /// fails when it selects the interface, before any send.
