@@ -128,7 +128,12 @@ public actor MeshNode {
     /// handshakes refused and its connection closed. Once it restarts (its beacons carry a new instance id) it is
     /// heard again and may ask to join afresh. A node never heard of has nothing to shut out.
     public func deny(nodeID: String) async {
-        guard nodeID != self.nodeID, let peer = await discovery.peer(nodeID) else { return }
+        guard nodeID != self.nodeID else { return }
+        guard let peer = await discovery.peer(nodeID) else {
+            // Not heard of (no beacon yet, so no run to name): drop any connection; its beacons decide the rest.
+            connections[nodeID]?.channel.close(promise: nil)
+            return
+        }
         deniedShared.insert(peer.publicKey, instance: peer.instanceID)
         logger.notice("peer removed from the farm; refused until it restarts", metadata: ["mesh/peer": "\(nodeID)"])
         await shutOut(nodeID)

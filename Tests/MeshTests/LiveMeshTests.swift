@@ -195,6 +195,7 @@ func withRunning<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async th
         try await withRunning([a]) {
             let first = Task { try await b.run() }
             #expect(await eventually { await a.connectedPeers() == [b.nodeID] })
+            #expect(await eventually { await a.peers().map(\.nodeID) == [b.nodeID] })
             await a.deny(nodeID: b.nodeID)
             #expect(await eventually { await a.connectedPeers().isEmpty })
             try await Task.sleep(for: .milliseconds(600))
