@@ -5,6 +5,8 @@
   dispatch    simulated renderer at 0 ms, 5 nodes x 4 slots: frames committed per second
   failover    real Blender keeping every core busy, 3 nodes: leader kill -9 -> next committed frame, 20 kills
   distribute  a 200 MB .blend: time until 4 peers hold it vs until 1 peer holds it
+  stability   3 nodes dispatching 0 ms frames while the leader ingests a 150 MB .blend and answers 20 reads at
+              once: term changes (goal 0) and the longest heartbeat gap a follower saw (goal <= 300 ms)
 
 Usage: bench/cluster_bench.py BIN_DIR [--only NAME] [--kills N] [--blend-mb N]
 """
@@ -188,11 +190,7 @@ def failover(rexnode, work, kills):
 def distribute(rexnode, work, scene, megabytes):
     print(f"== distribution of a {megabytes} MB .blend: time until every worker holds it, 4 peers vs 1 peer")
     big = os.path.join(work, "big.blend")
-    with open(scene, "rb") as src, open(big, "wb") as dst:
-        dst.write(src.read())
-        block = os.urandom(1 << 20)
-        for _ in range(megabytes):
-            dst.write(block)
+    big_blend(scene, big, megabytes)
     size = os.path.getsize(big)
 
     def holds(node_dir):
@@ -223,6 +221,66 @@ def distribute(rexnode, work, scene, megabytes):
     return results
 
 
+def big_blend(scene, path, megabytes):
+    with open(scene, "rb") as src, open(path, "wb") as dst:
+        dst.write(src.read())
+        block = os.urandom(1 << 20)
+        for _ in range(megabytes):
+            dst.write(block)
+
+
+def stability(rexnode, work, scene, megabytes=150):
+    print(f"== leader stability: 3 nodes dispatching 0 ms frames; the leader ingests a {megabytes} MB .blend and "
+          "answers 20 reads at once (goal: 0 term changes, longest follower heartbeat gap <= 300 ms)")
+    big = os.path.join(work, "stability.blend")
+    big_blend(scene, big, megabytes)
+    farm = Farm(rexnode, os.path.join(work, "stability"), 3, ["--renderer", "simulated:0", "--slots", "2"])
+    try:
+        lead = farm.leader()
+        # Work in flight the whole time: 20,000 frames of 0 ms, chunk 10, submitted on a follower.
+        follower = next(i for i in range(3) if i != lead)
+        farm.cli(follower, "submit", scene, "--frames", "1-20000", "--chunk", "10", "--no-wait",
+                 "--output", os.path.join(work, "stability-out"))
+        time.sleep(1)
+        terms_seen = set()
+
+        def terms():
+            view = [p for i in range(3) for p in farm.peers(i) if p.get("self")]
+            for p in view:
+                terms_seen.add(p["term"])
+            return view
+        before = terms()
+        silence_before = {p["id"]: p.get("raft_longest_leader_silence_ms", 0) for p in before}
+        t0 = time.perf_counter()
+        base = [farm.rexnode]
+        procs = [subprocess.Popen(base + ["submit", big, "--frames", "1", "--no-wait", "--data", farm.dirs[lead],
+                                          "--output", os.path.join(work, "stability-big")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
+        for k in range(20):
+            args = ["ledger", "--json"] if k % 2 else ["jobs", "--json"]
+            procs.append(subprocess.Popen(base + args + ["--data", farm.dirs[lead]], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        while any(p.poll() is None for p in procs):
+            terms()
+            time.sleep(0.1)
+        ingest = time.perf_counter() - t0
+        if procs[0].returncode != 0:
+            raise RuntimeError(f"the big submit failed: {procs[0].stderr.read().decode()}")
+        time.sleep(1)
+        after = terms()
+        gaps = [p.get("raft_longest_leader_silence_ms", 0) for p in after if p["role"] != "leader"]
+        grew = [p["id"] for p in after if p.get("raft_longest_leader_silence_ms", 0) > silence_before.get(p["id"], 0)]
+        changes = len(terms_seen) - 1
+        print(f"ingest of {megabytes} MB + 20 reads took {ingest:.2f} s; term changes: {changes} "
+              f"(terms seen {sorted(terms_seen)})")
+        print(f"longest heartbeat gap seen by a follower since it started: {max(gaps)} ms "
+              f"(grew during the ingest on {len(grew)} of {len(after)} nodes); election timeout 500-1000 ms; "
+              f"ratio gap / 300 ms goal: {max(gaps) / 300:.2f}")
+        return changes, max(gaps)
+    finally:
+        farm.stop()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("bin", nargs="?", default=".build/release")
@@ -239,7 +297,8 @@ def main():
         for name, run in (("scaling", lambda: scaling(rexnode, work, scene)),
                           ("dispatch", lambda: dispatch(rexnode, work, scene)),
                           ("distribute", lambda: distribute(rexnode, work, scene, args.blend_mb)),
-                          ("failover", lambda: failover(rexnode, work, args.kills))):
+                          ("failover", lambda: failover(rexnode, work, args.kills)),
+                          ("stability", lambda: stability(rexnode, work, scene))):
             if args.only in (None, name):
                 run()
                 print()

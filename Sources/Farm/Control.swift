@@ -7,26 +7,137 @@ import ServiceLifecycle
 
 // MARK: Messages
 
-/// A request on the control socket: one JSON object per line; the answer is one line; the client closes.
-public struct ControlRequest: Codable, Sendable {
-    public enum Op: String, Codable, Sendable { case submit, peers, jobs, status, cancel, ledger, leave, token, fetch }
+/// A request on the control socket. On the wire: one JSON object per line, `{"op": …, …fields}`; the answer is
+/// one line; the client closes. A request missing what its op needs is refused with one sentence.
+public enum ControlRequest: Sendable, Equatable {
+    case submit(SubmitRequest)
+    case peers
+    case jobs
+    /// `brief` leaves out the per-frame list; `seen` makes the daemon wait (about a second at most) until the job
+    /// differs from what the client last saw.
+    case status(job: String, brief: Bool = false, seen: SeenJob? = nil)
+    case cancel(job: String)
+    case ledger
+    case leave
+    case token
+    case fetch(job: String, output: String)
 
-    public var op: Op
-    public var path: String?
+    /// What a waiting client last saw of a job.
+    public struct SeenJob: Sendable, Equatable {
+        public var framesDone: Int
+        public var state: String
+
+        public init(framesDone: Int, state: String) {
+            self.framesDone = framesDone
+            self.state = state
+        }
+    }
+}
+
+/// What `rexnode submit` asks for, checked again by the daemon (it trusts no client).
+public struct SubmitRequest: Sendable, Equatable {
+    public var path: String
     public var frames: String?
     public var chunk: Int?
-    public var output: String?
+    public var output: String
     public var name: String?
     public var priority: Int?
-    public var job: String?
-    /// For `status`: leave out the per-frame list (cheap enough to poll).
-    public var brief: Bool?
-    /// For `status`: the frames-done count and state the client last saw. The daemon answers as soon as either
-    /// differs (or after about a second), so a waiting client hears of each committed frame without polling.
-    public var seenDone: Int?
-    public var seenState: String?
 
-    public init(op: Op) { self.op = op }
+    public init(
+        path: String, frames: String? = nil, chunk: Int? = nil, output: String, name: String? = nil,
+        priority: Int? = nil
+    ) {
+        self.path = path
+        self.frames = frames
+        self.chunk = chunk
+        self.output = output
+        self.name = name
+        self.priority = priority
+    }
+}
+
+extension ControlRequest: Codable {
+    private enum Op: String, Codable { case submit, peers, jobs, status, cancel, ledger, leave, token, fetch }
+
+    private enum Key: String, CodingKey {
+        case op, path, frames, chunk, output, name, priority, job, brief, seenDone, seenState
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: Key.self)
+        func need(_ key: Key, _ sentence: String) throws -> String {
+            guard let value = try c.decodeIfPresent(String.self, forKey: key), !value.isEmpty else {
+                throw FarmError(.badInput, sentence)
+            }
+            return value
+        }
+        let op: Op
+        do {
+            op = try c.decode(Op.self, forKey: .op)
+        } catch {
+            throw FarmError(.protocolError, "The request was not understood.", cause: error)
+        }
+        switch op {
+        case .submit:
+            self = .submit(
+                SubmitRequest(
+                    path: try need(.path, "submit needs a .blend file."),
+                    frames: try c.decodeIfPresent(String.self, forKey: .frames),
+                    chunk: try c.decodeIfPresent(Int.self, forKey: .chunk),
+                    output: try need(.output, "submit needs an output folder."),
+                    name: try c.decodeIfPresent(String.self, forKey: .name),
+                    priority: try c.decodeIfPresent(Int.self, forKey: .priority)))
+        case .peers: self = .peers
+        case .jobs: self = .jobs
+        case .status:
+            let done = try c.decodeIfPresent(Int.self, forKey: .seenDone)
+            let state = try c.decodeIfPresent(String.self, forKey: .seenState)
+            self = .status(
+                job: try need(.job, "Name a job (see `rexnode jobs`)."),
+                brief: try c.decodeIfPresent(Bool.self, forKey: .brief) ?? false,
+                seen: done.flatMap { d in state.map { SeenJob(framesDone: d, state: $0) } })
+        case .cancel: self = .cancel(job: try need(.job, "Name a job (see `rexnode jobs`)."))
+        case .ledger: self = .ledger
+        case .leave: self = .leave
+        case .token: self = .token
+        case .fetch:
+            self = .fetch(
+                job: try need(.job, "Name a job (see `rexnode jobs`)."),
+                output: try need(.output, "fetch needs --output DIR."))
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Key.self)
+        switch self {
+        case .submit(let r):
+            try c.encode(Op.submit, forKey: .op)
+            try c.encode(r.path, forKey: .path)
+            try c.encodeIfPresent(r.frames, forKey: .frames)
+            try c.encodeIfPresent(r.chunk, forKey: .chunk)
+            try c.encode(r.output, forKey: .output)
+            try c.encodeIfPresent(r.name, forKey: .name)
+            try c.encodeIfPresent(r.priority, forKey: .priority)
+        case .peers: try c.encode(Op.peers, forKey: .op)
+        case .jobs: try c.encode(Op.jobs, forKey: .op)
+        case .status(let job, let brief, let seen):
+            try c.encode(Op.status, forKey: .op)
+            try c.encode(job, forKey: .job)
+            if brief { try c.encode(true, forKey: .brief) }
+            try c.encodeIfPresent(seen?.framesDone, forKey: .seenDone)
+            try c.encodeIfPresent(seen?.state, forKey: .seenState)
+        case .cancel(let job):
+            try c.encode(Op.cancel, forKey: .op)
+            try c.encode(job, forKey: .job)
+        case .ledger: try c.encode(Op.ledger, forKey: .op)
+        case .leave: try c.encode(Op.leave, forKey: .op)
+        case .token: try c.encode(Op.token, forKey: .op)
+        case .fetch(let job, let output):
+            try c.encode(Op.fetch, forKey: .op)
+            try c.encode(job, forKey: .job)
+            try c.encode(output, forKey: .output)
+        }
+    }
 }
 
 /// What the server writes for one request: `{"result": …}` or `{"error": …, "code": …}`, encoded once from a typed
@@ -197,10 +308,12 @@ struct ControlServer: Service {
                 for try await line in inbound {
                     let reply: ControlReply
                     let bytes = Data(line.readableBytesView)
-                    if let request = try? JSONDecoder().decode(ControlRequest.self, from: bytes) {
-                        reply = await handler(request)
-                    } else {
-                        reply = .failure(FarmError(.protocolError, "The request was not understood."))
+                    do {
+                        reply = await handler(try JSONDecoder().decode(ControlRequest.self, from: bytes))
+                    } catch let error as FarmError {
+                        reply = .failure(error)
+                    } catch {
+                        reply = .failure(FarmError(.protocolError, "The request was not understood.", cause: error))
                     }
                     var out = ByteBuffer(bytes: reply.json)
                     out.writeInteger(UInt8(ascii: "\n"))

@@ -29,27 +29,19 @@ struct ControlAPI: Sendable {
     }
 
     private func answer(_ request: ControlRequest) async throws -> ControlReply {
-        switch request.op {
-        case .submit:
-            guard let path = request.path else { throw FarmError(.badInput, "submit needs a .blend file.") }
-            guard let output = request.output else { throw FarmError(.badInput, "submit needs an output folder.") }
-            let job = try await submitService.submit(
-                SubmitRequest(
-                    path: path, frames: request.frames, chunk: request.chunk, output: output, name: request.name,
-                    priority: request.priority))
-            return .success(JobRow(job))
+        switch request {
+        case .submit(let submit):
+            return .success(JobRow(try await submitService.submit(submit)))
         case .peers:
             return .success(try await queries.peers())
         case .jobs:
             return .success(try queries.jobs())
-        case .status:
-            var job = try queries.findJob(request.job)
-            if request.seenDone != nil || request.seenState != nil {
-                job = try await changed(job, seenDone: request.seenDone, seenState: request.seenState)
-            }
-            return .success(try await queries.status(job, brief: request.brief == true))
-        case .cancel:
-            let job = try queries.findJob(request.job)
+        case .status(let id, let brief, let seen):
+            var job = try queries.findJob(id)
+            if let seen { job = try await changed(job, seen: seen) }
+            return .success(try await queries.status(job, brief: brief))
+        case .cancel(let id):
+            let job = try queries.findJob(id)
             guard !job.isFinished else {
                 throw FarmError(.badInput, "Job \(job.job) is already \(job.state); there is nothing to cancel.")
             }
@@ -62,9 +54,8 @@ struct ControlAPI: Sendable {
             return .success(await membership.leave())
         case .token:
             return .success(["token": token])
-        case .fetch:
-            let job = try queries.findJob(request.job)
-            guard let output = request.output else { throw FarmError(.badInput, "fetch needs --output DIR.") }
+        case .fetch(let id, let output):
+            let job = try queries.findJob(id)
             try SceneFile.prepareOutput(output)
             let count = try await delivery.fetch(job, into: output)
             return .success(["job": .string(job.job), "frames": JSONValue(count), "output": .string(output)] as JSONValue)
@@ -72,8 +63,8 @@ struct ControlAPI: Sendable {
     }
 
     /// Waits until the job's done count or state differs from what the client saw, or about a second passes.
-    private func changed(_ job: JobRecord, seenDone: Int?, seenState: String?) async throws -> JobRecord {
-        func differs(_ j: JobRecord) -> Bool { j.framesDone != seenDone || j.state != seenState }
+    private func changed(_ job: JobRecord, seen: ControlRequest.SeenJob) async throws -> JobRecord {
+        func differs(_ j: JobRecord) -> Bool { j.framesDone != seen.framesDone || j.state != seen.state }
         if differs(job) { return job }
         let deadline = ContinuousClock.now + .seconds(1)
         let ticks = pulse.subscribe()

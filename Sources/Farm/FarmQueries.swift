@@ -102,11 +102,17 @@ struct PeerRow: Encodable, Sendable {
     var member: Bool
     var term: UInt64?
     var leader: String?
+    /// This node only: the longest its Raft loop went without running, and (as a follower) without hearing from
+    /// its leader, in milliseconds since it started: what a busy machine cost Raft.
+    var raftStallMs: Int?
+    var leaderSilenceMs: Int?
 
     enum CodingKeys: String, CodingKey {
         case id, name, address, role, state, slots, task, member, term, leader
         case framesDone = "frames_done"
         case isSelf = "self"
+        case raftStallMs = "raft_longest_stall_ms"
+        case leaderSilenceMs = "raft_longest_leader_silence_ms"
     }
 
     func encode(to encoder: any Encoder) throws {
@@ -124,6 +130,8 @@ struct PeerRow: Encodable, Sendable {
         if isSelf {
             try c.encode(term ?? 0, forKey: .term)
             try c.encode(leader, forKey: .leader)
+            try c.encodeIfPresent(raftStallMs, forKey: .raftStallMs)
+            try c.encodeIfPresent(leaderSilenceMs, forKey: .leaderSilenceMs)
         }
     }
 }
@@ -147,8 +155,7 @@ struct FarmQueries: Sendable {
     func jobs() throws -> [JobRow] { try ledger.jobs().map(JobRow.init) }
 
     /// A job by id, unique id prefix or name (as the ledger resolves it).
-    func findJob(_ id: String?) throws -> JobRecord {
-        guard let id, !id.isEmpty else { throw FarmError(.badInput, "Name a job (see `rexnode jobs`).") }
+    func findJob(_ id: String) throws -> JobRecord {
         guard let job = try ledger.job(id) else {
             throw FarmError(.notFound, "There is no job '\(id)' in this farm (see `rexnode jobs`).")
         }
@@ -180,7 +187,9 @@ struct FarmQueries: Sendable {
                 id: nodeID, name: name, address: "\(host):\(port)", role: roster.role(in: status).rawValue,
                 state: "alive", slots: slots, framesDone: done[nodeID] ?? 0, isSelf: true,
                 task: tasks.isEmpty ? nil : tasks.map { "\($0.job)/\($0.frame)" }.joined(separator: ","),
-                member: members.contains(nodeID), term: status?.term ?? 0, leader: status?.leader)
+                member: members.contains(nodeID), term: status?.term ?? 0, leader: status?.leader,
+                raftStallMs: Self.milliseconds(await raft.longestStall),
+                leaderSilenceMs: Self.milliseconds(await raft.longestLeaderSilence))
         ]
         var seen: Set<String> = [nodeID]
         for peer in await mesh.peers() {
@@ -204,6 +213,10 @@ struct FarmQueries: Sendable {
                     framesDone: done[member] ?? 0, isSelf: false, task: nil, member: true))
         }
         return rows
+    }
+
+    static func milliseconds(_ d: Duration) -> Int {
+        Int(d.components.seconds) * 1000 + Int(d.components.attoseconds / 1_000_000_000_000_000)
     }
 
     /// The retained applied log, one row per entry (`ledger --json`).

@@ -4,16 +4,6 @@ import Logging
 import Mesh
 import Render
 
-/// What `rexnode submit` asks for, checked again here (the daemon trusts no client).
-struct SubmitRequest: Sendable, Equatable {
-    var path: String
-    var frames: String?
-    var chunk: Int?
-    var output: String
-    var name: String?
-    var priority: Int?
-}
-
 /// Validating, storing and proposing a job, on no shared actor: hashing and copying a large .blend holds a thread
 /// of the blocking pool, never the Swift pool or anything Raft or the control socket waits on.
 ///

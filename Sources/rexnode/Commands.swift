@@ -32,13 +32,9 @@ extension RexNode {
                 let jobName = SceneFile.jobName(from: name ?? path)
                 let outputDir = DataDirectory.absolute(output ?? "rex-out/\(jobName)")
                 try SceneFile.prepareOutput(outputDir)
-                var request = ControlRequest(op: .submit)
-                request.path = path
-                request.frames = frames
-                request.chunk = chunk
-                request.output = outputDir
-                request.name = jobName
-                request.priority = priority
+                let request = ControlRequest.submit(
+                    SubmitRequest(
+                        path: path, frames: frames, chunk: chunk, output: outputDir, name: jobName, priority: priority))
                 let job = try await ControlClient.send(request, data: data.directory)
                 let id = job["job"]?.string ?? "?"
                 if noWait {
@@ -88,15 +84,12 @@ struct Waiter {
         var unreachableSince: ContinuousClock.Instant?
         var undeliverableSince: ContinuousClock.Instant?
         while true {
-            var request = ControlRequest(op: .status)
-            request.job = job
             // The frame list is only needed at the end, to check every file is in place. Until then the daemon
             // answers as soon as a frame commits or the state changes (or after a second), so no polling.
-            request.brief = lastState != "done"
-            if lastDone >= 0 && lastState != "done" {
-                request.seenDone = lastDone
-                request.seenState = lastState
-            }
+            let seen = lastDone >= 0 && lastState != "done"
+            let request = ControlRequest.status(
+                job: job, brief: lastState != "done",
+                seen: seen ? .init(framesDone: lastDone, state: lastState) : nil)
             guard let status = try await poll(request) else {
                 let since = unreachableSince ?? .now
                 if unreachableSince == nil && !quiet {
@@ -145,8 +138,8 @@ struct Waiter {
             } else {
                 undeliverableSince = nil
             }
-            // Waiting for delivery (or a daemon from before long polls): look again shortly.
-            if state == "done" || status["frames_done"] == nil { try await Task.sleep(for: .milliseconds(100)) }
+            // Rendered, waiting for delivery: look again shortly.
+            if state == "done" { try await Task.sleep(for: .milliseconds(100)) }
         }
     }
 
@@ -198,7 +191,7 @@ extension RexNode {
 
         func run() async throws {
             try await RexNode.guarded {
-                let peers = try await ControlClient.send(ControlRequest(op: .peers), data: data.directory)
+                let peers = try await ControlClient.send(.peers, data: data.directory)
                 if json.json { return print(peers.jsonText()) }
                 let rows = (peers.array ?? []).map { p in
                     [
@@ -219,7 +212,7 @@ extension RexNode {
 
         func run() async throws {
             try await RexNode.guarded {
-                let jobs = try await ControlClient.send(ControlRequest(op: .jobs), data: data.directory)
+                let jobs = try await ControlClient.send(.jobs, data: data.directory)
                 if json.json {
                     let trimmed: [JSONValue] = (jobs.array ?? []).map { j in
                         [
@@ -249,9 +242,7 @@ extension RexNode {
 
         func run() async throws {
             try await RexNode.guarded {
-                var request = ControlRequest(op: .status)
-                request.job = job
-                let s = try await ControlClient.send(request, data: data.directory)
+                let s = try await ControlClient.send(.status(job: job), data: data.directory)
                 if json.json { return print(s.jsonText()) }
                 print(
                     "\(s["job"]?.string ?? "") \(s["name"]?.string ?? ""): \(s["state"]?.string ?? "") — "
@@ -282,9 +273,7 @@ extension RexNode {
 
         func run() async throws {
             try await RexNode.guarded {
-                var request = ControlRequest(op: .fetch)
-                request.job = job
-                request.output = DataDirectory.absolute(output)
+                let request = ControlRequest.fetch(job: job, output: DataDirectory.absolute(output))
                 let r = try await ControlClient.send(request, data: data.directory)
                 let output = r["output"]?.string ?? ""
                 print("\(r["frames"]?.int ?? 0) frames of \(r["job"]?.string ?? job) are in \(output)")
@@ -299,9 +288,7 @@ extension RexNode {
 
         func run() async throws {
             try await RexNode.guarded {
-                var request = ControlRequest(op: .cancel)
-                request.job = job
-                let r = try await ControlClient.send(request, data: data.directory)
+                let r = try await ControlClient.send(.cancel(job: job), data: data.directory)
                 print("Job \(r["job"]?.string ?? job) is \(r["state"]?.string ?? "canceled").")
             }
         }
@@ -314,7 +301,7 @@ extension RexNode {
 
         func run() async throws {
             try await RexNode.guarded {
-                let log = try await ControlClient.send(ControlRequest(op: .ledger), data: data.directory)
+                let log = try await ControlClient.send(.ledger, data: data.directory)
                 if json.json { return print(log.jsonText()) }
                 let rows = (log.array ?? []).map { e in
                     [

@@ -205,7 +205,7 @@ extension RexNode {
 
         func run() async throws {
             try await RexNode.guarded {
-                _ = try await ControlClient.send(ControlRequest(op: .leave), data: data.directory)
+                _ = try await ControlClient.send(.leave, data: data.directory)
                 print("The node is leaving the farm.")
             }
         }

@@ -53,12 +53,9 @@ struct RaftUnderLoadTests {
             let scene = root + "/scene.blend"
             _ = FileManager.default.createFile(
                 atPath: scene, contents: Data(Array("BLENDER-v304".utf8) + Array(repeating: 0, count: 1 << 20)))
-            var submit = ControlRequest(op: .submit)
-            submit.path = scene
-            submit.frames = "1-5000"
-            submit.chunk = 1000
-            submit.output = root + "/out"
-            let job = try await ControlClient.send(submit, data: leader.settings.data)["job"]?.string
+            let submit = ControlRequest.submit(
+                SubmitRequest(path: scene, frames: "1-5000", chunk: 1000, output: root + "/out"))
+            let job = try #require(try await ControlClient.send(submit, data: leader.settings.data)["job"]?.string)
             // A big file to hash and copy, on the shared pool's threads, without ever yielding them.
             let big = root + "/big.bin"
             _ = FileManager.default.createFile(atPath: big, contents: Data(repeating: 7, count: 32 << 20))
@@ -75,8 +72,7 @@ struct RaftUnderLoadTests {
                 }
                 for n in 0..<50 {
                     load.addTask {
-                        var request = ControlRequest(op: n.isMultiple(of: 2) ? .ledger : .status)
-                        request.job = job
+                        let request: ControlRequest = n.isMultiple(of: 2) ? .ledger : .status(job: job)
                         _ = try await ControlClient.send(request, data: leader.settings.data)
                     }
                 }
