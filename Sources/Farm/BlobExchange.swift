@@ -9,6 +9,8 @@ struct BlobExchange: Sendable {
     let blobs: BlobStore
     let mesh: MeshNode
     let roster: Roster
+    /// Syncs shared by every copy arriving at once (and the worker's own images): one round of fsyncs for many.
+    let sync: GroupSync
     let logger: Logger
 
     /// Makes sure blob `hash` is in this node's store, fetching it from `holders` (all at once) if not.
@@ -70,14 +72,28 @@ struct BlobExchange: Sendable {
         return try await Blocking.run { Array(try Data(contentsOf: URL(fileURLWithPath: path))) }
     }
 
-    /// The receiving side of `store`: keep the bytes, durably.
+    /// The receiving side of `store`: keep the bytes, durably (file synced before it takes its name, then the
+    /// folder), before answering.
     func receive(_ hash: String, bytes: [UInt8]) async throws {
-        try await Blocking.run { [blobs] in try blobs.put(bytes: bytes, hash: hash) }
+        let blobs = self.blobs
+        if !blobs.has(hash) {
+            let staged = try await Blocking.run { try blobs.stage(bytes: bytes, hash: hash) }
+            await sync.flush(staged)
+            _ = try await Blocking.run { try blobs.commit(staged: staged, hash: hash) }
+        }
+        await makeDurable(hash)
     }
 
     /// The receiving side of `replicate`: fetch the blob from `holder` and make it durable.
     func replicate(_ hash: String, from holder: String) async throws {
         try await ensure(hash, holders: [holder])
-        try await Blocking.run { [blobs] in try blobs.makeDurable(hash) }
+        await makeDurable(hash)
+    }
+
+    /// Syncs a stored blob's file and its folder (a fetched blob is renamed into place without a sync).
+    private func makeDurable(_ hash: String) async {
+        let path = blobs.path(for: hash)
+        await sync.flush(path)
+        await sync.flush((path as NSString).deletingLastPathComponent)
     }
 }

@@ -61,17 +61,13 @@ public struct BlobStore: Sendable {
         return (hash, size)
     }
 
-    /// Stores `bytes` under `hash` once they prove to have it, durably (file and folder synced) before returning:
-    /// a peer's frame copy counts only once it survives a crash here.
-    public func put(bytes: [UInt8], hash: String) throws(FarmError) {
+    /// Writes `bytes` to a temporary file of the store once they prove to have `hash`, and returns its path: not
+    /// visible as a blob, not yet durable. The caller syncs it (see `GroupSync`), then `commit`s it.
+    public func stage(bytes: [UInt8], hash: String) throws(FarmError) -> String {
         let hasher = Blake2bHasher()
         hasher.update(Data(bytes))
         guard hasher.finalize().hexString == hash else {
             throw FarmError(.badInput, "The bytes sent for blob \(hash.prefix(12))… do not have that hash.")
-        }
-        if has(hash) {
-            try makeDurable(hash)
-            return
         }
         let tmp = "\(root)/tmp/\(UUID().uuidString)"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0o644)
@@ -83,39 +79,27 @@ public struct BlobStore: Sendable {
                 if n <= 0 { return false }
                 written += n
             }
-            return fsync(fd) == 0
+            return true
         }
         close(fd)
         guard ok else {
             unlink(tmp)
             throw FarmError(.io, "Cannot store blob \(hash.prefix(12))…: \(Self.lastError).")
         }
+        return tmp
+    }
+
+    /// Moves a staged (and synced) file into place as blob `hash`; returns the blob's path. The caller syncs its
+    /// folder to make the name durable.
+    public func commit(staged: String, hash: String) throws(FarmError) -> String {
         let final = path(for: hash)
         try? FileManager.default.createDirectory(
             atPath: (final as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        guard rename(tmp, final) == 0 else {
-            unlink(tmp)
+        guard rename(staged, final) == 0 else {
+            unlink(staged)
             throw FarmError(.io, "Cannot store blob \(hash.prefix(12))…: \(Self.lastError).")
         }
-        try syncFolder(of: final)
-    }
-
-    /// Syncs a stored blob's file and its folder, so the blob survives a crash (after a fetch from a peer).
-    public func makeDurable(_ hash: String) throws(FarmError) {
-        let file = path(for: hash)
-        let fd = open(file, O_RDONLY)
-        guard fd >= 0 else { throw FarmError(.notFound, "Blob \(hash.prefix(12))… is not in this node's store.") }
-        let synced = fsync(fd) == 0
-        close(fd)
-        guard synced else { throw FarmError(.io, "Cannot sync blob \(hash.prefix(12))…: \(Self.lastError).") }
-        try syncFolder(of: file)
-    }
-
-    private func syncFolder(of file: String) throws(FarmError) {
-        let fd = open((file as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY)
-        guard fd >= 0 else { throw FarmError(.io, "Cannot open the folder of \(file): \(Self.lastError).") }
-        defer { close(fd) }
-        guard fsync(fd) == 0 else { throw FarmError(.io, "Cannot sync the folder of \(file): \(Self.lastError).") }
+        return final
     }
 
     private static var lastError: String { String(cString: strerror(errno)) }

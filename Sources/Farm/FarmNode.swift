@@ -125,7 +125,8 @@ public final class FarmNode: Sendable {
 
         let roster = Roster(nodeID: nodeID, slots: settings.slots, raft: raft, mesh: mesh)
         self.roster = roster
-        let exchange = BlobExchange(nodeID: nodeID, blobs: blobs, mesh: mesh, roster: roster, logger: logger)
+        let exchange = BlobExchange(
+            nodeID: nodeID, blobs: blobs, mesh: mesh, roster: roster, sync: GroupSync(), logger: logger)
         self.exchange = exchange
         let work = WorkFolders(root: data.work, blobs: blobs)
         let inFlight = ScenesInFlight()

@@ -37,7 +37,6 @@ actor WorkerPool {
     let pulse: Pulse
     let progress: SlotProgress
     let logger: Logger
-    private let blobSync = GroupSync()
 
     private var sessions: [Int: (job: String, session: any RenderSession)] = [:]
     private var warmSessions: [String: (session: any RenderSession, since: ContinuousClock.Instant)] = [:]
@@ -180,7 +179,7 @@ actor WorkerPool {
     /// Makes the image durable here, copies it to a second member (the submitter first), then records the frame:
     /// a frame counts once its image is on two nodes (or on the only one).
     private nonisolated func record(_ frame: CompleteFrameDraft, submitter: String) async {
-        await blobSync.flush(blobs.path(for: frame.hash))
+        await exchange.sync.flush(blobs.path(for: frame.hash))
         let holders = await exchange.copyUntilHeldTwice(frame.hash, size: frame.size, submitter: submitter)
         await report([
             .completeFrame(
