@@ -399,11 +399,13 @@ public actor RaftNode {
         if let failure { throw failure }
         for (sequence, request) in done {
             durableSequence = sequence
+            // What waited for this write goes first (it was issued before anything the write's completion yields).
+            var released = 0
+            while released < deferred.count, deferred[released].needs <= durableSequence { released += 1 }
+            let ready = deferred.prefix(released)
+            deferred.removeFirst(released)
+            for item in ready { try performNow(item.directive) }
             try perform(instance!.onPersisted(request, now: now()))
-            while let first = deferred.first, first.needs <= durableSequence {
-                deferred.removeFirst()
-                try performNow(first.directive)
-            }
         }
     }
 

@@ -120,8 +120,9 @@ public final class FarmNode: Sendable {
                 return try PeerAnswer(bytes: answer).indexes
             },
             onApply: { pulse.fire() },
-            // Removal is enforced: the removed node's current run can no longer reach this one.
-            onRemoved: { node in await mesh.deny(nodeID: node) })
+            onMembership: { change, index in
+                await Self.enforce(change, at: index, raft: raft, mesh: mesh)
+            })
 
         let roster = Roster(nodeID: nodeID, slots: settings.slots, raft: raft, mesh: mesh)
         self.roster = roster
@@ -258,6 +259,24 @@ public final class FarmNode: Sendable {
             _ = try await raft.removeMember(node)
         }
         return PeerAnswer().encoded()
+    }
+
+    /// Removal is enforced: a node removed from the farm has its current run shut out of this node's mesh, and
+    /// a node added (back) is let in again. Only for a removal applied live: replaying history (a fresh node, or
+    /// one catching up) must not shut out the current run of a node that was added back later in the log, nor
+    /// the leader it is catching up from.
+    static func enforce(_ change: LedgerCommand, at index: UInt64, raft: RaftNode, mesh: MeshNode) async {
+        switch change {
+        case .addNode(let c):
+            await mesh.allow(nodeID: c.node)
+        case .removeNode(let c):
+            guard let status = await raft.status, status.leader != c.node, !status.members.contains(c.node),
+                index + 16 >= status.commitIndex
+            else { return }
+            await mesh.deny(nodeID: c.node)
+        default:
+            break
+        }
     }
 
     // MARK: Helpers

@@ -9,6 +9,10 @@ actor GroupSync {
     private var running = false
     private var waiters: [CheckedContinuation<Void, Never>] = []
 
+    /// From this many files in one round, one `syncfs` replaces the fsyncs (every file here is on one filesystem:
+    /// the node's data folder).
+    static let syncfsThreshold = 4
+
     init() {}
 
     /// Returns once `path` (a file written and closed by the caller) is on disk.
@@ -28,11 +32,21 @@ actor GroupSync {
             // fsync blocks its thread for milliseconds: keep it off Swift's cooperative pool.
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                 DispatchQueue.global().async {
-                    for file in batch {
-                        let fd = open(file, O_RDONLY)
+                    // Many files: one syncfs(2) of their filesystem covers them all (one journal commit), where
+                    // an fsync each would commit once per file. One or a few: fsync each.
+                    if batch.count >= Self.syncfsThreshold, let first = batch.first {
+                        let fd = open(first, O_RDONLY)
                         if fd >= 0 {
-                            fsync(fd)
+                            _ = linuxSyncfs(fd)
                             close(fd)
+                        }
+                    } else {
+                        for file in batch {
+                            let fd = open(file, O_RDONLY)
+                            if fd >= 0 {
+                                fsync(fd)
+                                close(fd)
+                            }
                         }
                     }
                     done.resume()
@@ -46,3 +60,7 @@ actor GroupSync {
         }
     }
 }
+
+/// glibc's `syncfs(2)` (declared only under _GNU_SOURCE, so not visible to Swift's Glibc module).
+@_silgen_name("syncfs")
+private func linuxSyncfs(_ fd: Int32) -> Int32

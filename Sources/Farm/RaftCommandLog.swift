@@ -19,7 +19,7 @@ public actor RaftCommandLog: CommandLog {
     private let node: String
     private let forward: Forwarder
     private let onApply: @Sendable () -> Void
-    private let onRemoved: @Sendable (String) async -> Void
+    private let onMembership: @Sendable (_ change: LedgerCommand, _ index: UInt64) async -> Void
     private let logger: Logger
     /// Command sequence numbers: never reused, across restarts and wall-clock steps (reserved in the ledger).
     private var sequencer: CommandSequencer
@@ -35,14 +35,14 @@ public actor RaftCommandLog: CommandLog {
         raft: RaftNode, ledger: LedgerStore, node: String, patience: Duration = .seconds(60), logger: Logger,
         wallClock: @escaping @Sendable () -> UInt64 = WallClock.nanos,
         forward: @escaping Forwarder, onApply: @escaping @Sendable () -> Void,
-        onRemoved: @escaping @Sendable (_ node: String) async -> Void = { _ in }
+        onMembership: @escaping @Sendable (_ change: LedgerCommand, _ index: UInt64) async -> Void = { _, _ in }
     ) throws {
         self.raft = raft
         self.ledger = ledger
         self.node = node
         self.forward = forward
         self.onApply = onApply
-        self.onRemoved = onRemoved
+        self.onMembership = onMembership
         self.logger = logger
         self.patience = patience
         applied = try ledger.appliedIndex()
@@ -212,7 +212,10 @@ public actor RaftCommandLog: CommandLog {
         }
         onApply()
         for row in rows {
-            if case .removeNode(let change) = row.entry.command { await onRemoved(change.node) }
+            switch row.entry.command {
+            case .addNode, .removeNode: await onMembership(row.entry.command, row.index)
+            default: break
+            }
         }
     }
 

@@ -89,16 +89,17 @@ struct DiscoveryCore: Sendable {
                 ownBeaconsHeard += 1
                 return []
             }
-            if isDenied(beacon.publicKey, beacon.instanceID) {
-                counters.increment(.beaconsDenied)
-                return []
-            }
             switch replay.check(beacon, nowMillis: nowMillis) {
             case .replayed:
                 counters.increment(.beaconsReplayed)
             case .stale:
                 counters.increment(.beaconsStale)
             case .fresh:
+                // After the replay guard: only a fresh beacon of a new run may lift a denied run's refusal.
+                if isDenied(beacon.publicKey, beacon.instanceID) {
+                    counters.increment(.beaconsDenied)
+                    return []
+                }
                 counters.increment(.beaconsAccepted)
                 return table.onBeacon(beacon, host: host, now: now)
             }

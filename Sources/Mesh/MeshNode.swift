@@ -139,6 +139,15 @@ public actor MeshNode {
         await shutOut(nodeID)
     }
 
+    /// Lifts a run's deny (the node was added to the farm again).
+    public func allow(nodeID: String) async {
+        guard let peer = await discovery.peer(nodeID) else {
+            deniedShared.lift(nodeID: nodeID)
+            return
+        }
+        deniedShared.lift(peer.publicKey)
+    }
+
     private func shutOut(_ nodeID: String) async {
         let shared = deniedShared
         await discovery.setDenyList { shared.refuses(beaconFrom: $0, instance: $1) }
@@ -324,13 +333,15 @@ public actor MeshNode {
         return try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: Self.writeWatermark)
             .bind(host: settings.listenHost, port: port) { [slots, counters] child in
                 // Refuse by closing, not by failing: a failed initializer ends the listener's accept stream.
                 child.eventLoop.makeCompletedFuture {
                     guard slots.acquire() else {
                         counters.increment(.connectionsRefused)
                         child.close(promise: nil)
-                        let channel = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: child)
+                        let channel = try NIOAsyncChannel<MeshMessage, Never>(
+                                wrappingChannelSynchronously: child, configuration: Self.asyncConfiguration)
                         let refused = MeshError(.closed, "Too many connections are handshaking.")
                         return Accepted(channel: channel, handshake: child.eventLoop.makeFailedFuture(refused))
                     }
@@ -343,7 +354,8 @@ public actor MeshNode {
                         throw error
                     }
                     handshake.whenComplete { _ in slots.release() }
-                    let channel = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: child)
+                    let channel = try NIOAsyncChannel<MeshMessage, Never>(
+                        wrappingChannelSynchronously: child, configuration: Self.asyncConfiguration)
                     return Accepted(channel: channel, handshake: handshake)
                 }
             }
@@ -404,11 +416,13 @@ public actor MeshNode {
         let expected = peer.publicKey
         return try await ClientBootstrap(group: eventLoopGroup)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.writeBufferWaterMark, value: Self.writeWatermark)
             .connectTimeout(.seconds(3))
             .connect(host: peer.host, port: peer.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handshake = try pipeline.install(on: channel, role: .initiator, expectedPeer: expected)
-                    let async = try NIOAsyncChannel<MeshMessage, Never>(wrappingChannelSynchronously: channel)
+                    let async = try NIOAsyncChannel<MeshMessage, Never>(
+                        wrappingChannelSynchronously: channel, configuration: Self.asyncConfiguration)
                     return Accepted(channel: async, handshake: handshake)
                 }
             }
@@ -456,9 +470,22 @@ public actor MeshNode {
         return peerID != nil
     }
 
+    /// How much a connection buffers each way. Inbound: up to 256 messages wait for the async reader before NIO
+    /// stops reading the socket (Raft's messages are taken out below it, but a stopped socket would stop them too).
+    /// Outbound: the write buffer's watermarks sit above four in-flight 1 MiB blob chunks, so Raft's messages are
+    /// dropped only when a peer is really backed up, not whenever a blob streams.
+    static let asyncConfiguration = NIOAsyncChannel<MeshMessage, Never>.Configuration(
+        backPressureStrategy: .init(lowWatermark: 16, highWatermark: 256))
+    static let writeWatermark = ChannelOptions.Types.WriteBufferWaterMark(low: 6 << 20, high: 12 << 20)
+
     private func register(_ peer: PeerIdentity, channel: Channel, dialed: Bool) -> UInt64 {
         let id = nextID
         nextID += 1
+        if deniedShared.contains(peer.publicKey) {
+            // Denied while its handshake was under way.
+            channel.close(promise: nil)
+            return id
+        }
         if let old = connections[peer.nodeID] {
             // One connection per pair: the newest wins (the old one is usually a half-dead leftover).
             old.channel.close(promise: nil)
@@ -737,6 +764,12 @@ final class DenySet: Sendable {
 
     func insert(_ key: [UInt8]) { state.withLock { _ = $0.keys.insert(key) } }
     func insert(_ key: [UInt8], instance: UInt64) { state.withLock { $0.instances[key] = instance } }
+    func lift(_ key: [UInt8]) { state.withLock { _ = $0.instances.removeValue(forKey: key) } }
+    func lift(nodeID: String) {
+        state.withLock { s in
+            for key in s.instances.keys where String(key.hexString.prefix(16)) == nodeID { s.instances[key] = nil }
+        }
+    }
 
     /// Handshakes and dials: refused while the key, or its current run, is denied.
     func contains(_ key: [UInt8]) -> Bool { state.withLock { $0.keys.contains(key) || $0.instances[key] != nil } }

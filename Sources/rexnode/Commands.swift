@@ -90,6 +90,7 @@ struct Waiter {
             let request = ControlRequest.status(
                 job: job, brief: lastState != "done",
                 seen: seen ? .init(framesDone: lastDone, state: lastState) : nil)
+            let asked = ContinuousClock.now
             guard let status = try await poll(request) else {
                 let since = unreachableSince ?? .now
                 if unreachableSince == nil && !quiet {
@@ -117,6 +118,7 @@ struct Waiter {
                     print("\(job): \(done)/\(total) frames done (\(state))")
                 }
             }
+            let (lastDoneBefore, lastStateBefore) = (lastDone, lastState)
             lastDone = done
             lastState = state
             if ["failed", "canceled"].contains(state) {
@@ -138,8 +140,13 @@ struct Waiter {
             } else {
                 undeliverableSince = nil
             }
-            // Rendered, waiting for delivery: look again shortly.
-            if state == "done" { try await Task.sleep(for: .milliseconds(100)) }
+            // Rendered, waiting for delivery (or a daemon that answered an unchanged job at once, as one from before
+            // long polls does): look again shortly.
+            let unchanged = done == lastDoneBefore && state == lastStateBefore
+            let waitingForDelivery = state == "done" && lastStateBefore == "done"
+            if waitingForDelivery || (unchanged && state != "done" && ContinuousClock.now - asked < .milliseconds(50)) {
+                try await Task.sleep(for: .milliseconds(100))
+            }
         }
     }
 
