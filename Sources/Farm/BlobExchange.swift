@@ -76,12 +76,11 @@ struct BlobExchange: Sendable {
     /// folder), before answering.
     func receive(_ hash: String, bytes: [UInt8]) async throws {
         let blobs = self.blobs
-        if !blobs.has(hash) {
-            let staged = try await Blocking.run { try blobs.stage(bytes: bytes, hash: hash) }
-            await sync.flush(staged)
-            _ = try await Blocking.run { try blobs.commit(staged: staged, hash: hash) }
-        }
-        await makeDurable(hash)
+        guard !blobs.has(hash) else { return await makeDurable(hash) }
+        let staged = try await Blocking.run { try blobs.stage(bytes: bytes, hash: hash) }
+        await sync.flush(staged)
+        let final = try await Blocking.run { try blobs.commit(staged: staged, hash: hash) }
+        await sync.flush((final as NSString).deletingLastPathComponent)
     }
 
     /// The receiving side of `replicate`: fetch the blob from `holder` and make it durable.
@@ -93,7 +92,6 @@ struct BlobExchange: Sendable {
     /// Syncs a stored blob's file and its folder (a fetched blob is renamed into place without a sync).
     private func makeDurable(_ hash: String) async {
         let path = blobs.path(for: hash)
-        await sync.flush(path)
-        await sync.flush((path as NSString).deletingLastPathComponent)
+        await sync.flush([path, (path as NSString).deletingLastPathComponent])
     }
 }

@@ -16,8 +16,11 @@ actor GroupSync {
     init() {}
 
     /// Returns once `path` (a file written and closed by the caller) is on disk.
-    func flush(_ path: String) async {
-        pending.append(path)
+    func flush(_ path: String) async { await flush([path]) }
+
+    /// Returns once every one of `paths` (files, or folders whose entries changed) is on disk.
+    func flush(_ paths: [String]) async {
+        pending.append(contentsOf: paths)
         // A flush already under way did not take this path: we need the next one.
         let target = started + 1
         while finished < target {
