@@ -170,23 +170,17 @@ public actor RaftCommandLog: CommandLog {
                 guard !batch.isEmpty else { continue }
                 // A write that fails (a full disk for a moment) is retried, in order, until it succeeds or the node
                 // stops: committed entries are never skipped, and the loop never dies of a passing error.
-                var delay = Duration.milliseconds(100)
-                var failures = 0
+                var failures = FailureRun(
+                    first: "cannot apply committed entries to the ledger; retrying",
+                    again: "still cannot apply committed entries", back: "applying committed entries works again")
                 while !Task.isCancelled {
                     do {
                         try await apply(batch)
-                        if failures > 0 {
-                            logger.notice("applying committed entries works again", metadata: ["farm/retries": "\(failures)"])
-                        }
+                        failures.recovered(logger: logger)
                         break
                     } catch {
-                        if failures == 0 {
-                            logger.error(
-                                "cannot apply committed entries to the ledger; retrying", metadata: ["error": "\(error)"])
-                        }
-                        failures += 1
-                        try? await Task.sleep(for: delay)
-                        delay = min(delay * 2, .seconds(5))
+                        failures.failed(error, logger: logger)
+                        try? await Task.sleep(for: failures.backoff(minimum: .milliseconds(100), maximum: .seconds(5)))
                     }
                 }
             }

@@ -233,38 +233,24 @@ actor Discovery {
         var description: String { "\(stage): \(cause)" }
     }
 
-    /// Consecutive socket failures since discovery last worked (0: working).
-    private var failures = 0
+    /// Consecutive socket failures since discovery last worked.
+    private var failures = FailureRun(
+        first: "discovery cannot use the network; retrying until it can", again: "discovery still without network",
+        back: "discovery has the network back")
     private var listenedOnce = false
 
-    /// Counts a failure and logs the first of a run of them (the rest at debug level: a link can stay down
-    /// for hours).
+    /// Counts a failure and logs the first of a run of them.
     private func noteFailure(_ error: any Error) {
         counters.increment(.discoverySocketErrors)
-        failures += 1
-        let metadata: Logger.Metadata = ["mesh/group": "\(settings.group):\(settings.port)", "error": "\(error)"]
-        if failures == 1 {
-            logger.warning("discovery cannot use the network; retrying until it can", metadata: metadata)
-        } else {
-            logger.debug("discovery still without network", metadata: metadata)
-        }
+        failures.failed(error, logger: logger, metadata: ["mesh/group": "\(settings.group):\(settings.port)"])
     }
 
     /// The socket works again: its own beacon came back (or, listening only, the group was joined). A write
     /// that returns proves nothing: the async writer only queues it.
-    private func noteWorking() {
-        if failures > 0 {
-            logger.notice(
-                "discovery has the network back", metadata: ["mesh/failures": "\(failures)"])
-            failures = 0
-        }
-    }
+    private func noteWorking() { failures.recovered(logger: logger) }
 
     /// Exponential backoff over the current run of failures, within the settings' bounds.
-    private func retryDelay() -> Duration {
-        let doublings = min(max(failures - 1, 0), 16)
-        return min(settings.retryMin * (1 << doublings), settings.retryMax)
-    }
+    private func retryDelay() -> Duration { failures.backoff(minimum: settings.retryMin, maximum: settings.retryMax) }
 
     /// One discovery socket, from bind to failure (or cancellation).
     private func serveSocket(tcpPort: Int, groupAddress: SocketAddress, _ eventLoopGroup: any EventLoopGroup)

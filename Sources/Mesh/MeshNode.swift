@@ -284,26 +284,19 @@ public actor MeshNode {
     private nonisolated func acceptLoop(_ first: NIOAsyncChannel<Accepted, Never>, port: Int) async throws {
         try await withThrowingDiscardingTaskGroup { connections in
             var server: NIOAsyncChannel<Accepted, Never>? = first
-            var failures = 0
+            var failures = FailureRun(
+                first: "the peer listener failed; listening again shortly", again: "the peer listener failed again",
+                back: "mesh listening again")
             func failed(_ error: any Error) {
                 counters.increment(.listenerErrors)
-                failures += 1
-                let metadata: Logger.Metadata = ["mesh/port": "\(port)", "error": "\(error)"]
-                if failures == 1 {
-                    logger.warning("the peer listener failed; listening again shortly", metadata: metadata)
-                } else {
-                    logger.debug("the peer listener failed again", metadata: metadata)
-                }
+                failures.failed(error, logger: logger, metadata: ["mesh/port": "\(port)"])
             }
             while true {
                 if let listening = server {
                     do {
                         try await listening.executeThenClose { inbound in
                             for try await accepted in inbound {
-                                if failures > 0 {
-                                    logger.notice("mesh listening again", metadata: ["mesh/port": "\(port)"])
-                                    failures = 0
-                                }
+                                failures.recovered(logger: logger, metadata: ["mesh/port": "\(port)"])
                                 counters.increment(.connectionsAccepted)
                                 connections.addTask { await self.serve(accepted, dialed: false) }
                             }
@@ -315,7 +308,7 @@ public actor MeshNode {
                         failed(error)
                     }
                 }
-                let delay = min(settings.reconnectMin * (1 << min(failures, 16)), settings.reconnectMax)
+                let delay = failures.backoff(minimum: settings.reconnectMin * 2, maximum: settings.reconnectMax)
                 try await Task.sleep(for: delay)
                 do {
                     server = try await listen(port: port)
