@@ -23,7 +23,8 @@ struct BlobExchange: Sendable {
         do {
             try await mesh.fetchBlob(hash, from: sources, into: blobs.directory)
         } catch {
-            throw FarmError(.notFound, "Blob \(hash.prefix(12))… could not be fetched from its holders.", cause: error)
+            throw FarmError(
+                .notFound, "Blob \(hash.prefix(12))… could not be fetched from its holders.", cause: error)
         }
     }
 

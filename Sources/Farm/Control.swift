@@ -140,8 +140,8 @@ extension ControlRequest: Codable {
     }
 }
 
-/// What the server writes for one request: `{"result": …}` or `{"error": …, "code": …}`, encoded once from a typed
-/// value (a big job's status is megabytes; it is not built twice).
+/// What the server writes for one request: `{"result": …}` or `{"error": …, "code": …}`, encoded once from a
+/// typed value (a big job's status is megabytes; it is not built twice).
 public struct ControlReply: Sendable {
     let json: Data
 

@@ -58,7 +58,8 @@ struct ControlAPI: Sendable {
             let job = try queries.findJob(id)
             try SceneFile.prepareOutput(output)
             let count = try await delivery.fetch(job, into: output)
-            return .success(["job": .string(job.job), "frames": JSONValue(count), "output": .string(output)] as JSONValue)
+            return .success(
+                ["job": .string(job.job), "frames": JSONValue(count), "output": .string(output)] as JSONValue)
         }
     }
 

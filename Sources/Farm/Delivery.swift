@@ -78,7 +78,8 @@ actor Delivery {
         } catch {
             if errors[job.job] == nil {
                 logger.error(
-                    "cannot write a frame to the output folder", metadata: ["farm/job": "\(job.job)", "error": "\(error)"])
+                    "cannot write a frame to the output folder",
+                    metadata: ["farm/job": "\(job.job)", "error": "\(error)"])
             }
             errors[job.job] = "Cannot write frames into \(job.output): \(error)"
             return false

@@ -169,7 +169,8 @@ public final class FarmNode: Sendable {
         let fd = open(data.lock, O_RDWR | O_CREAT, 0o600)
         guard fd >= 0 else { throw FarmError(.io, "Cannot open the lock file \(data.lock).") }
         if flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            let pid = (try? String(contentsOfFile: data.lock, encoding: .utf8))?
+            let pid =
+                (try? String(contentsOfFile: data.lock, encoding: .utf8))?
                 .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
             close(fd)
             throw FarmError(
@@ -200,7 +201,8 @@ public final class FarmNode: Sendable {
             Self.essential("mesh") { try await mesh.run() },
             Self.essential("raft") { try await membership.runRaft(onFounded: onFounded) },
             .init(
-                service: ControlServer(path: settings.data.socket, logger: logger, handler: { await control.handle($0) }),
+                service: ControlServer(
+                    path: settings.data.socket, logger: logger, handler: { await control.handle($0) }),
                 successTerminationBehavior: .gracefullyShutdownGroup,
                 failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "control"),
             Self.loop("apply") { await raftLog.applyCommitted() },
@@ -227,7 +229,9 @@ public final class FarmNode: Sendable {
         self.group.set(group)
         logger.info(
             "node ready",
-            metadata: ["farm/id": "\(nodeID)", "farm/socket": "\(settings.data.socket)", "farm/slots": "\(settings.slots)"])
+            metadata: [
+                "farm/id": "\(nodeID)", "farm/socket": "\(settings.data.socket)", "farm/slots": "\(settings.slots)",
+            ])
         onReady()
         do {
             try await group.run()

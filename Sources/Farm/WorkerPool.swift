@@ -233,7 +233,8 @@ actor WorkerPool {
                 guard let current = sessions[slot], current.session === open.session else { continue }
                 sessions[slot] = nil
                 await open.session.close()
-                logger.debug("render session closed", metadata: ["farm/job": "\(open.job)", "state": "\(state ?? "-")"])
+                logger.debug(
+                    "render session closed", metadata: ["farm/job": "\(open.job)", "state": "\(state ?? "-")"])
             }
             for (job, warm) in warmSessions {
                 let state = (try? ledger.job(job))?.state

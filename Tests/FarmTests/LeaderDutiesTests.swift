@@ -11,7 +11,9 @@ struct LeaderDutiesTests {
     func peer(_ id: String, _ state: PeerState = .alive, role: NodeStatus.Role = .follower, hasLog: Bool = true)
         -> Peer
     {
-        Peer(id: id, name: "name-\(id)", state: state, announced: NodeStatus(role: role, slots: 1, hasLog: hasLog, task: nil))
+        Peer(
+            id: id, name: "name-\(id)", state: state,
+            announced: NodeStatus(role: role, slots: 1, hasLog: hasLog, task: nil))
     }
 
     func assignment(_ id: String, node: String, lease: Int64 = 10_000) -> AssignmentRecord {

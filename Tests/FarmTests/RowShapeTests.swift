@@ -15,9 +15,10 @@ struct RowShapeTests {
         let f = try SubmitServiceTests.Fixture()
         let job = try await f.service.submit(SubmitRequest(path: f.scene(), frames: "1-3", output: f.dir + "/out"))
         let row = try object(JobRow(job))
-        for key in ["job", "name", "state", "frames_total", "frames_done", "frames_failed", "output", "priority",
-            "submitter", "message"]
-        {
+        for key in [
+            "job", "name", "state", "frames_total", "frames_done", "frames_failed", "output", "priority",
+            "submitter", "message",
+        ] {
             #expect(row.keys.contains(key), "jobs --json lacks \(key)")
         }
         #expect(row["message"] is NSNull)
@@ -48,9 +49,10 @@ struct RowShapeTests {
             PeerRow(
                 id: "a", name: "n1", address: "127.0.0.1:1", role: "leader", state: "alive", slots: 2, framesDone: 5,
                 isSelf: true, task: nil, member: true, term: 3, leader: nil, raftStallMs: 12, leaderSilenceMs: 0))
-        for key in ["id", "name", "address", "role", "state", "slots", "frames_done", "self", "task", "member", "term",
-            "leader", "raft_longest_stall_ms", "raft_longest_leader_silence_ms"]
-        {
+        for key in [
+            "id", "name", "address", "role", "state", "slots", "frames_done", "self", "task", "member", "term",
+            "leader", "raft_longest_stall_ms", "raft_longest_leader_silence_ms",
+        ] {
             #expect(me.keys.contains(key), "peers --json lacks \(key)")
         }
         #expect(me["leader"] is NSNull)

@@ -53,7 +53,8 @@ struct SubmitServiceTests {
             var logger = Logger(label: "test")
             logger.logLevel = .critical
             service = SubmitService(
-                nodeID: "node-a", settings: settings, blobs: blobs, work: WorkFolders(root: dir + "/work", blobs: blobs),
+                nodeID: "node-a", settings: settings, blobs: blobs,
+                work: WorkFolders(root: dir + "/work", blobs: blobs),
                 renderer: SimulatedRenderer(millisecondsPerFrame: 0), blender: nil, commandLog: log, ledger: ledger,
                 inFlight: inFlight, logger: logger, adoptWarm: { session, _ in await session.close() })
         }
@@ -88,7 +89,10 @@ struct SubmitServiceTests {
         let f = try Fixture()
         let cases: [(SubmitRequest, String)] = [
             (SubmitRequest(path: f.dir + "/missing.blend", frames: "1", output: f.dir + "/o"), "does not exist"),
-            (SubmitRequest(path: f.scene(Array("hello world!".utf8)), frames: "1", output: f.dir + "/o"), "not a Blender"),
+            (
+                SubmitRequest(path: f.scene(Array("hello world!".utf8)), frames: "1", output: f.dir + "/o"),
+                "not a Blender"
+            ),
             (SubmitRequest(path: f.scene(), frames: "5-1", output: f.dir + "/o"), "backwards"),
             (SubmitRequest(path: f.scene(), frames: "1-3", chunk: 0, output: f.dir + "/o"), "--chunk"),
             (SubmitRequest(path: f.scene(), frames: nil, output: f.dir + "/o"), "--frames"),
