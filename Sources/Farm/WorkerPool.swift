@@ -103,23 +103,23 @@ actor WorkerPool {
         let session: any RenderSession
         do {
             session = try await openSession(for: job, slot: slot)
-        } catch let error as RenderError {
-            logger.error("cannot start rendering", metadata: ["farm/job": "\(job)", "error": "\(error.message)"])
-            await report(
-                assignment.pendingFrames.map {
-                    .failFrame(
-                        FailFrame(
-                            job: job, frame: $0, node: nodeID, assignment: assignment.assignment,
-                            message: error.message, fatal: error.code == .badScene))
-                })
-            return
         } catch {
-            // Not Blender's fault (the scene could not be fetched yet, the node is shutting down): hand the
-            // frames back instead of spending their attempts, after a pause so this node does not take the chunk
-            // straight back.
-            logger.warning("returning a chunk", metadata: ["farm/job": "\(job)", "error": "\(error)"])
-            try? await Task.sleep(for: .seconds(1))
-            await report([.releaseFrames(ReleaseFrames(assignment: assignment.assignment, reason: "\(error)"))])
+            switch Self.classify(error) {
+            case .spendAttempts(let message, let fatal):
+                logger.error("cannot start rendering", metadata: ["farm/job": "\(job)", "error": "\(message)"])
+                await report(
+                    assignment.pendingFrames.map {
+                        .failFrame(
+                            FailFrame(
+                                job: job, frame: $0, node: nodeID, assignment: assignment.assignment,
+                                message: message, fatal: fatal))
+                    })
+            case .handBack(let reason):
+                // A pause first, so this node does not take the chunk straight back.
+                logger.warning("returning a chunk", metadata: ["farm/job": "\(job)", "error": "\(reason)"])
+                try? await Task.sleep(for: .seconds(1))
+                await report([.releaseFrames(ReleaseFrames(assignment: assignment.assignment, reason: reason))])
+            }
             return
         }
         let submitter = (try? ledger.job(job))?.submitter ?? nodeID
@@ -163,6 +163,22 @@ actor WorkerPool {
                 }
             }
         }
+    }
+
+    /// What a slot does with a chunk it cannot start.
+    enum ChunkFailure: Sendable, Equatable {
+        /// Blender's (or the scene's) fault: the frames spend an attempt; `fatal` when the scene cannot load at all.
+        case spendAttempts(message: String, fatal: Bool)
+        /// Not Blender's fault (the scene could not be fetched yet, the node is shutting down): the frames go back
+        /// to the queue untouched.
+        case handBack(reason: String)
+    }
+
+    static func classify(_ error: any Error) -> ChunkFailure {
+        guard let render = error as? RenderError else {
+            return .handBack(reason: (error as? FarmError)?.message ?? "\(error)")
+        }
+        return .spendAttempts(message: render.message, fatal: render.code == .badScene)
     }
 
     /// What a slot knows of a rendered frame before it is durable and copied.

@@ -1,5 +1,6 @@
 import Ledger
 import Mesh
+import Render
 import Testing
 
 @testable import Farm
@@ -135,5 +136,21 @@ struct PeerProtocolTests {
         #expect(NodeStatus(bytes: short.encoded()) == short)
         // The wire keys are the short ones older nodes read.
         #expect(String(decoding: short.encoded(), as: UTF8.self).contains("\"r\":\"joining\""))
+    }
+}
+
+@Suite("Worker failure classification")
+struct FailureClassificationTests {
+    @Test func blendersErrorsSpendAttemptsAndOthersHandTheChunkBack() {
+        #expect(
+            WorkerPool.classify(RenderError(.badScene, "not a blend file"))
+                == .spendAttempts(message: "not a blend file", fatal: true))
+        #expect(
+            WorkerPool.classify(RenderError(.crashed, "Blender died"))
+                == .spendAttempts(message: "Blender died", fatal: false))
+        #expect(
+            WorkerPool.classify(FarmError(.notFound, "The scene of job j1 is not on this node."))
+                == .handBack(reason: "The scene of job j1 is not on this node."))
+        #expect(WorkerPool.classify(CancellationError()) == .handBack(reason: "CancellationError()"))
     }
 }
