@@ -209,27 +209,27 @@ class NetworkFaultTest(unittest.TestCase):
         self.assertEqual(len(frames), 4, f"frames in the output folder: {frames}")
         print(f"  a 4-frame job submitted on h{target} completed in {now() - started:.1f} s", file=sys.stderr)
 
-    def test_link_flap(self):
-        target = self.farm.leader(self.views)
-        self.assertIsNotNone(target)
-        self.lab.set_link(target, up=False)
+    def cut_off(self, target, cut, what):
+        """Takes `target` off the network with `cut` for OUTAGE_S, puts it back, and checks the farm recovers."""
+        cut(target)
         try:
             time.sleep(OUTAGE_S)
         finally:
             self.lab.restore_host(target)
-        self.assert_recovers(target, f"link down for {OUTAGE_S} s (it was the leader)")
+        self.assert_recovers(target, what)
         self.passed = True
+
+    def test_link_flap(self):
+        target = self.farm.leader(self.views)
+        self.assertIsNotNone(target)
+        self.cut_off(target, lambda h: self.lab.set_link(h, up=False),
+                     f"link down for {OUTAGE_S} s (it was the leader)")
 
     def test_address_change(self):
         leader = self.farm.leader(self.views)
         target = next(i for i in self.farm.dirs if i != leader)
-        self.lab.change_address(target)
-        try:
-            time.sleep(OUTAGE_S)
-        finally:
-            self.lab.restore_host(target)
-        self.assert_recovers(target, f"address gone for {OUTAGE_S} s (a stranger's in its place; a follower)")
-        self.passed = True
+        self.cut_off(target, self.lab.change_address,
+                     f"address gone for {OUTAGE_S} s (a stranger's in its place; a follower)")
 
 if __name__ == "__main__":
     unittest.main()

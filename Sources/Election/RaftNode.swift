@@ -110,14 +110,6 @@ public actor RaftNode {
     public private(set) var longestStall: Duration = .zero
     public private(set) var longestLeaderSilence: Duration = .zero
     private var lastRun: ContinuousClock.Instant?
-
-    /// Starts measuring `longestStall` and `longestLeaderSilence` afresh.
-    public func resetStallStatistics() {
-        longestStall = .zero
-        longestLeaderSilence = .zero
-        lastRun = nil
-        lastFromLeader = nil
-    }
     private var lastFromLeader: (leader: NodeID, at: ContinuousClock.Instant)?
     private let doorbellContinuation: AsyncStream<Void>.Continuation
     private let inbox = Mutex<[(NodeID, [UInt8])]>([])
@@ -266,6 +258,14 @@ public actor RaftNode {
                 try processPending()
             }
         }
+    }
+
+    /// Starts measuring `longestStall` and `longestLeaderSilence` afresh.
+    public func resetStallStatistics() {
+        longestStall = .zero
+        longestLeaderSilence = .zero
+        lastRun = nil
+        lastFromLeader = nil
     }
 
     /// Wakes the node: it processes whatever is pending, once, on its loop.

@@ -48,15 +48,16 @@ struct BlobExchange: Sendable {
         // Only peers connected right now: a node that just died is skipped instead of waited for.
         let connected = Set(await mesh.connectedPeers())
         let alive = await roster.alivePeers().filter { connected.contains($0) }
-        let candidates = (alive.contains(submitter) ? [submitter] : []) + alive.filter { $0 != submitter }.sorted()
-        guard let first = candidates.first(where: { $0 != nodeID }) else { return [nodeID] }
+        let candidates = ((alive.contains(submitter) ? [submitter] : []) + alive.filter { $0 != submitter }.sorted())
+            .filter { $0 != nodeID }
+        guard !candidates.isEmpty else { return [nodeID] }
         let request: PeerRequest
         if size <= Int64(PeerRequest.inlineBlobLimit), let bytes = try? await read(hash) {
             request = .store(hash: hash, bytes: bytes)
         } else {
             request = .replicate(hash: hash, from: nodeID)
         }
-        for peer in [first] + candidates.filter({ $0 != first && $0 != nodeID }) {
+        for peer in candidates {
             do {
                 _ = try await mesh.request(to: peer, request.encoded(), timeout: .seconds(30))
                 return [nodeID, peer]

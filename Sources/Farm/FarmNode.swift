@@ -121,7 +121,7 @@ public final class FarmNode: Sendable {
             },
             onApply: { pulse.fire() },
             onMembership: { change, index in
-                await Self.enforce(change, at: index, raft: raft, mesh: mesh)
+                await Membership.enforce(change, at: index, raft: raft, mesh: mesh)
             })
 
         let roster = Roster(nodeID: nodeID, slots: settings.slots, raft: raft, mesh: mesh)
@@ -263,24 +263,6 @@ public final class FarmNode: Sendable {
             _ = try await raft.removeMember(node)
         }
         return PeerAnswer().encoded()
-    }
-
-    /// Removal is enforced: a node removed from the farm has its current run shut out of this node's mesh, and
-    /// a node added (back) is let in again. Only for a removal applied live: replaying history (a fresh node, or
-    /// one catching up) must not shut out the current run of a node that was added back later in the log, nor
-    /// the leader it is catching up from.
-    static func enforce(_ change: LedgerCommand, at index: UInt64, raft: RaftNode, mesh: MeshNode) async {
-        switch change {
-        case .addNode(let c):
-            await mesh.allow(nodeID: c.node)
-        case .removeNode(let c):
-            guard let status = await raft.status, status.leader != c.node, !status.members.contains(c.node),
-                index + 16 >= status.commitIndex
-            else { return }
-            await mesh.deny(nodeID: c.node)
-        default:
-            break
-        }
     }
 
     // MARK: Helpers

@@ -215,9 +215,7 @@ struct FarmQueries: Sendable {
         return rows
     }
 
-    static func milliseconds(_ d: Duration) -> Int {
-        Int(d.components.seconds) * 1000 + Int(d.components.attoseconds / 1_000_000_000_000_000)
-    }
+    static func milliseconds(_ d: Duration) -> Int { Int(d.raftNanoseconds / 1_000_000) }
 
     /// The retained applied log, one row per entry (`ledger --json`).
     func log() throws -> [JSONValue] { try ledger.log().map(Self.logRow) }

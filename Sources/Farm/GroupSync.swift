@@ -33,33 +33,26 @@ actor GroupSync {
             let batch = pending
             pending = []
             // fsync blocks its thread for milliseconds: keep it off Swift's cooperative pool.
-            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-                DispatchQueue.global().async {
-                    // Many files: one syncfs(2) of their filesystem covers them all (one journal commit), where
-                    // an fsync each would commit once per file. One or a few: fsync each.
-                    if batch.count >= Self.syncfsThreshold, let first = batch.first {
-                        let fd = open(first, O_RDONLY)
-                        if fd >= 0 {
-                            _ = linuxSyncfs(fd)
-                            close(fd)
-                        }
-                    } else {
-                        for file in batch {
-                            let fd = open(file, O_RDONLY)
-                            if fd >= 0 {
-                                fsync(fd)
-                                close(fd)
-                            }
-                        }
-                    }
-                    done.resume()
-                }
-            }
+            _ = try? await Blocking.run { Self.sync(batch) }
             finished = started
             running = false
             let woken = waiters
             waiters = []
             for waiter in woken { waiter.resume() }
+        }
+    }
+}
+
+extension GroupSync {
+    /// Many files: one syncfs(2) of their filesystem covers them all (one journal commit), where an fsync each
+    /// would commit once per file. One or a few: fsync each.
+    fileprivate static func sync(_ batch: [String]) {
+        let wholeFilesystem = batch.count >= syncfsThreshold
+        for file in wholeFilesystem ? Array(batch.prefix(1)) : batch {
+            let fd = open(file, O_RDONLY)
+            guard fd >= 0 else { continue }
+            _ = wholeFilesystem ? linuxSyncfs(fd) : fsync(fd)
+            close(fd)
         }
     }
 }

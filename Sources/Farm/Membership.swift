@@ -109,6 +109,24 @@ struct Membership: Sendable {
         }
     }
 
+    /// Removal is enforced: a node removed from the farm has its current run shut out of this node's mesh, and
+    /// a node added (back) is let in again. Only for a removal applied live: replaying history (a fresh node, or
+    /// one catching up) must not shut out the current run of a node that was added back later in the log, nor
+    /// the leader it is catching up from.
+    static func enforce(_ change: LedgerCommand, at index: UInt64, raft: RaftNode, mesh: MeshNode) async {
+        switch change {
+        case .addNode(let c):
+            await mesh.allow(nodeID: c.node)
+        case .removeNode(let c):
+            guard let status = await raft.status, status.leader != c.node, !status.members.contains(c.node),
+                index + 16 >= status.commitIndex
+            else { return }
+            await mesh.deny(nodeID: c.node)
+        default:
+            break
+        }
+    }
+
     /// `rexnode leave`: hand this node's unfinished frames back and leave the membership, so the farm neither
     /// waits for it nor counts it in its majority. Best effort, a few seconds at most; then the daemon stops.
     func leave() async -> [String: String] {
