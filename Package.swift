@@ -53,7 +53,10 @@ let package = Package(
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            resources: [.copy("Resources/rex_driver.py"), .copy("Resources/rex_probe.py")]
+            resources: [
+                .copy("Resources/rex_driver.py"), .copy("Resources/rex_probe.py"),
+                .copy("Resources/rex_prepare.py"), .copy("Resources/rex_project.py"),
+            ]
         ),
         .target(
             name: "Farm",

@@ -28,12 +28,31 @@ struct BlobExchange: Sendable {
         }
     }
 
-    /// Copies an image to a second member until one holds it durably, or the farm has no other member: a frame
-    /// counts only once it is on two nodes (or on the only one), so a worker cut off from its peers waits for them.
-    func copyUntilHeldTwice(_ hash: String, size: Int64, submitter: String) async -> [String] {
+    /// Makes sure every blob in `hashes` is here, fetching the missing ones a few at a time (each from all its
+    /// holders at once).
+    func ensureAll(_ hashes: [String], holders: [String], parallel: Int = 4) async throws {
+        let missing = hashes.filter { !blobs.has($0) }
+        guard !missing.isEmpty else { return }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var next = missing.makeIterator()
+            for _ in 0..<parallel {
+                guard let hash = next.next() else { break }
+                group.addTask { try await ensure(hash, holders: holders) }
+            }
+            while try await group.next() != nil {
+                guard let hash = next.next() else { continue }
+                group.addTask { try await ensure(hash, holders: holders) }
+            }
+        }
+    }
+
+    /// Copies a frame's files (its image, then any extra outputs) to a second member until one holds them all
+    /// durably, or the farm has no other member: a frame counts only once it is on two nodes (or on the only one),
+    /// so a worker cut off from its peers waits for them.
+    func copyUntilHeldTwice(_ files: [(hash: String, size: Int64)], submitter: String) async -> [String] {
         var delay = Duration.milliseconds(200)
         while true {
-            let holders = await copyOnce(hash, size: size, submitter: submitter)
+            let holders = await copyOnce(files, submitter: submitter)
             if holders.count >= 2 || Task.isCancelled { return holders }
             if !(await roster.hasOtherMembers()) { return holders }
             try? await Task.sleep(for: delay)
@@ -41,25 +60,29 @@ struct BlobExchange: Sendable {
         }
     }
 
-    /// Pushes the image to one connected member (the submitter first) and returns every node that holds it. Small
-    /// images travel in the request; larger ones are fetched by the peer. Either way the peer answers only once the
-    /// copy is synced to its disk.
-    private func copyOnce(_ hash: String, size: Int64, submitter: String) async -> [String] {
+    /// Pushes the files to one connected member (the submitter first) and returns every node that holds them all.
+    /// Small files travel in the request; larger ones are fetched by the peer. Either way the peer answers only
+    /// once the copy is synced to its disk.
+    private func copyOnce(_ files: [(hash: String, size: Int64)], submitter: String) async -> [String] {
         // Only peers connected right now: a node that just died is skipped instead of waited for.
         let connected = Set(await mesh.connectedPeers())
         let alive = await roster.alivePeers().filter { connected.contains($0) }
         let candidates = ((alive.contains(submitter) ? [submitter] : []) + alive.filter { $0 != submitter }.sorted())
             .filter { $0 != nodeID }
         guard !candidates.isEmpty else { return [nodeID] }
-        let request: PeerRequest
-        if size <= Int64(PeerRequest.inlineBlobLimit), let bytes = try? await read(hash) {
-            request = .store(hash: hash, bytes: bytes)
-        } else {
-            request = .replicate(hash: hash, from: nodeID)
+        var requests: [PeerRequest] = []
+        for (hash, size) in files {
+            if size <= Int64(PeerRequest.inlineBlobLimit), let bytes = try? await read(hash) {
+                requests.append(.store(hash: hash, bytes: bytes))
+            } else {
+                requests.append(.replicate(hash: hash, from: nodeID))
+            }
         }
         for peer in candidates {
             do {
-                _ = try await mesh.request(to: peer, request.encoded(), timeout: .seconds(30))
+                for request in requests {
+                    _ = try await mesh.request(to: peer, request.encoded(), timeout: .seconds(30))
+                }
                 return [nodeID, peer]
             } catch {
                 logger.warning(

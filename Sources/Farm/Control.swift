@@ -42,10 +42,14 @@ public struct SubmitRequest: Sendable, Equatable {
     public var output: String
     public var name: String?
     public var priority: Int?
+    /// Submit even though files the scene uses are missing (they render as Blender renders a missing file).
+    public var allowMissing: Bool
+    /// Render with the scene's Python drivers and scripts running (Blender's `-y`).
+    public var trustScripts: Bool
 
     public init(
         path: String, frames: String? = nil, chunk: Int? = nil, output: String, name: String? = nil,
-        priority: Int? = nil
+        priority: Int? = nil, allowMissing: Bool = false, trustScripts: Bool = false
     ) {
         self.path = path
         self.frames = frames
@@ -53,6 +57,8 @@ public struct SubmitRequest: Sendable, Equatable {
         self.output = output
         self.name = name
         self.priority = priority
+        self.allowMissing = allowMissing
+        self.trustScripts = trustScripts
     }
 }
 
@@ -60,7 +66,8 @@ extension ControlRequest: Codable {
     private enum Op: String, Codable { case submit, peers, jobs, status, cancel, ledger, leave, token, fetch }
 
     private enum Key: String, CodingKey {
-        case op, path, frames, chunk, output, name, priority, job, brief, seenDone, seenState
+        case op, path, frames, chunk, output, name, priority, job, brief, seenDone, seenState, allowMissing
+        case trustScripts
     }
 
     public init(from decoder: any Decoder) throws {
@@ -86,7 +93,9 @@ extension ControlRequest: Codable {
                     chunk: try c.decodeIfPresent(Int.self, forKey: .chunk),
                     output: try need(.output, "submit needs an output folder."),
                     name: try c.decodeIfPresent(String.self, forKey: .name),
-                    priority: try c.decodeIfPresent(Int.self, forKey: .priority)))
+                    priority: try c.decodeIfPresent(Int.self, forKey: .priority),
+                    allowMissing: try c.decodeIfPresent(Bool.self, forKey: .allowMissing) ?? false,
+                    trustScripts: try c.decodeIfPresent(Bool.self, forKey: .trustScripts) ?? false))
         case .peers: self = .peers
         case .jobs: self = .jobs
         case .status:
@@ -118,6 +127,8 @@ extension ControlRequest: Codable {
             try c.encode(r.output, forKey: .output)
             try c.encodeIfPresent(r.name, forKey: .name)
             try c.encodeIfPresent(r.priority, forKey: .priority)
+            if r.allowMissing { try c.encode(true, forKey: .allowMissing) }
+            if r.trustScripts { try c.encode(true, forKey: .trustScripts) }
         case .peers: try c.encode(Op.peers, forKey: .op)
         case .jobs: try c.encode(Op.jobs, forKey: .op)
         case .status(let job, let brief, let seen):

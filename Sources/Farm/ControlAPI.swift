@@ -31,7 +31,7 @@ struct ControlAPI: Sendable {
     private func answer(_ request: ControlRequest) async throws -> ControlReply {
         switch request {
         case .submit(let submit):
-            return .success(JobRow(try await submitService.submit(submit)))
+            return .success(SubmittedRow(try await submitService.submit(submit)))
         case .peers:
             return .success(try await queries.peers())
         case .jobs:

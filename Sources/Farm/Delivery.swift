@@ -1,8 +1,11 @@
 import Foundation
 import Ledger
 import Logging
+import Render
 
-/// On the submitter: copies each committed frame into the job's output folder, once, atomically.
+/// On the submitter: copies each committed frame, and the files its render wrote besides it (File Output passes,
+/// under their relative layout), into the job's output folder, once, atomically; once a movie job's frames are
+/// all in, encodes its movie there.
 ///
 /// Works incrementally from the log index of each frame's commit, so a long job costs O(frames) in all. Frames
 /// that cannot be written yet (folder unwritable, image not here yet) are retried on every pulse.
@@ -18,6 +21,10 @@ actor Delivery {
     private var deliveredThrough: UInt64 = 0
     private var retries: [String: FrameRecord] = [:]
     private var errors: [String: String] = [:]
+    /// Movie jobs submitted here that are done rendering and wait for their movie (job -> record).
+    private var moviesDue: [String: JobRecord] = [:]
+    private var movieErrors: [String: String] = [:]
+    private var moviesMade: Set<String> = []
 
     init(nodeID: String, ledger: LedgerStore, blobs: BlobStore, exchange: BlobExchange, pulse: Pulse, logger: Logger) {
         self.nodeID = nodeID
@@ -36,6 +43,12 @@ actor Delivery {
     /// Why a job's frames cannot be written right now, if they cannot.
     func problem(job: String) -> String? { errors[job] }
 
+    /// Why a job's movie could not be made, if it could not.
+    func movieProblem(job: String) -> String? { movieErrors[job] }
+
+    /// The movie's file name in the output folder: `NAME.mp4` (the container's extension).
+    static func movieFileName(job name: String, movie: MovieSpec) -> String { name + movie.fileExtension }
+
     func run() async {
         var jobs: [String: JobRecord] = [:]
         for await _ in pulse.subscribe() {
@@ -51,6 +64,7 @@ actor Delivery {
                     deliveredThrough = frame.doneIndex ?? deliveredThrough
                 }
                 if batch.count == 1000 { pulse.fire() }
+                try await makeMovies()
             } catch {
                 logger.error("delivery failed", metadata: ["error": "\(error)"])
             }
@@ -71,9 +85,11 @@ actor Delivery {
         }
         let target = "\(job.output)/\(Self.frameFileName(job: job.name, frame: frame.frame, ext: frame.ext ?? ""))"
         do {
+            try await placeOutputs(of: frame, job: job)
             let source = blobs.path(for: hash)
             try await Blocking.run { try Self.placeAtomically(source: source, target: target) }
             errors[job.job] = nil
+            if job.movie != nil { moviesDue[job.job] = job }
             return true
         } catch {
             if errors[job.job] == nil {
@@ -84,6 +100,54 @@ actor Delivery {
             errors[job.job] = "Cannot write frames into \(job.output): \(error)"
             return false
         }
+    }
+
+    /// The files a frame's render wrote besides the frame, each under its relative path in the output folder.
+    private nonisolated func placeOutputs(of frame: FrameRecord, job: JobRecord, into output: String? = nil)
+        async throws
+    {
+        let folder = output ?? job.output
+        for extra in try ledger.outputs(of: job.job, frame: frame.frame) {
+            try JobManifest.checkRelative(extra.path)
+            try await exchange.ensure(extra.hash, holders: frame.holders)
+            let source = blobs.path(for: extra.hash)
+            let target = "\(folder)/\(extra.path)"
+            try await Blocking.run { try Self.placeAtomically(source: source, target: target) }
+        }
+    }
+
+    /// Encodes the movie of each movie job whose frames are all in its output folder (once per job).
+    private func makeMovies() async throws {
+        for (id, _) in moviesDue {
+            moviesDue[id] = nil
+            guard !moviesMade.contains(id), let job = try ledger.job(id), job.state == "done", let movie = job.movie
+            else { continue }
+            let frames = try ledger.frames(of: id).filter { $0.state == "done" }.sorted { $0.frame < $1.frame }
+            let files = frames.map {
+                "\(job.output)/\(Self.frameFileName(job: job.name, frame: $0.frame, ext: $0.ext ?? ""))"
+            }
+            guard files.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) else { continue }
+            moviesMade.insert(id)
+            let target = "\(job.output)/\(Self.movieFileName(job: job.name, movie: movie))"
+            if FileManager.default.fileExists(atPath: target) { continue }
+            guard let ffmpeg = MovieEncoder.locate() else {
+                movieErrors[id] = "ffmpeg is not installed on this node, so \(target) cannot be encoded."
+                continue
+            }
+            do {
+                try await MovieEncoder(ffmpeg: ffmpeg, settings: Self.settings(movie)).encode(frames: files, to: target)
+                logger.info("movie encoded", metadata: ["farm/job": "\(id)", "farm/movie": "\(target)"])
+            } catch {
+                movieErrors[id] = (error as? RenderError)?.message ?? "\(error)"
+                logger.error("cannot encode a movie", metadata: ["farm/job": "\(id)", "error": "\(error)"])
+            }
+        }
+    }
+
+    static func settings(_ movie: MovieSpec) -> MovieSettings {
+        MovieSettings(
+            container: movie.container, codec: movie.codec, fps: movie.fps, fpsBase: movie.fpsBase, crf: movie.crf,
+            bitrate: movie.bitrate, extension: movie.fileExtension)
     }
 
     /// Writes `target` only if it is not there yet: copy to a hidden temporary file, then rename.
@@ -112,6 +176,7 @@ actor Delivery {
                 throw FarmError(
                     .notFound, "Frame \(frame.frame) of job \(job.job) is on no reachable node.", cause: error)
             }
+            try await placeOutputs(of: frame, job: job, into: output)
             let source = blobs.path(for: hash)
             let target = "\(output)/\(Self.frameFileName(job: job.name, frame: frame.frame, ext: frame.ext ?? ""))"
             try await Blocking.run { try Self.placeAtomically(source: source, target: target) }

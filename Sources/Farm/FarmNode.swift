@@ -144,9 +144,8 @@ public final class FarmNode: Sendable {
             commandLog: raftLog, roster: roster, progress: progress, logger: logger,
             requestShutdown: { await group.shutDown() })
         let submit = SubmitService(
-            nodeID: nodeID, settings: settings, blobs: blobs, work: work, renderer: renderer, blender: blender,
-            commandLog: raftLog, ledger: ledger, inFlight: inFlight, logger: logger,
-            adoptWarm: { session, job in await workers.adoptWarmSession(session, job: job) })
+            nodeID: nodeID, settings: settings, blobs: blobs, work: work, blender: blender, commandLog: raftLog,
+            ledger: ledger, inFlight: inFlight, logger: logger)
         let queries = FarmQueries(
             nodeID: nodeID, name: settings.name, listen: settings.listen, slots: settings.slots, ledger: ledger,
             raft: raft, mesh: mesh, roster: roster, progress: progress, delivery: delivery)

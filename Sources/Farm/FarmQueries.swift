@@ -49,6 +49,35 @@ struct JobRow: Encodable, Sendable {
     }
 }
 
+/// The answer to `submit`: the job, and what was shipped and what the submitter should know.
+struct SubmittedRow: Encodable, Sendable {
+    var job: JobRow
+    var outcome: SubmitService.Outcome
+
+    init(_ outcome: SubmitService.Outcome) {
+        job = JobRow(outcome.record)
+        self.outcome = outcome
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case warnings, files, bytes, baked
+        case newFiles = "new_files"
+        case movie
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        try job.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(outcome.warnings, forKey: .warnings)
+        try c.encode(outcome.files, forKey: .files)
+        try c.encode(outcome.bytes, forKey: .bytes)
+        try c.encode(outcome.newFiles, forKey: .newFiles)
+        try c.encode(outcome.baked, forKey: .baked)
+        try c.encodeIfPresent(
+            outcome.record.movie.map { Delivery.movieFileName(job: outcome.record.name, movie: $0) }, forKey: .movie)
+    }
+}
+
 /// One frame in `status --json`.
 struct FrameRow: Encodable, Sendable {
     var frame: Int
@@ -79,10 +108,14 @@ struct JobStatusView: Encodable, Sendable {
     var job: JobRow
     var frames: [FrameRow]?
     var deliveryError: String?
+    /// A movie job's movie file (where the submitter encodes it) and why it could not be made, if it could not.
+    var movie: String?
+    var movieError: String?
 
     enum CodingKeys: String, CodingKey {
-        case frames
+        case frames, movie
         case deliveryError = "delivery_error"
+        case movieError = "movie_error"
     }
 
     func encode(to encoder: any Encoder) throws {
@@ -90,6 +123,8 @@ struct JobStatusView: Encodable, Sendable {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encodeIfPresent(frames, forKey: .frames)
         try c.encodeIfPresent(deliveryError, forKey: .deliveryError)
+        try c.encodeIfPresent(movie, forKey: .movie)
+        try c.encodeIfPresent(movieError, forKey: .movieError)
     }
 }
 
@@ -171,7 +206,10 @@ struct FarmQueries: Sendable {
                 frame: f.frame, state: f.state, node: f.node, hash: f.hash, holders: f.holders, attempts: f.attempts,
                 message: f.message, progress: live.first { $0.frame == f.frame }?.fraction)
         }
-        return JobStatusView(job: JobRow(job), frames: frames, deliveryError: problem)
+        return JobStatusView(
+            job: JobRow(job), frames: frames, deliveryError: problem,
+            movie: job.movie.map { "\(job.output)/\(Delivery.movieFileName(job: job.name, movie: $0))" },
+            movieError: await delivery.movieProblem(job: job.job))
     }
 
     /// This node, then every peer discovery knows, then members discovery has never seen (dead).

@@ -3,27 +3,61 @@ import Ledger
 import Logging
 import Synchronization
 
-/// Each job's folder under `DATA/work/JOB/`: the scene as a hard link to its blob, and one folder per render slot.
+/// Each job's folder under `DATA/work/JOB/`: the project under `root/` (hard links to its blobs, in the project's
+/// layout), the path table for the render session (`remap.json`), and one folder per render slot.
 struct WorkFolders: Sendable {
     let root: String
     let blobs: BlobStore
 
     func jobFolder(_ job: String) -> String { "\(root)/\(job)" }
     func slotFolder(job: String, slot: Int) -> String { "\(jobFolder(job))/slot-\(slot)" }
+    func projectRoot(_ job: String) -> String { "\(jobFolder(job))/root" }
 
-    /// The job's .blend as a file named like a .blend in the job's folder (a hard link to the blob).
-    func sceneFile(job: String, name: String, blendHash: String) throws -> String {
-        let dir = jobFolder(job)
-        let path = "\(dir)/\(name).blend"
-        if FileManager.default.fileExists(atPath: path) { return path }
-        guard blobs.has(blendHash) else {
-            throw FarmError(.notFound, "The scene of job \(job) is not on this node.")
+    /// Where a materialized job's files are: the scene to open and the path table to apply (nil when empty).
+    struct Materialized: Sendable, Equatable {
+        var scene: String
+        var remapFile: String?
+    }
+
+    /// Lays out the job's files under its root from the blob store (every blob must be here) and writes the path
+    /// table. Idempotent: files already in place are kept; two slots may do it at once.
+    func materialize(_ record: JobRecord) throws -> Materialized {
+        let manifest = record.manifest ?? Self.sceneOnly(record)
+        do {
+            try manifest.validate()
+        } catch {
+            throw FarmError(.badInput, "Job \(record.job) has a manifest this node refuses: \(error.description)")
         }
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        if link(blobs.path(for: blendHash), path) != 0 {
-            try FileManager.default.copyItem(atPath: blobs.path(for: blendHash), toPath: path)
+        let root = projectRoot(record.job)
+        let fm = FileManager.default
+        for file in manifest.files {
+            let target = "\(root)/\(file.path)"
+            if fm.fileExists(atPath: target) { continue }
+            guard blobs.has(file.blob) else {
+                throw FarmError(.notFound, "\(file.path) of job \(record.job) is not on this node.")
+            }
+            try fm.createDirectory(
+                atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            if link(blobs.path(for: file.blob), target) != 0 && errno != EEXIST {
+                try fm.copyItem(atPath: blobs.path(for: file.blob), toPath: target)
+            }
         }
-        return path
+        var remapFile: String?
+        if !manifest.remap.isEmpty {
+            let table = manifest.remap.mapValues { "\(root)/\($0)" }
+            let path = "\(jobFolder(record.job))/remap.json"
+            let data = try JSONEncoder().encode(table)
+            try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+            remapFile = path
+        }
+        return Materialized(scene: "\(root)/\(manifest.scene)", remapFile: remapFile)
+    }
+
+    /// The manifest of a job from before projects were shipped: its .blend alone.
+    static func sceneOnly(_ record: JobRecord) -> JobManifest {
+        JobManifest(
+            scene: "\(record.name).blend",
+            files: [ManifestFile(path: "\(record.name).blend", blob: record.blendHash, size: record.blendSize)])
     }
 
     func remove(job: String) { try? FileManager.default.removeItem(atPath: jobFolder(job)) }
@@ -43,8 +77,8 @@ final class ScenesInFlight: Sendable {
     var all: Set<String> { hashes.withLock { Set($0.keys) } }
 }
 
-/// Drops a finished job's .blend (blob and work folder) from this node once the grace period has passed, unless a
-/// job still running, or a submit under way, uses the same file. Rendered images are kept.
+/// Drops a finished job's project (its blobs and work folder) from this node once the grace period has passed,
+/// keeping every file a job still running, or a submit under way, uses. Rendered images are kept.
 struct Janitor: Sendable {
     let settings: NodeSettings
     let ledger: LedgerStore
@@ -58,16 +92,17 @@ struct Janitor: Sendable {
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(min(30_000, max(200, settings.blendGraceMilliseconds / 4))))
             guard let jobs = try? ledger.jobs() else { continue }
-            let inUse = Set(jobs.filter { !$0.isFinished }.map(\.blendHash)).union(inFlight.all)
+            let inUse = Set(jobs.filter { !$0.isFinished }.flatMap(\.blobs)).union(inFlight.all)
             let now = ContinuousClock.now
             for job in jobs where job.isFinished {
                 let since = finishedSince[job.job] ?? now
                 finishedSince[job.job] = since
+                let held = job.blobs.filter { !inUse.contains($0) && blobs.has($0) }
                 guard now - since >= .milliseconds(settings.blendGraceMilliseconds),
-                    FileManager.default.fileExists(atPath: work.jobFolder(job.job)) || blobs.has(job.blendHash)
+                    FileManager.default.fileExists(atPath: work.jobFolder(job.job)) || !held.isEmpty
                 else { continue }
                 work.remove(job: job.job)
-                if !inUse.contains(job.blendHash) { blobs.remove(job.blendHash) }
+                for blob in held { blobs.remove(blob) }
                 logger.debug("dropped a finished job's scene", metadata: ["farm/job": "\(job.job)"])
             }
         }

@@ -4,27 +4,38 @@ import Logging
 import Mesh
 import Render
 
-/// Validating, storing and proposing a job, on no shared actor: hashing and copying a large .blend holds a thread
-/// of the blocking pool, never the Swift pool or anything Raft or the control socket waits on.
+/// Validating, tracing, storing and proposing a job, on no shared actor: hashing and copying a large project holds
+/// threads of the blocking pool, never the Swift pool or anything Raft or the control socket waits on.
 ///
-/// With no frame list the scene's own range is read by opening the job's render session on the farm's copy of
-/// the file: that session renders the job's first local chunk (`adoptWarm`), so asking costs no extra Blender
-/// start. A file Blender cannot load fails here, with Blender's own words, before any job exists.
+/// With a Blender renderer the user's file is opened once where it lies (`BlenderInstallation.prepare`): Blender
+/// lists every file the scene needs, a missing one refuses the job by name (unless `allowMissing`), unbaked
+/// simulations are baked into a copy of the file, and every file is stored by content under a layout that
+/// mirrors the project (`ProjectLayout`); the manifest is committed with `SubmitJob`. From then on the job needs
+/// nothing from the user's disk. The simulated renderer ships the .blend alone (its files are never rendered).
 struct SubmitService: Sendable {
     let nodeID: String
     let settings: NodeSettings
     let blobs: BlobStore
     let work: WorkFolders
-    let renderer: any Renderer
     let blender: BlenderInstallation?
     let commandLog: any CommandLog
     let ledger: LedgerStore
     let inFlight: ScenesInFlight
     let logger: Logger
-    /// Takes the session opened to read the scene, for the job's first chunk on this node.
-    let adoptWarm: @Sendable (_ session: any RenderSession, _ job: String) async -> Void
 
-    func submit(_ request: SubmitRequest) async throws -> JobRecord {
+    /// A committed job and what its submitter should be told.
+    struct Outcome: Sendable {
+        var record: JobRecord
+        /// One sentence each: missing files allowed, scripts left off, simulations not baked.
+        var warnings: [String]
+        var files: Int
+        var bytes: Int64
+        /// Files this node's store did not hold before.
+        var newFiles: Int
+        var baked: [String]
+    }
+
+    func submit(_ request: SubmitRequest) async throws -> Outcome {
         let path = request.path
         try SceneFile.validate(path)
         try SceneFile.prepareOutput(request.output)
@@ -32,68 +43,157 @@ struct SubmitService: Sendable {
         if let chunk = request.chunk, chunk < 1 || chunk > FarmNode.maxChunk {
             throw FarmError(.badInput, "--chunk must be between 1 and \(FarmNode.maxChunk).")
         }
-        let blobs = self.blobs
-        let stored = try await Blocking.run { try blobs.put(fileAt: path) }
-        inFlight.insert(stored.hash)
-        defer { inFlight.remove(stored.hash) }
         let name = SceneFile.jobName(from: request.name ?? path)
         let job = "j" + FarmNode.shortID()
-        var warm: (any RenderSession)?
+        let scratch = work.jobFolder(job) + "/submit"
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        var warnings: [String] = []
+        var scene: SceneInfo?
+        var layout: ProjectLayout
+        var baked: [String] = []
+        var bakedFile: String?
+        if settings.renderer == .blender, let blender {
+            let prepared = try await blender.prepare(
+                at: path, scratch: scratch, bakeTo: scratch + "/baked.blend", lastFrame: spec?.frames.max(),
+                trustScripts: request.trustScripts)
+            scene = prepared.scene
+            warnings += try Self.check(prepared.trace, file: path, request: request)
+            layout = ProjectLayout(blend: path, trace: prepared.trace)
+            if let file = prepared.bakedFile, FileManager.default.fileExists(atPath: file) {
+                bakedFile = file
+                baked = prepared.trace.simulations
+            }
+        } else {
+            layout = ProjectLayout(blend: path, trace: ProjectTrace(references: []))
+        }
+        let stored = try await store(layout, sceneReplacement: bakedFile)
+        defer { for file in stored.manifest.files { inFlight.remove(file.blob) } }
+        guard let sceneBlob = stored.manifest.sceneFile else {
+            throw FarmError(.failed, "The scene \(path) was not stored.")
+        }
         do {
             let frames: [Int]
             if let spec {
                 frames = spec.frames
-            } else {
-                let (scene, session) = try await readScene(job: job, name: name, path: path, blendHash: stored.hash)
-                warm = session
+            } else if let scene {
                 frames = try FrameSpec(start: scene.frameStart, end: scene.frameEnd, step: scene.frameStep).frames
+            } else if let blender {
+                let probed = try await blender.probeScene(at: path)
+                frames = try FrameSpec(start: probed.frameStart, end: probed.frameEnd, step: probed.frameStep).frames
+            } else {
+                throw FarmError(.badInput, "This node has no Blender to read the scene's frame range; pass --frames.")
             }
             let chunk = request.chunk ?? Scheduler.defaultChunk(frames: frames.count, slots: settings.slots)
             let outcomes = try await commandLog.propose([
                 .submitJob(
                     SubmitJob(
-                        job: job, name: name, submitter: nodeID, blendHash: stored.hash, blendSize: stored.size,
+                        job: job, name: name, submitter: nodeID, blendHash: sceneBlob.blob, blendSize: sceneBlob.size,
                         frames: frames, chunk: chunk, priority: request.priority ?? 0, output: request.output,
-                        submittedAtMs: WallClock.millis()))
+                        submittedAtMs: WallClock.millis(), manifest: stored.manifest,
+                        movie: scene?.movie.map(Self.movieSpec), trustScripts: request.trustScripts ? true : nil))
             ])
             guard let outcome = outcomes.first, outcome == .applied || outcome.isDuplicate else {
                 throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")
             }
         } catch {
-            await warm?.close()
             work.remove(job: job)
             throw error
         }
-        if let warm { await adoptWarm(warm, job) }
         guard let record = try ledger.job(job) else { throw FarmError(.failed, "Job \(job) vanished after commit.") }
         logger.info(
             "job submitted",
-            metadata: ["farm/job": "\(job)", "farm/frames": "\(record.framesTotal)", "farm/name": "\(name)"])
-        return record
+            metadata: [
+                "farm/job": "\(job)", "farm/frames": "\(record.framesTotal)", "farm/name": "\(name)",
+                "farm/files": "\(stored.manifest.files.count)", "farm/new": "\(stored.newFiles)",
+            ])
+        return Outcome(
+            record: record, warnings: warnings, files: stored.manifest.files.count,
+            bytes: stored.manifest.totalSize, newFiles: stored.newFiles, baked: baked)
     }
 
-    /// The scene's frame range, from the job's own render session when the renderer is Blender (returned to be
-    /// reused), else from a one-off probe.
-    private func readScene(job: String, name: String, path: String, blendHash: String) async throws -> (
-        SceneInfo, (any RenderSession)?
+    /// Refuses a project with missing files (unless allowed) and says what will differ from a render at home.
+    static func check(_ trace: ProjectTrace, file: String, request: SubmitRequest) throws -> [String] {
+        var warnings: [String] = []
+        let name = (file as NSString).lastPathComponent
+        let missing = trace.missing
+        if !missing.isEmpty {
+            let shown = missing.prefix(20).map { "\($0.file) (\($0.users.joined(separator: ", ")))" }
+            let more = missing.count > 20 ? " and \(missing.count - 20) more" : ""
+            let list = shown.joined(separator: "; ") + more
+            let count = missing.count == 1 ? "1 file" : "\(missing.count) files"
+            guard request.allowMissing else {
+                throw FarmError(
+                    .badInput,
+                    "\(name) uses \(count) that \(missing.count == 1 ? "is" : "are") missing: \(list). Put "
+                        + "\(missing.count == 1 ? "it" : "them") back, or pass --allow-missing to render without.")
+            }
+            warnings.append("Rendering without \(count) that \(missing.count == 1 ? "is" : "are") missing: \(list).")
+        }
+        if !trace.scripts.isEmpty && !request.trustScripts {
+            let list = trace.scripts.prefix(5).joined(separator: "; ")
+            warnings.append(
+                "\(name) has Python that the farm does not run (\(list)); it renders as Blender does with "
+                    + "auto-run scripts off. Pass --trust-scripts to run it.")
+        }
+        if !trace.unbakeable.isEmpty {
+            warnings.append(
+                "\(name) has simulations the farm does not bake (\(trace.unbakeable.joined(separator: "; "))): each "
+                    + "node simulates them from its first frame, so frames may differ from a render at home; bake "
+                    + "them in Blender first.")
+        }
+        return warnings
+    }
+
+    /// Stores every file of the layout by content (a file already in the store is only hashed) and returns the
+    /// manifest. `sceneReplacement` (the baked copy) is stored in the scene's place. Each blob is marked in flight
+    /// as soon as it is known, so clean-up cannot take it before the job commits; the caller unmarks them.
+    private func store(_ layout: ProjectLayout, sceneReplacement: String?) async throws -> (
+        manifest: JobManifest, newFiles: Int
     ) {
-        var session: (any RenderSession)?
-        if settings.renderer == .blender {
-            let blend = try work.sceneFile(job: job, name: name, blendHash: blendHash)
-            let opened = try await renderer.makeSession(
-                for: RenderRequest(jobID: job, blendPath: blend, threads: settings.threads))
-            session = opened
-            if let scene = await opened.sceneInfo { return (scene, opened) }
+        let blobs = self.blobs
+        let entries = layout.files.map { file -> (source: String, path: String) in
+            file.path == layout.scene ? (sceneReplacement ?? file.source, file.path) : file
         }
-        guard let blender else {
-            await session?.close()
-            throw FarmError(.badInput, "This node has no Blender to read the scene's frame range; pass --frames.")
+        let inFlight = self.inFlight
+        let stored = try await Blocking.run { () throws -> [(ManifestFile, Bool)] in
+            var marked: [String] = []
+            do {
+                return try entries.map { entry in
+                    let hash = try BlobStore.hash(fileAt: entry.source)
+                    inFlight.insert(hash)
+                    marked.append(hash)
+                    if blobs.has(hash) {
+                    let size = (try? FileManager.default.attributesOfItem(atPath: blobs.path(for: hash))[.size])
+                        as? NSNumber
+                        return (ManifestFile(path: entry.path, blob: hash, size: size?.int64Value ?? 0), false)
+                    }
+                    let put = try blobs.put(fileAt: entry.source)
+                    if put.hash != hash {
+                        // Edited between the two reads: the stored bytes are what counts.
+                        inFlight.insert(put.hash)
+                        inFlight.remove(hash)
+                        marked[marked.count - 1] = put.hash
+                    }
+                    return (ManifestFile(path: entry.path, blob: put.hash, size: put.size), true)
+                }
+            } catch {
+                for hash in marked { inFlight.remove(hash) }
+                throw error
+            }
         }
+        let manifest = JobManifest(scene: layout.scene, files: stored.map(\.0), remap: layout.remap)
         do {
-            return (try await blender.probeScene(at: path), session)
+            try manifest.validate()
         } catch {
-            await session?.close()
-            throw error
+            for file in manifest.files { inFlight.remove(file.blob) }
+            throw FarmError(.badInput, "The project cannot be shipped: \(error.description)")
         }
+        return (manifest, stored.filter(\.1).count)
+    }
+
+    static func movieSpec(_ movie: MovieSettings) -> MovieSpec {
+        MovieSpec(
+            container: movie.container, codec: movie.codec, fps: movie.fps, fpsBase: movie.fpsBase, crf: movie.crf,
+            bitrate: movie.bitrate, fileExtension: movie.extension)
     }
 }

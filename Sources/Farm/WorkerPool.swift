@@ -20,10 +20,10 @@ final class SlotProgress: Sendable {
 
 /// This node's render slots and their Blender sessions.
 ///
-/// A slot takes an open assignment of this node, reuses its session when the job is the same (else closes it and
-/// opens one), renders each frame still assigned to it, stores the image, copies it to a second member and
-/// proposes `CompleteFrame`; the next frame renders while that happens. Sessions opened at submit to read a scene
-/// (warm sessions) are adopted by the first local slot that takes the job, or closed after `warmSessionLifetime`.
+/// A slot takes an open assignment of this node, reuses its session when the job is the same (else fetches the
+/// job's files, lays out its project and opens one), renders each frame still assigned to it, stores the image
+/// and any extra outputs, copies them to a second member and proposes `CompleteFrame`; the next frame renders
+/// while that happens.
 actor WorkerPool {
     let nodeID: String
     let settings: NodeSettings
@@ -39,8 +39,6 @@ actor WorkerPool {
     let logger: Logger
 
     private var sessions: [Int: (job: String, session: any RenderSession)] = [:]
-    private var warmSessions: [String: (session: any RenderSession, since: ContinuousClock.Instant)] = [:]
-    static let warmSessionLifetime: Duration = .seconds(30)
     /// Assignments a slot is working on.
     private var claimed: Set<String> = []
 
@@ -63,16 +61,9 @@ actor WorkerPool {
         self.logger = logger
     }
 
-    /// A session opened at submit time, for the job's first local chunk.
-    func adoptWarmSession(_ session: any RenderSession, job: String) {
-        warmSessions[job] = (session, .now)
-    }
-
     func closeAll() async {
         for (_, open) in sessions { await open.session.close() }
         sessions.removeAll()
-        for (_, warm) in warmSessions { await warm.session.close() }
-        warmSessions.removeAll()
     }
 
     // MARK: Slots
@@ -136,15 +127,23 @@ actor WorkerPool {
                         progress.set(slot, .init(job: job, frame: frame, fraction: p.fraction))
                     }
                     let blobs = self.blobs
-                    let stored = try await Blocking.run {
-                        defer { try? FileManager.default.removeItem(atPath: rendered.path) }
-                        return try blobs.put(fileAt: rendered.path, sync: false)
+                    let (stored, outputs) = try await Blocking.run { () throws -> ((String, Int64), [FrameOutput]) in
+                        defer {
+                            try? FileManager.default.removeItem(atPath: rendered.path)
+                            for extra in rendered.extras { try? FileManager.default.removeItem(atPath: extra.file) }
+                        }
+                        let image = try blobs.put(fileAt: rendered.path, sync: false)
+                        let outputs = try rendered.extras.map { extra in
+                            let put = try blobs.put(fileAt: extra.file, sync: false)
+                            return FrameOutput(path: extra.path, hash: put.hash, size: put.size)
+                        }
+                        return ((image.hash, image.size), outputs)
                     }
                     let ext = (rendered.path as NSString).pathExtension
                     logger.debug("frame rendered", metadata: ["farm/job": "\(job)", "farm/frame": "\(frame)"])
                     let complete = CompleteFrameDraft(
                         job: job, frame: frame, assignment: assignment.assignment, term: assignment.term,
-                        hash: stored.hash, size: stored.size, ext: ext.isEmpty ? "" : "." + ext)
+                        hash: stored.0, size: stored.1, ext: ext.isEmpty ? "" : "." + ext, outputs: outputs)
                     reports.addTask { await self.record(complete, submitter: submitter) }
                 } catch let error as RenderError where error.code == .canceled || sessions[slot] == nil {
                     // The job was canceled (or finished elsewhere) and the reaper closed the session.
@@ -190,34 +189,38 @@ actor WorkerPool {
         var hash: String
         var size: Int64
         var ext: String
+        var outputs: [FrameOutput]
     }
 
     /// Makes the image durable here, copies it to a second member (the submitter first), then records the frame:
     /// a frame counts once its image is on two nodes (or on the only one).
     private nonisolated func record(_ frame: CompleteFrameDraft, submitter: String) async {
-        await exchange.sync.flush(blobs.path(for: frame.hash))
-        let holders = await exchange.copyUntilHeldTwice(frame.hash, size: frame.size, submitter: submitter)
+        let files = [(frame.hash, frame.size)] + frame.outputs.map { ($0.hash, $0.size) }
+        await exchange.sync.flush(files.map { blobs.path(for: $0.0) })
+        let holders = await exchange.copyUntilHeldTwice(files, submitter: submitter)
         await report([
             .completeFrame(
                 CompleteFrame(
                     job: frame.job, frame: frame.frame, node: nodeID, assignment: frame.assignment, term: frame.term,
-                    hash: frame.hash, ext: frame.ext, holders: holders))
+                    hash: frame.hash, ext: frame.ext, holders: holders,
+                    outputs: frame.outputs.isEmpty ? nil : frame.outputs))
         ])
     }
 
-    /// The slot's session for `job`: reused when it is already open for that job, else a new one.
+    /// The slot's session for `job`: reused when it is already open for that job, else a new one on the job's
+    /// project, laid out here from its blobs (fetched from every holder at once).
     private func openSession(for job: String, slot: Int) async throws -> any RenderSession {
         if let open = sessions[slot], open.job == job { return open.session }
         if let old = sessions.removeValue(forKey: slot) { await old.session.close() }
-        if let warm = warmSessions.removeValue(forKey: job)?.session {
-            sessions[slot] = (job, warm)
-            return warm
-        }
         guard let record = try ledger.job(job) else { throw FarmError(.notFound, "Job \(job) is not in the ledger.") }
-        try await exchange.ensure(record.blendHash, holders: [record.submitter] + (await roster.alivePeers()))
-        let blend = try work.sceneFile(job: record.job, name: record.name, blendHash: record.blendHash)
+        let holders = [record.submitter] + (await roster.alivePeers())
+        try await exchange.ensureAll(record.blobs, holders: holders)
+        let work = self.work
+        let project = try await Blocking.run { try work.materialize(record) }
         let session = try await renderer.makeSession(
-            for: RenderRequest(jobID: job, blendPath: blend, threads: settings.threads))
+            for: RenderRequest(
+                jobID: job, blendPath: project.scene, threads: settings.threads, remapFile: project.remapFile,
+                trustScripts: record.trustScripts, displayName: record.name + ".blend"))
         sessions[slot] = (job, session)
         return session
     }
@@ -239,7 +242,7 @@ actor WorkerPool {
     // MARK: Reaper
 
     /// Closes sessions whose job is no longer runnable: a canceled job's Blender dies at once, a finished job's
-    /// Blender does not linger, and an unused warm session goes after its lifetime.
+    /// Blender does not linger.
     func runReaper() async {
         for await _ in pulse.subscribe() {
             for (slot, open) in sessions {
@@ -251,14 +254,6 @@ actor WorkerPool {
                 await open.session.close()
                 logger.debug(
                     "render session closed", metadata: ["farm/job": "\(open.job)", "state": "\(state ?? "-")"])
-            }
-            for (job, warm) in warmSessions {
-                let state = (try? ledger.job(job))?.state
-                let unused = ContinuousClock.now - warm.since > Self.warmSessionLifetime
-                guard (state != "queued" && state != "running") || unused else { continue }
-                guard let current = warmSessions[job], current.session === warm.session else { continue }
-                warmSessions[job] = nil
-                await warm.session.close()
             }
         }
     }

@@ -46,7 +46,8 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
     }
 }
 
-/// A new job: the .blend is already in the submitter's blob store under `blendHash`.
+/// A new job: the .blend is already in the submitter's blob store under `blendHash`, and so is every file of
+/// `manifest` (absent in jobs from before projects were shipped: the .blend alone).
 public struct SubmitJob: Sendable, Equatable, Codable {
     public var job: String
     public var name: String
@@ -59,10 +60,17 @@ public struct SubmitJob: Sendable, Equatable, Codable {
     /// Absolute output folder on the submitter's machine (delivery is the submitter's business).
     public var output: String
     public var submittedAtMs: Int64
+    /// The project's files under the job root, the scene among them.
+    public var manifest: JobManifest?
+    /// Set when the scene asks for a movie: the frames render as PNG and the submitter encodes this.
+    public var movie: MovieSpec?
+    /// Render with Blender's autoexec on (`-y`), running the scene's Python drivers and scripts.
+    public var trustScripts: Bool?
 
     public init(
         job: String, name: String, submitter: String, blendHash: String, blendSize: Int64, frames: [Int],
-        chunk: Int, priority: Int, output: String, submittedAtMs: Int64
+        chunk: Int, priority: Int, output: String, submittedAtMs: Int64, manifest: JobManifest? = nil,
+        movie: MovieSpec? = nil, trustScripts: Bool? = nil
     ) {
         self.job = job
         self.name = name
@@ -74,6 +82,9 @@ public struct SubmitJob: Sendable, Equatable, Codable {
         self.priority = priority
         self.output = output
         self.submittedAtMs = submittedAtMs
+        self.manifest = manifest
+        self.movie = movie
+        self.trustScripts = trustScripts
     }
 }
 
@@ -106,10 +117,12 @@ public struct CompleteFrame: Sendable, Equatable, Codable {
     public var hash: String
     public var ext: String
     public var holders: [String]
+    /// Files the render wrote besides the frame (File Output passes), held by the same `holders`.
+    public var outputs: [FrameOutput]?
 
     public init(
         job: String, frame: Int, node: String, assignment: String, term: UInt64, hash: String, ext: String,
-        holders: [String]
+        holders: [String], outputs: [FrameOutput]? = nil
     ) {
         self.job = job
         self.frame = frame
@@ -119,6 +132,7 @@ public struct CompleteFrame: Sendable, Equatable, Codable {
         self.hash = hash
         self.ext = ext
         self.holders = holders
+        self.outputs = outputs
     }
 }
 

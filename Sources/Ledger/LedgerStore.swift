@@ -62,6 +62,18 @@ public final class LedgerStore: Sendable {
             // What applying each entry did ("applied", "duplicate", "ignored: <reason>"); NULL for older rows.
             try db.execute(sql: "ALTER TABLE ledger_log ADD COLUMN outcome TEXT")
         }
+        migrator.registerMigration("ledger-v3") { db in
+            // Projects (issue 13): the job's files, its movie, whether its scripts run; a frame's extra outputs.
+            try db.execute(
+                sql: """
+                    ALTER TABLE jobs ADD COLUMN manifest TEXT;
+                    ALTER TABLE jobs ADD COLUMN movie TEXT;
+                    ALTER TABLE jobs ADD COLUMN trust_scripts INTEGER NOT NULL DEFAULT 0;
+                    CREATE TABLE frame_outputs (
+                        job TEXT NOT NULL, frame INTEGER NOT NULL, path TEXT NOT NULL, hash TEXT NOT NULL,
+                        size INTEGER NOT NULL, PRIMARY KEY (job, frame, path));
+                    """)
+        }
     }
 
     // MARK: Applying the log

@@ -17,6 +17,10 @@ public struct JobRecord: Sendable, Equatable, Codable {
     public var framesDone: Int
     public var framesFailed: Int
     public var message: String?
+    /// The project's files (nil for a job that shipped its .blend alone).
+    public var manifest: JobManifest?
+    public var movie: MovieSpec?
+    public var trustScripts: Bool
 
     init(row: Row) {
         job = row["job"]
@@ -33,7 +37,17 @@ public struct JobRecord: Sendable, Equatable, Codable {
         framesDone = row["frames_done"]
         framesFailed = row["frames_failed"]
         message = row["message"]
+        manifest = Self.decode(row["manifest"])
+        movie = Self.decode(row["movie"])
+        trustScripts = (row["trust_scripts"] as Bool?) ?? false
     }
+
+    private static func decode<T: Decodable>(_ text: String?) -> T? {
+        text.flatMap { try? JSONDecoder().decode(T.self, from: Data($0.utf8)) }
+    }
+
+    /// Every blob the job needs on a worker: the manifest's files, or the .blend alone.
+    public var blobs: [String] { manifest?.blobs ?? [blendHash] }
 
     /// Done, failed or canceled: nothing more will happen to it.
     public var isFinished: Bool { state == "done" || state == "failed" || state == "canceled" }
@@ -119,6 +133,30 @@ extension LedgerStore {
         try writer.read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM frames WHERE job = ? AND frame = ?", arguments: [job, frame])
                 .map(FrameRecord.init)
+        }
+    }
+
+    /// The files a frame's render wrote besides the frame, by path under the output folder.
+    public func outputs(of job: String, frame: Int) throws -> [FrameOutput] {
+        try writer.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT path, hash, size FROM frame_outputs WHERE job = ? AND frame = ? ORDER BY path",
+                arguments: [job, frame]
+            ).map { FrameOutput(path: $0["path"], hash: $0["hash"], size: $0["size"]) }
+        }
+    }
+
+    /// Every extra output of a job, by frame.
+    public func outputs(of job: String) throws -> [Int: [FrameOutput]] {
+        try writer.read { db in
+            var byFrame: [Int: [FrameOutput]] = [:]
+            for row in try Row.fetchAll(
+                db, sql: "SELECT frame, path, hash, size FROM frame_outputs WHERE job = ? ORDER BY frame, path",
+                arguments: [job])
+            {
+                byFrame[row["frame"], default: []].append(FrameOutput(path: row["path"], hash: row["hash"], size: row["size"]))
+            }
+            return byFrame
         }
     }
 

@@ -30,12 +30,13 @@ struct StateMachine {
         try db.execute(
             sql: """
                 INSERT INTO jobs (job, name, submitter, blend_hash, blend_size, chunk, priority, output,
-                    submitted_at_ms, state, frames_total, log_index)
-                VALUES (?,?,?,?,?,?,?,?,?, 'queued', ?, ?)
+                    submitted_at_ms, state, frames_total, log_index, manifest, movie, trust_scripts)
+                VALUES (?,?,?,?,?,?,?,?,?, 'queued', ?, ?, ?, ?, ?)
                 """,
             arguments: [
                 c.job, c.name, c.submitter, c.blendHash, c.blendSize, max(1, c.chunk), c.priority, c.output,
-                c.submittedAtMs, frames.count, Int64(index),
+                c.submittedAtMs, frames.count, Int64(index), c.manifest.map(Self.json), c.movie.map(Self.json),
+                c.trustScripts == true,
             ])
         let insert = try db.makeStatement(sql: "INSERT INTO frames (job, frame, state) VALUES (?, ?, 'queued')")
         for frame in frames { try insert.execute(arguments: [c.job, frame]) }
@@ -88,6 +89,11 @@ struct StateMachine {
                 WHERE job = ? AND frame = ?
                 """,
             arguments: [c.node, c.hash, c.ext, Self.json(c.holders.sorted()), Int64(index), c.job, c.frame])
+        for output in c.outputs ?? [] {
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO frame_outputs (job, frame, path, hash, size) VALUES (?,?,?,?,?)",
+                arguments: [c.job, c.frame, output.path, output.hash, output.size])
+        }
         try closeAssignmentIfFinished(c.assignment)
         if let holder, holder != c.assignment { try closeAssignmentIfFinished(holder) }
         try updateJob(c.job, done: 1)

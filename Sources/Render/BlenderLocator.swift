@@ -161,6 +161,10 @@ enum DriverScripts {
         try path(of: "rex_probe")
     }
 
+    static func prepare() throws -> String {
+        try path(of: "rex_prepare")
+    }
+
     private static func path(of name: String) throws -> String {
         guard let path = Bundle.module.path(forResource: name, ofType: "py") else {
             throw RenderError(.blenderMissing, "rexnode's \(name).py resource is missing from its installation.")

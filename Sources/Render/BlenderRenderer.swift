@@ -51,10 +51,12 @@ public struct BlenderRenderer: Renderer {
             executable: installation.path,
             blendFile: request.blendPath,
             pythonScript: try DriverScripts.driver(),
-            scriptArguments: persistentData.map { ["--persistent-data", $0 ? "on" : "off"] } ?? [],
+            scriptArguments: (persistentData.map { ["--persistent-data", $0 ? "on" : "off"] } ?? [])
+                + (request.remapFile.map { ["--remap", $0] } ?? []),
             threads: request.threads,
             niceLevel: niceExecutable == nil ? 0 : niceLevel,
-            niceExecutable: niceExecutable ?? "nice")
+            niceExecutable: niceExecutable ?? "nice",
+            disableAutoexec: !request.trustScripts)
     }
 }
 
@@ -210,9 +212,12 @@ actor BlenderSession: RenderSession {
             directory.hasPrefix("/")
             ? directory : FileManager.default.currentDirectoryPath + "/" + directory
         let output = absoluteDirectory + "/" + Self.baseName(frame: frame)
+        // Each frame's extra outputs land in a folder of their own, so none is taken for another frame's.
+        let extras = absoluteDirectory + "/extras/" + Self.baseName(frame: frame)
+        try? FileManager.default.removeItem(atPath: extras)
         let clock = ContinuousClock()
         let started = clock.now
-        process.send(DriverCommand.render(frame: frame, output: output).line)
+        process.send(DriverCommand.render(frame: frame, output: output, extras: extras).line)
         return try await withTaskCancellationHandler {
             try await awaitFrame(frame, progress: progress, started: started, clock: clock)
         } onCancel: {
@@ -259,7 +264,7 @@ actor BlenderSession: RenderSession {
             case .line(let line):
                 if let driverEvent = DriverEvent.parse(line: line) {
                     switch driverEvent {
-                    case .done(let doneFrame, let path, _) where doneFrame == frame:
+                    case .done(let doneFrame, let path, _, let extras) where doneFrame == frame:
                         let elapsed = clock.now - started
                         let seconds =
                             Double(elapsed.components.seconds)
@@ -271,7 +276,7 @@ actor BlenderSession: RenderSession {
                         logger?.debug(
                             "frame rendered",
                             metadata: ["job": "\(jobID)", "render/frame": "\(frame)", "render/seconds": "\(seconds)"])
-                        return RenderedFrame(frame: frame, path: path, seconds: seconds)
+                        return RenderedFrame(frame: frame, path: path, seconds: seconds, extras: extras)
                     case .error(let errorFrame, let message) where errorFrame == frame || errorFrame == nil:
                         throw RenderError(
                             .frameFailed, Self.frameFailureMessage(frame: frame, file: command.blendFile, message),

@@ -6,7 +6,7 @@ import Foundation
 /// Kept in one place so the Python side and the Swift side can be checked against each other in tests.
 enum DriverEvent: Sendable, Equatable {
     case scene(SceneInfo, pid: Int?)
-    case done(frame: Int, path: String, seconds: Double)
+    case done(frame: Int, path: String, seconds: Double, extras: [RenderedFrame.Extra] = [])
     case error(frame: Int?, message: String)
     /// The driver cannot work at all (e.g. Blender started without a file).
     case fatal(message: String)
@@ -26,7 +26,11 @@ enum DriverEvent: Sendable, Equatable {
             return .scene(info, pid: object["pid"] as? Int)
         case "done":
             guard let frame = object["frame"] as? Int, let path = object["path"] as? String else { return nil }
-            return .done(frame: frame, path: path, seconds: (object["seconds"] as? Double) ?? 0)
+            let extras = (object["extras"] as? [[String: Any]] ?? []).compactMap { item -> RenderedFrame.Extra? in
+                guard let path = item["path"] as? String, let file = item["file"] as? String else { return nil }
+                return RenderedFrame.Extra(path: path, file: file)
+            }
+            return .done(frame: frame, path: path, seconds: (object["seconds"] as? Double) ?? 0, extras: extras)
         case "error":
             return .error(frame: object["frame"] as? Int, message: (object["message"] as? String) ?? "unknown error")
         case "fatal":
@@ -39,14 +43,16 @@ enum DriverEvent: Sendable, Equatable {
 
 /// A request written to the driver's stdin, one JSON object per line.
 enum DriverCommand: Sendable, Equatable {
-    case render(frame: Int, output: String)
+    case render(frame: Int, output: String, extras: String? = nil)
     case quit
 
     var line: String {
         let object: [String: Any]
         switch self {
-        case .render(let frame, let output):
-            object = ["cmd": "render", "frame": frame, "output": output]
+        case .render(let frame, let output, let extras):
+            var request: [String: Any] = ["cmd": "render", "frame": frame, "output": output]
+            if let extras { request["extras"] = extras }
+            object = request
         case .quit:
             object = ["cmd": "quit"]
         }

@@ -6,11 +6,23 @@ public struct RenderRequest: Sendable {
     public var blendPath: String
     /// Render threads for Blender (`-t`); nil lets Blender use every core.
     public var threads: Int?
+    /// A JSON table (path as the scene resolves it on the submitter -> path of its copy here) applied at load.
+    public var remapFile: String?
+    /// Run the scene's Python drivers and scripts (Blender's `-y`); off by default.
+    public var trustScripts: Bool
+    /// The name the user knows the scene by, for messages (the session's file is the farm's copy).
+    public var displayName: String?
 
-    public init(jobID: String, blendPath: String, threads: Int? = nil) {
+    public init(
+        jobID: String, blendPath: String, threads: Int? = nil, remapFile: String? = nil, trustScripts: Bool = false,
+        displayName: String? = nil
+    ) {
         self.jobID = jobID
         self.blendPath = blendPath
         self.threads = threads
+        self.remapFile = remapFile
+        self.trustScripts = trustScripts
+        self.displayName = displayName
     }
 }
 
@@ -35,11 +47,26 @@ public struct RenderedFrame: Sendable {
     public var frame: Int
     public var path: String
     public var seconds: Double
+    /// Files the render wrote besides the frame (File Output passes), by their path under the output folder.
+    public var extras: [Extra]
 
-    public init(frame: Int, path: String, seconds: Double) {
+    public struct Extra: Sendable, Equatable {
+        /// Where it goes under the output folder, e.g. `passes/normal_0001.png`.
+        public var path: String
+        /// Where it lies now.
+        public var file: String
+
+        public init(path: String, file: String) {
+            self.path = path
+            self.file = file
+        }
+    }
+
+    public init(frame: Int, path: String, seconds: Double, extras: [Extra] = []) {
         self.frame = frame
         self.path = path
         self.seconds = seconds
+        self.extras = extras
     }
 }
 

@@ -19,6 +19,10 @@ public struct SceneInfo: Sendable, Codable, Equatable {
     public var fileExtension: String
     /// The active camera's name; nil when the scene has none (every frame would fail: "Cannot render, no camera").
     public var camera: String?
+    /// The scene's own format when it is a movie one ("FFMPEG"); the frames then render as `fileFormat` (PNG).
+    public var originalFileFormat: String?
+    /// What the scene's movie output asks for (nil for image formats).
+    public var movie: MovieSettings?
 
     public init(
         frameStart: Int, frameEnd: Int, frameStep: Int,
@@ -45,5 +49,34 @@ public struct SceneInfo: Sendable, Codable, Equatable {
     public var frames: [Int] {
         guard frameStep > 0, frameEnd >= frameStart else { return [] }
         return Array(stride(from: frameStart, through: frameEnd, by: frameStep))
+    }
+}
+
+/// A scene's movie output, as Blender's FFmpeg settings name it: the submitter encodes the movie from lossless
+/// frames with these.
+public struct MovieSettings: Sendable, Codable, Equatable {
+    /// "MPEG4", "MKV", "QUICKTIME", "WEBM", ... (for a plain AVI format: "AVI").
+    public var container: String
+    /// "H264", "MPEG4", "FFV1", "PNG", "WEBM", "AV1", ...
+    public var codec: String
+    public var fps: Int
+    public var fpsBase: Double
+    /// Blender's constant-rate-factor choice: "LOSSLESS", "PERC_LOSSLESS", "HIGH", "MEDIUM", "LOW", "VERYLOW",
+    /// "LOWEST", or "NONE" (then `bitrate` in kbit/s applies).
+    public var crf: String
+    public var bitrate: Int
+    /// ".mp4", ".mkv", ...
+    public var `extension`: String
+
+    public init(
+        container: String, codec: String, fps: Int, fpsBase: Double, crf: String, bitrate: Int, extension: String
+    ) {
+        self.container = container
+        self.codec = codec
+        self.fps = fps
+        self.fpsBase = fpsBase
+        self.crf = crf
+        self.bitrate = bitrate
+        self.extension = `extension`
     }
 }

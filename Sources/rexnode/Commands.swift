@@ -14,6 +14,10 @@ extension RexNode {
         @Option(help: "Output folder (default: ./rex-out/NAME/).") var output: String?
         @Option(help: "Job name (default: the file's name).") var name: String?
         @Option(help: "Higher runs first.") var priority: Int = 0
+        @Flag(help: "Submit even if files the scene uses are missing (they render as Blender renders them missing).")
+        var allowMissing = false
+        @Flag(help: "Run the scene's Python drivers and scripts while rendering (Blender's -y).")
+        var trustScripts = false
         @Flag(help: "Print the job id and return at once.") var noWait = false
         @OptionGroup var json: JSONFlag
         @OptionGroup var data: DataOption
@@ -34,14 +38,22 @@ extension RexNode {
                 try SceneFile.prepareOutput(outputDir)
                 let request = ControlRequest.submit(
                     SubmitRequest(
-                        path: path, frames: frames, chunk: chunk, output: outputDir, name: jobName, priority: priority))
+                        path: path, frames: frames, chunk: chunk, output: outputDir, name: jobName, priority: priority,
+                        allowMissing: allowMissing, trustScripts: trustScripts))
+                if !json.json && isatty(STDOUT_FILENO) != 0 {
+                    print("Reading \((path as NSString).lastPathComponent) and storing its files…")
+                }
                 let job = try await ControlClient.send(request, data: data.directory)
                 let id = job["job"]?.string ?? "?"
+                for warning in job["warnings"]?.array ?? [] {
+                    if let text = warning.string { FileHandle.standardError.write(Data(("warning: " + text + "\n").utf8)) }
+                }
                 if noWait {
                     print(json.json ? Self.summary(job).jsonText() : id)
                     return
                 }
                 if !json.json {
+                    print(Self.shipped(job))
                     print("Job \(id) (\(job["frames_total"]?.int ?? 0) frames) → \(outputDir)")
                     fflush(nil)  // a script reading the pipe learns the job id as soon as it is accepted
                 }
@@ -52,8 +64,25 @@ extension RexNode {
                     let reason = final["message"]?.string.map { ": \($0)" } ?? ""
                     throw FarmError(state == "canceled" ? .canceled : .failed, "Job \(id) \(state)\(reason)")
                 }
-                if !json.json { print("All \(final["frames_total"]?.int ?? 0) frames are in \(outputDir)") }
+                if !json.json {
+                    print("All \(final["frames_total"]?.int ?? 0) frames are in \(outputDir)")
+                    if let movie = final["movie"]?.string { print("The movie is \(movie)") }
+                }
             }
+        }
+
+        /// "212 files, 1.1 GB, 3 new" (+ what was baked).
+        static func shipped(_ job: JSONValue) -> String {
+            let files = job["files"]?.int ?? 1
+            let bytes = Double(job["bytes"]?.int ?? 0)
+            let size =
+                bytes >= 1e9
+                ? String(format: "%.1f GB", bytes / 1e9)
+                : bytes >= 1e6 ? String(format: "%.1f MB", bytes / 1e6) : String(format: "%.0f kB", bytes / 1e3)
+            var line = "\(files) file\(files == 1 ? "" : "s"), \(size), \(job["new_files"]?.int ?? 0) new"
+            let baked = job["baked"]?.array?.compactMap(\.string) ?? []
+            if !baked.isEmpty { line += "; baked \(baked.joined(separator: ", "))" }
+            return line
         }
 
         static func summary(_ job: JSONValue) -> JSONValue {
@@ -126,6 +155,17 @@ struct Waiter {
                 return status
             }
             if state == "done", status["frames"] != nil, allDelivered(status) {
+                // A movie job ends when its movie is there too (the submitter's daemon encodes it).
+                if let problem = status["movie_error"]?.string {
+                    if tty { print("") }
+                    throw FarmError(.failed, "Job \(job) rendered, but its movie was not made: \(problem)")
+                }
+                if let movie = status["movie"]?.string, !FileManager.default.fileExists(atPath: movie),
+                    status["submitter"] != nil
+                {
+                    try await Task.sleep(for: .milliseconds(200))
+                    continue
+                }
                 if tty { print("") }
                 return status
             }

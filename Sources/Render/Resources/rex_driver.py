@@ -1,17 +1,22 @@
 # rexnode render driver: runs inside one long-lived Blender process.
 #
-# Started as `blender -b FILE ... --python rex_driver.py [-- --persistent-data on|off]`. Blender loads FILE;
-# this script then reports the scene's facts and serves render requests read from stdin, one JSON object
-# per line:
-#     {"cmd": "render", "frame": 12, "output": "/abs/dir/rex_000012"}
+# Started as `blender -b FILE ... --python rex_driver.py [-- --persistent-data on|off] [--remap TABLE.json]`.
+# Blender loads FILE (the job's copy, inside a folder that mirrors the project); with --remap, the absolute
+# paths in TABLE (resolved path -> path under the job root) are pointed at their copies first. This script then
+# reports the scene's facts and serves render requests read from stdin, one JSON object per line:
+#     {"cmd": "render", "frame": 12, "output": "/abs/dir/rex_000012", "extras": "/abs/dir/extras"}
 #     {"cmd": "quit"}
 # Every answer is one line on stdout starting with the tag "@@REX " followed by JSON:
 #     {"event": "scene", ...facts...}
-#     {"event": "done", "frame": 12, "path": "/abs/dir/rex_000012.png", "seconds": 0.4}
+#     {"event": "done", "frame": 12, "path": "/abs/dir/rex_000012.png", "seconds": 0.4,
+#      "extras": [{"path": "passes/normal_0012.png", "file": "/abs/dir/extras/passes/normal_0012.png"}]}
 #     {"event": "error", "frame": 12, "message": "Build without OpenImageDenoiser"}
 # Blender's own chatter (progress lines "Fra:12 ... | Sample 8/16") goes to the same stdout; the Swift side
-# parses it for progress. The scene's own image format is kept and only the output path is overridden,
-# except that a movie format (FFMPEG, AVI), which cannot be written one frame at a time, becomes PNG.
+# parses it for progress. Each frame renders through Blender's animation path (frame_start = frame_end = N), as
+# `blender -a` does, so simulations step as they do at home. The scene's own image format is kept and only the
+# output path is overridden, except that a movie format (FFMPEG, AVI), which cannot be written one frame at a
+# time, becomes PNG (the submitter encodes the movie). With "extras", the compositor's File Output nodes write
+# under that folder (their layout kept) and what they wrote is listed.
 import json
 import os
 import sys
@@ -19,6 +24,9 @@ import time
 import traceback
 
 import bpy
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rex_project  # noqa: E402  (beside this script)
 
 TAG = "@@REX "
 
@@ -40,13 +48,35 @@ def emit(event, **fields):
 
 
 def driver_options():
-    """Options after `--`: `--persistent-data on|off` overrides the scene's own setting (default: keep it)."""
+    """Options after `--`: `--persistent-data on|off` overrides the scene's own setting (default: keep it);
+    `--remap TABLE.json` names the path table of the job's files."""
     argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
     options = {}
     for index, name in enumerate(argv[:-1]):
         if name == "--persistent-data":
             options["persistent_data"] = argv[index + 1] == "on"
+        elif name == "--remap":
+            options["remap"] = argv[index + 1]
     return options
+
+
+MOVIE_EXTENSIONS = {"MPEG4": ".mp4", "MKV": ".mkv", "QUICKTIME": ".mov", "AVI": ".avi", "OGG": ".ogv",
+                    "WEBM": ".webm", "FLASH": ".flv", "MPEG1": ".mpg", "MPEG2": ".dvd", "DV": ".dv"}
+
+
+def movie_facts(render):
+    """What the submitter needs to encode the movie the scene asks for: container, codec, rate, quality."""
+    ffmpeg = render.ffmpeg
+    container = ffmpeg.format if render.image_settings.file_format == "FFMPEG" else "AVI"
+    return {
+        "container": container,
+        "codec": ffmpeg.codec if render.image_settings.file_format == "FFMPEG" else render.image_settings.file_format,
+        "fps": render.fps,
+        "fpsBase": render.fps_base,
+        "crf": getattr(ffmpeg, "constant_rate_factor", "MEDIUM"),
+        "bitrate": getattr(ffmpeg, "video_bitrate", 0),
+        "extension": MOVIE_EXTENSIONS.get(container, ".mp4"),
+    }
 
 
 def prepare_scene(scene, options=None):
@@ -57,8 +87,11 @@ def prepare_scene(scene, options=None):
     """
     render = scene.render
     original_format = render.image_settings.file_format
+    movie = movie_facts(render) if render.is_movie_format else None
     if render.is_movie_format:
         render.image_settings.file_format = "PNG"
+        # Lossless frames for the encoder: 8 bits per channel, as the movie would carry.
+        render.image_settings.color_depth = "8"
     render.use_file_extension = True
     if options and "persistent_data" in options:
         # Keeps Cycles' scene data between frames of this process: the same pixels, about 25 % faster here.
@@ -79,6 +112,8 @@ def prepare_scene(scene, options=None):
     }
     if original_format != facts["fileFormat"]:
         facts["originalFileFormat"] = original_format
+    if movie is not None:
+        facts["movie"] = movie
     return facts
 
 
@@ -92,21 +127,31 @@ def clean_message(text):
     return "; ".join(cleaned) or "Blender reported an unknown error"
 
 
-def render_frame(scene, frame, output):
-    scene.frame_set(frame)
+def render_frame(scene, frame, output, extras=None):
+    """Renders one frame through the animation path and returns (image path, seconds, extra files)."""
     render = scene.render
+    scene.frame_start = frame
+    scene.frame_end = frame
     render.filepath = output
-    path = output + render.file_extension
+    render.use_overwrite = True
+    render.use_placeholder = False
+    path = render.frame_path(frame=frame)
     if os.path.exists(path):
         os.remove(path)
+    if extras is not None:
+        rex_project.redirect_file_outputs(scene, extras)
     started = time.monotonic()
-    result = bpy.ops.render.render(write_still=True, scene=scene.name)
+    result = bpy.ops.render.render(animation=True, scene=scene.name)
     seconds = time.monotonic() - started
     if "FINISHED" not in result:
         raise RuntimeError("Blender cancelled the render of frame %d" % frame)
     if not os.path.exists(path):
         raise RuntimeError("Blender finished frame %d but wrote no image at %s" % (frame, path))
-    return path, seconds
+    written = []
+    if extras is not None and os.path.isdir(extras):
+        for name in rex_project.tree_files(extras):
+            written.append({"path": os.path.relpath(name, extras), "file": name})
+    return path, seconds, written
 
 
 def loaded_scene():
@@ -129,7 +174,11 @@ def serve():
     scene = loaded_scene()
     if scene is None:
         return
-    facts = prepare_scene(scene, driver_options())
+    options = driver_options()
+    if "remap" in options:
+        with open(options["remap"]) as table:
+            rex_project.remap(json.load(table))
+    facts = prepare_scene(scene, options)
     emit("scene", file=bpy.data.filepath, pid=os.getpid(), version=bpy.app.version_string, **facts)
     for raw in sys.stdin:
         raw = raw.strip()
@@ -148,13 +197,13 @@ def serve():
             continue
         frame = int(request["frame"])
         try:
-            path, seconds = render_frame(scene, frame, request["output"])
+            path, seconds, extras = render_frame(scene, frame, request["output"], request.get("extras"))
         except Exception as error:  # Blender's RuntimeError carries its own text, e.g. the OIDN error
             if not isinstance(error, RuntimeError):
                 traceback.print_exc()
             emit("error", frame=frame, message=clean_message(error))
             continue
-        emit("done", frame=frame, path=path, seconds=seconds)
+        emit("done", frame=frame, path=path, seconds=seconds, extras=extras)
 
 
 if __name__ == "__main__":
