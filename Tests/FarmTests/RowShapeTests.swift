@@ -14,6 +14,7 @@ struct RowShapeTests {
     @Test func jobAndStatusRowsKeepTheContractsKeysAndNulls() async throws {
         let f = try SubmitServiceTests.Fixture()
         let job = try await f.service.submit(SubmitRequest(path: f.scene(), frames: "1-3", output: f.dir + "/out"))
+            .record
         let row = try object(JobRow(job))
         for key in [
             "job", "name", "state", "frames_total", "frames_done", "frames_failed", "output", "priority",

@@ -55,8 +55,7 @@ struct SubmitServiceTests {
             service = SubmitService(
                 nodeID: "node-a", settings: settings, blobs: blobs,
                 work: WorkFolders(root: dir + "/work", blobs: blobs),
-                renderer: SimulatedRenderer(millisecondsPerFrame: 0), blender: nil, commandLog: log, ledger: ledger,
-                inFlight: inFlight, logger: logger, adoptWarm: { session, _ in await session.close() })
+                blender: nil, commandLog: log, ledger: ledger, inFlight: inFlight, logger: logger)
         }
 
         func scene(_ bytes: [UInt8] = Array("BLENDER-v304".utf8) + Array(repeating: 1, count: 4096)) -> String {
@@ -70,7 +69,8 @@ struct SubmitServiceTests {
         let f = try Fixture()
         let path = f.scene()
         let job = try await f.service.submit(
-            SubmitRequest(path: path, frames: "1-10x3", chunk: 2, output: f.dir + "/out", name: "shot", priority: 5))
+            SubmitRequest(path: path, frames: "1-10x3", chunk: 2, output: f.dir + "/out", name: "shot", priority: 5)
+        ).record
         #expect(job.name == "shot")
         #expect(job.framesTotal == 4)
         #expect(job.priority == 5)
