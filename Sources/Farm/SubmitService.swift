@@ -90,7 +90,8 @@ struct SubmitService: Sendable {
                         job: job, name: name, submitter: nodeID, blendHash: sceneBlob.blob, blendSize: sceneBlob.size,
                         frames: frames, chunk: chunk, priority: request.priority ?? 0, output: request.output,
                         submittedAtMs: WallClock.millis(), manifest: stored.manifest,
-                        movie: scene?.movie.map(Self.movieSpec), trustScripts: request.trustScripts ? true : nil))
+                        movie: scene?.movie.map(Self.movieSpec), trustScripts: request.trustScripts ? true : nil,
+                        sourcePath: path))
             ])
             guard let outcome = outcomes.first, outcome == .applied || outcome.isDuplicate else {
                 throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")

@@ -220,7 +220,7 @@ actor WorkerPool {
         let session = try await renderer.makeSession(
             for: RenderRequest(
                 jobID: job, blendPath: project.scene, threads: settings.threads, remapFile: project.remapFile,
-                trustScripts: record.trustScripts, displayName: record.name + ".blend"))
+                trustScripts: record.trustScripts, sourcePath: record.sourcePath))
         sessions[slot] = (job, session)
         return session
     }

@@ -66,11 +66,13 @@ public struct SubmitJob: Sendable, Equatable, Codable {
     public var movie: MovieSpec?
     /// Render with Blender's autoexec on (`-y`), running the scene's Python drivers and scripts.
     public var trustScripts: Bool?
+    /// The user's file as the submitter knows it (images name it in their metadata).
+    public var sourcePath: String?
 
     public init(
         job: String, name: String, submitter: String, blendHash: String, blendSize: Int64, frames: [Int],
         chunk: Int, priority: Int, output: String, submittedAtMs: Int64, manifest: JobManifest? = nil,
-        movie: MovieSpec? = nil, trustScripts: Bool? = nil
+        movie: MovieSpec? = nil, trustScripts: Bool? = nil, sourcePath: String? = nil
     ) {
         self.job = job
         self.name = name
@@ -85,6 +87,7 @@ public struct SubmitJob: Sendable, Equatable, Codable {
         self.manifest = manifest
         self.movie = movie
         self.trustScripts = trustScripts
+        self.sourcePath = sourcePath
     }
 }
 

@@ -69,6 +69,7 @@ public final class LedgerStore: Sendable {
                     ALTER TABLE jobs ADD COLUMN manifest TEXT;
                     ALTER TABLE jobs ADD COLUMN movie TEXT;
                     ALTER TABLE jobs ADD COLUMN trust_scripts INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE jobs ADD COLUMN source_path TEXT;
                     CREATE TABLE frame_outputs (
                         job TEXT NOT NULL, frame INTEGER NOT NULL, path TEXT NOT NULL, hash TEXT NOT NULL,
                         size INTEGER NOT NULL, PRIMARY KEY (job, frame, path));

@@ -21,6 +21,7 @@ public struct JobRecord: Sendable, Equatable, Codable {
     public var manifest: JobManifest?
     public var movie: MovieSpec?
     public var trustScripts: Bool
+    public var sourcePath: String?
 
     init(row: Row) {
         job = row["job"]
@@ -40,6 +41,7 @@ public struct JobRecord: Sendable, Equatable, Codable {
         manifest = Self.decode(row["manifest"])
         movie = Self.decode(row["movie"])
         trustScripts = (row["trust_scripts"] as Bool?) ?? false
+        sourcePath = row["source_path"]
     }
 
     private static func decode<T: Decodable>(_ text: String?) -> T? {

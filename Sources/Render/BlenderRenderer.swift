@@ -40,7 +40,8 @@ public struct BlenderRenderer: Renderer {
     /// A file Blender cannot load throws `.badScene` with Blender's message.
     public func makeSession(for request: RenderRequest) async throws -> any RenderSession {
         try checkReadable(request.blendPath)
-        let session = BlenderSession(command: try command(for: request), jobID: request.jobID, logger: logger)
+        let session = BlenderSession(
+            command: try command(for: request), jobID: request.jobID, sourcePath: request.sourcePath, logger: logger)
         try await session.start()
         return session
     }
@@ -67,6 +68,7 @@ public struct BlenderRenderer: Renderer {
 actor BlenderSession: RenderSession {
     let command: BlenderCommand
     private let jobID: String
+    private let sourcePath: String?
     private let logger: Logger?
     private var process: ChildProcess?
     private var events: AsyncStream<ChildProcess.Event>.Iterator?
@@ -81,9 +83,13 @@ actor BlenderSession: RenderSession {
     /// submit or a render slot forever.
     let loadTimeout: Duration
 
-    init(command: BlenderCommand, jobID: String, logger: Logger?, loadTimeout: Duration = .seconds(300)) {
+    init(
+        command: BlenderCommand, jobID: String, sourcePath: String? = nil, logger: Logger?,
+        loadTimeout: Duration = .seconds(300)
+    ) {
         self.command = command
         self.jobID = jobID
+        self.sourcePath = sourcePath
         self.logger = logger
         self.loadTimeout = loadTimeout
     }
@@ -242,6 +248,15 @@ actor BlenderSession: RenderSession {
         return message
     }
 
+    /// Blender writes the path of the file it rendered into a PNG's metadata ("File"); a farm renders a copy, so
+    /// the user's own path is put back. Other formats keep what Blender wrote.
+    static func nameSource(_ source: String, inMetadataOf image: String) {
+        guard image.hasSuffix(".png"), let bytes = FileManager.default.contents(atPath: image),
+            let renamed = PNG.replacingText(in: Array(bytes), key: "File", with: source)
+        else { return }
+        try? Data(renamed).write(to: URL(fileURLWithPath: image), options: .atomic)
+    }
+
     /// Output file base name; Blender appends the format's extension.
     static func baseName(frame: Int) -> String {
         frame < 0 ? "rex_-" + zeroPadded(-frame, width: 6) : "rex_" + zeroPadded(frame, width: 6)
@@ -276,6 +291,11 @@ actor BlenderSession: RenderSession {
                         logger?.debug(
                             "frame rendered",
                             metadata: ["job": "\(jobID)", "render/frame": "\(frame)", "render/seconds": "\(seconds)"])
+                        if let sourcePath {
+                            for file in [path] + extras.map(\.file) {
+                                Self.nameSource(sourcePath, inMetadataOf: file)
+                            }
+                        }
                         return RenderedFrame(frame: frame, path: path, seconds: seconds, extras: extras)
                     case .error(let errorFrame, let message) where errorFrame == frame || errorFrame == nil:
                         throw RenderError(

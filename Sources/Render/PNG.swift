@@ -34,6 +34,32 @@ enum PNG {
         return (read(16), read(20))
     }
 
+    /// The same PNG with the `tEXt` chunk `key` (Blender's "File") set to `value`; nil when `bytes` is not a PNG
+    /// or has no such chunk. Pixels and every other chunk are kept byte for byte.
+    static func replacingText(in bytes: [UInt8], key: String, with value: String) -> [UInt8]? {
+        let signature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+        guard bytes.count >= 8, Array(bytes[0..<8]) == signature else { return nil }
+        let prefix = Array(key.utf8) + [0]
+        var out = signature
+        var offset = 8
+        var replaced = false
+        while offset + 12 <= bytes.count {
+            let length = bytes[offset..<(offset + 4)].reduce(0) { $0 << 8 | Int($1) }
+            let end = offset + 12 + length
+            guard end <= bytes.count else { return nil }
+            let type = Array(bytes[(offset + 4)..<(offset + 8)])
+            let data = Array(bytes[(offset + 8)..<(offset + 8 + length)])
+            if !replaced, type == Array("tEXt".utf8), data.starts(with: prefix) {
+                out += chunk("tEXt", prefix + Array(value.utf8))
+                replaced = true
+            } else {
+                out += bytes[offset..<end]
+            }
+            offset = end
+        }
+        return replaced ? out : nil
+    }
+
     private static func chunk(_ type: String, _ data: [UInt8]) -> [UInt8] {
         let typeBytes = Array(type.utf8)
         return bigEndian(UInt32(data.count)) + typeBytes + data + bigEndian(crc32(typeBytes + data))

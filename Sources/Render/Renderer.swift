@@ -10,19 +10,20 @@ public struct RenderRequest: Sendable {
     public var remapFile: String?
     /// Run the scene's Python drivers and scripts (Blender's `-y`); off by default.
     public var trustScripts: Bool
-    /// The name the user knows the scene by, for messages (the session's file is the farm's copy).
-    public var displayName: String?
+    /// The user's own file on the submitter's machine: images name it in their metadata ("File"), as at home,
+    /// instead of the farm's copy.
+    public var sourcePath: String?
 
     public init(
         jobID: String, blendPath: String, threads: Int? = nil, remapFile: String? = nil, trustScripts: Bool = false,
-        displayName: String? = nil
+        sourcePath: String? = nil
     ) {
         self.jobID = jobID
         self.blendPath = blendPath
         self.threads = threads
         self.remapFile = remapFile
         self.trustScripts = trustScripts
-        self.displayName = displayName
+        self.sourcePath = sourcePath
     }
 }
 
