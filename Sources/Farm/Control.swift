@@ -21,6 +21,8 @@ public enum ControlRequest: Sendable, Equatable {
     case leave
     case token
     case fetch(job: String, output: String)
+    /// How far the submit carrying `ticket` is (asked on a second connection while the submit is answered).
+    case progress(ticket: String)
 
     /// What a waiting client last saw of a job.
     public struct SeenJob: Sendable, Equatable {
@@ -46,10 +48,12 @@ public struct SubmitRequest: Sendable, Equatable {
     public var allowMissing: Bool
     /// Render with the scene's Python drivers and scripts running (Blender's `-y`).
     public var trustScripts: Bool
+    /// A client's name for this submit, to ask how far it is (`ControlRequest.progress`).
+    public var ticket: String?
 
     public init(
         path: String, frames: String? = nil, chunk: Int? = nil, output: String, name: String? = nil,
-        priority: Int? = nil, allowMissing: Bool = false, trustScripts: Bool = false
+        priority: Int? = nil, allowMissing: Bool = false, trustScripts: Bool = false, ticket: String? = nil
     ) {
         self.path = path
         self.frames = frames
@@ -59,15 +63,18 @@ public struct SubmitRequest: Sendable, Equatable {
         self.priority = priority
         self.allowMissing = allowMissing
         self.trustScripts = trustScripts
+        self.ticket = ticket
     }
 }
 
 extension ControlRequest: Codable {
-    private enum Op: String, Codable { case submit, peers, jobs, status, cancel, ledger, leave, token, fetch }
+    private enum Op: String, Codable {
+        case submit, peers, jobs, status, cancel, ledger, leave, token, fetch, progress
+    }
 
     private enum Key: String, CodingKey {
         case op, path, frames, chunk, output, name, priority, job, brief, seenDone, seenState, allowMissing
-        case trustScripts
+        case trustScripts, ticket
     }
 
     public init(from decoder: any Decoder) throws {
@@ -95,7 +102,8 @@ extension ControlRequest: Codable {
                     name: try c.decodeIfPresent(String.self, forKey: .name),
                     priority: try c.decodeIfPresent(Int.self, forKey: .priority),
                     allowMissing: try c.decodeIfPresent(Bool.self, forKey: .allowMissing) ?? false,
-                    trustScripts: try c.decodeIfPresent(Bool.self, forKey: .trustScripts) ?? false))
+                    trustScripts: try c.decodeIfPresent(Bool.self, forKey: .trustScripts) ?? false,
+                    ticket: try c.decodeIfPresent(String.self, forKey: .ticket)))
         case .peers: self = .peers
         case .jobs: self = .jobs
         case .status:
@@ -109,6 +117,7 @@ extension ControlRequest: Codable {
         case .ledger: self = .ledger
         case .leave: self = .leave
         case .token: self = .token
+        case .progress: self = .progress(ticket: try need(.ticket, "progress needs a ticket."))
         case .fetch:
             self = .fetch(
                 job: try need(.job, "Name a job (see `rexnode jobs`)."),
@@ -129,6 +138,7 @@ extension ControlRequest: Codable {
             try c.encodeIfPresent(r.priority, forKey: .priority)
             if r.allowMissing { try c.encode(true, forKey: .allowMissing) }
             if r.trustScripts { try c.encode(true, forKey: .trustScripts) }
+            try c.encodeIfPresent(r.ticket, forKey: .ticket)
         case .peers: try c.encode(Op.peers, forKey: .op)
         case .jobs: try c.encode(Op.jobs, forKey: .op)
         case .status(let job, let brief, let seen):
@@ -147,6 +157,9 @@ extension ControlRequest: Codable {
             try c.encode(Op.fetch, forKey: .op)
             try c.encode(job, forKey: .job)
             try c.encode(output, forKey: .output)
+        case .progress(let ticket):
+            try c.encode(Op.progress, forKey: .op)
+            try c.encode(ticket, forKey: .ticket)
         }
     }
 }

@@ -54,6 +54,8 @@ struct ControlAPI: Sendable {
             return .success(await membership.leave())
         case .token:
             return .success(["token": token])
+        case .progress(let ticket):
+            return .success(submitService.progress.row(ticket))
         case .fetch(let id, let output):
             let job = try queries.findJob(id)
             try SceneFile.prepareOutput(output)

@@ -145,7 +145,7 @@ public final class FarmNode: Sendable {
             requestShutdown: { await group.shutDown() })
         let submit = SubmitService(
             nodeID: nodeID, settings: settings, blobs: blobs, work: work, blender: blender, commandLog: raftLog,
-            ledger: ledger, inFlight: inFlight, logger: logger)
+            ledger: ledger, inFlight: inFlight, progress: SubmitProgress(), logger: logger)
         let queries = FarmQueries(
             nodeID: nodeID, name: settings.name, listen: settings.listen, slots: settings.slots, ledger: ledger,
             raft: raft, mesh: mesh, roster: roster, progress: progress, delivery: delivery)

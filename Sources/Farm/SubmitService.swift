@@ -3,6 +3,7 @@ import Ledger
 import Logging
 import Mesh
 import Render
+import Synchronization
 
 /// Validating, tracing, storing and proposing a job, on no shared actor: hashing and copying a large project holds
 /// threads of the blocking pool, never the Swift pool or anything Raft or the control socket waits on.
@@ -21,6 +22,7 @@ struct SubmitService: Sendable {
     let commandLog: any CommandLog
     let ledger: LedgerStore
     let inFlight: ScenesInFlight
+    let progress: SubmitProgress
     let logger: Logger
 
     /// A committed job and what its submitter should be told.
@@ -45,6 +47,9 @@ struct SubmitService: Sendable {
         }
         let name = SceneFile.jobName(from: request.name ?? path)
         let job = "j" + FarmNode.shortID()
+        let ticket = request.ticket ?? job
+        progress.set(ticket, .init(phase: "reading"))
+        defer { progress.set(ticket, nil) }
         let scratch = work.jobFolder(job) + "/submit"
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         var warnings: [String] = []
@@ -66,7 +71,8 @@ struct SubmitService: Sendable {
         } else {
             layout = ProjectLayout(blend: path, trace: ProjectTrace(references: []))
         }
-        let stored = try await store(layout, sceneReplacement: bakedFile)
+        let stored = try await store(layout, sceneReplacement: bakedFile, ticket: ticket)
+        progress.set(ticket, .init(phase: "committing"))
         defer { for file in stored.manifest.files { inFlight.remove(file.blob) } }
         guard let sceneBlob = stored.manifest.sceneFile else {
             throw FarmError(.failed, "The scene \(path) was not stored.")
@@ -148,7 +154,7 @@ struct SubmitService: Sendable {
     /// Stores every file of the layout by content (a file already in the store is only hashed) and returns the
     /// manifest. `sceneReplacement` (the baked copy) is stored in the scene's place. Each blob is marked in flight
     /// as soon as it is known, so clean-up cannot take it before the job commits; the caller unmarks them.
-    private func store(_ layout: ProjectLayout, sceneReplacement: String?) async throws -> (
+    private func store(_ layout: ProjectLayout, sceneReplacement: String?, ticket: String) async throws -> (
         manifest: JobManifest, newFiles: Int
     ) {
         let blobs = self.blobs
@@ -156,10 +162,23 @@ struct SubmitService: Sendable {
             file.path == layout.scene ? (sceneReplacement ?? file.source, file.path) : file
         }
         let inFlight = self.inFlight
+        let progress = self.progress
+        let sizes = entries.map {
+            ((try? FileManager.default.attributesOfItem(atPath: $0.source)[.size]) as? NSNumber)?.int64Value ?? 0
+        }
+        let start = SubmitProgress.Row(
+            phase: "storing", files: 0, filesTotal: entries.count, bytes: 0, bytesTotal: sizes.reduce(0, +))
+        progress.set(ticket, start)
         let stored = try await Blocking.run { () throws -> [(ManifestFile, Bool)] in
+            var shown = start
             var marked: [String] = []
             do {
-                return try entries.map { entry in
+                return try entries.enumerated().map { index, entry in
+                    defer {
+                        shown.files += 1
+                        shown.bytes += sizes[index]
+                        progress.set(ticket, shown)
+                    }
                     let hash = try BlobStore.hash(fileAt: entry.source)
                     inFlight.insert(hash)
                     marked.append(hash)
@@ -197,4 +216,28 @@ struct SubmitService: Sendable {
             container: movie.container, codec: movie.codec, fps: movie.fps, fpsBase: movie.fpsBase, crf: movie.crf,
             bitrate: movie.bitrate, fileExtension: movie.extension)
     }
+}
+
+/// How far each submit under way is, by the client's ticket: read by `rexnode submit` on a second connection
+/// while it waits, to show what it is doing with a large project.
+final class SubmitProgress: Sendable {
+    struct Row: Sendable, Encodable, Equatable {
+        /// "reading" (Blender traces, and bakes if needed), "storing" (hashing and copying files), "committing".
+        var phase: String
+        var files = 0
+        var filesTotal = 0
+        var bytes: Int64 = 0
+        var bytesTotal: Int64 = 0
+
+        enum CodingKeys: String, CodingKey {
+            case phase, files, bytes
+            case filesTotal = "files_total"
+            case bytesTotal = "bytes_total"
+        }
+    }
+
+    private let rows = Mutex<[String: Row]>([:])
+
+    func set(_ ticket: String, _ row: Row?) { rows.withLock { $0[ticket] = row } }
+    func row(_ ticket: String) -> Row? { rows.withLock { $0[ticket] } }
 }

@@ -104,6 +104,9 @@ actor BlenderSession: RenderSession {
     /// The running Blender's pid (and process group id); nil when no process runs.
     var processID: Int32? { process?.pid }
 
+    /// The scene as the user knows it, for messages: their own file when known, else the copy rendered here.
+    private var sceneName: String { sourcePath ?? command.blendFile }
+
     // MARK: Start
 
     func start() async throws {
@@ -144,7 +147,7 @@ actor BlenderSession: RenderSession {
                     case .fatal(let message):
                         await stopProcess()
                         throw RenderError(
-                            .badScene, "Blender could not read \(command.blendFile): \(message).",
+                            .badScene, "Blender could not read \(sceneName): \(message).",
                             commandLine: commandLine, outputTail: tail.lines)
                     case .done, .error:
                         continue
@@ -158,18 +161,18 @@ actor BlenderSession: RenderSession {
                 }
                 if signal != nil, loadingTimedOut() {
                     throw RenderError(
-                        .crashed, "Blender did not finish loading \(command.blendFile) within \(loadTimeout).",
+                        .crashed, "Blender did not finish loading \(sceneName) within \(loadTimeout).",
                         commandLine: commandLine, outputTail: tail.lines)
                 }
                 if let signal, tail.errorLines.isEmpty {
                     // Killed while loading without a word (out of memory, a crash): not evidence of a bad file.
                     throw RenderError(
-                        .crashed, "Blender was killed by signal \(signal) while loading \(command.blendFile).",
+                        .crashed, "Blender was killed by signal \(signal) while loading \(sceneName).",
                         commandLine: commandLine, outputTail: tail.lines)
                 }
                 let statusText = signal.map { "killed by signal \($0)" } ?? "exit status \(status ?? -1)"
                 throw RenderError(
-                    .badScene, loadFailureMessage(command.blendFile, tail, statusText),
+                    .badScene, loadFailureMessage(sceneName, tail, statusText),
                     commandLine: commandLine, outputTail: tail.lines)
             case .launchFailed(let message):
                 await stopProcess()
@@ -299,7 +302,7 @@ actor BlenderSession: RenderSession {
                         return RenderedFrame(frame: frame, path: path, seconds: seconds, extras: extras)
                     case .error(let errorFrame, let message) where errorFrame == frame || errorFrame == nil:
                         throw RenderError(
-                            .frameFailed, Self.frameFailureMessage(frame: frame, file: command.blendFile, message),
+                            .frameFailed, Self.frameFailureMessage(frame: frame, file: sceneName, message),
                             commandLine: commandLine, outputTail: tail.lines)
                     default:
                         continue
@@ -323,7 +326,7 @@ actor BlenderSession: RenderSession {
                     "Blender crashed",
                     metadata: ["job": "\(jobID)", "render/frame": "\(frame)", "render/exit": "\(how)"])
                 throw RenderError(
-                    .crashed, "Blender \(how) while rendering frame \(frame) of \(command.blendFile)\(reason).",
+                    .crashed, "Blender \(how) while rendering frame \(frame) of \(sceneName)\(reason).",
                     commandLine: commandLine, outputTail: tail.lines)
             case .launchFailed(let message):
                 await stopProcess()

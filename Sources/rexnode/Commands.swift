@@ -36,14 +36,25 @@ extension RexNode {
                 let jobName = SceneFile.jobName(from: name ?? path)
                 let outputDir = DataDirectory.absolute(output ?? "rex-out/\(jobName)")
                 try SceneFile.prepareOutput(outputDir)
+                let ticket = "t" + UUID().uuidString.prefix(12).lowercased()
                 let request = ControlRequest.submit(
                     SubmitRequest(
                         path: path, frames: frames, chunk: chunk, output: outputDir, name: jobName, priority: priority,
-                        allowMissing: allowMissing, trustScripts: trustScripts))
-                if !json.json && isatty(STDOUT_FILENO) != 0 {
-                    print("Reading \((path as NSString).lastPathComponent) and storing its files…")
+                        allowMissing: allowMissing, trustScripts: trustScripts, ticket: ticket))
+                // On a terminal, what the daemon is doing with a large project while the submit is answered.
+                let shower =
+                    !json.json && isatty(STDOUT_FILENO) != 0
+                    ? Task { await Self.showProgress(ticket: ticket, file: path, data: data.directory) } : nil
+                let job: JSONValue
+                do {
+                    job = try await ControlClient.send(request, data: data.directory)
+                    shower?.cancel()
+                    await shower?.value
+                } catch {
+                    shower?.cancel()
+                    await shower?.value
+                    throw error
                 }
-                let job = try await ControlClient.send(request, data: data.directory)
                 let id = job["job"]?.string ?? "?"
                 for warning in job["warnings"]?.array ?? [] {
                     if let text = warning.string { FileHandle.standardError.write(Data(("warning: " + text + "\n").utf8)) }
@@ -71,15 +82,45 @@ extension RexNode {
             }
         }
 
+        /// Redraws one line with the daemon's progress on this submit until cancelled, then clears it.
+        static func showProgress(ticket: String, file: String, data: DataDirectory) async {
+            var drawn = false
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(250))
+                guard !Task.isCancelled,
+                    let row = try? await ControlClient.send(.progress(ticket: ticket), data: data), row != .null
+                else { continue }
+                let line: String
+                switch row["phase"]?.string {
+                case "storing":
+                    line =
+                        "Storing files: \(row["files"]?.int ?? 0)/\(row["files_total"]?.int ?? 0) · "
+                        + "\(size(row["bytes"]?.int ?? 0)) of \(size(row["bytes_total"]?.int ?? 0))"
+                case "committing": line = "Recording the job…"
+                default: line = "Reading \((file as NSString).lastPathComponent) in Blender (tracing its files)…"
+                }
+                print("\r\u{1B}[K" + line, terminator: "")
+                fflush(nil)
+                drawn = true
+            }
+            if drawn {
+                print("\r\u{1B}[K", terminator: "")
+                fflush(nil)
+            }
+        }
+
+        static func size(_ bytes: Int) -> String {
+            let value = Double(bytes)
+            return value >= 1e9
+                ? String(format: "%.1f GB", value / 1e9)
+                : value >= 1e6 ? String(format: "%.1f MB", value / 1e6) : String(format: "%.0f kB", value / 1e3)
+        }
+
         /// "212 files, 1.1 GB, 3 new" (+ what was baked).
         static func shipped(_ job: JSONValue) -> String {
             let files = job["files"]?.int ?? 1
-            let bytes = Double(job["bytes"]?.int ?? 0)
-            let size =
-                bytes >= 1e9
-                ? String(format: "%.1f GB", bytes / 1e9)
-                : bytes >= 1e6 ? String(format: "%.1f MB", bytes / 1e6) : String(format: "%.0f kB", bytes / 1e3)
-            var line = "\(files) file\(files == 1 ? "" : "s"), \(size), \(job["new_files"]?.int ?? 0) new"
+            var line = "\(files) file\(files == 1 ? "" : "s"), \(size(job["bytes"]?.int ?? 0)), "
+                + "\(job["new_files"]?.int ?? 0) new"
             let baked = job["baked"]?.array?.compactMap(\.string) ?? []
             if !baked.isEmpty { line += "; baked \(baked.joined(separator: ", "))" }
             return line

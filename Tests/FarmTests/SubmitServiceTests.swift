@@ -55,7 +55,8 @@ struct SubmitServiceTests {
             service = SubmitService(
                 nodeID: "node-a", settings: settings, blobs: blobs,
                 work: WorkFolders(root: dir + "/work", blobs: blobs),
-                blender: nil, commandLog: log, ledger: ledger, inFlight: inFlight, logger: logger)
+                blender: nil, commandLog: log, ledger: ledger, inFlight: inFlight, progress: SubmitProgress(),
+                logger: logger)
         }
 
         func scene(_ bytes: [UInt8] = Array("BLENDER-v304".utf8) + Array(repeating: 1, count: 4096)) -> String {
