@@ -167,7 +167,7 @@ def ship(rexnode, work, textures, megabytes):
         expected = os.path.getsize(edited) + os.path.getsize(blend)
         moved = [sum(size for name, size in blob_files(d).items() if name not in held[i] and name in new_here)
                  for i, d in enumerate(farm.dirs) if i > 0]
-        print(f"resubmit (hash {textures + 1} files, store {len(new_here)} new): {resubmit:6.2f} s; "
+        print(f"resubmit ({textures + 1} files checked, {len(new_here)} stored): {resubmit:6.2f} s; "
               f"{out.stdout.strip().splitlines()[0] if out.stdout.strip() else ''}")
         worst = max(moved)
         print(f"bytes each peer received for the resubmit: max {worst / 1e6:.2f} MB vs texture + .blend "

@@ -27,6 +27,12 @@ public struct BlobStore: Sendable {
     ///
     /// With `sync: false` the caller makes it durable later (see `GroupSync`), before anything refers to it.
     public func put(fileAt source: String, sync: Bool = true) throws -> (hash: String, size: Int64) {
+        let stored = try store(fileAt: source, sync: sync)
+        return (stored.hash, stored.size)
+    }
+
+    /// `put`, also saying whether the store lacked the blob (`new`); a blob already there is left as it was.
+    public func store(fileAt source: String, sync: Bool = true) throws -> (hash: String, size: Int64, new: Bool) {
         guard let input = FileHandle(forReadingAtPath: source) else {
             throw FarmError(.io, "Cannot read \(source).")
         }
@@ -52,13 +58,17 @@ public struct BlobStore: Sendable {
         }
         let hash = hasher.finalize().hexString
         let final = path(for: hash)
+        if has(hash) {
+            try? FileManager.default.removeItem(atPath: tmp)
+            return (hash, size, false)
+        }
         try FileManager.default.createDirectory(
             atPath: (final as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         if rename(tmp, final) != 0 {
             try? FileManager.default.removeItem(atPath: tmp)
             throw FarmError(.io, "Cannot store \(source) in the blob store: \(String(cString: strerror(errno))).")
         }
-        return (hash, size)
+        return (hash, size, true)
     }
 
     /// Writes `bytes` to a temporary file of the store once they prove to have `hash`, and returns its path: not

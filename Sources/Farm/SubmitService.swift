@@ -24,6 +24,8 @@ struct SubmitService: Sendable {
     let inFlight: ScenesInFlight
     let progress: SubmitProgress
     let logger: Logger
+    /// What each file submitted from this node hashed to, by path and stat (lives as long as the daemon).
+    let hashes = FileHashes()
 
     /// A committed job and what its submitter should be told.
     struct Outcome: Sendable {
@@ -163,6 +165,7 @@ struct SubmitService: Sendable {
         }
         let inFlight = self.inFlight
         let progress = self.progress
+        let hashes = self.hashes
         let sizes = entries.map {
             ((try? FileManager.default.attributesOfItem(atPath: $0.source)[.size]) as? NSNumber)?.int64Value ?? 0
         }
@@ -179,22 +182,21 @@ struct SubmitService: Sendable {
                         shown.bytes += sizes[index]
                         progress.set(ticket, shown)
                     }
-                    let hash = try BlobStore.hash(fileAt: entry.source)
-                    inFlight.insert(hash)
-                    marked.append(hash)
-                    if blobs.has(hash) {
-                    let size = (try? FileManager.default.attributesOfItem(atPath: blobs.path(for: hash))[.size])
-                        as? NSNumber
-                        return (ManifestFile(path: entry.path, blob: hash, size: size?.int64Value ?? 0), false)
+                    // A file unchanged since this node last stored it is not read again.
+                    let stamp = FileHashes.Stamp(path: entry.source)
+                    if let stamp, let known = hashes.hash(of: entry.source, stamp: stamp) {
+                        inFlight.insert(known)
+                        marked.append(known)
+                        if blobs.has(known) {
+                            return (ManifestFile(path: entry.path, blob: known, size: stamp.size), false)
+                        }
                     }
-                    let put = try blobs.put(fileAt: entry.source)
-                    if put.hash != hash {
-                        // Edited between the two reads: the stored bytes are what counts.
-                        inFlight.insert(put.hash)
-                        inFlight.remove(hash)
-                        marked[marked.count - 1] = put.hash
-                    }
-                    return (ManifestFile(path: entry.path, blob: put.hash, size: put.size), true)
+                    // Hashed while copied (one read); a blob already held is left as it was.
+                    let put = try blobs.store(fileAt: entry.source)
+                    inFlight.insert(put.hash)
+                    marked.append(put.hash)
+                    if let stamp { hashes.remember(entry.source, stamp: stamp, hash: put.hash) }
+                    return (ManifestFile(path: entry.path, blob: put.hash, size: put.size), put.new)
                 }
             } catch {
                 for hash in marked { inFlight.remove(hash) }
@@ -240,4 +242,37 @@ final class SubmitProgress: Sendable {
 
     func set(_ ticket: String, _ row: Row?) { rows.withLock { $0[ticket] = row } }
     func row(_ ticket: String) -> Row? { rows.withLock { $0[ticket] } }
+}
+
+/// The content address of files this node stored, keyed by path and checked against size, modification and
+/// change times and inode: a resubmit reads only the files that changed. A file rewritten within the clock's
+/// resolution with the same size would be missed, as `make` would miss it; the times here are nanoseconds.
+final class FileHashes: Sendable {
+    struct Stamp: Sendable, Equatable {
+        var size: Int64
+        var modified: Int64
+        var changed: Int64
+        var inode: UInt64
+        var device: UInt64
+
+        init?(path: String) {
+            var info = stat()
+            guard stat(path, &info) == 0 else { return nil }
+            size = Int64(info.st_size)
+            modified = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
+            changed = Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec)
+            inode = UInt64(info.st_ino)
+            device = UInt64(info.st_dev)
+        }
+    }
+
+    private let known = Mutex<[String: (Stamp, String)]>([:])
+
+    func hash(of path: String, stamp: Stamp) -> String? {
+        known.withLock { table in table[path].flatMap { $0.0 == stamp ? $0.1 : nil } }
+    }
+
+    func remember(_ path: String, stamp: Stamp, hash: String) {
+        known.withLock { $0[path] = (stamp, hash) }
+    }
 }
