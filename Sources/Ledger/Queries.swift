@@ -156,7 +156,8 @@ extension LedgerStore {
                 db, sql: "SELECT frame, path, hash, size FROM frame_outputs WHERE job = ? ORDER BY frame, path",
                 arguments: [job])
             {
-                byFrame[row["frame"], default: []].append(FrameOutput(path: row["path"], hash: row["hash"], size: row["size"]))
+                byFrame[row["frame"], default: []].append(
+                    FrameOutput(path: row["path"], hash: row["hash"], size: row["size"]))
             }
             return byFrame
         }
@@ -216,8 +217,9 @@ extension LedgerStore {
                 let frames = try Int.fetchAll(
                     db, sql: "SELECT frame FROM frames WHERE job = ? AND state = 'queued' ORDER BY frame LIMIT ?",
                     arguments: [job, Int64(min(framesPerJob, Int(Int64.max)))])
-                let running = try Int.fetchOne(
-                    db, sql: "SELECT COUNT(*) FROM assignments WHERE job = ? AND open = 1", arguments: [job]) ?? 0
+                let running =
+                    try Int.fetchOne(
+                        db, sql: "SELECT COUNT(*) FROM assignments WHERE job = ? AND open = 1", arguments: [job]) ?? 0
                 guard !frames.isEmpty else { return nil }
                 let blocked = try String.fetchAll(
                     db, sql: "SELECT node FROM job_node_failures WHERE job = ? AND failures >= ?",

@@ -132,8 +132,9 @@ struct StateMachine {
     }
 
     private func release(_ c: ReleaseFrames) throws -> ApplyOutcome {
-        guard let job = try String.fetchOne(
-            db, sql: "SELECT job FROM assignments WHERE assignment = ? AND open = 1", arguments: [c.assignment])
+        guard
+            let job = try String.fetchOne(
+                db, sql: "SELECT job FROM assignments WHERE assignment = ? AND open = 1", arguments: [c.assignment])
         else { return .ignored("assignment \(c.assignment) is not open") }
         try db.execute(
             sql: """

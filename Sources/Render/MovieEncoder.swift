@@ -48,7 +48,9 @@ public struct MovieEncoder: Sendable {
         {
             arguments += ["-pix_fmt", "yuv420p"]
         }
-        if let crf = Self.rateFactors[settings.crf], ["libx264", "libx265", "libvpx-vp9", "libaom-av1"].contains(encoder) {
+        if let crf = Self.rateFactors[settings.crf],
+            ["libx264", "libx265", "libvpx-vp9", "libaom-av1"].contains(encoder)
+        {
             arguments += ["-crf", String(crf)]
             if encoder == "libvpx-vp9" || encoder == "libaom-av1" { arguments += ["-b:v", "0"] }
         } else if settings.bitrate > 0 {
@@ -82,11 +84,13 @@ public struct MovieEncoder: Sendable {
         guard outcome.status == 0, fm.fileExists(atPath: partial) else {
             let said = outcome.tail.lines.suffix(3).joined(separator: "; ")
             throw RenderError(
-                .frameFailed, "ffmpeg could not encode \(output) (\(outcome.statusDescription))"
+                .frameFailed,
+                "ffmpeg could not encode \(output) (\(outcome.statusDescription))"
                     + (said.isEmpty ? "." : ": \(said)."))
         }
         guard rename(partial, output) == 0 else {
-            throw RenderError(.frameFailed, "Cannot move the movie into \(output): \(String(cString: strerror(errno))).")
+            throw RenderError(
+                .frameFailed, "Cannot move the movie into \(output): \(String(cString: strerror(errno))).")
         }
     }
 }

@@ -35,8 +35,7 @@ public struct ProjectTrace: Sendable, Codable, Equatable {
         /// Files it needs that do not exist.
         public var missing: [String]
 
-        public init(kind: String, data: String, stored: String, key: String, files: [String], missing: [String] = [])
-        {
+        public init(kind: String, data: String, stored: String, key: String, files: [String], missing: [String] = []) {
             self.kind = kind
             self.data = data
             self.stored = stored
@@ -56,7 +55,8 @@ public struct ProjectTrace: Sendable, Codable, Equatable {
         for reference in references {
             for file in reference.missing {
                 if users[file] == nil { order.append(file) }
-                users[file, default: []].append(reference.data.isEmpty ? reference.kind : "\(reference.kind) \(reference.data)")
+                users[file, default: []].append(
+                    reference.data.isEmpty ? reference.kind : "\(reference.kind) \(reference.data)")
             }
         }
         return order.map { ($0, users[$0] ?? []) }

@@ -57,7 +57,9 @@ extension RexNode {
                 }
                 let id = job["job"]?.string ?? "?"
                 for warning in job["warnings"]?.array ?? [] {
-                    if let text = warning.string { FileHandle.standardError.write(Data(("warning: " + text + "\n").utf8)) }
+                    if let text = warning.string {
+                        FileHandle.standardError.write(Data(("warning: " + text + "\n").utf8))
+                    }
                 }
                 if noWait {
                     print(json.json ? Self.summary(job).jsonText() : id)
@@ -119,7 +121,8 @@ extension RexNode {
         /// "212 files, 1.1 GB, 3 new" (+ what was baked).
         static func shipped(_ job: JSONValue) -> String {
             let files = job["files"]?.int ?? 1
-            var line = "\(files) file\(files == 1 ? "" : "s"), \(size(job["bytes"]?.int ?? 0)), "
+            var line =
+                "\(files) file\(files == 1 ? "" : "s"), \(size(job["bytes"]?.int ?? 0)), "
                 + "\(job["new_files"]?.int ?? 0) new"
             let baked = job["baked"]?.array?.compactMap(\.string) ?? []
             if !baked.isEmpty { line += "; baked \(baked.joined(separator: ", "))" }

@@ -31,7 +31,8 @@ struct ProjectLayoutTests {
         let trace = ProjectTrace(references: [
             reference("//../shared/tex.png", "/home/u/shared/tex.png"),
             reference("/mnt/lib/wall.png", "/mnt/lib/wall.png"),
-            reference("/home/u/proj/udim/t.<UDIM>.png", "/home/u/proj/udim/t.<UDIM>.png",
+            reference(
+                "/home/u/proj/udim/t.<UDIM>.png", "/home/u/proj/udim/t.<UDIM>.png",
                 files: ["/home/u/proj/udim/t.1001.png", "/home/u/proj/udim/t.1002.png"]),
         ])
         let layout = ProjectLayout(blend: "/home/u/proj/shots/../shot.blend", trace: trace)
@@ -45,7 +46,8 @@ struct ProjectLayoutTests {
             ])
         // A file used twice is shipped once.
         let twice = ProjectLayout(
-            blend: "/p/s.blend", trace: ProjectTrace(references: [reference("//a.png", "/p/a.png"), reference("//a.png", "/p/a.png")]))
+            blend: "/p/s.blend",
+            trace: ProjectTrace(references: [reference("//a.png", "/p/a.png"), reference("//a.png", "/p/a.png")]))
         #expect(twice.files.count == 2)
     }
 

@@ -37,7 +37,8 @@ struct ProjectLedgerTests {
     }
 
     @Test func entriesFromBeforeProjectsDecodeUnchanged() throws {
-        let old = #"{"command":{"submitJob":{"_0":{"blendHash":"ab","blendSize":10,"chunk":2,"frames":[1],"job":"j1","#
+        let old =
+            #"{"command":{"submitJob":{"_0":{"blendHash":"ab","blendSize":10,"chunk":2,"frames":[1],"job":"j1","#
             + #""name":"s","output":"\/o","priority":0,"submittedAtMs":1,"submitter":"n1"}}},"id":{"node":"n","seq":1}}"#
         let entry = try LedgerEntry(bytes: Array(old.utf8))
         guard case .submitJob(let submit) = entry.command else {

@@ -7,11 +7,13 @@ struct MovieEncoderTests {
     func settings(codec: String = "H264", fps: Int = 24, base: Double = 1, crf: String = "HIGH", bitrate: Int = 0)
         -> MovieSettings
     {
-        MovieSettings(container: "MPEG4", codec: codec, fps: fps, fpsBase: base, crf: crf, bitrate: bitrate, extension: ".mp4")
+        MovieSettings(
+            container: "MPEG4", codec: codec, fps: fps, fpsBase: base, crf: crf, bitrate: bitrate, extension: ".mp4")
     }
 
     @Test func h264KeepsTheScenesRateAndQuality() {
-        let arguments = MovieEncoder(ffmpeg: "ffmpeg", settings: settings()).arguments(pattern: "/t/%06d.png", output: "/o/a.mp4")
+        let arguments = MovieEncoder(ffmpeg: "ffmpeg", settings: settings()).arguments(
+            pattern: "/t/%06d.png", output: "/o/a.mp4")
         let text = arguments.joined(separator: " ")
         #expect(text.contains("-framerate 24 -start_number 1 -i /t/%06d.png -c:v libx264 -pix_fmt yuv420p -crf 20"))
         #expect(arguments.last == "/o/a.mp4")

@@ -12,9 +12,12 @@ struct PNGMetadataTests {
         let text = Array("File".utf8) + [0] + Array(file.utf8)
         let type = Array("tEXt".utf8)
         let length = UInt32(text.count)
-        var chunk = [UInt8(length >> 24), UInt8((length >> 16) & 0xFF), UInt8((length >> 8) & 0xFF), UInt8(length & 0xFF)]
+        var chunk = [
+            UInt8(length >> 24), UInt8((length >> 16) & 0xFF), UInt8((length >> 8) & 0xFF), UInt8(length & 0xFF),
+        ]
         let crc = PNG.crc32(type + text)
-        chunk += type + text + [UInt8(crc >> 24), UInt8((crc >> 16) & 0xFF), UInt8((crc >> 8) & 0xFF), UInt8(crc & 0xFF)]
+        chunk +=
+            type + text + [UInt8(crc >> 24), UInt8((crc >> 16) & 0xFF), UInt8((crc >> 8) & 0xFF), UInt8(crc & 0xFF)]
         return Array(plain[0..<ihdrEnd]) + chunk + Array(plain[ihdrEnd...])
     }
 
