@@ -20,7 +20,7 @@ public struct BlobStore: Sendable {
     }
 
     public func has(_ hash: String) -> Bool {
-        FileManager.default.fileExists(atPath: path(for: hash))
+        BlobAddress.isValid(hash) && FileManager.default.fileExists(atPath: path(for: hash))
     }
 
     /// Copies the file at `source` into the store and returns its content address and size.
@@ -124,6 +124,7 @@ public struct BlobStore: Sendable {
     }
 
     public func remove(_ hash: String) {
+        guard BlobAddress.isValid(hash) else { return }
         try? FileManager.default.removeItem(atPath: path(for: hash))
     }
 }

@@ -23,8 +23,26 @@ actor Delivery {
     private var errors: [String: String] = [:]
     /// Movie jobs submitted here that are done rendering and wait for their movie (job -> record).
     private var moviesDue: [String: JobRecord] = [:]
-    private var movieErrors: [String: String] = [:]
-    private var moviesMade: Set<String> = []
+    /// Each movie job's movie on this node, once it is encoding or ended.
+    private var movies: [String: MovieState] = [:]
+
+    /// Where a movie job's movie is on its submitter.
+    enum MovieState: Sendable, Equatable {
+        /// Frames are still arriving.
+        case waiting
+        case encoding
+        case made
+        case failed(String)
+
+        var name: String {
+            switch self {
+            case .waiting: "waiting"
+            case .encoding: "encoding"
+            case .made: "made"
+            case .failed: "failed"
+            }
+        }
+    }
 
     init(nodeID: String, ledger: LedgerStore, blobs: BlobStore, exchange: BlobExchange, pulse: Pulse, logger: Logger) {
         self.nodeID = nodeID
@@ -43,8 +61,8 @@ actor Delivery {
     /// Why a job's frames cannot be written right now, if they cannot.
     func problem(job: String) -> String? { errors[job] }
 
-    /// Why a job's movie could not be made, if it could not.
-    func movieProblem(job: String) -> String? { movieErrors[job] }
+    /// How far a job's movie is on this node (`waiting` until it starts).
+    func movieState(job: String) -> MovieState { movies[job] ?? .waiting }
 
     /// The movie's file name in the output folder: `NAME.mp4` (the container's extension).
     static func movieFileName(job name: String, movie: MovieSpec) -> String { name + movie.fileExtension }
@@ -117,31 +135,56 @@ actor Delivery {
     }
 
     /// Encodes the movie of each movie job whose frames are all in its output folder (once per job).
+    /// Starts the movie of each movie job whose frames are all in its output folder (once per job), in a task of
+    /// its own, so a long encode holds up no other job's frames.
     private func makeMovies() async throws {
         for (id, _) in moviesDue {
             moviesDue[id] = nil
-            guard !moviesMade.contains(id), let job = try ledger.job(id), job.state == "done", let movie = job.movie
+            guard movies[id] == nil || movies[id] == .waiting, let job = try ledger.job(id), job.state == "done",
+                let movie = job.movie
             else { continue }
             let frames = try ledger.frames(of: id).filter { $0.state == "done" }.sorted { $0.frame < $1.frame }
             let files = frames.map {
                 "\(job.output)/\(Self.frameFileName(job: job.name, frame: $0.frame, ext: $0.ext ?? ""))"
             }
-            guard files.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) else { continue }
-            moviesMade.insert(id)
-            let target = "\(job.output)/\(Self.movieFileName(job: job.name, movie: movie))"
-            if FileManager.default.fileExists(atPath: target) { continue }
-            guard let ffmpeg = MovieEncoder.locate() else {
-                movieErrors[id] = "ffmpeg is not installed on this node, so \(target) cannot be encoded."
+            if let absent = files.first(where: { !FileManager.default.fileExists(atPath: $0) }) {
+                // Still arriving, or taken away after delivery: only the second is an end.
+                if !retries.keys.contains(where: { $0.hasPrefix(id + "/") }) {
+                    movies[id] = .failed(
+                        "\(absent) is no longer in the output folder; `rexnode fetch \(id)` puts it back")
+                }
                 continue
             }
-            do {
-                try await MovieEncoder(ffmpeg: ffmpeg, settings: Self.settings(movie)).encode(frames: files, to: target)
-                logger.info("movie encoded", metadata: ["farm/job": "\(id)", "farm/movie": "\(target)"])
-            } catch {
-                movieErrors[id] = (error as? RenderError)?.message ?? "\(error)"
-                logger.error("cannot encode a movie", metadata: ["farm/job": "\(id)", "error": "\(error)"])
+            let target = "\(job.output)/\(Self.movieFileName(job: job.name, movie: movie))"
+            if FileManager.default.fileExists(atPath: target) {
+                movies[id] = .made
+                continue
+            }
+            guard let ffmpeg = MovieEncoder.locate() else {
+                movies[id] = .failed("ffmpeg is not installed on this node, so \(target) cannot be encoded")
+                continue
+            }
+            movies[id] = .encoding
+            let encoder = MovieEncoder(ffmpeg: ffmpeg, settings: Self.settings(movie))
+            Task {
+                do {
+                    try await encoder.encode(frames: files, to: target)
+                    self.movieEnded(id, .made, target)
+                } catch {
+                    self.movieEnded(id, .failed((error as? RenderError)?.message ?? "\(error)"), target)
+                }
             }
         }
+    }
+
+    private func movieEnded(_ job: String, _ state: MovieState, _ target: String) {
+        movies[job] = state
+        if case .failed(let why) = state {
+            logger.error("cannot encode a movie", metadata: ["farm/job": "\(job)", "error": "\(why)"])
+        } else {
+            logger.info("movie encoded", metadata: ["farm/job": "\(job)", "farm/movie": "\(target)"])
+        }
+        pulse.fire()
     }
 
     static func settings(_ movie: MovieSpec) -> MovieSettings {

@@ -108,13 +108,16 @@ struct JobStatusView: Encodable, Sendable {
     var job: JobRow
     var frames: [FrameRow]?
     var deliveryError: String?
-    /// A movie job's movie file (where the submitter encodes it) and why it could not be made, if it could not.
+    /// A movie job's movie file (where the submitter encodes it); on the submitter, how far it is
+    /// (`waiting|encoding|made|failed`) and why it could not be made, if it could not.
     var movie: String?
+    var movieState: String?
     var movieError: String?
 
     enum CodingKeys: String, CodingKey {
         case frames, movie
         case deliveryError = "delivery_error"
+        case movieState = "movie_state"
         case movieError = "movie_error"
     }
 
@@ -124,6 +127,7 @@ struct JobStatusView: Encodable, Sendable {
         try c.encodeIfPresent(frames, forKey: .frames)
         try c.encodeIfPresent(deliveryError, forKey: .deliveryError)
         try c.encodeIfPresent(movie, forKey: .movie)
+        try c.encodeIfPresent(movieState, forKey: .movieState)
         try c.encodeIfPresent(movieError, forKey: .movieError)
     }
 }
@@ -206,10 +210,16 @@ struct FarmQueries: Sendable {
                 frame: f.frame, state: f.state, node: f.node, hash: f.hash, holders: f.holders, attempts: f.attempts,
                 message: f.message, progress: live.first { $0.frame == f.frame }?.fraction)
         }
-        return JobStatusView(
-            job: JobRow(job), frames: frames, deliveryError: problem,
-            movie: job.movie.map { "\(job.output)/\(Delivery.movieFileName(job: job.name, movie: $0))" },
-            movieError: await delivery.movieProblem(job: job.job))
+        var view = JobStatusView(job: JobRow(job), frames: frames, deliveryError: problem)
+        if let movie = job.movie {
+            view.movie = "\(job.output)/\(Delivery.movieFileName(job: job.name, movie: movie))"
+            if job.submitter == nodeID {
+                let state = await delivery.movieState(job: job.job)
+                view.movieState = state.name
+                if case .failed(let why) = state { view.movieError = why }
+            }
+        }
+        return view
     }
 
     /// This node, then every peer discovery knows, then members discovery has never seen (dead).

@@ -39,7 +39,13 @@ struct WorkFolders: Sendable {
             try fm.createDirectory(
                 atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             if link(blobs.path(for: file.blob), target) != 0 && errno != EEXIST {
-                try fm.copyItem(atPath: blobs.path(for: file.blob), toPath: target)
+                // Another file system: a copy, under a temporary name so a half-written file never looks laid out.
+                let partial = target + ".rexnode-partial"
+                try? fm.removeItem(atPath: partial)
+                try fm.copyItem(atPath: blobs.path(for: file.blob), toPath: partial)
+                guard rename(partial, target) == 0 else {
+                    throw FarmError(.io, "Cannot lay out \(file.path): \(String(cString: strerror(errno))).")
+                }
             }
         }
         var remapFile: String?
@@ -97,7 +103,9 @@ struct Janitor: Sendable {
             for job in jobs where job.isFinished {
                 let since = finishedSince[job.job] ?? now
                 finishedSince[job.job] = since
-                let held = job.blobs.filter { !inUse.contains($0) && blobs.has($0) }
+                let held = job.blobs.filter {
+                    !inUse.contains($0) && blobs.has($0) && (try? ledger.isRenderedBlob($0)) == false
+                }
                 guard now - since >= .milliseconds(settings.blendGraceMilliseconds),
                     FileManager.default.fileExists(atPath: work.jobFolder(job.job)) || !held.isEmpty
                 else { continue }

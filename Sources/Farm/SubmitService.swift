@@ -144,6 +144,21 @@ struct SubmitService: Sendable {
                 "\(name) has Python that the farm does not run (\(list)); it renders as Blender does with "
                     + "auto-run scripts off. Pass --trust-scripts to run it.")
         }
+        let absent = trace.references.flatMap { $0.absent ?? [] }
+        if !absent.isEmpty {
+            warnings.append(
+                "\(name) names \(absent.count == 1 ? "a path" : "\(absent.count) paths") that \(absent.count == 1 ? "is" : "are") "
+                    + "not there (\(absent.prefix(5).joined(separator: "; "))); if the scene reads "
+                    + "\(absent.count == 1 ? "it" : "them"), those parts render without.")
+        }
+        let pinned = trace.references.filter { $0.kind == "other" && $0.isAbsolute && !$0.files.isEmpty }
+        if !pinned.isEmpty {
+            warnings.append(
+                "\(name) names \(pinned.map(\.key).prefix(5).joined(separator: "; ")) by absolute path in data the farm "
+                    + "cannot point at its copy (a sequencer strip, an IES file, a cache): on a machine without that "
+                    + "file it renders without. Make the paths relative in Blender (File > External Data > Make "
+                    + "Paths Relative).")
+        }
         if !trace.unbakeable.isEmpty {
             warnings.append(
                 "\(name) has simulations the farm does not bake (\(trace.unbakeable.joined(separator: "; "))): each "
@@ -186,10 +201,11 @@ struct SubmitService: Sendable {
                     let stamp = FileHashes.Stamp(path: entry.source)
                     if let stamp, let known = hashes.hash(of: entry.source, stamp: stamp) {
                         inFlight.insert(known)
-                        marked.append(known)
                         if blobs.has(known) {
+                            marked.append(known)
                             return (ManifestFile(path: entry.path, blob: known, size: stamp.size), false)
                         }
+                        inFlight.remove(known)  // cleaned up since: stored again below
                     }
                     // Hashed while copied (one read); a blob already held is left as it was.
                     let put = try blobs.store(fileAt: entry.source)

@@ -174,10 +174,22 @@ actor WorkerPool {
     }
 
     static func classify(_ error: any Error) -> ChunkFailure {
+        if let layout = error as? LayoutFailure {
+            // The job's files cannot be laid out here: a refused manifest fails the job at once (every node would
+            // refuse it); a disk problem spends an attempt, so after three the frames fail with the reason.
+            return .spendAttempts(message: layout.message, fatal: layout.refused)
+        }
         guard let render = error as? RenderError else {
             return .handBack(reason: (error as? FarmError)?.message ?? "\(error)")
         }
         return .spendAttempts(message: render.message, fatal: render.code == .badScene)
+    }
+
+    /// Laying out a job's fetched files failed.
+    struct LayoutFailure: Error, Sendable {
+        var message: String
+        /// The manifest itself is refused (a path leaving the job's folder): no node will do better.
+        var refused: Bool
     }
 
     /// What a slot knows of a rendered frame before it is durable and copied.
@@ -216,7 +228,16 @@ actor WorkerPool {
         let holders = [record.submitter] + (await roster.alivePeers())
         try await exchange.ensureAll(record.blobs, holders: holders)
         let work = self.work
-        let project = try await Blocking.run { try work.materialize(record) }
+        let project: WorkFolders.Materialized
+        do {
+            project = try await Blocking.run { try work.materialize(record) }
+        } catch let error as FarmError where error.code == .badInput {
+            throw LayoutFailure(message: error.message, refused: true)
+        } catch {
+            let reason = (error as? FarmError)?.message ?? error.localizedDescription
+            throw LayoutFailure(
+                message: "The files of job \(job) cannot be laid out on \(settings.name): \(reason)", refused: false)
+        }
         let session = try await renderer.makeSession(
             for: RenderRequest(
                 jobID: job, blendPath: project.scene, threads: settings.threads, remapFile: project.remapFile,

@@ -35,12 +35,17 @@ public struct JobManifest: Sendable, Equatable, Codable {
         for file in files {
             try Self.checkRelative(file.path)
             guard seen.insert(file.path).inserted else { throw ManifestError("\(file.path) is listed twice.") }
-            guard file.blob.count == 64, file.blob.allSatisfy(\.isHexDigit) else {
+            guard Self.isAddress(file.blob) else {
                 throw ManifestError("\(file.path) has no valid content address.")
             }
         }
         for target in remap.values { try Self.checkRelative(target) }
         guard seen.contains(scene) else { throw ManifestError("the scene \(scene) is not among the job's files.") }
+    }
+
+    /// 64 lowercase hexadecimal characters (a blob's content address).
+    public static func isAddress(_ text: String) -> Bool {
+        text.utf8.count == 64 && text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
     }
 
     /// A path that stays under the root: relative, no `.`/`..`/empty component, no NUL.

@@ -73,6 +73,8 @@ public final class LedgerStore: Sendable {
                     CREATE TABLE frame_outputs (
                         job TEXT NOT NULL, frame INTEGER NOT NULL, path TEXT NOT NULL, hash TEXT NOT NULL,
                         size INTEGER NOT NULL, PRIMARY KEY (job, frame, path));
+                    CREATE INDEX frame_outputs_hash ON frame_outputs(hash);
+                    CREATE INDEX frames_hash ON frames(hash) WHERE hash IS NOT NULL;
                     """)
         }
     }

@@ -17,8 +17,13 @@ public struct JobRecord: Sendable, Equatable, Codable {
     public var framesDone: Int
     public var framesFailed: Int
     public var message: String?
-    /// The project's files (nil for a job that shipped its .blend alone).
-    public var manifest: JobManifest?
+    /// The project's files (nil for a job that shipped its .blend alone), decoded when asked for: most readers of
+    /// a job never need its file list.
+    public var manifest: JobManifest? {
+        get { Self.decode(manifestJSON) }
+        set { manifestJSON = newValue.map(StateMachine.json) }
+    }
+    private var manifestJSON: String?
     public var movie: MovieSpec?
     public var trustScripts: Bool
     public var sourcePath: String?
@@ -38,7 +43,7 @@ public struct JobRecord: Sendable, Equatable, Codable {
         framesDone = row["frames_done"]
         framesFailed = row["frames_failed"]
         message = row["message"]
-        manifest = Self.decode(row["manifest"])
+        manifestJSON = row["manifest"]
         movie = Self.decode(row["movie"])
         trustScripts = (row["trust_scripts"] as Bool?) ?? false
         sourcePath = row["source_path"]
@@ -135,6 +140,18 @@ extension LedgerStore {
         try writer.read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM frames WHERE job = ? AND frame = ?", arguments: [job, frame])
                 .map(FrameRecord.init)
+        }
+    }
+
+    /// Whether a blob is a rendered image or extra output of any job (clean-up of project files must keep it).
+    public func isRenderedBlob(_ hash: String) throws -> Bool {
+        try writer.read { db in
+            try Bool.fetchOne(
+                db,
+                sql: """
+                    SELECT EXISTS (SELECT 1 FROM frames WHERE hash = ?)
+                        OR EXISTS (SELECT 1 FROM frame_outputs WHERE hash = ?)
+                    """, arguments: [hash, hash]) ?? false
         }
     }
 

@@ -27,6 +27,14 @@ struct StateMachine {
         }
         let frames = Array(Set(c.frames)).sorted()
         guard !frames.isEmpty else { return .ignored("job \(c.job) has no frames") }
+        // What names files on every node is checked once, here, so no node acts on a path out of its folders.
+        if let manifest = c.manifest {
+            do {
+                try manifest.validate()
+            } catch {
+                return .ignored("job \(c.job) has a manifest no node accepts: \(error.description)")
+            }
+        }
         try db.execute(
             sql: """
                 INSERT INTO jobs (job, name, submitter, blend_hash, blend_size, chunk, priority, output,
@@ -75,6 +83,11 @@ struct StateMachine {
 
     private func complete(_ c: CompleteFrame) throws -> ApplyOutcome {
         guard let state = try frameState(c.job, c.frame) else { return .ignored("no frame \(c.job)/\(c.frame)") }
+        for output in c.outputs ?? [] {
+            guard JobManifest.isAddress(output.hash), (try? JobManifest.checkRelative(output.path)) != nil else {
+                return .ignored("frame \(c.job)/\(c.frame) names an output no node accepts: \(output.path)")
+            }
+        }
         // The first valid completion wins; images are content-addressed, so whoever rendered it, it is the frame.
         guard state == "queued" || state == "assigned" else {
             return .ignored("frame \(c.job)/\(c.frame) is already \(state)")

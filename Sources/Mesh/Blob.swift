@@ -30,6 +30,11 @@ public protocol BlobSink: Sendable {
 public enum BlobAddress {
     public static func of(_ bytes: [UInt8]) -> String { Sodium.blake2b(bytes).hexString }
 
+    /// 64 lowercase hexadecimal characters: the only strings that may name a file in a blob store.
+    public static func isValid(_ hash: String) -> Bool {
+        hash.utf8.count == 64 && hash.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+    }
+
     public static func bytes(_ hash: String) throws(MeshError) -> [UInt8] {
         guard let raw = [UInt8](hexString: hash), raw.count == 32 else {
             throw MeshError(.protocolViolation, "'\(hash)' is not a blob address (64 hexadecimal characters).")
@@ -55,7 +60,11 @@ public struct DirectoryBlobStore: BlobSource, BlobSink {
         }
     }
 
-    public func path(_ hash: String) -> String { "\(root)/\(hash.prefix(2))/\(hash)" }
+    /// A blob's file; a string that is not a blob address names a file that never exists (so a hostile address
+    /// such as `../../x` cannot reach outside the store).
+    public func path(_ hash: String) -> String {
+        BlobAddress.isValid(hash) ? "\(root)/\(hash.prefix(2))/\(hash)" : "\(root)/partial/.not-an-address"
+    }
     func partialPath(_ hash: String) -> String { "\(root)/partial/\(hash)" }
 
     /// Stores bytes directly (used by tests and by whoever produces blobs locally); returns the address.

@@ -46,7 +46,8 @@ public struct MovieEncoder: Sendable {
         if ["libx264", "libx265", "mpeg4", "mpeg2video", "mpeg1video", "libtheora", "libvpx-vp9", "libaom-av1"]
             .contains(encoder)
         {
-            arguments += ["-pix_fmt", "yuv420p"]
+            // 4:2:0 needs even sides; Blender pads the same way for an odd size.
+            arguments += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-pix_fmt", "yuv420p"]
         }
         if let crf = Self.rateFactors[settings.crf],
             ["libx264", "libx265", "libvpx-vp9", "libaom-av1"].contains(encoder)

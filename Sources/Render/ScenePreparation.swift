@@ -34,6 +34,8 @@ public struct ProjectTrace: Sendable, Codable, Equatable {
         public var files: [String]
         /// Files it needs that do not exist.
         public var missing: [String]
+        /// For a path found only by `blend_paths` ("other"): what is not there (maybe an unused setting).
+        public var absent: [String]?
 
         public init(kind: String, data: String, stored: String, key: String, files: [String], missing: [String] = []) {
             self.kind = kind

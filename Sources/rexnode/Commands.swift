@@ -66,8 +66,8 @@ extension RexNode {
                     return
                 }
                 if !json.json {
-                    print(Self.shipped(job))
                     print("Job \(id) (\(job["frames_total"]?.int ?? 0) frames) → \(outputDir)")
+                    print(Self.shipped(job))
                     fflush(nil)  // a script reading the pipe learns the job id as soon as it is accepted
                 }
                 let final = try await Waiter(job: id, data: data.directory, quiet: json.json).wait()
@@ -79,7 +79,9 @@ extension RexNode {
                 }
                 if !json.json {
                     print("All \(final["frames_total"]?.int ?? 0) frames are in \(outputDir)")
-                    if let movie = final["movie"]?.string { print("The movie is \(movie)") }
+                    if let movie = final["movie"]?.string, final["movie_state"]?.string == "made" {
+                        print("The movie is \(movie)")
+                    }
                 }
             }
         }
@@ -204,9 +206,8 @@ struct Waiter {
                     if tty { print("") }
                     throw FarmError(.failed, "Job \(job) rendered, but its movie was not made: \(problem)")
                 }
-                if let movie = status["movie"]?.string, !FileManager.default.fileExists(atPath: movie),
-                    status["submitter"] != nil
-                {
+                // Only the submitter's daemon encodes it (elsewhere `movie_state` is absent: nothing to wait for).
+                if ["waiting", "encoding"].contains(status["movie_state"]?.string ?? "") {
                     try await Task.sleep(for: .milliseconds(200))
                     continue
                 }

@@ -25,7 +25,20 @@ struct ProjectLedgerTests {
         #expect(job.movie == movie)
         #expect(job.trustScripts)
         _ = try ledger.assign("a1", frames: [1, 2])
-        let outputs = [FrameOutput(path: "passes/normal_0001.png", hash: "d1", size: 3)]
+        let outputs = [FrameOutput(path: "passes/normal_0001.png", hash: String(repeating: "d", count: 64), size: 3)]
+        // A peer naming an output outside the output folder, or by something that is not an address, is ignored.
+        for hostile in [
+            FrameOutput(path: "../../.ssh/authorized_keys", hash: String(repeating: "d", count: 64), size: 3),
+            FrameOutput(path: "passes/x.png", hash: "../../../home/u/.ssh/id_ed25519", size: 3),
+        ] {
+            let outcome = try ledger.apply(
+                .completeFrame(
+                    CompleteFrame(
+                        job: "j1", frame: 2, node: "n1", assignment: "a1", term: 1, hash: "h2", ext: ".png",
+                        holders: ["n1"], outputs: [hostile])))
+            #expect(outcome.first?.name == "ignored", "\(hostile) was applied")
+        }
+        #expect(try ledger.frame(2).state == "assigned")
         try ledger.apply(
             .completeFrame(
                 CompleteFrame(
@@ -34,6 +47,23 @@ struct ProjectLedgerTests {
         #expect(try ledger.store.outputs(of: "j1", frame: 1) == outputs)
         #expect(try ledger.store.outputs(of: "j1") == [1: outputs])
         #expect(try ledger.store.outputs(of: "j1", frame: 2).isEmpty)
+    }
+
+    @Test func aJobWhoseManifestLeavesTheJobFolderIsIgnoredEverywhere() throws {
+        let ledger = try TestLedger()
+        let blob = String(repeating: "c", count: 64)
+        let manifest = JobManifest(
+            scene: "s.blend",
+            files: [
+                ManifestFile(path: "s.blend", blob: blob, size: 1), ManifestFile(path: "../x", blob: blob, size: 1),
+            ])
+        let outcome = try ledger.apply(
+            .submitJob(
+                SubmitJob(
+                    job: "j1", name: "s", submitter: "n1", blendHash: blob, blendSize: 1, frames: [1], chunk: 1,
+                    priority: 0, output: "/o", submittedAtMs: 1, manifest: manifest)))
+        #expect(outcome.first?.name == "ignored")
+        #expect(try ledger.store.job("j1") == nil)
     }
 
     @Test func entriesFromBeforeProjectsDecodeUnchanged() throws {

@@ -89,6 +89,9 @@ def prepare_scene(scene, options=None):
     original_format = render.image_settings.file_format
     movie = movie_facts(render) if render.is_movie_format else None
     if render.is_movie_format:
+        if hasattr(render.image_settings, "media_type"):
+            # Blender 5 splits images from movies: the format list offers PNG only once the type is IMAGE.
+            render.image_settings.media_type = "IMAGE"
         render.image_settings.file_format = "PNG"
         # Lossless frames for the encoder: 8 bits per channel, as the movie would carry.
         render.image_settings.color_depth = "8"
@@ -136,8 +139,9 @@ def render_frame(scene, frame, output, extras=None):
     render.use_overwrite = True
     render.use_placeholder = False
     path = render.frame_path(frame=frame)
-    if os.path.exists(path):
-        os.remove(path)
+    for stale in (path, output + render.file_extension):
+        if os.path.exists(stale):
+            os.remove(stale)
     if extras is not None:
         rex_project.redirect_file_outputs(scene, extras)
     started = time.monotonic()
@@ -147,6 +151,11 @@ def render_frame(scene, frame, output, extras=None):
         raise RuntimeError("Blender cancelled the render of frame %d" % frame)
     if not os.path.exists(path):
         raise RuntimeError("Blender finished frame %d but wrote no image at %s" % (frame, path))
+    # The animation path appends the frame number; the caller asked for `output` plus the format's extension.
+    wanted = output + render.file_extension
+    if path != wanted:
+        os.replace(path, wanted)
+        path = wanted
     written = []
     if extras is not None and os.path.isdir(extras):
         for name in rex_project.tree_files(extras):

@@ -20,16 +20,14 @@ UDIM_TOKENS = ("<UDIM>", "<UVTILE>")
 
 
 def resolve(path, library=None):
-    """An absolute, normalised path for a path as stored in `library` (None: the main file)."""
-    if path.startswith("//"):
-        base = os.path.dirname(library_path(library)) if library is not None else os.path.dirname(bpy.data.filepath)
-        path = os.path.join(base, path[2:])
-    return os.path.normpath(path)
+    """An absolute, normalised path for a path as stored in `library`'s data (None: the main file's)."""
+    return os.path.normpath(bpy.path.abspath(path, library=library))
 
 
 def library_path(library):
-    """A library's own file: its stored path is relative to the file that links it (the main file or a parent)."""
-    return resolve(library.filepath, getattr(library, "parent", None))
+    """A library's own file. Once loaded, Blender stores every library's path relative to the main file (nested
+    libraries included), so it resolves against the main file."""
+    return os.path.normpath(bpy.path.abspath(library.filepath))
 
 
 def sequence_files(path):
@@ -75,12 +73,16 @@ def tree_files(path):
 
 
 def _reference(kind, data, stored, key, files, optional=False):
+    """One reference; an `optional` one (found only by blend_paths) reports what is not there as `absent`, which
+    the farm warns about instead of refusing the job."""
     present = [f for f in files if os.path.isfile(f)]
     missing = [f for f in files if not os.path.isfile(f)]
-    if not files and not optional:
+    if not files:
         missing = [key]
-    return {"kind": kind, "data": data, "stored": stored, "key": key, "files": present,
-            "missing": [] if optional else missing}
+    reference = {"kind": kind, "data": data, "stored": stored, "key": key, "files": present, "missing": missing}
+    if optional:
+        reference["missing"], reference["absent"] = [], missing
+    return reference
 
 
 def _file_datablocks():
@@ -130,7 +132,12 @@ def references():
     for ref in list(refs):
         covered.update(ref["files"])
         covered.update(ref["missing"])
-    # Anything else Blender knows as a path: IES files, disk caches, fluid caches, mesh caches, ocean bakes.
+    # A text datablock's file is where a script was once opened from; its text lives in the .blend.
+    for text in bpy.data.texts:
+        if text.filepath:
+            covered.add(resolve(text.filepath, text.library))
+    # Anything else Blender knows as a path: IES files, sequencer strips, disk caches, fluid caches, mesh caches,
+    # ocean bakes. Found this way, what is not there is only warned about: the path may be an unused setting.
     for path in bpy.utils.blend_paths(absolute=True, packed=False, local=False):
         key = os.path.normpath(path)
         if key in covered or not path:
@@ -138,10 +145,15 @@ def references():
         covered.add(key)
         if os.path.isdir(key):
             refs.append(_reference("other", "", path, key, tree_files(key), optional=True))
-        elif os.path.isfile(key):
-            refs.append(_reference("other", "", path, key, [key]))
-        elif os.path.splitext(key)[1]:
-            refs.append(_reference("other", "", path, key, [key]))
+        elif os.path.isfile(key) or os.path.splitext(key)[1]:
+            refs.append(_reference("other", "", path, key, [key], optional=True))
+    # blend_paths gives absolute paths; say how the file stores each (a relative one needs no remap).
+    stored_as = {}
+    for path in bpy.utils.blend_paths(absolute=False, packed=False, local=False):
+        stored_as.setdefault(os.path.normpath(bpy.path.abspath(path)), path)
+    for ref in refs:
+        if ref["kind"] == "other":
+            ref["stored"] = stored_as.get(ref["key"], ref["stored"])
     return refs
 
 
@@ -270,13 +282,17 @@ def output_folder_attribute(node):
     return "base_path" if hasattr(node, "base_path") else "directory"
 
 
+_ORIGINAL_OUTPUT_FOLDERS = {}
+
+
 def redirect_file_outputs(scene, extras):
     """Points every File Output node at `extras`, keeping the layout it would have under the .blend's folder:
-    `//passes/` becomes `extras/passes/`, an absolute `/x/y/` becomes `extras/y/`. Returns the originals."""
+    `//passes/` becomes `extras/passes/`, an absolute `/x/y/` becomes `extras/y/`. The node's own folder is read
+    once per session (later frames see the previous frame's redirection). Returns the originals."""
     originals = {}
     for node in file_output_nodes(scene):
         attribute = output_folder_attribute(node)
-        original = getattr(node, attribute)
+        original = _ORIGINAL_OUTPUT_FOLDERS.setdefault((scene.name, node.name), getattr(node, attribute))
         originals[node.name] = original
         if original.startswith("//"):
             relative = original[2:]
