@@ -19,7 +19,8 @@ public struct BlenderCommand: Sendable, Equatable {
     public var niceLevel: Int
     /// The `nice` program used to start Blender at a lower priority (it `exec`s, so the pid is Blender's).
     public var niceExecutable: String
-    /// Scripts embedded in a scene stay off: a farm renders files from other machines.
+    /// Scripts embedded in a scene stay off (a farm renders files from other machines) unless the job trusts them:
+    /// then `--enable-autoexec` (`-y`).
     public var disableAutoexec: Bool
     /// Variables added to (or, with nil, removed from) the inherited environment.
     public var environment: [String: String?]
@@ -49,9 +50,8 @@ public struct BlenderCommand: Sendable, Equatable {
     /// Blender's own arguments (without the executable).
     public var arguments: [String] {
         var arguments = ["--background"]
-        if disableAutoexec {
-            arguments.append("--disable-autoexec")
-        }
+        // Explicit either way: Blender's own default comes from the user's preferences (off unless changed).
+        arguments.append(disableAutoexec ? "--disable-autoexec" : "--enable-autoexec")
         arguments.append("-noaudio")
         if let threads {
             arguments += ["--threads", String(threads)]

@@ -31,10 +31,11 @@ struct BlenderCommandTests {
         #expect(command.commandLine == ["/usr/bin/nice", "-n", "10", "/opt/blender/blender"] + command.arguments)
     }
 
-    @Test("without threads, script or script arguments the command stays minimal")
+    @Test("without threads, script or script arguments the command stays minimal; a trusted job says -y")
     func minimalCommand() {
         let command = BlenderCommand(executable: "blender", blendFile: "x.blend", disableAutoexec: false)
-        #expect(command.arguments == ["--background", "-noaudio", "x.blend"])
+        // Explicit: Blender's default would come from the machine's preferences.
+        #expect(command.arguments == ["--background", "--enable-autoexec", "-noaudio", "x.blend"])
     }
 
     @Test("script arguments follow a double dash so Blender does not read them")

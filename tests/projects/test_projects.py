@@ -45,8 +45,8 @@ REXNODE = os.path.abspath(os.path.join(ROOT, os.environ.get("REXNODE_BIN", os.pa
 BLENDER = os.environ.get("BLENDER", "blender")
 MAKE_PROJECT = os.path.join(ROOT, "Tests", "Fixtures", "make_project.py")
 COMPARE = os.path.join(ROOT, "Tests", "Fixtures", "compare_images.py")
-KINDS = ("full", "missing", "movie", "passes", "particles")
-FRAMES = {"full": 3, "missing": 3, "movie": 6, "passes": 3, "particles": 6}
+KINDS = ("full", "missing", "movie", "passes", "particles", "driver")
+FRAMES = {"full": 3, "missing": 3, "movie": 6, "passes": 3, "particles": 6, "driver": 3}
 NODES = 3
 HIDDEN = (2, 3)  # the nodes that cannot see the user's disk
 DISCOVERY = "239.255.93.93:7793"
@@ -351,6 +351,10 @@ def setUpModule():
         # The movie's reference is an .mp4; its frames as PNG too, to compare the farm's PNG frames one by one.
         jobs.append(reference_render(blend("movie"), ref("movie-png"), os.path.join(logs, "ref-movie-png.log"),
                                      extra=("-F", "PNG")))
+        # The driver scene at home with auto-run scripts on (blender -y): what --trust-scripts must give.
+        jobs.append((f"reference {ref('driver-y')}", [BLENDER, "-b", "-y", blend("driver"), "-o",
+                                                     os.path.join(ref("driver-y"), "frame_####"), "-a"],
+                     os.path.join(logs, "ref-driver-y.log")))
         blender_batch(jobs, parallel=2)
         referenced = now()
         # Keep a copy of the File Output reference outside the project (the farm must not write into it either).
@@ -573,6 +577,21 @@ class ProjectTest(unittest.TestCase):
         names = {p["id"]: p["name"] for p in State.farm.peers(1) or []}
         print("  particles frames by node: " + ", ".join(f"{k}:{names.get(v, v)}" for k, v in sorted(nodes.items())),
               file=sys.stderr)
+        self.ok = True
+
+    def test_g_python_runs_only_when_trusted(self):
+        result = State.farm.submit(blend("driver"), "--name", "driver", "--output", out("driver"))
+        self.assert_submitted(result, "driver (scripts off)", 3)
+        self.assertIn("--trust-scripts", result["stderr"], "no warning about the blocked driver")
+        self.assert_frames_match("driver", out("driver"), 3, ref("driver"))
+        trusted = State.farm.submit(blend("driver"), "--name", "driver-y", "--output", out("driver-y"),
+                                    "--trust-scripts")
+        self.assert_submitted(trusted, "driver --trust-scripts", 3)
+        self.assertNotIn("--trust-scripts", trusted["stderr"])
+        self.assert_frames_match("driver-y", out("driver-y"), 3, ref("driver-y"))
+        differs = compare(staged("driver-vs", [(os.path.join(out("driver-y"), "driver-y_0002.png"), "f.png")]),
+                          staged("driver-ref-off", [(os.path.join(ref("driver"), "frame_0002.png"), "f.png")]))
+        self.assertFalse(differs["ok"], "the driver made no difference: the test would pass without -y")
         self.ok = True
 
 
