@@ -3,6 +3,7 @@
 #
 #   blender -b --factory-startup --python Tests/Fixtures/make_project.py -- PROJECT_DIR OUTSIDE_DIR \
 #       [--kind full|missing|movie|passes|particles|driver] [--frames N] [--width W] [--height H] [--samples S]
+#       [--passes-path //passes/]
 #
 # The main file is always PROJECT_DIR/shot.blend. Files that live outside the project go to OUTSIDE_DIR.
 #   full       planes facing an orthographic camera, each with an emission shader showing one texture:
@@ -47,6 +48,7 @@ def parse_arguments():
     parser.add_argument("--width", type=int, default=80)
     parser.add_argument("--height", type=int, default=48)
     parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--passes-path", default="//passes/", help="the File Output node's folder (kind passes)")
     args = parser.parse_args(argv)
     args.project_dir = os.path.abspath(args.project_dir)
     args.outside_dir = os.path.abspath(args.outside_dir)
@@ -373,7 +375,7 @@ def build_passes(args, main_path):
     tree.links.new(layers.outputs["Image"], composite.inputs["Image"])
     file_output = tree.nodes.new("CompositorNodeOutputFile")
     file_output.name = "NormalOutput"
-    file_output.base_path = "//passes/"
+    file_output.base_path = args.passes_path
     file_output.format.file_format = "PNG"
     file_output.format.color_mode = "RGB"
     file_output.file_slots[0].path = "normal_"  # renaming the default "Image" slot; writes normal_0001.png ...

@@ -10,14 +10,14 @@ struct ScenePreparationTests {
     static let projectScript = TestSupport.repositoryRoot + "/Tests/Fixtures/make_project.py"
 
     /// Generates a fixture project (`make_project.py --kind KIND`) and returns (project, outside) folders.
-    static func project(_ kind: String, frames: Int? = nil) async throws -> (String, String) {
+    static func project(_ kind: String, frames: Int? = nil, extra: [String] = []) async throws -> (String, String) {
         let base = try TestSupport.temporaryDirectory(kind)
         let project = base + "/project"
         let outside = base + "/outside"
         let outcome = await runToEnd(
             executable: TestSupport.blenderPath,
             arguments: ["-b", "--factory-startup", "--python", projectScript, "--", project, outside, "--kind", kind]
-                + (frames.map { ["--frames", String($0)] } ?? []),
+                + (frames.map { ["--frames", String($0)] } ?? []) + extra,
             timeout: .seconds(120))
         guard outcome.status == 0 else {
             Issue.record("make_project.py failed: \(outcome.tail.lines.joined(separator: "\n"))")
@@ -78,5 +78,24 @@ struct ScenePreparationTests {
         let scripted = try await blender.prepare(at: driver + "/shot.blend", scratch: driver + "/../scratch")
         #expect(scripted.trace.scripts.count == 1)
         #expect(scripted.trace.scripts.first?.contains("bpy.context") == true)
+    }
+
+    @Test func fileOutputPassesKeepTheirLayoutFrameAfterFrameInOneSession() async throws {
+        let (project, _) = try await Self.project("passes", frames: 3, extra: ["--passes-path", "//render/passes/"])
+        let renderer = BlenderRenderer(installation: try await TestSupport.installation())
+        let session = try await renderer.makeSession(
+            for: RenderRequest(jobID: "passes", blendPath: project + "/shot.blend", threads: 1))
+        defer { Task { await session.close() } }
+        let out = project + "/../slot"
+        for frame in 1...3 {
+            let rendered = try await session.render(frame: frame, into: out) { _ in }
+            let name = String(format: "render/passes/normal_%04d.png", frame)
+            #expect(rendered.extras.map(\.path) == [name], "frame \(frame): \(rendered.extras)")
+            #expect(rendered.extras.allSatisfy { FileManager.default.fileExists(atPath: $0.file) })
+            #expect(rendered.path.hasSuffix(String(format: "rex_%06d.png", frame)))
+        }
+        // Nothing was written where the scene's own File Output node points at home.
+        #expect(!FileManager.default.fileExists(atPath: project + "/render"))
+        await session.close()
     }
 }
