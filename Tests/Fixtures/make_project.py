@@ -2,7 +2,7 @@
 # (no binary fixtures in git; every texture is generated here):
 #
 #   blender -b --factory-startup --python Tests/Fixtures/make_project.py -- PROJECT_DIR OUTSIDE_DIR \
-#       [--kind full|missing|movie|passes|particles|driver] [--frames N] [--width W] [--height H] [--samples S]
+#       [--kind full|missing|movie|passes|particles|driver|nested] [--frames N] [--width W] [--height H] [--samples S]
 #       [--passes-path //passes/]
 #
 # The main file is always PROJECT_DIR/shot.blend. Files that live outside the project go to OUTSIDE_DIR.
@@ -29,7 +29,7 @@ import traceback
 import bmesh
 import bpy
 
-KINDS = ("full", "missing", "movie", "passes", "particles", "driver")
+KINDS = ("full", "missing", "movie", "passes", "particles", "driver", "nested")
 DEFAULT_FRAMES = {"movie": 6, "particles": 6}
 FONT_SOURCE = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 SEQUENCE_COLOURS = [
@@ -459,9 +459,48 @@ def build_driver(args, main_path):
     return {"images": [], "libraries": [], "fonts": []}
 
 
+def build_nested(args, main_path):
+    """shot.blend links collection CA from //lib/a.blend, which links CB from its own //sub/b.blend, whose
+    material uses b.blend's own //tex/b.png (= lib/sub/tex/b.png): a library inside a library, in a subfolder."""
+    root = os.path.dirname(main_path)
+    os.makedirs(os.path.join(root, "lib", "sub", "tex"), exist_ok=True)
+    texture = os.path.join(root, "lib", "sub", "tex", "b.png")
+    reset_to_empty()
+    image = bpy.data.images.new("b", 4, 4)
+    image.filepath_raw = texture
+    image.file_format = "PNG"
+    image.save()
+    material = bpy.data.materials.new("B")
+    material.use_nodes = True
+    node = material.node_tree.nodes.new("ShaderNodeTexImage")
+    node.image = image
+    image.filepath = "//tex/b.png"
+    mesh = bpy.data.meshes.new("b")
+    mesh.materials.append(material)
+    collection = bpy.data.collections.new("CB")
+    collection.objects.link(bpy.data.objects.new("B", mesh))
+    bpy.context.scene.collection.children.link(collection)
+    save(os.path.join(root, "lib", "sub", "b.blend"))
+    for source, name, target in (("lib/sub/b.blend", "CB", "lib/a.blend"), ("lib/a.blend", "CA", "shot.blend")):
+        reset_to_empty()
+        save(os.path.join(root, target))  # saved first, so the library's path is stored relative to it
+        with bpy.data.libraries.load(os.path.join(root, source), link=True, relative=True) as (_, into):
+            into.collections = [name]
+        if target == "lib/a.blend":
+            outer = bpy.data.collections.new("CA")
+            bpy.context.scene.collection.children.link(outer)
+            for linked in into.collections:
+                outer.children.link(linked)
+        else:
+            for linked in into.collections:
+                bpy.context.scene.collection.children.link(linked)
+        save(os.path.join(root, target))
+    return {"images": ["//tex/b.png"], "libraries": ["//lib/a.blend", "//lib/sub/b.blend"], "fonts": []}
+
+
 BUILDERS = {
     "full": build_full, "missing": build_missing, "movie": build_movie,
-    "passes": build_passes, "particles": build_particles, "driver": build_driver,
+    "passes": build_passes, "particles": build_particles, "driver": build_driver, "nested": build_nested,
 }
 
 

@@ -51,6 +51,18 @@ struct ScenePreparationTests {
         #expect(prepared.bakedFile == nil)
     }
 
+    @Test func aLibraryInsideALibraryAndItsOwnTextureAreFound() async throws {
+        let (project, _) = try await Self.project("nested")
+        let blender = try await TestSupport.installation()
+        let prepared = try await blender.prepare(at: project + "/shot.blend", scratch: project + "/../scratch")
+        let files = Set(prepared.trace.references.flatMap(\.files))
+        let expected = ["/lib/a.blend", "/lib/sub/b.blend", "/lib/sub/tex/b.png"].map {
+            URL(fileURLWithPath: project + $0).standardized.path
+        }
+        #expect(files == Set(expected), "\(prepared.trace.references)")
+        #expect(prepared.trace.missing.isEmpty, "\(prepared.trace.missing)")
+    }
+
     @Test func aMissingFileIsNamedWithItsUser() async throws {
         let (project, _) = try await Self.project("missing")
         let blender = try await TestSupport.installation()
