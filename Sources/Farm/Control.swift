@@ -326,28 +326,46 @@ struct ControlServer: Service {
         unlink(path)
     }
 
+    /// Answers each request line in a task of its own while watching the connection: a client that goes away
+    /// before its `submit` is answered (Ctrl-C during a long trace or bake) cancels it, so no job it no longer
+    /// waits for is committed. Other requests run to their end.
     private func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
         do {
             try await connection.executeThenClose { inbound, outbound in
-                for try await line in inbound {
-                    let reply: ControlReply
-                    let bytes = Data(line.readableBytesView)
-                    do {
-                        reply = await handler(try JSONDecoder().decode(ControlRequest.self, from: bytes))
-                    } catch let error as FarmError {
-                        reply = .failure(error)
-                    } catch {
-                        reply = .failure(FarmError(.protocolError, "The request was not understood.", cause: error))
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    var submits = 0
+                    for try await line in inbound {
+                        let request: ControlRequest
+                        do {
+                            request = try JSONDecoder().decode(ControlRequest.self, from: Data(line.readableBytesView))
+                        } catch {
+                            let reply: ControlReply =
+                                (error as? FarmError).map { .failure($0) }
+                                ?? .failure(FarmError(.protocolError, "The request was not understood.", cause: error))
+                            try await Self.write(reply, to: outbound)
+                            continue
+                        }
+                        if case .submit = request { submits += 1 }
+                        let handler = self.handler
+                        group.addTask { try await Self.write(await handler(request), to: outbound) }
                     }
-                    var out = ByteBuffer(bytes: reply.json)
-                    out.writeInteger(UInt8(ascii: "\n"))
-                    // Keep the connection until the client closes it: closing here could cut a large answer short.
-                    try await outbound.write(out)
+                    // The client closed its side. Keep the connection until answers are written (closing early
+                    // could cut a large answer short), except for a submit nobody waits for.
+                    if submits > 0 { group.cancelAll() }
+                    try await group.waitForAll()
                 }
             }
         } catch {
             logger.debug("control connection ended", metadata: ["error": "\(error)"])
         }
+    }
+
+    private static func write(_ reply: ControlReply, to outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>)
+        async throws
+    {
+        var out = ByteBuffer(bytes: reply.json)
+        out.writeInteger(UInt8(ascii: "\n"))
+        try await outbound.write(out)
     }
 }
 

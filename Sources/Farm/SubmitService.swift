@@ -92,6 +92,10 @@ struct SubmitService: Sendable {
                 throw FarmError(.badInput, "This node has no Blender to read the scene's frame range; pass --frames.")
             }
             let chunk = request.chunk ?? Scheduler.defaultChunk(frames: frames.count, slots: settings.slots)
+            // The client went away (Ctrl-C) while Blender read the file or the files were stored: no job.
+            if Task.isCancelled {
+                throw FarmError(.canceled, "The submit of \(name) was interrupted; no job was made.")
+            }
             let outcomes = try await commandLog.propose([
                 .submitJob(
                     SubmitJob(

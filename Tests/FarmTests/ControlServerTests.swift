@@ -1,0 +1,88 @@
+import Foundation
+import Logging
+import Synchronization
+import Testing
+
+@testable import Farm
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The control socket: a client that goes away before its submit is answered (Ctrl-C while Blender reads the file
+/// or the files are stored) cancels the submit; other requests run to their end.
+@Suite("Control server")
+struct ControlServerTests {
+    final class Seen: Sendable {
+        let events = Mutex<[String]>([])
+        func add(_ event: String) { events.withLock { $0.append(event) } }
+        var all: [String] { events.withLock { $0 } }
+    }
+
+    /// Connects to the Unix socket and writes one request line; the caller closes the descriptor unanswered.
+    func send(_ json: String, to path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(fd >= 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, byte) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = byte }
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        #expect(connected == 0, "cannot connect to \(path)")
+        let line = Array((json + "\n").utf8)
+        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        return fd
+    }
+
+    /// Waits (generously) until `seen` holds `event`.
+    func wait(for event: String, in seen: Seen) async throws {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !seen.all.contains(event) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    @Test func aSubmitWhoseClientHangsUpIsCancelledOtherRequestsFinish() async throws {
+        let dir = NSTemporaryDirectory() + "rex-control-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/rexnode.sock"
+        let seen = Seen()
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let server = ControlServer(path: path, logger: logger) { request in
+            let name = if case .submit = request { "submit" } else { "peers" }
+            seen.add("\(name) started")
+            do {
+                try await Task.sleep(for: name == "submit" ? .seconds(120) : .milliseconds(800))
+                seen.add("\(name) finished")
+            } catch {
+                seen.add("\(name) cancelled")
+            }
+            return .success(["ok": true] as JSONValue)
+        }
+        let running = Task { try await server.run() }
+        defer { running.cancel() }
+        let ready = ContinuousClock.now + .seconds(30)
+        while !FileManager.default.fileExists(atPath: path) && ContinuousClock.now < ready {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        // Each client hangs up once the daemon works on its request (so the order is certain, not the timing).
+        let submit = try send(#"{"op":"submit","path":"/x.blend","output":"/o"}"#, to: path)
+        try await wait(for: "submit started", in: seen)
+        close(submit)
+        let peers = try send(#"{"op":"peers"}"#, to: path)
+        try await wait(for: "peers started", in: seen)
+        close(peers)
+        try await wait(for: "submit cancelled", in: seen)
+        try await wait(for: "peers finished", in: seen)
+        #expect(seen.all.contains("submit cancelled"), "\(seen.all)")
+        #expect(seen.all.contains("peers finished"), "\(seen.all)")
+        #expect(!seen.all.contains("submit finished"))
+    }
+}
