@@ -191,37 +191,47 @@ struct SubmitService: Sendable {
         let start = SubmitProgress.Row(
             phase: "storing", files: 0, filesTotal: entries.count, bytes: 0, bytesTotal: sizes.reduce(0, +))
         progress.set(ticket, start)
-        let stored = try await Blocking.run { () throws -> [(ManifestFile, Bool)] in
-            var shown = start
-            var marked: [String] = []
-            do {
-                return try entries.enumerated().map { index, entry in
-                    defer {
-                        shown.files += 1
-                        shown.bytes += sizes[index]
-                        progress.set(ticket, shown)
-                    }
-                    // A file unchanged since this node last stored it is not read again.
-                    let stamp = FileHashes.Stamp(path: entry.source)
-                    if let stamp, let known = hashes.hash(of: entry.source, stamp: stamp) {
-                        inFlight.insert(known)
-                        if blobs.has(known) {
-                            marked.append(known)
-                            return (ManifestFile(path: entry.path, blob: known, size: stamp.size), false)
+        // The copying runs on the blocking pool, outside this task: a flag carries a cancellation (the client hung
+        // up) to it, checked before each file.
+        let interrupted = Mutex(false)
+        let stored = try await withTaskCancellationHandler {
+            try await Blocking.run { () throws -> [(ManifestFile, Bool)] in
+                var shown = start
+                var marked: [String] = []
+                do {
+                    return try entries.enumerated().map { index, entry in
+                        if interrupted.withLock({ $0 }) {
+                            throw FarmError(.canceled, "The submit was interrupted; no job was made.")
                         }
-                        inFlight.remove(known)  // cleaned up since: stored again below
+                        defer {
+                            shown.files += 1
+                            shown.bytes += sizes[index]
+                            progress.set(ticket, shown)
+                        }
+                        // A file unchanged since this node last stored it is not read again.
+                        let stamp = FileHashes.Stamp(path: entry.source)
+                        if let stamp, let known = hashes.hash(of: entry.source, stamp: stamp) {
+                            inFlight.insert(known)
+                            if blobs.has(known) {
+                                marked.append(known)
+                                return (ManifestFile(path: entry.path, blob: known, size: stamp.size), false)
+                            }
+                            inFlight.remove(known)  // cleaned up since: stored again below
+                        }
+                        // Hashed while copied (one read); a blob already held is left as it was.
+                        let put = try blobs.store(fileAt: entry.source)
+                        inFlight.insert(put.hash)
+                        marked.append(put.hash)
+                        if let stamp { hashes.remember(entry.source, stamp: stamp, hash: put.hash) }
+                        return (ManifestFile(path: entry.path, blob: put.hash, size: put.size), put.new)
                     }
-                    // Hashed while copied (one read); a blob already held is left as it was.
-                    let put = try blobs.store(fileAt: entry.source)
-                    inFlight.insert(put.hash)
-                    marked.append(put.hash)
-                    if let stamp { hashes.remember(entry.source, stamp: stamp, hash: put.hash) }
-                    return (ManifestFile(path: entry.path, blob: put.hash, size: put.size), put.new)
+                } catch {
+                    for hash in marked { inFlight.remove(hash) }
+                    throw error
                 }
-            } catch {
-                for hash in marked { inFlight.remove(hash) }
-                throw error
             }
+        } onCancel: {
+            interrupted.withLock { $0 = true }
         }
         let manifest = JobManifest(scene: layout.scene, files: stored.map(\.0), remap: layout.remap)
         do {

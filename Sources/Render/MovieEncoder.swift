@@ -46,8 +46,7 @@ public struct MovieEncoder: Sendable {
         if ["libx264", "libx265", "mpeg4", "mpeg2video", "mpeg1video", "libtheora", "libvpx-vp9", "libaom-av1"]
             .contains(encoder)
         {
-            // 4:2:0 needs even sides; Blender pads the same way for an odd size.
-            arguments += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-pix_fmt", "yuv420p"]
+            arguments += ["-pix_fmt", "yuv420p"]
         }
         if let crf = Self.rateFactors[settings.crf],
             ["libx264", "libx265", "libvpx-vp9", "libaom-av1"].contains(encoder)
@@ -61,10 +60,28 @@ public struct MovieEncoder: Sendable {
         return arguments
     }
 
+    /// Codecs whose 4:2:0 pictures need an even width and height: Blender refuses an odd size for them
+    /// ("width not divisible by 2") and writes no movie, so the farm does the same, in words.
+    var needsEvenSize: Bool {
+        ["libx264", "libx265", "mpeg4", "mpeg2video", "mpeg1video", "libtheora", "libvpx-vp9", "libaom-av1"]
+            .contains(Self.encoders[settings.codec] ?? "libx264")
+    }
+
     /// Encodes `frames` (image files, in order) into `output`, written under a temporary name and renamed, so a
     /// movie file is either whole or absent. Throws with ffmpeg's own words.
     public func encode(frames: [String], to output: String) async throws {
         let fm = FileManager.default
+        if needsEvenSize, let first = frames.first, let head = FileHandle(forReadingAtPath: first),
+            let bytes = try? head.read(upToCount: 24), let size = PNG.size(of: Array(bytes)),
+            size.width % 2 == 1 || size.height % 2 == 1
+        {
+            try? head.close()
+            throw RenderError(
+                .frameFailed,
+                "The scene's \(settings.codec) movie needs an even width and height, and its frames are "
+                    + "\(size.width)x\(size.height) (Blender refuses this size too); the frames are in the output folder."
+            )
+        }
         let folder = (output as NSString).deletingLastPathComponent
         let staging = "\(folder)/.rexnode-movie-\(UUID().uuidString.prefix(8))"
         try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)

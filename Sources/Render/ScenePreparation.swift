@@ -121,6 +121,15 @@ extension BlenderInstallation {
             default: continue
             }
         }
+        if trace != nil && scene == nil {
+            // The file loaded and was traced; Blender died after that, while baking.
+            let said = outcome.tail.errorLines.suffix(2).joined(separator: "; ")
+            throw RenderError(
+                .badScene,
+                "Blender stopped while baking the simulations of \(blendPath) (\(outcome.statusDescription))"
+                    + (said.isEmpty ? "; bake them in Blender and submit again." : ": \(said)."),
+                commandLine: command.commandLine, outputTail: outcome.tail.lines)
+        }
         guard let scene, let trace else {
             throw RenderError(
                 .badScene, loadFailureMessage(blendPath, outcome.tail, outcome.statusDescription),

@@ -66,6 +66,7 @@ extension RexNode {
                     return
                 }
                 if !json.json {
+                    // Scripts parse this line as "Job ID (N frames) → DIR": keep its words, even for one frame.
                     print("Job \(id) (\(job["frames_total"]?.int ?? 0) frames) → \(outputDir)")
                     print(Self.shipped(job))
                     fflush(nil)  // a script reading the pipe learns the job id as soon as it is accepted

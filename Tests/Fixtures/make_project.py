@@ -2,7 +2,7 @@
 # (no binary fixtures in git; every texture is generated here):
 #
 #   blender -b --factory-startup --python Tests/Fixtures/make_project.py -- PROJECT_DIR OUTSIDE_DIR \
-#       [--kind full|missing|movie|passes|particles|driver|nested] [--frames N] [--width W] [--height H] [--samples S]
+#       [--kind full|missing|movie|passes|particles|driver|nested|rigid] [--frames N] [--width W] [--height H] [--samples S]
 #       [--passes-path //passes/]
 #
 # The main file is always PROJECT_DIR/shot.blend. Files that live outside the project go to OUTSIDE_DIR.
@@ -29,7 +29,7 @@ import traceback
 import bmesh
 import bpy
 
-KINDS = ("full", "missing", "movie", "passes", "particles", "driver", "nested")
+KINDS = ("full", "missing", "movie", "passes", "particles", "driver", "nested", "rigid")
 DEFAULT_FRAMES = {"movie": 6, "particles": 6}
 FONT_SOURCE = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 SEQUENCE_COLOURS = [
@@ -498,9 +498,30 @@ def build_nested(args, main_path):
     return {"images": ["//tex/b.png"], "libraries": ["//lib/a.blend", "//lib/sub/b.blend"], "fonts": []}
 
 
+def build_rigid(args, main_path):
+    """An unbaked rigid-body world: four cubes falling on a passive plane (Blender 3.4 crashes if a script writes
+    the world cache's disk setting, which the farm's bake must not do)."""
+    scene = reset_to_empty()
+    save(main_path)
+    configure_render(scene, args)
+    add_camera(scene)
+    bpy.ops.rigidbody.world_add()
+    scene.rigidbody_world.point_cache.frame_end = args.frames
+    bpy.ops.mesh.primitive_plane_add(size=8.0, location=(0.0, 0.0, -2.0))
+    bpy.ops.rigidbody.object_add(type="PASSIVE")
+    for i in range(4):
+        bpy.ops.mesh.primitive_cube_add(size=0.6, location=(-1.2 + 0.8 * i, 0.2 * i, 1.0 + 0.7 * i))
+        bpy.context.active_object.rotation_euler = (0.3 * i, 0.2, 0.1 * i)
+        bpy.ops.rigidbody.object_add(type="ACTIVE")
+        bpy.context.active_object.data.materials.append(emission_material("Box%d" % i, colour=(0.9, 0.3 + 0.15 * i, 0.1)))
+    save(main_path)
+    return {"images": [], "libraries": [], "fonts": []}
+
+
 BUILDERS = {
     "full": build_full, "missing": build_missing, "movie": build_movie,
     "passes": build_passes, "particles": build_particles, "driver": build_driver, "nested": build_nested,
+    "rigid": build_rigid,
 }
 
 

@@ -63,6 +63,18 @@ struct ScenePreparationTests {
         #expect(prepared.trace.missing.isEmpty, "\(prepared.trace.missing)")
     }
 
+    @Test func anUnbakedRigidBodyWorldIsBakedWithoutCrashingBlender() async throws {
+        let (project, _) = try await Self.project("rigid", frames: 6)
+        let blender = try await TestSupport.installation()
+        let scratch = project + "/../scratch"
+        let prepared = try await blender.prepare(
+            at: project + "/shot.blend", scratch: scratch, bakeTo: scratch + "/baked.blend", lastFrame: 6)
+        #expect(prepared.trace.simulations == ["rigid body world"])
+        let baked = try #require(prepared.bakedFile)
+        let again = try await blender.prepare(at: baked, scratch: scratch + "/again")
+        #expect(again.trace.simulations.isEmpty, "the copy carries the bake")
+    }
+
     @Test func aMissingFileIsNamedWithItsUser() async throws {
         let (project, _) = try await Self.project("missing")
         let blender = try await TestSupport.installation()

@@ -10,6 +10,7 @@
 #
 # Blender Asset Tracer (BAT) is the reference for the kinds of paths and their pitfalls; this asks Blender itself,
 # so each version's own data model is used.
+import math
 import os
 import re
 
@@ -167,6 +168,26 @@ def _ids_with_drivers():
                 yield tree
 
 
+# What Blender's restricted driver namespace offers with auto-run off (bpy_driver.c): math's functions, a few
+# builtins, `frame` and the driver's own variables. An expression using only these runs anyway.
+SAFE_DRIVER_NAMES = set(n for n in dir(math) if not n.startswith("_")) | {
+    "abs", "all", "any", "bool", "complex", "divmod", "float", "int", "len", "max", "min", "pow", "round", "sum",
+    "frame", "True", "False", "None", "clamp", "lerp", "smoothstep",
+}
+
+
+def runs_without_autoexec(driver):
+    """Whether Blender evaluates this expression with auto-run off: only safe names, no nested code."""
+    try:
+        code = compile(driver.expression, "<driver>", "eval")
+    except SyntaxError:
+        return True  # Blender cannot run it either way: nothing to trust
+    if any(isinstance(const, type(code)) for const in code.co_consts):
+        return False
+    allowed = SAFE_DRIVER_NAMES | set(variable.name for variable in driver.variables)
+    return set(code.co_names) <= allowed
+
+
 def blocked_scripts():
     """Python that Blender runs only with autoexec on: registered text blocks and driver expressions its simple
     expression evaluator cannot handle."""
@@ -180,7 +201,8 @@ def blocked_scripts():
             continue
         for curve in animation.drivers:
             driver = curve.driver
-            if driver.type == "SCRIPTED" and not getattr(driver, "is_simple_expression", False):
+            if driver.type == "SCRIPTED" and not getattr(driver, "is_simple_expression", False) \
+                    and not runs_without_autoexec(driver):
                 found.append("driver on %s (%s)" % (data.name, driver.expression))
     return found
 
@@ -236,12 +258,19 @@ def trace(scene):
 def bake(scene, output, last_frame):
     """Bakes every unbaked point cache in memory (in frame order, from each cache's start) up to `last_frame`
     and saves a copy of the file at `output` that carries the caches; paths stay as stored."""
+    world = scene.rigidbody_world
+    rigid = world.point_cache if world is not None else None
     for _, cache in point_caches(scene):
         if cache.is_baked:
             continue
-        cache.use_disk_cache = False
-        if last_frame is not None:
-            cache.frame_end = max(cache.frame_start, min(cache.frame_end, last_frame))
+        if rigid is not None and cache == rigid:
+            # Blender 3.4 crashes when a rigid body cache's disk setting is written (it is always in memory) and
+            # ties its range to the world's: leave it as it is.
+            continue
+        if cache.use_disk_cache:
+            cache.use_disk_cache = False
+        if last_frame is not None and cache.frame_end > last_frame:
+            cache.frame_end = max(cache.frame_start, last_frame)
     bpy.ops.ptcache.bake_all(bake=True)
     bpy.ops.wm.save_as_mainfile(filepath=output, copy=True, relative_remap=False, compress=False)
 
@@ -261,9 +290,10 @@ def remap(table):
             continue
         for data in collection:
             stored = getattr(data, "filepath", "") or ""
-            if not stored or stored == "<builtin>" or data.library is not None:
+            if not stored or stored == "<builtin>":
                 continue
-            target = table.get(resolve(stored, None))
+            # Linked data too: a library's image named by an absolute path points at its copy like a local one.
+            target = table.get(resolve(stored, data.library))
             if target:
                 data.filepath = target
                 changed += 1
@@ -299,8 +329,11 @@ def redirect_file_outputs(scene, extras):
         else:
             relative = os.path.basename(os.path.normpath(original)) if original else ""
         relative = os.path.normpath(relative) if relative else ""
-        if relative in (".", "") or relative.startswith(".."):
-            relative = ""
+        # Folders above the .blend's (`//../a/`) keep the part below them (`a/`), so two such nodes stay apart.
+        parts = [part for part in relative.split(os.sep) if part not in ("", ".")]
+        while parts and parts[0] == "..":
+            parts.pop(0)
+        relative = os.path.join(*parts) if parts else ""
         target = os.path.join(extras, relative)
         if original.endswith("/") or not relative:
             target = target.rstrip("/") + "/"
