@@ -64,7 +64,7 @@ struct SubmitService: Sendable {
                 at: path, scratch: scratch, bakeTo: scratch + "/baked.blend", lastFrame: spec?.frames.max(),
                 trustScripts: request.trustScripts)
             scene = prepared.scene
-            warnings += try Self.check(prepared.trace, file: path, request: request)
+            warnings += try Self.check(prepared.trace, scene: prepared.scene, file: path, request: request)
             layout = ProjectLayout(blend: path, trace: prepared.trace)
             if let file = prepared.bakedFile, FileManager.default.fileExists(atPath: file) {
                 bakedFile = file
@@ -125,7 +125,9 @@ struct SubmitService: Sendable {
     }
 
     /// Refuses a project with missing files (unless allowed) and says what will differ from a render at home.
-    static func check(_ trace: ProjectTrace, file: String, request: SubmitRequest) throws -> [String] {
+    static func check(_ trace: ProjectTrace, scene: SceneInfo? = nil, file: String, request: SubmitRequest) throws
+        -> [String]
+    {
         var warnings: [String] = []
         let name = (file as NSString).lastPathComponent
         let missing = trace.missing
@@ -162,6 +164,11 @@ struct SubmitService: Sendable {
                     + "cannot point at its copy (a sequencer strip, an IES file, a cache): on a machine without that "
                     + "file it renders without. Make the paths relative in Blender (File > External Data > Make "
                     + "Paths Relative).")
+        }
+        if scene?.movie?.hasAudio == true {
+            warnings.append(
+                "\(name)'s movie has sound, and the farm's movie will not: it is encoded from the frames alone (render "
+                    + "the audio in Blender with Render > Render Audio and add it to the movie).")
         }
         if !trace.unbakeable.isEmpty {
             warnings.append(

@@ -67,6 +67,8 @@ public struct MovieSettings: Sendable, Codable, Equatable {
     public var bitrate: Int
     /// ".mp4", ".mkv", ...
     public var `extension`: String
+    /// Blender's movie would carry sound (an audio codec and a sound strip); the farm's has none yet.
+    public var hasAudio: Bool?
 
     public init(
         container: String, codec: String, fps: Int, fpsBase: Double, crf: String, bitrate: Int, extension: String

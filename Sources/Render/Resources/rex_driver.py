@@ -76,7 +76,21 @@ def movie_facts(render):
         "crf": getattr(ffmpeg, "constant_rate_factor", "MEDIUM"),
         "bitrate": getattr(ffmpeg, "video_bitrate", 0),
         "extension": MOVIE_EXTENSIONS.get(container, ".mp4"),
+        "hasAudio": has_audio(render),
     }
+
+
+def has_audio(render):
+    """Whether Blender's movie of this scene would carry sound: an audio codec and a sound in the sequencer."""
+    if getattr(render.ffmpeg, "audio_codec", "NONE") == "NONE":
+        return False
+    for scene in bpy.data.scenes:
+        if scene.render == render and scene.sequence_editor is not None:
+            strips = getattr(scene.sequence_editor, "sequences_all", None)
+            if strips is None:
+                strips = getattr(scene.sequence_editor, "strips_all", [])
+            return any(strip.type == "SOUND" and not strip.mute for strip in strips)
+    return False
 
 
 def prepare_scene(scene, options=None):
