@@ -59,9 +59,13 @@ struct ControlAPI: Sendable {
         case .fetch(let id, let output):
             let job = try queries.findJob(id)
             try SceneFile.prepareOutput(output)
-            let count = try await delivery.fetch(job, into: output)
-            return .success(
-                ["job": .string(job.job), "frames": JSONValue(count), "output": .string(output)] as JSONValue)
+            let fetched = try await delivery.fetch(job, into: output)
+            var answer: [String: JSONValue] = [
+                "job": .string(job.job), "frames": JSONValue(fetched.frames), "output": .string(output),
+            ]
+            if let movie = fetched.movie { answer["movie"] = .string(movie) }
+            if let problem = fetched.movieError { answer["movie_error"] = .string(problem) }
+            return .success(JSONValue.object(answer))
         }
     }
 

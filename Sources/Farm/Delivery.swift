@@ -208,9 +208,19 @@ actor Delivery {
         }
     }
 
-    /// Copies every done frame of a job into `output` (the `fetch` command).
-    nonisolated func fetch(_ job: JobRecord, into output: String) async throws -> Int {
+    /// What `fetch` put in the folder.
+    struct Fetched: Sendable {
+        var frames: Int
+        /// A movie job's movie, encoded here from the fetched frames (nil if the job has none or it failed).
+        var movie: String?
+        var movieError: String?
+    }
+
+    /// Copies every done frame of a job (and its extra outputs) into `output` (the `fetch` command); a finished
+    /// movie job gets its movie there too, encoded from those frames as its submitter did.
+    nonisolated func fetch(_ job: JobRecord, into output: String) async throws -> Fetched {
         var count = 0
+        var files: [String] = []
         for frame in try ledger.frames(of: job.job) where frame.state == "done" {
             guard let hash = frame.hash else { continue }
             do {
@@ -223,8 +233,24 @@ actor Delivery {
             let source = blobs.path(for: hash)
             let target = "\(output)/\(Self.frameFileName(job: job.name, frame: frame.frame, ext: frame.ext ?? ""))"
             try await Blocking.run { try Self.placeAtomically(source: source, target: target) }
+            files.append(target)
             count += 1
         }
-        return count
+        var fetched = Fetched(frames: count)
+        guard let movie = job.movie, job.state == "done", !files.isEmpty else { return fetched }
+        let target = "\(output)/\(Self.movieFileName(job: job.name, movie: movie))"
+        if FileManager.default.fileExists(atPath: target) {
+            fetched.movie = target
+        } else if let ffmpeg = MovieEncoder.locate() {
+            do {
+                try await MovieEncoder(ffmpeg: ffmpeg, settings: Self.settings(movie)).encode(frames: files, to: target)
+                fetched.movie = target
+            } catch {
+                fetched.movieError = (error as? RenderError)?.message ?? "\(error)"
+            }
+        } else {
+            fetched.movieError = "ffmpeg is not installed on this node, so \(target) cannot be encoded"
+        }
+        return fetched
     }
 }

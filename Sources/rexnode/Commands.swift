@@ -370,6 +370,10 @@ extension RexNode {
                 let r = try await ControlClient.send(request, data: data.directory)
                 let output = r["output"]?.string ?? ""
                 print("\(r["frames"]?.int ?? 0) frames of \(r["job"]?.string ?? job) are in \(output)")
+                if let movie = r["movie"]?.string { print("The movie is \(movie)") }
+                if let problem = r["movie_error"]?.string {
+                    FileHandle.standardError.write(Data(("warning: the movie was not made: " + problem + "\n").utf8))
+                }
             }
         }
     }

@@ -545,6 +545,13 @@ class ProjectTest(unittest.TestCase):
         self.assertEqual(frame_count(reference_movie)[0], 6)
         first = compare(movie, reference_movie, tolerance=12)
         self.assertTrue(first["ok"], f"first frame of {movie} vs the reference movie: {json.dumps(first)}")
+        # `fetch` from a node that cannot see the user's disk gives the frames and the movie again.
+        again = out("movie-fetched")
+        fetched = State.farm.cli(HIDDEN[-1], "fetch", result["job"], "--output", again, timeout=120)
+        self.assertEqual(fetched.returncode, 0, f"fetch: {fetched.stdout}{fetched.stderr}")
+        self.assertIn("The movie is", fetched.stdout)
+        self.assertEqual(frame_count(os.path.join(again, "movie.mp4"))[0], 6)
+        self.assert_frames_match("movie", again, 6, ref("movie-png"), label="movie-fetched")
         self.ok = True
 
     def test_e_passes(self):
