@@ -134,7 +134,6 @@ actor Delivery {
         }
     }
 
-    /// Encodes the movie of each movie job whose frames are all in its output folder (once per job).
     /// Starts the movie of each movie job whose frames are all in its output folder (once per job), in a task of
     /// its own, so a long encode holds up no other job's frames.
     private func makeMovies() async throws {
@@ -156,23 +155,10 @@ actor Delivery {
                 continue
             }
             let target = "\(job.output)/\(Self.movieFileName(job: job.name, movie: movie))"
-            if FileManager.default.fileExists(atPath: target) {
-                movies[id] = .made
-                continue
-            }
-            guard let ffmpeg = MovieEncoder.locate() else {
-                movies[id] = .failed("ffmpeg is not installed on this node, so \(target) cannot be encoded")
-                continue
-            }
             movies[id] = .encoding
-            let encoder = MovieEncoder(ffmpeg: ffmpeg, settings: Self.settings(movie))
             Task {
-                do {
-                    try await encoder.encode(frames: files, to: target)
-                    self.movieEnded(id, .made, target)
-                } catch {
-                    self.movieEnded(id, .failed((error as? RenderError)?.message ?? "\(error)"), target)
-                }
+                let problem = await Self.encode(movie, frames: files, to: target)
+                self.movieEnded(id, problem.map { .failed($0) } ?? .made, target)
             }
         }
     }
@@ -187,10 +173,19 @@ actor Delivery {
         pulse.fire()
     }
 
-    static func settings(_ movie: MovieSpec) -> MovieSettings {
-        MovieSettings(
-            container: movie.container, codec: movie.codec, fps: movie.fps, fpsBase: movie.fpsBase, crf: movie.crf,
-            bitrate: movie.bitrate, extension: movie.fileExtension)
+    /// Makes `target` from `frames` as `movie` asks, unless it is there already; the reason in one sentence if it
+    /// cannot be made. Shared by the submitter's delivery and `fetch`.
+    static func encode(_ movie: MovieSpec, frames: [String], to target: String) async -> String? {
+        if FileManager.default.fileExists(atPath: target) { return nil }
+        guard let ffmpeg = MovieEncoder.locate() else {
+            return "ffmpeg is not installed on this node, so \(target) cannot be encoded"
+        }
+        do {
+            try await MovieEncoder(ffmpeg: ffmpeg, settings: movie.settings).encode(frames: frames, to: target)
+            return nil
+        } catch {
+            return (error as? RenderError)?.message ?? "\(error)"
+        }
     }
 
     /// Writes `target` only if it is not there yet: copy to a hidden temporary file, then rename.
@@ -239,18 +234,27 @@ actor Delivery {
         var fetched = Fetched(frames: count)
         guard let movie = job.movie, job.state == "done", !files.isEmpty else { return fetched }
         let target = "\(output)/\(Self.movieFileName(job: job.name, movie: movie))"
-        if FileManager.default.fileExists(atPath: target) {
-            fetched.movie = target
-        } else if let ffmpeg = MovieEncoder.locate() {
-            do {
-                try await MovieEncoder(ffmpeg: ffmpeg, settings: Self.settings(movie)).encode(frames: files, to: target)
-                fetched.movie = target
-            } catch {
-                fetched.movieError = (error as? RenderError)?.message ?? "\(error)"
-            }
+        if let problem = await Self.encode(movie, frames: files, to: target) {
+            fetched.movieError = problem
         } else {
-            fetched.movieError = "ffmpeg is not installed on this node, so \(target) cannot be encoded"
+            fetched.movie = target
         }
         return fetched
+    }
+}
+
+/// The ledger's record of a scene's movie and the encoder's settings are the same facts in two rooms (Ledger
+/// knows nothing of Render); the two conversions live here, side by side.
+extension MovieSpec {
+    init(_ settings: MovieSettings) {
+        self.init(
+            container: settings.container, codec: settings.codec, fps: settings.fps, fpsBase: settings.fpsBase,
+            crf: settings.crf, bitrate: settings.bitrate, fileExtension: settings.extension)
+    }
+
+    var settings: MovieSettings {
+        MovieSettings(
+            container: container, codec: codec, fps: fps, fpsBase: fpsBase, crf: crf, bitrate: bitrate,
+            extension: fileExtension)
     }
 }

@@ -95,23 +95,30 @@ struct Janitor: Sendable {
 
     func run() async {
         var finishedSince: [String: ContinuousClock.Instant] = [:]
+        // Jobs whose files this node has dropped, none kept back for a job or submit still using them: their file
+        // lists are not read again.
+        var cleared: Set<String> = []
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(min(30_000, max(200, settings.blendGraceMilliseconds / 4))))
             guard let jobs = try? ledger.jobs() else { continue }
             let inUse = Set(jobs.filter { !$0.isFinished }.flatMap(\.blobs)).union(inFlight.all)
             let now = ContinuousClock.now
-            for job in jobs where job.isFinished {
+            for job in jobs where job.isFinished && !cleared.contains(job.job) {
                 let since = finishedSince[job.job] ?? now
                 finishedSince[job.job] = since
+                guard now - since >= .milliseconds(settings.blendGraceMilliseconds) else { continue }
                 let held = job.blobs.filter {
                     !inUse.contains($0) && blobs.has($0) && (try? ledger.isRenderedBlob($0)) == false
                 }
-                guard now - since >= .milliseconds(settings.blendGraceMilliseconds),
-                    FileManager.default.fileExists(atPath: work.jobFolder(job.job)) || !held.isEmpty
-                else { continue }
-                work.remove(job: job.job)
-                for blob in held { blobs.remove(blob) }
-                logger.debug("dropped a finished job's scene", metadata: ["farm/job": "\(job.job)"])
+                if FileManager.default.fileExists(atPath: work.jobFolder(job.job)) || !held.isEmpty {
+                    work.remove(job: job.job)
+                    for blob in held { blobs.remove(blob) }
+                    logger.debug("dropped a finished job's files", metadata: ["farm/job": "\(job.job)"])
+                }
+                if !job.blobs.contains(where: { inUse.contains($0) && blobs.has($0) }) {
+                    cleared.insert(job.job)
+                    finishedSince[job.job] = nil
+                }
             }
         }
     }

@@ -102,7 +102,7 @@ struct SubmitService: Sendable {
                         job: job, name: name, submitter: nodeID, blendHash: sceneBlob.blob, blendSize: sceneBlob.size,
                         frames: frames, chunk: chunk, priority: request.priority ?? 0, output: request.output,
                         submittedAtMs: WallClock.millis(), manifest: stored.manifest,
-                        movie: scene?.movie.map(Self.movieSpec), trustScripts: request.trustScripts ? true : nil,
+                        movie: scene?.movie.map(MovieSpec.init), trustScripts: request.trustScripts ? true : nil,
                         sourcePath: path))
             ])
             guard let outcome = outcomes.first, outcome == .applied || outcome.isDuplicate else {
@@ -248,12 +248,6 @@ struct SubmitService: Sendable {
             throw FarmError(.badInput, "The project cannot be shipped: \(error.description)")
         }
         return (manifest, stored.filter(\.1).count)
-    }
-
-    static func movieSpec(_ movie: MovieSettings) -> MovieSpec {
-        MovieSpec(
-            container: movie.container, codec: movie.codec, fps: movie.fps, fpsBase: movie.fpsBase, crf: movie.crf,
-            bitrate: movie.bitrate, fileExtension: movie.extension)
     }
 }
 
