@@ -23,6 +23,20 @@ public enum ControlRequest: Sendable, Equatable {
     case fetch(job: String, output: String)
     /// How far the submit carrying `ticket` is (asked on a second connection while the submit is answered).
     case progress(ticket: String)
+    /// Steering a job: pause, resume, retry, priority, rerun, remove (each one ledger command).
+    case steer(job: String, action: JobAction)
+
+    /// What `steer` does to its job.
+    public enum JobAction: Sendable, Equatable {
+        case pause, resume
+        /// Failed frames back to the queue: those in the frame spec, or all of them.
+        case retry(frames: String?)
+        case priority(Int)
+        /// A new job from the same files and settings; `output` is where the CLI would put a new job's frames.
+        case rerun(output: String?)
+        /// Drops the job and its files everywhere; a job that is not finished needs `force`.
+        case remove(force: Bool)
+    }
 
     /// What a waiting client last saw of a job.
     public struct SeenJob: Sendable, Equatable {
@@ -70,11 +84,12 @@ public struct SubmitRequest: Sendable, Equatable {
 extension ControlRequest: Codable {
     private enum Op: String, Codable {
         case submit, peers, jobs, status, cancel, ledger, leave, token, fetch, progress
+        case pause, resume, retry, priority, rerun, remove
     }
 
     private enum Key: String, CodingKey {
         case op, path, frames, chunk, output, name, priority, job, brief, seenDone, seenState, allowMissing
-        case trustScripts, ticket
+        case trustScripts, ticket, force
     }
 
     public init(from decoder: any Decoder) throws {
@@ -122,6 +137,22 @@ extension ControlRequest: Codable {
             self = .fetch(
                 job: try need(.job, "Name a job (see `rexnode jobs`)."),
                 output: try need(.output, "fetch needs --output DIR."))
+        case .pause, .resume, .retry, .priority, .rerun, .remove:
+            let job = try need(.job, "Name a job (see `rexnode jobs`).")
+            let action: JobAction
+            switch op {
+            case .pause: action = .pause
+            case .resume: action = .resume
+            case .retry: action = .retry(frames: try c.decodeIfPresent(String.self, forKey: .frames))
+            case .priority:
+                guard let priority = try c.decodeIfPresent(Int.self, forKey: .priority) else {
+                    throw FarmError(.badInput, "priority needs a number.")
+                }
+                action = .priority(priority)
+            case .rerun: action = .rerun(output: try c.decodeIfPresent(String.self, forKey: .output))
+            default: action = .remove(force: try c.decodeIfPresent(Bool.self, forKey: .force) ?? false)
+            }
+            self = .steer(job: job, action: action)
         }
     }
 
@@ -160,6 +191,24 @@ extension ControlRequest: Codable {
         case .progress(let ticket):
             try c.encode(Op.progress, forKey: .op)
             try c.encode(ticket, forKey: .ticket)
+        case .steer(let job, let action):
+            try c.encode(job, forKey: .job)
+            switch action {
+            case .pause: try c.encode(Op.pause, forKey: .op)
+            case .resume: try c.encode(Op.resume, forKey: .op)
+            case .retry(let frames):
+                try c.encode(Op.retry, forKey: .op)
+                try c.encodeIfPresent(frames, forKey: .frames)
+            case .priority(let priority):
+                try c.encode(Op.priority, forKey: .op)
+                try c.encode(priority, forKey: .priority)
+            case .rerun(let output):
+                try c.encode(Op.rerun, forKey: .op)
+                try c.encodeIfPresent(output, forKey: .output)
+            case .remove(let force):
+                try c.encode(Op.remove, forKey: .op)
+                if force { try c.encode(true, forKey: .force) }
+            }
         }
     }
 }

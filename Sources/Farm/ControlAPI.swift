@@ -10,6 +10,7 @@ struct ControlAPI: Sendable {
     let queries: FarmQueries
     let delivery: Delivery
     let membership: Membership
+    let jobControl: JobControl
     let commandLog: any CommandLog
     let ledger: LedgerStore
     let pulse: Pulse
@@ -40,6 +41,9 @@ struct ControlAPI: Sendable {
             var job = try queries.findJob(id)
             if let seen { job = try await changed(job, seen: seen) }
             return .success(try await queries.status(job, brief: brief))
+        case .steer(let id, let action):
+            let job = try queries.findJob(id)
+            return .success(JobRow(try await jobControl.perform(action, on: job)))
         case .cancel(let id):
             let job = try queries.findJob(id)
             guard !job.isFinished else {
@@ -48,7 +52,9 @@ struct ControlAPI: Sendable {
             _ = try await commandLog.propose([.cancelJob(CancelJob(job: job.job))])
             return .success(JobRow(try ledger.job(job.job) ?? job))
         case .ledger:
-            return .success(try queries.log())
+            // A long log is a long read: off Swift's shared pool, which every loop of the daemon runs on.
+            let queries = self.queries
+            return .success(try await Blocking.run { try queries.log() })
         case .leave:
             logger.info("leaving the farm on request")
             return .success(await membership.leave())

@@ -149,14 +149,19 @@ public final class FarmNode: Sendable {
         let queries = FarmQueries(
             nodeID: nodeID, name: settings.name, listen: settings.listen, slots: settings.slots, ledger: ledger,
             raft: raft, mesh: mesh, roster: roster, progress: progress, delivery: delivery)
+        let jobControl = JobControl(
+            nodeID: nodeID, ledger: ledger, commandLog: raftLog, submitService: submit, exchange: exchange,
+            roster: roster, logger: logger)
         control = ControlAPI(
             submitService: submit, queries: queries, delivery: delivery, membership: membership,
-            commandLog: raftLog, ledger: ledger, pulse: pulse, token: farmKey.token, logger: logger)
+            jobControl: jobControl, commandLog: raftLog, ledger: ledger, pulse: pulse, token: farmKey.token,
+            logger: logger)
         leader = LeaderService(
             nodeID: nodeID, settings: settings, raft: raft, mesh: mesh, ledger: ledger, commandLog: raftLog,
             roster: roster, pulse: pulse, logger: logger)
         janitor = Janitor(
-            settings: settings, ledger: ledger, blobs: blobs, work: work, inFlight: inFlight, logger: logger)
+            nodeID: nodeID, settings: settings, ledger: ledger, blobs: blobs, work: work, inFlight: inFlight,
+            logger: logger)
     }
 
     deinit {

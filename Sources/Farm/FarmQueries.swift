@@ -84,11 +84,33 @@ struct FrameRow: Encodable, Sendable {
     var state: String
     var node, hash: String?
     var holders: [String]
+    /// Failed attempts since the frame was last retried.
     var attempts: Int
     var message: String?
     var progress: Double?
+    /// The name of `node`, when this node knows it.
+    var nodeName: String?
+    var renderSeconds: Double?
+    /// Each failed attempt: which node, and what it said.
+    var failures: [Failure]?
 
-    enum CodingKeys: String, CodingKey { case frame, state, node, hash, holders, attempts, message, progress }
+    struct Failure: Encodable, Sendable {
+        var attempt: Int
+        var node: String
+        var nodeName: String
+        var message: String
+
+        enum CodingKeys: String, CodingKey {
+            case attempt, node, message
+            case nodeName = "node_name"
+        }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case frame, state, node, hash, holders, attempts, message, progress, failures
+        case nodeName = "node_name"
+        case renderSeconds = "render_seconds"
+    }
 
     func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
@@ -100,6 +122,9 @@ struct FrameRow: Encodable, Sendable {
         try c.encode(attempts, forKey: .attempts)
         try c.encodeIfPresent(message, forKey: .message)
         try c.encodeIfPresent(progress, forKey: .progress)
+        try c.encodeIfPresent(nodeName, forKey: .nodeName)
+        try c.encodeIfPresent(renderSeconds, forKey: .renderSeconds)
+        try c.encodeIfPresent(failures, forKey: .failures)
     }
 }
 
@@ -113,9 +138,12 @@ struct JobStatusView: Encodable, Sendable {
     var movie: String?
     var movieState: String?
     var movieError: String?
+    /// This node is the job's submitter: it writes the frames into the output folder.
+    var deliversHere = false
 
     enum CodingKeys: String, CodingKey {
         case frames, movie
+        case deliversHere = "delivers_here"
         case deliveryError = "delivery_error"
         case movieState = "movie_state"
         case movieError = "movie_error"
@@ -125,6 +153,7 @@ struct JobStatusView: Encodable, Sendable {
         try job.encode(to: encoder)
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encodeIfPresent(frames, forKey: .frames)
+        try c.encode(deliversHere, forKey: .deliversHere)
         try c.encodeIfPresent(deliveryError, forKey: .deliveryError)
         try c.encodeIfPresent(movie, forKey: .movie)
         try c.encodeIfPresent(movieState, forKey: .movieState)
@@ -193,24 +222,43 @@ struct FarmQueries: Sendable {
 
     func jobs() throws -> [JobRow] { try ledger.jobs().map(JobRow.init) }
 
-    /// A job by id, unique id prefix or name (as the ledger resolves it).
+    /// A job by id, unique name or unique id prefix; an ambiguous word fails naming what it matches.
     func findJob(_ id: String) throws -> JobRecord {
-        guard let job = try ledger.job(id) else {
+        let matches = try ledger.jobs(matching: id, limit: 6)
+        guard let job = matches.first else {
             throw FarmError(.notFound, "There is no job '\(id)' in this farm (see `rexnode jobs`).")
+        }
+        guard matches.count == 1 else {
+            let named = matches.prefix(5).map { "\($0.job) (\($0.name), \($0.state))" }.joined(separator: ", ")
+            throw FarmError(
+                .badInput,
+                "'\(id)' matches \(matches.count > 5 ? "more than 5" : "\(matches.count)") jobs: \(named)"
+                    + "; use more of the job id.")
         }
         return job
     }
 
     func status(_ job: JobRecord, brief: Bool) async throws -> JobStatusView {
-        guard !brief else { return JobStatusView(job: JobRow(job)) }
+        guard !brief else { return JobStatusView(job: JobRow(job), deliversHere: job.submitter == nodeID) }
         let live = progress.snapshot().values.filter { $0.job == job.job }
         let problem = await delivery.problem(job: job.job)
-        let frames = try ledger.frames(of: job.job).map { f in
+        let names = await nodeNames()
+        // A big job's frames are a long read: off Swift's shared pool, which every loop of the daemon runs on.
+        let ledger = self.ledger
+        let (records, attempts) = try await Blocking.run { (try ledger.frames(of: job.job), try ledger.attempts(of: job.job)) }
+        let frames = records.map { f in
             FrameRow(
                 frame: f.frame, state: f.state, node: f.node, hash: f.hash, holders: f.holders, attempts: f.attempts,
-                message: f.message, progress: live.first { $0.frame == f.frame }?.fraction)
+                message: f.message, progress: live.first { $0.frame == f.frame }?.fraction,
+                nodeName: f.node.map { names[$0] ?? $0 }, renderSeconds: f.renderMs.map { Double($0) / 1000 },
+                failures: attempts[f.frame].map { list in
+                    list.map {
+                        .init(attempt: $0.attempt, node: $0.node, nodeName: names[$0.node] ?? $0.node, message: $0.message)
+                    }
+                })
         }
-        var view = JobStatusView(job: JobRow(job), frames: frames, deliveryError: problem)
+        var view = JobStatusView(
+            job: JobRow(job), frames: frames, deliveryError: problem, deliversHere: job.submitter == nodeID)
         if let movie = job.movie {
             view.movie = "\(job.output)/\(Delivery.movieFileName(job: job.name, movie: movie))"
             if job.submitter == nodeID {
@@ -265,6 +313,13 @@ struct FarmQueries: Sendable {
 
     static func milliseconds(_ d: Duration) -> Int { Int(d.raftNanoseconds / 1_000_000) }
 
+    /// Node id → name, for every node this node has heard of (itself included).
+    func nodeNames() async -> [String: String] {
+        var names = [nodeID: name]
+        for peer in await mesh.peers() { names[peer.nodeID] = peer.name }
+        return names
+    }
+
     /// The retained applied log, one row per entry (`ledger --json`).
     func log() throws -> [JSONValue] { try ledger.log().map(Self.logRow) }
 
@@ -283,6 +338,9 @@ struct FarmQueries: Sendable {
             case .failFrame(let c): .from(c)
             case .releaseFrames(let c): .from(c)
             case .cancelJob(let c): .from(c)
+            case .pauseJob(let c), .resumeJob(let c), .removeJob(let c): .from(c)
+            case .retryFrames(let c): .from(c)
+            case .setPriority(let c): .from(c)
             case .addNode(let c), .removeNode(let c): .from(c)
             case .noop: [:]
             }

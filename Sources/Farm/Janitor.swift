@@ -84,8 +84,11 @@ final class ScenesInFlight: Sendable {
 }
 
 /// Drops a finished job's project (its blobs and work folder) from this node once the grace period has passed,
-/// keeping every file a job still running, or a submit under way, uses. Rendered images are kept.
+/// keeping every file a job still running, or a submit under way, uses. Rendered images are kept. The submitter
+/// keeps its jobs' files until they are removed, so `retry` and `rerun` find them. A removed job's files and
+/// images go from every node, except those another job still uses.
 struct Janitor: Sendable {
+    let nodeID: String
     let settings: NodeSettings
     let ledger: LedgerStore
     let blobs: BlobStore
@@ -98,12 +101,14 @@ struct Janitor: Sendable {
         // Jobs whose files this node has dropped, none kept back for a job or submit still using them: their file
         // lists are not read again.
         var cleared: Set<String> = []
+        var removed: Set<String> = []
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(min(30_000, max(200, settings.blendGraceMilliseconds / 4))))
             guard let jobs = try? ledger.jobs() else { continue }
             let inUse = Set(jobs.filter { !$0.isFinished }.flatMap(\.blobs)).union(inFlight.all)
+            dropRemoved(&removed)
             let now = ContinuousClock.now
-            for job in jobs where job.isFinished && !cleared.contains(job.job) {
+            for job in jobs where job.isFinished && job.submitter != nodeID && !cleared.contains(job.job) {
                 let since = finishedSince[job.job] ?? now
                 finishedSince[job.job] = since
                 guard now - since >= .milliseconds(settings.blendGraceMilliseconds) else { continue }
@@ -120,6 +125,25 @@ struct Janitor: Sendable {
                     finishedSince[job.job] = nil
                 }
             }
+        }
+    }
+
+    /// Removed jobs: their work folders, and every blob of theirs that no job in the ledger and no submit under way
+    /// uses. Each tombstone is handled once per run of the daemon.
+    private func dropRemoved(_ done: inout Set<String>) {
+        guard let tombstones = try? ledger.removedJobs().filter({ !done.contains($0.job) }), !tombstones.isEmpty,
+            let used = try? ledger.blobsInUse()
+        else { return }
+        let keep = used.union(inFlight.all)
+        for (job, hashes) in tombstones {
+            work.remove(job: job)
+            var dropped = 0
+            for hash in hashes where !keep.contains(hash) && blobs.has(hash) {
+                blobs.remove(hash)
+                dropped += 1
+            }
+            if dropped > 0 { logger.info("dropped a removed job's files", metadata: ["farm/job": "\(job)"]) }
+            done.insert(job)
         }
     }
 }

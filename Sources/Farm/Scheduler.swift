@@ -3,7 +3,9 @@ import Ledger
 /// The scheduler's decisions as a pure function: ledger state and free slots in, assignments out.
 ///
 /// Jobs are served by priority, then age; within equal priority, jobs with fewer running chunks go first so two
-/// jobs share the farm. Each chunk is at most `job.chunk` consecutive queued frames.
+/// jobs share the farm. Each chunk is at most `job.chunk` queued frames, in frame order. A frame that failed on a
+/// node goes to another node first: it returns to one it failed on only when every node of the farm has failed it
+/// or is blocked for its job.
 public enum Scheduler {
     public struct Slot: Sendable, Equatable {
         public var node: String
@@ -35,7 +37,7 @@ public enum Scheduler {
             let node = free[slotIndex].node
             // Highest priority first; among equals, the job with the fewest chunks in flight, then the oldest.
             // A job that blocked this node (it failed there too often) is not offered to it.
-            let pick = jobs.indices.filter { !jobs[$0].queuedFrames.isEmpty && !jobs[$0].blockedNodes.contains(node) }
+            let pick = jobs.indices.filter { jobs[$0].offers(node, farm: everyNode) && !jobs[$0].blockedNodes.contains(node) }
                 .min { a, b in
                     if jobs[a].priority != jobs[b].priority { return jobs[a].priority > jobs[b].priority }
                     if jobs[a].openAssignments != jobs[b].openAssignments {
@@ -48,8 +50,11 @@ public enum Scheduler {
                 free.remove(at: slotIndex)
                 continue
             }
-            let chunk = Array(jobs[pick].queuedFrames.prefix(max(1, jobs[pick].chunk)))
-            jobs[pick].queuedFrames.removeFirst(chunk.count)
+            let chunk = Array(
+                jobs[pick].queuedFrames.lazy.filter { jobs[pick].mayGo($0, to: node, farm: everyNode) }
+                    .prefix(max(1, jobs[pick].chunk)))
+            let taken = Set(chunk)
+            jobs[pick].queuedFrames.removeAll { taken.contains($0) }
             jobs[pick].openAssignments += 1
             decisions.append(Decision(job: jobs[pick].job, frames: chunk, node: node))
             free[slotIndex].free -= 1
@@ -63,5 +68,19 @@ public enum Scheduler {
     /// The chunk size to use when the user gave none: small enough to spread a job over every slot.
     public static func defaultChunk(frames: Int, slots: Int) -> Int {
         max(1, min(10, frames / max(1, slots * 4)))
+    }
+}
+
+extension QueuedJob {
+    /// Whether `frame` may go to `node`: it never failed there, or no other node of `farm` can take it (each
+    /// failed it too, or is blocked for this job).
+    func mayGo(_ frame: Int, to node: String, farm: Set<String>) -> Bool {
+        guard let failed = failedOn[frame], failed.contains(node) else { return true }
+        return farm.isSubset(of: failed.union(blockedNodes))
+    }
+
+    /// Whether the job has a queued frame for `node`.
+    func offers(_ node: String, farm: Set<String>) -> Bool {
+        failedOn.isEmpty ? !queuedFrames.isEmpty : queuedFrames.contains { mayGo($0, to: node, farm: farm) }
     }
 }

@@ -26,6 +26,8 @@ struct SubmitService: Sendable {
     let logger: Logger
     /// What each file submitted from this node hashed to, by path and stat (lives as long as the daemon).
     let hashes = FileHashes()
+    /// Output folders being chosen by submits under way.
+    let claims = OutputClaims()
 
     /// A committed job and what its submitter should be told.
     struct Outcome: Sendable {
@@ -42,19 +44,21 @@ struct SubmitService: Sendable {
     func submit(_ request: SubmitRequest) async throws -> Outcome {
         let path = request.path
         try SceneFile.validate(path)
-        try SceneFile.prepareOutput(request.output)
         let spec = try request.frames.map { try FrameSpec($0) }
         if let chunk = request.chunk, chunk < 1 || chunk > FarmNode.maxChunk {
             throw FarmError(.badInput, "--chunk must be between 1 and \(FarmNode.maxChunk).")
         }
         let name = SceneFile.jobName(from: request.name ?? path)
         let job = "j" + FarmNode.shortID()
+        let (output, moved) = try claimOutput(request.output)
+        defer { claims.release(output) }
+        try SceneFile.prepareOutput(output)
         let ticket = request.ticket ?? job
         progress.set(ticket, .init(phase: "reading"))
         defer { progress.set(ticket, nil) }
         let scratch = work.jobFolder(job) + "/submit"
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        var warnings: [String] = []
+        var warnings = moved.map { [$0] } ?? []
         var scene: SceneInfo?
         var layout: ProjectLayout
         var baked: [String] = []
@@ -76,7 +80,7 @@ struct SubmitService: Sendable {
         let stored = try await store(layout, sceneReplacement: bakedFile, ticket: ticket)
         progress.set(ticket, .init(phase: "committing"))
         defer { for file in stored.manifest.files { inFlight.remove(file.blob) } }
-        guard let sceneBlob = stored.manifest.sceneFile else {
+        guard stored.manifest.sceneFile != nil else {
             throw FarmError(.failed, "The scene \(path) was not stored.")
         }
         do {
@@ -96,32 +100,81 @@ struct SubmitService: Sendable {
             if Task.isCancelled {
                 throw FarmError(.canceled, "The submit of \(name) was interrupted; no job was made.")
             }
-            let outcomes = try await commandLog.propose([
-                .submitJob(
-                    SubmitJob(
-                        job: job, name: name, submitter: nodeID, blendHash: sceneBlob.blob, blendSize: sceneBlob.size,
-                        frames: frames, chunk: chunk, priority: request.priority ?? 0, output: request.output,
-                        submittedAtMs: WallClock.millis(), manifest: stored.manifest,
-                        movie: scene?.movie.map(MovieSpec.init), trustScripts: request.trustScripts ? true : nil,
-                        sourcePath: path))
-            ])
-            guard let outcome = outcomes.first, outcome == .applied || outcome.isDuplicate else {
-                throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")
-            }
+            var outcome = try await commit(
+                Draft(
+                    job: job, name: name, frames: frames, chunk: chunk, priority: request.priority ?? 0,
+                    output: output, manifest: stored.manifest, movie: scene?.movie.map(MovieSpec.init),
+                    trustScripts: request.trustScripts, sourcePath: path, claimed: true))
+            outcome.warnings = warnings
+            outcome.newFiles = stored.newFiles
+            outcome.baked = baked
+            return outcome
         } catch {
             work.remove(job: job)
             throw error
+        }
+    }
+
+    /// A job ready to commit: its files are in the store (or held by the farm), its settings checked.
+    struct Draft: Sendable {
+        var job = "j" + FarmNode.shortID()
+        var name: String
+        var frames: [Int]
+        var chunk: Int
+        var priority: Int
+        var output: String
+        var manifest: JobManifest
+        var movie: MovieSpec?
+        var trustScripts: Bool
+        var sourcePath: String?
+        /// The output folder is already claimed by the caller (else `commit` claims one from `output`).
+        var claimed = false
+    }
+
+    /// Proposes the job and returns it as committed. Used by `submit` and by `rerun` (same files, new job).
+    func commit(_ draft: Draft) async throws -> Outcome {
+        var draft = draft
+        var warnings: [String] = []
+        if !draft.claimed {
+            let (folder, moved) = try claimOutput(draft.output)
+            draft.output = folder
+            warnings += moved.map { [$0] } ?? []
+        }
+        defer { if !draft.claimed { claims.release(draft.output) } }
+        try SceneFile.prepareOutput(draft.output)
+        guard let scene = draft.manifest.sceneFile else { throw FarmError(.failed, "The job has no scene file.") }
+        let job = draft.job
+        let outcomes = try await commandLog.propose([
+            .submitJob(
+                SubmitJob(
+                    job: job, name: draft.name, submitter: nodeID, blendHash: scene.blob, blendSize: scene.size,
+                    frames: draft.frames, chunk: draft.chunk, priority: draft.priority, output: draft.output,
+                    submittedAtMs: WallClock.millis(), manifest: draft.manifest, movie: draft.movie,
+                    trustScripts: draft.trustScripts ? true : nil, sourcePath: draft.sourcePath))
+        ])
+        guard let outcome = outcomes.first, outcome == .applied || outcome.isDuplicate else {
+            throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")
         }
         guard let record = try ledger.job(job) else { throw FarmError(.failed, "Job \(job) vanished after commit.") }
         logger.info(
             "job submitted",
             metadata: [
-                "farm/job": "\(job)", "farm/frames": "\(record.framesTotal)", "farm/name": "\(name)",
-                "farm/files": "\(stored.manifest.files.count)", "farm/new": "\(stored.newFiles)",
+                "farm/job": "\(job)", "farm/frames": "\(record.framesTotal)", "farm/name": "\(draft.name)",
+                "farm/files": "\(draft.manifest.files.count)", "farm/output": "\(draft.output)",
             ])
         return Outcome(
-            record: record, warnings: warnings, files: stored.manifest.files.count,
-            bytes: stored.manifest.totalSize, newFiles: stored.newFiles, baked: baked)
+            record: record, warnings: warnings, files: draft.manifest.files.count, bytes: draft.manifest.totalSize,
+            newFiles: 0, baked: [])
+    }
+
+    /// The folder a new job writes to: the one asked for, unless it holds another job's frames (then the next free
+    /// `-2`, `-3`, …, with a sentence saying so). Never a folder a job of this node already writes to.
+    private func claimOutput(_ requested: String) throws -> (folder: String, moved: String?) {
+        let mine = try ledger.jobs().filter { $0.submitter == nodeID }
+        let folder = try claims.claim(requested) { candidate in mine.contains { $0.output == candidate } }
+        guard folder != requested else { return (folder, nil) }
+        let owner = mine.last { $0.output == requested }.map { "job \($0.job) (\($0.name))" } ?? "earlier frames"
+        return (folder, "\(requested) already holds \(owner); this job writes to \(folder) instead.")
     }
 
     /// Refuses a project with missing files (unless allowed) and says what will differ from a render at home.

@@ -41,6 +41,8 @@ actor WorkerPool {
     private var sessions: [Int: (job: String, session: any RenderSession)] = [:]
     /// Assignments a slot is working on.
     private var claimed: Set<String> = []
+    /// The job each busy slot is working on.
+    private var busy: [Int: String] = [:]
 
     init(
         nodeID: String, settings: NodeSettings, ledger: LedgerStore, blobs: BlobStore, exchange: BlobExchange,
@@ -73,7 +75,9 @@ actor WorkerPool {
         for await _ in pulse.subscribe() {
             guard let assignment = nextAssignment() else { continue }
             claimed.insert(assignment.assignment)
+            busy[slot] = assignment.job
             await render(assignment, slot: slot)
+            busy[slot] = nil
             claimed.remove(assignment.assignment)
             progress.set(slot, nil)
             pulse.fire()
@@ -91,20 +95,22 @@ actor WorkerPool {
 
     private func render(_ assignment: AssignmentRecord, slot: Int) async {
         let job = assignment.job
+        guard !isPaused(job) else {
+            await handBackPaused(assignment)
+            return
+        }
         let session: any RenderSession
         do {
             session = try await openSession(for: job, slot: slot)
         } catch {
             switch Self.classify(error) {
-            case .spendAttempts(let message, let fatal):
+            case .spendAttempts(let message):
                 logger.error("cannot start rendering", metadata: ["farm/job": "\(job)", "error": "\(message)"])
-                await report(
-                    assignment.pendingFrames.map {
-                        .failFrame(
-                            FailFrame(
-                                job: job, frame: $0, node: nodeID, assignment: assignment.assignment,
-                                message: message, fatal: fatal))
-                    })
+                var failures: [LedgerCommand] = []
+                for frame in assignment.pendingFrames {
+                    failures.append(await failure(job: job, frame: frame, assignment: assignment, message: message))
+                }
+                await report(failures)
             case .handBack(let reason):
                 // A pause first, so this node does not take the chunk straight back.
                 logger.warning("returning a chunk", metadata: ["farm/job": "\(job)", "error": "\(reason)"])
@@ -117,15 +123,23 @@ actor WorkerPool {
         let outDir = work.slotFolder(job: job, slot: slot)
         try? FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
         // Results are recorded while the next frame renders; the chunk ends when all are in the ledger.
+        var paused = false
         await withDiscardingTaskGroup { reports in
             for frame in assignment.pendingFrames {
                 guard stillMine(job: job, frame: frame, assignment: assignment.assignment) else { continue }
+                // Paused: the frame in flight has finished; the rest of the chunk goes back once it is recorded.
+                if isPaused(job) {
+                    paused = true
+                    break
+                }
                 progress.set(slot, .init(job: job, frame: frame, fraction: 0))
                 let progress = self.progress
                 do {
+                    let started = ContinuousClock.now
                     let rendered = try await session.render(frame: frame, into: outDir) { p in
                         progress.set(slot, .init(job: job, frame: frame, fraction: p.fraction))
                     }
+                    let renderMs = (ContinuousClock.now - started).raftNanoseconds / 1_000_000
                     let blobs = self.blobs
                     let (stored, outputs) = try await Blocking.run { () throws -> ((String, Int64), [FrameOutput]) in
                         defer {
@@ -143,7 +157,8 @@ actor WorkerPool {
                     logger.debug("frame rendered", metadata: ["farm/job": "\(job)", "farm/frame": "\(frame)"])
                     let complete = CompleteFrameDraft(
                         job: job, frame: frame, assignment: assignment.assignment, term: assignment.term,
-                        hash: stored.0, size: stored.1, ext: ext.isEmpty ? "" : "." + ext, outputs: outputs)
+                        hash: stored.0, size: stored.1, ext: ext.isEmpty ? "" : "." + ext, outputs: outputs,
+                        renderMs: Int64(renderMs))
                     reports.addTask { await self.record(complete, submitter: submitter) }
                 } catch let error as RenderError where error.code == .canceled || sessions[slot] == nil {
                     // The job was canceled (or finished elsewhere) and the reaper closed the session.
@@ -154,20 +169,40 @@ actor WorkerPool {
                     logger.warning(
                         "frame failed",
                         metadata: ["farm/job": "\(job)", "farm/frame": "\(frame)", "error": "\(message)"])
-                    let command = LedgerCommand.failFrame(
-                        FailFrame(
-                            job: job, frame: frame, node: nodeID, assignment: assignment.assignment,
-                            message: message, fatal: renderError?.code == .badScene))
+                    let command = await failure(job: job, frame: frame, assignment: assignment, message: message)
                     reports.addTask { await self.report([command]) }
                 }
             }
         }
+        if paused { await handBackPaused(assignment) }
+    }
+
+    /// A failed attempt, counted against this node: `alone` when no other node of the farm can take the frame
+    /// (each failed it already or is blocked for the job), so its attempts here decide.
+    private func failure(job: String, frame: Int, assignment: AssignmentRecord, message: String) async
+        -> LedgerCommand
+    {
+        let others = Set(await roster.renderSlots().map(\.node)).subtracting([nodeID])
+        let failed = (try? ledger.failedNodes(job: job, frame: frame)) ?? []
+        let blocked = (try? ledger.blockedNodes(job: job)) ?? []
+        return .failFrame(
+            FailFrame(
+                job: job, frame: frame, node: nodeID, assignment: assignment.assignment,
+                message: "\(message) (on \(settings.name))", alone: others.isSubset(of: failed.union(blocked))))
+    }
+
+    private func isPaused(_ job: String) -> Bool { (try? ledger.job(job))?.state == "paused" }
+
+    /// The frames of a paused job's chunk that did not start go back to the queue.
+    private func handBackPaused(_ assignment: AssignmentRecord) async {
+        logger.info("job paused; returning the rest of its chunk", metadata: ["farm/job": "\(assignment.job)"])
+        await report([.releaseFrames(ReleaseFrames(assignment: assignment.assignment, reason: "job paused"))])
     }
 
     /// What a slot does with a chunk it cannot start.
     enum ChunkFailure: Sendable, Equatable {
-        /// Blender's (or the scene's) fault: the frames spend an attempt; `fatal` when the scene cannot load at all.
-        case spendAttempts(message: String, fatal: Bool)
+        /// Blender's (or the scene's) fault: the frames spend an attempt here and go to another node first.
+        case spendAttempts(message: String)
         /// Not Blender's fault (the scene could not be fetched yet, the node is shutting down): the frames go back
         /// to the queue untouched.
         case handBack(reason: String)
@@ -175,21 +210,20 @@ actor WorkerPool {
 
     static func classify(_ error: any Error) -> ChunkFailure {
         if let layout = error as? LayoutFailure {
-            // The job's files cannot be laid out here: a refused manifest fails the job at once (every node would
-            // refuse it); a disk problem spends an attempt, so after three the frames fail with the reason.
-            return .spendAttempts(message: layout.message, fatal: layout.refused)
+            // The job's files cannot be laid out here (a disk problem, a manifest this node refuses): an attempt
+            // spent here, so the frames try other nodes and fail with the reason once they have failed there too.
+            return .spendAttempts(message: layout.message)
         }
         guard let render = error as? RenderError else {
             return .handBack(reason: (error as? FarmError)?.message ?? "\(error)")
         }
-        return .spendAttempts(message: render.message, fatal: render.code == .badScene)
+        // Even a scene that does not load here may load elsewhere (a broken or older Blender, no memory).
+        return .spendAttempts(message: render.message)
     }
 
     /// Laying out a job's fetched files failed.
     struct LayoutFailure: Error, Sendable {
         var message: String
-        /// The manifest itself is refused (a path leaving the job's folder): no node will do better.
-        var refused: Bool
     }
 
     /// What a slot knows of a rendered frame before it is durable and copied.
@@ -202,6 +236,7 @@ actor WorkerPool {
         var size: Int64
         var ext: String
         var outputs: [FrameOutput]
+        var renderMs: Int64
     }
 
     /// Makes the image durable here, copies it to a second member (the submitter first), then records the frame:
@@ -215,7 +250,7 @@ actor WorkerPool {
                 CompleteFrame(
                     job: frame.job, frame: frame.frame, node: nodeID, assignment: frame.assignment, term: frame.term,
                     hash: frame.hash, ext: frame.ext, holders: holders,
-                    outputs: frame.outputs.isEmpty ? nil : frame.outputs))
+                    outputs: frame.outputs.isEmpty ? nil : frame.outputs, renderMs: frame.renderMs))
         ])
     }
 
@@ -232,11 +267,10 @@ actor WorkerPool {
         do {
             project = try await Blocking.run { try work.materialize(record) }
         } catch let error as FarmError where error.code == .badInput {
-            throw LayoutFailure(message: error.message, refused: true)
+            throw LayoutFailure(message: error.message)
         } catch {
             let reason = (error as? FarmError)?.message ?? error.localizedDescription
-            throw LayoutFailure(
-                message: "The files of job \(job) cannot be laid out on \(settings.name): \(reason)", refused: false)
+            throw LayoutFailure(message: "The files of job \(job) cannot be laid out: \(reason)")
         }
         let session = try await renderer.makeSession(
             for: RenderRequest(
@@ -269,6 +303,8 @@ actor WorkerPool {
             for (slot, open) in sessions {
                 let state = (try? ledger.job(open.job))?.state
                 guard state != "queued" && state != "running" else { continue }
+                // A paused job's frame in flight finishes; its session closes once the slot is done with it.
+                if state == "paused" && busy[slot] == open.job { continue }
                 // The map may have changed during an earlier close: only drop the session we looked at.
                 guard let current = sessions[slot], current.session === open.session else { continue }
                 sessions[slot] = nil

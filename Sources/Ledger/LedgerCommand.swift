@@ -24,6 +24,14 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
     case failFrame(FailFrame)
     case releaseFrames(ReleaseFrames)
     case cancelJob(CancelJob)
+    /// Job control: no new frames start while paused; frames in flight finish.
+    case pauseJob(JobTarget)
+    case resumeJob(JobTarget)
+    /// Failed frames go back to the queue with fresh attempts, and the job's node blocks are lifted.
+    case retryFrames(RetryFrames)
+    case setPriority(SetPriority)
+    /// The job and everything the ledger knows of it go; nodes then drop its files and images.
+    case removeJob(JobTarget)
     /// Raft membership changes, recorded so the ledger's indexes match Raft's and `rexnode ledger` shows them.
     case addNode(NodeChange)
     case removeNode(NodeChange)
@@ -39,6 +47,11 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
         case .failFrame: "FailFrame"
         case .releaseFrames: "ReleaseFrames"
         case .cancelJob: "CancelJob"
+        case .pauseJob: "PauseJob"
+        case .resumeJob: "ResumeJob"
+        case .retryFrames: "RetryFrames"
+        case .setPriority: "SetPriority"
+        case .removeJob: "RemoveJob"
         case .addNode: "AddNode"
         case .removeNode: "RemoveNode"
         case .noop: "Noop"
@@ -122,10 +135,12 @@ public struct CompleteFrame: Sendable, Equatable, Codable {
     public var holders: [String]
     /// Files the render wrote besides the frame (File Output passes), held by the same `holders`.
     public var outputs: [FrameOutput]?
+    /// How long the render took on `node`, in milliseconds (absent in entries from before it was recorded).
+    public var renderMs: Int64?
 
     public init(
         job: String, frame: Int, node: String, assignment: String, term: UInt64, hash: String, ext: String,
-        holders: [String], outputs: [FrameOutput]? = nil
+        holders: [String], outputs: [FrameOutput]? = nil, renderMs: Int64? = nil
     ) {
         self.job = job
         self.frame = frame
@@ -136,26 +151,36 @@ public struct CompleteFrame: Sendable, Equatable, Codable {
         self.ext = ext
         self.holders = holders
         self.outputs = outputs
+        self.renderMs = renderMs
     }
 }
 
-/// One failed attempt at a frame. After `LedgerRules.maxAttempts` (or at once when `fatal`) the frame fails.
+/// One failed attempt at a frame. The failure counts against the node first: the frame goes back to the queue
+/// for another node, and fails for good only after `LedgerRules.maxAttempts` attempts on at least
+/// `LedgerRules.nodesBeforeFailing` different nodes, or on the only node able to run it (`alone`).
 public struct FailFrame: Sendable, Equatable, Codable {
     public var job: String
     public var frame: Int
     public var node: String
     public var assignment: String
     public var message: String
-    /// The scene itself is unusable (cannot be loaded): retrying elsewhere would fail the same way.
+    /// Entries from before failures were scoped: the frame failed at once. New reports never set it.
     public var fatal: Bool
+    /// The reporting node saw no other node of the farm able to take this frame (a farm of one, or every other
+    /// node already failed it or is blocked for the job): its attempts alone decide.
+    public var alone: Bool?
 
-    public init(job: String, frame: Int, node: String, assignment: String, message: String, fatal: Bool = false) {
+    public init(
+        job: String, frame: Int, node: String, assignment: String, message: String, fatal: Bool = false,
+        alone: Bool? = nil
+    ) {
         self.job = job
         self.frame = frame
         self.node = node
         self.assignment = assignment
         self.message = message
         self.fatal = fatal
+        self.alone = alone
     }
 }
 
@@ -183,6 +208,34 @@ public struct CancelJob: Sendable, Equatable, Codable {
     public init(job: String) { self.job = job }
 }
 
+/// The job a job-control command acts on.
+public struct JobTarget: Sendable, Equatable, Codable {
+    public var job: String
+
+    public init(job: String) { self.job = job }
+}
+
+/// Failed frames of `job` back to the queue: those in `frames`, or every failed frame when nil.
+public struct RetryFrames: Sendable, Equatable, Codable {
+    public var job: String
+    public var frames: [Int]?
+
+    public init(job: String, frames: [Int]? = nil) {
+        self.job = job
+        self.frames = frames
+    }
+}
+
+public struct SetPriority: Sendable, Equatable, Codable {
+    public var job: String
+    public var priority: Int
+
+    public init(job: String, priority: Int) {
+        self.job = job
+        self.priority = priority
+    }
+}
+
 /// What the log carries: the command and its unique id, encoded as bytes (opaque to Raft).
 public struct LedgerEntry: Sendable, Equatable, Codable {
     public var id: CommandID
@@ -206,8 +259,10 @@ public struct LedgerEntry: Sendable, Equatable, Codable {
 
 /// Fixed rules every node applies identically.
 public enum LedgerRules {
-    /// A frame that fails this many times is marked failed with the last error.
+    /// A frame fails for good after this many attempts in all (on at least `nodesBeforeFailing` nodes).
     public static let maxAttempts = 3
+    /// Different nodes a frame must have failed on before it fails for good (unless no other node can take it).
+    public static let nodesBeforeFailing = 2
     /// A node whose renders of a job failed this many times gets no more of that job's frames.
     public static let nodeFailuresBeforeBlock = 3
 }

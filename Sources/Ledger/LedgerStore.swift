@@ -77,6 +77,20 @@ public final class LedgerStore: Sendable {
                     CREATE INDEX frames_hash ON frames(hash) WHERE hash IS NOT NULL;
                     """)
         }
+        migrator.registerMigration("ledger-v4") { db in
+            // Job control (issue 12): a paused flag beside the derived state, each failed attempt by node, how
+            // long a frame took to render.
+            try db.execute(
+                sql: """
+                    ALTER TABLE jobs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE frames ADD COLUMN render_ms INTEGER;
+                    CREATE TABLE frame_attempts (
+                        job TEXT NOT NULL, frame INTEGER NOT NULL, attempt INTEGER NOT NULL, node TEXT NOT NULL,
+                        message TEXT NOT NULL, log_index INTEGER NOT NULL, PRIMARY KEY (job, frame, attempt));
+                    CREATE TABLE removed_jobs (
+                        job TEXT PRIMARY KEY, name TEXT NOT NULL, blobs TEXT NOT NULL, log_index INTEGER NOT NULL);
+                    """)
+        }
     }
 
     // MARK: Applying the log

@@ -74,9 +74,12 @@ public struct FrameRecord: Sendable, Equatable, Codable {
     public var message: String?
     /// The log index that committed the frame (nil until done).
     public var doneIndex: UInt64?
+    /// How long the frame took to render where it was done, in milliseconds (nil until done, or not recorded).
+    public var renderMs: Int64?
 
     init(row: Row) {
         doneIndex = (row["done_index"] as Int64?).map(UInt64.init)
+        renderMs = row["render_ms"]
         job = row["job"]
         frame = row["frame"]
         state = row["state"]
@@ -119,14 +122,68 @@ extension LedgerStore {
         }
     }
 
-    /// Finds a job by its id or a unique prefix of it.
+    /// The job with exactly this id.
     public func job(_ id: String) throws -> JobRecord? {
         try writer.read { db in
-            let rows = try Row.fetchAll(
-                db, sql: "SELECT * FROM jobs WHERE job = ? OR job LIKE ? LIMIT 2", arguments: [id, id + "%"])
-            if let exact = rows.first(where: { $0["job"] == id }) { return JobRecord(row: exact) }
-            return rows.count == 1 ? JobRecord(row: rows[0]) : nil
+            try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE job = ?", arguments: [id]).map(JobRecord.init)
         }
+    }
+
+    /// The jobs a user's word for a job may mean, oldest first: the job with that exact id; else the jobs with that
+    /// exact name; else the jobs whose id starts with it. One match is the job; more are ambiguous.
+    public func jobs(matching word: String, limit: Int = 10) throws -> [JobRecord] {
+        guard !word.isEmpty else { return [] }
+        return try writer.read { db in
+            if let exact = try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE job = ?", arguments: [word]) {
+                return [JobRecord(row: exact)]
+            }
+            let named = try Row.fetchAll(
+                db, sql: "SELECT * FROM jobs WHERE name = ? ORDER BY submitted_at_ms, log_index LIMIT ?",
+                arguments: [word, limit])
+            if !named.isEmpty { return named.map(JobRecord.init) }
+            // A prefix means only itself: no LIKE wildcards.
+            return try Row.fetchAll(
+                db,
+                sql: "SELECT * FROM jobs WHERE substr(job, 1, ?) = ? ORDER BY submitted_at_ms, log_index LIMIT ?",
+                arguments: [word.count, word, limit]
+            ).map(JobRecord.init)
+        }
+    }
+
+    /// A job's failed attempts, by frame, oldest first.
+    public func attempts(of job: String) throws -> [Int: [FrameAttempt]] {
+        try writer.read { db in
+            var byFrame: [Int: [FrameAttempt]] = [:]
+            for row in try Row.fetchAll(
+                db, sql: "SELECT * FROM frame_attempts WHERE job = ? ORDER BY frame, attempt", arguments: [job])
+            {
+                byFrame[row["frame"], default: []].append(
+                    FrameAttempt(attempt: row["attempt"], node: row["node"], message: row["message"]))
+            }
+            return byFrame
+        }
+    }
+
+    /// Nodes that failed this frame since it was last retried.
+    public func failedNodes(job: String, frame: Int) throws -> Set<String> {
+        try writer.read { db in
+            Set(
+                try String.fetchAll(
+                    db, sql: "SELECT DISTINCT node FROM frame_attempts WHERE job = ? AND frame = ?",
+                    arguments: [job, frame]))
+        }
+    }
+
+    /// Nodes blocked for a job: their renders of it failed `LedgerRules.nodeFailuresBeforeBlock` times.
+    public func blockedNodes(job: String) throws -> Set<String> {
+        try writer.read { db in try Self.blockedNodes(job: job, db) }
+    }
+
+    static func blockedNodes(job: String, _ db: Database) throws -> Set<String> {
+        Set(
+            try String.fetchAll(
+                db, sql: "SELECT node FROM job_node_failures WHERE job = ? AND failures >= ?",
+                arguments: [job, LedgerRules.nodeFailuresBeforeBlock]))
     }
 
     public func frames(of job: String) throws -> [FrameRecord] {
@@ -238,13 +295,44 @@ extension LedgerStore {
                     try Int.fetchOne(
                         db, sql: "SELECT COUNT(*) FROM assignments WHERE job = ? AND open = 1", arguments: [job]) ?? 0
                 guard !frames.isEmpty else { return nil }
-                let blocked = try String.fetchAll(
-                    db, sql: "SELECT node FROM job_node_failures WHERE job = ? AND failures >= ?",
-                    arguments: [job, LedgerRules.nodeFailuresBeforeBlock])
+                var failedOn: [Int: Set<String>] = [:]
+                for failure in try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT a.frame, a.node FROM frame_attempts a
+                        JOIN frames f ON f.job = a.job AND f.frame = a.frame AND f.state = 'queued'
+                        WHERE a.job = ?
+                        """,
+                    arguments: [job])
+                {
+                    failedOn[failure["frame"], default: []].insert(failure["node"])
+                }
                 return QueuedJob(
                     job: job, priority: row["priority"], chunk: row["chunk"], queuedFrames: frames,
-                    openAssignments: running, blockedNodes: Set(blocked))
+                    openAssignments: running, blockedNodes: try Self.blockedNodes(job: job, db), failedOn: failedOn)
             }
+        }
+    }
+
+    /// Jobs removed from the farm, with every blob they had (project files, images): nodes drop those no other job
+    /// uses.
+    public func removedJobs() throws -> [(job: String, blobs: [String])] {
+        try writer.read { db in
+            try Row.fetchAll(db, sql: "SELECT job, blobs FROM removed_jobs ORDER BY log_index").map { row in
+                let text: String = row["blobs"]
+                return (row["job"], (try? JSONDecoder().decode([String].self, from: Data(text.utf8))) ?? [])
+            }
+        }
+    }
+
+    /// Every blob a job in the ledger still uses: project files and rendered images.
+    public func blobsInUse() throws -> Set<String> {
+        let jobs = try self.jobs()
+        return try writer.read { db in
+            var used = Set(jobs.flatMap(\.blobs))
+            used.formUnion(try String.fetchAll(db, sql: "SELECT hash FROM frames WHERE hash IS NOT NULL"))
+            used.formUnion(try String.fetchAll(db, sql: "SELECT hash FROM frame_outputs"))
+            return used
         }
     }
 
@@ -271,16 +359,32 @@ public struct QueuedJob: Sendable, Equatable {
     public var openAssignments: Int
     /// Nodes that failed this job `LedgerRules.nodeFailuresBeforeBlock` times: its frames go elsewhere.
     public var blockedNodes: Set<String>
+    /// Queued frames that failed before, and where: such a frame goes to another node first.
+    public var failedOn: [Int: Set<String>]
 
     public init(
         job: String, priority: Int, chunk: Int, queuedFrames: [Int], openAssignments: Int,
-        blockedNodes: Set<String> = []
+        blockedNodes: Set<String> = [], failedOn: [Int: Set<String>] = [:]
     ) {
+        self.failedOn = failedOn
         self.job = job
         self.priority = priority
         self.chunk = chunk
         self.queuedFrames = queuedFrames
         self.openAssignments = openAssignments
         self.blockedNodes = blockedNodes
+    }
+}
+
+/// One failed attempt at a frame, as the ledger recorded it.
+public struct FrameAttempt: Sendable, Equatable, Codable {
+    public var attempt: Int
+    public var node: String
+    public var message: String
+
+    public init(attempt: Int, node: String, message: String) {
+        self.attempt = attempt
+        self.node = node
+        self.message = message
     }
 }

@@ -18,6 +18,11 @@ struct StateMachine {
         case .failFrame(let c): return try fail(c)
         case .releaseFrames(let c): return try release(c)
         case .cancelJob(let c): return try cancel(c)
+        case .pauseJob(let c): return try pause(c.job, paused: true)
+        case .resumeJob(let c): return try pause(c.job, paused: false)
+        case .retryFrames(let c): return try retry(c)
+        case .setPriority(let c): return try setPriority(c)
+        case .removeJob(let c): return try remove(c.job)
         }
     }
 
@@ -52,6 +57,7 @@ struct StateMachine {
     }
 
     private func assign(_ c: AssignChunk) throws -> ApplyOutcome {
+        // A paused job takes no new assignment (its frames in flight finish).
         guard try jobState(c.job).map({ $0 == "queued" || $0 == "running" }) == true else {
             return .ignored("job \(c.job) is not runnable")
         }
@@ -98,10 +104,12 @@ struct StateMachine {
         try db.execute(
             sql: """
                 UPDATE frames SET state = 'done', node = ?, hash = ?, ext = ?, holders = ?, message = NULL,
-                    done_index = ?
+                    done_index = ?, render_ms = ?
                 WHERE job = ? AND frame = ?
                 """,
-            arguments: [c.node, c.hash, c.ext, Self.json(c.holders.sorted()), Int64(index), c.job, c.frame])
+            arguments: [
+                c.node, c.hash, c.ext, Self.json(c.holders.sorted()), Int64(index), c.renderMs, c.job, c.frame,
+            ])
         for output in c.outputs ?? [] {
             try db.execute(
                 sql: "INSERT OR REPLACE INTO frame_outputs (job, frame, path, hash, size) VALUES (?,?,?,?,?)",
@@ -127,7 +135,21 @@ struct StateMachine {
                 ON CONFLICT (job, node) DO UPDATE SET failures = failures + 1
                 """,
             arguments: [c.job, c.node])
-        let final = c.fatal || attempts >= LedgerRules.maxAttempts
+        try db.execute(
+            sql: """
+                INSERT OR REPLACE INTO frame_attempts (job, frame, attempt, node, message, log_index)
+                VALUES (?,?,?,?,?,?)
+                """,
+            arguments: [c.job, c.frame, attempts, c.node, c.message, Int64(index)])
+        // Scoped: the failure counts against the node first. The frame fails for good only once it has used its
+        // attempts on enough different nodes, or on the only node that can take it.
+        let nodes =
+            try Int.fetchOne(
+                db, sql: "SELECT COUNT(DISTINCT node) FROM frame_attempts WHERE job = ? AND frame = ?",
+                arguments: [c.job, c.frame]) ?? 1
+        let final =
+            c.fatal
+            || (attempts >= LedgerRules.maxAttempts && (nodes >= LedgerRules.nodesBeforeFailing || c.alone == true))
         try db.execute(
             sql: """
                 UPDATE frames SET attempts = ?, message = ?, state = ?,
@@ -162,7 +184,7 @@ struct StateMachine {
 
     private func cancel(_ c: CancelJob) throws -> ApplyOutcome {
         guard let state = try jobState(c.job) else { return .ignored("no job \(c.job)") }
-        guard state == "queued" || state == "running" else { return .ignored("job \(c.job) is already \(state)") }
+        guard !Self.finished.contains(state) else { return .ignored("job \(c.job) is already \(state)") }
         try db.execute(
             sql: "UPDATE frames SET state = 'canceled' WHERE job = ? AND state IN ('queued', 'assigned')",
             arguments: [c.job])
@@ -170,6 +192,75 @@ struct StateMachine {
         try db.execute(sql: "UPDATE jobs SET state = 'canceled' WHERE job = ?", arguments: [c.job])
         return .applied
     }
+
+    /// Pausing holds a job's queued frames (its assigned ones finish); resuming lets them be scheduled again.
+    private func pause(_ job: String, paused: Bool) throws -> ApplyOutcome {
+        guard let state = try jobState(job) else { return .ignored("no job \(job)") }
+        guard !Self.finished.contains(state) else { return .ignored("job \(job) is already \(state)") }
+        guard (state == "paused") != paused else { return .ignored("job \(job) is already \(state)") }
+        try db.execute(sql: "UPDATE jobs SET paused = ? WHERE job = ?", arguments: [paused, job])
+        try updateJob(job)
+        return .applied
+    }
+
+    /// Failed frames back to the queue with fresh attempts; the job's node blocks are lifted too, since the user
+    /// says the cause is fixed. A canceled job stays canceled (rerun it instead).
+    private func retry(_ c: RetryFrames) throws -> ApplyOutcome {
+        guard let state = try jobState(c.job) else { return .ignored("no job \(c.job)") }
+        guard state != "canceled" else { return .ignored("job \(c.job) is canceled") }
+        var failed = try Int.fetchAll(
+            db, sql: "SELECT frame FROM frames WHERE job = ? AND state = 'failed' ORDER BY frame", arguments: [c.job])
+        if let wanted = c.frames.map(Set.init) { failed = failed.filter(wanted.contains) }
+        guard !failed.isEmpty else { return .ignored("job \(c.job) has no failed frame to retry") }
+        for frame in failed {
+            try db.execute(
+                sql: """
+                    UPDATE frames SET state = 'queued', attempts = 0, message = NULL, node = NULL, assignment = NULL
+                    WHERE job = ? AND frame = ?
+                    """,
+                arguments: [c.job, frame])
+            try db.execute(
+                sql: "DELETE FROM frame_attempts WHERE job = ? AND frame = ?", arguments: [c.job, frame])
+        }
+        try db.execute(sql: "DELETE FROM job_node_failures WHERE job = ?", arguments: [c.job])
+        try db.execute(
+            sql: """
+                UPDATE jobs SET frames_failed = frames_failed - ?,
+                    message = CASE WHEN frames_failed - ? > 0 THEN message ELSE NULL END,
+                    state = CASE WHEN paused THEN 'paused' ELSE 'running' END
+                WHERE job = ?
+                """,
+            arguments: [failed.count, failed.count, c.job])
+        return .applied
+    }
+
+    private func setPriority(_ c: SetPriority) throws -> ApplyOutcome {
+        guard try jobState(c.job) != nil else { return .ignored("no job \(c.job)") }
+        try db.execute(sql: "UPDATE jobs SET priority = ? WHERE job = ?", arguments: [c.priority, c.job])
+        return .applied
+    }
+
+    /// Forgets the job. A node still rendering one of its frames finds it gone and stops; late reports about it
+    /// are ignored (there is no frame left to change).
+    private func remove(_ job: String) throws -> ApplyOutcome {
+        guard let row = try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE job = ?", arguments: [job]) else {
+            return .ignored("no job \(job)")
+        }
+        // What the job had on the nodes' disks, so each node can drop it (the tombstone stays; it is small).
+        let record = JobRecord(row: row)
+        let rendered =
+            try String.fetchAll(db, sql: "SELECT hash FROM frames WHERE job = ? AND hash IS NOT NULL", arguments: [job])
+            + String.fetchAll(db, sql: "SELECT hash FROM frame_outputs WHERE job = ?", arguments: [job])
+        try db.execute(
+            sql: "INSERT OR REPLACE INTO removed_jobs (job, name, blobs, log_index) VALUES (?,?,?,?)",
+            arguments: [job, record.name, Self.json(Array(Set(record.blobs + rendered)).sorted()), Int64(index)])
+        for table in ["frame_outputs", "frame_attempts", "frames", "assignments", "job_node_failures", "jobs"] {
+            try db.execute(sql: "DELETE FROM \(table) WHERE job = ?", arguments: [job])
+        }
+        return .applied
+    }
+
+    static let finished: Set<String> = ["done", "failed", "canceled"]
 
     // MARK: Helpers
 
@@ -191,7 +282,8 @@ struct StateMachine {
     }
 
     /// Moves the job's counters by what one command did and derives its state from them, in O(1): a frame
-    /// becomes done or failed once (its state never leaves those), so counting transitions counts frames.
+    /// becomes done or failed once (only `RetryFrames` takes a frame out of failed, and moves the counter back),
+    /// so counting transitions counts frames. A paused job that still has frames to render stays paused.
     private func updateJob(_ job: String, done: Int = 0, failed: Int = 0, started: Bool = false) throws {
         try db.execute(
             sql: """
@@ -199,7 +291,10 @@ struct StateMachine {
                     state = CASE
                         WHEN frames_done + ? + frames_failed + ? >= frames_total
                             THEN CASE WHEN frames_failed + ? > 0 THEN 'failed' ELSE 'done' END
-                        WHEN ? OR state = 'running' OR frames_done + ? + frames_failed + ? > 0 THEN 'running'
+                        WHEN paused THEN 'paused'
+                        WHEN ? OR state = 'running' OR frames_done + ? + frames_failed + ? > 0
+                            OR EXISTS (SELECT 1 FROM frames f WHERE f.job = jobs.job AND f.state = 'assigned')
+                            THEN 'running'
                         ELSE 'queued' END
                 WHERE job = ? AND state != 'canceled'
                 """,

@@ -144,10 +144,10 @@ struct FailureClassificationTests {
     @Test func blendersErrorsSpendAttemptsAndOthersHandTheChunkBack() {
         #expect(
             WorkerPool.classify(RenderError(.badScene, "not a blend file"))
-                == .spendAttempts(message: "not a blend file", fatal: true))
+                == .spendAttempts(message: "not a blend file"))
         #expect(
             WorkerPool.classify(RenderError(.crashed, "Blender died"))
-                == .spendAttempts(message: "Blender died", fatal: false))
+                == .spendAttempts(message: "Blender died"))
         #expect(
             WorkerPool.classify(FarmError(.notFound, "The scene of job j1 is not on this node."))
                 == .handBack(reason: "The scene of job j1 is not on this node."))

@@ -58,6 +58,25 @@ import Testing
         #expect(Scheduler.assign(queue: [blocked], slots: [.init(node: "a", free: 1)]).map(\.node) == ["a"])
     }
 
+    @Test func aFrameThatFailedOnANodeGoesToAnotherFirstAndBackOnlyWhenNoOtherCanTakeIt() {
+        let failed = QueuedJob(
+            job: "j", priority: 0, chunk: 4, queuedFrames: [1, 2, 3], openAssignments: 0, failedOn: [1: ["a"], 2: ["a"]])
+        // Node a alone is free: it gets the frame it never failed, not the others.
+        var d = Scheduler.assign(queue: [failed], slots: [.init(node: "a", free: 1), .init(node: "b", free: 0)])
+        #expect(d.map(\.frames) == [[3]])
+        // b is free too: b takes the frames that failed on a.
+        d = Scheduler.assign(queue: [failed], slots: [.init(node: "b", free: 1), .init(node: "a", free: 1)])
+        #expect(d.first { $0.node == "b" }?.frames == [1, 2, 3])
+        // A farm of one, or every other node failed it too: it may go back.
+        d = Scheduler.assign(queue: [failed], slots: [.init(node: "a", free: 1)])
+        #expect(d.map(\.frames) == [[1, 2, 3]])
+        var everywhere = failed
+        everywhere.failedOn = [1: ["a", "b"]]
+        everywhere.queuedFrames = [1]
+        d = Scheduler.assign(queue: [everywhere], slots: [.init(node: "a", free: 1), .init(node: "b", free: 0)])
+        #expect(d.map(\.frames) == [[1]])
+    }
+
     @Test func defaultChunkSpreadsSmallJobsOverSlots() {
         #expect(Scheduler.defaultChunk(frames: 24, slots: 1) == 6)
         #expect(Scheduler.defaultChunk(frames: 3, slots: 2) == 1)

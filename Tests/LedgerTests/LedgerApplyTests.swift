@@ -51,10 +51,15 @@ final class TestLedger {
                     ext: ".png", holders: [node])))
     }
 
-    func fail(_ frame: Int, assignment: String, fatal: Bool = false) throws -> [ApplyOutcome] {
+    func fail(
+        _ frame: Int, assignment: String, fatal: Bool = false, node: String = "n1", alone: Bool? = nil,
+        job: String = "j1"
+    ) throws -> [ApplyOutcome] {
         try apply(
             .failFrame(
-                FailFrame(job: "j1", frame: frame, node: "n1", assignment: assignment, message: "boom", fatal: fatal)))
+                FailFrame(
+                    job: job, frame: frame, node: node, assignment: assignment, message: "boom", fatal: fatal,
+                    alone: alone)))
     }
 
     func frame(_ n: Int, job: String = "j1") throws -> FrameRecord {
@@ -136,12 +141,12 @@ final class TestLedger {
         #expect(try l.store.framesDoneByNode() == ["n1": 2])
     }
 
-    @Test func failedAttemptRequeuesUntilThirdFailureThenFrameAndJobFail() throws {
+    @Test func onTheOnlyNodeAFrameFailsAfterThreeAttemptsThenTheJobFails() throws {
         let l = try TestLedger()
         try l.submit(frames: [1])
         for attempt in 1...LedgerRules.maxAttempts {
             _ = try l.assign("a\(attempt)", frames: [1])
-            #expect(try l.fail(1, assignment: "a\(attempt)") == [.applied])
+            #expect(try l.fail(1, assignment: "a\(attempt)", alone: true) == [.applied])
             let f = try l.frame(1)
             #expect(f.attempts == attempt)
             #expect(f.state == (attempt < LedgerRules.maxAttempts ? "queued" : "failed"))
@@ -233,10 +238,11 @@ final class TestLedger {
         #expect(try a.store.jobs() == b.store.jobs())
     }
 
-    @Test func jobLookupByUniquePrefix() throws {
+    @Test func jobLookupByExactIdOrUniquePrefix() throws {
         let l = try TestLedger()
         try l.submit("jabc123")
-        #expect(try l.store.job("jabc")?.job == "jabc123")
+        #expect(try l.store.job("jabc") == nil)  // `job` is the exact id; words go through `jobs(matching:)`
+        #expect(try l.store.jobs(matching: "jabc").map(\.job) == ["jabc123"])
         #expect(try l.store.job("zzz") == nil)
     }
 }
