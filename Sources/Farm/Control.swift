@@ -297,6 +297,14 @@ public enum JSONValue: Codable, Sendable, Equatable {
     public var string: String? { if case .string(let s) = self { s } else { nil } }
     public var int: Int? { if case .int(let i) = self { Int(i) } else { nil } }
     public var bool: Bool? { if case .bool(let b) = self { b } else { nil } }
+    /// A number, whole or not (JSON does not say which: 2.0 may arrive as 2).
+    public var double: Double? {
+        switch self {
+        case .double(let d): d
+        case .int(let i): Double(i)
+        default: nil
+        }
+    }
     public var array: [JSONValue]? { if case .array(let a) = self { a } else { nil } }
 
     /// Pretty, key-sorted JSON text (what `--json` prints).

@@ -140,10 +140,13 @@ struct JobStatusView: Encodable, Sendable {
     var movieError: String?
     /// This node is the job's submitter: it writes the frames into the output folder.
     var deliversHere = false
+    /// Names of the nodes blocked for this job (their renders of it failed too often).
+    var blockedNodes: [String] = []
 
     enum CodingKeys: String, CodingKey {
         case frames, movie
         case deliversHere = "delivers_here"
+        case blockedNodes = "blocked_nodes"
         case deliveryError = "delivery_error"
         case movieState = "movie_state"
         case movieError = "movie_error"
@@ -154,6 +157,7 @@ struct JobStatusView: Encodable, Sendable {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encodeIfPresent(frames, forKey: .frames)
         try c.encode(deliversHere, forKey: .deliversHere)
+        try c.encode(blockedNodes, forKey: .blockedNodes)
         try c.encodeIfPresent(deliveryError, forKey: .deliveryError)
         try c.encodeIfPresent(movie, forKey: .movie)
         try c.encodeIfPresent(movieState, forKey: .movieState)
@@ -258,7 +262,8 @@ struct FarmQueries: Sendable {
                 })
         }
         var view = JobStatusView(
-            job: JobRow(job), frames: frames, deliveryError: problem, deliversHere: job.submitter == nodeID)
+            job: JobRow(job), frames: frames, deliveryError: problem, deliversHere: job.submitter == nodeID,
+            blockedNodes: try ledger.blockedNodes(job: job.job).map { names[$0] ?? $0 }.sorted())
         if let movie = job.movie {
             view.movie = "\(job.output)/\(Delivery.movieFileName(job: job.name, movie: movie))"
             if job.submitter == nodeID {

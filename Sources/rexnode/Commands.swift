@@ -65,25 +65,15 @@ extension RexNode {
                     print(json.json ? Self.summary(job).jsonText() : id)
                     return
                 }
+                // The folder the daemon chose: another job's frames are never overwritten.
+                let written = job["output"]?.string ?? outputDir
                 if !json.json {
                     // Scripts parse this line as "Job ID (N frames) → DIR": keep its words, even for one frame.
-                    print("Job \(id) (\(job["frames_total"]?.int ?? 0) frames) → \(outputDir)")
+                    print("Job \(id) (\(job["frames_total"]?.int ?? 0) frames) → \(written)")
                     print(Self.shipped(job))
                     fflush(nil)  // a script reading the pipe learns the job id as soon as it is accepted
                 }
-                let final = try await Waiter(job: id, data: data.directory, quiet: json.json).wait()
-                if json.json { print(Self.summary(final).jsonText()) }
-                let state = final["state"]?.string ?? "?"
-                guard state == "done" else {
-                    let reason = final["message"]?.string.map { ": \($0)" } ?? ""
-                    throw FarmError(state == "canceled" ? .canceled : .failed, "Job \(id) \(state)\(reason)")
-                }
-                if !json.json {
-                    print("All \(final["frames_total"]?.int ?? 0) frames are in \(outputDir)")
-                    if let movie = final["movie"]?.string, final["movie_state"]?.string == "made" {
-                        print("The movie is \(movie)")
-                    }
-                }
+                try await Waiter(job: id, data: data.directory, quiet: json.json).follow(json: json.json)
             }
         }
 
@@ -152,11 +142,51 @@ struct Waiter {
     /// How long frames may stay undeliverable after the job is done before `submit` gives up.
     var deliveryGrace: Duration = .seconds(15)
 
+    /// Waits for the job as `submit` does and ends as it does: 0 once every frame is in the output folder (and the
+    /// movie made), else one sentence and a non-zero exit. Ctrl-C leaves the job running and says how to get back.
+    func follow(json: Bool) async throws {
+        let interrupt = Self.onInterrupt(job: job)
+        defer { interrupt.cancel() }
+        let final = try await wait()
+        if json { print(RexNode.Submit.summary(final).jsonText()) }
+        let id = final["job"]?.string ?? job
+        let state = final["state"]?.string ?? "?"
+        guard state == "done" else {
+            let reason = final["message"]?.string.map { ": \($0)" } ?? ""
+            throw FarmError(state == "canceled" ? .canceled : .failed, "Job \(id) \(state)\(reason)")
+        }
+        guard !json else { return }
+        let output = final["output"]?.string ?? ""
+        if final["delivers_here"]?.bool == false {
+            print("All \(final["frames_total"]?.int ?? 0) frames are rendered; its submitter writes them to \(output)")
+            return
+        }
+        print("All \(final["frames_total"]?.int ?? 0) frames are in \(output)")
+        if let movie = final["movie"]?.string, final["movie_state"]?.string == "made" { print("The movie is \(movie)") }
+    }
+
+    /// Ctrl-C while following a job: the job is the farm's now; say so, and how to follow or stop it.
+    static func onInterrupt(job: String) -> any DispatchSourceSignal {
+        signal(SIGINT, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        source.setEventHandler {
+            let text =
+                "\nJob \(job) keeps running on the farm: `rexnode wait \(job)` follows it again, "
+                + "`rexnode cancel \(job)` stops it.\n"
+            FileHandle.standardError.write(Data(text.utf8))
+            Foundation.exit(130)
+        }
+        source.resume()
+        return source
+    }
+
     func wait() async throws -> JSONValue {
         let tty = isatty(STDOUT_FILENO) != 0 && !quiet
         let started = ContinuousClock.now
         var lastDone = -1
         var lastState = ""
+        var firstDone: Int?
+        var lastProgress = ContinuousClock.now
         var unreachableSince: ContinuousClock.Instant?
         var undeliverableSince: ContinuousClock.Instant?
         while true {
@@ -185,14 +215,18 @@ struct Waiter {
             let total = status["frames_total"]?.int ?? 0
             let done = status["frames_done"]?.int ?? 0
             let state = status["state"]?.string ?? "?"
-            if !quiet && (done != lastDone || state != lastState) {
-                let elapsed = Self.seconds(ContinuousClock.now - started)
-                if tty {
-                    print("\r" + Self.bar(done: done, total: total, elapsed: elapsed), terminator: "")
-                    fflush(nil)
-                } else {
-                    print("\(job): \(done)/\(total) frames done (\(state))")
-                }
+            let since = firstDone ?? done
+            firstDone = since
+            if done != lastDone { lastProgress = .now }
+            if tty {
+                // Redrawn on every answer (about once a second), so the ETA can say when the job stalls.
+                let bar = ProgressBar(
+                    done: done, total: total, doneAtStart: since, elapsed: Self.seconds(ContinuousClock.now - started),
+                    sinceProgress: Self.seconds(ContinuousClock.now - lastProgress), state: state)
+                print("\r\u{1B}[K" + bar.line(width: ProgressBar.terminalWidth()), terminator: "")
+                fflush(nil)
+            } else if !quiet && (done != lastDone || state != lastState) {
+                print("\(job): \(done)/\(total) frames done (\(state))")
             }
             let (lastDoneBefore, lastStateBefore) = (lastDone, lastState)
             lastDone = done
@@ -201,7 +235,7 @@ struct Waiter {
                 if tty { print("") }
                 return status
             }
-            if state == "done", status["frames"] != nil, allDelivered(status) {
+            if state == "done", status["frames"] != nil, status["delivers_here"]?.bool == false || allDelivered(status) {
                 // A movie job ends when its movie is there too (the submitter's daemon encodes it).
                 if let problem = status["movie_error"]?.string {
                     if tty { print("") }
@@ -263,14 +297,49 @@ struct Waiter {
         Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
     }
 
-    static func bar(done: Int, total: Int, elapsed: Double) -> String {
-        let width = 30
-        let filled = total > 0 ? min(width, done * width / total) : 0
-        let rate = elapsed > 0 ? Double(done) / elapsed : 0
-        let left = rate > 0 ? Double(total - done) / rate : 0
-        let eta = done > 0 && done < total ? String(format: " · %.0fs left", left) : ""
-        return "[" + String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled) + "] "
-            + "\(done)/\(total) frames · " + String(format: "%.2f fr/s", rate) + eta + "   "
+}
+
+/// The one line `submit` and `wait` redraw on a terminal.
+struct ProgressBar {
+    var done: Int
+    var total: Int
+    /// Frames already done when this client started following (a re-attached `wait`): not counted in the rate.
+    var doneAtStart: Int
+    var elapsed: Double
+    var sinceProgress: Double
+    var state: String
+
+    /// No frame for this long (and no frame rate to say otherwise): the ETA says "stalled".
+    static let stalledAfter = 30.0
+
+    /// The line, cut to `width` columns (the bar shrinks first, then the text is cut).
+    func line(width: Int) -> String {
+        let rate = elapsed > 0 ? Double(done - doneAtStart) / elapsed : 0
+        var eta = ""
+        if done < total {
+            let expected = rate > 0 ? 1 / rate : 0
+            if state == "paused" {
+                eta = " · paused"
+            } else if sinceProgress > max(Self.stalledAfter, expected * 5) {
+                eta = String(format: " · stalled (no frame for %.0fs)", sinceProgress)
+            } else if rate > 0 {
+                eta = String(format: " · %.0fs left", Double(total - done) / rate)
+            }
+        }
+        let text = " \(done)/\(total) frames · " + String(format: "%.2f fr/s", rate) + eta
+        let barWidth = max(0, min(30, width - text.count - 2))
+        let filled = total > 0 ? min(barWidth, done * barWidth / total) : 0
+        let bar =
+            barWidth > 0
+            ? "[" + String(repeating: "█", count: filled) + String(repeating: "░", count: barWidth - filled) + "]" : ""
+        return String((bar + text).prefix(max(1, width - 1)))
+    }
+
+    /// The terminal's width in columns (80 when it cannot be read).
+    static func terminalWidth() -> Int {
+        var size = winsize()
+        guard ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 else { return 80 }
+        return Int(size.ws_col)
     }
 }
 
@@ -329,7 +398,7 @@ extension RexNode {
 
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one job and each of its frames.")
-        @Argument(help: "The job id (or a unique prefix).") var job: String
+        @Argument(help: "The job: its id, a unique id prefix, or its unique name.") var job: String
         @OptionGroup var json: JSONFlag
         @OptionGroup var data: DataOption
 
@@ -344,12 +413,17 @@ extension RexNode {
                 if let message = s["message"]?.string { print("last error: \(message)") }
                 let rows = (s["frames"]?.array ?? []).map { f in
                     [
-                        "\(f["frame"]?.int ?? 0)", f["state"]?.string ?? "", f["node"]?.string ?? "-",
+                        "\(f["frame"]?.int ?? 0)", f["state"]?.string ?? "",
+                        f["node_name"]?.string ?? f["node"]?.string ?? "-", "\(f["attempts"]?.int ?? 0)",
+                        f["render_seconds"]?.double.map { String(format: "%.1f", $0) } ?? "-",
                         String((f["hash"]?.string ?? "-").prefix(12)),
                         (f["holders"]?.array ?? []).compactMap(\.string).joined(separator: ","),
+                        f["message"]?.string.map { String($0.prefix(70)) } ?? "",
                     ]
                 }
-                print(Table.render(["FRAME", "STATE", "NODE", "HASH", "HOLDERS"], rows))
+                print(
+                    Table.render(
+                        ["FRAME", "STATE", "NODE", "FAILED", "SECONDS", "HASH", "HOLDERS", "LAST ERROR"], rows))
             }
         }
     }

@@ -11,8 +11,9 @@ struct RexNode: AsyncParsableCommand {
         commandName: "rexnode",
         abstract: "A Blender render farm with no server: every machine runs `rexnode join`.",
         subcommands: [
-            Init.self, Token.self, Join.self, Submit.self, Peers.self, Jobs.self, Status.self, Fetch.self,
-            Cancel.self, Ledger.self, Leave.self,
+            Init.self, Token.self, Join.self, Submit.self, Peers.self, Jobs.self, Status.self, Wait.self, Pause.self,
+            Resume.self, Retry.self, Priority.self, Rerun.self, Remove.self, Fetch.self, Cancel.self, Ledger.self,
+            Leave.self,
         ])
 
     /// Runs a command body, turning its errors into one sentence on stderr and a non-zero exit.

@@ -8,7 +8,7 @@ final class TestFarm {
     let port: Int
 
     /// Starts `count` nodes of one farm (the first was made with `rexnode init`), all at the same moment.
-    init(count: Int, args: [String]) throws {
+    init(count: Int, args: [String], perNode: [Int: [String]] = [:]) throws {
         let first = NSTemporaryDirectory() + "rex-node-\(UUID().uuidString.prefix(8))"
         let initResult = try runProgram(TestPaths.rexnode, ["init", "--data", first])
         guard initResult.status == 0, let token = initResult.stdout.split(separator: "\n").last.map(String.init)
@@ -18,7 +18,8 @@ final class TestFarm {
         let port = TestNode.freshPort()
         let started = try (0..<count).map { i in
             try TestNode(
-                name: "n\(i + 1)", args: common, data: i == 0 ? first : nil, discoveryPort: port, start: false)
+                name: "n\(i + 1)", args: common + (perNode[i] ?? []), data: i == 0 ? first : nil, discoveryPort: port,
+                start: false)
         }
         self.port = port
         nodes = started
