@@ -90,6 +90,17 @@ extension ProcessTests {
             let again = try node.cli(["retry", job])
             #expect(again.status != 0)
             #expect(again.stderr.contains("has no failed frame"), "\(again)")
+            // Rerun: a new job from the same files and settings, into a folder of its own, the first one untouched.
+            let before = try FileManager.default.contentsOfDirectory(atPath: out).sorted()
+            let rerun = try node.cli(["rerun", job], timeout: 240)
+            #expect(rerun.status == 0, "\(rerun)")
+            #expect(rerun.stdout.contains("All 2 frames are in \(out)-2"), "\(rerun)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: out).sorted() == before)
+            // The same pixels (the text chunks carry the render's date and time).
+            for file in before where file.hasSuffix(".png") {
+                let first = Self.pngImageData("\(out)/\(file)")
+                #expect(first != nil && first == Self.pngImageData("\(out)-2/\(file)"), "\(file)")
+            }
         }
 
         @Test func pauseHoldsAJobAfterItsFramesInFlightAndResumeFinishesIt() throws {
@@ -119,6 +130,36 @@ extension ProcessTests {
             #expect(finished.status == 0, "\(finished)")
             let notPaused = try node.cli(["resume", job])
             #expect(notPaused.status != 0 && notPaused.stderr.contains("not paused"), "\(notPaused)")
+        }
+
+        @Test func ctrlCOnSubmitLeavesTheJobRunningAndSaysHowToFollowOrStopIt() throws {
+            let node = try TestNode(args: ["--renderer", "simulated:300"])
+            let scene = tempDir("ctrlc") + "/scene.blend"
+            _ = FileManager.default.createFile(
+                atPath: scene, contents: Data(Array("BLENDER-v304".utf8) + Array(repeating: 0, count: 64)))
+            let dir = tempDir("ctrlc-run")
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: TestPaths.rexnode)
+            process.arguments = ["submit", scene, "--frames", "1-100", "--output", dir + "/out", "--data", node.data]
+            _ = FileManager.default.createFile(atPath: dir + "/o", contents: nil)
+            _ = FileManager.default.createFile(atPath: dir + "/e", contents: nil)
+            process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: dir + "/o"))
+            process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: dir + "/e"))
+            try process.run()
+            defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+            try waitUntil(timeout: 60, "submit to print its job line") {
+                ((try? String(contentsOfFile: dir + "/o", encoding: .utf8)) ?? "").contains("frames) →")
+            }
+            let job = try #require(
+                ((try? String(contentsOfFile: dir + "/o", encoding: .utf8)) ?? "").split(separator: " ").dropFirst()
+                    .first.map(String.init))
+            kill(process.processIdentifier, SIGINT)
+            process.waitUntilExit()
+            let stderr = (try? String(contentsOfFile: dir + "/e", encoding: .utf8)) ?? ""
+            #expect(process.terminationStatus == 130)
+            #expect(stderr.contains("keeps running"), "\(stderr)")
+            #expect(stderr.contains("rexnode wait \(job)") && stderr.contains("rexnode cancel \(job)"), "\(stderr)")
+            #expect(["queued", "running"].contains(try node.status(job)["state"] as? String ?? ""))
         }
 
         @Test func aSecondJobIntoAUsedFolderLeavesTheFirstJobsFilesAndNamesFindJobs() throws {
@@ -169,6 +210,23 @@ extension ProcessTests {
             #expect(try FileManager.default.contentsOfDirectory(atPath: out).sorted() == before)
             let gone = try node.cli(["status", ids[0]])
             #expect(gone.status != 0 && gone.stderr.contains("There is no job"), "\(gone)")
+        }
+
+        /// A PNG's IDAT bytes: its pixels as the encoder wrote them, without its text chunks.
+        static func pngImageData(_ path: String) -> [UInt8]? {
+            guard let data = FileManager.default.contents(atPath: path).map(Array.init), data.count > 8 else {
+                return nil
+            }
+            var at = 8
+            var pixels: [UInt8] = []
+            while at + 8 <= data.count {
+                let length = data[at..<at + 4].reduce(0) { $0 << 8 | Int($1) }
+                let type = String(decoding: data[at + 4..<at + 8], as: UTF8.self)
+                guard at + 12 + length <= data.count else { return nil }
+                if type == "IDAT" { pixels += data[at + 8..<at + 8 + length] }
+                at += 12 + length
+            }
+            return pixels.isEmpty ? nil : pixels
         }
 
         static func blobFiles(_ data: String) -> Set<String> {

@@ -1,0 +1,54 @@
+import Foundation
+
+/// The one line `submit` and `wait` redraw on a terminal.
+public struct ProgressBar: Sendable {
+    public var done: Int
+    public var total: Int
+    /// Frames already done when this client started following (a re-attached `wait`): not counted in the rate.
+    public var doneAtStart: Int
+    public var elapsed: Double
+    public var sinceProgress: Double
+    public var state: String
+
+    public init(done: Int, total: Int, doneAtStart: Int, elapsed: Double, sinceProgress: Double, state: String) {
+        self.done = done
+        self.total = total
+        self.doneAtStart = doneAtStart
+        self.elapsed = elapsed
+        self.sinceProgress = sinceProgress
+        self.state = state
+    }
+
+    /// No frame for this long (and no frame rate to say otherwise): the ETA says "stalled".
+    public static let stalledAfter = 30.0
+
+    /// The line, cut to `width` columns (the bar shrinks first, then the text is cut).
+    public func line(width: Int) -> String {
+        let rate = elapsed > 0 ? Double(done - doneAtStart) / elapsed : 0
+        var eta = ""
+        if done < total {
+            let expected = rate > 0 ? 1 / rate : 0
+            if state == "paused" {
+                eta = " · paused"
+            } else if sinceProgress > max(Self.stalledAfter, expected * 5) {
+                eta = String(format: " · stalled (no frame for %.0fs)", sinceProgress)
+            } else if rate > 0 {
+                eta = String(format: " · %.0fs left", Double(total - done) / rate)
+            }
+        }
+        let text = " \(done)/\(total) frames · " + String(format: "%.2f fr/s", rate) + eta
+        let barWidth = max(0, min(30, width - text.count - 2))
+        let filled = total > 0 ? min(barWidth, done * barWidth / total) : 0
+        let bar =
+            barWidth > 0
+            ? "[" + String(repeating: "█", count: filled) + String(repeating: "░", count: barWidth - filled) + "]" : ""
+        return String((bar + text).prefix(max(1, width - 1)))
+    }
+
+    /// The terminal's width in columns (80 when it cannot be read).
+    public static func terminalWidth() -> Int {
+        var size = winsize()
+        guard ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 else { return 80 }
+        return Int(size.ws_col)
+    }
+}
