@@ -309,20 +309,29 @@ extension ProcessTests {
         let files = try FileManager.default.contentsOfDirectory(atPath: out).filter { !$0.hasPrefix(".") }
         #expect(files.count == 20)
         #expect(files.allSatisfy { pngSize("\(out)/\($0)") != nil })
-        // The finished job's .blend leaves the node after the grace period; its images stay.
+        // The finished job's .blend stays on its submitter past the grace period (retry and rerun need it) and
+        // leaves, with the job's images, once the job is removed.
         let sceneHash = try #require(
             try FileManager.default.subpathsOfDirectory(atPath: node.data + "/blobs").first { path in
                 FileManager.default.contents(atPath: node.data + "/blobs/" + path).map {
                     $0.prefix(7) == Data("BLENDER".utf8)
                 } ?? false
             })
-        try waitUntil(timeout: 10, "the scene is dropped") {
-            !FileManager.default.fileExists(atPath: node.data + "/blobs/" + sceneHash)
+        func images() throws -> [String] {
+            try FileManager.default.subpathsOfDirectory(atPath: node.data + "/blobs").filter {
+                $0.count > 60 && !$0.hasPrefix("tmp") && !$0.hasPrefix("partial") && $0 != sceneHash
+            }
         }
-        let images = try FileManager.default.subpathsOfDirectory(atPath: node.data + "/blobs").filter {
-            $0.count > 60 && !$0.hasPrefix("tmp") && !$0.hasPrefix("partial")
+        Thread.sleep(forTimeInterval: 1.5)
+        #expect(FileManager.default.fileExists(atPath: node.data + "/blobs/" + sceneHash))
+        #expect(try images().count == 20)
+        let job = try #require((try node.json(["jobs"]) as? [[String: Any]])?.first?["job"] as? String)
+        let removed = try node.cli(["remove", job])
+        #expect(removed.status == 0, "\(removed)")
+        try waitUntil(timeout: 10, "the scene and the images are dropped") {
+            try !FileManager.default.fileExists(atPath: node.data + "/blobs/" + sceneHash) && images().isEmpty
         }
-        #expect(images.count == 20)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: out).filter { !$0.hasPrefix(".") }.count == 20)
         let leave = try node.cli(["leave"])
         #expect(leave.status == 0, "\(leave)")
         let deadline = Date().addingTimeInterval(10)
