@@ -111,6 +111,16 @@ import Testing
         }
     }
 
+    @Test func theControlRequestRoundTrips() throws {
+        for request in [ControlRequest.log(job: "j1", frame: 7), .log(job: "j1", frame: nil)] {
+            let decoded = try JSONDecoder().decode(ControlRequest.self, from: JSONEncoder().encode(request))
+            #expect(decoded == request)
+        }
+        #expect(throws: FarmError.self) {
+            _ = try JSONDecoder().decode(ControlRequest.self, from: Data(#"{"op":"log"}"#.utf8))
+        }
+    }
+
     @Test func mergingKeepsOneCopyOfEachAttemptInOrder() {
         let a1 = attempt("j", 2, attempt: 1, outcome: "failed")
         let a2 = attempt("j", 2, attempt: 2)
