@@ -329,6 +329,11 @@ struct FrameLogService: Sendable {
             }
         }
         let (attempts, notes) = await gather(job: job.job, targets: targets, lastOnly: lastOnly)
+        if let row = targets.first, frame != nil, attempts.isEmpty, notes.isEmpty {
+            let why = Self.nothingYet(
+                frame: row.frame, state: row.state, attempts: row.attempts, job: job.job, label: await label(row.node))
+            throw FarmError(.notFound, why)
+        }
         return FrameLogView(job: job.job, name: job.name, summary: summary, notes: notes, attempts: attempts)
     }
 
@@ -370,6 +375,27 @@ struct FrameLogService: Sendable {
             found += await askEveryone(job: job, frames: missing.sorted(), lastOnly: lastOnly, live: live)
         }
         return (Self.merge(found, lastOnly: lastOnly), notes)
+    }
+
+    /// Why a frame has no log anywhere, in one sentence.
+    static func nothingYet(frame number: Int, state: String, attempts: Int, job: String, label: String) -> String {
+        let frame = "Frame \(number) of job \(job)"
+        switch state {
+        case "assigned": return "\(frame) is being rendered on \(label); its log is kept when the attempt ends."
+        case "queued" where attempts == 0: return "\(frame) has not been rendered yet (it is queued)."
+        case "canceled" where attempts == 0: return "\(frame) was canceled before it was rendered."
+        default:
+            return "No node has Blender's output for frame \(number) of job \(job) any more (each node keeps its "
+                + "newest attempts only)."
+        }
+    }
+
+    /// A node as sentences name it: `name (id)`.
+    private func label(_ id: String?) async -> String {
+        guard let id else { return "no node" }
+        if id == nodeID { return "\(name) (\(id.prefix(12)))" }
+        let name = await mesh.peers().first { $0.nodeID == id }?.name ?? id
+        return name == id ? id : "\(name) (\(id.prefix(12)))"
     }
 
     /// Every live member (and this node), at most `maxPeersAtOnce` at a time; a peer that fails adds nothing.

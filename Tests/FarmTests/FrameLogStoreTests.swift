@@ -129,4 +129,13 @@ import Testing
         #expect(FrameLogService.merge([a2, b, a1], lastOnly: true) == [b, a2])
         #expect(FrameLogService.describe([4, 1, 2, 3, 7, 9, 10]) == "1-4, 7, 9-10")
     }
+
+    @Test func aFrameWithoutALogSaysWhyInOneSentence() {
+        func row(_ state: String, attempts: Int) -> String {
+            FrameLogService.nothingYet(frame: 4, state: state, attempts: attempts, job: "j1", label: "n2 (abc)")
+        }
+        #expect(row("queued", attempts: 0) == "Frame 4 of job j1 has not been rendered yet (it is queued).")
+        #expect(row("assigned", attempts: 0).contains("is being rendered on n2 (abc)"))
+        #expect(row("done", attempts: 0).hasPrefix("No node has Blender's output for frame 4 of job j1"))
+    }
 }
