@@ -38,6 +38,10 @@ public enum ControlRequest: Sendable, Equatable {
         case remove(force: Bool)
     }
 
+    /// Blender's output for a frame of a job (every attempt the farm kept), or without a frame the job's failed
+    /// frames' last attempts (`rexnode log`).
+    case log(job: String, frame: Int?)
+
     /// What a waiting client last saw of a job.
     public struct SeenJob: Sendable, Equatable {
         public var framesDone: Int
@@ -83,13 +87,13 @@ public struct SubmitRequest: Sendable, Equatable {
 
 extension ControlRequest: Codable {
     private enum Op: String, Codable {
-        case submit, peers, jobs, status, cancel, ledger, leave, token, fetch, progress
+        case submit, peers, jobs, status, cancel, ledger, leave, token, fetch, progress, log
         case pause, resume, retry, priority, rerun, remove
     }
 
     private enum Key: String, CodingKey {
         case op, path, frames, chunk, output, name, priority, job, brief, seenDone, seenState, allowMissing
-        case trustScripts, ticket, force
+        case trustScripts, ticket, force, frame
     }
 
     public init(from decoder: any Decoder) throws {
@@ -133,6 +137,10 @@ extension ControlRequest: Codable {
         case .leave: self = .leave
         case .token: self = .token
         case .progress: self = .progress(ticket: try need(.ticket, "progress needs a ticket."))
+        case .log:
+            self = .log(
+                job: try need(.job, "Name a job (see `rexnode jobs`)."),
+                frame: try c.decodeIfPresent(Int.self, forKey: .frame))
         case .fetch:
             self = .fetch(
                 job: try need(.job, "Name a job (see `rexnode jobs`)."),
@@ -209,6 +217,10 @@ extension ControlRequest: Codable {
                 try c.encode(Op.remove, forKey: .op)
                 if force { try c.encode(true, forKey: .force) }
             }
+        case .log(let job, let frame):
+            try c.encode(Op.log, forKey: .op)
+            try c.encode(job, forKey: .job)
+            try c.encodeIfPresent(frame, forKey: .frame)
         }
     }
 }

@@ -16,6 +16,7 @@ struct ControlAPI: Sendable {
     let pulse: Pulse
     let token: String
     let logger: Logger
+    let frameLogs: FrameLogService
 
     func handle(_ request: ControlRequest) async -> ControlReply {
         do {
@@ -62,6 +63,8 @@ struct ControlAPI: Sendable {
             return .success(["token": token])
         case .progress(let ticket):
             return .success(submitService.progress.row(ticket))
+        case .log(let id, let frame):
+            return .success(try await frameLogs.view(try queries.findJob(id), frame: frame))
         case .fetch(let id, let output):
             let job = try queries.findJob(id)
             try SceneFile.prepareOutput(output)

@@ -35,6 +35,7 @@ public final class FarmNode: Sendable {
     let control: ControlAPI
     let leader: LeaderService
     let janitor: Janitor
+    let frameLogs: FrameLogService
     let logger: Logger
     /// Raft's own thread (see `RaftNode`): nothing else runs on it.
     private let raftLoop: MultiThreadedEventLoopGroup
@@ -52,6 +53,7 @@ public final class FarmNode: Sendable {
         let ledger: LedgerStore
         let blobs: BlobStore
         let raftStore: RaftLogStore
+        let logStore: FrameLogStore
         let renderer: any Renderer
         let blender: BlenderInstallation?
         var logger = logger
@@ -61,6 +63,7 @@ public final class FarmNode: Sendable {
             try FileManager.default.createDirectory(atPath: data.work, withIntermediateDirectories: true)
             ledger = try LedgerStore(path: data.database, extraMigrations: RaftLogStore.registerMigrations)
             blobs = try BlobStore(root: data.blobs)
+            logStore = try FrameLogStore(root: data.logs, limits: settings.frameLogLimits)
             raftStore = RaftLogStore(writer: ledger.writer)
             let environment = ProcessInfo.processInfo.environment
             switch settings.renderer {
@@ -133,7 +136,8 @@ public final class FarmNode: Sendable {
         let inFlight = ScenesInFlight()
         let workers = WorkerPool(
             nodeID: nodeID, settings: settings, ledger: ledger, blobs: blobs, exchange: exchange, roster: roster,
-            commandLog: raftLog, renderer: renderer, work: work, pulse: pulse, progress: progress, logger: logger)
+            commandLog: raftLog, renderer: renderer, work: work, pulse: pulse, progress: progress, logger: logger,
+            frameLogs: logStore)
         self.workers = workers
         let delivery = Delivery(
             nodeID: nodeID, ledger: ledger, blobs: blobs, exchange: exchange, pulse: pulse, logger: logger)
@@ -152,10 +156,13 @@ public final class FarmNode: Sendable {
         let jobControl = JobControl(
             nodeID: nodeID, ledger: ledger, commandLog: raftLog, submitService: submit, exchange: exchange,
             roster: roster, logger: logger)
+        let frameLogs = FrameLogService(
+            nodeID: nodeID, name: settings.name, ledger: ledger, mesh: mesh, roster: roster, store: logStore)
+        self.frameLogs = frameLogs
         control = ControlAPI(
             submitService: submit, queries: queries, delivery: delivery, membership: membership,
             jobControl: jobControl, commandLog: raftLog, ledger: ledger, pulse: pulse, token: farmKey.token,
-            logger: logger)
+            logger: logger, frameLogs: frameLogs)
         leader = LeaderService(
             nodeID: nodeID, settings: settings, raft: raft, mesh: mesh, ledger: ledger, commandLog: raftLog,
             roster: roster, pulse: pulse, logger: logger)
@@ -265,6 +272,9 @@ public final class FarmNode: Sendable {
             try await exchange.receive(hash, bytes: bytes)
         case .leave(let node):
             _ = try await raft.removeMember(node)
+        case .frameLogs(let job, let frames, let lastOnly):
+            let frameLogs = self.frameLogs
+            return try await Blocking.run { try frameLogs.answer(job: job, frames: frames, lastOnly: lastOnly) }
         }
         return PeerAnswer().encoded()
     }

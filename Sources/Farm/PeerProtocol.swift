@@ -16,12 +16,18 @@ enum PeerRequest: Sendable, Equatable {
     case store(hash: String, bytes: [UInt8])
     /// Leader: remove `node` from the farm's membership (`rexnode leave`).
     case leave(node: String)
+    /// Any member: the frame logs this node keeps of `job` (of `frames`; every frame when empty), each frame's newest
+    /// attempt only with `lastOnly` (`rexnode log`). Answered with a JSON array of records, not a `PeerAnswer`.
+    case frameLogs(job: String, frames: [Int], lastOnly: Bool)
+
+    /// The most frames one `frameLogs` request names.
+    static let maxLogFrames = 1000
 
     /// The largest blob pushed inline with `store`; larger ones are fetched by the holder (`replicate`).
     static let inlineBlobLimit = 1 << 20
 
     private enum Tag: UInt8 {
-        case propose = 1, replicate = 2, store = 3, leave = 4
+        case propose = 1, replicate = 2, store = 3, leave = 4, frameLogs = 5
     }
 
     func encoded() -> [UInt8] {
@@ -42,6 +48,12 @@ enum PeerRequest: Sendable, Equatable {
         case .leave(let node):
             w.u8(Tag.leave.rawValue)
             w.short(Array(node.utf8))
+        case .frameLogs(let job, let frames, let lastOnly):
+            w.u8(Tag.frameLogs.rawValue)
+            w.short(Array(job.utf8))
+            w.u32(UInt32(frames.count))
+            for frame in frames { w.u64(UInt64(bitPattern: Int64(frame))) }
+            w.u8(lastOnly ? 1 : 0)
         }
         return w.bytes
     }
@@ -71,6 +83,12 @@ enum PeerRequest: Sendable, Equatable {
             self = .store(hash: hash, bytes: body)
         case .leave:
             self = .leave(node: try text())
+        case .frameLogs:
+            let job = try text()
+            guard let count = r.u32(), count <= Self.maxLogFrames, Int(count) * 8 < r.remaining else { throw bad }
+            let frames = (0..<count).compactMap { _ in r.u64().map { Int(Int64(bitPattern: $0)) } }
+            guard let flag = r.u8(), flag <= 1 else { throw bad }
+            self = .frameLogs(job: job, frames: frames, lastOnly: flag == 1)
         }
         guard r.isAtEnd else { throw bad }
     }

@@ -32,6 +32,8 @@ public struct DataDirectory: Sendable {
     public var socket: String { root + "/rexnode.sock" }
     public var lock: String { root + "/rexnode.lock" }
     public var work: String { root + "/work" }
+    /// Blender's output of this node's recent frame attempts (`rexnode log`).
+    public var logs: String { root + "/logs" }
     /// Left by `rexnode init`: this node founds the farm at its first start, without a discovery window.
     public var founderMark: String { root + "/founder" }
 
@@ -82,6 +84,8 @@ public struct NodeSettings: Sendable {
     public var raft = RaftSettings()
     /// How long a finished job's .blend stays in this node's blob store (images stay until removed by hand).
     public var blendGraceMilliseconds: Int = 10 * 60 * 1000
+    /// How much of Blender's output per frame attempt this node keeps, and for how many attempts.
+    public var frameLogLimits = FrameLogLimits()
     /// Set when this run created the farm key: then another farm already visible on the network is an error.
     public var createdFarm = false
 

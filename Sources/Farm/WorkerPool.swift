@@ -37,6 +37,8 @@ actor WorkerPool {
     let pulse: Pulse
     let progress: SlotProgress
     let logger: Logger
+    /// Blender's output of each frame attempt (`rexnode log`; see FrameLogs.swift).
+    let frameLogs: FrameLogStore
 
     private var sessions: [Int: (job: String, session: any RenderSession)] = [:]
     /// Assignments a slot is working on.
@@ -47,7 +49,7 @@ actor WorkerPool {
     init(
         nodeID: String, settings: NodeSettings, ledger: LedgerStore, blobs: BlobStore, exchange: BlobExchange,
         roster: Roster, commandLog: any CommandLog, renderer: any Renderer, work: WorkFolders, pulse: Pulse,
-        progress: SlotProgress, logger: Logger
+        progress: SlotProgress, logger: Logger, frameLogs: FrameLogStore
     ) {
         self.nodeID = nodeID
         self.settings = settings
@@ -61,6 +63,7 @@ actor WorkerPool {
         self.pulse = pulse
         self.progress = progress
         self.logger = logger
+        self.frameLogs = frameLogs
     }
 
     func closeAll() async {
@@ -106,6 +109,7 @@ actor WorkerPool {
             switch Self.classify(error) {
             case .spendAttempts(let message):
                 logger.error("cannot start rendering", metadata: ["farm/job": "\(job)", "error": "\(message)"])
+                await logStartFailure(assignment, error)
                 var failures: [LedgerCommand] = []
                 for frame in assignment.pendingFrames {
                     failures.append(await failure(job: job, frame: frame, assignment: assignment, message: message))
@@ -134,12 +138,14 @@ actor WorkerPool {
                 }
                 progress.set(slot, .init(job: job, frame: frame, fraction: 0))
                 let progress = self.progress
+                let attempt = beginAttempt(job: job, frame: frame, assignment: assignment.assignment)
                 do {
                     let started = ContinuousClock.now
                     let rendered = try await session.render(frame: frame, into: outDir) { p in
                         progress.set(slot, .init(job: job, frame: frame, fraction: p.fraction))
                     }
                     let renderMs = (ContinuousClock.now - started).raftNanoseconds / 1_000_000
+                    await logAttempt(attempt, rendered: rendered, error: nil)
                     let blobs = self.blobs
                     let (stored, outputs) = try await Blocking.run { () throws -> ((String, Int64), [FrameOutput]) in
                         defer {
@@ -166,6 +172,7 @@ actor WorkerPool {
                 } catch {
                     let renderError = error as? RenderError
                     let message = renderError?.message ?? "\(error)"
+                    await logAttempt(attempt, rendered: nil, error: error)
                     logger.warning(
                         "frame failed",
                         metadata: ["farm/job": "\(job)", "farm/frame": "\(frame)", "error": "\(message)"])

@@ -74,6 +74,10 @@ actor BlenderSession: RenderSession {
     private var events: AsyncStream<ChildProcess.Event>.Iterator?
     private var scene: SceneInfo?
     private var tail = OutputTail()
+    /// Output since the current frame (or the scene load) began: `RenderedFrame.log` and `RenderError.attemptLog`.
+    /// The driver answers one request at a time and flushes Blender's output before each answer, so every line
+    /// read between a render request and its answer belongs to that frame.
+    private var attemptLog = OutputTail(capacity: RenderedFrame.logLimit)
     private var closed = false
     private var busy = false
     /// How many times Blender was started (1 + restarts after crashes).
@@ -119,17 +123,26 @@ actor BlenderSession: RenderSession {
         self.process = process
         self.events = process.events.makeAsyncIterator()
         tail = OutputTail()
+        if !busy {
+            // A restart inside `render` keeps the frame's log: the load is part of that attempt.
+            attemptLog = OutputTail(capacity: RenderedFrame.logLimit)
+        }
         starts += 1
         logger?.info("starting Blender", metadata: ["job": "\(jobID)", "render/command": "\(commandLine)"])
         let clock = ContinuousClock()
         let deadline = clock.now + loadTimeout
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                try await Task.sleep(until: deadline, clock: clock)
-                process.killGroup()
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    try await Task.sleep(until: deadline, clock: clock)
+                    process.killGroup()
+                }
+                defer { group.cancelAll() }
+                try await awaitScene(loadingTimedOut: { clock.now >= deadline })
             }
-            defer { group.cancelAll() }
-            try await awaitScene(loadingTimedOut: { clock.now >= deadline })
+        } catch var error as RenderError {
+            error.attemptLog = attemptLog.lines
+            throw error
         }
     }
 
@@ -154,6 +167,7 @@ actor BlenderSession: RenderSession {
                     }
                 }
                 tail.append(line)
+                attemptLog.append(line)
             case .exited(let status, let signal):
                 await stopProcess()
                 if closed {
@@ -199,6 +213,18 @@ actor BlenderSession: RenderSession {
         }
         busy = true
         defer { busy = false }
+        attemptLog = OutputTail(capacity: RenderedFrame.logLimit)
+        do {
+            return try await renderFrame(frame, into: directory, progress: progress)
+        } catch var error as RenderError {
+            error.attemptLog = attemptLog.lines
+            throw error
+        }
+    }
+
+    private func renderFrame(
+        _ frame: Int, into directory: String, progress: @escaping @Sendable (FrameProgress) -> Void
+    ) async throws -> RenderedFrame {
         if let process, process.hasEnded {
             // Blender died between frames (e.g. killed for memory); its exit is old news, not this frame's failure.
             logger?.warning("Blender exited between frames", metadata: ["job": "\(jobID)"])
@@ -299,7 +325,8 @@ actor BlenderSession: RenderSession {
                                 Self.nameSource(sourcePath, inMetadataOf: file)
                             }
                         }
-                        return RenderedFrame(frame: frame, path: path, seconds: seconds, extras: extras)
+                        return RenderedFrame(
+                            frame: frame, path: path, seconds: seconds, extras: extras, log: attemptLog.lines)
                     case .error(let errorFrame, let message) where errorFrame == frame || errorFrame == nil:
                         throw RenderError(
                             .frameFailed, Self.frameFailureMessage(frame: frame, file: sceneName, message),
@@ -309,6 +336,7 @@ actor BlenderSession: RenderSession {
                     }
                 }
                 tail.append(line)
+                attemptLog.append(line)
                 if let update = ProgressParser.parse(line: line), update.frame == frame, update != lastProgress {
                     // Blender repeats status lines while it works; forward changes only.
                     lastProgress = update

@@ -25,6 +25,9 @@ public struct RenderError: Error, Sendable, CustomStringConvertible {
     public var commandLine: [String]
     /// The last lines Blender printed before the failure.
     public var outputTail: [String]
+    /// Blender's output for the one frame attempt (or scene load) that failed, as `RenderedFrame.log` keeps it for a
+    /// frame that rendered: what the farm shows in `rexnode log`. Empty when nothing ran.
+    public var attemptLog: [String] = []
 
     public init(_ code: Code, _ message: String, commandLine: [String] = [], outputTail: [String] = []) {
         self.code = code

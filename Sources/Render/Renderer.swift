@@ -50,6 +50,12 @@ public struct RenderedFrame: Sendable {
     public var seconds: Double
     /// Files the render wrote besides the frame (File Output passes), by their path under the output folder.
     public var extras: [Extra]
+    /// What Blender printed (stdout and stderr) while it rendered this frame, and nothing of other frames: at most
+    /// `logLimit` lines, the last ones. A restart of a crashed Blender before the frame counts as part of it.
+    public var log: [String]
+
+    /// Lines kept of one frame attempt's output: enough for Blender's error and the render steps before it.
+    public static let logLimit = 200
 
     public struct Extra: Sendable, Equatable {
         /// Where it goes under the output folder, e.g. `passes/normal_0001.png`.
@@ -63,11 +69,12 @@ public struct RenderedFrame: Sendable {
         }
     }
 
-    public init(frame: Int, path: String, seconds: Double, extras: [Extra] = []) {
+    public init(frame: Int, path: String, seconds: Double, extras: [Extra] = [], log: [String] = []) {
         self.frame = frame
         self.path = path
         self.seconds = seconds
         self.extras = extras
+        self.log = log
     }
 }
 

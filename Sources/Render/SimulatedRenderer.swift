@@ -88,7 +88,12 @@ actor SimulatedSession: RenderSession {
         }
         let elapsed = clock.now - started
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        return RenderedFrame(frame: frame, path: path, seconds: seconds)
+        // What a Blender would have printed, so the farm's frame logs have something to show.
+        let log = [
+            "Fra:\(frame) simulated render (\(millisecondsPerFrame) ms) | Sample \(steps)/\(steps)",
+            "Saved: '\(path)'",
+        ]
+        return RenderedFrame(frame: frame, path: path, seconds: seconds, log: log)
     }
 
     func close() async {
