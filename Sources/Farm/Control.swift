@@ -23,6 +23,12 @@ public enum ControlRequest: Sendable, Equatable {
     case fetch(job: String, output: String)
     /// How far the submit carrying `ticket` is (asked on a second connection while the submit is answered).
     case progress(ticket: String)
+    /// `peers --all`: every machine discovery sees, members or not (`peers` shows members only).
+    case allPeers
+    /// `leave --force`: leave even when fewer than 3 voters would remain.
+    case forceLeave
+    /// `rexnode recover`: after a lost quorum, the live members become the farm.
+    case recover
 
     /// What a waiting client last saw of a job.
     public struct SeenJob: Sendable, Equatable {
@@ -70,6 +76,7 @@ public struct SubmitRequest: Sendable, Equatable {
 extension ControlRequest: Codable {
     private enum Op: String, Codable {
         case submit, peers, jobs, status, cancel, ledger, leave, token, fetch, progress
+        case allPeers, forceLeave, recover
     }
 
     private enum Key: String, CodingKey {
@@ -118,6 +125,9 @@ extension ControlRequest: Codable {
         case .leave: self = .leave
         case .token: self = .token
         case .progress: self = .progress(ticket: try need(.ticket, "progress needs a ticket."))
+        case .allPeers: self = .allPeers
+        case .forceLeave: self = .forceLeave
+        case .recover: self = .recover
         case .fetch:
             self = .fetch(
                 job: try need(.job, "Name a job (see `rexnode jobs`)."),
@@ -160,6 +170,9 @@ extension ControlRequest: Codable {
         case .progress(let ticket):
             try c.encode(Op.progress, forKey: .op)
             try c.encode(ticket, forKey: .ticket)
+        case .allPeers: try c.encode(Op.allPeers, forKey: .op)
+        case .forceLeave: try c.encode(Op.forceLeave, forKey: .op)
+        case .recover: try c.encode(Op.recover, forKey: .op)
         }
     }
 }

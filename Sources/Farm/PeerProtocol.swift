@@ -16,12 +16,15 @@ enum PeerRequest: Sendable, Equatable {
     case store(hash: String, bytes: [UInt8])
     /// Leader: remove `node` from the farm's membership (`rexnode leave`).
     case leave(node: String)
+    /// From a leader of a farm recovered at `epoch` (`rexnode recover`) to a machine whose log is older than that
+    /// recovery and that is not a member: its log is stale; it starts over as a new member.
+    case stale(epoch: UInt64)
 
     /// The largest blob pushed inline with `store`; larger ones are fetched by the holder (`replicate`).
     static let inlineBlobLimit = 1 << 20
 
     private enum Tag: UInt8 {
-        case propose = 1, replicate = 2, store = 3, leave = 4
+        case propose = 1, replicate = 2, store = 3, leave = 4, stale = 5
     }
 
     func encoded() -> [UInt8] {
@@ -42,6 +45,9 @@ enum PeerRequest: Sendable, Equatable {
         case .leave(let node):
             w.u8(Tag.leave.rawValue)
             w.short(Array(node.utf8))
+        case .stale(let epoch):
+            w.u8(Tag.stale.rawValue)
+            w.u64(epoch)
         }
         return w.bytes
     }
@@ -71,6 +77,9 @@ enum PeerRequest: Sendable, Equatable {
             self = .store(hash: hash, bytes: body)
         case .leave:
             self = .leave(node: try text())
+        case .stale:
+            guard let epoch = r.u64() else { throw bad }
+            self = .stale(epoch: epoch)
         }
         guard r.isAtEnd else { throw bad }
     }
@@ -119,19 +128,23 @@ struct NodeStatus: Codable, Sendable, Equatable {
     var hasLog: Bool
     /// Current task, `job/frame`.
     var task: String?
+    /// The farm's recovery epoch as this node's log has it (the term of its latest `recover` entry; absent: 0).
+    var epoch: UInt64?
 
     enum CodingKeys: String, CodingKey {
         case role = "r"
         case slots = "s"
         case hasLog = "m"
         case task = "t"
+        case epoch = "e"
     }
 
-    init(role: Role, slots: Int, hasLog: Bool, task: String?) {
+    init(role: Role, slots: Int, hasLog: Bool, task: String?, epoch: UInt64? = nil) {
         self.role = role
         self.slots = slots
         self.hasLog = hasLog
         self.task = task
+        self.epoch = epoch == 0 ? nil : epoch
     }
 
     /// The beacon's bytes: the whole status, or without its task when that would not fit.

@@ -27,6 +27,8 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
     /// Raft membership changes, recorded so the ledger's indexes match Raft's and `rexnode ledger` shows them.
     case addNode(NodeChange)
     case removeNode(NodeChange)
+    /// `rexnode recover`: Raft's membership became exactly these members (recorded like the changes above).
+    case recoverMembers(MemberSet)
     /// Raft's no-op of a new term, and anything else that only occupies an index.
     case noop
 
@@ -41,6 +43,7 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
         case .cancelJob: "CancelJob"
         case .addNode: "AddNode"
         case .removeNode: "RemoveNode"
+        case .recoverMembers: "Recover"
         case .noop: "Noop"
         }
     }
@@ -175,6 +178,13 @@ public struct NodeChange: Sendable, Equatable, Codable {
     public var node: String
 
     public init(node: String) { self.node = node }
+}
+
+/// The members a recovery kept (sorted node ids).
+public struct MemberSet: Sendable, Equatable, Codable {
+    public var members: [String]
+
+    public init(members: [String]) { self.members = members }
 }
 
 public struct CancelJob: Sendable, Equatable, Codable {

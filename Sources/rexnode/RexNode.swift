@@ -12,7 +12,7 @@ struct RexNode: AsyncParsableCommand {
         abstract: "A Blender render farm with no server: every machine runs `rexnode join`.",
         subcommands: [
             Init.self, Token.self, Join.self, Submit.self, Peers.self, Jobs.self, Status.self, Fetch.self,
-            Cancel.self, Ledger.self, Leave.self,
+            Cancel.self, Ledger.self, Leave.self, Recover.self,
         ])
 
     /// Runs a command body, turning its errors into one sentence on stderr and a non-zero exit.
@@ -154,19 +154,27 @@ extension RexNode {
                         ?? .info
                     return handler
                 }
-                let node = try await FarmNode(settings: settings, farmKey: farmKey, logger: Logger(label: "rexnode"))
-                do {
-                    try await node.run(onFounded: {
-                        // Printed once the farm exists (no other farm was in sight). Unbuffered: `join` keeps
-                        // running, and scripts read the token while it does.
-                        let text = "New farm created. Join other machines with: rexnode join --token <token below>\n"
-                        FileHandle.standardOutput.write(Data((text + farmKey.token + "\n").utf8))
-                    })
-                } catch let error as FarmError where settings.createdFarm && error.code == .alreadyRunning {
-                    // The farm this run created was never used: forget it, so the next run can join the other.
-                    try? FileManager.default.removeItem(atPath: dir.farmKey)
-                    try? FileManager.default.removeItem(atPath: dir.database)
-                    throw error
+                while true {
+                    let node = try await FarmNode(
+                        settings: settings, farmKey: farmKey, logger: Logger(label: "rexnode"))
+                    do {
+                        try await node.run(onFounded: {
+                            // Printed once the farm exists (no other farm was in sight). Unbuffered: `join` keeps
+                            // running, and scripts read the token while it does.
+                            let text =
+                                "New farm created. Join other machines with: rexnode join --token <token below>\n"
+                            FileHandle.standardOutput.write(Data((text + farmKey.token + "\n").utf8))
+                        })
+                    } catch let error as FarmError where settings.createdFarm && error.code == .alreadyRunning {
+                        // The farm this run created was never used: forget it, so the next run can join the other.
+                        try? FileManager.default.removeItem(atPath: dir.farmKey)
+                        try? FileManager.default.removeItem(atPath: dir.database)
+                        throw error
+                    }
+                    // A recovered farm said this node's log is from before its recovery: start over, fresh.
+                    guard node.mustStartOver else { break }
+                    try FarmNode.setAsideStaleLedger(dir)
+                    settings.createdFarm = false
                 }
             }
         }
@@ -202,10 +210,11 @@ extension RexNode {
     struct Leave: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Leave the farm gracefully; the daemon exits.")
         @OptionGroup var data: DataOption
+        @Flag(help: "Leave even if fewer than 3 voters would remain.") var force = false
 
         func run() async throws {
             try await RexNode.guarded {
-                _ = try await ControlClient.send(.leave, data: data.directory)
+                _ = try await ControlClient.send(force ? .forceLeave : .leave, data: data.directory)
                 print("The node is leaving the farm.")
             }
         }
