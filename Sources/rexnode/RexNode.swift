@@ -154,27 +154,26 @@ extension RexNode {
                         ?? .info
                     return handler
                 }
-                while true {
-                    let node = try await FarmNode(
-                        settings: settings, farmKey: farmKey, logger: Logger(label: "rexnode"))
-                    do {
-                        try await node.run(onFounded: {
-                            // Printed once the farm exists (no other farm was in sight). Unbuffered: `join` keeps
-                            // running, and scripts read the token while it does.
-                            let text =
-                                "New farm created. Join other machines with: rexnode join --token <token below>\n"
-                            FileHandle.standardOutput.write(Data((text + farmKey.token + "\n").utf8))
-                        })
-                    } catch let error as FarmError where settings.createdFarm && error.code == .alreadyRunning {
-                        // The farm this run created was never used: forget it, so the next run can join the other.
-                        try? FileManager.default.removeItem(atPath: dir.farmKey)
-                        try? FileManager.default.removeItem(atPath: dir.database)
-                        throw error
-                    }
-                    // A recovered farm said this node's log is from before its recovery: start over, fresh.
-                    guard node.mustStartOver else { break }
+                let node = try await FarmNode(settings: settings, farmKey: farmKey, logger: Logger(label: "rexnode"))
+                do {
+                    try await node.run(onFounded: {
+                        // Printed once the farm exists (no other farm was in sight). Unbuffered: `join` keeps
+                        // running, and scripts read the token while it does.
+                        let text = "New farm created. Join other machines with: rexnode join --token <token below>\n"
+                        FileHandle.standardOutput.write(Data((text + farmKey.token + "\n").utf8))
+                    })
+                } catch let error as FarmError where settings.createdFarm && error.code == .alreadyRunning {
+                    // The farm this run created was never used: forget it, so the next run can join the other.
+                    try? FileManager.default.removeItem(atPath: dir.farmKey)
+                    try? FileManager.default.removeItem(atPath: dir.database)
+                    throw error
+                }
+                // A recovered farm said this node's log is from before its recovery: set the old ledger aside and
+                // start again as this same process (exec, so the old database is never closed over the new one's
+                // files: SQLite removes its WAL by name when it closes).
+                if node.mustStartOver {
                     try FarmNode.setAsideStaleLedger(dir)
-                    settings.createdFarm = false
+                    Self.restartSelf()
                 }
             }
         }
@@ -196,6 +195,13 @@ extension RexNode {
             let fresh = FarmKey.generate()
             try fresh.save(to: dir.farmKey)
             return fresh
+        }
+
+        /// Replaces this process with a new run of the same command line; returns only if that failed.
+        static func restartSelf() -> Never {
+            let arguments = CommandLine.arguments.map { strdup($0) } + [nil]
+            execv("/proc/self/exe", arguments)
+            RexNode.fail("Could not restart to rejoin the recovered farm (errno \(errno)); run the same command again.")
         }
 
         static func defaultName(_ dir: DataDirectory) -> String {
