@@ -250,7 +250,8 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             return .refused(reason: "This node is not a voting member of the farm, so it has nothing to recover.")
         }
         if role == .leader {
-            return .refused(reason: "This node leads the farm, so its majority is intact and there is nothing to recover.")
+            return .refused(
+                reason: "This node leads the farm, so its majority is intact and there is nothing to recover.")
         }
         let quiet = now.nanoseconds(since: lastLeaderSeen)
         let needed = settings.recoveryQuietPeriod.raftNanoseconds

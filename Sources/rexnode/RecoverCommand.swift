@@ -9,7 +9,8 @@ extension RexNode {
     /// reach become the whole farm. Refused while a leader is alive; see docs/architecture.md, "Lost quorum".
     struct Recover: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "After a lost quorum: the live members become the farm (entries only the missing held may be lost).")
+            abstract:
+                "After a lost quorum: the live members become the farm (entries only the missing held may be lost).")
         @OptionGroup var json: JSONFlag
         @OptionGroup var data: DataOption
 

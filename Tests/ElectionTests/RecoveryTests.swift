@@ -96,7 +96,8 @@ struct RecoveryTests {
         #expect(!directives.contains { if case .send = $0 { return true } else { return false } })
         #expect(term >= max(before.currentTerm, before.lastTerm) + RaftSettings().recoveryTermGap)
         #expect(request.hardState == HardState(term: term, votedFor: survivor))
-        #expect(request.entries == [LogEntry(term: term, index: before.lastIndex + 1, kind: .recover(members: [survivor]))])
+        #expect(
+            request.entries == [LogEntry(term: term, index: before.lastIndex + 1, kind: .recover(members: [survivor]))])
         #expect(request.truncateFrom == nil, "nothing this node holds is dropped")
         #expect(index == before.lastIndex + 1)
         cluster.perform(survivor, directives)
@@ -154,7 +155,8 @@ struct RecoveryTests {
             LogEntry(term: 1_000_003, index: 4, kind: .recover(members: ["a", "b"])),
         ]
         var node = Instance(
-            id: "a", hardState: HardState(term: 1_000_004), log: log, random: SplitMix64(seed: 1), now: .milliseconds(0))
+            id: "a", hardState: HardState(term: 1_000_004), log: log, random: SplitMix64(seed: 1), now: .milliseconds(0)
+        )
         // "c" has a longer log of an old term and has campaigned to a far higher term.
         let request = VoteRequest(term: 2_000_000, candidateID: "c", lastLogIndex: 50, lastLogTerm: 9)
         #expect(voteGranted(node.onMessage(.preVote(request), from: "c", now: .milliseconds(10_000))) == false)

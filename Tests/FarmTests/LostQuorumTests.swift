@@ -100,7 +100,9 @@ extension ProcessTests {
             }
             #expect(victim.log.contains("starting over as a new member"), "\(victim.log)")
             // Its replica is the recovered farm's: the ledgers agree and hold the recovery.
-            try waitUntil(timeout: 30, "the ledgers agree") { Set(try farm.ledgers(of: [survivor, victim])).count == 1 }
+            try waitUntil(timeout: 30, "the ledgers agree") {
+                Set(try farm.ledgers(of: [survivor, victim])).count == 1
+            }
             let ledger = try #require(try victim.json(["ledger"]) as? [[String: Any]])
             #expect(ledger.contains { $0["type"] as? String == "Recover" })
             #expect(ledger.filter { $0["type"] as? String == "CompleteFrame" }.count >= 6)

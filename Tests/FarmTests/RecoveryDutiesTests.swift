@@ -22,15 +22,18 @@ struct RecoveryDutiesTests {
                 == [.tellStale(id: "c", epoch: 1_000_005)])
         // Not again at once (it is starting over), but again if it is still there seconds later.
         #expect(
-            d.onTick(now: .seconds(1), nowMs: 0, selfID: "b", members: ["b"], peers: [stale], open: [], epoch: 1_000_005)
+            d.onTick(
+                now: .seconds(1), nowMs: 0, selfID: "b", members: ["b"], peers: [stale], open: [], epoch: 1_000_005)
                 == [])
         #expect(
-            d.onTick(now: .seconds(5), nowMs: 0, selfID: "b", members: ["b"], peers: [stale], open: [], epoch: 1_000_005)
+            d.onTick(
+                now: .seconds(5), nowMs: 0, selfID: "b", members: ["b"], peers: [stale], open: [], epoch: 1_000_005)
                 == [.tellStale(id: "c", epoch: 1_000_005)])
         // Started over: an empty log, so it is added as any fresh node.
         let fresh = peer("c", role: .joining, hasLog: false)
         #expect(
-            d.onTick(now: .seconds(6), nowMs: 0, selfID: "b", members: ["b"], peers: [fresh], open: [], epoch: 1_000_005)
+            d.onTick(
+                now: .seconds(6), nowMs: 0, selfID: "b", members: ["b"], peers: [fresh], open: [], epoch: 1_000_005)
                 == [.addMember(id: "c", name: "name-c")])
     }
 
@@ -40,7 +43,8 @@ struct RecoveryDutiesTests {
         let leaving = peer("d", role: .leaving)
         let current = peer("e", role: .follower, epoch: 7)
         #expect(
-            d.onTick(now: .zero, nowMs: 0, selfID: "b", members: ["a", "b"], peers: [member, leaving, current], open: [],
+            d.onTick(
+                now: .zero, nowMs: 0, selfID: "b", members: ["a", "b"], peers: [member, leaving, current], open: [],
                 epoch: 7) == [])
         // A farm that was never recovered (epoch 0) keeps its old rules: a stranger with a log is left alone.
         #expect(
