@@ -228,9 +228,7 @@ struct FarmQueries: Sendable {
     /// is `-`, a node that left is gone. With `all`, also the machines discovery sees that are not members: `joining`
     /// (waiting to be added) or what they claim (a machine from before a recovery, told to start over).
     func peers(all: Bool) async throws -> [PeerRow] {
-        let rows = try await peers()
-        let members = await raft.status?.members ?? []
-        return rows.compactMap { row in
+        try await peers().compactMap { row in
             var row = row
             if row.isSelf { return row }
             if row.state == "dead" { row.role = "-" }
@@ -238,7 +236,7 @@ struct FarmQueries: Sendable {
             if !all || row.role == NodeStatus.Role.leaving.rawValue { return nil }
             // Not a member: a peer saying it leads leads nothing this node knows of.
             if row.role == "leader" { row.role = "follower" }
-            return members.contains(row.id) ? nil : row
+            return row
         }
     }
 

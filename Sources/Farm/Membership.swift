@@ -154,14 +154,20 @@ struct Membership: Sendable {
     }
 
     /// Keeps the beacons' status current: role, slots, whether this node has a log, what it renders.
+    ///
+    /// Before Raft runs (a node with a log listens one discovery window first), it announces what its stored log
+    /// says: a log, its epoch, and `follower`, never `joining`, so a recovered farm's leader does not add it with
+    /// that log but tells it the log is stale.
     func publishStatus() async {
+        let stored = (try? raftStore.loadNow().log) ?? []
         while !Task.isCancelled {
             let status = await raft.status
-            let role = leaving.isSet ? .leaving : roster.role(in: status)
+            var role = leaving.isSet ? .leaving : roster.role(in: status)
+            if status == nil && !stored.isEmpty && !leaving.isSet { role = .follower }
             let task = progress.snapshot().values.first.map { "\($0.job)/\($0.frame)" }
-            let hasLog = (status?.lastIndex ?? 0) > 0
-            let announced = NodeStatus(
-                role: role, slots: settings.slots, hasLog: hasLog, task: task, epoch: status?.recoveryEpoch)
+            let hasLog = status.map { $0.lastIndex > 0 } ?? !stored.isEmpty
+            let epoch = status?.recoveryEpoch ?? RaftInstance<SplitMix64>.lastRecoveryTerm(in: stored)
+            let announced = NodeStatus(role: role, slots: settings.slots, hasLog: hasLog, task: task, epoch: epoch)
             await mesh.setStatus(announced.encoded())
             try? await Task.sleep(for: .milliseconds(max(200, settings.beaconMilliseconds / 2)))
         }
