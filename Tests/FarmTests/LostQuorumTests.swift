@@ -20,7 +20,7 @@ extension ProcessTests {
         }
 
         @Test func aSurvivorRecoversRendersAndTheKilledNodeRejoinsAsAFollower() throws {
-            let farm = try TestFarm(count: 3, args: ["--renderer", "simulated:20"])
+            let farm = try TestFarm(count: 3, args: ["--renderer", "simulated:20"], formTimeout: 120)
             let (leaver, survivor, victim) = (farm.nodes[0], farm.nodes[1], farm.nodes[2])
             let leaverID = try #require(try selfRow(leaver)["id"] as? String)
             let victimID = try #require(try selfRow(victim)["id"] as? String)
