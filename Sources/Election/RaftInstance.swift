@@ -17,6 +17,12 @@ public enum RaftDirective: Hashable, Sendable {
     case scheduleTimer(at: RaftTime)
 }
 
+/// The result of `onRecover`: the recovery entry written, or why it was refused (one sentence).
+public enum RecoveryOutcome: Hashable, Sendable {
+    case recovered(term: Term, index: LogIndex, directives: [RaftDirective])
+    case refused(reason: String)
+}
+
 /// The result of a proposal: the log indices assigned, or where the leader might be.
 public enum ProposalOutcome: Hashable, Sendable {
     case accepted(first: LogIndex, last: LogIndex, directives: [RaftDirective])
@@ -56,6 +62,11 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     /// The other members in a fixed order, so the directives' order never depends on hashing.
     private var peers: [NodeID] = []
     private var configIndex: LogIndex
+    /// The term of the latest `recover` entry in the log, 0 if none: the farm's *recovery epoch*. Beacons announce
+    /// it, so a machine that comes back from before a recovery can tell that its log is stale.
+    public private(set) var recoveryEpoch: Term = 0
+    /// When this node last knew of a leader (itself, or one whose AppendEntries it accepted); it starts at `init`.
+    private var lastLeaderSeen: RaftTime
 
     private var votes: Set<NodeID> = []
     private var nextIndex: [NodeID: LogIndex] = [:]
@@ -91,6 +102,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         self.electionDeadline = now
         self.heartbeatDeadline = now
         self.quorumCheckDeadline = now
+        self.lastLeaderSeen = now
         recomputeMembers()
         electionDeadline = now + randomElectionTimeout()
     }
@@ -216,6 +228,59 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             break
         }
         return appendAsLeader([change], now: now)
+    }
+
+    /// The recovery epoch a log carries: the term of its latest `recover` entry (0 if none).
+    public static func lastRecoveryTerm(in log: [LogEntry]) -> Term {
+        log.last { if case .recover = $0.kind { return true } else { return false } }?.term ?? 0
+    }
+
+    /// `rexnode recover`: after the farm lost its majority for good, makes `live` (this node and the members it can
+    /// still reach) the whole configuration, so the farm can elect and commit again.
+    ///
+    /// Refused while a leader is known or was heard within `recoveryQuietPeriod`, when this node is not a member,
+    /// and when `live` is not a proper subset of the members that includes this node. Otherwise one durable write
+    /// (the first directive; the shell performs nothing after it until it is on disk): the term jumps to
+    /// `recoveryTermGap` above every term this node knows, the node votes for itself in it (so no one else can lead
+    /// that term), and a `recover(live)` entry of that term goes after the last entry. Nothing is truncated: this
+    /// node's uncommitted entries commit under the new configuration. Entries only the missing members held are
+    /// lost; a missing member that comes back has an older epoch and must start over as a new member.
+    public mutating func onRecover(members live: Set<NodeID>, now: RaftTime) -> RecoveryOutcome {
+        guard members.contains(id) else {
+            return .refused(reason: "This node is not a voting member of the farm, so it has nothing to recover.")
+        }
+        if role == .leader {
+            return .refused(
+                reason: "This node leads the farm, so its majority is intact and there is nothing to recover.")
+        }
+        let quiet = now.nanoseconds(since: lastLeaderSeen)
+        let needed = settings.recoveryQuietPeriod.raftNanoseconds
+        if quiet < needed {
+            let who = leaderID.map { "the leader \($0)" } ?? "a leader"
+            return .refused(
+                reason: "Refusing to recover: \(who) was heard from \(quiet / 1_000_000) ms ago, and recover is only "
+                    + "for a farm that has had no leader for \(needed / 1_000_000) ms.")
+        }
+        guard live.contains(id), live.isSubset(of: members) else {
+            return .refused(reason: "The recovered farm must keep this node and only current members.")
+        }
+        guard live != members else {
+            return .refused(
+                reason: "Every member is reachable, so the farm has not lost its majority; nothing to recover.")
+        }
+        currentTerm = max(currentTerm, lastTerm) + settings.recoveryTermGap
+        votedFor = id
+        let entry = LogEntry(term: currentTerm, index: lastIndex + 1, kind: .recover(members: live.sorted()))
+        log.append(entry)
+        applyMembership(entry.kind, at: entry.index)
+        role = .follower
+        leaderID = nil
+        votes = []
+        // Campaign at the next tick: the members left can elect at once.
+        electionDeadline = now
+        var out: [RaftDirective] = [.persist(PersistRequest(hardState: hardState, entries: [entry]))]
+        finish(now: now, out: &out)
+        return .recovered(term: entry.term, index: entry.index, directives: out)
     }
 
     /// The shell made `request` durable: a leader may now count its own copy of those entries.
@@ -438,6 +503,13 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             members.remove(node)
             nextIndex[node] = nil
             matchIndex[node] = nil
+        case .recover(let live):
+            members = Set(live)
+            for node in nextIndex.keys where !members.contains(node) {
+                nextIndex[node] = nil
+                matchIndex[node] = nil
+            }
+            if let term = term(at: index) { recoveryEpoch = term }
         default:
             return
         }
@@ -447,10 +519,14 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     private mutating func recomputeMembers() {
         members = []
         configIndex = 0
+        recoveryEpoch = 0
         for entry in log where entry.kind.isMembershipChange {
             switch entry.kind {
             case .addNode(let node): members.insert(node)
             case .removeNode(let node): members.remove(node)
+            case .recover(let live):
+                members = Set(live)
+                recoveryEpoch = entry.term
             default: break
             }
             configIndex = entry.index
@@ -510,6 +586,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             becomeFollower(term: m.term, leader: m.leaderID, now: now, out: &out)
         }
         lastLeaderContact = now
+        lastLeaderSeen = now
         electionDeadline = now + randomElectionTimeout()
 
         // Log matching: the entry before the new ones must be ours too.
@@ -639,6 +716,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
 
     /// Appends a role report and the next timer, each only when it changed.
     private mutating func finish(now: RaftTime, out: inout [RaftDirective]) {
+        if role == .leader { lastLeaderSeen = now }
         if let last = lastReportedRole, last.0 == role, last.1 == currentTerm, last.2 == leaderID {
         } else {
             lastReportedRole = (role, currentTerm, leaderID)
@@ -666,6 +744,7 @@ extension LogEntry {
         case .noop: return 12
         case .command(let command): return 24 + command.id.origin.utf8.count + command.payload.count
         case .addNode(let node), .removeNode(let node): return 12 + node.utf8.count
+        case .recover(let members): return 12 + members.reduce(0) { $0 + 2 + $1.utf8.count }
         }
     }
 }

@@ -109,6 +109,8 @@ public enum RaftCodecLimits {
     public static let maxNodeIDBytes = 255
     public static let maxPayloadBytes = 16 << 20
     public static let maxEntries = 65_536
+    /// Members listed in one `recover` entry.
+    public static let maxMembers = 1024
 }
 
 extension RaftMessage {
@@ -275,6 +277,10 @@ struct ByteWriter {
         case .removeNode(let id):
             byte(3)
             string(id)
+        case .recover(let members):
+            byte(4)
+            varint(UInt64(members.count))
+            for member in members { string(member) }
         }
     }
 }
@@ -349,6 +355,12 @@ struct ByteReader {
             return .addNode(try string())
         case 3:
             return .removeNode(try string())
+        case 4:
+            let count = try varint()
+            guard count >= 1, count <= UInt64(RaftCodecLimits.maxMembers), count <= UInt64(remaining) else {
+                throw RaftCodecError("bad member count \(count)", offset: offset)
+            }
+            return .recover(members: try (0..<count).map { _ in try string() })
         default:
             throw RaftCodecError("unknown entry kind \(tag)", offset: offset - 1)
         }

@@ -34,6 +34,8 @@ public struct RaftError: Error, Sendable, Hashable, CustomStringConvertible {
         case membershipRejected
         /// The node stopped.
         case stopped
+        /// `recover` was refused (see the message: a leader is alive, or nothing was lost).
+        case recoveryRefused
     }
 
     public var code: Code
@@ -62,6 +64,8 @@ public struct RaftStatus: Sendable, Hashable {
     public var commitIndex: LogIndex
     public var lastIndex: LogIndex
     public var members: Set<NodeID>
+    /// The term of the latest `recover` entry in this node's log (0: never recovered).
+    public var recoveryEpoch: Term = 0
 }
 
 // MARK: - RaftNode
@@ -221,7 +225,22 @@ public actor RaftNode {
         guard let instance else { return nil }
         return RaftStatus(
             id: id, role: instance.role, term: instance.currentTerm, leader: instance.leaderID,
-            commitIndex: instance.commitIndex, lastIndex: instance.lastIndex, members: instance.members)
+            commitIndex: instance.commitIndex, lastIndex: instance.lastIndex, members: instance.members,
+            recoveryEpoch: instance.recoveryEpoch)
+    }
+
+    /// `rexnode recover`: makes `live` the whole membership after a lost quorum (see `RaftInstance.onRecover`).
+    /// Returns once the recovery entry is queued for its write; nothing leaves this node before that write is
+    /// durable. Watch `status.commitIndex` to see the farm commit again.
+    public func recover(keeping live: Set<NodeID>) throws -> (term: Term, index: LogIndex) {
+        guard !stopped, instance != nil else { throw RaftError(.stopped, "the node has stopped") }
+        switch instance!.onRecover(members: live, now: now()) {
+        case .recovered(let term, let index, let directives):
+            try perform(directives)
+            return (term, index)
+        case .refused(let reason):
+            throw RaftError(.recoveryRefused, reason)
+        }
     }
 
     // MARK: Run loop

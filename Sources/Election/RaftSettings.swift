@@ -17,6 +17,12 @@ public struct RaftSettings: Sendable, Hashable {
     public var maxEntriesPerAppend: Int = 512
     /// Cap on the payload bytes per AppendEntries (a single larger entry still goes alone).
     public var maxAppendBytes: Int = 1 << 20
+    /// `rexnode recover` is refused until this node has known no leader for this long (three of the longest
+    /// election timeouts: long enough that a farm which still has a majority would have elected a leader).
+    public var recoveryQuietPeriod: Duration = .milliseconds(3000)
+    /// How far above every term this node knows a recovery's term jumps, so that a returning machine's stale log
+    /// never looks as up to date as the recovered one (it would need this many elections the survivor never saw).
+    public var recoveryTermGap: UInt64 = 1_000_000
     /// Deliberately broken variants for the simulator's self-test. **Test-only; never enable in production.**
     public var injectedBugs: Set<InjectedBug> = []
 

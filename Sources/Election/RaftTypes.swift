@@ -85,10 +85,13 @@ public enum EntryKind: Hashable, Sendable {
     case addNode(NodeID)
     /// Removes a voting member; takes effect as soon as it is appended (single-server change).
     case removeNode(NodeID)
+    /// `rexnode recover` after a lost quorum: the configuration becomes exactly these members (sorted), at a
+    /// term far above the old farm's, written by the survivor itself (no leader); see `RaftInstance.onRecover`.
+    case recover(members: [NodeID])
 
     public var isMembershipChange: Bool {
         switch self {
-        case .addNode, .removeNode: return true
+        case .addNode, .removeNode, .recover: return true
         case .noop, .command: return false
         }
     }

@@ -41,6 +41,12 @@ public enum ControlRequest: Sendable, Equatable {
     /// Blender's output for a frame of a job (every attempt the farm kept), or without a frame the job's failed
     /// frames' last attempts (`rexnode log`).
     case log(job: String, frame: Int?)
+    /// `peers --all`: every machine discovery sees, members or not (`peers` shows members only).
+    case allPeers
+    /// `leave --force`: leave even when fewer than 3 voters would remain.
+    case forceLeave
+    /// `rexnode recover`: after a lost quorum, the live members become the farm.
+    case recover
 
     /// What a waiting client last saw of a job.
     public struct SeenJob: Sendable, Equatable {
@@ -89,6 +95,7 @@ extension ControlRequest: Codable {
     private enum Op: String, Codable {
         case submit, peers, jobs, status, cancel, ledger, leave, token, fetch, progress, log
         case pause, resume, retry, priority, rerun, remove
+        case allPeers, forceLeave, recover
     }
 
     private enum Key: String, CodingKey {
@@ -141,6 +148,9 @@ extension ControlRequest: Codable {
             self = .log(
                 job: try need(.job, "Name a job (see `rexnode jobs`)."),
                 frame: try c.decodeIfPresent(Int.self, forKey: .frame))
+        case .allPeers: self = .allPeers
+        case .forceLeave: self = .forceLeave
+        case .recover: self = .recover
         case .fetch:
             self = .fetch(
                 job: try need(.job, "Name a job (see `rexnode jobs`)."),
@@ -221,6 +231,9 @@ extension ControlRequest: Codable {
             try c.encode(Op.log, forKey: .op)
             try c.encode(job, forKey: .job)
             try c.encodeIfPresent(frame, forKey: .frame)
+        case .allPeers: try c.encode(Op.allPeers, forKey: .op)
+        case .forceLeave: try c.encode(Op.forceLeave, forKey: .op)
+        case .recover: try c.encode(Op.recover, forKey: .op)
         }
     }
 }

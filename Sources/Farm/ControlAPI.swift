@@ -35,7 +35,9 @@ struct ControlAPI: Sendable {
         case .submit(let submit):
             return .success(SubmittedRow(try await submitService.submit(submit)))
         case .peers:
-            return .success(try await queries.peers())
+            return .success(try await queries.peers(all: false))
+        case .allPeers:
+            return .success(try await queries.peers(all: true))
         case .jobs:
             return .success(try queries.jobs())
         case .status(let id, let brief, let seen):
@@ -58,7 +60,13 @@ struct ControlAPI: Sendable {
             return .success(try await Blocking.run { try queries.log() })
         case .leave:
             logger.info("leaving the farm on request")
-            return .success(await membership.leave())
+            return .success(try await membership.leave())
+        case .forceLeave:
+            logger.info("leaving the farm on request (forced)")
+            return .success(try await membership.leave(force: true))
+        case .recover:
+            logger.warning("recovering the farm on request")
+            return .success(try await membership.recover())
         case .token:
             return .success(["token": token])
         case .progress(let ticket):

@@ -219,6 +219,7 @@ public final class FarmNode: Sendable {
             Self.loop("apply") { await raftLog.applyCommitted() },
             Self.loop("roles") { await membership.logRoleChanges() },
             Self.loop("status") { await membership.publishStatus() },
+            Self.loop("epochs") { await membership.watchEpochs() },
             Self.loop("leader") { await leader.runDuties() },
             Self.loop("scheduler") { await leader.runScheduler() },
             Self.loop("delivery") { await delivery.run() },
@@ -275,8 +276,27 @@ public final class FarmNode: Sendable {
         case .frameLogs(let job, let frames, let lastOnly):
             let frameLogs = self.frameLogs
             return try await Blocking.run { try frameLogs.answer(job: job, frames: frames, lastOnly: lastOnly) }
+        case .stale(let epoch):
+            try await membership.onStale(epoch: epoch)
         }
         return PeerAnswer().encoded()
+    }
+
+    // MARK: Starting over
+
+    /// The run ended because a recovered farm said this node's log predates its recovery: set the old ledger aside
+    /// (`setAsideStaleLedger`) and run a new `FarmNode` on the same folder; it joins as a fresh node.
+    public var mustStartOver: Bool { membership.startOver.isSet }
+
+    /// Moves the ledger database (and its WAL files) into `DATA/stale-TIME/`, kept for inspection; the node's
+    /// identity, farm key and blobs stay. Call only after `run()` has returned.
+    public static func setAsideStaleLedger(_ data: DataDirectory) throws {
+        let folder = data.root + "/stale-\(WallClock.millis())"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let name = (data.database as NSString).lastPathComponent
+        for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: data.database + suffix) {
+            try FileManager.default.moveItem(atPath: data.database + suffix, toPath: folder + "/" + name + suffix)
+        }
     }
 
     // MARK: Helpers

@@ -181,6 +181,7 @@ struct PeerRow: Encodable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case id, name, address, role, state, slots, task, member, term, leader
+        case voter
         case framesDone = "frames_done"
         case isSelf = "self"
         case raftStallMs = "raft_longest_stall_ms"
@@ -199,6 +200,7 @@ struct PeerRow: Encodable, Sendable {
         try c.encode(isSelf, forKey: .isSelf)
         try c.encode(task, forKey: .task)
         try c.encode(member, forKey: .member)
+        try c.encode(member, forKey: .voter)
         if isSelf {
             try c.encode(term ?? 0, forKey: .term)
             try c.encode(leader, forKey: .leader)
@@ -275,6 +277,22 @@ struct FarmQueries: Sendable {
         return view
     }
 
+    /// This node, then the other members (those discovery has never seen are dead), as they are: a dead node's role
+    /// is `-`, a node that left is gone. With `all`, also the machines discovery sees that are not members: `joining`
+    /// (waiting to be added) or what they claim (a machine from before a recovery, told to start over).
+    func peers(all: Bool) async throws -> [PeerRow] {
+        try await peers().compactMap { row in
+            var row = row
+            if row.isSelf { return row }
+            if row.state == "dead" { row.role = "-" }
+            if row.member { return row }
+            if !all || row.role == NodeStatus.Role.leaving.rawValue { return nil }
+            // Not a member: a peer saying it leads leads nothing this node knows of.
+            if row.role == "leader" { row.role = "follower" }
+            return row
+        }
+    }
+
     /// This node, then every peer discovery knows, then members discovery has never seen (dead).
     func peers() async throws -> [PeerRow] {
         let done = try ledger.framesDoneByNode()
@@ -297,8 +315,11 @@ struct FarmQueries: Sendable {
             seen.insert(peer.nodeID)
             let announced = NodeStatus(bytes: peer.status)
             var role = announced?.role ?? .joining
-            // The contract's roles are leader|follower|candidate|joining; a node on its way out still follows.
-            if role == .leaving { role = .follower }
+            // The contract's roles are leader|follower|candidate|joining; a member on its way out still follows, and
+            // a node that left is marked so that `peers(all:)` leaves it out.
+            if role == .leaving { role = members.contains(peer.nodeID) ? .follower : .leaving }
+            // A member whose beacon has not caught up with its addition yet already follows.
+            if role == .joining && members.contains(peer.nodeID) { role = .follower }
             if role == .leader && status?.leader != nil && status?.leader != peer.nodeID { role = .follower }
             rows.append(
                 PeerRow(
@@ -347,6 +368,7 @@ struct FarmQueries: Sendable {
             case .retryFrames(let c): .from(c)
             case .setPriority(let c): .from(c)
             case .addNode(let c), .removeNode(let c): .from(c)
+            case .recoverMembers(let c): .from(c)
             case .noop: [:]
             }
         if case .object(let f) = fields { for (k, v) in f where o[k] == nil { o[k] = v } }

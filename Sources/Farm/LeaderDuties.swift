@@ -24,12 +24,16 @@ struct LeaderDuties: Sendable {
         case addMember(id: String, name: String)
         case removeMember(id: String)
         case release([ReleaseFrames])
+        /// Tell a machine from before this farm's recovery that its log is stale (`PeerRequest.stale`).
+        case tellStale(id: String, epoch: UInt64)
     }
 
     let deadAfter: Duration
     let evictAfter: Duration
     private var deadSince: [String: Duration] = [:]
     private var leadingSince: Duration?
+    /// When each stale machine was last told, so it is told again only every few seconds.
+    private var toldStale: [String: Duration] = [:]
 
     init(deadAfter: Duration, evictAfter: Duration) {
         self.deadAfter = deadAfter
@@ -40,13 +44,30 @@ struct LeaderDuties: Sendable {
     mutating func stepDown() {
         leadingSince = nil
         deadSince = [:]
+        toldStale = [:]
     }
 
     mutating func onTick(
-        now: Duration, nowMs: Int64, selfID: String, members: Set<String>, peers: [Peer], open: [AssignmentRecord]
+        now: Duration, nowMs: Int64, selfID: String, members: Set<String>, peers: [Peer], open: [AssignmentRecord],
+        epoch: UInt64 = 0
     ) -> [Directive] {
         let since = leadingSince ?? now
         leadingSince = since
+        // A machine that still thinks it is a member (it has a log and does not say joining or leaving) but is not
+        // one, and whose log is from before this farm's recovery, cannot catch up: its log may hold entries the
+        // farm never had. It is told to start over; the next tick adds it as a fresh node.
+        if epoch > 0,
+            let stale = peers.first(where: { peer in
+                guard peer.state == .alive, !members.contains(peer.id), let announced = peer.announced,
+                    announced.hasLog, announced.role != .joining, announced.role != .leaving,
+                    announced.epoch ?? 0 < epoch
+                else { return false }
+                return toldStale[peer.id].map { now - $0 > .seconds(3) } ?? true
+            })
+        {
+            toldStale[stale.id] = now
+            return [.tellStale(id: stale.id, epoch: epoch)]
+        }
         if let fresh = peers.first(where: { peer in
             peer.state == .alive && !members.contains(peer.id)
                 && (peer.announced?.hasLog == false || peer.announced?.role == .joining)
@@ -114,7 +135,7 @@ struct LeaderService: Sendable {
             guard let open = try? ledger.openAssignments() else { continue }
             let directives = duties.onTick(
                 now: ContinuousClock.now - origin, nowMs: WallClock.millis(), selfID: nodeID,
-                members: status.members, peers: peers, open: open)
+                members: status.members, peers: peers, open: open, epoch: status.recoveryEpoch)
             for directive in directives { await perform(directive) }
         }
     }
@@ -130,6 +151,11 @@ struct LeaderService: Sendable {
         case .release(let releases):
             logger.info("returning frames of lost workers to the queue", metadata: ["farm/chunks": "\(releases.count)"])
             _ = try? await commandLog.propose(releases.map { .releaseFrames($0) })
+        case .tellStale(let id, let epoch):
+            logger.notice(
+                "telling a machine from before the recovery to start over",
+                metadata: ["farm/node": "\(id)", "raft/epoch": "\(epoch)"])
+            _ = try? await mesh.request(to: id, PeerRequest.stale(epoch: epoch).encoded(), timeout: .seconds(5))
         }
     }
 

@@ -29,6 +29,9 @@ struct Membership: Sendable {
     let logger: Logger
     /// Set by `rexnode leave`: beacons announce it, so the leader does not add this node back.
     let leaving = Flag()
+    /// Set when a recovered farm's leader said this node's log predates the recovery: the daemon stops, sets the
+    /// old ledger aside and starts again as a fresh node (`FarmNode.mustStartOver`).
+    let startOver = Flag()
     let requestShutdown: @Sendable () async -> Void
 
     /// Joins or founds the farm (after a discovery window when the log is empty), then runs Raft until cancelled.
@@ -41,15 +44,68 @@ struct Membership: Sendable {
             logger.info("founded the farm made by rexnode init", metadata: ["raft/members": "1"])
         } else if !hasState {
             try await bootstrap(onFounded: onFounded)
+        } else if let epoch = try await newerEpochHeard(within: discoveryWindow) {
+            // A farm recovered without this machine is in sight: its log is stale; it must not campaign with it.
+            try await onStale(epoch: epoch)
+            return
         }
         try? FileManager.default.removeItem(atPath: founderMark)
         try await raft.run()
     }
 
+    /// How long a starting node listens to beacons before it acts: three beacon intervals, at least a second.
+    private var discoveryWindow: Duration { .milliseconds(max(1000, settings.beaconMilliseconds * 3)) }
+
+    /// The recovery epoch some live peer announces above this node's log's own, if one does within `window`.
+    private func newerEpochHeard(within window: Duration) async throws -> UInt64? {
+        let mine = try RaftInstance<SplitMix64>.lastRecoveryTerm(in: raftStore.loadNow().log)
+        let deadline = ContinuousClock.now + window
+        while ContinuousClock.now < deadline {
+            if let newer = await newestEpoch(), newer > mine { return newer }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return nil
+    }
+
+    /// The highest recovery epoch live peers announce (nil: none announces one).
+    private func newestEpoch() async -> UInt64? {
+        await mesh.peers().filter { $0.state == .alive }.compactMap { NodeStatus(bytes: $0.status)?.epoch }.max()
+    }
+
+    /// While running: a peer has announced a newer recovery epoch than this node's log for a whole discovery window,
+    /// and this node follows no leader of that epoch (a fresh node catching up does), so it was left out of the
+    /// recovery: it starts over.
+    func watchEpochs() async {
+        var since: ContinuousClock.Instant?
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(200))
+            guard let status = await raft.status, status.lastIndex > 0, !leaving.isSet,
+                let newer = await newestEpoch(), newer > status.recoveryEpoch,
+                await leaderEpoch(status) < newer
+            else {
+                since = nil
+                continue
+            }
+            let start = since ?? ContinuousClock.now
+            since = start
+            if ContinuousClock.now - start >= discoveryWindow {
+                try? await onStale(epoch: newer)
+                return
+            }
+        }
+    }
+
+    /// The recovery epoch of the leader this node follows (0 when it follows none or leads itself).
+    private func leaderEpoch(_ status: RaftStatus) async -> UInt64 {
+        guard let leader = status.leader, leader != nodeID else { return 0 }
+        let announced = await mesh.peers().first { $0.nodeID == leader }.flatMap { NodeStatus(bytes: $0.status) }
+        return announced?.epoch ?? 0
+    }
+
     private func bootstrap(onFounded: @Sendable () -> Void) async throws {
         let clock = ContinuousClock()
         let started = clock.now
-        let window = Duration.milliseconds(max(1000, settings.beaconMilliseconds * 3))
+        let window = discoveryWindow
         while true {
             if settings.createdFarm, await mesh.otherFarmsSeen() > 0 {
                 throw FarmError(
@@ -98,13 +154,21 @@ struct Membership: Sendable {
     }
 
     /// Keeps the beacons' status current: role, slots, whether this node has a log, what it renders.
+    ///
+    /// Before Raft runs (a node with a log listens one discovery window first), it announces what its stored log
+    /// says: a log, its epoch, and `follower`, never `joining`, so a recovered farm's leader does not add it with
+    /// that log but tells it the log is stale.
     func publishStatus() async {
+        let stored = (try? raftStore.loadNow().log) ?? []
         while !Task.isCancelled {
             let status = await raft.status
-            let role = leaving.isSet ? .leaving : roster.role(in: status)
+            var role = leaving.isSet ? .leaving : roster.role(in: status)
+            if status == nil && !stored.isEmpty && !leaving.isSet { role = .follower }
             let task = progress.snapshot().values.first.map { "\($0.job)/\($0.frame)" }
-            let hasLog = (status?.lastIndex ?? 0) > 0
-            await mesh.setStatus(NodeStatus(role: role, slots: settings.slots, hasLog: hasLog, task: task).encoded())
+            let hasLog = status.map { $0.lastIndex > 0 } ?? !stored.isEmpty
+            let epoch = status?.recoveryEpoch ?? RaftInstance<SplitMix64>.lastRecoveryTerm(in: stored)
+            let announced = NodeStatus(role: role, slots: settings.slots, hasLog: hasLog, task: task, epoch: epoch)
+            await mesh.setStatus(announced.encoded())
             try? await Task.sleep(for: .milliseconds(max(200, settings.beaconMilliseconds / 2)))
         }
     }
@@ -129,7 +193,19 @@ struct Membership: Sendable {
 
     /// `rexnode leave`: hand this node's unfinished frames back and leave the membership, so the farm neither
     /// waits for it nor counts it in its majority. Best effort, a few seconds at most; then the daemon stops.
-    func leave() async -> [String: String] {
+    ///
+    /// Refused (one sentence, nothing changed) unless `force` when the farm would be left with fewer than three
+    /// voters: two cannot lose another machine without stopping, and then only `rexnode recover` helps.
+    func leave(force: Bool = false) async throws -> [String: String] {
+        if !force, let status = await raft.status, status.members.contains(nodeID), status.members.count > 1,
+            status.members.count - 1 < 3
+        {
+            let left = status.members.count - 1
+            throw FarmError(
+                .badInput,
+                "Leaving would leave this farm with \(left) voter\(left == 1 ? "" : "s"), and fewer than 3 cannot "
+                    + "lose another machine without stopping; run `rexnode leave --force` to leave anyway.")
+        }
         // From now on beacons say "leaving": the leader must not add this node back while it is still up.
         leaving.set()
         await mesh.setStatus(NodeStatus(role: .leaving, slots: settings.slots, hasLog: true, task: nil).encoded())
@@ -154,6 +230,78 @@ struct Membership: Sendable {
         }
         return ["node": nodeID, "state": "leaving"]
     }
+}
+
+extension Membership {
+    /// `rexnode recover` on a survivor of a lost quorum: the members this node can reach now (connected and alive)
+    /// become the whole farm, at a new term (see `RaftInstance.onRecover`). Waits a few seconds for the farm to
+    /// commit again and answers with one sentence saying what was done and what it risks.
+    func recover() async throws -> RecoveryRow {
+        guard let status = await raft.status else {
+            throw FarmError(.notRunning, "Raft has not started on this node yet; try again in a moment.")
+        }
+        let connected = Set(await mesh.connectedPeers())
+        let alive = Set(await mesh.peers().filter { $0.state == .alive }.map(\.nodeID))
+        let live = status.members.filter { $0 == nodeID || (connected.contains($0) && alive.contains($0)) }
+        let recovered: (term: UInt64, index: UInt64)
+        do {
+            recovered = try await raft.recover(keeping: live)
+        } catch let error as RaftError where error.code == .recoveryRefused {
+            throw FarmError(.badInput, error.message)
+        }
+        let missing = status.members.subtracting(live).sorted()
+        logger.warning(
+            "recovered the farm after a lost quorum",
+            metadata: [
+                "raft/term": "\(recovered.term)", "raft/members": "\(live.sorted().joined(separator: ","))",
+                "raft/dropped": "\(missing.joined(separator: ","))",
+            ])
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(10)
+        var committed = false
+        while clock.now < deadline {
+            if let now = await raft.status, now.commitIndex >= recovered.index {
+                committed = true
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        let names = missing.map { String($0.prefix(12)) }.joined(separator: ", ")
+        let message =
+            "Recovered: the farm is now \(live.count) member\(live.count == 1 ? "" : "s") at term \(recovered.term)"
+            + (committed ? " and commits again" : " (not committed yet)") + "; entries that only the missing "
+            + "machine\(missing.count == 1 ? "" : "s") (\(names)) held may be lost, and \(missing.count == 1 ? "it" : "they")"
+            + " must not come back with \(missing.count == 1 ? "its" : "their") old data except to rejoin as new members."
+        return RecoveryRow(
+            node: nodeID, state: committed ? "recovered" : "recovering", term: recovered.term,
+            members: live.sorted(), dropped: missing, message: message)
+    }
+
+    /// A recovered farm's leader says this node's log predates its recovery at `epoch`: if this node's own epoch is
+    /// older, it stops and starts over as a fresh node (the old ledger is set aside, not deleted).
+    func onStale(epoch: UInt64) async throws {
+        let mine = await raft.status?.recoveryEpoch ?? 0
+        guard epoch > mine, !startOver.isSet else { return }
+        logger.warning(
+            "this node's log is from before the farm's recovery; starting over as a new member",
+            metadata: ["raft/epoch": "\(mine)", "farm/epoch": "\(epoch)"])
+        startOver.set()
+        let shutdown = requestShutdown
+        Task {
+            try? await Task.sleep(for: .milliseconds(100))
+            await shutdown()
+        }
+    }
+}
+
+/// What `rexnode recover` answers.
+struct RecoveryRow: Encodable, Sendable {
+    var node: String
+    var state: String
+    var term: UInt64
+    var members: [String]
+    var dropped: [String]
+    var message: String
 }
 
 /// A flag set once, read from any thread.

@@ -22,12 +22,15 @@ enum PeerRequest: Sendable, Equatable {
 
     /// The most frames one `frameLogs` request names.
     static let maxLogFrames = 1000
+    /// From a leader of a farm recovered at `epoch` (`rexnode recover`) to a machine whose log is older than that
+    /// recovery and that is not a member: its log is stale; it starts over as a new member.
+    case stale(epoch: UInt64)
 
     /// The largest blob pushed inline with `store`; larger ones are fetched by the holder (`replicate`).
     static let inlineBlobLimit = 1 << 20
 
     private enum Tag: UInt8 {
-        case propose = 1, replicate = 2, store = 3, leave = 4, frameLogs = 5
+        case propose = 1, replicate = 2, store = 3, leave = 4, frameLogs = 5, stale = 6
     }
 
     func encoded() -> [UInt8] {
@@ -54,6 +57,9 @@ enum PeerRequest: Sendable, Equatable {
             w.u32(UInt32(frames.count))
             for frame in frames { w.u64(UInt64(bitPattern: Int64(frame))) }
             w.u8(lastOnly ? 1 : 0)
+        case .stale(let epoch):
+            w.u8(Tag.stale.rawValue)
+            w.u64(epoch)
         }
         return w.bytes
     }
@@ -89,6 +95,9 @@ enum PeerRequest: Sendable, Equatable {
             let frames = (0..<count).compactMap { _ in r.u64().map { Int(Int64(bitPattern: $0)) } }
             guard let flag = r.u8(), flag <= 1 else { throw bad }
             self = .frameLogs(job: job, frames: frames, lastOnly: flag == 1)
+        case .stale:
+            guard let epoch = r.u64() else { throw bad }
+            self = .stale(epoch: epoch)
         }
         guard r.isAtEnd else { throw bad }
     }
@@ -137,19 +146,23 @@ struct NodeStatus: Codable, Sendable, Equatable {
     var hasLog: Bool
     /// Current task, `job/frame`.
     var task: String?
+    /// The farm's recovery epoch as this node's log has it (the term of its latest `recover` entry; absent: 0).
+    var epoch: UInt64?
 
     enum CodingKeys: String, CodingKey {
         case role = "r"
         case slots = "s"
         case hasLog = "m"
         case task = "t"
+        case epoch = "e"
     }
 
-    init(role: Role, slots: Int, hasLog: Bool, task: String?) {
+    init(role: Role, slots: Int, hasLog: Bool, task: String?, epoch: UInt64? = nil) {
         self.role = role
         self.slots = slots
         self.hasLog = hasLog
         self.task = task
+        self.epoch = epoch == 0 ? nil : epoch
     }
 
     /// The beacon's bytes: the whole status, or without its task when that would not fit.

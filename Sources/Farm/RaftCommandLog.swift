@@ -224,6 +224,9 @@ public actor RaftCommandLog: CommandLog {
         case .removeNode(let id):
             return LedgerEntry(
                 id: CommandID(node: "raft", seq: entry.index), command: .removeNode(NodeChange(node: id)))
+        case .recover(let members):
+            return LedgerEntry(
+                id: CommandID(node: "raft", seq: entry.index), command: .recoverMembers(MemberSet(members: members)))
         default:
             return LedgerEntry(id: CommandID(node: "raft", seq: entry.index), command: .noop)
         }

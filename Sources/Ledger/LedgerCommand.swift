@@ -35,6 +35,8 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
     /// Raft membership changes, recorded so the ledger's indexes match Raft's and `rexnode ledger` shows them.
     case addNode(NodeChange)
     case removeNode(NodeChange)
+    /// `rexnode recover`: Raft's membership became exactly these members (recorded like the changes above).
+    case recoverMembers(MemberSet)
     /// Raft's no-op of a new term, and anything else that only occupies an index.
     case noop
 
@@ -54,6 +56,7 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
         case .removeJob: "RemoveJob"
         case .addNode: "AddNode"
         case .removeNode: "RemoveNode"
+        case .recoverMembers: "Recover"
         case .noop: "Noop"
         }
     }
@@ -200,6 +203,13 @@ public struct NodeChange: Sendable, Equatable, Codable {
     public var node: String
 
     public init(node: String) { self.node = node }
+}
+
+/// The members a recovery kept (sorted node ids).
+public struct MemberSet: Sendable, Equatable, Codable {
+    public var members: [String]
+
+    public init(members: [String]) { self.members = members }
 }
 
 public struct CancelJob: Sendable, Equatable, Codable {

@@ -306,10 +306,11 @@ extension RexNode {
         static let configuration = CommandConfiguration(abstract: "Show the farm's nodes.")
         @OptionGroup var json: JSONFlag
         @OptionGroup var data: DataOption
+        @Flag(help: "Also show machines that are not members (joining, or from before a recovery).") var all = false
 
         func run() async throws {
             try await RexNode.guarded {
-                let peers = try await ControlClient.send(.peers, data: data.directory)
+                let peers = try await ControlClient.send(all ? .allPeers : .peers, data: data.directory)
                 if json.json { return print(peers.jsonText()) }
                 let rows = (peers.array ?? []).map { p in
                     [

@@ -13,7 +13,7 @@ struct RexNode: AsyncParsableCommand {
         subcommands: [
             Init.self, Token.self, Join.self, Submit.self, Peers.self, Jobs.self, Status.self, Wait.self, Pause.self,
             Resume.self, Retry.self, Priority.self, Rerun.self, Remove.self, Fetch.self, Cancel.self, Ledger.self,
-            Leave.self, Log.self,
+            Leave.self, Log.self, Recover.self,
         ])
 
     /// Runs a command body, turning its errors into one sentence on stderr and a non-zero exit.
@@ -169,6 +169,13 @@ extension RexNode {
                     try? FileManager.default.removeItem(atPath: dir.database)
                     throw error
                 }
+                // A recovered farm said this node's log is from before its recovery: set the old ledger aside and
+                // start again as this same process (exec, so the old database is never closed over the new one's
+                // files: SQLite removes its WAL by name when it closes).
+                if node.mustStartOver {
+                    try FarmNode.setAsideStaleLedger(dir)
+                    Self.restartSelf()
+                }
             }
         }
 
@@ -191,6 +198,13 @@ extension RexNode {
             return fresh
         }
 
+        /// Replaces this process with a new run of the same command line; returns only if that failed.
+        static func restartSelf() -> Never {
+            let arguments = CommandLine.arguments.map { strdup($0) } + [nil]
+            execv("/proc/self/exe", arguments)
+            RexNode.fail("Could not restart to rejoin the recovered farm (errno \(errno)); run the same command again.")
+        }
+
         static func defaultName(_ dir: DataDirectory) -> String {
             var host = [CChar](repeating: 0, count: 256)
             gethostname(&host, host.count)
@@ -203,10 +217,11 @@ extension RexNode {
     struct Leave: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Leave the farm gracefully; the daemon exits.")
         @OptionGroup var data: DataOption
+        @Flag(help: "Leave even if fewer than 3 voters would remain.") var force = false
 
         func run() async throws {
             try await RexNode.guarded {
-                _ = try await ControlClient.send(.leave, data: data.directory)
+                _ = try await ControlClient.send(force ? .forceLeave : .leave, data: data.directory)
                 print("The node is leaving the farm.")
             }
         }

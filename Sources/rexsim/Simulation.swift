@@ -523,6 +523,7 @@ struct Simulation {
                 switch entry.kind {
                 case .addNode(let n): committedMembers.insert(n)
                 case .removeNode(let n): committedMembers.remove(n)
+                case .recover(let members): committedMembers = Set(members)
                 default: break
                 }
             }
@@ -554,6 +555,7 @@ struct Simulation {
         case .command(let c): what = "command \(c.id)"
         case .addNode(let n): what = "add \(n)"
         case .removeNode(let n): what = "remove \(n)"
+        case .recover(let members): what = "recover \(members.joined(separator: ","))"
         }
         return "[\(entry.index) t\(entry.term) \(what)]"
     }

@@ -8,7 +8,7 @@ final class TestFarm {
     let port: Int
 
     /// Starts `count` nodes of one farm (the first was made with `rexnode init`), all at the same moment.
-    init(count: Int, args: [String], perNode: [Int: [String]] = [:]) throws {
+    init(count: Int, args: [String], perNode: [Int: [String]] = [:], formTimeout: Double = 40) throws {
         let first = NSTemporaryDirectory() + "rex-node-\(UUID().uuidString.prefix(8))"
         let initResult = try runProgram(TestPaths.rexnode, ["init", "--data", first])
         guard initResult.status == 0, let token = initResult.stdout.split(separator: "\n").last.map(String.init)
@@ -24,7 +24,7 @@ final class TestFarm {
         self.port = port
         nodes = started
         for node in started { try node.launch() }
-        try waitUntil(timeout: 40, "one farm with every node a member and one leader") {
+        try waitUntil(timeout: formTimeout, "one farm with every node a member and one leader") {
             let views = started.compactMap { try? $0.json(["peers"]) as? [[String: Any]] }
             guard views.count == started.count else { return false }
             return views.allSatisfy { view in
