@@ -251,7 +251,9 @@ struct FarmQueries: Sendable {
         let names = await nodeNames()
         // A big job's frames are a long read: off Swift's shared pool, which every loop of the daemon runs on.
         let ledger = self.ledger
-        let (records, attempts) = try await Blocking.run { (try ledger.frames(of: job.job), try ledger.attempts(of: job.job)) }
+        let (records, attempts) = try await Blocking.run {
+            (try ledger.frames(of: job.job), try ledger.attempts(of: job.job))
+        }
         let frames = records.map { f in
             FrameRow(
                 frame: f.frame, state: f.state, node: f.node, hash: f.hash, holders: f.holders, attempts: f.attempts,
@@ -259,7 +261,9 @@ struct FarmQueries: Sendable {
                 nodeName: f.node.map { names[$0] ?? $0 }, renderSeconds: f.renderMs.map { Double($0) / 1000 },
                 failures: attempts[f.frame].map { list in
                     list.map {
-                        .init(attempt: $0.attempt, node: $0.node, nodeName: names[$0.node] ?? $0.node, message: $0.message)
+                        .init(
+                            attempt: $0.attempt, node: $0.node, nodeName: names[$0.node] ?? $0.node, message: $0.message
+                        )
                     }
                 })
         }

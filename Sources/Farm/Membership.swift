@@ -270,8 +270,9 @@ extension Membership {
         let message =
             "Recovered: the farm is now \(live.count) member\(live.count == 1 ? "" : "s") at term \(recovered.term)"
             + (committed ? " and commits again" : " (not committed yet)") + "; entries that only the missing "
-            + "machine\(missing.count == 1 ? "" : "s") (\(names)) held may be lost, and \(missing.count == 1 ? "it" : "they")"
-            + " must not come back with \(missing.count == 1 ? "its" : "their") old data except to rejoin as new members."
+            + "machine\(missing.count == 1 ? "" : "s") (\(names)) held may be lost, and "
+            + "\(missing.count == 1 ? "it" : "they") must not come back with \(missing.count == 1 ? "its" : "their") "
+            + "old data except to rejoin as new members."
         return RecoveryRow(
             node: nodeID, state: committed ? "recovered" : "recovering", term: recovered.term,
             members: live.sorted(), dropped: missing, message: message)

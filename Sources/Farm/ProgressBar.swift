@@ -39,9 +39,8 @@ public struct ProgressBar: Sendable {
         let text = " \(done)/\(total) frames · " + String(format: "%.2f fr/s", rate) + eta
         let barWidth = max(0, min(30, width - text.count - 2))
         let filled = total > 0 ? min(barWidth, done * barWidth / total) : 0
-        let bar =
-            barWidth > 0
-            ? "[" + String(repeating: "█", count: filled) + String(repeating: "░", count: barWidth - filled) + "]" : ""
+        let cells = String(repeating: "█", count: filled) + String(repeating: "░", count: barWidth - filled)
+        let bar = barWidth > 0 ? "[" + cells + "]" : ""
         return String((bar + text).prefix(max(1, width - 1)))
     }
 

@@ -37,14 +37,16 @@ public enum Scheduler {
             let node = free[slotIndex].node
             // Highest priority first; among equals, the job with the fewest chunks in flight, then the oldest.
             // A job that blocked this node (it failed there too often) is not offered to it.
-            let pick = jobs.indices.filter { jobs[$0].offers(node, farm: everyNode) && !jobs[$0].blockedNodes.contains(node) }
-                .min { a, b in
-                    if jobs[a].priority != jobs[b].priority { return jobs[a].priority > jobs[b].priority }
-                    if jobs[a].openAssignments != jobs[b].openAssignments {
-                        return jobs[a].openAssignments < jobs[b].openAssignments
-                    }
-                    return a < b
+            let pick = jobs.indices.filter {
+                jobs[$0].offers(node, farm: everyNode) && !jobs[$0].blockedNodes.contains(node)
+            }
+            .min { a, b in
+                if jobs[a].priority != jobs[b].priority { return jobs[a].priority > jobs[b].priority }
+                if jobs[a].openAssignments != jobs[b].openAssignments {
+                    return jobs[a].openAssignments < jobs[b].openAssignments
                 }
+                return a < b
+            }
             guard let pick else {
                 // Nothing this node may take: it sits this round out.
                 free.remove(at: slotIndex)

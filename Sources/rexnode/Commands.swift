@@ -235,7 +235,8 @@ struct Waiter {
                 if tty { print("") }
                 return status
             }
-            if state == "done", status["frames"] != nil, status["delivers_here"]?.bool == false || allDelivered(status) {
+            if state == "done", status["frames"] != nil, status["delivers_here"]?.bool == false || allDelivered(status)
+            {
                 // A movie job ends when its movie is there too (the submitter's daemon encodes it).
                 if let problem = status["movie_error"]?.string {
                     if tty { print("") }

@@ -80,7 +80,10 @@ extension RexNode {
                 let r = try await RexNode.steer(target.job, .retry(frames: frames), data: data.directory)
                 let again = (before["frames_failed"]?.int ?? 0) - (r["frames_failed"]?.int ?? 0)
                 let id = r["job"]?.string ?? target.job
-                print("\(again) failed frame\(again == 1 ? "" : "s") of job \(id) back in the queue; `rexnode wait \(id)` follows it.")
+                print(
+                    "\(again) failed frame\(again == 1 ? "" : "s") of job \(id) back in the queue; "
+                        + "`rexnode wait \(id)` follows it."
+                )
             }
         }
     }

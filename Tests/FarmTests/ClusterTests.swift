@@ -152,8 +152,9 @@ extension ProcessTests {
             if submit.isRunning { submit.terminate() }
             submit.waitUntilExit()
             #expect(submit.terminationStatus == 0, "submit must finish after the failover\n\(submitter.log)")
-            let summary = try JSONSerialization.jsonObject(
-                with: stdout.fileHandleForReading.readDataToEndOfFile()) as? [String: Any]
+            let summary =
+                try JSONSerialization.jsonObject(
+                    with: stdout.fileHandleForReading.readDataToEndOfFile()) as? [String: Any]
             #expect(summary?["state"] as? String == "done")
             let files = try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasSuffix(".png") }
             #expect(files.count == 12)

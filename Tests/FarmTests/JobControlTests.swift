@@ -34,7 +34,9 @@ extension ProcessTests {
             let out = tempDir("scoped-out")
             let submitter = farm.nodes[0]
             let job = try submitter.submit([scene, "--chunk", "1", "--output", out])
-            let done = try submitter.waitFor(job, timeout: 240) { ($0["state"] as? String).map { $0 != "running" && $0 != "queued" } ?? false }
+            let done = try submitter.waitFor(job, timeout: 240) {
+                ($0["state"] as? String).map { $0 != "running" && $0 != "queued" } ?? false
+            }
             #expect(done["state"] as? String == "done", "\(done)")
             #expect(done["frames_failed"] as? Int == 0)
             let frames = Self.frames(done)
@@ -104,19 +106,19 @@ extension ProcessTests {
         }
 
         @Test func pauseHoldsAJobAfterItsFramesInFlightAndResumeFinishesIt() throws {
-            let node = try TestNode(args: ["--renderer", "simulated:200", "--slots", "2"])
-            let scene = tempDir("pause") + "/scene.blend"
-            _ = FileManager.default.createFile(
-                atPath: scene, contents: Data(Array("BLENDER-v304".utf8) + Array(repeating: 0, count: 64)))
-            let job = try node.submit([scene, "--frames", "1-40", "--chunk", "1", "--output", tempDir("pause-out")])
-            try node.waitFor(job) { ($0["frames_done"] as? Int ?? 0) >= 2 }
+            let scene = try Scenes.make(["--frames", "10", "--width", "64", "--height", "48", "--samples", "8"])
+            let node = try TestNode(args: ["--slots", "1"])
+            let out = tempDir("pause-out")
+            let job = try node.submit([scene, "--chunk", "5", "--output", out])
+            try node.waitFor(job, timeout: 180) { ($0["frames_done"] as? Int ?? 0) >= 1 }
             let paused = try node.cli(["pause", job])
             #expect(paused.status == 0, "\(paused)")
             #expect(try node.status(job)["state"] as? String == "paused")
             // Frames in flight finish; then nothing more completes.
-            let settled = try node.waitFor(job) { s in !Self.frames(s).contains { $0["state"] as? String == "assigned" } }
+            let settled = try node.waitFor(job) { s in !Self.frames(s).contains { $0["state"] as? String == "assigned" }
+            }
             let held = settled["frames_done"] as? Int ?? 0
-            #expect(held < 40)
+            #expect(held < 10)
             Thread.sleep(forTimeInterval: 3)
             let later = try node.status(job)
             #expect(later["frames_done"] as? Int == held)
@@ -126,8 +128,11 @@ extension ProcessTests {
             #expect(twice.status != 0 && twice.stderr.contains("already paused"), "\(twice)")
             let resumed = try node.cli(["resume", job])
             #expect(resumed.status == 0, "\(resumed)")
-            let finished = try node.cli(["wait", job], timeout: 120)
+            let finished = try node.cli(["wait", job], timeout: 240)
             #expect(finished.status == 0, "\(finished)")
+            #expect(finished.stdout.contains("All 10 frames are in \(out)"), "\(finished)")
+            #expect(
+                try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasSuffix(".png") }.count == 10)
             let notPaused = try node.cli(["resume", job])
             #expect(notPaused.status != 0 && notPaused.stderr.contains("not paused"), "\(notPaused)")
         }
@@ -183,7 +188,9 @@ extension ProcessTests {
             #expect(summary["output"] as? String == out + "-2")
             #expect(try FileManager.default.contentsOfDirectory(atPath: out).sorted() == before)
             #expect(before.map { FileManager.default.contents(atPath: "\(out)/\($0)") } == bytes)
-            #expect(try FileManager.default.contentsOfDirectory(atPath: out + "-2").filter { $0.hasSuffix(".png") }.count == 3)
+            #expect(
+                try FileManager.default.contentsOfDirectory(atPath: out + "-2").filter { $0.hasSuffix(".png") }.count
+                    == 3)
             // Two jobs named "shot": the name is ambiguous, and the sentence lists both.
             let ids = try #require(try node.json(["jobs"]) as? [[String: Any]]).compactMap { $0["job"] as? String }
             #expect(ids.count == 2)

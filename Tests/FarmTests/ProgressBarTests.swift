@@ -3,9 +3,10 @@ import Testing
 @testable import Farm
 
 @Suite struct ProgressBarTests {
-    func bar(done: Int = 5, total: Int = 10, start: Int = 0, elapsed: Double = 10, since: Double = 1,
-        state: String = "running") -> ProgressBar
-    {
+    func bar(
+        done: Int = 5, total: Int = 10, start: Int = 0, elapsed: Double = 10, since: Double = 1,
+        state: String = "running"
+    ) -> ProgressBar {
         ProgressBar(done: done, total: total, doneAtStart: start, elapsed: elapsed, sinceProgress: since, state: state)
     }
 

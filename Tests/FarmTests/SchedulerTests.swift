@@ -60,7 +60,8 @@ import Testing
 
     @Test func aFrameThatFailedOnANodeGoesToAnotherFirstAndBackOnlyWhenNoOtherCanTakeIt() {
         let failed = QueuedJob(
-            job: "j", priority: 0, chunk: 4, queuedFrames: [1, 2, 3], openAssignments: 0, failedOn: [1: ["a"], 2: ["a"]])
+            job: "j", priority: 0, chunk: 4, queuedFrames: [1, 2, 3], openAssignments: 0,
+            failedOn: [1: ["a"], 2: ["a"]])
         // Node a alone is free: it gets the frame it never failed, not the others.
         var d = Scheduler.assign(queue: [failed], slots: [.init(node: "a", free: 1), .init(node: "b", free: 0)])
         #expect(d.map(\.frames) == [[3]])

@@ -1,5 +1,5 @@
-import GRDB
 import Foundation
+import GRDB
 import Testing
 
 @testable import Ledger
@@ -120,7 +120,8 @@ final class TestLedger {
         try l.submit()
         _ = try l.assign("a1", frames: [1, 2])
         #expect(try l.complete(1, assignment: "a1") == [.applied])
-        if case .ignored = try l.complete(1, assignment: "a1", node: "n2")[0] {} else {
+        if case .ignored = try l.complete(1, assignment: "a1", node: "n2")[0] {
+        } else {
             Issue.record("second completion must be ignored")
         }
         let f = try l.frame(1)

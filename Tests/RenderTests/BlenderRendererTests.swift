@@ -4,7 +4,7 @@ import Testing
 @testable import Render
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Scenes built once per test run with the fixture script and shared by the tests that only read them.
