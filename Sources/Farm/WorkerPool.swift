@@ -195,7 +195,12 @@ actor WorkerPool {
         return .failFrame(
             FailFrame(
                 job: job, frame: frame, node: nodeID, assignment: assignment.assignment,
-                message: "\(message) (on \(settings.name))", alone: others.isSubset(of: failed.union(blocked))))
+                message: Self.naming(message, node: settings.name), alone: others.isSubset(of: failed.union(blocked))))
+    }
+
+    /// Blender's words, then the node they happened on: "… (on attic)."
+    static func naming(_ message: String, node: String) -> String {
+        message.hasSuffix(".") ? "\(message.dropLast()) (on \(node))." : "\(message) (on \(node))"
     }
 
     private func isPaused(_ job: String) -> Bool { (try? ledger.job(job))?.state == "paused" }

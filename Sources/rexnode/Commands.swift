@@ -369,6 +369,10 @@ extension RexNode {
                         + "\(s["frames_done"]?.int ?? 0)/\(s["frames_total"]?.int ?? 0) frames → "
                         + (s["output"]?.string ?? ""))
                 if let message = s["message"]?.string { print("last error: \(message)") }
+                let blocked = s["blocked_nodes"]?.array?.compactMap(\.string) ?? []
+                if !blocked.isEmpty {
+                    print("blocked for this job (its renders failed there 3 times): \(blocked.joined(separator: ", "))")
+                }
                 let rows = (s["frames"]?.array ?? []).map { f in
                     [
                         "\(f["frame"]?.int ?? 0)", f["state"]?.string ?? "",
@@ -376,7 +380,9 @@ extension RexNode {
                         f["render_seconds"]?.double.map { String(format: "%.1f", $0) } ?? "-",
                         String((f["hash"]?.string ?? "-").prefix(12)),
                         (f["holders"]?.array ?? []).compactMap(\.string).joined(separator: ","),
-                        f["message"]?.string.map { String($0.prefix(70)) } ?? "",
+                        (f["message"]?.string ?? f["failures"]?.array?.last?["message"]?.string).map {
+                            String($0.prefix(70))
+                        } ?? "",
                     ]
                 }
                 print(

@@ -153,4 +153,13 @@ struct FailureClassificationTests {
                 == .handBack(reason: "The scene of job j1 is not on this node."))
         #expect(WorkerPool.classify(CancellationError()) == .handBack(reason: "CancellationError()"))
     }
+
+    @Test func aFailureKeepsBlendersWordsAndNamesTheNode() {
+        #expect(
+            WorkerPool.naming("Blender could not load x.blend.", node: "attic")
+                == "Blender could not load x.blend (on attic).")
+        #expect(
+            WorkerPool.naming("Build without OpenImageDenoiser", node: "n2")
+                == "Build without OpenImageDenoiser (on n2)")
+    }
 }
