@@ -19,6 +19,16 @@ struct Roster: Sendable {
         return result
     }
 
+    /// Other members that render and are not known dead (a suspect one, quiet for a moment under load, still
+    /// counts): who else may take a frame that failed here.
+    func otherWorkers() async -> Set<String> {
+        let members = await raft.status?.members ?? []
+        return Set(
+            await mesh.peers().filter {
+                $0.state != .dead && members.contains($0.nodeID) && (NodeStatus(bytes: $0.status)?.slots ?? 1) > 0
+            }.map(\.nodeID))
+    }
+
     /// Members this node can reach now (for copies of images), excluding itself.
     func alivePeers() async -> [String] {
         let members = await raft.status?.members ?? []
