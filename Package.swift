@@ -90,7 +90,12 @@ let package = Package(
         .testTarget(
             name: "LedgerTests", dependencies: ["Ledger", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "RenderTests", dependencies: ["Render"]),
-        .testTarget(name: "FarmTests", dependencies: ["Farm", "Ledger", "Render", "Mesh"]),
+        .testTarget(
+            name: "FarmTests",
+            dependencies: [
+                "Farm", "Ledger", "Render", "Mesh",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]),
         .executableTarget(
             name: "raftbench",
             dependencies: [

@@ -498,6 +498,11 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             if role == .leader && node != id && nextIndex[node] == nil {
                 nextIndex[node] = lastIndex + 1
                 matchIndex[node] = 0
+                // Check-quorum counts a new member as heard from until the next check but one (as etcd marks a new
+                // peer recently active): added just before a check, it has had no time to answer, and in a farm
+                // growing from one to two that check would depose a healthy leader, and stop the farm for an
+                // election, at every join.
+                heardFrom.insert(node)
             }
         case .removeNode(let node):
             members.remove(node)

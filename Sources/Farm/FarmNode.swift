@@ -276,8 +276,8 @@ public final class FarmNode: Sendable {
         case .frameLogs(let job, let frames, let lastOnly):
             let frameLogs = self.frameLogs
             return try await Blocking.run { try frameLogs.answer(job: job, frames: frames, lastOnly: lastOnly) }
-        case .stale(let epoch):
-            try await membership.onStale(epoch: epoch)
+        case .stale(let epoch, let instance):
+            await membership.onStale(epoch: epoch, instance: instance)
         }
         return PeerAnswer().encoded()
     }
@@ -320,7 +320,8 @@ public final class FarmNode: Sendable {
             failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: name)
     }
 
-    private static func loop(_ name: String, _ body: @escaping @Sendable () async -> Void)
+    /// A background loop: it runs until the group shuts down, and one that is done sooner waits for that.
+    static func loop(_ name: String, _ body: @escaping @Sendable () async -> Void)
         -> ServiceGroupConfiguration.ServiceConfiguration
     {
         .init(service: LoopService(name: name, body: body), serviceName: name)
@@ -352,6 +353,12 @@ struct ThrowingService: Service, CustomStringConvertible {
 }
 
 /// A background loop as a `Service`: it ends when the group shuts down.
+///
+/// A loop may be done before that (`watchEpochs` once it has asked the node to start over, a loop whose stream
+/// ended): it then waits for the shutdown. Returning at once would end the whole group with
+/// `serviceFinishedUnexpectedly` (a `ServiceGroup` treats a service that finishes by itself as a failure, and so
+/// does its graceful shutdown for any service but the one it is stopping), and the daemon would exit with that error
+/// instead of stopping cleanly, or of restarting to rejoin a recovered farm.
 struct LoopService: Service, CustomStringConvertible {
     let name: String
     let body: @Sendable () async -> Void
@@ -360,5 +367,7 @@ struct LoopService: Service, CustomStringConvertible {
 
     func run() async throws {
         await cancelWhenGracefulShutdown { await body() }
+        // Cancelled (the group is going down) or shutting down gracefully: this returns at once.
+        try? await gracefulShutdown()
     }
 }

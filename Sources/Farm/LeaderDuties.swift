@@ -18,14 +18,20 @@ struct LeaderDuties: Sendable {
         var name: String
         var state: PeerState
         var announced: NodeStatus?
+        /// The run (instance id) whose latest beacon `announced` came in.
+        var instance: UInt64 = 0
+        /// Whether this leader has an authenticated connection to it now: a node is added only then, or Raft's
+        /// quorum would count a member the leader cannot reach yet (in a farm of one, that stops the farm).
+        var connected: Bool = true
     }
 
     enum Directive: Sendable, Equatable {
         case addMember(id: String, name: String)
         case removeMember(id: String)
         case release([ReleaseFrames])
-        /// Tell a machine from before this farm's recovery that its log is stale (`PeerRequest.stale`).
-        case tellStale(id: String, epoch: UInt64)
+        /// Tell a machine from before this farm's recovery that its log is stale (`PeerRequest.stale`); `instance` is
+        /// the run that announced it.
+        case tellStale(id: String, instance: UInt64, epoch: UInt64)
     }
 
     let deadAfter: Duration
@@ -53,23 +59,23 @@ struct LeaderDuties: Sendable {
     ) -> [Directive] {
         let since = leadingSince ?? now
         leadingSince = since
-        // A machine that still thinks it is a member (it has a log and does not say joining or leaving) but is not
-        // one, and whose log is from before this farm's recovery, cannot catch up: its log may hold entries the
-        // farm never had. It is told to start over; the next tick adds it as a fresh node.
-        if epoch > 0,
-            let stale = peers.first(where: { peer in
-                guard peer.state == .alive, !members.contains(peer.id), let announced = peer.announced,
-                    announced.hasLog, announced.role != .joining, announced.role != .leaving,
-                    announced.epoch ?? 0 < epoch
-                else { return false }
-                return toldStale[peer.id].map { now - $0 > .seconds(3) } ?? true
-            })
-        {
+        // A machine that is not a member, has a log (whether it thinks it is a member or asks to join again) and
+        // does not say leaving, and whose log is from before this farm's recovery, cannot catch up: its log may hold
+        // entries the farm never had, committed ones among them, which Raft would have to overwrite. It is never
+        // added with that log; it is told to start over, and the next tick adds it as a fresh node.
+        let isStale = { (peer: Peer) -> Bool in
+            guard epoch > 0, let announced = peer.announced else { return false }
+            return announced.hasLog && announced.role != .leaving && announced.epoch ?? 0 < epoch
+        }
+        if let stale = peers.first(where: { peer in
+            guard peer.state == .alive, !members.contains(peer.id), isStale(peer) else { return false }
+            return toldStale[peer.id].map { now - $0 > .seconds(3) } ?? true
+        }) {
             toldStale[stale.id] = now
-            return [.tellStale(id: stale.id, epoch: epoch)]
+            return [.tellStale(id: stale.id, instance: stale.instance, epoch: epoch)]
         }
         if let fresh = peers.first(where: { peer in
-            peer.state == .alive && !members.contains(peer.id)
+            peer.state == .alive && peer.connected && !members.contains(peer.id) && !isStale(peer)
                 && (peer.announced?.hasLog == false || peer.announced?.role == .joining)
         }) {
             return [.addMember(id: fresh.id, name: fresh.name)]
@@ -128,9 +134,11 @@ struct LeaderService: Sendable {
                 duties.stepDown()
                 continue
             }
+            let connected = Set(await mesh.connectedPeers())
             let peers = await mesh.peers().map {
                 LeaderDuties.Peer(
-                    id: $0.nodeID, name: $0.name, state: $0.state, announced: NodeStatus(bytes: $0.status))
+                    id: $0.nodeID, name: $0.name, state: $0.state, announced: NodeStatus(bytes: $0.status),
+                    instance: $0.instanceID, connected: connected.contains($0.nodeID))
             }
             guard let open = try? ledger.openAssignments() else { continue }
             let directives = duties.onTick(
@@ -151,11 +159,12 @@ struct LeaderService: Sendable {
         case .release(let releases):
             logger.info("returning frames of lost workers to the queue", metadata: ["farm/chunks": "\(releases.count)"])
             _ = try? await commandLog.propose(releases.map { .releaseFrames($0) })
-        case .tellStale(let id, let epoch):
+        case .tellStale(let id, let instance, let epoch):
             logger.notice(
                 "telling a machine from before the recovery to start over",
                 metadata: ["farm/node": "\(id)", "raft/epoch": "\(epoch)"])
-            _ = try? await mesh.request(to: id, PeerRequest.stale(epoch: epoch).encoded(), timeout: .seconds(5))
+            let request = PeerRequest.stale(epoch: epoch, instance: instance)
+            _ = try? await mesh.request(to: id, request.encoded(), timeout: .seconds(5))
         }
     }
 

@@ -46,7 +46,7 @@ struct Membership: Sendable {
             try await bootstrap(onFounded: onFounded)
         } else if let epoch = try await newerEpochHeard(within: discoveryWindow) {
             // A farm recovered without this machine is in sight: its log is stale; it must not campaign with it.
-            try await onStale(epoch: epoch)
+            await onStale(epoch: epoch)
             return
         }
         try? FileManager.default.removeItem(atPath: founderMark)
@@ -89,7 +89,7 @@ struct Membership: Sendable {
             let start = since ?? ContinuousClock.now
             since = start
             if ContinuousClock.now - start >= discoveryWindow {
-                try? await onStale(epoch: newer)
+                await onStale(epoch: newer)
                 return
             }
         }
@@ -280,7 +280,18 @@ extension Membership {
 
     /// A recovered farm's leader says this node's log predates its recovery at `epoch`: if this node's own epoch is
     /// older, it stops and starts over as a fresh node (the old ledger is set aside, not deleted).
-    func onStale(epoch: UInt64) async throws {
+    ///
+    /// `instance` (from the leader's request) is the run the leader saw announcing the stale log. A request for an
+    /// earlier run is ignored: it waited for a connection to this node and reached the run that already started
+    /// over, whose log (empty, or being filled by the recovered leader) is not stale; starting over again would
+    /// throw away the durable state of a node the leader may have added meanwhile. `nil`: this run found out itself.
+    func onStale(epoch: UInt64, instance: UInt64? = nil) async {
+        if let instance, instance != mesh.instanceID {
+            logger.info(
+                "ignoring a stale-log notice meant for an earlier run of this node",
+                metadata: ["farm/epoch": "\(epoch)"])
+            return
+        }
         let mine = await raft.status?.recoveryEpoch ?? 0
         guard epoch > mine, !startOver.isSet else { return }
         logger.warning(

@@ -23,8 +23,10 @@ enum PeerRequest: Sendable, Equatable {
     /// The most frames one `frameLogs` request names.
     static let maxLogFrames = 1000
     /// From a leader of a farm recovered at `epoch` (`rexnode recover`) to a machine whose log is older than that
-    /// recovery and that is not a member: its log is stale; it starts over as a new member.
-    case stale(epoch: UInt64)
+    /// recovery and that is not a member: its log is stale; it starts over as a new member. `instance` is the run of
+    /// that machine whose beacons announced the stale log: a request that reaches a later run (it already started
+    /// over, and the request waited for its connection) is ignored by it.
+    case stale(epoch: UInt64, instance: UInt64)
 
     /// The largest blob pushed inline with `store`; larger ones are fetched by the holder (`replicate`).
     static let inlineBlobLimit = 1 << 20
@@ -57,9 +59,10 @@ enum PeerRequest: Sendable, Equatable {
             w.u32(UInt32(frames.count))
             for frame in frames { w.u64(UInt64(bitPattern: Int64(frame))) }
             w.u8(lastOnly ? 1 : 0)
-        case .stale(let epoch):
+        case .stale(let epoch, let instance):
             w.u8(Tag.stale.rawValue)
             w.u64(epoch)
+            w.u64(instance)
         }
         return w.bytes
     }
@@ -96,8 +99,8 @@ enum PeerRequest: Sendable, Equatable {
             guard let flag = r.u8(), flag <= 1 else { throw bad }
             self = .frameLogs(job: job, frames: frames, lastOnly: flag == 1)
         case .stale:
-            guard let epoch = r.u64() else { throw bad }
-            self = .stale(epoch: epoch)
+            guard let epoch = r.u64(), let instance = r.u64() else { throw bad }
+            self = .stale(epoch: epoch, instance: instance)
         }
         guard r.isAtEnd else { throw bad }
     }

@@ -120,7 +120,8 @@ actor Discovery {
     let counters: MeshCounters
     let logger: Logger
     private var core: DiscoveryCore
-    private let instanceID = UInt64.random(in: 1...UInt64.max)
+    /// This run of the node: a new random id every start, carried in its beacons.
+    nonisolated let instanceID = UInt64.random(in: 1...UInt64.max)
     private var sequence: UInt64 = 0
     private var name: String
     private var status: [UInt8] = []

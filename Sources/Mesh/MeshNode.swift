@@ -105,6 +105,10 @@ public actor MeshNode {
     /// Snapshot of the peer table (every node heard from, with its liveness).
     public func peers() async -> [PeerInfo] { await discovery.peers() }
 
+    /// This run of this node (its beacons carry it; a restart draws a new one), so a message meant for one run of a
+    /// node is not taken by the next.
+    public nonisolated var instanceID: UInt64 { discovery.instanceID }
+
     /// Node ids with an authenticated connection right now.
     public func connectedPeers() -> [String] { connections.keys.sorted() }
 

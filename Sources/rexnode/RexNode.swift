@@ -168,6 +168,9 @@ extension RexNode {
                     try? FileManager.default.removeItem(atPath: dir.farmKey)
                     try? FileManager.default.removeItem(atPath: dir.database)
                     throw error
+                } catch let error where node.mustStartOver {
+                    // The run was stopping to start over: what failed on the way out does not change that.
+                    FileHandle.standardError.write(Data("rexnode: \(error) (while stopping to start over)\n".utf8))
                 }
                 // A recovered farm said this node's log is from before its recovery: set the old ledger aside and
                 // start again as this same process (exec, so the old database is never closed over the new one's

@@ -246,6 +246,36 @@ struct PreVoteTests {
         #expect(cluster.nodes[leader]!.role == .follower)
     }
 
+    /// A farm of one adds a second member just before a quorum check: the new member has had no time to answer, so
+    /// that check must not count it as lost (it did, and every join of a one-node farm deposed its leader); a member
+    /// that stays silent for a whole check period still does.
+    @Test func aMemberAddedJustBeforeAQuorumCheckHasAWholePeriodToAnswer() {
+        var node = instance("a", members: ["a"])
+        var now = RaftTime.milliseconds(0)
+        var out = node.onTick(now: .milliseconds(1_000))
+        var becameLeader: RaftTime?
+        // Drive the node alone (every write durable at once) until it leads with its no-op committed.
+        for step in 0..<400 where !(node.role == .leader && node.commitIndex == node.lastIndex) {
+            now = .milliseconds(1_000 + UInt64(step) * 5)
+            for case .persist(let request) in out { out += node.onPersisted(request, now: now) }
+            out = node.onTick(now: now)
+            if node.role == .leader && becameLeader == nil { becameLeader = now }
+        }
+        for case .persist(let request) in out { _ = node.onPersisted(request, now: now) }
+        let elected = try! #require(becameLeader)
+        #expect(node.role == .leader && node.commitIndex == node.lastIndex)
+        let check = elected.nanoseconds + RaftSettings().electionTimeoutMin.raftNanoseconds
+        let justBefore = RaftTime(nanoseconds: check - 5_000_000)
+        guard case .accepted = node.onProposeMembership(.addNode("b"), now: justBefore) else {
+            Issue.record("the leader refused to add b")
+            return
+        }
+        _ = node.onTick(now: RaftTime(nanoseconds: check))
+        #expect(node.role == .leader, "deposed by a check right after the add, before b could answer")
+        _ = node.onTick(now: RaftTime(nanoseconds: check + 2 * RaftSettings().electionTimeoutMin.raftNanoseconds))
+        #expect(node.role == .follower, "b never answered for a whole period: the leader has lost its quorum")
+    }
+
     @Test func leaderWithAQuorumStaysLeader() {
         var cluster = TestCluster(["a", "b", "c"])
         let leader = cluster.electLeader()!

@@ -8,10 +8,14 @@ import Testing
 struct RecoveryDutiesTests {
     typealias Peer = LeaderDuties.Peer
 
-    func peer(_ id: String, role: NodeStatus.Role, hasLog: Bool = true, epoch: UInt64? = nil) -> Peer {
+    func peer(
+        _ id: String, role: NodeStatus.Role, hasLog: Bool = true, epoch: UInt64? = nil, instance: UInt64 = 7,
+        connected: Bool = true
+    ) -> Peer {
         Peer(
             id: id, name: "name-\(id)", state: .alive,
-            announced: NodeStatus(role: role, slots: 1, hasLog: hasLog, task: nil, epoch: epoch))
+            announced: NodeStatus(role: role, slots: 1, hasLog: hasLog, task: nil, epoch: epoch), instance: instance,
+            connected: connected)
     }
 
     @Test func aMachineFromBeforeTheRecoveryIsToldItsLogIsStaleThenAddedFreshOnceItStartsOver() {
@@ -19,7 +23,7 @@ struct RecoveryDutiesTests {
         let stale = peer("c", role: .candidate)
         #expect(
             d.onTick(now: .zero, nowMs: 0, selfID: "b", members: ["b"], peers: [stale], open: [], epoch: 1_000_005)
-                == [.tellStale(id: "c", epoch: 1_000_005)])
+                == [.tellStale(id: "c", instance: 7, epoch: 1_000_005)])
         // Not again at once (it is starting over), but again if it is still there seconds later.
         #expect(
             d.onTick(
@@ -28,12 +32,46 @@ struct RecoveryDutiesTests {
         #expect(
             d.onTick(
                 now: .seconds(5), nowMs: 0, selfID: "b", members: ["b"], peers: [stale], open: [], epoch: 1_000_005)
-                == [.tellStale(id: "c", epoch: 1_000_005)])
+                == [.tellStale(id: "c", instance: 7, epoch: 1_000_005)])
         // Started over: an empty log, so it is added as any fresh node.
         let fresh = peer("c", role: .joining, hasLog: false)
         #expect(
             d.onTick(
                 now: .seconds(6), nowMs: 0, selfID: "b", members: ["b"], peers: [fresh], open: [], epoch: 1_000_005)
+                == [.addMember(id: "c", name: "name-c")])
+    }
+
+    /// A machine that left (or was evicted) before the recovery and asks to join again still has its old log: it is
+    /// never added with it (the recovered leader would have to overwrite entries that log holds as committed); it
+    /// starts over like any other machine from before the recovery, and is added once its log is empty.
+    @Test func aMachineAskingToJoinWithALogFromBeforeTheRecoveryIsToldToStartOverNotAdded() {
+        var d = LeaderDuties(deadAfter: .seconds(10), evictAfter: .seconds(60))
+        let rejoining = peer("c", role: .joining, instance: 41)
+        #expect(
+            d.onTick(
+                now: .zero, nowMs: 0, selfID: "b", members: ["b"], peers: [rejoining], open: [], epoch: 1_000_005)
+                == [.tellStale(id: "c", instance: 41, epoch: 1_000_005)])
+        #expect(
+            d.onTick(
+                now: .seconds(1), nowMs: 0, selfID: "b", members: ["b"], peers: [rejoining], open: [],
+                epoch: 1_000_005) == [])
+        // With a log of this epoch (it left the recovered farm and comes back) it is added as before.
+        let current = peer("c", role: .joining, epoch: 1_000_005)
+        #expect(
+            d.onTick(
+                now: .seconds(2), nowMs: 0, selfID: "b", members: ["b"], peers: [current], open: [], epoch: 1_000_005)
+                == [.addMember(id: "c", name: "name-c")])
+    }
+
+    /// A fresh machine is added only once the leader has a connection to it: a member it cannot reach yet would
+    /// count in the quorum at once (in a farm of one, nothing commits and check-quorum deposes the leader).
+    @Test func aFreshMachineIsAddedOnlyOnceConnected() {
+        var d = LeaderDuties(deadAfter: .seconds(10), evictAfter: .seconds(60))
+        let unreachable = peer("c", role: .joining, hasLog: false, connected: false)
+        #expect(d.onTick(now: .zero, nowMs: 0, selfID: "b", members: ["b"], peers: [unreachable], open: []) == [])
+        let reachable = peer("c", role: .joining, hasLog: false)
+        #expect(
+            d.onTick(now: .seconds(1), nowMs: 0, selfID: "b", members: ["b"], peers: [reachable], open: [])
                 == [.addMember(id: "c", name: "name-c")])
     }
 
@@ -62,7 +100,7 @@ struct RecoveryDutiesTests {
     }
 
     @Test func theStaleRequestRoundTrips() throws {
-        let request = PeerRequest.stale(epoch: 1_000_002)
+        let request = PeerRequest.stale(epoch: 1_000_002, instance: 0xDEAD_BEEF_0000_0001)
         #expect(try PeerRequest(bytes: request.encoded()) == request)
         #expect(throws: FarmError.self) { try PeerRequest(bytes: Array(request.encoded().dropLast())) }
     }
