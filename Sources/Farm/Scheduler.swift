@@ -5,15 +5,19 @@ import Ledger
 /// Jobs are served by priority, then age; within equal priority, jobs with fewer running chunks go first so two
 /// jobs share the farm. Each chunk is at most `job.chunk` queued frames, in frame order. A frame that failed on a
 /// node goes to another node first: it returns to one it failed on only when every node of the farm has failed it
-/// or is blocked for its job.
+/// or is blocked for its job. A job with tags goes only to nodes carrying all of them; a node resting outside its
+/// schedule comes with no free slot.
 public enum Scheduler {
     public struct Slot: Sendable, Equatable {
         public var node: String
         public var free: Int
+        /// The node's tags: it takes only jobs whose tags it carries, every one.
+        public var tags: Set<String>
 
-        public init(node: String, free: Int) {
+        public init(node: String, free: Int, tags: Set<String> = []) {
             self.node = node
             self.free = free
+            self.tags = tags
         }
     }
 
@@ -35,10 +39,12 @@ public enum Scheduler {
         var decisions: [Decision] = []
         while let slotIndex = free.firstIndex(where: { $0.free > 0 }) {
             let node = free[slotIndex].node
+            let tags = free[slotIndex].tags
             // Highest priority first; among equals, the job with the fewest chunks in flight, then the oldest.
-            // A job that blocked this node (it failed there too often) is not offered to it.
+            // A job that blocked this node (it failed there too often), or needs a tag it lacks, is not offered to it.
             let pick = jobs.indices.filter {
                 jobs[$0].offers(node, farm: everyNode) && !jobs[$0].blockedNodes.contains(node)
+                    && jobs[$0].tags.isSubset(of: tags)
             }
             .min { a, b in
                 if jobs[a].priority != jobs[b].priority { return jobs[a].priority > jobs[b].priority }
