@@ -319,7 +319,9 @@ extension RexNode {
                     let tags = (p["tags"]?.array ?? []).compactMap(\.string).joined(separator: ",")
                     let devices = (p["devices"]?.array ?? []).compactMap(\.string).joined(separator: ",")
                     var state = p["state"]?.string ?? ""
-                    if p["resting"]?.bool == true { state += ", resting until " + Self.wake(p["resting_until"]?.string) }
+                    if p["resting"]?.bool == true {
+                        state += ", resting until " + Self.wake(p["resting_until"]?.string)
+                    }
                     return [
                         (p["self"]?.bool == true ? "*" : " ") + (p["name"]?.string ?? ""), p["id"]?.string ?? "",
                         p["address"]?.string ?? "", p["role"]?.string ?? "", state,

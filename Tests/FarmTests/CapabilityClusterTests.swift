@@ -23,8 +23,10 @@ extension ProcessTests {
             defer { try? FileManager.default.removeItem(atPath: data) }
             return try runProgram(
                 TestPaths.rexnode,
-                ["join", "--data", data, "--listen", "127.0.0.1:0", "--interface", "127.0.0.1", "--discovery",
-                    "239.255.77.\(TestNode.groupByte):\(TestNode.freshPort())"] + args,
+                [
+                    "join", "--data", data, "--listen", "127.0.0.1:0", "--interface", "127.0.0.1", "--discovery",
+                    "239.255.77.\(TestNode.groupByte):\(TestNode.freshPort())",
+                ] + args,
                 timeout: 180)
         }
 
@@ -43,9 +45,15 @@ extension ProcessTests {
                     return tags[ids[0]] == [] && tags[ids[1]] == ["gpu", "studio"] && tags[ids[2]] == ["gpu"]
                 }
             }
-            let both = try farm.nodes[0].submit([scene, "--frames", "1-8", "--chunk", "1", "--tags", "studio,gpu"])
-            let gpu = try farm.nodes[0].submit([scene, "--frames", "1-12", "--chunk", "1", "--tags", "gpu"])
-            let any = try farm.nodes[0].submit([scene, "--frames", "1-12", "--chunk", "1"])
+            let both = try farm.nodes[0].submit([
+                "--output", tempDir("tagged"), scene, "--frames", "1-8", "--chunk", "1", "--tags", "studio,gpu",
+            ])
+            let gpu = try farm.nodes[0].submit([
+                "--output", tempDir("tagged"), scene, "--frames", "1-12", "--chunk", "1", "--tags", "gpu",
+            ])
+            let any = try farm.nodes[0].submit([
+                "--output", tempDir("tagged"), scene, "--frames", "1-12", "--chunk", "1",
+            ])
             for job in [both, gpu, any] {
                 try farm.nodes[0].waitFor(job, timeout: 180) { $0["state"] as? String == "done" }
             }
@@ -60,7 +68,9 @@ extension ProcessTests {
         @Test func aJobWhoseTagsNoNodeHasWaitsAndSubmitSaysSoUntilOneJoins() throws {
             let scene = try Scenes.make(["--frames", "2", "--width", "32", "--height", "24", "--samples", "1"])
             let first = try TestNode(args: ["--renderer", "simulated:20", "--beacon-ms", "200", "--dead-after", "2"])
-            let r = try first.cli(["submit", scene, "--frames", "1-4", "--tags", "farside", "--no-wait"])
+            let r = try first.cli([
+                "submit", scene, "--frames", "1-4", "--tags", "farside", "--no-wait", "--output", tempDir("farside"),
+            ])
             #expect(r.status == 0, "\(r)")
             let job = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             let warnings = r.stderr.split(separator: "\n").filter { $0.hasPrefix("warning:") }
@@ -103,7 +113,9 @@ extension ProcessTests {
                 perNode: [1: ["--tags", "night", "--schedule", days]],
                 environment: ["REXNODE_CLOCK_OFFSET_FILE": offset])
             let ids = try self.ids(farm.nodes)
-            let job = try farm.nodes[0].submit([scene, "--frames", "1-6", "--chunk", "6", "--tags", "night"])
+            let job = try farm.nodes[0].submit([
+                "--output", tempDir("tagged"), scene, "--frames", "1-6", "--chunk", "6", "--tags", "night",
+            ])
             try farm.nodes[0].waitFor(job, timeout: 60) { s in
                 (s["frames"] as? [[String: Any]] ?? []).contains { $0["state"] as? String == "assigned" }
             }
@@ -119,7 +131,9 @@ extension ProcessTests {
             let handedBack = try farm.nodes[0].waitFor(job, timeout: 60) { s in
                 (s["frames"] as? [[String: Any]] ?? []).allSatisfy { $0["state"] as? String != "assigned" }
             }
-            let doneBefore = (handedBack["frames"] as? [[String: Any]] ?? []).filter { $0["state"] as? String == "done" }
+            let doneBefore = (handedBack["frames"] as? [[String: Any]] ?? []).filter {
+                $0["state"] as? String == "done"
+            }
             #expect(doneBefore.count < 6)
             // While it rests, it takes nothing (the other node lacks the tag).
             for _ in 0..<10 {
@@ -139,7 +153,10 @@ extension ProcessTests {
 
         @Test func aBadScheduleOrDeviceFailsJoinInOneSentence() throws {
             for (args, start) in [
-                (["--schedule", "mon-fri 19:00-31:00"], "rexnode: --schedule \"mon-fri 19:00-31:00\" is not a schedule"),
+                (
+                    ["--schedule", "mon-fri 19:00-31:00"],
+                    "rexnode: --schedule \"mon-fri 19:00-31:00\" is not a schedule"
+                ),
                 (["--schedule", "weekends"], "rexnode: --schedule \"weekends\" is not a schedule"),
                 (["--device", "GPU"], "rexnode: --device takes CPU, CUDA, OPTIX, HIP or ONEAPI"),
                 (["--tags", "a b"], "rexnode: --tags takes comma-separated tags"),

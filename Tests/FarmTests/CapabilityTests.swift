@@ -92,7 +92,11 @@ import Testing
     }
 
     @Test func aJobWithTagsGoesOnlyToNodesCarryingEveryOne() {
-        let queue = [QueuedJob(job: "j", priority: 0, chunk: 1, queuedFrames: [1, 2, 3, 4], openAssignments: 0, tags: ["gpu", "studio"])]
+        let queue = [
+            QueuedJob(
+                job: "j", priority: 0, chunk: 1, queuedFrames: [1, 2, 3, 4], openAssignments: 0,
+                tags: ["gpu", "studio"])
+        ]
         let slots: [Scheduler.Slot] = [
             .init(node: "plain", free: 2), .init(node: "gpu-only", free: 2, tags: ["gpu"]),
             .init(node: "both", free: 2, tags: ["gpu", "studio", "night"]),
