@@ -73,12 +73,12 @@ extension ProcessTests {
             ])
             #expect(r.status == 0, "\(r)")
             let job = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-            let warnings = r.stderr.split(separator: "\n").filter { $0.hasPrefix("warning:") }
+            let warnings = r.stderr.split(separator: "\n").map(String.init).filter { $0.hasPrefix("warning:") }
             #expect(warnings.count == 1, "\(r)")
-            #expect(
-                warnings.first
-                    == "warning: No live node carries the tag farside; the job stays queued until one joins "
-                    + "(`rexnode join --tags farside`).")
+            let expected =
+                "warning: No live node carries the tag farside; the job stays queued until one joins "
+                + "(`rexnode join --tags farside`)."
+            #expect(warnings.first == expected, "\(Array((warnings.first ?? "").utf8).suffix(8))")
             // The farm's only node lacks the tag: nothing is assigned (checked several times over a few seconds).
             for _ in 0..<10 {
                 let frames = try #require(try first.status(job)["frames"] as? [[String: Any]])
