@@ -29,10 +29,11 @@ public enum Scheduler {
 
     public static func assign(queue: [QueuedJob], slots: [Slot]) -> [Decision] {
         var jobs = queue
-        let everyNode = Set(slots.map(\.node))
+        // The nodes that may take each job: all of them, or those carrying its tags.
+        let eligible = jobs.map { job in Set(slots.filter { job.tags.isSubset(of: $0.tags) }.map(\.node)) }
         // A block only holds while some node of the farm may still take the job; else the frames would wait for
         // ever (a farm of one), so they go on failing until their attempts run out.
-        for index in jobs.indices where everyNode.isSubset(of: jobs[index].blockedNodes) {
+        for index in jobs.indices where eligible[index].isSubset(of: jobs[index].blockedNodes) {
             jobs[index].blockedNodes = []
         }
         var free = slots.filter { $0.free > 0 }
@@ -43,8 +44,8 @@ public enum Scheduler {
             // Highest priority first; among equals, the job with the fewest chunks in flight, then the oldest.
             // A job that blocked this node (it failed there too often), or needs a tag it lacks, is not offered to it.
             let pick = jobs.indices.filter {
-                jobs[$0].offers(node, farm: everyNode) && !jobs[$0].blockedNodes.contains(node)
-                    && jobs[$0].tags.isSubset(of: tags)
+                jobs[$0].tags.isSubset(of: tags) && jobs[$0].offers(node, farm: eligible[$0])
+                    && !jobs[$0].blockedNodes.contains(node)
             }
             .min { a, b in
                 if jobs[a].priority != jobs[b].priority { return jobs[a].priority > jobs[b].priority }
@@ -59,7 +60,7 @@ public enum Scheduler {
                 continue
             }
             let chunk = Array(
-                jobs[pick].queuedFrames.lazy.filter { jobs[pick].mayGo($0, to: node, farm: everyNode) }
+                jobs[pick].queuedFrames.lazy.filter { jobs[pick].mayGo($0, to: node, farm: eligible[pick]) }
                     .prefix(max(1, jobs[pick].chunk)))
             let taken = Set(chunk)
             jobs[pick].queuedFrames.removeAll { taken.contains($0) }

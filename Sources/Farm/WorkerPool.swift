@@ -203,7 +203,10 @@ actor WorkerPool {
     private func failure(job: String, frame: Int, assignment: AssignmentRecord, message: String) async
         -> LedgerCommand
     {
-        let others = Set(await roster.renderSlots().map(\.node)).subtracting([nodeID])
+        // Only nodes that may take the job count: those carrying its tags.
+        let needs = Set((try? ledger.job(job))?.tags ?? [])
+        let carriers = await roster.memberTags().filter { needs.isSubset(of: $0.value) }.keys
+        let others = Set(await roster.renderSlots().map(\.node)).intersection(carriers).subtracting([nodeID])
         let failed = (try? ledger.failedNodes(job: job, frame: frame)) ?? []
         let blocked = (try? ledger.blockedNodes(job: job)) ?? []
         return .failFrame(

@@ -118,6 +118,18 @@ import Testing
         #expect(d.map(\.job) == ["plain"])
     }
 
+    @Test func aFrameThatFailedOnTheOnlyTaggedNodeGoesBackToIt() {
+        // Untagged nodes cannot take the job, so they do not count as "another node" for its failed frame.
+        let queue = [
+            QueuedJob(
+                job: "j", priority: 0, chunk: 1, queuedFrames: [1], openAssignments: 0, failedOn: [1: ["gpu"]],
+                tags: ["gpu"])
+        ]
+        let d = Scheduler.assign(
+            queue: queue, slots: [.init(node: "cpu", free: 1), .init(node: "gpu", free: 1, tags: ["gpu"])])
+        #expect(d.map(\.node) == ["gpu"])
+    }
+
     @Test func theBeaconStatusCarriesTagsDevicesAndRestWithinItsSize() throws {
         let tags = try NodeTags.parse("gpu,studio,night,render-a,render-b,hq")
         let status = NodeStatus(role: .follower, slots: 8, hasLog: true, task: "jabcdefgh123/100000", epoch: 12)
