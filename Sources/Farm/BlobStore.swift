@@ -60,6 +60,9 @@ public struct BlobStore: Sendable {
         let final = path(for: hash)
         if has(hash) {
             try? FileManager.default.removeItem(atPath: tmp)
+            // Stored again (a rerun's identical image, a resubmitted file): fresh, so clean-up of a removed job
+            // that had the same bytes leaves it alone (`modifiedRecently`).
+            utimes(final, nil)
             return (hash, size, false)
         }
         try FileManager.default.createDirectory(
@@ -121,6 +124,14 @@ public struct BlobStore: Sendable {
         let hasher = Blake2bHasher()
         while let chunk = try input.read(upToCount: 1 << 20), !chunk.isEmpty { hasher.update(chunk) }
         return hasher.finalize().hexString
+    }
+
+    /// Whether the blob was written, or stored again, within `interval`.
+    public func modifiedRecently(_ hash: String, within interval: Double) -> Bool {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path(for: hash)),
+            let modified = attributes[.modificationDate] as? Date
+        else { return false }
+        return Date().timeIntervalSince(modified) < interval
     }
 
     public func remove(_ hash: String) {

@@ -142,7 +142,7 @@ public final class FarmNode: Sendable {
         let workers = WorkerPool(
             nodeID: nodeID, settings: settings, ledger: ledger, blobs: blobs, exchange: exchange, roster: roster,
             commandLog: raftLog, renderer: renderer, work: work, pulse: pulse, progress: progress, logger: logger,
-            frameLogs: logStore)
+            frameLogs: logStore, inFlight: inFlight)
         self.workers = workers
         let delivery = Delivery(
             nodeID: nodeID, ledger: ledger, blobs: blobs, exchange: exchange, pulse: pulse, logger: logger)

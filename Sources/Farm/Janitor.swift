@@ -69,7 +69,8 @@ struct WorkFolders: Sendable {
     func remove(job: String) { try? FileManager.default.removeItem(atPath: jobFolder(job)) }
 }
 
-/// Scenes being stored by submits that are not committed yet: clean-up must not take them.
+/// Blobs no committed entry names yet, that clean-up must not take: files being stored by submits, images being
+/// recorded by render slots.
 final class ScenesInFlight: Sendable {
     private let hashes = Mutex<[String: Int]>([:])
 
@@ -101,7 +102,7 @@ struct Janitor: Sendable {
         // Jobs whose files this node has dropped, none kept back for a job or submit still using them: their file
         // lists are not read again.
         var cleared: Set<String> = []
-        var removed: Set<String> = []
+        var removed: [String: Int64] = [:]
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(min(30_000, max(200, settings.blendGraceMilliseconds / 4))))
             guard let jobs = try? ledger.jobs() else { continue }
@@ -128,22 +129,32 @@ struct Janitor: Sendable {
         }
     }
 
-    /// Removed jobs: their work folders, and every blob of theirs that no job in the ledger and no submit under way
-    /// uses. Each tombstone is handled once per run of the daemon.
-    private func dropRemoved(_ done: inout Set<String>) {
-        guard let tombstones = try? ledger.removedJobs().filter({ !done.contains($0.job) }), !tombstones.isEmpty,
-            let used = try? ledger.blobsInUse()
+    /// Removed jobs: their work folders, and every blob of theirs that no job in the ledger, no submit under way and
+    /// no render being recorded uses. A blob written or stored again lately (a rerun's identical image on its way to
+    /// the ledger, a copy just received) is left for a later round. Each tombstone is handled once per run of the
+    /// daemon, and again when it grows (a late image of the job).
+    private func dropRemoved(_ done: inout [String: Int64]) {
+        guard let tombstones = try? ledger.removedJobs().filter({ done[$0.job] != $0.index }), !tombstones.isEmpty
         else { return }
-        let keep = used.union(inFlight.all)
-        for (job, hashes) in tombstones {
+        let recent = Double(min(120_000, max(500, settings.blendGraceMilliseconds))) / 1000
+        for (job, index, hashes) in tombstones {
             work.remove(job: job)
             var dropped = 0
-            for hash in hashes where !keep.contains(hash) && blobs.has(hash) {
+            var later = false
+            for hash in hashes where blobs.has(hash) {
+                // Checked for each blob just before it goes: a job or a render may have taken it up meanwhile.
+                guard let used = try? ledger.blobsInUse(), !used.contains(hash), !inFlight.all.contains(hash) else {
+                    continue
+                }
+                if blobs.modifiedRecently(hash, within: recent) {
+                    later = true
+                    continue
+                }
                 blobs.remove(hash)
                 dropped += 1
             }
             if dropped > 0 { logger.info("dropped a removed job's files", metadata: ["farm/job": "\(job)"]) }
-            done.insert(job)
+            if !later { done[job] = index }
         }
     }
 }

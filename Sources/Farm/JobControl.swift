@@ -50,7 +50,8 @@ struct JobControl: Sendable {
                     .badInput,
                     "Job \(id) is \(job.state); cancel it first, or pass --force to remove it while it runs.")
             }
-            if !job.isFinished { try await propose(.cancelJob(CancelJob(job: id)), for: job) }
+            // One command even for a running job: its assignments go with it, and its workers stop (their frame is
+            // gone); no half-done cancel-then-remove.
             try await propose(.removeJob(JobTarget(job: id)), for: job)
             logger.info("job removed", metadata: ["farm/job": "\(id)"])
             var gone = job

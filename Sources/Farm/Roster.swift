@@ -24,15 +24,25 @@ struct Roster: Sendable {
         return result
     }
 
-    /// The tags of each member discovery sees alive, this node's from its settings (for the scheduler and
-    /// `submit`'s warning).
+    /// The tags of each member discovery does not know dead, this node's from its settings (for the scheduler, the
+    /// failed-frame rule and `submit`'s warning).
     func memberTags() async -> [String: Set<String>] {
         let members = await raft.status?.members ?? [nodeID]
         var result: [String: Set<String>] = [nodeID: Set(tags)]
-        for peer in await mesh.peers() where peer.state == .alive && members.contains(peer.nodeID) {
+        for peer in await mesh.peers() where peer.state != .dead && members.contains(peer.nodeID) {
             result[peer.nodeID] = Set(NodeStatus(bytes: peer.status)?.tags ?? [])
         }
         return result
+    }
+
+    /// Other members that render and are not known dead (a suspect one, quiet for a moment under load, still
+    /// counts): who else may take a frame that failed here.
+    func otherWorkers() async -> Set<String> {
+        let members = await raft.status?.members ?? []
+        return Set(
+            await mesh.peers().filter {
+                $0.state != .dead && members.contains($0.nodeID) && (NodeStatus(bytes: $0.status)?.slots ?? 1) > 0
+            }.map(\.nodeID))
     }
 
     /// Members this node can reach now (for copies of images), excluding itself.

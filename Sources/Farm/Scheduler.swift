@@ -4,8 +4,10 @@ import Ledger
 ///
 /// Jobs are served by priority, then age; within equal priority, jobs with fewer running chunks go first so two
 /// jobs share the farm. Each chunk is at most `job.chunk` queued frames, in frame order. A frame that failed on a
-/// node goes to another node first: it returns to one it failed on only when every node of the farm has failed it
-/// or is blocked for its job. A job with tags goes only to nodes carrying all of them; a node resting outside its
+/// node goes to another node first: it returns to a node it failed on only when no other node with a free slot
+/// now can take it (each failed it too, or is blocked for its job). A preference, not an exclusion: a node that
+/// keeps handing work back never holds a frame away from the node that failed it once. A job with tags goes only
+/// to nodes carrying all of them (only those count as others for its failed frames); a node resting outside its
 /// schedule comes with no free slot.
 public enum Scheduler {
     public struct Slot: Sendable, Equatable {
@@ -43,8 +45,9 @@ public enum Scheduler {
             let tags = free[slotIndex].tags
             // Highest priority first; among equals, the job with the fewest chunks in flight, then the oldest.
             // A job that blocked this node (it failed there too often), or needs a tag it lacks, is not offered to it.
+            let others = Set(free.filter { $0.free > 0 && $0.node != node }.map(\.node))
             let pick = jobs.indices.filter {
-                jobs[$0].tags.isSubset(of: tags) && jobs[$0].offers(node, farm: eligible[$0])
+                jobs[$0].tags.isSubset(of: tags) && jobs[$0].offers(node, others: others.intersection(eligible[$0]))
                     && !jobs[$0].blockedNodes.contains(node)
             }
             .min { a, b in
@@ -59,8 +62,9 @@ public enum Scheduler {
                 free.remove(at: slotIndex)
                 continue
             }
+            let mayTake = others.intersection(eligible[pick])
             let chunk = Array(
-                jobs[pick].queuedFrames.lazy.filter { jobs[pick].mayGo($0, to: node, farm: eligible[pick]) }
+                jobs[pick].queuedFrames.lazy.filter { jobs[pick].mayGo($0, to: node, others: mayTake) }
                     .prefix(max(1, jobs[pick].chunk)))
             let taken = Set(chunk)
             jobs[pick].queuedFrames.removeAll { taken.contains($0) }
@@ -81,15 +85,15 @@ public enum Scheduler {
 }
 
 extension QueuedJob {
-    /// Whether `frame` may go to `node`: it never failed there, or no other node of `farm` can take it (each
-    /// failed it too, or is blocked for this job).
-    func mayGo(_ frame: Int, to node: String, farm: Set<String>) -> Bool {
+    /// Whether `frame` may go to `node`: it never failed there, or none of `others` (the nodes with a free slot
+    /// now) can take it: each failed it too, or is blocked for this job.
+    func mayGo(_ frame: Int, to node: String, others: Set<String>) -> Bool {
         guard let failed = failedOn[frame], failed.contains(node) else { return true }
-        return farm.isSubset(of: failed.union(blockedNodes))
+        return others.isSubset(of: failed.union(blockedNodes))
     }
 
     /// Whether the job has a queued frame for `node`.
-    func offers(_ node: String, farm: Set<String>) -> Bool {
-        failedOn.isEmpty ? !queuedFrames.isEmpty : queuedFrames.contains { mayGo($0, to: node, farm: farm) }
+    func offers(_ node: String, others: Set<String>) -> Bool {
+        failedOn.isEmpty ? !queuedFrames.isEmpty : queuedFrames.contains { mayGo($0, to: node, others: others) }
     }
 }

@@ -187,9 +187,14 @@ struct SubmitService: Sendable {
     /// The folder a new job writes to: the one asked for, unless it holds another job's frames (then the next free
     /// `-2`, `-3`, …, with a sentence saying so). Never a folder a job of this node already writes to.
     private func claimOutput(_ requested: String) throws -> (folder: String, moved: String?) {
-        let mine = try ledger.jobs().filter { $0.submitter == nodeID }
-        let folder = try claims.claim(requested) { candidate in mine.contains { $0.output == candidate } }
+        // This node's jobs are read after each folder is reserved: a submit that committed meanwhile is seen.
+        let nodeID = self.nodeID
+        let ledger = self.ledger
+        let folder = try claims.claim(requested) { candidate in
+            try ledger.jobs().contains { $0.submitter == nodeID && $0.output == candidate }
+        }
         guard folder != requested else { return (folder, nil) }
+        let mine = try ledger.jobs().filter { $0.submitter == nodeID }
         let owner = mine.last { $0.output == requested }.map { "job \($0.job) (\($0.name))" } ?? "earlier frames"
         return (folder, "\(requested) already holds \(owner); this job writes to \(folder) instead.")
     }

@@ -39,6 +39,8 @@ actor WorkerPool {
     let logger: Logger
     /// Blender's output of each frame attempt (`rexnode log`; see FrameLogs.swift).
     let frameLogs: FrameLogStore
+    /// Images stored here and not yet recorded in the ledger: clean-up leaves them alone.
+    let inFlight: ScenesInFlight
 
     private var sessions: [Int: (job: String, session: any RenderSession)] = [:]
     /// Assignments a slot is working on.
@@ -49,8 +51,9 @@ actor WorkerPool {
     init(
         nodeID: String, settings: NodeSettings, ledger: LedgerStore, blobs: BlobStore, exchange: BlobExchange,
         roster: Roster, commandLog: any CommandLog, renderer: any Renderer, work: WorkFolders, pulse: Pulse,
-        progress: SlotProgress, logger: Logger, frameLogs: FrameLogStore
+        progress: SlotProgress, logger: Logger, frameLogs: FrameLogStore, inFlight: ScenesInFlight
     ) {
+        self.inFlight = inFlight
         self.nodeID = nodeID
         self.settings = settings
         self.ledger = ledger
@@ -206,7 +209,7 @@ actor WorkerPool {
         // Only nodes that may take the job count: those carrying its tags.
         let needs = Set((try? ledger.job(job))?.tags ?? [])
         let carriers = await roster.memberTags().filter { needs.isSubset(of: $0.value) }.keys
-        let others = Set(await roster.renderSlots().map(\.node)).intersection(carriers).subtracting([nodeID])
+        let others = await roster.otherWorkers().intersection(carriers)
         let failed = (try? ledger.failedNodes(job: job, frame: frame)) ?? []
         let blocked = (try? ledger.blockedNodes(job: job)) ?? []
         return .failFrame(
@@ -278,6 +281,10 @@ actor WorkerPool {
     /// a frame counts once its image is on two nodes (or on the only one).
     private nonisolated func record(_ frame: CompleteFrameDraft, submitter: String) async {
         let files = [(frame.hash, frame.size)] + frame.outputs.map { ($0.hash, $0.size) }
+        // Until the ledger names them, only this marks them as wanted (the store's write time covers the moment
+        // between storing and here).
+        for (hash, _) in files { inFlight.insert(hash) }
+        defer { for (hash, _) in files { inFlight.remove(hash) } }
         await exchange.sync.flush(files.map { blobs.path(for: $0.0) })
         let holders = await exchange.copyUntilHeldTwice(files, submitter: submitter)
         await report([

@@ -324,11 +324,14 @@ extension LedgerStore {
 
     /// Jobs removed from the farm, with every blob they had (project files, images): nodes drop those no other job
     /// uses.
-    public func removedJobs() throws -> [(job: String, blobs: [String])] {
+    /// `index` is where the tombstone last changed (a late image of the job joins it).
+    public func removedJobs() throws -> [(job: String, index: Int64, blobs: [String])] {
         try writer.read { db in
-            try Row.fetchAll(db, sql: "SELECT job, blobs FROM removed_jobs ORDER BY log_index").map { row in
+            try Row.fetchAll(db, sql: "SELECT job, log_index, blobs FROM removed_jobs ORDER BY log_index").map { row in
                 let text: String = row["blobs"]
-                return (row["job"], (try? JSONDecoder().decode([String].self, from: Data(text.utf8))) ?? [])
+                return (
+                    row["job"], row["log_index"], (try? JSONDecoder().decode([String].self, from: Data(text.utf8))) ?? []
+                )
             }
         }
     }

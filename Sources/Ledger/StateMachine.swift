@@ -90,7 +90,19 @@ struct StateMachine {
     }
 
     private func complete(_ c: CompleteFrame) throws -> ApplyOutcome {
-        guard let state = try frameState(c.job, c.frame) else { return .ignored("no frame \(c.job)/\(c.frame)") }
+        guard let state = try frameState(c.job, c.frame) else {
+            // A frame of a removed job finished after all: its image joins the tombstone, so nodes drop it too.
+            if try Bool.fetchOne(db, sql: "SELECT 1 FROM removed_jobs WHERE job = ?", arguments: [c.job]) == true {
+                let text = try String.fetchOne(db, sql: "SELECT blobs FROM removed_jobs WHERE job = ?", arguments: [c.job])
+                var blobs = Set(text.flatMap { try? JSONDecoder().decode([String].self, from: Data($0.utf8)) } ?? [])
+                blobs.insert(c.hash)
+                for output in c.outputs ?? [] where JobManifest.isAddress(output.hash) { blobs.insert(output.hash) }
+                try db.execute(
+                    sql: "UPDATE removed_jobs SET blobs = ?, log_index = ? WHERE job = ?",
+                    arguments: [Self.json(blobs.sorted()), Int64(index), c.job])
+            }
+            return .ignored("no frame \(c.job)/\(c.frame)")
+        }
         for output in c.outputs ?? [] {
             guard JobManifest.isAddress(output.hash), (try? JobManifest.checkRelative(output.path)) != nil else {
                 return .ignored("frame \(c.job)/\(c.frame) names an output no node accepts: \(output.path)")
@@ -137,21 +149,27 @@ struct StateMachine {
                 ON CONFLICT (job, node) DO UPDATE SET failures = failures + 1
                 """,
             arguments: [c.job, c.node])
-        try db.execute(
-            sql: """
-                INSERT OR REPLACE INTO frame_attempts (job, frame, attempt, node, message, log_index)
-                VALUES (?,?,?,?,?,?)
-                """,
-            arguments: [c.job, c.frame, attempts, c.node, c.message, Int64(index)])
-        // Scoped: the failure counts against the node first. The frame fails for good only once it has used its
-        // attempts on enough different nodes, or on the only node that can take it.
-        let nodes =
-            try Int.fetchOne(
-                db, sql: "SELECT COUNT(DISTINCT node) FROM frame_attempts WHERE job = ? AND frame = ?",
-                arguments: [c.job, c.frame]) ?? 1
-        let final =
-            c.fatal
-            || (attempts >= LedgerRules.maxAttempts && (nodes >= LedgerRules.nodesBeforeFailing || c.alone == true))
+        let final: Bool
+        if let alone = c.alone {
+            // Scoped: the failure counts against the node first. The frame fails for good only once it has used
+            // its attempts on enough different nodes, or on the only node that can take it.
+            try db.execute(
+                sql: """
+                    INSERT OR REPLACE INTO frame_attempts (job, frame, attempt, node, message, log_index)
+                    VALUES (?,?,?,?,?,?)
+                    """,
+                arguments: [c.job, c.frame, attempts, c.node, c.message, Int64(index)])
+            let nodes =
+                try Int.fetchOne(
+                    db, sql: "SELECT COUNT(DISTINCT node) FROM frame_attempts WHERE job = ? AND frame = ?",
+                    arguments: [c.job, c.frame]) ?? 1
+            final =
+                c.fatal || (attempts >= LedgerRules.maxAttempts && (nodes >= LedgerRules.nodesBeforeFailing || alone))
+        } else {
+            // An entry from before failures were scoped (no `alone`): the rule it was written under, so a node
+            // replaying an old log reaches the state the others reached then.
+            final = c.fatal || attempts >= LedgerRules.maxAttempts
+        }
         try db.execute(
             sql: """
                 UPDATE frames SET attempts = ?, message = ?, state = ?,
@@ -290,6 +308,7 @@ struct StateMachine {
         try db.execute(
             sql: """
                 UPDATE jobs SET frames_done = frames_done + ?, frames_failed = frames_failed + ?,
+                    paused = CASE WHEN frames_done + ? + frames_failed + ? >= frames_total THEN 0 ELSE paused END,
                     state = CASE
                         WHEN frames_done + ? + frames_failed + ? >= frames_total
                             THEN CASE WHEN frames_failed + ? > 0 THEN 'failed' ELSE 'done' END
@@ -300,7 +319,7 @@ struct StateMachine {
                         ELSE 'queued' END
                 WHERE job = ? AND state != 'canceled'
                 """,
-            arguments: [done, failed, done, failed, failed, started, done, failed, job])
+            arguments: [done, failed, done, failed, done, failed, failed, started, done, failed, job])
     }
 
     static func json<T: Encodable>(_ value: T) -> String {

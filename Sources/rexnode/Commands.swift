@@ -67,6 +67,10 @@ extension RexNode {
                     print(json.json ? Self.summary(job).jsonText() : id)
                     return
                 }
+                // From here on the job is the farm's: Ctrl-C says so (installed before the job line, which a user
+                // may interrupt at once).
+                let interrupt = noWait ? nil : Waiter.onInterrupt(job: id)
+                defer { interrupt?.cancel() }
                 // The folder the daemon chose: another job's frames are never overwritten.
                 let written = job["output"]?.string ?? outputDir
                 if !json.json {
@@ -145,10 +149,8 @@ struct Waiter {
     var deliveryGrace: Duration = .seconds(15)
 
     /// Waits for the job as `submit` does and ends as it does: 0 once every frame is in the output folder (and the
-    /// movie made), else one sentence and a non-zero exit. Ctrl-C leaves the job running and says how to get back.
+    /// movie made), else one sentence and a non-zero exit. The caller has installed `onInterrupt` for the job.
     func follow(json: Bool) async throws {
-        let interrupt = Self.onInterrupt(job: job)
-        defer { interrupt.cancel() }
         let final = try await wait()
         if json { print(RexNode.Submit.summary(final).jsonText()) }
         let id = final["job"]?.string ?? job

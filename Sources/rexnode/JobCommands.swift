@@ -31,6 +31,8 @@ extension RexNode {
                 // Resolved once, so a name that later matches a second job still means this one.
                 let job = try await ControlClient.send(.status(job: target.job, brief: true), data: data.directory)
                 let id = job["job"]?.string ?? target.job
+                let interrupt = Waiter.onInterrupt(job: id)
+                defer { interrupt.cancel() }
                 if !json.json {
                     print("Job \(id) (\(job["frames_total"]?.int ?? 0) frames) → \(job["output"]?.string ?? "")")
                 }
@@ -91,13 +93,19 @@ extension RexNode {
     struct Priority: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Change a job's priority (higher runs first).")
         @OptionGroup var target: JobArgument
-        @Argument(help: "The new priority.") var priority: Int
+        // Taken as text: a negative number would otherwise read as an option, and a word gets one sentence.
+        @Argument(parsing: .allUnrecognized, help: "The new priority (a whole number; negative runs last).")
+        var priority: [String] = []
         @OptionGroup var data: DataOption
 
         func run() async throws {
             try await RexNode.guarded {
-                let r = try await RexNode.steer(target.job, .priority(priority), data: data.directory)
-                print("Job \(r["job"]?.string ?? target.job) has priority \(r["priority"]?.int ?? priority).")
+                guard priority.count == 1, let value = Int(priority[0]) else {
+                    throw FarmError(
+                        .badInput, "priority needs one whole number after the job (got '\(priority.joined(separator: " "))').")
+                }
+                let r = try await RexNode.steer(target.job, .priority(value), data: data.directory)
+                print("Job \(r["job"]?.string ?? target.job) has priority \(r["priority"]?.int ?? value).")
             }
         }
     }
@@ -123,6 +131,8 @@ extension RexNode {
                     print(json.json ? RexNode.Submit.summary(r).jsonText() : id)
                     return
                 }
+                let interrupt = Waiter.onInterrupt(job: id)
+                defer { interrupt.cancel() }
                 if !json.json {
                     print("Job \(id) (\(r["frames_total"]?.int ?? 0) frames) → \(r["output"]?.string ?? folder)")
                     fflush(nil)

@@ -27,7 +27,7 @@ private struct InProcessFarm {
         }
     }
 
-    func leader(excluding excluded: Set<NodeID> = [], timeout: Duration = .seconds(10)) async throws -> RaftNode? {
+    func leader(excluding excluded: Set<NodeID> = [], timeout: Duration = .seconds(30)) async throws -> RaftNode? {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             for node in nodes where !excluded.contains(node.id) {
@@ -134,7 +134,7 @@ struct RaftNodeSQLiteTests {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for node in nodes { group.addTask { try await node.run() } }
                 var leader: RaftNode?
-                let deadline = ContinuousClock.now + .seconds(10)
+                let deadline = ContinuousClock.now + .seconds(30)
                 while leader == nil && ContinuousClock.now < deadline {
                     for node in nodes {
                         if let s = await node.status, s.role == .leader, s.commitIndex > 3 { leader = node }

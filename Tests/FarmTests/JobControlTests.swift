@@ -26,7 +26,7 @@ extension ProcessTests {
         }
 
         @Test func aNodeWhoseBlenderFailsEveryRenderIsBlockedAndTheJobCompletesOnTheOthers() throws {
-            let scene = try Scenes.make(["--frames", "8", "--width", "32", "--height", "24", "--samples", "1"])
+            let scene = try Scenes.make(["--frames", "12", "--width", "32", "--height", "24", "--samples", "1"])
             let broken = try Self.brokenBlender()
             let farm = try TestFarm(
                 count: 3, args: ["--slots", "1"], perNode: [2: ["--blender", broken.path]])
@@ -40,7 +40,7 @@ extension ProcessTests {
             #expect(done["state"] as? String == "done", "\(done)")
             #expect(done["frames_failed"] as? Int == 0)
             let frames = Self.frames(done)
-            #expect(frames.count == 8)
+            #expect(frames.count == 12)
             // No frame was rendered by the broken node; it did fail some, and each failure names it.
             #expect(!frames.contains { $0["node"] as? String == ids["n3"] })
             let failures = frames.flatMap { $0["failures"] as? [[String: Any]] ?? [] }
@@ -56,7 +56,7 @@ extension ProcessTests {
             #expect(frames.allSatisfy { ($0["render_seconds"] as? Double ?? -1) >= 0 })
             // And every frame is on the user's disk.
             let files = try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasSuffix(".png") }
-            #expect(files.count == 8, "\(files)")
+            #expect(files.count == 12, "\(files)")
         }
 
         @Test func framesThatFailEverywhereEndFailedAndRetryAfterTheFixFinishesThem() throws {
@@ -70,7 +70,8 @@ extension ProcessTests {
             #expect(failed["frames_failed"] as? Int == 2)
             for frame in Self.frames(failed) {
                 #expect(frame["state"] as? String == "failed")
-                #expect(frame["attempts"] as? Int == 3)
+                // Three attempts at least, on both nodes (one node may have had more while the other was busy).
+                #expect((frame["attempts"] as? Int ?? 0) >= 3, "\(frame)")
                 // Failed on both nodes before it failed for good.
                 let nodes = Set((frame["failures"] as? [[String: Any]] ?? []).compactMap { $0["node_name"] as? String })
                 #expect(nodes == ["n1", "n2"], "\(frame)")
@@ -106,7 +107,7 @@ extension ProcessTests {
         }
 
         @Test func pauseHoldsAJobAfterItsFramesInFlightAndResumeFinishesIt() throws {
-            let scene = try Scenes.make(["--frames", "10", "--width", "64", "--height", "48", "--samples", "8"])
+            let scene = try Scenes.make(["--frames", "30", "--width", "64", "--height", "48", "--samples", "8"])
             let node = try TestNode(args: ["--slots", "1"])
             let out = tempDir("pause-out")
             let job = try node.submit([scene, "--chunk", "5", "--output", out])
@@ -118,7 +119,7 @@ extension ProcessTests {
             let settled = try node.waitFor(job) { s in !Self.frames(s).contains { $0["state"] as? String == "assigned" }
             }
             let held = settled["frames_done"] as? Int ?? 0
-            #expect(held < 10)
+            #expect(held < 30)
             Thread.sleep(forTimeInterval: 3)
             let later = try node.status(job)
             #expect(later["frames_done"] as? Int == held)
@@ -130,9 +131,9 @@ extension ProcessTests {
             #expect(resumed.status == 0, "\(resumed)")
             let finished = try node.cli(["wait", job], timeout: 240)
             #expect(finished.status == 0, "\(finished)")
-            #expect(finished.stdout.contains("All 10 frames are in \(out)"), "\(finished)")
+            #expect(finished.stdout.contains("All 30 frames are in \(out)"), "\(finished)")
             #expect(
-                try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasSuffix(".png") }.count == 10)
+                try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasSuffix(".png") }.count == 30)
             let notPaused = try node.cli(["resume", job])
             #expect(notPaused.status != 0 && notPaused.stderr.contains("not paused"), "\(notPaused)")
         }
@@ -263,7 +264,9 @@ extension ProcessTests {
             let noFailed = try node.cli(["retry", job])
             #expect(noFailed.status != 0 && noFailed.stderr.contains("no failed frame"), "\(noFailed)")
             let badPriority = try node.cli(["priority", job, "high"])
-            #expect(badPriority.status != 0, "\(badPriority)")
+            #expect(badPriority.status != 0 && badPriority.stderr.split(separator: "\n").count == 1, "\(badPriority)")
+            let lowered = try node.cli(["priority", job, "-5"])
+            #expect(lowered.status == 0 && lowered.stdout.contains("priority -5"), "\(lowered)")
             let raised = try node.cli(["priority", job, "7"])
             #expect(raised.status == 0 && raised.stdout.contains("priority 7"), "\(raised)")
             let forced = try node.cli(["remove", job, "--force"])

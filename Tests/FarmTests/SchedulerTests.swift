@@ -62,19 +62,20 @@ import Testing
         let failed = QueuedJob(
             job: "j", priority: 0, chunk: 4, queuedFrames: [1, 2, 3], openAssignments: 0,
             failedOn: [1: ["a"], 2: ["a"]])
-        // Node a alone is free: it gets the frame it never failed, not the others.
-        var d = Scheduler.assign(queue: [failed], slots: [.init(node: "a", free: 1), .init(node: "b", free: 0)])
-        #expect(d.map(\.frames) == [[3]])
-        // b is free too: b takes the frames that failed on a.
+        // a and b are free, a first: a gets the frame it never failed, b those that failed on a.
+        var d = Scheduler.assign(queue: [failed], slots: [.init(node: "a", free: 1), .init(node: "b", free: 1)])
+        #expect(d.first { $0.node == "a" }?.frames == [3])
+        #expect(d.first { $0.node == "b" }?.frames == [1, 2])
+        // b is first: it takes them all.
         d = Scheduler.assign(queue: [failed], slots: [.init(node: "b", free: 1), .init(node: "a", free: 1)])
         #expect(d.first { $0.node == "b" }?.frames == [1, 2, 3])
-        // A farm of one, or every other node failed it too: it may go back.
-        d = Scheduler.assign(queue: [failed], slots: [.init(node: "a", free: 1)])
+        // No other node has a free slot now (a farm of one, or the others busy): a preference, not an exclusion.
+        d = Scheduler.assign(queue: [failed], slots: [.init(node: "a", free: 1), .init(node: "b", free: 0)])
         #expect(d.map(\.frames) == [[1, 2, 3]])
         var everywhere = failed
         everywhere.failedOn = [1: ["a", "b"]]
         everywhere.queuedFrames = [1]
-        d = Scheduler.assign(queue: [everywhere], slots: [.init(node: "a", free: 1), .init(node: "b", free: 0)])
+        d = Scheduler.assign(queue: [everywhere], slots: [.init(node: "a", free: 1), .init(node: "b", free: 1)])
         #expect(d.map(\.frames) == [[1]])
     }
 

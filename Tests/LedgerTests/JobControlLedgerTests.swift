@@ -26,6 +26,52 @@ import Testing
         #expect(attempts == ["bad", "bad", "bad", "n2"])
     }
 
+    @Test func anEntryFromBeforeScopedFailuresKeepsTheRuleItWasWrittenUnder() throws {
+        // No `alone`: written by a node of the earlier rule (three attempts, wherever), so a node replaying an old
+        // log reaches the state every other node reached then, and records no attempt rows the others lack.
+        let l = try TestLedger()
+        try l.submit(frames: [1])
+        for attempt in 1...3 {
+            _ = try l.assign("a\(attempt)", frames: [1])
+            _ = try l.fail(1, assignment: "a\(attempt)", alone: nil)
+        }
+        #expect(try l.frame(1).state == "failed")
+        #expect(try l.store.attempts(of: "j1").isEmpty)
+    }
+
+    @Test func aPausedJobThatFinishesIsNoLongerPausedSoRetryRunsIt() throws {
+        let l = try TestLedger()
+        try l.submit(frames: [1])
+        _ = try l.assign("a1", frames: [1])
+        try l.apply(.pauseJob(JobTarget(job: "j1")))
+        _ = try l.fail(1, assignment: "a1", alone: true)
+        _ = try l.assign("a2", frames: [1])  // ignored: paused
+        #expect(try l.frame(1).state == "queued")
+        try l.apply(.resumeJob(JobTarget(job: "j1")))
+        for attempt in 3...4 {
+            _ = try l.assign("a\(attempt)", frames: [1])
+            if attempt == 4 { try l.apply(.pauseJob(JobTarget(job: "j1"))) }
+            _ = try l.fail(1, assignment: "a\(attempt)", alone: true)
+        }
+        // Failed while paused: finished, and the pause went with it.
+        #expect(try l.store.job("j1")?.state == "failed")
+        try l.apply(.retryFrames(RetryFrames(job: "j1")))
+        #expect(try l.store.job("j1")?.state == "running")
+        #expect(try l.store.queuedWork().first?.queuedFrames == [1])
+    }
+
+    @Test func aFrameOfARemovedJobThatFinishesLateJoinsTheTombstone() throws {
+        let l = try TestLedger()
+        try l.submit(frames: [1])
+        _ = try l.assign("a1", frames: [1])
+        try l.apply(.removeJob(JobTarget(job: "j1")))
+        let before = try #require(try l.store.removedJobs().first)
+        if case .ignored = try l.complete(1, assignment: "a1")[0] {} else { Issue.record("late frame applied") }
+        let after = try #require(try l.store.removedJobs().first)
+        #expect(Set(after.blobs) == Set(before.blobs).union(["h1"]))
+        #expect(after.index > before.index)
+    }
+
     @Test func aFrameThatFailedOnANodeRendersOnAnotherAndTheJobIsDone() throws {
         let l = try TestLedger()
         try l.submit(frames: [1, 2])

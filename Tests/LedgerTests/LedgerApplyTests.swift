@@ -52,7 +52,7 @@ final class TestLedger {
     }
 
     func fail(
-        _ frame: Int, assignment: String, fatal: Bool = false, node: String = "n1", alone: Bool? = nil,
+        _ frame: Int, assignment: String, fatal: Bool = false, node: String = "n1", alone: Bool? = false,
         job: String = "j1"
     ) throws -> [ApplyOutcome] {
         try apply(

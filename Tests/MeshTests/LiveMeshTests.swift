@@ -41,8 +41,9 @@ struct TestFarm {
     }
 }
 
-/// Polls `condition` every 50 ms for at most `seconds`; bounded so a broken mesh fails instead of hanging.
-func eventually(_ seconds: Double = 10, _ condition: () async throws -> Bool) async rethrows -> Bool {
+/// Polls `condition` every 50 ms for at most `seconds` (generous: a busy machine is normal); bounded so a broken mesh
+/// fails instead of hanging.
+func eventually(_ seconds: Double = 30, _ condition: () async throws -> Bool) async rethrows -> Bool {
     let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
     while ContinuousClock.now < deadline {
         if try await condition() { return true }
