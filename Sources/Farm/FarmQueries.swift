@@ -13,8 +13,11 @@ struct JobRow: Encodable, Sendable {
     var priority: Int
     var submitter: String
     var message: String?
+    /// Tags a node must carry, every one, to render the job (`submit --tags`).
+    var tags: [String]
 
     init(_ job: JobRecord) {
+        tags = job.tags
         self.job = job.job
         name = job.name
         state = job.state
@@ -28,7 +31,7 @@ struct JobRow: Encodable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case job, name, state, output, priority, submitter, message
+        case job, name, state, output, priority, submitter, message, tags
         case framesTotal = "frames_total"
         case framesDone = "frames_done"
         case framesFailed = "frames_failed"
@@ -46,6 +49,7 @@ struct JobRow: Encodable, Sendable {
         try c.encode(priority, forKey: .priority)
         try c.encode(submitter, forKey: .submitter)
         try c.encode(message, forKey: .message)
+        try c.encode(tags, forKey: .tags)
     }
 }
 
