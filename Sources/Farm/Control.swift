@@ -74,11 +74,15 @@ public struct SubmitRequest: Sendable, Equatable {
     public var trustScripts: Bool
     /// A client's name for this submit, to ask how far it is (`ControlRequest.progress`).
     public var ticket: String?
+    /// `--tags T1,T2`: only nodes carrying every one render the job (checked by the daemon).
+    public var tags: String?
 
     public init(
         path: String, frames: String? = nil, chunk: Int? = nil, output: String, name: String? = nil,
-        priority: Int? = nil, allowMissing: Bool = false, trustScripts: Bool = false, ticket: String? = nil
+        priority: Int? = nil, allowMissing: Bool = false, trustScripts: Bool = false, ticket: String? = nil,
+        tags: String? = nil
     ) {
+        self.tags = tags
         self.path = path
         self.frames = frames
         self.chunk = chunk
@@ -100,7 +104,7 @@ extension ControlRequest: Codable {
 
     private enum Key: String, CodingKey {
         case op, path, frames, chunk, output, name, priority, job, brief, seenDone, seenState, allowMissing
-        case trustScripts, ticket, force, frame
+        case trustScripts, ticket, force, frame, tags
     }
 
     public init(from decoder: any Decoder) throws {
@@ -129,7 +133,8 @@ extension ControlRequest: Codable {
                     priority: try c.decodeIfPresent(Int.self, forKey: .priority),
                     allowMissing: try c.decodeIfPresent(Bool.self, forKey: .allowMissing) ?? false,
                     trustScripts: try c.decodeIfPresent(Bool.self, forKey: .trustScripts) ?? false,
-                    ticket: try c.decodeIfPresent(String.self, forKey: .ticket)))
+                    ticket: try c.decodeIfPresent(String.self, forKey: .ticket),
+                    tags: try c.decodeIfPresent(String.self, forKey: .tags)))
         case .peers: self = .peers
         case .jobs: self = .jobs
         case .status:
@@ -188,6 +193,7 @@ extension ControlRequest: Codable {
             if r.allowMissing { try c.encode(true, forKey: .allowMissing) }
             if r.trustScripts { try c.encode(true, forKey: .trustScripts) }
             try c.encodeIfPresent(r.ticket, forKey: .ticket)
+            try c.encodeIfPresent(r.tags, forKey: .tags)
         case .peers: try c.encode(Op.peers, forKey: .op)
         case .jobs: try c.encode(Op.jobs, forKey: .op)
         case .status(let job, let brief, let seen):

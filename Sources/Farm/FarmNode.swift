@@ -27,6 +27,8 @@ public final class FarmNode: Sendable {
     let raftLog: RaftCommandLog
     let pulse = Pulse()
     let progress = SlotProgress()
+    /// Whether this node rests now, outside its `--schedule`.
+    let rest = RestState()
     let roster: Roster
     let exchange: BlobExchange
     let workers: WorkerPool
@@ -46,6 +48,7 @@ public final class FarmNode: Sendable {
 
     /// Opens the node's data directory (creating identity and database on first use) and takes its lock.
     public init(settings: NodeSettings, farmKey: FarmKey, logger: Logger) async throws {
+        var settings = settings
         let data = settings.data
         try data.create()
         lockFD = try Self.takeLock(data)
@@ -75,6 +78,7 @@ public final class FarmNode: Sendable {
                 blender = try? await BlenderLocator.locate(explicit: settings.blenderPath, environment: environment)
                 renderer = SimulatedRenderer(millisecondsPerFrame: ms)
             }
+            try await Self.checkDevice(&settings, blender: blender)
         } catch {
             close(lockFD)
             throw error
@@ -127,7 +131,8 @@ public final class FarmNode: Sendable {
                 await Membership.enforce(change, at: index, raft: raft, mesh: mesh)
             })
 
-        let roster = Roster(nodeID: nodeID, slots: settings.slots, raft: raft, mesh: mesh)
+        let roster = Roster(
+            nodeID: nodeID, slots: settings.slots, raft: raft, mesh: mesh, tags: settings.tags, rest: rest)
         self.roster = roster
         let exchange = BlobExchange(
             nodeID: nodeID, blobs: blobs, mesh: mesh, roster: roster, sync: GroupSync(), logger: logger)
@@ -149,10 +154,11 @@ public final class FarmNode: Sendable {
             requestShutdown: { await group.shutDown() })
         let submit = SubmitService(
             nodeID: nodeID, settings: settings, blobs: blobs, work: work, blender: blender, commandLog: raftLog,
-            ledger: ledger, inFlight: inFlight, progress: SubmitProgress(), logger: logger)
+            ledger: ledger, inFlight: inFlight, progress: SubmitProgress(), logger: logger, roster: roster)
         let queries = FarmQueries(
             nodeID: nodeID, name: settings.name, listen: settings.listen, slots: settings.slots, ledger: ledger,
-            raft: raft, mesh: mesh, roster: roster, progress: progress, delivery: delivery)
+            raft: raft, mesh: mesh, roster: roster, progress: progress, delivery: delivery,
+            devices: settings.slotDevices)
         let jobControl = JobControl(
             nodeID: nodeID, ledger: ledger, commandLog: raftLog, submitService: submit, exchange: exchange,
             roster: roster, logger: logger)
@@ -194,6 +200,26 @@ public final class FarmNode: Sendable {
         return fd
     }
 
+    /// `--device`: a GPU must be one this node's Blender sees (probed once, here); without `--slots`, a GPU kind with
+    /// no index gets one slot per device. Sets what each slot renders on.
+    static func checkDevice(_ settings: inout NodeSettings, blender: BlenderInstallation?) async throws {
+        guard let device = settings.device else {
+            settings.slotDevices = Array(repeating: "CPU", count: settings.slots)
+            return
+        }
+        var count = 1
+        if device.kind != .cpu {
+            guard let blender else {
+                throw FarmError(.badInput, "--device \(device) needs a Blender to check it against; pass --blender.")
+            }
+            let seen = try await blender.probeDevices()
+            try device.check(against: seen, version: blender.version)
+            count = seen.devices[device.kind.rawValue]?.count ?? 1
+            if !settings.slotsGiven && device.index == nil { settings.slots = max(1, count) }
+        }
+        settings.slotDevices = device.perSlot(slots: settings.slots, count: count)
+    }
+
     // MARK: Run
 
     /// Runs until SIGINT/SIGTERM or `rexnode leave`; on the way out every Blender process is killed.
@@ -232,6 +258,23 @@ public final class FarmNode: Sendable {
                 }
             },
         ]
+        if let schedule = settings.schedule {
+            let (rest, logger) = (self.rest, self.logger)
+            services.append(
+                Self.loop("schedule") {
+                    await rest.watch(schedule) { resting in
+                        if resting, let until = rest.restingUntilMs {
+                            let wake = Date(timeIntervalSince1970: Double(until) / 1000)
+                            logger.info(
+                                "resting outside the schedule",
+                                metadata: ["farm/wakes": "\(wake)", "farm/schedule": "\(schedule.text)"])
+                        } else {
+                            logger.info("the schedule's window is open; taking work")
+                        }
+                        pulse.fire()
+                    }
+                })
+        }
         for slot in 0..<max(1, settings.slots) {
             services.append(Self.loop("slot-\(slot)") { await workers.runSlot(slot) })
         }

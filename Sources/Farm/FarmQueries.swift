@@ -13,8 +13,11 @@ struct JobRow: Encodable, Sendable {
     var priority: Int
     var submitter: String
     var message: String?
+    /// Tags a node must carry, every one, to render the job (`submit --tags`).
+    var tags: [String]
 
     init(_ job: JobRecord) {
+        tags = job.tags
         self.job = job.job
         name = job.name
         state = job.state
@@ -28,7 +31,7 @@ struct JobRow: Encodable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case job, name, state, output, priority, submitter, message
+        case job, name, state, output, priority, submitter, message, tags
         case framesTotal = "frames_total"
         case framesDone = "frames_done"
         case framesFailed = "frames_failed"
@@ -46,6 +49,7 @@ struct JobRow: Encodable, Sendable {
         try c.encode(priority, forKey: .priority)
         try c.encode(submitter, forKey: .submitter)
         try c.encode(message, forKey: .message)
+        try c.encode(tags, forKey: .tags)
     }
 }
 
@@ -178,10 +182,15 @@ struct PeerRow: Encodable, Sendable {
     /// its leader, in milliseconds since it started: what a busy machine cost Raft.
     var raftStallMs: Int?
     var leaderSilenceMs: Int?
+    /// Tags the node carries, the devices its slots render on, and when it wakes if it rests outside its schedule.
+    var tags: [String] = []
+    var devices: [String] = ["CPU"]
+    var restingUntilMs: Int64? = nil
 
     enum CodingKeys: String, CodingKey {
         case id, name, address, role, state, slots, task, member, term, leader
-        case voter
+        case voter, tags, devices, resting
+        case restingUntil = "resting_until"
         case framesDone = "frames_done"
         case isSelf = "self"
         case raftStallMs = "raft_longest_stall_ms"
@@ -201,12 +210,23 @@ struct PeerRow: Encodable, Sendable {
         try c.encode(task, forKey: .task)
         try c.encode(member, forKey: .member)
         try c.encode(member, forKey: .voter)
+        try c.encode(tags, forKey: .tags)
+        try c.encode(devices, forKey: .devices)
+        try c.encode(restingUntilMs != nil, forKey: .resting)
+        try c.encode(restingUntilMs.map(Self.localTime), forKey: .restingUntil)
         if isSelf {
             try c.encode(term ?? 0, forKey: .term)
             try c.encode(leader, forKey: .leader)
             try c.encodeIfPresent(raftStallMs, forKey: .raftStallMs)
             try c.encodeIfPresent(leaderSilenceMs, forKey: .leaderSilenceMs)
         }
+    }
+
+    /// A wall-clock time as ISO 8601 in this machine's zone, e.g. `2026-12-02T19:00:00+01:00`.
+    static func localTime(_ ms: Int64) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.timeZone = .current
+        return formatter.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
     }
 }
 
@@ -225,6 +245,8 @@ struct FarmQueries: Sendable {
     let roster: Roster
     let progress: SlotProgress
     let delivery: Delivery
+    /// What this node's slots render on (`CPU`, `OPTIX:0`, …).
+    var devices: [String] = ["CPU"]
 
     func jobs() throws -> [JobRow] { try ledger.jobs().map(JobRow.init) }
 
@@ -312,7 +334,8 @@ struct FarmQueries: Sendable {
                 task: tasks.isEmpty ? nil : tasks.map { "\($0.job)/\($0.frame)" }.joined(separator: ","),
                 member: members.contains(nodeID), term: status?.term ?? 0, leader: status?.leader,
                 raftStallMs: Self.milliseconds(await raft.longestStall),
-                leaderSilenceMs: Self.milliseconds(await raft.longestLeaderSilence))
+                leaderSilenceMs: Self.milliseconds(await raft.longestLeaderSilence), tags: roster.tags,
+                devices: Array(Set(devices)).sorted(), restingUntilMs: roster.rest.restingUntilMs)
         ]
         var seen: Set<String> = [nodeID]
         for peer in await mesh.peers() {
@@ -330,7 +353,9 @@ struct FarmQueries: Sendable {
                     id: peer.nodeID, name: peer.name, address: peer.address,
                     role: peer.state == .dead ? "follower" : role.rawValue, state: peer.state.rawValue,
                     slots: announced?.slots ?? 0, framesDone: done[peer.nodeID] ?? 0, isSelf: false,
-                    task: peer.state == .alive ? announced?.task : nil, member: members.contains(peer.nodeID)))
+                    task: peer.state == .alive ? announced?.task : nil, member: members.contains(peer.nodeID),
+                    tags: announced?.tags ?? [], devices: announced?.devices ?? ["CPU"],
+                    restingUntilMs: peer.state == .alive ? announced?.restingUntilMs : nil))
         }
         for member in members.sorted() where !seen.contains(member) {
             rows.append(

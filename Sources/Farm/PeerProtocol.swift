@@ -151,6 +151,12 @@ struct NodeStatus: Codable, Sendable, Equatable {
     var task: String?
     /// The farm's recovery epoch as this node's log has it (the term of its latest `recover` entry; absent: 0).
     var epoch: UInt64?
+    /// Tags this node carries (`join --tags`); absent: none.
+    var tags: [String]?
+    /// The devices its slots render on (`CPU`, `OPTIX:0`); absent: CPU.
+    var devices: [String]?
+    /// Resting outside its schedule until this wall-clock time (ms since 1970): it has no free slot.
+    var restingUntilMs: Int64?
 
     enum CodingKeys: String, CodingKey {
         case role = "r"
@@ -158,6 +164,9 @@ struct NodeStatus: Codable, Sendable, Equatable {
         case hasLog = "m"
         case task = "t"
         case epoch = "e"
+        case tags = "g"
+        case devices = "d"
+        case restingUntilMs = "w"
     }
 
     init(role: Role, slots: Int, hasLog: Bool, task: String?, epoch: UInt64? = nil) {
@@ -168,6 +177,16 @@ struct NodeStatus: Codable, Sendable, Equatable {
         self.epoch = epoch == 0 ? nil : epoch
     }
 
+    /// What this node can take: its tags, its slots' devices (CPU alone is left out), and when it wakes if it rests.
+    func with(tags: [String], devices: [String], restingUntilMs: Int64?) -> NodeStatus {
+        var status = self
+        status.tags = tags.isEmpty ? nil : tags
+        let distinct = Array(Set(devices)).sorted()
+        status.devices = distinct.isEmpty || distinct == ["CPU"] ? nil : distinct
+        status.restingUntilMs = restingUntilMs
+        return status
+    }
+
     /// The beacon's bytes: the whole status, or without its task when that would not fit.
     func encoded() -> [UInt8] {
         let encoder = JSONEncoder()
@@ -175,6 +194,10 @@ struct NodeStatus: Codable, Sendable, Equatable {
         if whole.count <= Beacon.maxStatusBytes { return whole }
         var short = self
         short.task = nil
+        let shorter = Array(try! encoder.encode(short))
+        if shorter.count <= Beacon.maxStatusBytes { return shorter }
+        // Many GPUs: their kinds alone (the scheduler needs tags, slots and rest, not device numbers).
+        short.devices = short.devices.map { Array(Set($0.map { String($0.prefix { $0 != ":" }) })).sorted() }
         return Array(try! encoder.encode(short))
     }
 

@@ -7,14 +7,30 @@ struct Roster: Sendable {
     let slots: Int
     let raft: RaftNode
     let mesh: MeshNode
+    /// This node's tags and whether it rests now (outside its schedule).
+    var tags: [String] = []
+    var rest = RestState()
 
-    /// Members that can take work now, with their render slots (this node's from its settings).
+    /// Members that can take work now, with their render slots (this node's from its settings); a node resting
+    /// outside its schedule has none.
     func renderSlots() async -> [(node: String, slots: Int)] {
         let members = await raft.status?.members ?? [nodeID]
         var result: [(String, Int)] = []
-        if members.contains(nodeID) || members.isEmpty { result.append((nodeID, slots)) }
+        if members.contains(nodeID) || members.isEmpty { result.append((nodeID, rest.isResting ? 0 : slots)) }
         for peer in await mesh.peers() where peer.state == .alive && members.contains(peer.nodeID) {
-            result.append((peer.nodeID, NodeStatus(bytes: peer.status)?.slots ?? 1))
+            let announced = NodeStatus(bytes: peer.status)
+            result.append((peer.nodeID, announced?.restingUntilMs != nil ? 0 : announced?.slots ?? 1))
+        }
+        return result
+    }
+
+    /// The tags of each member discovery does not know dead, this node's from its settings (for the scheduler, the
+    /// failed-frame rule and `submit`'s warning).
+    func memberTags() async -> [String: Set<String>] {
+        let members = await raft.status?.members ?? [nodeID]
+        var result: [String: Set<String>] = [nodeID: Set(tags)]
+        for peer in await mesh.peers() where peer.state != .dead && members.contains(peer.nodeID) {
+            result[peer.nodeID] = Set(NodeStatus(bytes: peer.status)?.tags ?? [])
         }
         return result
     }

@@ -6,15 +6,20 @@ import Ledger
 /// jobs share the farm. Each chunk is at most `job.chunk` queued frames, in frame order. A frame that failed on a
 /// node goes to another node first: it returns to a node it failed on only when no other node with a free slot
 /// now can take it (each failed it too, or is blocked for its job). A preference, not an exclusion: a node that
-/// keeps handing work back never holds a frame away from the node that failed it once.
+/// keeps handing work back never holds a frame away from the node that failed it once. A job with tags goes only
+/// to nodes carrying all of them (only those count as others for its failed frames); a node resting outside its
+/// schedule comes with no free slot.
 public enum Scheduler {
     public struct Slot: Sendable, Equatable {
         public var node: String
         public var free: Int
+        /// The node's tags: it takes only jobs whose tags it carries, every one.
+        public var tags: Set<String>
 
-        public init(node: String, free: Int) {
+        public init(node: String, free: Int, tags: Set<String> = []) {
             self.node = node
             self.free = free
+            self.tags = tags
         }
     }
 
@@ -26,21 +31,24 @@ public enum Scheduler {
 
     public static func assign(queue: [QueuedJob], slots: [Slot]) -> [Decision] {
         var jobs = queue
-        let everyNode = Set(slots.map(\.node))
+        // The nodes that may take each job: all of them, or those carrying its tags.
+        let eligible = jobs.map { job in Set(slots.filter { job.tags.isSubset(of: $0.tags) }.map(\.node)) }
         // A block only holds while some node of the farm may still take the job; else the frames would wait for
         // ever (a farm of one), so they go on failing until their attempts run out.
-        for index in jobs.indices where everyNode.isSubset(of: jobs[index].blockedNodes) {
+        for index in jobs.indices where eligible[index].isSubset(of: jobs[index].blockedNodes) {
             jobs[index].blockedNodes = []
         }
         var free = slots.filter { $0.free > 0 }
         var decisions: [Decision] = []
         while let slotIndex = free.firstIndex(where: { $0.free > 0 }) {
             let node = free[slotIndex].node
+            let tags = free[slotIndex].tags
             // Highest priority first; among equals, the job with the fewest chunks in flight, then the oldest.
-            // A job that blocked this node (it failed there too often) is not offered to it.
+            // A job that blocked this node (it failed there too often), or needs a tag it lacks, is not offered to it.
             let others = Set(free.filter { $0.free > 0 && $0.node != node }.map(\.node))
             let pick = jobs.indices.filter {
-                jobs[$0].offers(node, others: others) && !jobs[$0].blockedNodes.contains(node)
+                jobs[$0].tags.isSubset(of: tags) && jobs[$0].offers(node, others: others.intersection(eligible[$0]))
+                    && !jobs[$0].blockedNodes.contains(node)
             }
             .min { a, b in
                 if jobs[a].priority != jobs[b].priority { return jobs[a].priority > jobs[b].priority }
@@ -54,8 +62,9 @@ public enum Scheduler {
                 free.remove(at: slotIndex)
                 continue
             }
+            let mayTake = others.intersection(eligible[pick])
             let chunk = Array(
-                jobs[pick].queuedFrames.lazy.filter { jobs[pick].mayGo($0, to: node, others: others) }
+                jobs[pick].queuedFrames.lazy.filter { jobs[pick].mayGo($0, to: node, others: mayTake) }
                     .prefix(max(1, jobs[pick].chunk)))
             let taken = Set(chunk)
             jobs[pick].queuedFrames.removeAll { taken.contains($0) }

@@ -86,6 +86,16 @@ public struct NodeSettings: Sendable {
     public var blendGraceMilliseconds: Int = 10 * 60 * 1000
     /// How much of Blender's output per frame attempt this node keeps, and for how many attempts.
     public var frameLogLimits = FrameLogLimits()
+    /// Tags this node carries (`--tags`): jobs that need tags render only on nodes carrying all of them.
+    public var tags: [String] = []
+    /// When this node takes work (`--schedule`); nil: always.
+    public var schedule: NodeSchedule?
+    /// The Cycles device its slots render on (`--device`); nil: the scene's own setting (CPU here).
+    public var device: DeviceChoice?
+    /// `--slots` was given; else a GPU device without an index gets one slot per GPU.
+    public var slotsGiven = true
+    /// What each slot renders on, once the node has checked its device (`CPU`, `OPTIX:0`, …).
+    public var slotDevices: [String] = []
     /// Set when this run created the farm key: then another farm already visible on the network is an error.
     public var createdFarm = false
 

@@ -24,6 +24,8 @@ struct SubmitService: Sendable {
     let inFlight: ScenesInFlight
     let progress: SubmitProgress
     let logger: Logger
+    /// Who is in the farm, to warn when no node carries a job's tags.
+    var roster: Roster? = nil
     /// What each file submitted from this node hashed to, by path and stat (lives as long as the daemon).
     let hashes = FileHashes()
     /// Output folders being chosen by submits under way.
@@ -45,6 +47,7 @@ struct SubmitService: Sendable {
         let path = request.path
         try SceneFile.validate(path)
         let spec = try request.frames.map { try FrameSpec($0) }
+        let tags = try request.tags.map { try NodeTags.parse($0, option: "submit --tags") } ?? []
         if let chunk = request.chunk, chunk < 1 || chunk > FarmNode.maxChunk {
             throw FarmError(.badInput, "--chunk must be between 1 and \(FarmNode.maxChunk).")
         }
@@ -104,8 +107,8 @@ struct SubmitService: Sendable {
                 Draft(
                     job: job, name: name, frames: frames, chunk: chunk, priority: request.priority ?? 0,
                     output: output, manifest: stored.manifest, movie: scene?.movie.map(MovieSpec.init),
-                    trustScripts: request.trustScripts, sourcePath: path, claimed: true))
-            outcome.warnings = warnings
+                    trustScripts: request.trustScripts, sourcePath: path, claimed: true, tags: tags))
+            outcome.warnings = warnings + outcome.warnings
             outcome.newFiles = stored.newFiles
             outcome.baked = baked
             return outcome
@@ -129,6 +132,8 @@ struct SubmitService: Sendable {
         var sourcePath: String?
         /// The output folder is already claimed by the caller (else `commit` claims one from `output`).
         var claimed = false
+        /// Tags a node must carry, every one, to render the job.
+        var tags: [String] = []
     }
 
     /// Proposes the job and returns it as committed. Used by `submit` and by `rerun` (same files, new job).
@@ -150,7 +155,8 @@ struct SubmitService: Sendable {
                     job: job, name: draft.name, submitter: nodeID, blendHash: scene.blob, blendSize: scene.size,
                     frames: draft.frames, chunk: draft.chunk, priority: draft.priority, output: draft.output,
                     submittedAtMs: WallClock.millis(), manifest: draft.manifest, movie: draft.movie,
-                    trustScripts: draft.trustScripts ? true : nil, sourcePath: draft.sourcePath))
+                    trustScripts: draft.trustScripts ? true : nil, sourcePath: draft.sourcePath,
+                    tags: draft.tags.isEmpty ? nil : draft.tags))
         ])
         guard let outcome = outcomes.first, outcome == .applied || outcome.isDuplicate else {
             throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")
@@ -162,9 +168,20 @@ struct SubmitService: Sendable {
                 "farm/job": "\(job)", "farm/frames": "\(record.framesTotal)", "farm/name": "\(draft.name)",
                 "farm/files": "\(draft.manifest.files.count)", "farm/output": "\(draft.output)",
             ])
+        if let missing = await tagsNoNodeCarries(draft.tags) { warnings.append(missing) }
         return Outcome(
             record: record, warnings: warnings, files: draft.manifest.files.count, bytes: draft.manifest.totalSize,
             newFiles: 0, baked: [])
+    }
+
+    /// One sentence when no live member carries every tag of a job: it waits in the queue until one joins.
+    private func tagsNoNodeCarries(_ tags: [String]) async -> String? {
+        guard !tags.isEmpty, let roster else { return nil }
+        let carried = await roster.memberTags()
+        guard !carried.values.contains(where: { Set(tags).isSubset(of: $0) }) else { return nil }
+        let list = tags.joined(separator: ",")
+        return "No live node carries the tag\(tags.count == 1 ? "" : "s") \(list); the job stays queued until one "
+            + "joins (`rexnode join --tags \(list)`)."
     }
 
     /// The folder a new job writes to: the one asked for, unless it holds another job's frames (then the next free

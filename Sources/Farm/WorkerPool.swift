@@ -105,6 +105,13 @@ actor WorkerPool {
             await handBackPaused(assignment)
             return
         }
+        // Outside its schedule: a chunk given before the leader saw this node rest goes back, after a short pause so
+        // the leader's next round sees the beacon that says so.
+        guard !roster.rest.isResting else {
+            try? await Task.sleep(for: .seconds(1))
+            await handBackResting(assignment)
+            return
+        }
         let session: any RenderSession
         do {
             session = try await openSession(for: job, slot: slot)
@@ -131,12 +138,18 @@ actor WorkerPool {
         try? FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
         // Results are recorded while the next frame renders; the chunk ends when all are in the ledger.
         var paused = false
+        var resting = false
         await withDiscardingTaskGroup { reports in
             for frame in assignment.pendingFrames {
                 guard stillMine(job: job, frame: frame, assignment: assignment.assignment) else { continue }
                 // Paused: the frame in flight has finished; the rest of the chunk goes back once it is recorded.
                 if isPaused(job) {
                     paused = true
+                    break
+                }
+                // The schedule's window closed: the frame in flight has finished; the rest goes back.
+                if roster.rest.isResting {
+                    resting = true
                     break
                 }
                 progress.set(slot, .init(job: job, frame: frame, fraction: 0))
@@ -185,6 +198,7 @@ actor WorkerPool {
             }
         }
         if paused { await handBackPaused(assignment) }
+        if resting && !paused { await handBackResting(assignment) }
     }
 
     /// A failed attempt, counted against this node: `alone` when no other node of the farm can take the frame
@@ -192,7 +206,10 @@ actor WorkerPool {
     private func failure(job: String, frame: Int, assignment: AssignmentRecord, message: String) async
         -> LedgerCommand
     {
-        let others = await roster.otherWorkers()
+        // Only nodes that may take the job count: those carrying its tags.
+        let needs = Set((try? ledger.job(job))?.tags ?? [])
+        let carriers = await roster.memberTags().filter { needs.isSubset(of: $0.value) }.keys
+        let others = await roster.otherWorkers().intersection(carriers)
         let failed = (try? ledger.failedNodes(job: job, frame: frame)) ?? []
         let blocked = (try? ledger.blockedNodes(job: job)) ?? []
         return .failFrame(
@@ -212,6 +229,12 @@ actor WorkerPool {
     private func handBackPaused(_ assignment: AssignmentRecord) async {
         logger.info("job paused; returning the rest of its chunk", metadata: ["farm/job": "\(assignment.job)"])
         await report([.releaseFrames(ReleaseFrames(assignment: assignment.assignment, reason: "job paused"))])
+    }
+
+    /// Resting outside its schedule: the frames of the chunk that did not start go back to the queue.
+    private func handBackResting(_ assignment: AssignmentRecord) async {
+        logger.info("resting outside the schedule; returning a chunk", metadata: ["farm/job": "\(assignment.job)"])
+        await report([.releaseFrames(ReleaseFrames(assignment: assignment.assignment, reason: "node resting"))])
     }
 
     /// What a slot does with a chunk it cannot start.
@@ -294,7 +317,9 @@ actor WorkerPool {
         let session = try await renderer.makeSession(
             for: RenderRequest(
                 jobID: job, blendPath: project.scene, threads: settings.threads, remapFile: project.remapFile,
-                trustScripts: record.trustScripts, sourcePath: record.sourcePath))
+                trustScripts: record.trustScripts, sourcePath: record.sourcePath,
+                device: settings.device == nil || settings.slotDevices.isEmpty
+                    ? nil : settings.slotDevices[slot % settings.slotDevices.count]))
         sessions[slot] = (job, session)
         return session
     }

@@ -84,11 +84,13 @@ public struct SubmitJob: Sendable, Equatable, Codable {
     public var trustScripts: Bool?
     /// The user's file as the submitter knows it (images name it in their metadata).
     public var sourcePath: String?
+    /// Tags a node must carry, every one, to render this job (`submit --tags`); absent: any node.
+    public var tags: [String]?
 
     public init(
         job: String, name: String, submitter: String, blendHash: String, blendSize: Int64, frames: [Int],
         chunk: Int, priority: Int, output: String, submittedAtMs: Int64, manifest: JobManifest? = nil,
-        movie: MovieSpec? = nil, trustScripts: Bool? = nil, sourcePath: String? = nil
+        movie: MovieSpec? = nil, trustScripts: Bool? = nil, sourcePath: String? = nil, tags: [String]? = nil
     ) {
         self.job = job
         self.name = name
@@ -104,6 +106,7 @@ public struct SubmitJob: Sendable, Equatable, Codable {
         self.movie = movie
         self.trustScripts = trustScripts
         self.sourcePath = sourcePath
+        self.tags = tags?.isEmpty == true ? nil : tags
     }
 }
 

@@ -91,6 +91,10 @@ public final class LedgerStore: Sendable {
                         job TEXT PRIMARY KEY, name TEXT NOT NULL, blobs TEXT NOT NULL, log_index INTEGER NOT NULL);
                     """)
         }
+        migrator.registerMigration("ledger-tags") { db in
+            // Tags and schedules (issue 14): the tags a node must carry to render a job, comma-separated; NULL: any.
+            try db.execute(sql: "ALTER TABLE jobs ADD COLUMN tags TEXT")
+        }
     }
 
     // MARK: Applying the log

@@ -27,6 +27,8 @@ public struct JobRecord: Sendable, Equatable, Codable {
     public var movie: MovieSpec?
     public var trustScripts: Bool
     public var sourcePath: String?
+    /// Tags a node must carry, every one, to render the job (empty: any node).
+    public var tags: [String]
 
     init(row: Row) {
         job = row["job"]
@@ -47,6 +49,11 @@ public struct JobRecord: Sendable, Equatable, Codable {
         movie = Self.decode(row["movie"])
         trustScripts = (row["trust_scripts"] as Bool?) ?? false
         sourcePath = row["source_path"]
+        tags = Self.tags(row["tags"])
+    }
+
+    static func tags(_ text: String?) -> [String] {
+        (text ?? "").split(separator: ",").map(String.init)
     }
 
     private static func decode<T: Decodable>(_ text: String?) -> T? {
@@ -283,7 +290,7 @@ extension LedgerStore {
             let jobs = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT job, chunk, priority, submitted_at_ms FROM jobs WHERE state IN ('queued', 'running')
+                    SELECT job, chunk, priority, submitted_at_ms, tags FROM jobs WHERE state IN ('queued', 'running')
                     ORDER BY priority DESC, submitted_at_ms, log_index
                     """)
             return try jobs.compactMap { row in
@@ -309,7 +316,8 @@ extension LedgerStore {
                 }
                 return QueuedJob(
                     job: job, priority: row["priority"], chunk: row["chunk"], queuedFrames: frames,
-                    openAssignments: running, blockedNodes: try Self.blockedNodes(job: job, db), failedOn: failedOn)
+                    openAssignments: running, blockedNodes: try Self.blockedNodes(job: job, db), failedOn: failedOn,
+                    tags: Set(JobRecord.tags(row["tags"])))
             }
         }
     }
@@ -364,12 +372,15 @@ public struct QueuedJob: Sendable, Equatable {
     public var blockedNodes: Set<String>
     /// Queued frames that failed before, and where: such a frame goes to another node first.
     public var failedOn: [Int: Set<String>]
+    /// Tags a node must carry, every one, to take the job (empty: any node).
+    public var tags: Set<String>
 
     public init(
         job: String, priority: Int, chunk: Int, queuedFrames: [Int], openAssignments: Int,
-        blockedNodes: Set<String> = [], failedOn: [Int: Set<String>] = [:]
+        blockedNodes: Set<String> = [], failedOn: [Int: Set<String>] = [:], tags: Set<String> = []
     ) {
         self.failedOn = failedOn
+        self.tags = tags
         self.job = job
         self.priority = priority
         self.chunk = chunk

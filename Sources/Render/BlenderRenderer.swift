@@ -53,7 +53,7 @@ public struct BlenderRenderer: Renderer {
             blendFile: request.blendPath,
             pythonScript: try DriverScripts.driver(),
             scriptArguments: (persistentData.map { ["--persistent-data", $0 ? "on" : "off"] } ?? [])
-                + (request.remapFile.map { ["--remap", $0] } ?? []),
+                + (request.remapFile.map { ["--remap", $0] } ?? []) + (request.device.map { ["--device", $0] } ?? []),
             threads: request.threads,
             niceLevel: niceExecutable == nil ? 0 : niceLevel,
             niceExecutable: niceExecutable ?? "nice",

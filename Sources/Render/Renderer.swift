@@ -13,11 +13,14 @@ public struct RenderRequest: Sendable {
     /// The user's own file on the submitter's machine: images name it in their metadata ("File"), as at home,
     /// instead of the farm's copy.
     public var sourcePath: String?
+    /// The Cycles device the session renders on (`CPU`, `OPTIX:1`, …); nil keeps the scene's own setting.
+    public var device: String?
 
     public init(
         jobID: String, blendPath: String, threads: Int? = nil, remapFile: String? = nil, trustScripts: Bool = false,
-        sourcePath: String? = nil
+        sourcePath: String? = nil, device: String? = nil
     ) {
+        self.device = device
         self.jobID = jobID
         self.blendPath = blendPath
         self.threads = threads

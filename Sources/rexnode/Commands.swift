@@ -14,6 +14,7 @@ extension RexNode {
         @Option(help: "Output folder (default: ./rex-out/NAME/).") var output: String?
         @Option(help: "Job name (default: the file's name).") var name: String?
         @Option(help: "Higher runs first.") var priority: Int = 0
+        @Option(help: "Only nodes carrying every one of these tags render the job, T1,T2.") var tags: String?
         @Flag(help: "Submit even if files the scene uses are missing (they render as Blender renders them missing).")
         var allowMissing = false
         @Flag(help: "Run the scene's Python drivers and scripts while rendering (Blender's -y).")
@@ -33,6 +34,7 @@ extension RexNode {
                 let path = DataDirectory.absolute(file)
                 try SceneFile.validate(path)
                 if let frames { _ = try FrameSpec(frames) }
+                if let tags { _ = try NodeTags.parse(tags, option: "submit --tags") }
                 let jobName = SceneFile.jobName(from: name ?? path)
                 let outputDir = DataDirectory.absolute(output ?? "rex-out/\(jobName)")
                 try SceneFile.prepareOutput(outputDir)
@@ -40,7 +42,7 @@ extension RexNode {
                 let request = ControlRequest.submit(
                     SubmitRequest(
                         path: path, frames: frames, chunk: chunk, output: outputDir, name: jobName, priority: priority,
-                        allowMissing: allowMissing, trustScripts: trustScripts, ticket: ticket))
+                        allowMissing: allowMissing, trustScripts: trustScripts, ticket: ticket, tags: tags))
                 // On a terminal, what the daemon is doing with a large project while the submit is answered.
                 let shower =
                     !json.json && isatty(STDOUT_FILENO) != 0
@@ -316,14 +318,31 @@ extension RexNode {
                 let peers = try await ControlClient.send(all ? .allPeers : .peers, data: data.directory)
                 if json.json { return print(peers.jsonText()) }
                 let rows = (peers.array ?? []).map { p in
-                    [
+                    let tags = (p["tags"]?.array ?? []).compactMap(\.string).joined(separator: ",")
+                    let devices = (p["devices"]?.array ?? []).compactMap(\.string).joined(separator: ",")
+                    var state = p["state"]?.string ?? ""
+                    if p["resting"]?.bool == true {
+                        state += ", resting until " + Self.wake(p["resting_until"]?.string)
+                    }
+                    return [
                         (p["self"]?.bool == true ? "*" : " ") + (p["name"]?.string ?? ""), p["id"]?.string ?? "",
-                        p["address"]?.string ?? "", p["role"]?.string ?? "", p["state"]?.string ?? "",
-                        "\(p["slots"]?.int ?? 0)", "\(p["frames_done"]?.int ?? 0)", p["task"]?.string ?? "-",
+                        p["address"]?.string ?? "", p["role"]?.string ?? "", state,
+                        "\(p["slots"]?.int ?? 0)", "\(p["frames_done"]?.int ?? 0)", devices.isEmpty ? "CPU" : devices,
+                        tags.isEmpty ? "-" : tags, p["task"]?.string ?? "-",
                     ]
                 }
-                print(Table.render(["NAME", "ID", "ADDRESS", "ROLE", "STATE", "SLOTS", "FRAMES", "TASK"], rows))
+                print(
+                    Table.render(
+                        ["NAME", "ID", "ADDRESS", "ROLE", "STATE", "SLOTS", "FRAMES", "DEVICES", "TAGS", "TASK"], rows))
             }
+        }
+
+        /// `Thu 19:00` from an ISO 8601 time in this machine's zone.
+        static func wake(_ iso: String?) -> String {
+            guard let iso, let date = ISO8601DateFormatter().date(from: iso) else { return iso ?? "?" }
+            let formatter = DateFormatter()
+            formatter.dateFormat = "EEE HH:mm"
+            return formatter.string(from: date)
         }
     }
 

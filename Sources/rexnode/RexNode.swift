@@ -107,7 +107,13 @@ extension RexNode {
             "239.255.77.77:7777"
         @Option(help: "Local IPv4 address for multicast (127.0.0.1: a one-machine farm).") var interface: String?
         @Option(help: "The Blender executable (default: $BLENDER, then PATH).") var blender: String?
-        @Option(help: "Frames rendered at once on this machine.") var slots: Int = 1
+        @Option(help: "Frames rendered at once on this machine (default 1; one per GPU with a GPU --device).")
+        var slots: Int?
+        @Option(help: "Cycles device: CPU, CUDA, OPTIX, HIP or ONEAPI, with :INDEX for one GPU.") var device: String?
+        @Option(help: "Tags this node carries, T1,T2: jobs submitted with --tags render only on nodes with all.")
+        var tags: String?
+        @Option(help: "When this node takes work, node-local time, e.g. \"mon-fri 19:00-07:00; sat,sun\".")
+        var schedule: String?
         @Option(help: "CPU threads per Blender process (default: all).") var threads: Int?
         @Option(help: "blender, or simulated:MS (sleeps MS per frame, writes a small PNG).") var renderer: String =
             "blender"
@@ -120,7 +126,7 @@ extension RexNode {
         @Option(help: "Seconds a finished job's .blend is kept on this node.") var blendGrace: Double = 600
 
         func validate() throws {
-            guard slots >= 1 && slots <= 64 else { throw ValidationError("--slots must be between 1 and 64.") }
+            if let slots, !(1...64).contains(slots) { throw ValidationError("--slots must be between 1 and 64.") }
             if let threads, threads < 1 { throw ValidationError("--threads must be at least 1.") }
             if token != nil && key != nil { throw ValidationError("Give either --token or --key, not both.") }
             guard deadAfter >= 1 else { throw ValidationError("--dead-after must be at least 1 second.") }
@@ -130,6 +136,10 @@ extension RexNode {
 
         func run() async throws {
             try await RexNode.guarded {
+                // Bad capabilities fail before anything is written.
+                let parsedTags = try tags.map { try NodeTags.parse($0) } ?? []
+                let parsedSchedule = try schedule.map { try NodeSchedule($0) }
+                let parsedDevice = try device.map { try DeviceChoice($0) }
                 let dir = data.directory
                 try dir.create()
                 let hadKey = FileManager.default.fileExists(atPath: dir.farmKey)
@@ -139,7 +149,11 @@ extension RexNode {
                 settings.discovery = discovery
                 settings.interface = interface
                 settings.blenderPath = blender
-                settings.slots = slots
+                settings.slots = slots ?? 1
+                settings.slotsGiven = slots != nil
+                settings.tags = parsedTags
+                settings.schedule = parsedSchedule
+                settings.device = parsedDevice
                 settings.threads = threads
                 settings.renderer = try RendererChoice(renderer)
                 settings.createdFarm = !hadKey && token == nil && key == nil

@@ -8,7 +8,10 @@ final class TestFarm {
     let port: Int
 
     /// Starts `count` nodes of one farm (the first was made with `rexnode init`), all at the same moment.
-    init(count: Int, args: [String], perNode: [Int: [String]] = [:], formTimeout: Double = 120) throws {
+    init(
+        count: Int, args: [String], perNode: [Int: [String]] = [:], formTimeout: Double = 120,
+        environment: [String: String] = [:]
+    ) throws {
         let first = NSTemporaryDirectory() + "rex-node-\(UUID().uuidString.prefix(8))"
         let initResult = try runProgram(TestPaths.rexnode, ["init", "--data", first])
         guard initResult.status == 0, let token = initResult.stdout.split(separator: "\n").last.map(String.init)
@@ -19,7 +22,7 @@ final class TestFarm {
         let started = try (0..<count).map { i in
             try TestNode(
                 name: "n\(i + 1)", args: common + (perNode[i] ?? []), data: i == 0 ? first : nil, discoveryPort: port,
-                start: false)
+                start: false, environment: environment)
         }
         self.port = port
         nodes = started

@@ -23,6 +23,7 @@ struct RowShapeTests {
             #expect(row.keys.contains(key), "jobs --json lacks \(key)")
         }
         #expect(row["message"] is NSNull)
+        #expect(row["tags"] as? [String] == [])
         #expect(row["state"] as? String == "queued")
         #expect(row["frames_total"] as? Int == 3)
 
@@ -52,10 +53,14 @@ struct RowShapeTests {
                 isSelf: true, task: nil, member: true, term: 3, leader: nil, raftStallMs: 12, leaderSilenceMs: 0))
         for key in [
             "id", "name", "address", "role", "state", "slots", "frames_done", "self", "task", "member", "term",
-            "leader", "raft_longest_stall_ms", "raft_longest_leader_silence_ms",
+            "leader", "raft_longest_stall_ms", "raft_longest_leader_silence_ms", "tags", "devices", "resting",
+            "resting_until",
         ] {
             #expect(me.keys.contains(key), "peers --json lacks \(key)")
         }
+        #expect(me["devices"] as? [String] == ["CPU"])
+        #expect(me["resting"] as? Bool == false)
+        #expect(me["resting_until"] is NSNull)
         #expect(me["leader"] is NSNull)
         #expect(me["task"] is NSNull)
         let other = try object(

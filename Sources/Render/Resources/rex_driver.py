@@ -1,6 +1,7 @@
 # rexnode render driver: runs inside one long-lived Blender process.
 #
-# Started as `blender -b FILE ... --python rex_driver.py [-- --persistent-data on|off] [--remap TABLE.json]`.
+# Started as `blender -b FILE ... --python rex_driver.py [-- --persistent-data on|off] [--remap TABLE.json]
+#     [--device CPU|OPTIX:1]` (Cycles device set before the job).
 # Blender loads FILE (the job's copy, inside a folder that mirrors the project); with --remap, the absolute
 # paths in TABLE (resolved path -> path under the job root) are pointed at their copies first. This script then
 # reports the scene's facts and serves render requests read from stdin, one JSON object per line:
@@ -57,6 +58,8 @@ def driver_options():
             options["persistent_data"] = argv[index + 1] == "on"
         elif name == "--remap":
             options["remap"] = argv[index + 1]
+        elif name == "--device":
+            options["device"] = argv[index + 1]
     return options
 
 
@@ -93,6 +96,26 @@ def has_audio(render):
     return False
 
 
+def use_device(scene, choice):
+    """Sets Cycles' device before the job (`join --device`): CPU, or a GPU kind with an optional index among the
+    devices of that kind (the others are turned off, so each slot renders on its own GPU)."""
+    kind, _, index = choice.partition(":")
+    if kind == "CPU":
+        if hasattr(scene, "cycles"):
+            scene.cycles.device = "CPU"
+        return
+    prefs = bpy.context.preferences.addons["cycles"].preferences
+    prefs.compute_device_type = kind
+    prefs.refresh_devices()
+    gpus = [d for d in prefs.devices if d.type == kind]
+    for position, device in enumerate(gpus):
+        device.use = index == "" or position == int(index)
+    for device in prefs.devices:
+        if device.type == "CPU":
+            device.use = False
+    scene.cycles.device = "GPU"
+
+
 def prepare_scene(scene, options=None):
     """Makes the scene writable one frame at a time and returns its facts (the probe reports the same).
 
@@ -110,6 +133,8 @@ def prepare_scene(scene, options=None):
         # Lossless frames for the encoder: 8 bits per channel, as the movie would carry.
         render.image_settings.color_depth = "8"
     render.use_file_extension = True
+    if options and "device" in options:
+        use_device(scene, options["device"])
     if options and "persistent_data" in options:
         # Keeps Cycles' scene data between frames of this process: the same pixels, about 25 % faster here.
         render.use_persistent_data = options["persistent_data"]

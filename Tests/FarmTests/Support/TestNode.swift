@@ -92,10 +92,14 @@ final class TestNode {
     let logPath: String
 
     let discoveryPort: Int
+    /// Variables added to the daemon's environment (e.g. `REXNODE_CLOCK_OFFSET_FILE`).
+    let environment: [String: String]
 
     init(
-        name: String = "n1", args: [String] = [], data: String? = nil, discoveryPort: Int? = nil, start: Bool = true
+        name: String = "n1", args: [String] = [], data: String? = nil, discoveryPort: Int? = nil, start: Bool = true,
+        environment: [String: String] = [:]
     ) throws {
+        self.environment = environment
         self.discoveryPort = discoveryPort ?? TestNode.freshPort()
         self.data = data ?? NSTemporaryDirectory() + "rex-node-\(UUID().uuidString.prefix(8))"
         self.name = name
@@ -142,6 +146,9 @@ final class TestNode {
             ["join", "--data", data, "--name", name, "--listen", "127.0.0.1:0", "--interface", "127.0.0.1",
                 "--discovery", "239.255.77.\(TestNode.groupByte):\(discoveryPort)"]
             + extraArgs
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         if !FileManager.default.fileExists(atPath: logPath) {
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         }
