@@ -142,9 +142,11 @@ struct JobStatusView: Encodable, Sendable {
     var deliversHere = false
     /// Names of the nodes blocked for this job (their renders of it failed too often).
     var blockedNodes: [String] = []
+    /// The Blender version every frame of the job renders with (null: any node, the simulated renderer).
+    var blender: String?
 
     enum CodingKeys: String, CodingKey {
-        case frames, movie
+        case frames, movie, blender
         case deliversHere = "delivers_here"
         case blockedNodes = "blocked_nodes"
         case deliveryError = "delivery_error"
@@ -158,6 +160,7 @@ struct JobStatusView: Encodable, Sendable {
         try c.encodeIfPresent(frames, forKey: .frames)
         try c.encode(deliversHere, forKey: .deliversHere)
         try c.encode(blockedNodes, forKey: .blockedNodes)
+        try c.encode(blender, forKey: .blender)
         try c.encodeIfPresent(deliveryError, forKey: .deliveryError)
         try c.encodeIfPresent(movie, forKey: .movie)
         try c.encodeIfPresent(movieState, forKey: .movieState)
@@ -178,9 +181,11 @@ struct PeerRow: Encodable, Sendable {
     /// its leader, in milliseconds since it started: what a busy machine cost Raft.
     var raftStallMs: Int?
     var leaderSilenceMs: Int?
+    /// The Blender versions the node renders with (from its beacons; this node's from its runtimes).
+    var blender: [String] = []
 
     enum CodingKeys: String, CodingKey {
-        case id, name, address, role, state, slots, task, member, term, leader
+        case id, name, address, role, state, slots, task, member, term, leader, blender
         case voter
         case framesDone = "frames_done"
         case isSelf = "self"
@@ -201,6 +206,7 @@ struct PeerRow: Encodable, Sendable {
         try c.encode(task, forKey: .task)
         try c.encode(member, forKey: .member)
         try c.encode(member, forKey: .voter)
+        try c.encode(blender, forKey: .blender)
         if isSelf {
             try c.encode(term ?? 0, forKey: .term)
             try c.encode(leader, forKey: .leader)
@@ -245,7 +251,9 @@ struct FarmQueries: Sendable {
     }
 
     func status(_ job: JobRecord, brief: Bool) async throws -> JobStatusView {
-        guard !brief else { return JobStatusView(job: JobRow(job), deliversHere: job.submitter == nodeID) }
+        guard !brief else {
+            return JobStatusView(job: JobRow(job), deliversHere: job.submitter == nodeID, blender: job.blender)
+        }
         let live = progress.snapshot().values.filter { $0.job == job.job }
         let problem = await delivery.problem(job: job.job)
         let names = await nodeNames()
@@ -269,7 +277,7 @@ struct FarmQueries: Sendable {
         }
         var view = JobStatusView(
             job: JobRow(job), frames: frames, deliveryError: problem, deliversHere: job.submitter == nodeID,
-            blockedNodes: try ledger.blockedNodes(job: job.job).map { names[$0] ?? $0 }.sorted())
+            blockedNodes: try ledger.blockedNodes(job: job.job).map { names[$0] ?? $0 }.sorted(), blender: job.blender)
         if let movie = job.movie {
             view.movie = "\(job.output)/\(Delivery.movieFileName(job: job.name, movie: movie))"
             if job.submitter == nodeID {
@@ -312,7 +320,7 @@ struct FarmQueries: Sendable {
                 task: tasks.isEmpty ? nil : tasks.map { "\($0.job)/\($0.frame)" }.joined(separator: ","),
                 member: members.contains(nodeID), term: status?.term ?? 0, leader: status?.leader,
                 raftStallMs: Self.milliseconds(await raft.longestStall),
-                leaderSilenceMs: Self.milliseconds(await raft.longestLeaderSilence))
+                leaderSilenceMs: Self.milliseconds(await raft.longestLeaderSilence), blender: roster.blender)
         ]
         var seen: Set<String> = [nodeID]
         for peer in await mesh.peers() {
@@ -330,7 +338,8 @@ struct FarmQueries: Sendable {
                     id: peer.nodeID, name: peer.name, address: peer.address,
                     role: peer.state == .dead ? "follower" : role.rawValue, state: peer.state.rawValue,
                     slots: announced?.slots ?? 0, framesDone: done[peer.nodeID] ?? 0, isSelf: false,
-                    task: peer.state == .alive ? announced?.task : nil, member: members.contains(peer.nodeID)))
+                    task: peer.state == .alive ? announced?.task : nil, member: members.contains(peer.nodeID),
+                    blender: announced?.blender ?? []))
         }
         for member in members.sorted() where !seen.contains(member) {
             rows.append(

@@ -88,7 +88,8 @@ struct JobControl: Sendable {
         let outcome = try await submitService.commit(
             SubmitService.Draft(
                 name: job.name, frames: frames, chunk: job.chunk, priority: job.priority, output: folder,
-                manifest: manifest, movie: job.movie, trustScripts: job.trustScripts, sourcePath: job.sourcePath))
+                manifest: manifest, movie: job.movie, trustScripts: job.trustScripts, sourcePath: job.sourcePath,
+                blender: job.blender))
         logger.info("job rerun", metadata: ["farm/job": "\(job.job)", "farm/new": "\(outcome.record.job)"])
         return outcome.record
     }

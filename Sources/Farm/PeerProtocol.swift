@@ -148,6 +148,9 @@ struct NodeStatus: Codable, Sendable, Equatable {
     var task: String?
     /// The farm's recovery epoch as this node's log has it (the term of its latest `recover` entry; absent: 0).
     var epoch: UInt64?
+    /// The Blender versions this node renders with (`join --blender`, repeatable); absent with the simulated
+    /// renderer. The scheduler gives a job only to nodes announcing its version.
+    var blender: [String]?
 
     enum CodingKeys: String, CodingKey {
         case role = "r"
@@ -155,9 +158,11 @@ struct NodeStatus: Codable, Sendable, Equatable {
         case hasLog = "m"
         case task = "t"
         case epoch = "e"
+        case blender = "b"
     }
 
-    init(role: Role, slots: Int, hasLog: Bool, task: String?, epoch: UInt64? = nil) {
+    init(role: Role, slots: Int, hasLog: Bool, task: String?, epoch: UInt64? = nil, blender: [String]? = nil) {
+        self.blender = blender?.isEmpty == true ? nil : blender
         self.role = role
         self.slots = slots
         self.hasLog = hasLog
@@ -172,6 +177,14 @@ struct NodeStatus: Codable, Sendable, Equatable {
         if whole.count <= Beacon.maxStatusBytes { return whole }
         var short = self
         short.task = nil
+        let shorter = Array(try! encoder.encode(short))
+        if shorter.count <= Beacon.maxStatusBytes { return shorter }
+        // Only a node given very many Blenders gets here: it announces the first ones that fit.
+        while short.blender.map({ $0.count > 1 }) == true,
+            Array(try! encoder.encode(short)).count > Beacon.maxStatusBytes
+        {
+            short.blender?.removeLast()
+        }
         return Array(try! encoder.encode(short))
     }
 

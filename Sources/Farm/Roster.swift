@@ -7,6 +7,8 @@ struct Roster: Sendable {
     let slots: Int
     let raft: RaftNode
     let mesh: MeshNode
+    /// The Blender versions this node renders with (empty with the simulated renderer).
+    var blender: [String] = []
 
     /// Members that can take work now, with their render slots (this node's from its settings).
     func renderSlots() async -> [(node: String, slots: Int)] {
@@ -15,6 +17,18 @@ struct Roster: Sendable {
         if members.contains(nodeID) || members.isEmpty { result.append((nodeID, slots)) }
         for peer in await mesh.peers() where peer.state == .alive && members.contains(peer.nodeID) {
             result.append((peer.nodeID, NodeStatus(bytes: peer.status)?.slots ?? 1))
+        }
+        return result
+    }
+
+    /// The Blender versions of every member that can take work now (this node's from its runtimes, the others' from
+    /// their beacons), by node id.
+    func blenderVersions() async -> [String: [String]] {
+        let members = await raft.status?.members ?? [nodeID]
+        var result: [String: [String]] = [:]
+        if members.contains(nodeID) || members.isEmpty { result[nodeID] = blender }
+        for peer in await mesh.peers() where peer.state == .alive && members.contains(peer.nodeID) {
+            result[peer.nodeID] = NodeStatus(bytes: peer.status)?.blender ?? []
         }
         return result
     }

@@ -1,4 +1,5 @@
 import Ledger
+import Render
 
 /// The scheduler's decisions as a pure function: ledger state and free slots in, assignments out.
 ///
@@ -10,10 +11,13 @@ public enum Scheduler {
     public struct Slot: Sendable, Equatable {
         public var node: String
         public var free: Int
+        /// The Blender versions the node renders with: a job that names one goes only to slots that have it.
+        public var blender: [String]
 
-        public init(node: String, free: Int) {
+        public init(node: String, free: Int, blender: [String] = []) {
             self.node = node
             self.free = free
+            self.blender = blender
         }
     }
 
@@ -35,10 +39,12 @@ public enum Scheduler {
         var decisions: [Decision] = []
         while let slotIndex = free.firstIndex(where: { $0.free > 0 }) {
             let node = free[slotIndex].node
+            let versions = free[slotIndex].blender
             // Highest priority first; among equals, the job with the fewest chunks in flight, then the oldest.
             // A job that blocked this node (it failed there too often) is not offered to it.
             let pick = jobs.indices.filter {
                 jobs[$0].offers(node, farm: everyNode) && !jobs[$0].blockedNodes.contains(node)
+                    && jobs[$0].blender.map(versions.contains) != false
             }
             .min { a, b in
                 if jobs[a].priority != jobs[b].priority { return jobs[a].priority > jobs[b].priority }
@@ -84,5 +90,29 @@ extension QueuedJob {
     /// Whether the job has a queued frame for `node`.
     func offers(_ node: String, farm: Set<String>) -> Bool {
         failedOn.isEmpty ? !queuedFrames.isEmpty : queuedFrames.contains { mayGo($0, to: node, farm: farm) }
+    }
+}
+
+// MARK: - Choosing a job's Blender
+
+/// Which Blender version a job renders with, as a pure function of the file's version and the versions the farm's
+/// live members run: the file's own major.minor if some node has it, else the nearest newer one, never an older one
+/// (an older Blender cannot read the file, or drops what it does not know). Among patch releases of that major.minor
+/// one on the submitting node is preferred (it opens the file at submit), then the newest. Every frame of the job
+/// then renders with exactly that version, so no frame differs from another by a Blender change.
+public enum RuntimeChoice {
+    public static func choose(file: BlendVersion, available: [String], preferred: [String] = []) -> String? {
+        let candidates = available.filter { BlendVersion($0).map { $0 >= file } == true }
+        guard let nearest = candidates.compactMap(BlendVersion.init).min() else { return nil }
+        let same = sorted(candidates.filter { BlendVersion($0) == nearest })
+        return same.last(where: preferred.contains) ?? same.last
+    }
+
+    /// Versions in numeric order ("3.4.1" before "3.10.0"), each once.
+    public static func sorted(_ versions: [String]) -> [String] {
+        func numbers(_ version: String) -> [Int] {
+            version.split(separator: ".").map { Int($0.prefix { $0.isNumber }) ?? 0 }
+        }
+        return Set(versions).sorted { numbers($0).lexicographicallyPrecedes(numbers($1)) }
     }
 }

@@ -18,12 +18,15 @@ struct SubmitService: Sendable {
     let settings: NodeSettings
     let blobs: BlobStore
     let work: WorkFolders
-    let blender: BlenderInstallation?
+    /// This node's Blenders: the job's is the one that opens the user's file at submit.
+    let blenders: [BlenderInstallation]
     let commandLog: any CommandLog
     let ledger: LedgerStore
     let inFlight: ScenesInFlight
     let progress: SubmitProgress
     let logger: Logger
+    /// The Blender versions the farm's live members run (`Roster.blenderVersions`), to choose the job's from.
+    var farmBlenders: @Sendable () async -> [String] = { [] }
     /// What each file submitted from this node hashed to, by path and stat (lives as long as the daemon).
     let hashes = FileHashes()
     /// Output folders being chosen by submits under way.
@@ -44,6 +47,8 @@ struct SubmitService: Sendable {
     func submit(_ request: SubmitRequest) async throws -> Outcome {
         let path = request.path
         try SceneFile.validate(path)
+        // The file's version first: a job renders with one Blender at least as new as the file, chosen now.
+        let blender = settings.renderer == .blender ? try await runtime(for: path) : nil
         let spec = try request.frames.map { try FrameSpec($0) }
         if let chunk = request.chunk, chunk < 1 || chunk > FarmNode.maxChunk {
             throw FarmError(.badInput, "--chunk must be between 1 and \(FarmNode.maxChunk).")
@@ -63,7 +68,7 @@ struct SubmitService: Sendable {
         var layout: ProjectLayout
         var baked: [String] = []
         var bakedFile: String?
-        if settings.renderer == .blender, let blender {
+        if let blender {
             let prepared = try await blender.prepare(
                 at: path, scratch: scratch, bakeTo: scratch + "/baked.blend", lastFrame: spec?.frames.max(),
                 trustScripts: request.trustScripts)
@@ -104,7 +109,7 @@ struct SubmitService: Sendable {
                 Draft(
                     job: job, name: name, frames: frames, chunk: chunk, priority: request.priority ?? 0,
                     output: output, manifest: stored.manifest, movie: scene?.movie.map(MovieSpec.init),
-                    trustScripts: request.trustScripts, sourcePath: path, claimed: true))
+                    trustScripts: request.trustScripts, sourcePath: path, claimed: true, blender: blender?.version))
             outcome.warnings = warnings
             outcome.newFiles = stored.newFiles
             outcome.baked = baked
@@ -129,6 +134,8 @@ struct SubmitService: Sendable {
         var sourcePath: String?
         /// The output folder is already claimed by the caller (else `commit` claims one from `output`).
         var claimed = false
+        /// The Blender version every frame renders with (nil: any, the simulated renderer).
+        var blender: String?
     }
 
     /// Proposes the job and returns it as committed. Used by `submit` and by `rerun` (same files, new job).
@@ -150,7 +157,8 @@ struct SubmitService: Sendable {
                     job: job, name: draft.name, submitter: nodeID, blendHash: scene.blob, blendSize: scene.size,
                     frames: draft.frames, chunk: draft.chunk, priority: draft.priority, output: draft.output,
                     submittedAtMs: WallClock.millis(), manifest: draft.manifest, movie: draft.movie,
-                    trustScripts: draft.trustScripts ? true : nil, sourcePath: draft.sourcePath))
+                    trustScripts: draft.trustScripts ? true : nil, sourcePath: draft.sourcePath,
+                    blender: draft.blender))
         ])
         guard let outcome = outcomes.first, outcome == .applied || outcome.isDuplicate else {
             throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")
@@ -165,6 +173,36 @@ struct SubmitService: Sendable {
         return Outcome(
             record: record, warnings: warnings, files: draft.manifest.files.count, bytes: draft.manifest.totalSize,
             newFiles: 0, baked: [])
+    }
+
+    /// This node's Blender for the job of the file at `path`: the version `RuntimeChoice` picks from what the farm's
+    /// live members run. Refused in one sentence when no member has a Blender as new as the file, or when the one
+    /// chosen is not on this node (the submit-time trace must run in the job's own Blender).
+    private func runtime(for path: String) async throws -> BlenderInstallation {
+        let name = (path as NSString).lastPathComponent
+        let file: BlendVersion
+        do {
+            file = try BlendHeader.read(path)
+        } catch let error as RenderError {
+            throw FarmError(.badInput, error.message)
+        }
+        let local = blenders.map(\.version)
+        let farm = Set(await farmBlenders() + local)
+        guard let chosen = RuntimeChoice.choose(file: file, available: Array(farm), preferred: local) else {
+            let have = RuntimeChoice.sorted(Array(farm))
+            throw FarmError(
+                .badInput,
+                "\(name) was saved by Blender \(file); this farm's nodes have "
+                    + (have.isEmpty ? "no Blender" : have.joined(separator: ", "))
+                    + " — add a node with Blender \(file) or newer (`rexnode join --blender …`).")
+        }
+        guard let installation = blenders.first(where: { $0.version == chosen }) else {
+            throw FarmError(
+                .badInput,
+                "\(name) renders with Blender \(chosen), which this node does not have; submit it from a node "
+                    + "started with `--blender` of Blender \(chosen).")
+        }
+        return installation
     }
 
     /// The folder a new job writes to: the one asked for, unless it holds another job's frames (then the next free

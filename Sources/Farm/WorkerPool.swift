@@ -287,7 +287,7 @@ actor WorkerPool {
         let session = try await renderer.makeSession(
             for: RenderRequest(
                 jobID: job, blendPath: project.scene, threads: settings.threads, remapFile: project.remapFile,
-                trustScripts: record.trustScripts, sourcePath: record.sourcePath))
+                trustScripts: record.trustScripts, sourcePath: record.sourcePath, blender: record.blender))
         sessions[slot] = (job, session)
         return session
     }

@@ -91,6 +91,10 @@ public final class LedgerStore: Sendable {
                         job TEXT PRIMARY KEY, name TEXT NOT NULL, blobs TEXT NOT NULL, log_index INTEGER NOT NULL);
                     """)
         }
+        migrator.registerMigration("ledger-runtimes") { db in
+            // Runtimes (issue 14): the Blender version a job renders with (NULL: any node, jobs from before).
+            try db.execute(sql: "ALTER TABLE jobs ADD COLUMN blender TEXT")
+        }
     }
 
     // MARK: Applying the log

@@ -27,6 +27,8 @@ public struct JobRecord: Sendable, Equatable, Codable {
     public var movie: MovieSpec?
     public var trustScripts: Bool
     public var sourcePath: String?
+    /// The Blender version the job renders with; nil: any (older jobs, the simulated renderer).
+    public var blender: String?
 
     init(row: Row) {
         job = row["job"]
@@ -47,6 +49,7 @@ public struct JobRecord: Sendable, Equatable, Codable {
         movie = Self.decode(row["movie"])
         trustScripts = (row["trust_scripts"] as Bool?) ?? false
         sourcePath = row["source_path"]
+        blender = row["blender"]
     }
 
     private static func decode<T: Decodable>(_ text: String?) -> T? {
@@ -283,7 +286,7 @@ extension LedgerStore {
             let jobs = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT job, chunk, priority, submitted_at_ms FROM jobs WHERE state IN ('queued', 'running')
+                    SELECT job, chunk, priority, submitted_at_ms, blender FROM jobs WHERE state IN ('queued', 'running')
                     ORDER BY priority DESC, submitted_at_ms, log_index
                     """)
             return try jobs.compactMap { row in
@@ -309,7 +312,8 @@ extension LedgerStore {
                 }
                 return QueuedJob(
                     job: job, priority: row["priority"], chunk: row["chunk"], queuedFrames: frames,
-                    openAssignments: running, blockedNodes: try Self.blockedNodes(job: job, db), failedOn: failedOn)
+                    openAssignments: running, blockedNodes: try Self.blockedNodes(job: job, db), failedOn: failedOn,
+                    blender: row["blender"])
             }
         }
     }
@@ -361,11 +365,14 @@ public struct QueuedJob: Sendable, Equatable {
     public var blockedNodes: Set<String>
     /// Queued frames that failed before, and where: such a frame goes to another node first.
     public var failedOn: [Int: Set<String>]
+    /// The Blender version the job renders with: only slots of that version take it (nil: any slot).
+    public var blender: String?
 
     public init(
         job: String, priority: Int, chunk: Int, queuedFrames: [Int], openAssignments: Int,
-        blockedNodes: Set<String> = [], failedOn: [Int: Set<String>] = [:]
+        blockedNodes: Set<String> = [], failedOn: [Int: Set<String>] = [:], blender: String? = nil
     ) {
+        self.blender = blender
         self.failedOn = failedOn
         self.job = job
         self.priority = priority

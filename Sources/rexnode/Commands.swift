@@ -309,6 +309,12 @@ extension RexNode {
         @OptionGroup var data: DataOption
         @Flag(help: "Also show machines that are not members (joining, or from before a recovery).") var all = false
 
+        /// The Blender versions of a peers row, "3.4.1,5.0.1" ("-" for none).
+        static func blender(_ value: JSONValue?) -> String {
+            let versions = (value?.array ?? []).compactMap(\.string)
+            return versions.isEmpty ? "-" : versions.joined(separator: ",")
+        }
+
         func run() async throws {
             try await RexNode.guarded {
                 let peers = try await ControlClient.send(all ? .allPeers : .peers, data: data.directory)
@@ -318,9 +324,12 @@ extension RexNode {
                         (p["self"]?.bool == true ? "*" : " ") + (p["name"]?.string ?? ""), p["id"]?.string ?? "",
                         p["address"]?.string ?? "", p["role"]?.string ?? "", p["state"]?.string ?? "",
                         "\(p["slots"]?.int ?? 0)", "\(p["frames_done"]?.int ?? 0)", p["task"]?.string ?? "-",
+                        Self.blender(p["blender"]),
                     ]
                 }
-                print(Table.render(["NAME", "ID", "ADDRESS", "ROLE", "STATE", "SLOTS", "FRAMES", "TASK"], rows))
+                print(
+                    Table.render(
+                        ["NAME", "ID", "ADDRESS", "ROLE", "STATE", "SLOTS", "FRAMES", "TASK", "BLENDER"], rows))
             }
         }
     }

@@ -106,7 +106,10 @@ extension RexNode {
         @Option(help: "Multicast group and port for discovery, GROUP:PORT.") var discovery: String =
             "239.255.77.77:7777"
         @Option(help: "Local IPv4 address for multicast (127.0.0.1: a one-machine farm).") var interface: String?
-        @Option(help: "The Blender executable (default: $BLENDER, then PATH).") var blender: String?
+        @Option(
+            help: ArgumentHelp(
+                "A Blender executable, or a Python that can `import bpy`; repeat for several Blender versions "
+                    + "(default: $BLENDER, then PATH).", valueName: "path")) var blender: [String] = []
         @Option(help: "Frames rendered at once on this machine.") var slots: Int = 1
         @Option(help: "CPU threads per Blender process (default: all).") var threads: Int?
         @Option(help: "blender, or simulated:MS (sleeps MS per frame, writes a small PNG).") var renderer: String =
@@ -138,7 +141,7 @@ extension RexNode {
                 settings.listen = listen
                 settings.discovery = discovery
                 settings.interface = interface
-                settings.blenderPath = blender
+                settings.blenderPaths = blender
                 settings.slots = slots
                 settings.threads = threads
                 settings.renderer = try RendererChoice(renderer)
