@@ -377,6 +377,7 @@ extension RexNode {
                     "\(s["job"]?.string ?? "") \(s["name"]?.string ?? ""): \(s["state"]?.string ?? "") — "
                         + "\(s["frames_done"]?.int ?? 0)/\(s["frames_total"]?.int ?? 0) frames → "
                         + (s["output"]?.string ?? ""))
+                if let blender = s["blender"]?.string { print("renders with Blender \(blender)") }
                 if let message = s["message"]?.string { print("last error: \(message)") }
                 let blocked = s["blocked_nodes"]?.array?.compactMap(\.string) ?? []
                 if !blocked.isEmpty {

@@ -80,7 +80,7 @@ struct BlendHeaderTests {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = [tool, "-c", path]
-        FileManager.default.createFile(atPath: output, contents: nil)
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
         process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
         try process.run()
         process.waitUntilExit()
@@ -114,5 +114,37 @@ struct PythonModuleCommandTests {
         #expect(module.command(blendFile: "/a.blend", script: "/p.py").arguments == ["-u", "/p.py", "/a.blend", "--"])
         let blender = BlenderInstallation(path: "/usr/bin/blender", version: "3.4.1")
         #expect(blender.command(blendFile: "/a.blend", script: "/p.py").arguments.first == "--background")
+    }
+}
+
+/// `--blender PATH` given a Python with bpy (the venv `make bpy-venv` makes; `REXNODE_BPY_PYTHON` overrides): it
+/// fails, naming the make target, when the venv is absent, since `make test` installs it.
+@Suite("Runtimes: Blender as a Python module")
+struct PythonRuntimeTests {
+    static let python =
+        ProcessInfo.processInfo.environment["REXNODE_BPY_PYTHON"] ?? TestSupport.repositoryRoot
+        + "/.venv-bpy/bin/python"
+
+    @Test("a Python that imports bpy is probed as Blender 5.0.1 of kind python; the same version twice is refused")
+    func probesBpy() async throws {
+        try #require(
+            FileManager.default.isExecutableFile(atPath: Self.python),
+            "bpy is missing at \(Self.python): run `make bpy-venv` (make test does)")
+        let found = try await BlenderLocator.locateAll(
+            explicit: [TestSupport.blenderPath, Self.python], environment: [:])
+        #expect(found.map(\.version) == ["3.4.1", "5.0.1"])
+        #expect(found.map(\.kind) == [.executable, .python])
+        let twice = await #expect(throws: RenderError.self) {
+            try await BlenderLocator.locateAll(explicit: [Self.python, Self.python], environment: [:])
+        }
+        #expect(twice?.message.contains("are both Blender 5.0.1") == true)
+    }
+
+    @Test("a Python without bpy is refused in one sentence saying so")
+    func pythonWithoutBpy() async throws {
+        let error = await #expect(throws: RenderError.self) {
+            try await BlenderLocator.locate(explicit: "/usr/bin/python3", environment: [:])
+        }
+        #expect(error?.message.contains("neither Blender nor a Python that can import bpy") == true)
     }
 }
