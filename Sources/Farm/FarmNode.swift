@@ -58,7 +58,7 @@ public final class FarmNode: Sendable {
         let raftStore: RaftLogStore
         let logStore: FrameLogStore
         let renderer: any Renderer
-        let blender: BlenderInstallation?
+        let blenders: [BlenderInstallation]
         var logger = logger
         logger[metadataKey: "farm/node"] = "\(settings.name)"
         do {
@@ -71,14 +71,17 @@ public final class FarmNode: Sendable {
             let environment = ProcessInfo.processInfo.environment
             switch settings.renderer {
             case .blender:
-                let found = try await BlenderLocator.locate(explicit: settings.blenderPath, environment: environment)
-                blender = found
-                renderer = BlenderRenderer(installation: found, logger: logger)
+                let found = try await BlenderLocator.locateAll(
+                    explicit: settings.blenderPaths, environment: environment)
+                blenders = found
+                renderer = RuntimeRenderer(found.map { BlenderRenderer(installation: $0, logger: logger) })
             case .simulated(let ms):
-                blender = try? await BlenderLocator.locate(explicit: settings.blenderPath, environment: environment)
+                blenders =
+                    (try? await BlenderLocator.locateAll(explicit: settings.blenderPaths, environment: environment))
+                    ?? []
                 renderer = SimulatedRenderer(millisecondsPerFrame: ms)
             }
-            try await Self.checkDevice(&settings, blender: blender)
+            try await Self.checkDevice(&settings, blender: blenders.first)
         } catch {
             close(lockFD)
             throw error
@@ -132,7 +135,8 @@ public final class FarmNode: Sendable {
             })
 
         let roster = Roster(
-            nodeID: nodeID, slots: settings.slots, raft: raft, mesh: mesh, tags: settings.tags, rest: rest)
+            nodeID: nodeID, slots: settings.slots, raft: raft, mesh: mesh, tags: settings.tags, rest: rest,
+            blender: settings.renderer == .blender ? blenders.map(\.version) : [])
         self.roster = roster
         let exchange = BlobExchange(
             nodeID: nodeID, blobs: blobs, mesh: mesh, roster: roster, sync: GroupSync(), logger: logger)
@@ -153,8 +157,9 @@ public final class FarmNode: Sendable {
             commandLog: raftLog, roster: roster, progress: progress, logger: logger,
             requestShutdown: { await group.shutDown() })
         let submit = SubmitService(
-            nodeID: nodeID, settings: settings, blobs: blobs, work: work, blender: blender, commandLog: raftLog,
-            ledger: ledger, inFlight: inFlight, progress: SubmitProgress(), logger: logger, roster: roster)
+            nodeID: nodeID, settings: settings, blobs: blobs, work: work, blenders: blenders, commandLog: raftLog,
+            ledger: ledger, inFlight: inFlight, progress: SubmitProgress(), logger: logger, roster: roster,
+            farmBlenders: { await roster.blenderVersions().values.flatMap { $0 } })
         let queries = FarmQueries(
             nodeID: nodeID, name: settings.name, listen: settings.listen, slots: settings.slots, ledger: ledger,
             raft: raft, mesh: mesh, roster: roster, progress: progress, delivery: delivery,

@@ -146,9 +146,11 @@ struct JobStatusView: Encodable, Sendable {
     var deliversHere = false
     /// Names of the nodes blocked for this job (their renders of it failed too often).
     var blockedNodes: [String] = []
+    /// The Blender version every frame of the job renders with (null: any node, the simulated renderer).
+    var blender: String?
 
     enum CodingKeys: String, CodingKey {
-        case frames, movie
+        case frames, movie, blender
         case deliversHere = "delivers_here"
         case blockedNodes = "blocked_nodes"
         case deliveryError = "delivery_error"
@@ -162,6 +164,7 @@ struct JobStatusView: Encodable, Sendable {
         try c.encodeIfPresent(frames, forKey: .frames)
         try c.encode(deliversHere, forKey: .deliversHere)
         try c.encode(blockedNodes, forKey: .blockedNodes)
+        try c.encode(blender, forKey: .blender)
         try c.encodeIfPresent(deliveryError, forKey: .deliveryError)
         try c.encodeIfPresent(movie, forKey: .movie)
         try c.encodeIfPresent(movieState, forKey: .movieState)
@@ -186,9 +189,11 @@ struct PeerRow: Encodable, Sendable {
     var tags: [String] = []
     var devices: [String] = ["CPU"]
     var restingUntilMs: Int64? = nil
+    /// The Blender versions the node renders with (from its beacons; this node's from its runtimes).
+    var blender: [String] = []
 
     enum CodingKeys: String, CodingKey {
-        case id, name, address, role, state, slots, task, member, term, leader
+        case id, name, address, role, state, slots, task, member, term, leader, blender
         case voter, tags, devices, resting
         case restingUntil = "resting_until"
         case framesDone = "frames_done"
@@ -214,6 +219,7 @@ struct PeerRow: Encodable, Sendable {
         try c.encode(devices, forKey: .devices)
         try c.encode(restingUntilMs != nil, forKey: .resting)
         try c.encode(restingUntilMs.map(Self.localTime), forKey: .restingUntil)
+        try c.encode(blender, forKey: .blender)
         if isSelf {
             try c.encode(term ?? 0, forKey: .term)
             try c.encode(leader, forKey: .leader)
@@ -267,7 +273,9 @@ struct FarmQueries: Sendable {
     }
 
     func status(_ job: JobRecord, brief: Bool) async throws -> JobStatusView {
-        guard !brief else { return JobStatusView(job: JobRow(job), deliversHere: job.submitter == nodeID) }
+        guard !brief else {
+            return JobStatusView(job: JobRow(job), deliversHere: job.submitter == nodeID, blender: job.blender)
+        }
         let live = progress.snapshot().values.filter { $0.job == job.job }
         let problem = await delivery.problem(job: job.job)
         let names = await nodeNames()
@@ -291,7 +299,7 @@ struct FarmQueries: Sendable {
         }
         var view = JobStatusView(
             job: JobRow(job), frames: frames, deliveryError: problem, deliversHere: job.submitter == nodeID,
-            blockedNodes: try ledger.blockedNodes(job: job.job).map { names[$0] ?? $0 }.sorted())
+            blockedNodes: try ledger.blockedNodes(job: job.job).map { names[$0] ?? $0 }.sorted(), blender: job.blender)
         if let movie = job.movie {
             view.movie = "\(job.output)/\(Delivery.movieFileName(job: job.name, movie: movie))"
             if job.submitter == nodeID {
@@ -335,7 +343,7 @@ struct FarmQueries: Sendable {
                 member: members.contains(nodeID), term: status?.term ?? 0, leader: status?.leader,
                 raftStallMs: Self.milliseconds(await raft.longestStall),
                 leaderSilenceMs: Self.milliseconds(await raft.longestLeaderSilence), tags: roster.tags,
-                devices: Array(Set(devices)).sorted(), restingUntilMs: roster.rest.restingUntilMs)
+                devices: Array(Set(devices)).sorted(), restingUntilMs: roster.rest.restingUntilMs, blender: roster.blender)
         ]
         var seen: Set<String> = [nodeID]
         for peer in await mesh.peers() {
@@ -355,7 +363,8 @@ struct FarmQueries: Sendable {
                     slots: announced?.slots ?? 0, framesDone: done[peer.nodeID] ?? 0, isSelf: false,
                     task: peer.state == .alive ? announced?.task : nil, member: members.contains(peer.nodeID),
                     tags: announced?.tags ?? [], devices: announced?.devices ?? ["CPU"],
-                    restingUntilMs: peer.state == .alive ? announced?.restingUntilMs : nil))
+                    restingUntilMs: peer.state == .alive ? announced?.restingUntilMs : nil,
+                    blender: announced?.blender ?? []))
         }
         for member in members.sorted() where !seen.contains(member) {
             rows.append(

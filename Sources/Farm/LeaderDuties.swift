@@ -175,9 +175,11 @@ struct LeaderService: Sendable {
             do {
                 let open = try ledger.openAssignments()
                 let tags = await roster.memberTags()
+                let versions = await roster.blenderVersions()
                 let slots = await roster.renderSlots().map { node, total in
                     Scheduler.Slot(
-                        node: node, free: max(0, total - open.filter { $0.node == node }.count), tags: tags[node] ?? [])
+                        node: node, free: max(0, total - open.filter { $0.node == node }.count), tags: tags[node] ?? [],
+                        blender: versions[node] ?? [])
                 }
                 let free = slots.reduce(0) { $0 + max(0, $1.free) }
                 guard free > 0 else { continue }

@@ -167,8 +167,9 @@ struct Membership: Sendable {
             let task = progress.snapshot().values.first.map { "\($0.job)/\($0.frame)" }
             let hasLog = status.map { $0.lastIndex > 0 } ?? !stored.isEmpty
             let epoch = status?.recoveryEpoch ?? RaftInstance<SplitMix64>.lastRecoveryTerm(in: stored)
-            let announced = NodeStatus(role: role, slots: settings.slots, hasLog: hasLog, task: task, epoch: epoch)
-                .with(tags: settings.tags, devices: settings.slotDevices, restingUntilMs: roster.rest.restingUntilMs)
+            let announced = NodeStatus(
+                role: role, slots: settings.slots, hasLog: hasLog, task: task, epoch: epoch, blender: roster.blender
+            ).with(tags: settings.tags, devices: settings.slotDevices, restingUntilMs: roster.rest.restingUntilMs)
             await mesh.setStatus(announced.encoded())
             try? await Task.sleep(for: .milliseconds(max(200, settings.beaconMilliseconds / 2)))
         }

@@ -157,6 +157,9 @@ struct NodeStatus: Codable, Sendable, Equatable {
     var devices: [String]?
     /// Resting outside its schedule until this wall-clock time (ms since 1970): it has no free slot.
     var restingUntilMs: Int64?
+    /// The Blender versions this node renders with (`join --blender`, repeatable); absent with the simulated
+    /// renderer. The scheduler gives a job only to nodes announcing its version.
+    var blender: [String]?
 
     enum CodingKeys: String, CodingKey {
         case role = "r"
@@ -167,9 +170,11 @@ struct NodeStatus: Codable, Sendable, Equatable {
         case tags = "g"
         case devices = "d"
         case restingUntilMs = "w"
+        case blender = "b"
     }
 
-    init(role: Role, slots: Int, hasLog: Bool, task: String?, epoch: UInt64? = nil) {
+    init(role: Role, slots: Int, hasLog: Bool, task: String?, epoch: UInt64? = nil, blender: [String]? = nil) {
+        self.blender = blender?.isEmpty == true ? nil : blender
         self.role = role
         self.slots = slots
         self.hasLog = hasLog
@@ -198,6 +203,12 @@ struct NodeStatus: Codable, Sendable, Equatable {
         if shorter.count <= Beacon.maxStatusBytes { return shorter }
         // Many GPUs: their kinds alone (the scheduler needs tags, slots and rest, not device numbers).
         short.devices = short.devices.map { Array(Set($0.map { String($0.prefix { $0 != ":" }) })).sorted() }
+        // Only a node given very many Blenders gets here: it announces the first ones that fit.
+        while short.blender.map({ $0.count > 1 }) == true,
+            Array(try! encoder.encode(short)).count > Beacon.maxStatusBytes
+        {
+            short.blender?.removeLast()
+        }
         return Array(try! encoder.encode(short))
     }
 

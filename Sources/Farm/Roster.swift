@@ -10,6 +10,8 @@ struct Roster: Sendable {
     /// This node's tags and whether it rests now (outside its schedule).
     var tags: [String] = []
     var rest = RestState()
+    /// The Blender versions this node renders with (empty with the simulated renderer).
+    var blender: [String] = []
 
     /// Members that can take work now, with their render slots (this node's from its settings); a node resting
     /// outside its schedule has none.
@@ -31,6 +33,18 @@ struct Roster: Sendable {
         var result: [String: Set<String>] = [nodeID: Set(tags)]
         for peer in await mesh.peers() where peer.state != .dead && members.contains(peer.nodeID) {
             result[peer.nodeID] = Set(NodeStatus(bytes: peer.status)?.tags ?? [])
+        }
+        return result
+    }
+
+    /// The Blender versions of every member that can take work now (this node's from its runtimes, the others' from
+    /// their beacons), by node id.
+    func blenderVersions() async -> [String: [String]] {
+        let members = await raft.status?.members ?? [nodeID]
+        var result: [String: [String]] = [:]
+        if members.contains(nodeID) || members.isEmpty { result[nodeID] = blender }
+        for peer in await mesh.peers() where peer.state == .alive && members.contains(peer.nodeID) {
+            result[peer.nodeID] = NodeStatus(bytes: peer.status)?.blender ?? []
         }
         return result
     }

@@ -1,4 +1,5 @@
 import Ledger
+import Render
 
 /// The scheduler's decisions as a pure function: ledger state and free slots in, assignments out.
 ///
@@ -15,11 +16,14 @@ public enum Scheduler {
         public var free: Int
         /// The node's tags: it takes only jobs whose tags it carries, every one.
         public var tags: Set<String>
+        /// The Blender versions the node renders with: a job that names one goes only to slots that have it.
+        public var blender: [String]
 
-        public init(node: String, free: Int, tags: Set<String> = []) {
+        public init(node: String, free: Int, tags: Set<String> = [], blender: [String] = []) {
             self.node = node
             self.free = free
             self.tags = tags
+            self.blender = blender
         }
     }
 
@@ -31,8 +35,9 @@ public enum Scheduler {
 
     public static func assign(queue: [QueuedJob], slots: [Slot]) -> [Decision] {
         var jobs = queue
-        // The nodes that may take each job: all of them, or those carrying its tags.
-        let eligible = jobs.map { job in Set(slots.filter { job.tags.isSubset(of: $0.tags) }.map(\.node)) }
+        // The nodes that may take each job: those carrying its tags and its Blender version (all, for a job with
+        // neither).
+        let eligible = jobs.map { job in Set(slots.filter { $0.accepts(job) }.map(\.node)) }
         // A block only holds while some node of the farm may still take the job; else the frames would wait for
         // ever (a farm of one), so they go on failing until their attempts run out.
         for index in jobs.indices where eligible[index].isSubset(of: jobs[index].blockedNodes) {
@@ -42,12 +47,12 @@ public enum Scheduler {
         var decisions: [Decision] = []
         while let slotIndex = free.firstIndex(where: { $0.free > 0 }) {
             let node = free[slotIndex].node
-            let tags = free[slotIndex].tags
+            let slot = free[slotIndex]
             // Highest priority first; among equals, the job with the fewest chunks in flight, then the oldest.
             // A job that blocked this node (it failed there too often), or needs a tag it lacks, is not offered to it.
             let others = Set(free.filter { $0.free > 0 && $0.node != node }.map(\.node))
             let pick = jobs.indices.filter {
-                jobs[$0].tags.isSubset(of: tags) && jobs[$0].offers(node, others: others.intersection(eligible[$0]))
+                slot.accepts(jobs[$0]) && jobs[$0].offers(node, others: others.intersection(eligible[$0]))
                     && !jobs[$0].blockedNodes.contains(node)
             }
             .min { a, b in
@@ -72,8 +77,7 @@ public enum Scheduler {
             decisions.append(Decision(job: jobs[pick].job, frames: chunk, node: node))
             free[slotIndex].free -= 1
             // Rotate so the next chunk goes to another node when several have free slots.
-            let slot = free.remove(at: slotIndex)
-            free.append(slot)
+            free.append(free.remove(at: slotIndex))
         }
         return decisions
     }
@@ -81,6 +85,14 @@ public enum Scheduler {
     /// The chunk size to use when the user gave none: small enough to spread a job over every slot.
     public static func defaultChunk(frames: Int, slots: Int) -> Int {
         max(1, min(10, frames / max(1, slots * 4)))
+    }
+}
+
+extension Scheduler.Slot {
+    /// Whether this slot's node may render the job: it carries every tag the job needs and, when the job names a
+    /// Blender version, has that version.
+    func accepts(_ job: QueuedJob) -> Bool {
+        job.tags.isSubset(of: tags) && job.blender.map(blender.contains) != false
     }
 }
 
@@ -95,5 +107,29 @@ extension QueuedJob {
     /// Whether the job has a queued frame for `node`.
     func offers(_ node: String, others: Set<String>) -> Bool {
         failedOn.isEmpty ? !queuedFrames.isEmpty : queuedFrames.contains { mayGo($0, to: node, others: others) }
+    }
+}
+
+// MARK: - Choosing a job's Blender
+
+/// Which Blender version a job renders with, as a pure function of the file's version and the versions the farm's
+/// live members run: the file's own major.minor if some node has it, else the nearest newer one, never an older one
+/// (an older Blender cannot read the file, or drops what it does not know). Among patch releases of that major.minor
+/// one on the submitting node is preferred (it opens the file at submit), then the newest. Every frame of the job
+/// then renders with exactly that version, so no frame differs from another by a Blender change.
+public enum RuntimeChoice {
+    public static func choose(file: BlendVersion, available: [String], preferred: [String] = []) -> String? {
+        let candidates = available.filter { BlendVersion($0).map { $0 >= file } == true }
+        guard let nearest = candidates.compactMap(BlendVersion.init).min() else { return nil }
+        let same = sorted(candidates.filter { BlendVersion($0) == nearest })
+        return same.last(where: preferred.contains) ?? same.last
+    }
+
+    /// Versions in numeric order ("3.4.1" before "3.10.0"), each once.
+    public static func sorted(_ versions: [String]) -> [String] {
+        func numbers(_ version: String) -> [Int] {
+            version.split(separator: ".").map { Int($0.prefix { $0.isNumber }) ?? 0 }
+        }
+        return Set(versions).sorted { numbers($0).lexicographicallyPrecedes(numbers($1)) }
     }
 }

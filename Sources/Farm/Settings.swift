@@ -66,7 +66,13 @@ public struct NodeSettings: Sendable {
     public var listen: String = "0.0.0.0:0"
     public var discovery: String = "239.255.77.77:7777"
     public var interface: String?
-    public var blenderPath: String?
+    /// `join --blender PATH`, repeatable: Blender executables or Pythons that import bpy (none: $BLENDER, PATH).
+    public var blenderPaths: [String] = []
+    /// The first `--blender` (a node with one Blender).
+    public var blenderPath: String? {
+        get { blenderPaths.first }
+        set { blenderPaths = newValue.map { [$0] } ?? [] }
+    }
     public var slots: Int = 1
     public var threads: Int?
     public var renderer: RendererChoice = .blender

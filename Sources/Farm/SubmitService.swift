@@ -18,7 +18,8 @@ struct SubmitService: Sendable {
     let settings: NodeSettings
     let blobs: BlobStore
     let work: WorkFolders
-    let blender: BlenderInstallation?
+    /// This node's Blenders: the job's is the one that opens the user's file at submit.
+    let blenders: [BlenderInstallation]
     let commandLog: any CommandLog
     let ledger: LedgerStore
     let inFlight: ScenesInFlight
@@ -26,6 +27,8 @@ struct SubmitService: Sendable {
     let logger: Logger
     /// Who is in the farm, to warn when no node carries a job's tags.
     var roster: Roster? = nil
+    /// The Blender versions the farm's live members run (`Roster.blenderVersions`), to choose the job's from.
+    var farmBlenders: @Sendable () async -> [String] = { [] }
     /// What each file submitted from this node hashed to, by path and stat (lives as long as the daemon).
     let hashes = FileHashes()
     /// Output folders being chosen by submits under way.
@@ -46,6 +49,8 @@ struct SubmitService: Sendable {
     func submit(_ request: SubmitRequest) async throws -> Outcome {
         let path = request.path
         try SceneFile.validate(path)
+        // The file's version first: a job renders with one Blender at least as new as the file, chosen now.
+        let blender = settings.renderer == .blender ? try await runtime(for: path) : nil
         let spec = try request.frames.map { try FrameSpec($0) }
         let tags = try request.tags.map { try NodeTags.parse($0, option: "submit --tags") } ?? []
         if let chunk = request.chunk, chunk < 1 || chunk > FarmNode.maxChunk {
@@ -66,7 +71,7 @@ struct SubmitService: Sendable {
         var layout: ProjectLayout
         var baked: [String] = []
         var bakedFile: String?
-        if settings.renderer == .blender, let blender {
+        if let blender {
             let prepared = try await blender.prepare(
                 at: path, scratch: scratch, bakeTo: scratch + "/baked.blend", lastFrame: spec?.frames.max(),
                 trustScripts: request.trustScripts)
@@ -107,7 +112,8 @@ struct SubmitService: Sendable {
                 Draft(
                     job: job, name: name, frames: frames, chunk: chunk, priority: request.priority ?? 0,
                     output: output, manifest: stored.manifest, movie: scene?.movie.map(MovieSpec.init),
-                    trustScripts: request.trustScripts, sourcePath: path, claimed: true, tags: tags))
+                    trustScripts: request.trustScripts, sourcePath: path, claimed: true, tags: tags,
+                    blender: blender?.version))
             outcome.warnings = warnings + outcome.warnings
             outcome.newFiles = stored.newFiles
             outcome.baked = baked
@@ -134,6 +140,8 @@ struct SubmitService: Sendable {
         var claimed = false
         /// Tags a node must carry, every one, to render the job.
         var tags: [String] = []
+        /// The Blender version every frame renders with (nil: any, the simulated renderer).
+        var blender: String?
     }
 
     /// Proposes the job and returns it as committed. Used by `submit` and by `rerun` (same files, new job).
@@ -156,7 +164,7 @@ struct SubmitService: Sendable {
                     frames: draft.frames, chunk: draft.chunk, priority: draft.priority, output: draft.output,
                     submittedAtMs: WallClock.millis(), manifest: draft.manifest, movie: draft.movie,
                     trustScripts: draft.trustScripts ? true : nil, sourcePath: draft.sourcePath,
-                    tags: draft.tags.isEmpty ? nil : draft.tags))
+                    tags: draft.tags.isEmpty ? nil : draft.tags, blender: draft.blender))
         ])
         guard let outcome = outcomes.first, outcome == .applied || outcome.isDuplicate else {
             throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")
@@ -182,6 +190,36 @@ struct SubmitService: Sendable {
         let list = tags.joined(separator: ",")
         return "No live node carries the tag\(tags.count == 1 ? "" : "s") \(list); the job stays queued until one "
             + "joins (`rexnode join --tags \(list)`)."
+    }
+
+    /// This node's Blender for the job of the file at `path`: the version `RuntimeChoice` picks from what the farm's
+    /// live members run. Refused in one sentence when no member has a Blender as new as the file, or when the one
+    /// chosen is not on this node (the submit-time trace must run in the job's own Blender).
+    private func runtime(for path: String) async throws -> BlenderInstallation {
+        let name = (path as NSString).lastPathComponent
+        let file: BlendVersion
+        do {
+            file = try BlendHeader.read(path)
+        } catch let error as RenderError {
+            throw FarmError(.badInput, error.message)
+        }
+        let local = blenders.map(\.version)
+        let farm = Set(await farmBlenders() + local)
+        guard let chosen = RuntimeChoice.choose(file: file, available: Array(farm), preferred: local) else {
+            let have = RuntimeChoice.sorted(Array(farm))
+            throw FarmError(
+                .badInput,
+                "\(name) was saved by Blender \(file); this farm's nodes have "
+                    + (have.isEmpty ? "no Blender" : have.joined(separator: ", "))
+                    + " — add a node with Blender \(file) or newer (`rexnode join --blender …`).")
+        }
+        guard let installation = blenders.first(where: { $0.version == chosen }) else {
+            throw FarmError(
+                .badInput,
+                "\(name) renders with Blender \(chosen), which this node does not have; submit it from a node "
+                    + "started with `--blender` of Blender \(chosen).")
+        }
+        return installation
     }
 
     /// The folder a new job writes to: the one asked for, unless it holds another job's frames (then the next free

@@ -319,7 +319,7 @@ actor WorkerPool {
                 jobID: job, blendPath: project.scene, threads: settings.threads, remapFile: project.remapFile,
                 trustScripts: record.trustScripts, sourcePath: record.sourcePath,
                 device: settings.device == nil || settings.slotDevices.isEmpty
-                    ? nil : settings.slotDevices[slot % settings.slotDevices.count]))
+                    ? nil : settings.slotDevices[slot % settings.slotDevices.count], blender: record.blender))
         sessions[slot] = (job, session)
         return session
     }

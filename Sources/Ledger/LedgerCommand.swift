@@ -86,12 +86,17 @@ public struct SubmitJob: Sendable, Equatable, Codable {
     public var sourcePath: String?
     /// Tags a node must carry, every one, to render this job (`submit --tags`); absent: any node.
     public var tags: [String]?
+    /// The Blender version every frame renders with ("5.0.1"), chosen at submit; absent in older entries (and with
+    /// the simulated renderer): any node. Optional, so entries written before it keep their bytes.
+    public var blender: String?
 
     public init(
         job: String, name: String, submitter: String, blendHash: String, blendSize: Int64, frames: [Int],
         chunk: Int, priority: Int, output: String, submittedAtMs: Int64, manifest: JobManifest? = nil,
-        movie: MovieSpec? = nil, trustScripts: Bool? = nil, sourcePath: String? = nil, tags: [String]? = nil
+        movie: MovieSpec? = nil, trustScripts: Bool? = nil, sourcePath: String? = nil, tags: [String]? = nil,
+        blender: String? = nil
     ) {
+        self.blender = blender
         self.job = job
         self.name = name
         self.submitter = submitter

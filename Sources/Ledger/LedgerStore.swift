@@ -95,6 +95,10 @@ public final class LedgerStore: Sendable {
             // Tags and schedules (issue 14): the tags a node must carry to render a job, comma-separated; NULL: any.
             try db.execute(sql: "ALTER TABLE jobs ADD COLUMN tags TEXT")
         }
+        migrator.registerMigration("ledger-runtimes") { db in
+            // Runtimes (issue 14): the Blender version a job renders with (NULL: any node, jobs from before).
+            try db.execute(sql: "ALTER TABLE jobs ADD COLUMN blender TEXT")
+        }
     }
 
     // MARK: Applying the log

@@ -29,6 +29,8 @@ public struct JobRecord: Sendable, Equatable, Codable {
     public var sourcePath: String?
     /// Tags a node must carry, every one, to render the job (empty: any node).
     public var tags: [String]
+    /// The Blender version the job renders with; nil: any (older jobs, the simulated renderer).
+    public var blender: String?
 
     init(row: Row) {
         job = row["job"]
@@ -49,6 +51,7 @@ public struct JobRecord: Sendable, Equatable, Codable {
         movie = Self.decode(row["movie"])
         trustScripts = (row["trust_scripts"] as Bool?) ?? false
         sourcePath = row["source_path"]
+        blender = row["blender"]
         tags = Self.tags(row["tags"])
     }
 
@@ -290,7 +293,8 @@ extension LedgerStore {
             let jobs = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT job, chunk, priority, submitted_at_ms, tags FROM jobs WHERE state IN ('queued', 'running')
+                    SELECT job, chunk, priority, submitted_at_ms, tags, blender FROM jobs
+                    WHERE state IN ('queued', 'running')
                     ORDER BY priority DESC, submitted_at_ms, log_index
                     """)
             return try jobs.compactMap { row in
@@ -317,7 +321,7 @@ extension LedgerStore {
                 return QueuedJob(
                     job: job, priority: row["priority"], chunk: row["chunk"], queuedFrames: frames,
                     openAssignments: running, blockedNodes: try Self.blockedNodes(job: job, db), failedOn: failedOn,
-                    tags: Set(JobRecord.tags(row["tags"])))
+                    tags: Set(JobRecord.tags(row["tags"])), blender: row["blender"])
             }
         }
     }
@@ -375,10 +379,15 @@ public struct QueuedJob: Sendable, Equatable {
     /// Tags a node must carry, every one, to take the job (empty: any node).
     public var tags: Set<String>
 
+    /// The Blender version the job renders with: only slots of that version take it (nil: any slot).
+    public var blender: String?
+
     public init(
         job: String, priority: Int, chunk: Int, queuedFrames: [Int], openAssignments: Int,
-        blockedNodes: Set<String> = [], failedOn: [Int: Set<String>] = [:], tags: Set<String> = []
+        blockedNodes: Set<String> = [], failedOn: [Int: Set<String>] = [:], tags: Set<String> = [],
+        blender: String? = nil
     ) {
+        self.blender = blender
         self.failedOn = failedOn
         self.tags = tags
         self.job = job

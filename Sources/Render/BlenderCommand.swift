@@ -24,6 +24,10 @@ public struct BlenderCommand: Sendable, Equatable {
     public var disableAutoexec: Bool
     /// Variables added to (or, with nil, removed from) the inherited environment.
     public var environment: [String: String?]
+    /// `executable` is a Python interpreter with Blender as a module (`bpy`): it runs the script, which opens the
+    /// file itself (`python SCRIPT FILE -- ARGS`); threads and autoexec go to the script as `--rex-threads N` and
+    /// `--rex-autoexec`, since there is no Blender command line to take them.
+    public var pythonModule: Bool
 
     public init(
         executable: String,
@@ -34,8 +38,10 @@ public struct BlenderCommand: Sendable, Equatable {
         niceLevel: Int = 0,
         niceExecutable: String = "/usr/bin/nice",
         disableAutoexec: Bool = true,
-        environment: [String: String?] = [:]
+        environment: [String: String?] = [:],
+        pythonModule: Bool = false
     ) {
+        self.pythonModule = pythonModule
         self.executable = executable
         self.blendFile = blendFile
         self.pythonScript = pythonScript
@@ -49,6 +55,13 @@ public struct BlenderCommand: Sendable, Equatable {
 
     /// Blender's own arguments (without the executable).
     public var arguments: [String] {
+        if pythonModule {
+            // Unbuffered, so Blender's lines and the driver's answers arrive as they are written.
+            var arguments = ["-u", pythonScript ?? "-", blendFile, "--"] + scriptArguments
+            if let threads { arguments += ["--rex-threads", String(threads)] }
+            if !disableAutoexec { arguments.append("--rex-autoexec") }
+            return arguments
+        }
         var arguments = ["--background"]
         // Explicit either way: Blender's own default comes from the user's preferences (off unless changed).
         arguments.append(disableAutoexec ? "--disable-autoexec" : "--enable-autoexec")

@@ -5,13 +5,34 @@ import Foundation
 /// A Blender executable that answered `--version`; everything that starts Blender starts from one of these,
 /// so a missing or broken Blender is reported once, at start-up, in one clear sentence.
 public struct BlenderInstallation: Sendable {
+    /// How this Blender is started: the Blender program, or a Python interpreter that imports Blender as a module
+    /// (PyPI's `bpy`); the same driver scripts run in either.
+    public enum Kind: String, Sendable, Equatable {
+        /// `blender -b FILE --python SCRIPT -- ARGS`.
+        case executable
+        /// `python SCRIPT FILE -- ARGS`: the script opens FILE itself.
+        case python
+    }
+
     public let path: String
     /// The version Blender reports, e.g. "3.4.1".
     public let version: String
+    public let kind: Kind
 
-    public init(path: String, version: String) {
+    public init(path: String, version: String, kind: Kind = .executable) {
         self.path = path
         self.version = version
+        self.kind = kind
+    }
+
+    /// The command that runs `script` on `blendFile` in this Blender (scripts run after the file is loaded).
+    func command(
+        blendFile: String, script: String?, arguments: [String] = [], threads: Int? = nil, niceLevel: Int = 0,
+        trustScripts: Bool = false
+    ) -> BlenderCommand {
+        BlenderCommand(
+            executable: path, blendFile: blendFile, pythonScript: script, scriptArguments: arguments,
+            threads: threads, niceLevel: niceLevel, disableAutoexec: !trustScripts, pythonModule: kind == .python)
     }
 }
 
@@ -37,8 +58,52 @@ public enum BlenderLocator {
                 : "Blender was not found at '\(candidate)' (from \(source)); pass --blender with an executable"
             throw RenderError(.blenderMissing, hint + ".")
         }
-        let version = try await probeVersion(path)
-        return BlenderInstallation(path: path, version: version)
+        return try await probe(path)
+    }
+
+    /// Every `--blender PATH` given (or the default one when none is): each probed once. Two paths that are the
+    /// same Blender version are refused, since a job names its Blender by version.
+    public static func locateAll(explicit: [String], environment: [String: String]) async throws
+        -> [BlenderInstallation]
+    {
+        if explicit.isEmpty { return [try await locate(explicit: nil, environment: environment)] }
+        var found: [BlenderInstallation] = []
+        for candidate in explicit {
+            let installation = try await locate(explicit: candidate, environment: environment)
+            if let twin = found.first(where: { $0.version == installation.version }) {
+                throw RenderError(
+                    .blenderMissing,
+                    "--blender \(candidate) and --blender \(twin.path) are both Blender \(installation.version); "
+                        + "give each version once.")
+            }
+            found.append(installation)
+        }
+        return found
+    }
+
+    /// A Blender executable (`--version` says "Blender X.Y.Z"), else a Python interpreter that can `import bpy`.
+    static func probe(_ path: String) async throws -> BlenderInstallation {
+        do {
+            return BlenderInstallation(path: path, version: try await probeVersion(path))
+        } catch let blenderError {
+            let script = "import bpy, sys; sys.stdout.write('\\nrex-bpy-version ' + bpy.app.version_string + '\\n')"
+            let outcome = await runToEnd(executable: path, arguments: ["-c", script], timeout: .seconds(120))
+            let marker = "rex-bpy-version "
+            if outcome.status == 0,
+                let line = outcome.lines.last(where: { $0.hasPrefix(marker) }),
+                let version = parseVersion("Blender " + line.dropFirst(marker.count))
+            {
+                return BlenderInstallation(path: path, version: version, kind: .python)
+            }
+            if outcome.lines.contains(where: { $0.hasPrefix("Python ") }) || path.contains("python") {
+                throw RenderError(
+                    .blenderMissing,
+                    "'\(path)' is neither Blender nor a Python that can import bpy (\(outcome.statusDescription)); "
+                        + "install it with `pip install bpy`.",
+                    commandLine: [path, "-c", script], outputTail: Array(outcome.tail.lines.suffix(20)))
+            }
+            throw blenderError
+        }
     }
 
     /// An executable file for `candidate`: a path (with a slash) is taken as is, a bare name is searched on PATH.
@@ -102,9 +167,7 @@ extension BlenderInstallation {
 
     func probeScene(at blendPath: String, niceLevel: Int) async throws -> SceneInfo {
         try checkReadable(blendPath)
-        let command = BlenderCommand(
-            executable: path, blendFile: blendPath, pythonScript: try DriverScripts.probe(),
-            niceLevel: niceLevel)
+        let command = self.command(blendFile: blendPath, script: try DriverScripts.probe(), niceLevel: niceLevel)
         let invocation = command.invocation
         let outcome = await runToEnd(
             executable: invocation.executable, arguments: invocation.arguments, timeout: .seconds(300))

@@ -57,7 +57,8 @@ public struct BlenderRenderer: Renderer {
             threads: request.threads,
             niceLevel: niceExecutable == nil ? 0 : niceLevel,
             niceExecutable: niceExecutable ?? "nice",
-            disableAutoexec: !request.trustScripts)
+            disableAutoexec: !request.trustScripts,
+            pythonModule: installation.kind == .python)
     }
 }
 
@@ -160,7 +161,9 @@ actor BlenderSession: RenderSession {
                     case .fatal(let message):
                         await stopProcess()
                         throw RenderError(
-                            .badScene, "Blender could not read \(sceneName): \(message).",
+                            .badScene,
+                            "Blender could not read \(sceneName): "
+                                + "\(message.replacingOccurrences(of: command.blendFile, with: sceneName)).",
                             commandLine: commandLine, outputTail: tail.lines)
                     case .done, .error:
                         continue

@@ -15,12 +15,15 @@ public struct RenderRequest: Sendable {
     public var sourcePath: String?
     /// The Cycles device the session renders on (`CPU`, `OPTIX:1`, …); nil keeps the scene's own setting.
     public var device: String?
+    /// The Blender version the job renders with (chosen at submit, e.g. "5.0.1"); nil: any (jobs from before).
+    public var blender: String?
 
     public init(
         jobID: String, blendPath: String, threads: Int? = nil, remapFile: String? = nil, trustScripts: Bool = false,
-        sourcePath: String? = nil, device: String? = nil
+        sourcePath: String? = nil, device: String? = nil, blender: String? = nil
     ) {
         self.device = device
+        self.blender = blender
         self.jobID = jobID
         self.blendPath = blendPath
         self.threads = threads
@@ -100,4 +103,31 @@ public protocol RenderSession: AnyObject, Sendable {
     ) async throws -> RenderedFrame
     /// Kills the whole process group. Idempotent. An in-flight render throws.
     func close() async
+}
+
+// MARK: - Several Blenders
+
+/// A node's Blenders (`join --blender` repeated), one renderer each: a session opens in the one the job names, so
+/// every frame of a job comes from the same Blender version wherever it renders.
+public struct RuntimeRenderer: Renderer {
+    public let renderers: [BlenderRenderer]
+
+    public init(_ renderers: [BlenderRenderer]) {
+        precondition(!renderers.isEmpty, "a node renders with at least one Blender")
+        self.renderers = renderers
+    }
+
+    /// The versions this node can render with, in the order given.
+    public var versions: [String] { renderers.map(\.installation.version) }
+
+    public func makeSession(for request: RenderRequest) async throws -> any RenderSession {
+        guard let wanted = request.blender else { return try await renderers[0].makeSession(for: request) }
+        guard let renderer = renderers.first(where: { $0.installation.version == wanted }) else {
+            throw RenderError(
+                .blenderMissing,
+                "Job \(request.jobID) renders with Blender \(wanted) and this node has "
+                    + versions.joined(separator: ", ") + ".")
+        }
+        return try await renderer.makeSession(for: request)
+    }
 }

@@ -87,9 +87,8 @@ extension BlenderInstallation {
         var arguments: [String] = ["--trace-to", traceFile]
         if let bakeTo { arguments += ["--bake-to", bakeTo] }
         if let lastFrame { arguments += ["--last-frame", String(lastFrame)] }
-        let command = BlenderCommand(
-            executable: path, blendFile: blendPath, pythonScript: try DriverScripts.prepare(),
-            scriptArguments: arguments, disableAutoexec: !trustScripts)
+        let command = self.command(
+            blendFile: blendPath, script: try DriverScripts.prepare(), arguments: arguments, trustScripts: trustScripts)
         let invocation = command.invocation
         let outcome = await runToEnd(
             executable: invocation.executable, arguments: invocation.arguments, timeout: timeout)

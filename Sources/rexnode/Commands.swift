@@ -313,6 +313,12 @@ extension RexNode {
         @OptionGroup var data: DataOption
         @Flag(help: "Also show machines that are not members (joining, or from before a recovery).") var all = false
 
+        /// The Blender versions of a peers row, "3.4.1,5.0.1" ("-" for none).
+        static func blender(_ value: JSONValue?) -> String {
+            let versions = (value?.array ?? []).compactMap(\.string)
+            return versions.isEmpty ? "-" : versions.joined(separator: ",")
+        }
+
         func run() async throws {
             try await RexNode.guarded {
                 let peers = try await ControlClient.send(all ? .allPeers : .peers, data: data.directory)
@@ -328,12 +334,13 @@ extension RexNode {
                         (p["self"]?.bool == true ? "*" : " ") + (p["name"]?.string ?? ""), p["id"]?.string ?? "",
                         p["address"]?.string ?? "", p["role"]?.string ?? "", state,
                         "\(p["slots"]?.int ?? 0)", "\(p["frames_done"]?.int ?? 0)", devices.isEmpty ? "CPU" : devices,
-                        tags.isEmpty ? "-" : tags, p["task"]?.string ?? "-",
+                        tags.isEmpty ? "-" : tags, Self.blender(p["blender"]), p["task"]?.string ?? "-",
                     ]
                 }
                 print(
                     Table.render(
-                        ["NAME", "ID", "ADDRESS", "ROLE", "STATE", "SLOTS", "FRAMES", "DEVICES", "TAGS", "TASK"], rows))
+                        ["NAME", "ID", "ADDRESS", "ROLE", "STATE", "SLOTS", "FRAMES", "DEVICES", "TAGS", "BLENDER", "TASK"],
+                        rows))
             }
         }
 
@@ -389,6 +396,7 @@ extension RexNode {
                     "\(s["job"]?.string ?? "") \(s["name"]?.string ?? ""): \(s["state"]?.string ?? "") — "
                         + "\(s["frames_done"]?.int ?? 0)/\(s["frames_total"]?.int ?? 0) frames → "
                         + (s["output"]?.string ?? ""))
+                if let blender = s["blender"]?.string { print("renders with Blender \(blender)") }
                 if let message = s["message"]?.string { print("last error: \(message)") }
                 let blocked = s["blocked_nodes"]?.array?.compactMap(\.string) ?? []
                 if !blocked.isEmpty {

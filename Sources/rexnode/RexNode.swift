@@ -106,7 +106,10 @@ extension RexNode {
         @Option(help: "Multicast group and port for discovery, GROUP:PORT.") var discovery: String =
             "239.255.77.77:7777"
         @Option(help: "Local IPv4 address for multicast (127.0.0.1: a one-machine farm).") var interface: String?
-        @Option(help: "The Blender executable (default: $BLENDER, then PATH).") var blender: String?
+        @Option(
+            help: ArgumentHelp(
+                "A Blender executable, or a Python that can `import bpy`; repeat for several Blender versions "
+                    + "(default: $BLENDER, then PATH).", valueName: "path")) var blender: [String] = []
         @Option(help: "Frames rendered at once on this machine (default 1; one per GPU with a GPU --device).")
         var slots: Int?
         @Option(help: "Cycles device: CPU, CUDA, OPTIX, HIP or ONEAPI, with :INDEX for one GPU.") var device: String?
@@ -148,7 +151,7 @@ extension RexNode {
                 settings.listen = listen
                 settings.discovery = discovery
                 settings.interface = interface
-                settings.blenderPath = blender
+                settings.blenderPaths = blender
                 settings.slots = slots ?? 1
                 settings.slotsGiven = slots != nil
                 settings.tags = parsedTags

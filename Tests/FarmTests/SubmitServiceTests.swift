@@ -55,7 +55,7 @@ struct SubmitServiceTests {
             service = SubmitService(
                 nodeID: "node-a", settings: settings, blobs: blobs,
                 work: WorkFolders(root: dir + "/work", blobs: blobs),
-                blender: nil, commandLog: log, ledger: ledger, inFlight: inFlight, progress: SubmitProgress(),
+                blenders: [], commandLog: log, ledger: ledger, inFlight: inFlight, progress: SubmitProgress(),
                 logger: logger)
         }
 

@@ -2,7 +2,10 @@
 #
 #   blender -b --factory-startup --python Tests/Fixtures/make_test_scene.py -- OUT.blend \
 #       [--frames N] [--width W] [--height H] [--percentage P] [--samples S] [--format PNG|JPEG|OPEN_EXR|FFMPEG]
-#       [--engine CYCLES|BLENDER_WORKBENCH] [--denoise] [--no-camera]
+#       [--engine CYCLES|BLENDER_WORKBENCH] [--denoise] [--no-camera] [--compress]
+#
+# or with Blender as a Python module (PyPI's bpy): `python make_test_scene.py -- OUT.blend [options]`.
+# --compress saves the file compressed (zstd in Blender 3.0+; Blender 5.0's own default).
 #
 # The cube moves and turns every frame so consecutive frames differ. Denoising is off unless --denoise is
 # given: Debian's Blender has no OpenImageDenoise, so --denoise reproduces "Build without OpenImageDenoiser".
@@ -26,6 +29,7 @@ def parse_arguments():
     parser.add_argument("--engine", default="CYCLES")
     parser.add_argument("--denoise", action="store_true")
     parser.add_argument("--no-camera", action="store_true")
+    parser.add_argument("--compress", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -71,7 +75,7 @@ def main():
             bpy.data.objects.remove(obj, do_unlink=True)
         scene.camera = None
 
-    bpy.ops.wm.save_as_mainfile(filepath=args.output, compress=False)
+    bpy.ops.wm.save_as_mainfile(filepath=args.output, compress=args.compress)
     print("made test scene", args.output)
 
 

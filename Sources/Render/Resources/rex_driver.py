@@ -2,6 +2,8 @@
 #
 # Started as `blender -b FILE ... --python rex_driver.py [-- --persistent-data on|off] [--remap TABLE.json]
 #     [--device CPU|OPTIX:1]` (Cycles device set before the job).
+# With Blender as a Python module (PyPI's bpy) it is `python rex_driver.py FILE -- ARGS [--rex-threads N]
+# [--rex-autoexec]` and this script loads FILE itself.
 # Blender loads FILE (the job's copy, inside a folder that mirrors the project); with --remap, the absolute
 # paths in TABLE (resolved path -> path under the job root) are pointed at their copies first. This script then
 # reports the scene's facts and serves render requests read from stdin, one JSON object per line:
@@ -202,8 +204,40 @@ def render_frame(scene, frame, output, extras=None):
     return path, seconds, written
 
 
+def module_mode():
+    """Run as `python SCRIPT FILE -- ARGS` with Blender as a Python module (PyPI's bpy), not inside Blender."""
+    return len(sys.argv) > 1 and sys.argv[0].endswith(".py") and not bpy.data.filepath
+
+
+def script_arguments():
+    return sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+
+
+def open_as_module():
+    """What Blender's command line does before the script: load FILE (scripts in it off unless --rex-autoexec),
+    then apply --rex-threads N. Returns Blender's reason when the file does not load, else None."""
+    argv = script_arguments()
+    bpy.context.preferences.filepaths.use_scripts_auto_execute = "--rex-autoexec" in argv
+    try:
+        bpy.ops.wm.open_mainfile(filepath=sys.argv[1], load_ui=False)
+    except Exception as error:
+        # The Swift side names the file (the user's, not the farm's copy); only the cause is said here.
+        return clean_message(error)
+    if "--rex-threads" in argv[:-1]:
+        threads = int(argv[argv.index("--rex-threads") + 1])
+        for scene in bpy.data.scenes:
+            scene.render.threads_mode = "FIXED"
+            scene.render.threads = threads
+    return None
+
+
 def loaded_scene():
     """The scene Blender loaded from the file, or None when Blender started without one."""
+    if module_mode():
+        failure = open_as_module()
+        if failure is not None:
+            emit("fatal", message=failure)
+            return None
     if not bpy.data.filepath:
         emit("fatal", message="Blender did not load a .blend file")
         return None
