@@ -46,7 +46,7 @@ struct StateMachine {
                 INSERT INTO jobs (job, name, submitter, blend_hash, blend_size, chunk, priority, output,
                     submitted_at_ms, state, frames_total, log_index, manifest, movie, trust_scripts, source_path,
                     tags, blender)
-                VALUES (?,?,?,?,?,?,?,?,?, 'queued', ?, ?, ?, ?, ?, ?, ?)
+                VALUES (?,?,?,?,?,?,?,?,?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
             arguments: [
                 c.job, c.name, c.submitter, c.blendHash, c.blendSize, max(1, c.chunk), c.priority, c.output,

@@ -111,26 +111,50 @@ public enum BlendHeader {
                 "\(name) is \(tool)-compressed and this machine has no \(tool) to read its header "
                     + "(apt-get install \(tool)).")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["-dcq", "--", path]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        do {
-            try process.run()
-        } catch {
-            throw RenderError(.badScene, "\(tool) could not be started to read the header of \(name): \(error).")
+        // posix_spawn directly, not Foundation's Process: Process.run is not safe to call from several threads at
+        // once on Linux (seen as a crash in its argument copying), and submits and tests start processes in
+        // parallel.
+        var pipeFDs: [Int32] = [0, 0]
+        guard pipe(&pipeFDs) == 0 else {
+            throw RenderError(.badScene, "\(tool) could not be started to read the header of \(name): no pipe.")
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addclose(&actions, pipeFDs[0])
+        posix_spawn_file_actions_addclose(&actions, pipeFDs[1])
+        let argv: [UnsafeMutablePointer<CChar>?] = [
+            strdup(executable), strdup("-dcq"), strdup("--"), strdup(path), nil,
+        ]
+        defer { for arg in argv { free(arg) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        close(pipeFDs[1])
+        guard spawned == 0 else {
+            close(pipeFDs[0])
+            throw RenderError(
+                .badScene,
+                "\(tool) could not be started to read the header of \(name): \(String(cString: strerror(spawned))).")
         }
         var head: [UInt8] = []
-        let reader = output.fileHandleForReading
-        while head.count < 32, let chunk = try? reader.read(upToCount: 32 - head.count), !chunk.isEmpty {
-            head += Array(chunk)
+        var buffer = [UInt8](repeating: 0, count: 32)
+        while head.count < 32 {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(pipeFDs[0], $0.baseAddress, 32 - head.count) }
+            if n > 0 {
+                head += buffer.prefix(n)
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                break
+            }
         }
-        try? reader.close()
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
+        close(pipeFDs[0])  // the tool ends on SIGPIPE, or is killed
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         guard !head.isEmpty else {
             throw RenderError(.badScene, "\(name) looks \(tool)-compressed but does not decompress (is it damaged?).")
         }
