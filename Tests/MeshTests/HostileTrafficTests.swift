@@ -9,7 +9,16 @@ import Testing
 func serverCloses(port: Int, sending bytes: [UInt8], within seconds: Int64) async throws -> Bool {
     let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
         .connect(host: "127.0.0.1", port: port).get()
-    if !bytes.isEmpty { try await channel.writeAndFlush(ByteBuffer(bytes: bytes)).get() }
+    if !bytes.isEmpty {
+        do {
+            try await channel.writeAndFlush(ByteBuffer(bytes: bytes)).get()
+        } catch {
+            // The server closed the connection before (or while) the bytes went out: closed is the answer, as long
+            // as the channel really is closed.
+            try? await channel.closeFuture.get()
+            return true
+        }
+    }
     let closed = channel.eventLoop.makePromise(of: Bool.self)
     channel.closeFuture.whenComplete { _ in closed.succeed(true) }
     let timer = channel.eventLoop.scheduleTask(in: .seconds(seconds)) { closed.succeed(false) }
