@@ -30,7 +30,8 @@ import Testing
                 ],
                 logger: Logger(label: "test")))
         handle.set(group)
-        try await group.run()
+        // Before the fix, `run` threw `serviceFinishedUnexpectedly` here.
+        await #expect(throws: Never.self) { try await group.run() }
     }
 
     /// A loop that is done while the group is already shutting down (before its own turn) does not fail it.
@@ -51,7 +52,7 @@ import Testing
                 ],
                 logger: Logger(label: "test")))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await group.run() }
+            tasks.addTask { await #expect(throws: Never.self) { try await group.run() } }
             try await Task.sleep(for: .milliseconds(100))
             await group.triggerGracefulShutdown()
             try await tasks.waitForAll()
