@@ -220,18 +220,15 @@ public struct MemberSet: Sendable, Equatable, Codable {
     public init(members: [String]) { self.members = members }
 }
 
-public struct CancelJob: Sendable, Equatable, Codable {
-    public var job: String
-
-    public init(job: String) { self.job = job }
-}
-
 /// The job a job-control command acts on.
 public struct JobTarget: Sendable, Equatable, Codable {
     public var job: String
 
     public init(job: String) { self.job = job }
 }
+
+/// `cancelJob`'s payload: the same `{"job"}` as every job-control command (entries keep their bytes).
+public typealias CancelJob = JobTarget
 
 /// Failed frames of `job` back to the queue: those in `frames`, or every failed frame when nil.
 public struct RetryFrames: Sendable, Equatable, Codable {
