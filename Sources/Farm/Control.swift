@@ -76,13 +76,16 @@ public struct SubmitRequest: Sendable, Equatable {
     public var ticket: String?
     /// `--tags T1,T2`: only nodes carrying every one render the job (checked by the daemon).
     public var tags: String?
+    /// `--tiles CxR`: every frame renders as C×R tiles on the farm's slots, then is assembled.
+    public var tiles: String?
 
     public init(
         path: String, frames: String? = nil, chunk: Int? = nil, output: String, name: String? = nil,
         priority: Int? = nil, allowMissing: Bool = false, trustScripts: Bool = false, ticket: String? = nil,
-        tags: String? = nil
+        tags: String? = nil, tiles: String? = nil
     ) {
         self.tags = tags
+        self.tiles = tiles
         self.path = path
         self.frames = frames
         self.chunk = chunk
@@ -104,7 +107,7 @@ extension ControlRequest: Codable {
 
     private enum Key: String, CodingKey {
         case op, path, frames, chunk, output, name, priority, job, brief, seenDone, seenState, allowMissing
-        case trustScripts, ticket, force, frame, tags
+        case trustScripts, ticket, force, frame, tags, tiles
     }
 
     public init(from decoder: any Decoder) throws {
@@ -134,7 +137,8 @@ extension ControlRequest: Codable {
                     allowMissing: try c.decodeIfPresent(Bool.self, forKey: .allowMissing) ?? false,
                     trustScripts: try c.decodeIfPresent(Bool.self, forKey: .trustScripts) ?? false,
                     ticket: try c.decodeIfPresent(String.self, forKey: .ticket),
-                    tags: try c.decodeIfPresent(String.self, forKey: .tags)))
+                    tags: try c.decodeIfPresent(String.self, forKey: .tags),
+                    tiles: try c.decodeIfPresent(String.self, forKey: .tiles)))
         case .peers: self = .peers
         case .jobs: self = .jobs
         case .status:
@@ -194,6 +198,7 @@ extension ControlRequest: Codable {
             if r.trustScripts { try c.encode(true, forKey: .trustScripts) }
             try c.encodeIfPresent(r.ticket, forKey: .ticket)
             try c.encodeIfPresent(r.tags, forKey: .tags)
+            try c.encodeIfPresent(r.tiles, forKey: .tiles)
         case .peers: try c.encode(Op.peers, forKey: .op)
         case .jobs: try c.encode(Op.jobs, forKey: .op)
         case .status(let job, let brief, let seen):

@@ -97,6 +97,31 @@ struct FrameRow: Encodable, Sendable {
     var renderSeconds: Double?
     /// Each failed attempt: which node, and what it said.
     var failures: [Failure]?
+    /// A tiled frame's tiles.
+    var tiles: [Tile]?
+
+    struct Tile: Encodable, Sendable {
+        var tile: Int
+        var state: String
+        var node: String?
+        var nodeName: String?
+        var renderSeconds: Double?
+
+        enum CodingKeys: String, CodingKey {
+            case tile, state, node
+            case nodeName = "node_name"
+            case renderSeconds = "render_seconds"
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(tile, forKey: .tile)
+            try c.encode(state, forKey: .state)
+            try c.encode(node, forKey: .node)
+            try c.encodeIfPresent(nodeName, forKey: .nodeName)
+            try c.encodeIfPresent(renderSeconds, forKey: .renderSeconds)
+        }
+    }
 
     struct Failure: Encodable, Sendable {
         var attempt: Int
@@ -111,7 +136,7 @@ struct FrameRow: Encodable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case frame, state, node, hash, holders, attempts, message, progress, failures
+        case frame, state, node, hash, holders, attempts, message, progress, failures, tiles
         case nodeName = "node_name"
         case renderSeconds = "render_seconds"
     }
@@ -129,6 +154,7 @@ struct FrameRow: Encodable, Sendable {
         try c.encodeIfPresent(nodeName, forKey: .nodeName)
         try c.encodeIfPresent(renderSeconds, forKey: .renderSeconds)
         try c.encodeIfPresent(failures, forKey: .failures)
+        try c.encodeIfPresent(tiles, forKey: .tiles)
     }
 }
 
@@ -148,9 +174,15 @@ struct JobStatusView: Encodable, Sendable {
     var blockedNodes: [String] = []
     /// The Blender version every frame of the job renders with (null: any node, the simulated renderer).
     var blender: String?
+    /// A tiled job: its grid ("3x2") and how many of its tiles are in.
+    var tiles: String?
+    var tilesDone = 0
+    var tilesTotal = 0
 
     enum CodingKeys: String, CodingKey {
-        case frames, movie, blender
+        case frames, movie, blender, tiles
+        case tilesDone = "tiles_done"
+        case tilesTotal = "tiles_total"
         case deliversHere = "delivers_here"
         case blockedNodes = "blocked_nodes"
         case deliveryError = "delivery_error"
@@ -165,6 +197,11 @@ struct JobStatusView: Encodable, Sendable {
         try c.encode(deliversHere, forKey: .deliversHere)
         try c.encode(blockedNodes, forKey: .blockedNodes)
         try c.encode(blender, forKey: .blender)
+        if let tiles {
+            try c.encode(tiles, forKey: .tiles)
+            try c.encode(tilesDone, forKey: .tilesDone)
+            try c.encode(tilesTotal, forKey: .tilesTotal)
+        }
         try c.encodeIfPresent(deliveryError, forKey: .deliveryError)
         try c.encodeIfPresent(movie, forKey: .movie)
         try c.encodeIfPresent(movieState, forKey: .movieState)
@@ -257,6 +294,14 @@ struct FarmQueries: Sendable {
     func jobs() throws -> [JobRow] { try ledger.jobs().map(JobRow.init) }
 
     /// A job by id, unique name or unique id prefix; an ambiguous word fails naming what it matches.
+    private func countTiles(_ job: JobRecord, into view: inout JobStatusView) throws {
+        guard let grid = job.tiles else { return }
+        let counts = try ledger.tileCounts(of: job.job)
+        view.tiles = grid.description
+        view.tilesDone = counts.done
+        view.tilesTotal = counts.total
+    }
+
     func findJob(_ id: String) throws -> JobRecord {
         let matches = try ledger.jobs(matching: id, limit: 6)
         guard let job = matches.first else {
@@ -274,15 +319,17 @@ struct FarmQueries: Sendable {
 
     func status(_ job: JobRecord, brief: Bool) async throws -> JobStatusView {
         guard !brief else {
-            return JobStatusView(job: JobRow(job), deliversHere: job.submitter == nodeID, blender: job.blender)
+            var view = JobStatusView(job: JobRow(job), deliversHere: job.submitter == nodeID, blender: job.blender)
+            try countTiles(job, into: &view)
+            return view
         }
         let live = progress.snapshot().values.filter { $0.job == job.job }
         let problem = await delivery.problem(job: job.job)
         let names = await nodeNames()
         // A big job's frames are a long read: off Swift's shared pool, which every loop of the daemon runs on.
         let ledger = self.ledger
-        let (records, attempts) = try await Blocking.run {
-            (try ledger.frames(of: job.job), try ledger.attempts(of: job.job))
+        let (records, attempts, tiles) = try await Blocking.run {
+            (try ledger.frames(of: job.job), try ledger.attempts(of: job.job), try ledger.tiles(of: job.job))
         }
         let frames = records.map { f in
             FrameRow(
@@ -295,11 +342,19 @@ struct FarmQueries: Sendable {
                             attempt: $0.attempt, node: $0.node, nodeName: names[$0.node] ?? $0.node, message: $0.message
                         )
                     }
+                },
+                tiles: tiles[f.frame].map { list in
+                    list.map {
+                        .init(
+                            tile: $0.tile, state: $0.state, node: $0.node, nodeName: $0.node.map { names[$0] ?? $0 },
+                            renderSeconds: $0.renderMs.map { Double($0) / 1000 })
+                    }
                 })
         }
         var view = JobStatusView(
             job: JobRow(job), frames: frames, deliveryError: problem, deliversHere: job.submitter == nodeID,
             blockedNodes: try ledger.blockedNodes(job: job.job).map { names[$0] ?? $0 }.sorted(), blender: job.blender)
+        try countTiles(job, into: &view)
         if let movie = job.movie {
             view.movie = "\(job.output)/\(Delivery.movieFileName(job: job.name, movie: movie))"
             if job.submitter == nodeID {

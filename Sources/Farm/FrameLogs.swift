@@ -253,7 +253,8 @@ extension WorkerPool {
     /// A session that could not start (the scene did not load): the load's output is every pending frame's attempt.
     nonisolated func logStartFailure(_ assignment: AssignmentRecord, _ error: any Error) async {
         guard error is RenderError else { return }
-        for frame in assignment.pendingFrames {
+        let frames = assignment.pendingFrames + assignment.pendingTiles.map(\.frame)
+        for frame in Array(Set(frames)).sorted() {
             let attempt = beginAttempt(job: assignment.job, frame: frame, assignment: assignment.assignment)
             await logAttempt(attempt, rendered: nil, error: error)
         }

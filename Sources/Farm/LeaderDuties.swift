@@ -194,7 +194,7 @@ struct LeaderService: Sendable {
                         .assignChunk(
                             AssignChunk(
                                 assignment: "a-" + FarmNode.shortID(), job: $0.job, frames: $0.frames, node: $0.node,
-                                term: term, leaseUntilMs: lease))
+                                term: term, leaseUntilMs: lease, tiles: $0.tiles))
                     })
             } catch {
                 logger.error("scheduling failed", metadata: ["error": "\(error)"])

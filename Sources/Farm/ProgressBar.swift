@@ -9,8 +9,16 @@ public struct ProgressBar: Sendable {
     public var elapsed: Double
     public var sinceProgress: Double
     public var state: String
+    /// A tiled job's tiles in, of all its tiles (0 of 0: not tiled).
+    public var tilesDone: Int
+    public var tilesTotal: Int
 
-    public init(done: Int, total: Int, doneAtStart: Int, elapsed: Double, sinceProgress: Double, state: String) {
+    public init(
+        done: Int, total: Int, doneAtStart: Int, elapsed: Double, sinceProgress: Double, state: String,
+        tilesDone: Int = 0, tilesTotal: Int = 0
+    ) {
+        self.tilesDone = tilesDone
+        self.tilesTotal = tilesTotal
         self.done = done
         self.total = total
         self.doneAtStart = doneAtStart
@@ -36,9 +44,12 @@ public struct ProgressBar: Sendable {
                 eta = String(format: " · %.0fs left", Double(total - done) / rate)
             }
         }
-        let text = " \(done)/\(total) frames · " + String(format: "%.2f fr/s", rate) + eta
+        let tiles = tilesTotal > 0 ? " (\(tilesDone)/\(tilesTotal) tiles)" : ""
+        let text = " \(done)/\(total) frames\(tiles) · " + String(format: "%.2f fr/s", rate) + eta
         let barWidth = max(0, min(30, width - text.count - 2))
-        let filled = total > 0 ? min(barWidth, done * barWidth / total) : 0
+        // A tiled job's bar fills by tiles: a still's one frame moves it tile by tile.
+        let (part, whole) = tilesTotal > 0 ? (tilesDone, tilesTotal) : (done, total)
+        let filled = whole > 0 ? min(barWidth, part * barWidth / whole) : 0
         let cells = String(repeating: "█", count: filled) + String(repeating: "░", count: barWidth - filled)
         let bar = barWidth > 0 ? "[" + cells + "]" : ""
         return String((bar + text).prefix(max(1, width - 1)))

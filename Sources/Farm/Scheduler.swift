@@ -31,6 +31,15 @@ public enum Scheduler {
         public var job: String
         public var frames: [Int]
         public var node: String
+        /// Tiles of a tiled job (its `frames` are then frames to assemble).
+        public var tiles: [FrameTile]
+
+        public init(job: String, frames: [Int], node: String, tiles: [FrameTile] = []) {
+            self.job = job
+            self.frames = frames
+            self.node = node
+            self.tiles = tiles
+        }
     }
 
     public static func assign(queue: [QueuedJob], slots: [Slot]) -> [Decision] {
@@ -68,13 +77,19 @@ public enum Scheduler {
                 continue
             }
             let mayTake = others.intersection(eligible[pick])
+            // A chunk is whole frames (to render, or to assemble from their tiles) first, then tiles, like units.
+            let size = max(1, jobs[pick].chunk)
             let chunk = Array(
-                jobs[pick].queuedFrames.lazy.filter { jobs[pick].mayGo($0, to: node, others: mayTake) }
-                    .prefix(max(1, jobs[pick].chunk)))
+                jobs[pick].queuedFrames.lazy.filter { jobs[pick].mayGo($0, to: node, others: mayTake) }.prefix(size))
+            let tiles = Array(
+                jobs[pick].queuedTiles.lazy.filter { jobs[pick].mayGo($0.frame, to: node, others: mayTake) }
+                    .prefix(size - chunk.count))
             let taken = Set(chunk)
+            let takenTiles = Set(tiles)
             jobs[pick].queuedFrames.removeAll { taken.contains($0) }
+            jobs[pick].queuedTiles.removeAll { takenTiles.contains($0) }
             jobs[pick].openAssignments += 1
-            decisions.append(Decision(job: jobs[pick].job, frames: chunk, node: node))
+            decisions.append(Decision(job: jobs[pick].job, frames: chunk, node: node, tiles: tiles))
             free[slotIndex].free -= 1
             // Rotate so the next chunk goes to another node when several have free slots.
             free.append(free.remove(at: slotIndex))
@@ -104,9 +119,11 @@ extension QueuedJob {
         return others.isSubset(of: failed.union(blockedNodes))
     }
 
-    /// Whether the job has a queued frame for `node`.
+    /// Whether the job has a queued frame (or tile) for `node`.
     func offers(_ node: String, others: Set<String>) -> Bool {
-        failedOn.isEmpty ? !queuedFrames.isEmpty : queuedFrames.contains { mayGo($0, to: node, others: others) }
+        if failedOn.isEmpty { return !queuedFrames.isEmpty || !queuedTiles.isEmpty }
+        return queuedFrames.contains { mayGo($0, to: node, others: others) }
+            || queuedTiles.contains { mayGo($0.frame, to: node, others: others) }
     }
 }
 

@@ -56,6 +56,7 @@ struct SubmitService: Sendable {
         if let chunk = request.chunk, chunk < 1 || chunk > FarmNode.maxChunk {
             throw FarmError(.badInput, "--chunk must be between 1 and \(FarmNode.maxChunk).")
         }
+        let tileCount = try request.tiles.map(TileSpec.parse)
         let name = SceneFile.jobName(from: request.name ?? path)
         let job = "j" + FarmNode.shortID()
         let (output, moved) = try claimOutput(request.output)
@@ -103,7 +104,10 @@ struct SubmitService: Sendable {
             } else {
                 throw FarmError(.badInput, "This node has no Blender to read the scene's frame range; pass --frames.")
             }
-            let chunk = request.chunk ?? Scheduler.defaultChunk(frames: frames.count, slots: settings.slots)
+            let tiles = try tileCount.flatMap { try Self.grid($0, scene: scene, file: path) }
+            // Tiles spread best one to a slot; a frame's tiles are its units of work.
+            let chunk =
+                request.chunk ?? (tiles == nil ? Scheduler.defaultChunk(frames: frames.count, slots: settings.slots) : 1)
             // The client went away (Ctrl-C) while Blender read the file or the files were stored: no job.
             if Task.isCancelled {
                 throw FarmError(.canceled, "The submit of \(name) was interrupted; no job was made.")
@@ -113,7 +117,7 @@ struct SubmitService: Sendable {
                     job: job, name: name, frames: frames, chunk: chunk, priority: request.priority ?? 0,
                     output: output, manifest: stored.manifest, movie: scene?.movie.map(MovieSpec.init),
                     trustScripts: request.trustScripts, sourcePath: path, claimed: true, tags: tags,
-                    blender: blender?.version))
+                    blender: blender?.version, tiles: tiles))
             outcome.warnings = warnings + outcome.warnings
             outcome.newFiles = stored.newFiles
             outcome.baked = baked
@@ -122,6 +126,26 @@ struct SubmitService: Sendable {
             work.remove(job: job)
             throw error
         }
+    }
+
+    /// The grid a tiled job splits each frame into, on the scene's output size; nil for 1x1 (whole frames).
+    /// Refused, with the reason, for a scene whose tiles would not put together into the image Blender renders
+    /// whole (its compositor, denoiser or engine works on the whole image).
+    static func grid(_ count: (columns: Int, rows: Int), scene: SceneInfo?, file: String) throws -> TileGrid? {
+        guard count.columns * count.rows > 1 else { return nil }
+        let name = (file as NSString).lastPathComponent
+        if let reason = scene?.untileable {
+            throw FarmError(.badInput, "\(name) cannot be split into tiles: \(reason).")
+        }
+        // The simulated renderer's frames are its small fixed image.
+        let width = scene?.outputWidth ?? SimulatedRenderer.size
+        let height = scene?.outputHeight ?? SimulatedRenderer.size
+        guard count.columns <= width, count.rows <= height else {
+            throw FarmError(
+                .badInput,
+                "\(name) renders \(width)x\(height) pixels, too few for \(count.columns)x\(count.rows) tiles.")
+        }
+        return TileGrid(columns: count.columns, rows: count.rows, width: width, height: height)
     }
 
     /// A job ready to commit: its files are in the store (or held by the farm), its settings checked.
@@ -142,6 +166,8 @@ struct SubmitService: Sendable {
         var tags: [String] = []
         /// The Blender version every frame renders with (nil: any, the simulated renderer).
         var blender: String?
+        /// Every frame splits into these tiles (nil: whole frames).
+        var tiles: TileGrid?
     }
 
     /// Proposes the job and returns it as committed. Used by `submit` and by `rerun` (same files, new job).
@@ -164,7 +190,7 @@ struct SubmitService: Sendable {
                     frames: draft.frames, chunk: draft.chunk, priority: draft.priority, output: draft.output,
                     submittedAtMs: WallClock.millis(), manifest: draft.manifest, movie: draft.movie,
                     trustScripts: draft.trustScripts ? true : nil, sourcePath: draft.sourcePath,
-                    tags: draft.tags.isEmpty ? nil : draft.tags, blender: draft.blender))
+                    tags: draft.tags.isEmpty ? nil : draft.tags, blender: draft.blender, tiles: draft.tiles))
         ])
         guard let outcome = outcomes.first, outcome == .applied || outcome.isDuplicate else {
             throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")
@@ -418,5 +444,18 @@ final class FileHashes: Sendable {
 
     func remember(_ path: String, stamp: Stamp, hash: String) {
         known.withLock { $0[path] = (stamp, hash) }
+    }
+}
+
+/// `submit --tiles CxR`.
+public enum TileSpec {
+    /// Columns and rows, refused in one sentence when the text is not that.
+    public static func parse(_ text: String) throws -> (columns: Int, rows: Int) {
+        guard let count = TileGrid.parse(text), count.columns * count.rows <= LedgerRules.maxTiles else {
+            throw FarmError(
+                .badInput,
+                "--tiles takes columns x rows, such as 3x2 (at most \(LedgerRules.maxTiles) tiles), not \"\(text)\".")
+        }
+        return count
     }
 }

@@ -24,6 +24,14 @@ final class SlotProgress: Sendable {
 /// job's files, lays out its project and opens one), renders each frame still assigned to it, stores the image
 /// and any extra outputs, copies them to a second member and proposes `CompleteFrame`; the next frame renders
 /// while that happens.
+extension TileGrid {
+    /// A tile's region as the renderer takes it.
+    func imageRegion(_ unit: FrameTile) -> ImageRegion {
+        let r = region(unit.tile)
+        return ImageRegion(x: r.x, y: r.y, width: r.width, height: r.height, fullWidth: width, fullHeight: height)
+    }
+}
+
 actor WorkerPool {
     let nodeID: String
     let settings: NodeSettings
@@ -112,36 +120,44 @@ actor WorkerPool {
             await handBackResting(assignment)
             return
         }
-        let session: any RenderSession
-        do {
-            session = try await openSession(for: job, slot: slot)
-        } catch {
-            switch Self.classify(error) {
-            case .spendAttempts(let message):
-                logger.error("cannot start rendering", metadata: ["farm/job": "\(job)", "error": "\(message)"])
-                await logStartFailure(assignment, error)
-                var failures: [LedgerCommand] = []
-                for frame in assignment.pendingFrames {
-                    failures.append(await failure(job: job, frame: frame, assignment: assignment, message: message))
+        let record = try? ledger.job(job)
+        let grid = record?.tiles
+        // Units of the chunk: tiles to render, then frames to render whole or, in a tiled job, to assemble.
+        let units = assignment.pendingTiles.map { Unit.tile($0) } + assignment.pendingFrames.map { Unit.frame($0) }
+        // Assembling needs no Blender: a chunk of frames to assemble opens no session.
+        let needsBlender = grid == nil || !assignment.pendingTiles.isEmpty
+        var session: (any RenderSession)?
+        if needsBlender {
+            do {
+                session = try await openSession(for: job, slot: slot)
+            } catch {
+                switch Self.classify(error) {
+                case .spendAttempts(let message):
+                    logger.error("cannot start rendering", metadata: ["farm/job": "\(job)", "error": "\(message)"])
+                    await logStartFailure(assignment, error)
+                    var failures: [LedgerCommand] = []
+                    for unit in units {
+                        failures.append(await failure(job: job, unit: unit, assignment: assignment, message: message))
+                    }
+                    await report(failures)
+                case .handBack(let reason):
+                    // A pause first, so this node does not take the chunk straight back.
+                    logger.warning("returning a chunk", metadata: ["farm/job": "\(job)", "error": "\(reason)"])
+                    try? await Task.sleep(for: .seconds(1))
+                    await report([.releaseFrames(ReleaseFrames(assignment: assignment.assignment, reason: reason))])
                 }
-                await report(failures)
-            case .handBack(let reason):
-                // A pause first, so this node does not take the chunk straight back.
-                logger.warning("returning a chunk", metadata: ["farm/job": "\(job)", "error": "\(reason)"])
-                try? await Task.sleep(for: .seconds(1))
-                await report([.releaseFrames(ReleaseFrames(assignment: assignment.assignment, reason: reason))])
+                return
             }
-            return
         }
-        let submitter = (try? ledger.job(job))?.submitter ?? nodeID
+        let submitter = record?.submitter ?? nodeID
         let outDir = work.slotFolder(job: job, slot: slot)
         try? FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
         // Results are recorded while the next frame renders; the chunk ends when all are in the ledger.
         var paused = false
         var resting = false
         await withDiscardingTaskGroup { reports in
-            for frame in assignment.pendingFrames {
-                guard stillMine(job: job, frame: frame, assignment: assignment.assignment) else { continue }
+            for unit in units {
+                guard stillMine(job: job, unit: unit, assignment: assignment.assignment) else { continue }
                 // Paused: the frame in flight has finished; the rest of the chunk goes back once it is recorded.
                 if isPaused(job) {
                     paused = true
@@ -152,13 +168,24 @@ actor WorkerPool {
                     resting = true
                     break
                 }
+                let frame = unit.frame
                 progress.set(slot, .init(job: job, frame: frame, fraction: 0))
                 let progress = self.progress
                 let attempt = beginAttempt(job: job, frame: frame, assignment: assignment.assignment)
                 do {
                     let started = ContinuousClock.now
-                    let rendered = try await session.render(frame: frame, into: outDir) { p in
-                        progress.set(slot, .init(job: job, frame: frame, fraction: p.fraction))
+                    let rendered: RenderedFrame
+                    if let grid, case .frame = unit {
+                        rendered = try await assemble(job: job, frame: frame, grid: grid, into: outDir)
+                    } else if let session {
+                        rendered = try await session.render(
+                            frame: frame, region: unit.tile.flatMap { tile in grid.map { $0.imageRegion(tile) } },
+                            into: outDir
+                        ) { p in
+                            progress.set(slot, .init(job: job, frame: frame, fraction: p.fraction))
+                        }
+                    } else {
+                        continue
                     }
                     let renderMs = (ContinuousClock.now - started).raftNanoseconds / 1_000_000
                     await logAttempt(attempt, rendered: rendered, error: nil)
@@ -176,23 +203,24 @@ actor WorkerPool {
                         return ((image.hash, image.size), outputs)
                     }
                     let ext = (rendered.path as NSString).pathExtension
-                    logger.debug("frame rendered", metadata: ["farm/job": "\(job)", "farm/frame": "\(frame)"])
+                    logger.debug("frame rendered", metadata: ["farm/job": "\(job)", "farm/frame": "\(unit)"])
                     let complete = CompleteFrameDraft(
                         job: job, frame: frame, assignment: assignment.assignment, term: assignment.term,
                         hash: stored.0, size: stored.1, ext: ext.isEmpty ? "" : "." + ext, outputs: outputs,
-                        renderMs: Int64(renderMs))
+                        renderMs: Int64(renderMs), tile: unit.tile?.tile)
                     reports.addTask { await self.record(complete, submitter: submitter) }
-                } catch let error as RenderError where error.code == .canceled || sessions[slot] == nil {
+                } catch let error as RenderError where error.code == .canceled || (needsBlender && sessions[slot] == nil)
+                {
                     // The job was canceled (or finished elsewhere) and the reaper closed the session.
                     break
                 } catch {
                     let renderError = error as? RenderError
-                    let message = renderError?.message ?? "\(error)"
+                    let message = renderError?.message ?? (error as? FarmError)?.message ?? "\(error)"
                     await logAttempt(attempt, rendered: nil, error: error)
                     logger.warning(
                         "frame failed",
-                        metadata: ["farm/job": "\(job)", "farm/frame": "\(frame)", "error": "\(message)"])
-                    let command = await failure(job: job, frame: frame, assignment: assignment, message: message)
+                        metadata: ["farm/job": "\(job)", "farm/frame": "\(unit)", "error": "\(message)"])
+                    let command = await failure(job: job, unit: unit, assignment: assignment, message: message)
                     reports.addTask { await self.report([command]) }
                 }
             }
@@ -203,9 +231,10 @@ actor WorkerPool {
 
     /// A failed attempt, counted against this node: `alone` when no other node of the farm can take the frame
     /// (each failed it already or is blocked for the job), so its attempts here decide.
-    private func failure(job: String, frame: Int, assignment: AssignmentRecord, message: String) async
+    private func failure(job: String, unit: Unit, assignment: AssignmentRecord, message: String) async
         -> LedgerCommand
     {
+        let frame = unit.frame
         // Only nodes that may take the job count: those carrying its tags.
         let needs = Set((try? ledger.job(job))?.tags ?? [])
         let carriers = await roster.memberTags().filter { needs.isSubset(of: $0.value) }.keys
@@ -215,7 +244,8 @@ actor WorkerPool {
         return .failFrame(
             FailFrame(
                 job: job, frame: frame, node: nodeID, assignment: assignment.assignment,
-                message: Self.naming(message, node: settings.name), alone: others.isSubset(of: failed.union(blocked))))
+                message: Self.naming(message, node: settings.name), alone: others.isSubset(of: failed.union(blocked)),
+                tile: unit.tile?.tile))
     }
 
     /// Blender's words, then the node they happened on: "… (on attic)."
@@ -275,6 +305,8 @@ actor WorkerPool {
         var ext: String
         var outputs: [FrameOutput]
         var renderMs: Int64
+        /// The tile of a tiled frame this image is (nil: the frame).
+        var tile: Int?
     }
 
     /// Makes the image durable here, copies it to a second member (the submitter first), then records the frame:
@@ -292,7 +324,7 @@ actor WorkerPool {
                 CompleteFrame(
                     job: frame.job, frame: frame.frame, node: nodeID, assignment: frame.assignment, term: frame.term,
                     hash: frame.hash, ext: frame.ext, holders: holders,
-                    outputs: frame.outputs.isEmpty ? nil : frame.outputs, renderMs: frame.renderMs))
+                    outputs: frame.outputs.isEmpty ? nil : frame.outputs, renderMs: frame.renderMs, tile: frame.tile))
         ])
     }
 
@@ -324,9 +356,79 @@ actor WorkerPool {
         return session
     }
 
-    private func stillMine(job: String, frame: Int, assignment: String) -> Bool {
-        guard let record = try? ledger.frame(job, frame) else { return false }
-        return record.state == "assigned" && record.assignment == assignment
+    private func stillMine(job: String, unit: Unit, assignment: String) -> Bool {
+        switch unit {
+        case .frame(let frame):
+            guard let record = try? ledger.frame(job, frame) else { return false }
+            return record.state == "assigned" && record.assignment == assignment
+        case .tile(let tile):
+            guard let record = try? ledger.tile(job, tile.frame, tile.tile) else { return false }
+            return record.state == "assigned" && record.assignment == assignment
+        }
+    }
+
+    /// One unit of a chunk: a frame (rendered whole, or assembled from its tiles in a tiled job) or one tile.
+    enum Unit: Sendable, CustomStringConvertible {
+        case frame(Int)
+        case tile(FrameTile)
+
+        var frame: Int {
+            switch self {
+            case .frame(let frame): frame
+            case .tile(let tile): tile.frame
+            }
+        }
+
+        var tile: FrameTile? {
+            if case .tile(let tile) = self { return tile }
+            return nil
+        }
+
+        var description: String {
+            switch self {
+            case .frame(let frame): "\(frame)"
+            case .tile(let tile): "\(tile.frame) tile \(tile.tile)"
+            }
+        }
+    }
+
+    /// A tiled frame put together from its tiles (fetched from their holders) in the tiles' own format.
+    private func assemble(job: String, frame: Int, grid: TileGrid, into folder: String) async throws -> RenderedFrame {
+        let started = ContinuousClock.now
+        let tiles = (try ledger.tiles(of: job))[frame] ?? []
+        guard tiles.count == grid.count, tiles.allSatisfy({ $0.state == "done" && $0.hash != nil }) else {
+            throw FarmError(.failed, "Frame \(frame) of job \(job) does not have all its \(grid.count) tiles yet.")
+        }
+        guard let oiiotool = TileAssembler.locate() else {
+            throw RenderError(
+                .blenderMissing,
+                "This node has no oiiotool (OpenImageIO) to assemble tiles; install the openimageio-tools package.")
+        }
+        let record = try ledger.job(job)
+        let holders = Array(Set(tiles.flatMap(\.holders) + [record?.submitter].compactMap { $0 }))
+        try await exchange.ensureAll(tiles.compactMap(\.hash), holders: holders + (await roster.alivePeers()))
+        let ext = tiles[0].ext ?? ""
+        let staging = folder + "/tiles-\(frame)"
+        let output = folder + "/assembled_\(frame)" + ext
+        let blobs = self.blobs
+        try await Blocking.run {
+            let fm = FileManager.default
+            try? fm.removeItem(atPath: staging)
+            try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
+        }
+        defer { try? FileManager.default.removeItem(atPath: staging) }
+        // The store names files by content; the assembler reads a format by its file's extension.
+        var parts: [TileAssembler.Tile] = []
+        for tile in tiles {
+            let link = staging + "/tile\(tile.tile)" + (tile.ext ?? "")
+            try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: blobs.path(for: tile.hash!))
+            parts.append(TileAssembler.Tile(path: link, region: grid.imageRegion(FrameTile(frame: frame, tile: tile.tile))))
+        }
+        try await TileAssembler(oiiotool: oiiotool).assemble(tiles: parts, to: output)
+        let seconds = Double((ContinuousClock.now - started).raftNanoseconds) / 1e9
+        return RenderedFrame(
+            frame: frame, path: output, seconds: seconds,
+            log: ["Assembled frame \(frame) from \(grid.count) tiles (\(grid) of \(grid.width)x\(grid.height))."])
     }
 
     /// Proposes a worker's report; a failure here only delays it (the lease returns the frames).

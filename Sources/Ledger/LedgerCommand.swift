@@ -89,13 +89,16 @@ public struct SubmitJob: Sendable, Equatable, Codable {
     /// The Blender version every frame renders with ("5.0.1"), chosen at submit; absent in older entries (and with
     /// the simulated renderer): any node. Optional, so entries written before it keep their bytes.
     public var blender: String?
+    /// `submit --tiles CxR`: every frame renders as this grid of tiles, then is assembled (absent: whole frames).
+    public var tiles: TileGrid?
 
     public init(
         job: String, name: String, submitter: String, blendHash: String, blendSize: Int64, frames: [Int],
         chunk: Int, priority: Int, output: String, submittedAtMs: Int64, manifest: JobManifest? = nil,
         movie: MovieSpec? = nil, trustScripts: Bool? = nil, sourcePath: String? = nil, tags: [String]? = nil,
-        blender: String? = nil
+        blender: String? = nil, tiles: TileGrid? = nil
     ) {
+        self.tiles = tiles
         self.blender = blender
         self.job = job
         self.name = name
@@ -123,8 +126,14 @@ public struct AssignChunk: Sendable, Equatable, Codable {
     public var node: String
     public var term: UInt64
     public var leaseUntilMs: Int64
+    /// Tiles of a tiled job's frames to render (`frames` then holds frames whose tiles are all in, to assemble).
+    public var tiles: [FrameTile]?
 
-    public init(assignment: String, job: String, frames: [Int], node: String, term: UInt64, leaseUntilMs: Int64) {
+    public init(
+        assignment: String, job: String, frames: [Int], node: String, term: UInt64, leaseUntilMs: Int64,
+        tiles: [FrameTile]? = nil
+    ) {
+        self.tiles = tiles?.isEmpty == true ? nil : tiles
         self.assignment = assignment
         self.job = job
         self.frames = frames
@@ -148,11 +157,14 @@ public struct CompleteFrame: Sendable, Equatable, Codable {
     public var outputs: [FrameOutput]?
     /// How long the render took on `node`, in milliseconds (absent in entries from before it was recorded).
     public var renderMs: Int64?
+    /// Set when this is one tile of a tiled frame (its image is the tile's region only); nil: the frame itself.
+    public var tile: Int?
 
     public init(
         job: String, frame: Int, node: String, assignment: String, term: UInt64, hash: String, ext: String,
-        holders: [String], outputs: [FrameOutput]? = nil, renderMs: Int64? = nil
+        holders: [String], outputs: [FrameOutput]? = nil, renderMs: Int64? = nil, tile: Int? = nil
     ) {
+        self.tile = tile
         self.job = job
         self.frame = frame
         self.node = node
@@ -180,11 +192,14 @@ public struct FailFrame: Sendable, Equatable, Codable {
     /// The reporting node saw no other node of the farm able to take this frame (a farm of one, or every other
     /// node already failed it or is blocked for the job): its attempts alone decide.
     public var alone: Bool?
+    /// The attempt was at this tile of the frame (it counts against the frame, as any of its attempts).
+    public var tile: Int?
 
     public init(
         job: String, frame: Int, node: String, assignment: String, message: String, fatal: Bool = false,
-        alone: Bool? = nil
+        alone: Bool? = nil, tile: Int? = nil
     ) {
+        self.tile = tile
         self.job = job
         self.frame = frame
         self.node = node
@@ -192,6 +207,70 @@ public struct FailFrame: Sendable, Equatable, Codable {
         self.message = message
         self.fatal = fatal
         self.alone = alone
+    }
+}
+
+/// How a tiled job splits each frame: `columns` × `rows` tiles of the `width` × `height` image (the scene's
+/// resolution at submit, percentage applied). Tile 0 is the top-left one; tiles go left to right, then down.
+public struct TileGrid: Sendable, Equatable, Codable, CustomStringConvertible {
+    public var columns: Int
+    public var rows: Int
+    public var width: Int
+    public var height: Int
+
+    public init(columns: Int, rows: Int, width: Int, height: Int) {
+        self.columns = columns
+        self.rows = rows
+        self.width = width
+        self.height = height
+    }
+
+    public var count: Int { columns * rows }
+    public var description: String { "\(columns)x\(rows)" }
+
+    /// A tile's pixels: `x`, `y` from the image's top-left corner. Neighbouring tiles share no pixel and leave
+    /// none out (edges at ⌊i·width/columns⌋, ⌊j·height/rows⌋).
+    public func region(_ tile: Int) -> TileRegion {
+        let column = tile % columns
+        let row = tile / columns
+        let x0 = column * width / columns
+        let x1 = (column + 1) * width / columns
+        let y0 = row * height / rows
+        let y1 = (row + 1) * height / rows
+        return TileRegion(x: x0, y: y0, width: x1 - x0, height: y1 - y0)
+    }
+
+    /// `"3x2"` → 3 columns, 2 rows (the image size comes from the scene).
+    public static func parse(_ text: String) -> (columns: Int, rows: Int)? {
+        let parts = text.lowercased().split(separator: "x", omittingEmptySubsequences: false)
+        guard parts.count == 2, let c = Int(parts[0]), let r = Int(parts[1]), c >= 1, r >= 1 else { return nil }
+        return (c, r)
+    }
+}
+
+/// A rectangle of pixels of an image, from its top-left corner.
+public struct TileRegion: Sendable, Equatable, Codable {
+    public var x: Int
+    public var y: Int
+    public var width: Int
+    public var height: Int
+
+    public init(x: Int, y: Int, width: Int, height: Int) {
+        self.x = x
+        self.y = y
+        self.width = width
+        self.height = height
+    }
+}
+
+/// One tile of one frame: a tiled job's unit of work.
+public struct FrameTile: Sendable, Hashable, Codable {
+    public var frame: Int
+    public var tile: Int
+
+    public init(frame: Int, tile: Int) {
+        self.frame = frame
+        self.tile = tile
     }
 }
 
@@ -280,4 +359,6 @@ public enum LedgerRules {
     public static let nodesBeforeFailing = 2
     /// A node whose renders of a job failed this many times gets no more of that job's frames.
     public static let nodeFailuresBeforeBlock = 3
+    /// The most tiles a frame may be split into.
+    public static let maxTiles = 1024
 }

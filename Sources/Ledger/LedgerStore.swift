@@ -99,6 +99,21 @@ public final class LedgerStore: Sendable {
             // Runtimes (issue 14): the Blender version a job renders with (NULL: any node, jobs from before).
             try db.execute(sql: "ALTER TABLE jobs ADD COLUMN blender TEXT")
         }
+        migrator.registerMigration("ledger-tiles") { db in
+            // Tiles (issue 15): a tiled job's grid, each tile's state and image, the tiles an assignment carries.
+            try db.execute(
+                sql: """
+                    ALTER TABLE jobs ADD COLUMN tiles TEXT;
+                    ALTER TABLE assignments ADD COLUMN tiles TEXT;
+                    CREATE TABLE tiles (
+                        job TEXT NOT NULL, frame INTEGER NOT NULL, tile INTEGER NOT NULL, state TEXT NOT NULL,
+                        node TEXT, assignment TEXT, hash TEXT, ext TEXT, holders TEXT NOT NULL DEFAULT '[]',
+                        render_ms INTEGER, PRIMARY KEY (job, frame, tile));
+                    CREATE INDEX tiles_assignment ON tiles(assignment);
+                    CREATE INDEX tiles_state ON tiles(state, job);
+                    CREATE INDEX tiles_hash ON tiles(hash) WHERE hash IS NOT NULL;
+                    """)
+        }
     }
 
     // MARK: Applying the log

@@ -31,8 +31,11 @@ public struct JobRecord: Sendable, Equatable, Codable {
     public var tags: [String]
     /// The Blender version the job renders with; nil: any (older jobs, the simulated renderer).
     public var blender: String?
+    /// The grid a tiled job splits each frame into (nil: whole frames).
+    public var tiles: TileGrid?
 
     init(row: Row) {
+        tiles = Self.decode(row["tiles"])
         job = row["job"]
         name = row["name"]
         submitter = row["submitter"]
@@ -110,12 +113,16 @@ public struct AssignmentRecord: Sendable, Equatable {
     public var node: String
     public var term: UInt64
     public var leaseUntilMs: Int64
-    /// Frames of the assignment still to render.
+    /// Frames of the assignment still to render (or, in a tiled job, to assemble from their tiles).
     public var pendingFrames: [Int]
+    /// Tiles of the assignment still to render.
+    public var pendingTiles: [FrameTile]
 
     public init(
-        assignment: String, job: String, node: String, term: UInt64, leaseUntilMs: Int64, pendingFrames: [Int]
+        assignment: String, job: String, node: String, term: UInt64, leaseUntilMs: Int64, pendingFrames: [Int],
+        pendingTiles: [FrameTile] = []
     ) {
+        self.pendingTiles = pendingTiles
         self.assignment = assignment
         self.job = job
         self.node = node
@@ -210,6 +217,38 @@ extension LedgerStore {
         }
     }
 
+    /// A tiled job's tiles, by frame, in tile order (empty for a job of whole frames).
+    public func tiles(of job: String) throws -> [Int: [TileRecord]] {
+        try writer.read { db in
+            var byFrame: [Int: [TileRecord]] = [:]
+            for row in try Row.fetchAll(
+                db, sql: "SELECT * FROM tiles WHERE job = ? ORDER BY frame, tile", arguments: [job])
+            {
+                byFrame[row["frame"], default: []].append(TileRecord(row: row))
+            }
+            return byFrame
+        }
+    }
+
+    /// How many of a job's tiles are in, of how many (0 of 0 for a job of whole frames).
+    public func tileCounts(of job: String) throws -> (done: Int, total: Int) {
+        try writer.read { db in
+            let row = try Row.fetchOne(
+                db,
+                sql: "SELECT COUNT(*) AS total, COALESCE(SUM(state = 'done'), 0) AS done FROM tiles WHERE job = ?",
+                arguments: [job])
+            return (row?["done"] ?? 0, row?["total"] ?? 0)
+        }
+    }
+
+    public func tile(_ job: String, _ frame: Int, _ tile: Int) throws -> TileRecord? {
+        try writer.read { db in
+            try Row.fetchOne(
+                db, sql: "SELECT * FROM tiles WHERE job = ? AND frame = ? AND tile = ?", arguments: [job, frame, tile]
+            ).map(TileRecord.init)
+        }
+    }
+
     /// Whether a blob is a rendered image or extra output of any job (clean-up of project files must keep it).
     public func isRenderedBlob(_ hash: String) throws -> Bool {
         try writer.read { db in
@@ -218,7 +257,8 @@ extension LedgerStore {
                 sql: """
                     SELECT EXISTS (SELECT 1 FROM frames WHERE hash = ?)
                         OR EXISTS (SELECT 1 FROM frame_outputs WHERE hash = ?)
-                    """, arguments: [hash, hash]) ?? false
+                        OR EXISTS (SELECT 1 FROM tiles WHERE hash = ?)
+                    """, arguments: [hash, hash, hash]) ?? false
         }
     }
 
@@ -263,22 +303,30 @@ extension LedgerStore {
             let rows = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT a.assignment, a.job, a.node, a.term, a.lease_until_ms, f.frame
+                    SELECT a.rowid AS position, a.assignment, a.job, a.node, a.term, a.lease_until_ms, f.frame,
+                        NULL AS tile
                     FROM assignments a JOIN frames f ON f.assignment = a.assignment AND f.state = 'assigned'
                     WHERE a.open = 1 AND (? IS NULL OR a.node = ?)
-                    ORDER BY a.rowid, f.frame
+                    UNION ALL
+                    SELECT a.rowid AS position, a.assignment, a.job, a.node, a.term, a.lease_until_ms, t.frame, t.tile
+                    FROM assignments a JOIN tiles t ON t.assignment = a.assignment AND t.state = 'assigned'
+                    WHERE a.open = 1 AND (? IS NULL OR a.node = ?)
+                    ORDER BY position, frame, tile
                     """,
-                arguments: [node, node])
+                arguments: [node, node, node, node])
             var result: [AssignmentRecord] = []
             for row in rows {
                 let id: String = row["assignment"]
-                if result.last?.assignment == id {
-                    result[result.count - 1].pendingFrames.append(row["frame"])
-                } else {
+                if result.last?.assignment != id {
                     result.append(
                         AssignmentRecord(
                             assignment: id, job: row["job"], node: row["node"], term: UInt64(row["term"] as Int64),
-                            leaseUntilMs: row["lease_until_ms"], pendingFrames: [row["frame"]]))
+                            leaseUntilMs: row["lease_until_ms"], pendingFrames: []))
+                }
+                if let tile: Int = row["tile"] {
+                    result[result.count - 1].pendingTiles.append(FrameTile(frame: row["frame"], tile: tile))
+                } else {
+                    result[result.count - 1].pendingFrames.append(row["frame"])
                 }
             }
             return result
@@ -299,13 +347,30 @@ extension LedgerStore {
                     """)
             return try jobs.compactMap { row in
                 let job: String = row["job"]
+                // Frames to render, or (tiled) to assemble once all their tiles are in; then tiles to render.
+                let limit = Int64(min(framesPerJob, Int(Int64.max)))
                 let frames = try Int.fetchAll(
-                    db, sql: "SELECT frame FROM frames WHERE job = ? AND state = 'queued' ORDER BY frame LIMIT ?",
-                    arguments: [job, Int64(min(framesPerJob, Int(Int64.max)))])
+                    db,
+                    sql: """
+                        SELECT frame FROM frames WHERE job = ? AND state = 'queued'
+                        AND NOT EXISTS (SELECT 1 FROM tiles t WHERE t.job = frames.job AND t.frame = frames.frame
+                            AND t.state != 'done')
+                        ORDER BY frame LIMIT ?
+                        """,
+                    arguments: [job, limit])
+                let tiles = try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT t.frame, t.tile FROM tiles t
+                        JOIN frames f ON f.job = t.job AND f.frame = t.frame AND f.state = 'queued'
+                        WHERE t.job = ? AND t.state = 'queued' ORDER BY t.frame, t.tile LIMIT ?
+                        """,
+                    arguments: [job, limit]
+                ).map { FrameTile(frame: $0["frame"], tile: $0["tile"]) }
                 let running =
                     try Int.fetchOne(
                         db, sql: "SELECT COUNT(*) FROM assignments WHERE job = ? AND open = 1", arguments: [job]) ?? 0
-                guard !frames.isEmpty else { return nil }
+                guard !frames.isEmpty || !tiles.isEmpty else { return nil }
                 var failedOn: [Int: Set<String>] = [:]
                 for failure in try Row.fetchAll(
                     db,
@@ -320,7 +385,7 @@ extension LedgerStore {
                 }
                 return QueuedJob(
                     job: job, priority: row["priority"], chunk: row["chunk"], queuedFrames: frames,
-                    openAssignments: running, blockedNodes: try Self.blockedNodes(job: job, db), failedOn: failedOn,
+                    queuedTiles: tiles, openAssignments: running, blockedNodes: try Self.blockedNodes(job: job, db), failedOn: failedOn,
                     tags: Set(JobRecord.tags(row["tags"])), blender: row["blender"])
             }
         }
@@ -347,6 +412,7 @@ extension LedgerStore {
             var used = Set(jobs.flatMap(\.blobs))
             used.formUnion(try String.fetchAll(db, sql: "SELECT hash FROM frames WHERE hash IS NOT NULL"))
             used.formUnion(try String.fetchAll(db, sql: "SELECT hash FROM frame_outputs"))
+            used.formUnion(try String.fetchAll(db, sql: "SELECT hash FROM tiles WHERE hash IS NOT NULL"))
             return used
         }
     }
@@ -371,6 +437,8 @@ public struct QueuedJob: Sendable, Equatable {
     public var priority: Int
     public var chunk: Int
     public var queuedFrames: [Int]
+    /// A tiled job's tiles waiting for a slot (its `queuedFrames` are then frames ready to assemble).
+    public var queuedTiles: [FrameTile]
     public var openAssignments: Int
     /// Nodes that failed this job `LedgerRules.nodeFailuresBeforeBlock` times: its frames go elsewhere.
     public var blockedNodes: Set<String>
@@ -383,7 +451,8 @@ public struct QueuedJob: Sendable, Equatable {
     public var blender: String?
 
     public init(
-        job: String, priority: Int, chunk: Int, queuedFrames: [Int], openAssignments: Int,
+        job: String, priority: Int, chunk: Int, queuedFrames: [Int], queuedTiles: [FrameTile] = [],
+        openAssignments: Int,
         blockedNodes: Set<String> = [], failedOn: [Int: Set<String>] = [:], tags: Set<String> = [],
         blender: String? = nil
     ) {
@@ -394,8 +463,34 @@ public struct QueuedJob: Sendable, Equatable {
         self.priority = priority
         self.chunk = chunk
         self.queuedFrames = queuedFrames
+        self.queuedTiles = queuedTiles
         self.openAssignments = openAssignments
         self.blockedNodes = blockedNodes
+    }
+}
+
+/// One tile of a tiled frame.
+public struct TileRecord: Sendable, Equatable, Codable {
+    public var frame: Int
+    public var tile: Int
+    public var state: String
+    public var node: String?
+    public var assignment: String?
+    public var hash: String?
+    public var ext: String?
+    public var holders: [String]
+    public var renderMs: Int64?
+
+    init(row: Row) {
+        frame = row["frame"]
+        tile = row["tile"]
+        state = row["state"]
+        node = row["node"]
+        assignment = row["assignment"]
+        hash = row["hash"]
+        ext = row["ext"]
+        holders = (try? JSONDecoder().decode([String].self, from: Data((row["holders"] as String).utf8))) ?? []
+        renderMs = row["render_ms"]
     }
 }
 

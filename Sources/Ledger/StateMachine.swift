@@ -41,21 +41,33 @@ struct StateMachine {
                 return .ignored("job \(c.job) has a manifest no node accepts: \(error.description)")
             }
         }
+        if let grid = c.tiles {
+            guard grid.columns >= 1, grid.rows >= 1, grid.count <= LedgerRules.maxTiles, grid.columns <= grid.width,
+                grid.rows <= grid.height
+            else { return .ignored("job \(c.job) asks for \(grid) tiles of a \(grid.width)x\(grid.height) image") }
+        }
         try db.execute(
             sql: """
                 INSERT INTO jobs (job, name, submitter, blend_hash, blend_size, chunk, priority, output,
                     submitted_at_ms, state, frames_total, log_index, manifest, movie, trust_scripts, source_path,
-                    tags, blender)
-                VALUES (?,?,?,?,?,?,?,?,?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)
+                    tags, blender, tiles)
+                VALUES (?,?,?,?,?,?,?,?,?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
             arguments: [
                 c.job, c.name, c.submitter, c.blendHash, c.blendSize, max(1, c.chunk), c.priority, c.output,
                 c.submittedAtMs, frames.count, Int64(index), c.manifest.map(Self.json), c.movie.map(Self.json),
                 c.trustScripts == true, c.sourcePath, c.tags.flatMap { $0.isEmpty ? nil : $0.joined(separator: ",") },
-                c.blender,
+                c.blender, c.tiles.map(Self.json),
             ])
         let insert = try db.makeStatement(sql: "INSERT INTO frames (job, frame, state) VALUES (?, ?, 'queued')")
         for frame in frames { try insert.execute(arguments: [c.job, frame]) }
+        if let grid = c.tiles {
+            let tile = try db.makeStatement(
+                sql: "INSERT INTO tiles (job, frame, tile, state) VALUES (?, ?, ?, 'queued')")
+            for frame in frames {
+                for index in 0..<grid.count { try tile.execute(arguments: [c.job, frame, index]) }
+            }
+        }
         return .applied
     }
 
@@ -71,21 +83,41 @@ struct StateMachine {
         }
         var taken: [Int] = []
         for frame in c.frames {
+            // A tiled frame is assembled, so assigned as a whole, only once every one of its tiles is in.
             try db.execute(
                 sql: """
                     UPDATE frames SET state = 'assigned', node = ?, assignment = ?
                     WHERE job = ? AND frame = ? AND state = 'queued'
+                    AND NOT EXISTS (SELECT 1 FROM tiles t WHERE t.job = frames.job AND t.frame = frames.frame
+                        AND t.state != 'done')
                     """,
                 arguments: [c.node, c.assignment, c.job, frame])
             if db.changesCount > 0 { taken.append(frame) }
         }
-        guard !taken.isEmpty else { return .ignored("no queued frame in assignment \(c.assignment)") }
+        var takenTiles: [FrameTile] = []
+        for unit in c.tiles ?? [] {
+            try db.execute(
+                sql: """
+                    UPDATE tiles SET state = 'assigned', node = ?, assignment = ?
+                    WHERE job = ? AND frame = ? AND tile = ? AND state = 'queued'
+                    AND EXISTS (SELECT 1 FROM frames f WHERE f.job = tiles.job AND f.frame = tiles.frame
+                        AND f.state = 'queued')
+                    """,
+                arguments: [c.node, c.assignment, c.job, unit.frame, unit.tile])
+            if db.changesCount > 0 { takenTiles.append(unit) }
+        }
+        guard !taken.isEmpty || !takenTiles.isEmpty else {
+            return .ignored("no queued frame in assignment \(c.assignment)")
+        }
         try db.execute(
             sql: """
-                INSERT INTO assignments (assignment, job, node, term, lease_until_ms, frames)
-                VALUES (?,?,?,?,?,?)
+                INSERT INTO assignments (assignment, job, node, term, lease_until_ms, frames, tiles)
+                VALUES (?,?,?,?,?,?,?)
                 """,
-            arguments: [c.assignment, c.job, c.node, Int64(c.term), c.leaseUntilMs, Self.json(taken)])
+            arguments: [
+                c.assignment, c.job, c.node, Int64(c.term), c.leaseUntilMs, Self.json(taken),
+                takenTiles.isEmpty ? nil : Self.json(takenTiles),
+            ])
         try updateJob(c.job, started: true)
         return .applied
     }
@@ -104,6 +136,7 @@ struct StateMachine {
             }
             return .ignored("no frame \(c.job)/\(c.frame)")
         }
+        if let tile = c.tile { return try completeTile(c, tile: tile, frameState: state) }
         for output in c.outputs ?? [] {
             guard JobManifest.isAddress(output.hash), (try? JobManifest.checkRelative(output.path)) != nil else {
                 return .ignored("frame \(c.job)/\(c.frame) names an output no node accepts: \(output.path)")
@@ -136,14 +169,55 @@ struct StateMachine {
         return .applied
     }
 
+    /// A tile's image is in. The first valid completion of a tile wins, as for frames; the frame itself is done
+    /// once it is assembled (a `CompleteFrame` without a tile).
+    private func completeTile(_ c: CompleteFrame, tile: Int, frameState: String) throws -> ApplyOutcome {
+        guard frameState == "queued" else { return .ignored("frame \(c.job)/\(c.frame) is already \(frameState)") }
+        guard c.outputs?.isEmpty != false else {
+            return .ignored("tile \(c.job)/\(c.frame)#\(tile) names outputs; a tile has none")
+        }
+        // A late completion from a released assignment may win a tile another assignment now holds.
+        guard
+            let row = try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT assignment FROM tiles
+                    WHERE job = ? AND frame = ? AND tile = ? AND state IN ('queued', 'assigned')
+                    """,
+                arguments: [c.job, c.frame, tile])
+        else { return .ignored("tile \(c.job)/\(c.frame)#\(tile) is not waiting for an image") }
+        let holder: String? = row["assignment"]
+        try db.execute(
+            sql: """
+                UPDATE tiles SET state = 'done', node = ?, hash = ?, ext = ?, holders = ?, render_ms = ?
+                WHERE job = ? AND frame = ? AND tile = ?
+                """,
+            arguments: [c.node, c.hash, c.ext, Self.json(c.holders.sorted()), c.renderMs, c.job, c.frame, tile])
+        try closeAssignmentIfFinished(c.assignment)
+        if let holder, holder != c.assignment { try closeAssignmentIfFinished(holder) }
+        try updateJob(c.job)
+        return .applied
+    }
+
     private func fail(_ c: FailFrame) throws -> ApplyOutcome {
-        // Fenced: only the current holder of the frame may report a failed attempt.
+        // Fenced: only the current holder of the frame (or of the tile) may report a failed attempt.
         let current = try Row.fetchOne(
             db, sql: "SELECT state, assignment, attempts FROM frames WHERE job = ? AND frame = ?",
             arguments: [c.job, c.frame])
-        guard let current, current["state"] as String == "assigned", current["assignment"] as String? == c.assignment
-        else { return .ignored("stale failure report for \(c.job)/\(c.frame)") }
-        let attempts = (current["attempts"] as Int) + 1
+        if let tile = c.tile {
+            let holder = try Row.fetchOne(
+                db, sql: "SELECT state, assignment FROM tiles WHERE job = ? AND frame = ? AND tile = ?",
+                arguments: [c.job, c.frame, tile])
+            guard let current, current["state"] as String == "queued", let holder,
+                holder["state"] as String == "assigned", holder["assignment"] as String? == c.assignment
+            else { return .ignored("stale failure report for \(c.job)/\(c.frame)#\(tile)") }
+        } else {
+            guard let current, current["state"] as String == "assigned",
+                current["assignment"] as String? == c.assignment
+            else { return .ignored("stale failure report for \(c.job)/\(c.frame)") }
+        }
+        // Every attempt at a frame counts against it, whichever of its tiles it was.
+        let attempts = (current!["attempts"] as Int) + 1
         try db.execute(
             sql: """
                 INSERT INTO job_node_failures (job, node, failures) VALUES (?, ?, 1)
@@ -179,6 +253,17 @@ struct StateMachine {
                 WHERE job = ? AND frame = ?
                 """,
             arguments: [attempts, c.message, final ? "failed" : "queued", final, final, c.job, c.frame])
+        if let tile = c.tile {
+            try db.execute(
+                sql: "UPDATE tiles SET state = 'queued', node = NULL, assignment = NULL WHERE job = ? AND frame = ? AND tile = ?",
+                arguments: [c.job, c.frame, tile])
+        }
+        if final {
+            // The frame's other tiles wait for a retry (those done are kept).
+            try db.execute(
+                sql: "UPDATE tiles SET state = 'failed' WHERE job = ? AND frame = ? AND state != 'done'",
+                arguments: [c.job, c.frame])
+        }
         if final {
             try db.execute(sql: "UPDATE jobs SET message = ? WHERE job = ?", arguments: [c.message, c.job])
         }
@@ -198,6 +283,12 @@ struct StateMachine {
                 WHERE assignment = ? AND state = 'assigned'
                 """,
             arguments: [c.assignment])
+        try db.execute(
+            sql: """
+                UPDATE tiles SET state = 'queued', node = NULL, assignment = NULL
+                WHERE assignment = ? AND state = 'assigned'
+                """,
+            arguments: [c.assignment])
         try db.execute(sql: "UPDATE assignments SET open = 0 WHERE assignment = ?", arguments: [c.assignment])
         try updateJob(job)
         return .applied
@@ -208,6 +299,9 @@ struct StateMachine {
         guard !Self.finished.contains(state) else { return .ignored("job \(c.job) is already \(state)") }
         try db.execute(
             sql: "UPDATE frames SET state = 'canceled' WHERE job = ? AND state IN ('queued', 'assigned')",
+            arguments: [c.job])
+        try db.execute(
+            sql: "UPDATE tiles SET state = 'canceled' WHERE job = ? AND state IN ('queued', 'assigned')",
             arguments: [c.job])
         try db.execute(sql: "UPDATE assignments SET open = 0 WHERE job = ?", arguments: [c.job])
         try db.execute(sql: "UPDATE jobs SET state = 'canceled' WHERE job = ?", arguments: [c.job])
@@ -242,6 +336,12 @@ struct StateMachine {
                 arguments: [c.job, frame])
             try db.execute(
                 sql: "DELETE FROM frame_attempts WHERE job = ? AND frame = ?", arguments: [c.job, frame])
+            try db.execute(
+                sql: """
+                    UPDATE tiles SET state = 'queued', node = NULL, assignment = NULL
+                    WHERE job = ? AND frame = ? AND state != 'done'
+                    """,
+                arguments: [c.job, frame])
         }
         try db.execute(sql: "DELETE FROM job_node_failures WHERE job = ?", arguments: [c.job])
         try db.execute(
@@ -272,10 +372,11 @@ struct StateMachine {
         let rendered =
             try String.fetchAll(db, sql: "SELECT hash FROM frames WHERE job = ? AND hash IS NOT NULL", arguments: [job])
             + String.fetchAll(db, sql: "SELECT hash FROM frame_outputs WHERE job = ?", arguments: [job])
+            + String.fetchAll(db, sql: "SELECT hash FROM tiles WHERE job = ? AND hash IS NOT NULL", arguments: [job])
         try db.execute(
             sql: "INSERT OR REPLACE INTO removed_jobs (job, name, blobs, log_index) VALUES (?,?,?,?)",
             arguments: [job, record.name, Self.json(Array(Set(record.blobs + rendered)).sorted()), Int64(index)])
-        for table in ["frame_outputs", "frame_attempts", "frames", "assignments", "job_node_failures", "jobs"] {
+        for table in ["frame_outputs", "frame_attempts", "tiles", "frames", "assignments", "job_node_failures", "jobs"] {
             try db.execute(sql: "DELETE FROM \(table) WHERE job = ?", arguments: [job])
         }
         return .applied
@@ -298,8 +399,9 @@ struct StateMachine {
             sql: """
                 UPDATE assignments SET open = 0 WHERE assignment = ?
                 AND NOT EXISTS (SELECT 1 FROM frames WHERE assignment = ? AND state = 'assigned')
+                AND NOT EXISTS (SELECT 1 FROM tiles WHERE assignment = ? AND state = 'assigned')
                 """,
-            arguments: [assignment, assignment])
+            arguments: [assignment, assignment, assignment])
     }
 
     /// Moves the job's counters by what one command did and derives its state from them, in O(1): a frame
@@ -316,6 +418,7 @@ struct StateMachine {
                         WHEN paused THEN 'paused'
                         WHEN ? OR state = 'running' OR frames_done + ? + frames_failed + ? > 0
                             OR EXISTS (SELECT 1 FROM frames f WHERE f.job = jobs.job AND f.state = 'assigned')
+                            OR EXISTS (SELECT 1 FROM tiles t WHERE t.job = jobs.job AND t.state != 'queued')
                             THEN 'running'
                         ELSE 'queued' END
                 WHERE job = ? AND state != 'canceled'

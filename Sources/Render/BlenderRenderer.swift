@@ -204,7 +204,8 @@ actor BlenderSession: RenderSession {
     // MARK: Render
 
     func render(
-        frame: Int, into directory: String, progress: @escaping @Sendable (FrameProgress) -> Void
+        frame: Int, region: ImageRegion?, into directory: String,
+        progress: @escaping @Sendable (FrameProgress) -> Void
     ) async throws -> RenderedFrame {
         guard !closed else {
             throw canceledError()
@@ -218,7 +219,7 @@ actor BlenderSession: RenderSession {
         defer { busy = false }
         attemptLog = OutputTail(capacity: RenderedFrame.logLimit)
         do {
-            return try await renderFrame(frame, into: directory, progress: progress)
+            return try await renderFrame(frame, region: region, into: directory, progress: progress)
         } catch var error as RenderError {
             error.attemptLog = attemptLog.lines
             throw error
@@ -226,7 +227,8 @@ actor BlenderSession: RenderSession {
     }
 
     private func renderFrame(
-        _ frame: Int, into directory: String, progress: @escaping @Sendable (FrameProgress) -> Void
+        _ frame: Int, region: ImageRegion?, into directory: String,
+        progress: @escaping @Sendable (FrameProgress) -> Void
     ) async throws -> RenderedFrame {
         if let process, process.hasEnded {
             // Blender died between frames (e.g. killed for memory); its exit is old news, not this frame's failure.
@@ -249,13 +251,15 @@ actor BlenderSession: RenderSession {
         let absoluteDirectory =
             directory.hasPrefix("/")
             ? directory : FileManager.default.currentDirectoryPath + "/" + directory
-        let output = absoluteDirectory + "/" + Self.baseName(frame: frame)
-        // Each frame's extra outputs land in a folder of their own, so none is taken for another frame's.
-        let extras = absoluteDirectory + "/extras/" + Self.baseName(frame: frame)
-        try? FileManager.default.removeItem(atPath: extras)
+        let tileSuffix = region.map { "_tile\($0.x)x\($0.y)" } ?? ""
+        let output = absoluteDirectory + "/" + Self.baseName(frame: frame) + tileSuffix
+        // Each frame's extra outputs land in a folder of their own, so none is taken for another frame's. A tile
+        // has none: a scene that writes File Output passes is not tiled (its compositor needs the whole image).
+        let extras = region == nil ? absoluteDirectory + "/extras/" + Self.baseName(frame: frame) : nil
+        if let extras { try? FileManager.default.removeItem(atPath: extras) }
         let clock = ContinuousClock()
         let started = clock.now
-        process.send(DriverCommand.render(frame: frame, output: output, extras: extras).line)
+        process.send(DriverCommand.render(frame: frame, output: output, extras: extras, region: region).line)
         return try await withTaskCancellationHandler {
             try await awaitFrame(frame, progress: progress, started: started, clock: clock)
         } onCancel: {

@@ -43,15 +43,21 @@ enum DriverEvent: Sendable, Equatable {
 
 /// A request written to the driver's stdin, one JSON object per line.
 enum DriverCommand: Sendable, Equatable {
-    case render(frame: Int, output: String, extras: String? = nil)
+    case render(frame: Int, output: String, extras: String? = nil, region: ImageRegion? = nil)
     case quit
 
     var line: String {
         let object: [String: Any]
         switch self {
-        case .render(let frame, let output, let extras):
+        case .render(let frame, let output, let extras, let region):
             var request: [String: Any] = ["cmd": "render", "frame": frame, "output": output]
             if let extras { request["extras"] = extras }
+            if let region {
+                request["region"] = [
+                    "x": region.x, "y": region.y, "width": region.width, "height": region.height,
+                    "fullWidth": region.fullWidth, "fullHeight": region.fullHeight,
+                ]
+            }
             object = request
         case .quit:
             object = ["cmd": "quit"]

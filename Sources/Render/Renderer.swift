@@ -97,12 +97,24 @@ public protocol RenderSession: AnyObject, Sendable {
     /// Scene facts as reported by the driver when it loaded the file (no extra Blender start). nil for simulated.
     var sceneInfo: SceneInfo? { get async }
     /// Renders one frame, writes the image in the scene's own format into `directory`, returns its path.
+    /// With a `region`, only that tile of the frame renders (Blender's border, cropped to it), with the frame's
+    /// own seed and settings, so its pixels are those of the full frame there.
     /// If the Blender process crashed earlier, it is restarted first. Throws `RenderError` carrying Blender's text.
     func render(
-        frame: Int, into directory: String, progress: @escaping @Sendable (FrameProgress) -> Void
+        frame: Int, region: ImageRegion?, into directory: String,
+        progress: @escaping @Sendable (FrameProgress) -> Void
     ) async throws -> RenderedFrame
     /// Kills the whole process group. Idempotent. An in-flight render throws.
     func close() async
+}
+
+extension RenderSession {
+    /// Renders the whole frame.
+    public func render(
+        frame: Int, into directory: String, progress: @escaping @Sendable (FrameProgress) -> Void
+    ) async throws -> RenderedFrame {
+        try await render(frame: frame, region: nil, into: directory, progress: progress)
+    }
 }
 
 // MARK: - Several Blenders

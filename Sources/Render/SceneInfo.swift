@@ -23,6 +23,9 @@ public struct SceneInfo: Sendable, Codable, Equatable {
     public var originalFileFormat: String?
     /// What the scene's movie output asks for (nil for image formats).
     public var movie: MovieSettings?
+    /// Why the scene's frames cannot be split into tiles (its compositor, denoiser or engine needs the whole
+    /// image); nil: they can.
+    public var untileable: String?
 
     public init(
         frameStart: Int, frameEnd: Int, frameStep: Int,

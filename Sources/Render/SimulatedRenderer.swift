@@ -7,6 +7,8 @@ import Foundation
 /// machine without Blender, while exercising the same session, progress and file paths.
 public struct SimulatedRenderer: Renderer {
     public let millisecondsPerFrame: Int
+    /// The simulated image's width and height.
+    public static let size = 16
 
     public init(millisecondsPerFrame: Int) {
         self.millisecondsPerFrame = max(0, millisecondsPerFrame)
@@ -18,8 +20,8 @@ public struct SimulatedRenderer: Renderer {
 
     /// The image a simulated render of `frame` produces: 16×16 RGB, a colour field derived from the frame
     /// number with a marker column at `frame % 16`, so any two frames differ.
-    public static func image(frame: Int) -> [UInt8] {
-        let size = 16
+    public static func image(frame: Int, region: ImageRegion? = nil) -> [UInt8] {
+        let size = SimulatedRenderer.size
         // A multiplicative hash spreads neighbouring frames over distinct colours.
         let hash = UInt64(bitPattern: Int64(frame)) &* 0x9E37_79B9_7F4A_7C15
         let base = (
@@ -39,7 +41,15 @@ public struct SimulatedRenderer: Renderer {
                 }
             }
         }
-        return PNG.encode(width: size, height: size, rgb: rgb)
+        guard let region else { return PNG.encode(width: size, height: size, rgb: rgb) }
+        // A tile: the same pixels, cut to the region (clipped to the image).
+        let x0 = max(0, min(size, region.x))
+        let y0 = max(0, min(size, region.y))
+        let x1 = max(x0, min(size, region.x + region.width))
+        let y1 = max(y0, min(size, region.y + region.height))
+        var cut: [UInt8] = []
+        for y in y0..<y1 { cut += rgb[(y * size + x0) * 3..<(y * size + x1) * 3] }
+        return PNG.encode(width: x1 - x0, height: y1 - y0, rgb: cut)
     }
 }
 
@@ -57,7 +67,8 @@ actor SimulatedSession: RenderSession {
     var sceneInfo: SceneInfo? { nil }
 
     func render(
-        frame: Int, into directory: String, progress: @escaping @Sendable (FrameProgress) -> Void
+        frame: Int, region: ImageRegion?, into directory: String,
+        progress: @escaping @Sendable (FrameProgress) -> Void
     ) async throws -> RenderedFrame {
         let clock = ContinuousClock()
         let started = clock.now
@@ -72,12 +83,12 @@ actor SimulatedSession: RenderSession {
             try checkOpen()
             progress(FrameProgress(frame: frame, sample: step + 1, samples: steps, fraction: Double(step + 1) / 4))
         }
-        let name = BlenderSession.baseName(frame: frame) + ".png"
+        let name = BlenderSession.baseName(frame: frame) + (region.map { "_tile\($0.x)x\($0.y)" } ?? "") + ".png"
         let path = (directory.hasSuffix("/") ? directory : directory + "/") + name
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             let temporary = path + ".part"
-            try Data(SimulatedRenderer.image(frame: frame)).write(to: URL(fileURLWithPath: temporary))
+            try Data(SimulatedRenderer.image(frame: frame, region: region)).write(to: URL(fileURLWithPath: temporary))
             if FileManager.default.fileExists(atPath: path) {
                 try FileManager.default.removeItem(atPath: path)
             }

@@ -15,6 +15,8 @@ extension RexNode {
         @Option(help: "Job name (default: the file's name).") var name: String?
         @Option(help: "Higher runs first.") var priority: Int = 0
         @Option(help: "Only nodes carrying every one of these tags render the job, T1,T2.") var tags: String?
+        @Option(help: "Split every frame into C×R tiles rendered across the farm, then assembled (e.g. 3x2).")
+        var tiles: String?
         @Flag(help: "Submit even if files the scene uses are missing (they render as Blender renders them missing).")
         var allowMissing = false
         @Flag(help: "Run the scene's Python drivers and scripts while rendering (Blender's -y).")
@@ -35,6 +37,7 @@ extension RexNode {
                 try SceneFile.validate(path)
                 if let frames { _ = try FrameSpec(frames) }
                 if let tags { _ = try NodeTags.parse(tags, option: "submit --tags") }
+                if let tiles { _ = try TileSpec.parse(tiles) }
                 let jobName = SceneFile.jobName(from: name ?? path)
                 let outputDir = DataDirectory.absolute(output ?? "rex-out/\(jobName)")
                 try SceneFile.prepareOutput(outputDir)
@@ -42,7 +45,8 @@ extension RexNode {
                 let request = ControlRequest.submit(
                     SubmitRequest(
                         path: path, frames: frames, chunk: chunk, output: outputDir, name: jobName, priority: priority,
-                        allowMissing: allowMissing, trustScripts: trustScripts, ticket: ticket, tags: tags))
+                        allowMissing: allowMissing, trustScripts: trustScripts, ticket: ticket, tags: tags,
+                        tiles: tiles))
                 // On a terminal, what the daemon is doing with a large project while the submit is answered.
                 let shower =
                     !json.json && isatty(STDOUT_FILENO) != 0
@@ -226,7 +230,8 @@ struct Waiter {
                 // Redrawn on every answer (about once a second), so the ETA can say when the job stalls.
                 let bar = ProgressBar(
                     done: done, total: total, doneAtStart: since, elapsed: Self.seconds(ContinuousClock.now - started),
-                    sinceProgress: Self.seconds(ContinuousClock.now - lastProgress), state: state)
+                    sinceProgress: Self.seconds(ContinuousClock.now - lastProgress), state: state,
+                    tilesDone: status["tiles_done"]?.int ?? 0, tilesTotal: status["tiles_total"]?.int ?? 0)
                 print("\r\u{1B}[K" + bar.line(width: ProgressBar.terminalWidth()), terminator: "")
                 fflush(nil)
             } else if !quiet && (done != lastDone || state != lastState) {
@@ -397,6 +402,9 @@ extension RexNode {
                         + "\(s["frames_done"]?.int ?? 0)/\(s["frames_total"]?.int ?? 0) frames → "
                         + (s["output"]?.string ?? ""))
                 if let blender = s["blender"]?.string { print("renders with Blender \(blender)") }
+                if let grid = s["tiles"]?.string {
+                    print("tiled \(grid): \(s["tiles_done"]?.int ?? 0)/\(s["tiles_total"]?.int ?? 0) tiles in")
+                }
                 if let message = s["message"]?.string { print("last error: \(message)") }
                 let blocked = s["blocked_nodes"]?.array?.compactMap(\.string) ?? []
                 if !blocked.isEmpty {
@@ -404,7 +412,7 @@ extension RexNode {
                 }
                 let rows = (s["frames"]?.array ?? []).map { f in
                     [
-                        "\(f["frame"]?.int ?? 0)", f["state"]?.string ?? "",
+                        "\(f["frame"]?.int ?? 0)", Self.stateWithTiles(f),
                         f["node_name"]?.string ?? f["node"]?.string ?? "-", "\(f["attempts"]?.int ?? 0)",
                         f["render_seconds"]?.double.map { String(format: "%.1f", $0) } ?? "-",
                         String((f["hash"]?.string ?? "-").prefix(12)),
@@ -418,6 +426,14 @@ extension RexNode {
                     Table.render(
                         ["FRAME", "STATE", "NODE", "FAILED", "SECONDS", "HASH", "HOLDERS", "LAST ERROR"], rows))
             }
+        }
+
+        /// A frame's state, and for a tiled frame not done yet how many of its tiles are in ("queued 4/6 tiles").
+        static func stateWithTiles(_ frame: JSONValue) -> String {
+            let state = frame["state"]?.string ?? ""
+            guard let tiles = frame["tiles"]?.array, state != "done" else { return state }
+            let done = tiles.filter { $0["state"]?.string == "done" }.count
+            return "\(state) \(done)/\(tiles.count) tiles"
         }
     }
 }

@@ -8,6 +8,8 @@
 # paths in TABLE (resolved path -> path under the job root) are pointed at their copies first. This script then
 # reports the scene's facts and serves render requests read from stdin, one JSON object per line:
 #     {"cmd": "render", "frame": 12, "output": "/abs/dir/rex_000012", "extras": "/abs/dir/extras"}
+#     {"cmd": "render", "frame": 12, "output": "...", "region": {"x": 0, "y": 0, "width": 22, "height": 22,
+#      "fullWidth": 67, "fullHeight": 45}}      (one tile: x, y from the top-left corner)
 #     {"cmd": "quit"}
 # Every answer is one line on stdout starting with the tag "@@REX " followed by JSON:
 #     {"event": "scene", ...facts...}
@@ -22,6 +24,7 @@
 # under that folder (their layout kept) and what they wrote is listed.
 import json
 import os
+import struct
 import sys
 import time
 import traceback
@@ -154,11 +157,60 @@ def prepare_scene(scene, options=None):
         "camera": scene.camera.name if scene.camera else None,
         "persistentData": render.use_persistent_data,
     }
+    facts["untileable"] = untileable_reason(scene)
     if original_format != facts["fileFormat"]:
         facts["originalFileFormat"] = original_format
     if movie is not None:
         facts["movie"] = movie
     return facts
+
+
+TILE_ENGINES = {"CYCLES"}
+
+
+def untileable_reason(scene):
+    """Why the frames of this scene cannot be split into tiles whose pixels are those of the whole frame, or None.
+
+    A tile is the frame's render border: Cycles renders each pixel with the same samples and seed either way, but
+    anything that reads neighbouring pixels across the whole image would leave seams (the compositor: glare, blur,
+    denoise nodes; the denoiser; EEVEE's screen-space effects; the sequencer; Freestyle lines)."""
+    render = scene.render
+    if render.engine not in TILE_ENGINES:
+        return ("it renders with %s, whose screen-space effects read neighbouring pixels; tiles need Cycles"
+                % render.engine.replace("BLENDER_", "").replace("_NEXT", ""))
+    if render.use_border:
+        return "it already renders a region of the frame (Render Region is on)"
+    cycles = getattr(scene, "cycles", None)
+    if cycles is not None and getattr(cycles, "use_denoising", False):
+        return "Cycles' denoiser runs over the whole image (turn Denoise off in the render settings)"
+    for layer in scene.view_layers:
+        if getattr(getattr(layer, "cycles", None), "denoising_store_passes", False):
+            return "view layer %s stores denoising data for the whole image" % layer.name
+    if render.use_freestyle:
+        return "Freestyle draws its lines over the whole image"
+    if render.use_compositing and compositor_in_use(scene):
+        return "its compositor (%s) works on the whole image" % compositor_in_use(scene)
+    if render.use_sequencer and scene.sequence_editor is not None:
+        strips = getattr(scene.sequence_editor, "sequences_all", None)
+        if strips is None:
+            strips = getattr(scene.sequence_editor, "strips_all", [])
+        if any(not strip.mute for strip in strips):
+            return "its video sequencer edits the whole image"
+    return None
+
+
+def compositor_in_use(scene):
+    """The names of the compositor's nodes that change pixels (anything beyond render layers into the output)."""
+    tree = getattr(scene, "compositing_node_group", None)
+    if tree is None:
+        if not getattr(scene, "use_nodes", False):
+            return None
+        tree = scene.node_tree
+    if tree is None:
+        return None
+    passthrough = {"R_LAYERS", "COMPOSITE", "VIEWER", "REROUTE", "GROUP_OUTPUT", "FRAME"}
+    names = sorted(node.name for node in tree.nodes if node.type not in passthrough and not node.mute)
+    return ", ".join(names) if names else None
 
 
 def clean_message(text):
@@ -171,8 +223,87 @@ def clean_message(text):
     return "; ".join(cleaned) or "Blender reported an unknown error"
 
 
-def render_frame(scene, frame, output, extras=None):
-    """Renders one frame through the animation path and returns (image path, seconds, extra files)."""
+BORDER_SETTINGS = ("use_border", "use_crop_to_border", "border_min_x", "border_max_x", "border_min_y",
+                   "border_max_y")
+
+
+def set_region(render, region):
+    """Sets Blender's render border to one tile (pixels from the top-left corner), cropped to it. Blender takes a
+    border edge as the truncated product fraction × size, so each edge is aimed a tenth of a pixel past its line:
+    the tile starts and ends exactly on the pixels asked for, whatever the float rounding."""
+    width = render.resolution_x * render.resolution_percentage // 100
+    height = render.resolution_y * render.resolution_percentage // 100
+    if (width, height) != (region["fullWidth"], region["fullHeight"]):
+        raise RuntimeError("the scene renders %dx%d here and the job's tiles split a %dx%d image"
+                           % (width, height, region["fullWidth"], region["fullHeight"]))
+    x0, x1 = region["x"], region["x"] + region["width"]
+    top, bottom = region["y"], region["y"] + region["height"]
+    render.use_border = True
+    render.use_crop_to_border = True
+    render.border_min_x = min(1.0, (x0 + 0.1) / width)
+    render.border_max_x = min(1.0, (x1 + 0.1) / width)
+    # Blender counts rows from the bottom.
+    render.border_min_y = min(1.0, (height - bottom + 0.1) / height)
+    render.border_max_y = min(1.0, (height - top + 0.1) / height)
+
+
+def image_size(path):
+    """Width and height of a written image: from the header for PNG and OpenEXR (Blender's Python reports 0x0 for a
+    multilayer EXR), else as Blender loads it."""
+    with open(path, "rb") as stream:
+        head = stream.read(8)
+        if head == b"\x89PNG\r\n\x1a\n":
+            stream.read(8)
+            return struct.unpack(">II", stream.read(8))
+        if head[:4] == b"\x76\x2f\x31\x01":
+            # Attributes: name\0 type\0 size(int32) value, until an empty name; dataWindow is box2i.
+            while True:
+                name = read_cstring(stream)
+                if not name:
+                    break
+                kind = read_cstring(stream)
+                size = struct.unpack("<i", stream.read(4))[0]
+                value = stream.read(size)
+                if name == b"dataWindow" and kind == b"box2i":
+                    x0, y0, x1, y1 = struct.unpack("<iiii", value)
+                    return (x1 - x0 + 1, y1 - y0 + 1)
+    image = bpy.data.images.load(path, check_existing=False)
+    try:
+        return tuple(image.size)
+    finally:
+        bpy.data.images.remove(image)
+
+
+def read_cstring(stream):
+    text = b""
+    while len(text) < 256:
+        byte = stream.read(1)
+        if byte in (b"", b"\0"):
+            break
+        text += byte
+    return text
+
+
+def render_frame(scene, frame, output, extras=None, region=None):
+    """Renders one frame (or one tile of it) through the animation path; returns (image path, seconds, extras)."""
+    render = scene.render
+    if region is None:
+        return render_whole(scene, frame, output, extras)
+    saved = {name: getattr(render, name) for name in BORDER_SETTINGS}
+    try:
+        set_region(render, region)
+        path, seconds, written = render_whole(scene, frame, output, None)
+    finally:
+        for name, value in saved.items():
+            setattr(render, name, value)
+    size = image_size(path)
+    if size != (region["width"], region["height"]):
+        raise RuntimeError("Blender wrote a %dx%d tile where %dx%d was asked for"
+                           % (size[0], size[1], region["width"], region["height"]))
+    return path, seconds, written
+
+
+def render_whole(scene, frame, output, extras=None):
     render = scene.render
     scene.frame_start = frame
     scene.frame_end = frame
@@ -279,7 +410,8 @@ def serve():
             continue
         frame = int(request["frame"])
         try:
-            path, seconds, extras = render_frame(scene, frame, request["output"], request.get("extras"))
+            path, seconds, extras = render_frame(scene, frame, request["output"], request.get("extras"),
+                                                 request.get("region"))
         except Exception as error:  # Blender's RuntimeError carries its own text, e.g. the OIDN error
             if not isinstance(error, RuntimeError):
                 traceback.print_exc()
