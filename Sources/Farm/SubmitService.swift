@@ -145,7 +145,8 @@ struct SubmitService: Sendable {
                 .badInput,
                 "\(name) renders \(width)x\(height) pixels, too few for \(count.columns)x\(count.rows) tiles.")
         }
-        return TileGrid(columns: count.columns, rows: count.rows, width: width, height: height)
+        return TileGrid(
+            columns: count.columns, rows: count.rows, width: width, height: height, jpegQuality: scene?.jpegQuality)
     }
 
     /// A job ready to commit: its files are in the store (or held by the farm), its settings checked.

@@ -407,7 +407,7 @@ actor WorkerPool {
         let record = try ledger.job(job)
         let holders = Array(Set(tiles.flatMap(\.holders) + [record?.submitter].compactMap { $0 }))
         try await exchange.ensureAll(tiles.compactMap(\.hash), holders: holders + (await roster.alivePeers()))
-        let ext = tiles[0].ext ?? ""
+        let ext = grid.jpegQuality != nil ? ".jpg" : tiles[0].ext ?? ""
         let staging = folder + "/tiles-\(frame)"
         let output = folder + "/assembled_\(frame)" + ext
         let blobs = self.blobs
@@ -424,7 +424,7 @@ actor WorkerPool {
             try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: blobs.path(for: tile.hash!))
             parts.append(TileAssembler.Tile(path: link, region: grid.imageRegion(FrameTile(frame: frame, tile: tile.tile))))
         }
-        try await TileAssembler(oiiotool: oiiotool).assemble(tiles: parts, to: output)
+        try await TileAssembler(oiiotool: oiiotool).assemble(tiles: parts, to: output, jpegQuality: grid.jpegQuality)
         let seconds = Double((ContinuousClock.now - started).raftNanoseconds) / 1e9
         return RenderedFrame(
             frame: frame, path: output, seconds: seconds,

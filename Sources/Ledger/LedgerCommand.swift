@@ -217,8 +217,12 @@ public struct TileGrid: Sendable, Equatable, Codable, CustomStringConvertible {
     public var rows: Int
     public var width: Int
     public var height: Int
+    /// Set for a JPEG scene: tiles render as lossless PNG and the frame is assembled into a JPEG of this quality,
+    /// so it is compressed once.
+    public var jpegQuality: Int?
 
-    public init(columns: Int, rows: Int, width: Int, height: Int) {
+    public init(columns: Int, rows: Int, width: Int, height: Int, jpegQuality: Int? = nil) {
+        self.jpegQuality = jpegQuality
         self.columns = columns
         self.rows = rows
         self.width = width

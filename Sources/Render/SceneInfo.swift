@@ -26,6 +26,8 @@ public struct SceneInfo: Sendable, Codable, Equatable {
     /// Why the scene's frames cannot be split into tiles (its compositor, denoiser or engine needs the whole
     /// image); nil: they can.
     public var untileable: String?
+    /// A JPEG scene's quality (nil for other formats): a tiled frame is assembled into a JPEG of this quality.
+    public var jpegQuality: Int?
 
     public init(
         frameStart: Int, frameEnd: Int, frameStep: Int,

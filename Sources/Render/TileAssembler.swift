@@ -48,7 +48,8 @@ public struct TileAssembler: Sendable {
     }
 
     /// `tiles` must cover the image; the one at the top-left corner goes first.
-    public func arguments(tiles: [Tile], output: String) -> [String] {
+    /// With `jpegQuality`, the output is a JPEG of that quality (the tiles are lossless).
+    public func arguments(tiles: [Tile], output: String, jpegQuality: Int? = nil) -> [String] {
         let ordered = tiles.sorted { ($0.region.y, $0.region.x) < ($1.region.y, $1.region.x) }
         guard let first = ordered.first else { return [] }
         let size = "\(first.region.fullWidth)x\(first.region.fullHeight)"
@@ -57,13 +58,14 @@ public struct TileAssembler: Sendable {
             // `--paste` puts the image below the top of the stack onto the top one: the tile goes first.
             arguments += [tile.path, "--swap", "--paste", "+\(tile.region.x)+\(tile.region.y)"]
         }
+        if let jpegQuality { arguments += ["--attrib", "Compression", "jpeg:\(jpegQuality)"] }
         arguments += ["-o", output]
         return arguments
     }
 
     /// Writes the assembled frame to `output` (under a temporary name first, so it is whole or absent). Throws in
     /// one sentence when a tile is missing, has another size than its region, or oiiotool fails.
-    public func assemble(tiles: [Tile], to output: String) async throws {
+    public func assemble(tiles: [Tile], to output: String, jpegQuality: Int? = nil) async throws {
         guard let first = tiles.first else {
             throw RenderError(.frameFailed, "A tiled frame cannot be assembled from no tiles.")
         }
@@ -79,7 +81,8 @@ public struct TileAssembler: Sendable {
         let partial = (output as NSString).deletingPathExtension + ".part-\(UUID().uuidString.prefix(8))." + ext
         defer { try? FileManager.default.removeItem(atPath: partial) }
         let outcome = await runToEnd(
-            executable: oiiotool, arguments: arguments(tiles: tiles, output: partial), timeout: .seconds(3600))
+            executable: oiiotool, arguments: arguments(tiles: tiles, output: partial, jpegQuality: jpegQuality),
+            timeout: .seconds(3600))
         if let failure = outcome.launchFailure {
             throw RenderError(.blenderMissing, "oiiotool (OpenImageIO) could not be started: \(failure).")
         }

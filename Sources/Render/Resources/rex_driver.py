@@ -158,6 +158,8 @@ def prepare_scene(scene, options=None):
         "persistentData": render.use_persistent_data,
     }
     facts["untileable"] = untileable_reason(scene)
+    if render.image_settings.file_format == "JPEG":
+        facts["jpegQuality"] = render.image_settings.quality
     if original_format != facts["fileFormat"]:
         facts["originalFileFormat"] = original_format
     if movie is not None:
@@ -290,12 +292,23 @@ def render_frame(scene, frame, output, extras=None, region=None):
     if region is None:
         return render_whole(scene, frame, output, extras)
     saved = {name: getattr(render, name) for name in BORDER_SETTINGS}
+    image_settings = render.image_settings
+    saved_format = {name: getattr(image_settings, name) for name in ("file_format", "color_mode", "color_depth")}
     try:
+        if image_settings.file_format == "JPEG":
+            # A JPEG's tiles are lossless PNG: the assembled frame is compressed once, as Blender would.
+            image_settings.file_format = "PNG"
+            image_settings.color_depth = "8"
+            if saved_format["color_mode"] != "BW":
+                image_settings.color_mode = "RGB"
         set_region(render, region)
         path, seconds, written = render_whole(scene, frame, output, None)
     finally:
         for name, value in saved.items():
             setattr(render, name, value)
+        for name, value in saved_format.items():
+            if getattr(image_settings, name) != value:
+                setattr(image_settings, name, value)
     size = image_size(path)
     if size != (region["width"], region["height"]):
         raise RuntimeError("Blender wrote a %dx%d tile where %dx%d was asked for"
