@@ -164,6 +164,9 @@ def movie_info(movie):
 # ---------------------------------------------------------------------------------------------- the farm
 
 class Farm:
+    # Options every `join` of this farm gets besides the usual ones (another test module may add some).
+    extra_args = ()
+
     def __init__(self, work, projects):
         self.work, self.projects = work, projects
         self.dirs = {i: os.path.join(work, "nodes", f"n{i}") for i in range(1, NODES + 1)}
@@ -177,7 +180,7 @@ class Farm:
 
     def start(self, i):
         args = [REXNODE, "join", "--data", self.dirs[i], "--token", self.token, "--name", f"n{i}",
-                "--listen", "127.0.0.1:0", "--interface", "127.0.0.1", "--discovery", DISCOVERY, "--slots", "1"]
+                "--listen", "127.0.0.1:0", "--interface", "127.0.0.1", "--discovery", DISCOVERY, "--slots", "1", *self.extra_args]
         if i in HIDDEN:
             # unshare execs sh, which execs rexnode: one pid, in a mount namespace where the projects are gone.
             args = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
