@@ -398,7 +398,8 @@ struct FarmQueries: Sendable {
                 member: members.contains(nodeID), term: status?.term ?? 0, leader: status?.leader,
                 raftStallMs: Self.milliseconds(await raft.longestStall),
                 leaderSilenceMs: Self.milliseconds(await raft.longestLeaderSilence), tags: roster.tags,
-                devices: Array(Set(devices)).sorted(), restingUntilMs: roster.rest.restingUntilMs, blender: roster.blender)
+                devices: Array(Set(devices)).sorted(), restingUntilMs: roster.rest.restingUntilMs,
+                blender: roster.blender)
         ]
         var seen: Set<String> = [nodeID]
         for peer in await mesh.peers() {

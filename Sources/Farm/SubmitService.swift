@@ -107,7 +107,8 @@ struct SubmitService: Sendable {
             let tiles = try tileCount.flatMap { try Self.grid($0, scene: scene, file: path) }
             // Tiles spread best one to a slot; a frame's tiles are its units of work.
             let chunk =
-                request.chunk ?? (tiles == nil ? Scheduler.defaultChunk(frames: frames.count, slots: settings.slots) : 1)
+                request.chunk
+                ?? (tiles == nil ? Scheduler.defaultChunk(frames: frames.count, slots: settings.slots) : 1)
             // The client went away (Ctrl-C) while Blender read the file or the files were stored: no job.
             if Task.isCancelled {
                 throw FarmError(.canceled, "The submit of \(name) was interrupted; no job was made.")

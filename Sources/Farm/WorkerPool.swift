@@ -209,7 +209,8 @@ actor WorkerPool {
                         hash: stored.0, size: stored.1, ext: ext.isEmpty ? "" : "." + ext, outputs: outputs,
                         renderMs: Int64(renderMs), tile: unit.tile?.tile)
                     reports.addTask { await self.record(complete, submitter: submitter) }
-                } catch let error as RenderError where error.code == .canceled || (needsBlender && sessions[slot] == nil)
+                } catch let error as RenderError
+                    where error.code == .canceled || (needsBlender && sessions[slot] == nil)
                 {
                     // The job was canceled (or finished elsewhere) and the reaper closed the session.
                     break
@@ -422,7 +423,8 @@ actor WorkerPool {
         for tile in tiles {
             let link = staging + "/tile\(tile.tile)" + (tile.ext ?? "")
             try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: blobs.path(for: tile.hash!))
-            parts.append(TileAssembler.Tile(path: link, region: grid.imageRegion(FrameTile(frame: frame, tile: tile.tile))))
+            parts.append(
+                TileAssembler.Tile(path: link, region: grid.imageRegion(FrameTile(frame: frame, tile: tile.tile))))
         }
         try await TileAssembler(oiiotool: oiiotool).assemble(tiles: parts, to: output, jpegQuality: grid.jpegQuality)
         let seconds = Double((ContinuousClock.now - started).raftNanoseconds) / 1e9

@@ -385,7 +385,8 @@ extension LedgerStore {
                 }
                 return QueuedJob(
                     job: job, priority: row["priority"], chunk: row["chunk"], queuedFrames: frames,
-                    queuedTiles: tiles, openAssignments: running, blockedNodes: try Self.blockedNodes(job: job, db), failedOn: failedOn,
+                    queuedTiles: tiles, openAssignments: running, blockedNodes: try Self.blockedNodes(job: job, db),
+                    failedOn: failedOn,
                     tags: Set(JobRecord.tags(row["tags"])), blender: row["blender"])
             }
         }
@@ -399,7 +400,8 @@ extension LedgerStore {
             try Row.fetchAll(db, sql: "SELECT job, log_index, blobs FROM removed_jobs ORDER BY log_index").map { row in
                 let text: String = row["blobs"]
                 return (
-                    row["job"], row["log_index"], (try? JSONDecoder().decode([String].self, from: Data(text.utf8))) ?? []
+                    row["job"], row["log_index"],
+                    (try? JSONDecoder().decode([String].self, from: Data(text.utf8))) ?? []
                 )
             }
         }

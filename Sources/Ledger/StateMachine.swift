@@ -126,7 +126,8 @@ struct StateMachine {
         guard let state = try frameState(c.job, c.frame) else {
             // A frame of a removed job finished after all: its image joins the tombstone, so nodes drop it too.
             if try Bool.fetchOne(db, sql: "SELECT 1 FROM removed_jobs WHERE job = ?", arguments: [c.job]) == true {
-                let text = try String.fetchOne(db, sql: "SELECT blobs FROM removed_jobs WHERE job = ?", arguments: [c.job])
+                let text = try String.fetchOne(
+                    db, sql: "SELECT blobs FROM removed_jobs WHERE job = ?", arguments: [c.job])
                 var blobs = Set(text.flatMap { try? JSONDecoder().decode([String].self, from: Data($0.utf8)) } ?? [])
                 blobs.insert(c.hash)
                 for output in c.outputs ?? [] where JobManifest.isAddress(output.hash) { blobs.insert(output.hash) }
@@ -255,7 +256,8 @@ struct StateMachine {
             arguments: [attempts, c.message, final ? "failed" : "queued", final, final, c.job, c.frame])
         if let tile = c.tile {
             try db.execute(
-                sql: "UPDATE tiles SET state = 'queued', node = NULL, assignment = NULL WHERE job = ? AND frame = ? AND tile = ?",
+                sql:
+                    "UPDATE tiles SET state = 'queued', node = NULL, assignment = NULL WHERE job = ? AND frame = ? AND tile = ?",
                 arguments: [c.job, c.frame, tile])
         }
         if final {
@@ -376,7 +378,8 @@ struct StateMachine {
         try db.execute(
             sql: "INSERT OR REPLACE INTO removed_jobs (job, name, blobs, log_index) VALUES (?,?,?,?)",
             arguments: [job, record.name, Self.json(Array(Set(record.blobs + rendered)).sorted()), Int64(index)])
-        for table in ["frame_outputs", "frame_attempts", "tiles", "frames", "assignments", "job_node_failures", "jobs"] {
+        for table in ["frame_outputs", "frame_attempts", "tiles", "frames", "assignments", "job_node_failures", "jobs"]
+        {
             try db.execute(sql: "DELETE FROM \(table) WHERE job = ?", arguments: [job])
         }
         return .applied

@@ -85,3 +85,31 @@ import Testing
         #expect(Scheduler.defaultChunk(frames: 10_000, slots: 1) == 10)
     }
 }
+
+/// Tiles are scheduled like frames: one chunk of units per free slot, spread over the nodes.
+@Suite struct TileSchedulerTests {
+    @Test func tilesSpreadOverEveryFreeSlotAndReadyFramesGoFirst() {
+        let tiles = (0..<6).map { FrameTile(frame: 1, tile: $0) }
+        let job = QueuedJob(job: "j", priority: 0, chunk: 1, queuedFrames: [], queuedTiles: tiles, openAssignments: 0)
+        let slots = ["a", "b", "c"].map { Scheduler.Slot(node: $0, free: 1) }
+        let decisions = Scheduler.assign(queue: [job], slots: slots)
+        #expect(decisions.map(\.node) == ["a", "b", "c"])
+        #expect(decisions.map(\.tiles) == [[tiles[0]], [tiles[1]], [tiles[2]]])
+        #expect(decisions.allSatisfy { $0.frames.isEmpty })
+        // A frame whose tiles are all in (to assemble) is taken before the next frame's tiles.
+        let mixed = QueuedJob(
+            job: "j", priority: 0, chunk: 2, queuedFrames: [1], queuedTiles: [FrameTile(frame: 2, tile: 0)],
+            openAssignments: 0)
+        let one = Scheduler.assign(queue: [mixed], slots: [Scheduler.Slot(node: "a", free: 1)])
+        #expect(one == [Scheduler.Decision(job: "j", frames: [1], node: "a", tiles: [FrameTile(frame: 2, tile: 0)])])
+    }
+
+    @Test func aTileOfAFrameThatFailedOnANodeGoesToAnotherFirst() {
+        let job = QueuedJob(
+            job: "j", priority: 0, chunk: 1, queuedFrames: [], queuedTiles: [FrameTile(frame: 1, tile: 3)],
+            openAssignments: 0, failedOn: [1: ["a"]])
+        let decisions = Scheduler.assign(
+            queue: [job], slots: [Scheduler.Slot(node: "a", free: 1), Scheduler.Slot(node: "b", free: 1)])
+        #expect(decisions.map(\.node) == ["b"])
+    }
+}
