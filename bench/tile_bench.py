@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Tiled stills (issue 15), every figure measured side by side in one run, on loopback only.
+
+The demo scene (examples/make_demo_scene.py) as a still: 320x180, 128 samples, Cycles on the CPU. Every node
+renders with `--threads 1` and one slot, so one node is one core. Each time is the job's wall time as a user
+sees it from the commit (`Job … →` line of `rexnode submit`) until the assembled frame is in the output folder.
+
+  overhead  one node: the still whole vs as 2 and 4 tiles (the scene loads once per session, so a tile costs
+            the render of its region plus its share of the per-render set-up: BVH build, image write, assembly)
+  speedup   a 2-tile still on 2 nodes vs the whole still on 1 node (goal >= 1.7x)
+  count     2 nodes: 1, 2, 4, 8, 16, 32 tiles: where one more split costs more than it saves
+
+Usage: bench/tile_bench.py BIN_DIR [--samples N]
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cluster_bench import BLENDER, ROOT, Farm  # noqa: E402
+
+GRIDS = {1: None, 2: "2x1", 4: "2x2", 8: "4x2", 16: "4x4", 32: "8x4"}
+
+
+def render_seconds(farm, scene, tiles, out):
+    """Commit-to-delivered wall time of one still, `tiles` tiles (1: whole)."""
+    args = [farm.rexnode, "submit", scene, "--frames", "1", "--output", out, "--data", farm.dirs[0]]
+    if GRIDS[tiles]:
+        args += ["--tiles", GRIDS[tiles]]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    committed = None
+    for line in proc.stdout:
+        if committed is None and line.startswith("Job "):
+            committed = time.perf_counter()
+    if proc.wait() != 0 or committed is None:
+        raise RuntimeError(f"submit with {tiles} tiles failed: {proc.stderr.read()}")
+    return time.perf_counter() - committed
+
+
+def best(farm, scene, tiles, work, runs=2):
+    times = []
+    for run in range(runs):
+        out = os.path.join(work, f"out-{len(farm.dirs)}-{tiles}-{run}-{time.time_ns()}")
+        times.append(render_seconds(farm, scene, tiles, out))
+    return min(times)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("bin")
+    parser.add_argument("--samples", type=int, default=128)
+    options = parser.parse_args()
+    rexnode = os.path.abspath(os.path.join(options.bin, "rexnode"))
+    work = tempfile.mkdtemp(prefix="rex-tilebench-")
+    scene = os.path.join(work, "still.blend")
+    subprocess.run([BLENDER, "-b", "--factory-startup", "--python", os.path.join(ROOT, "examples/make_demo_scene.py"),
+                    "--", scene, "--frames", "1", "--samples", str(options.samples), "--width", "320", "--height",
+                    "180"], capture_output=True, check=True)
+    node_args = ["--threads", "1", "--slots", "1"]
+    try:
+        one = Farm(rexnode, os.path.join(work, "one"), 1, node_args)
+        try:
+            best(one, scene, 1, work, runs=1)  # warm-up: the scene's files reach the store once
+            whole = best(one, scene, 1, work)
+            split = {n: best(one, scene, n, work) for n in (2, 4)}
+        finally:
+            one.stop()
+        print(f"overhead  1 node, whole still: {whole:.2f} s; 2 tiles: {split[2]:.2f} s "
+              f"({(split[2] - whole) / 2:+.2f} s per tile); 4 tiles: {split[4]:.2f} s "
+              f"({(split[4] - whole) / 4:+.2f} s per tile)")
+        two = Farm(rexnode, os.path.join(work, "two"), 2, node_args)
+        try:
+            best(two, scene, 2, work, runs=1)
+            counts = {n: best(two, scene, n, work) for n in GRIDS}
+        finally:
+            two.stop()
+        print(f"speedup   2-tile still on 2 nodes: {counts[2]:.2f} s vs whole on 1 node: {whole:.2f} s -> "
+              f"{whole / counts[2]:.2f}x (goal >= 1.7x)")
+        line = ", ".join(f"{n}: {t:.2f} s" for n, t in counts.items())
+        beyond = next((n for n, m in zip(list(counts)[1:], list(counts)[2:]) if counts[m] > counts[n]), None)
+        print(f"count     2 nodes, tiles -> seconds: {line}; "
+              + (f"beyond {beyond} tiles a split costs more than it saves" if beyond else
+                 "every split up to 32 tiles still saved time"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
