@@ -21,6 +21,18 @@ import Testing
         for width in [10, 20, 40] { #expect(bar().line(width: width).count < width) }
     }
 
+    @Test func aTiledJobsBarFillsByTilesAndSaysHowManyAreIn() {
+        let none = ProgressBar(
+            done: 0, total: 1, doneAtStart: 0, elapsed: 5, sinceProgress: 1, state: "running", tilesDone: 3,
+            tilesTotal: 6)
+        let line = none.line(width: 80)
+        #expect(line.contains("0/1 frames (3/6 tiles)"))
+        // Half the tiles in: half the bar filled, though no frame is done yet.
+        let cells = line.filter { $0 == "█" || $0 == "░" }
+        #expect(cells.filter { $0 == "█" }.count * 2 == cells.count)
+        #expect(!bar().line(width: 80).contains("tiles"))
+    }
+
     @Test func framesDoneBeforeFollowingDoNotCountInTheRate() {
         let line = bar(done: 8, start: 6, elapsed: 4).line(width: 100)
         #expect(line.contains("0.50 fr/s"))
