@@ -203,11 +203,11 @@ def untileable_reason(scene):
 
 def compositor_in_use(scene):
     """The names of the compositor's nodes that change pixels (anything beyond render layers into the output)."""
+    # Blender 5 names the compositor's tree `compositing_node_group` (no `node_tree`); before, `use_nodes` says
+    # whether `node_tree` is used.
     tree = getattr(scene, "compositing_node_group", None)
-    if tree is None:
-        if not getattr(scene, "use_nodes", False):
-            return None
-        tree = scene.node_tree
+    if tree is None and getattr(scene, "use_nodes", False):
+        tree = getattr(scene, "node_tree", None)
     if tree is None:
         return None
     passthrough = {"R_LAYERS", "COMPOSITE", "VIEWER", "REROUTE", "GROUP_OUTPUT", "FRAME"}
