@@ -32,5 +32,25 @@ extension ProcessTests {
                 #expect(diff.status == 0, "frame \(frame): \(diff.stdout)\(diff.stderr)")
             }
         }
+
+        @Test(.enabled(if: TileAssembler.locate() != nil, "needs oiiotool (make setup installs openimageio-tools)"))
+        func aBlender50StillTiledOnTwoNodesEqualsBlender50sOwnRender() throws {
+            let bpy = try ModernBlender.require()
+            let scene = try ModernBlender.scene(
+                "still50.blend", options: ["--frames", "1", "--width", "61", "--height", "37", "--samples", "8"])
+            defer { try? FileManager.default.removeItem(atPath: (scene as NSString).deletingLastPathComponent) }
+            let farm = try TestFarm(count: 2, args: ["--threads", "1", "--blender", bpy])
+            let out = tempDir("tiles50")
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let r = try farm.nodes[0].cli(["submit", scene, "--tiles", "3x2", "--output", out], timeout: 600)
+            #expect(r.status == 0, "\(r)")
+            let reference = try referenceRender(scene, blender: bpy, bpy: true, first: 1, last: 1)
+            defer { try? FileManager.default.removeItem(atPath: reference) }
+            // Within 8-bit dither (2/255) on the stored values.
+            let diff = try runProgram(
+                "/usr/bin/env",
+                ["oiiotool", "\(reference)/ref_0001.png", "\(out)/still50_0001.png", "--fail", "0.0079", "--diff"])
+            #expect(diff.status == 0, "\(diff.stdout)\(diff.stderr)")
+        }
     }
 }
