@@ -104,7 +104,9 @@ struct SubmitService: Sendable {
             } else {
                 throw FarmError(.badInput, "This node has no Blender to read the scene's frame range; pass --frames.")
             }
-            let tiles = try tileCount.flatMap { try Self.grid($0, scene: scene, file: path) }
+            let tiles = try tileCount.flatMap {
+                try Self.grid($0, scene: scene, file: path, simulated: blender == nil, frames: frames.count)
+            }
             // Tiles spread best one to a slot; a frame's tiles are its units of work.
             let chunk =
                 request.chunk
@@ -132,11 +134,22 @@ struct SubmitService: Sendable {
     /// The grid a tiled job splits each frame into, on the scene's output size; nil for 1x1 (whole frames).
     /// Refused, with the reason, for a scene whose tiles would not put together into the image Blender renders
     /// whole (its compositor, denoiser or engine works on the whole image).
-    static func grid(_ count: (columns: Int, rows: Int), scene: SceneInfo?, file: String) throws -> TileGrid? {
+    static func grid(
+        _ count: (columns: Int, rows: Int), scene: SceneInfo?, file: String, simulated: Bool, frames: Int
+    ) throws -> TileGrid? {
         guard count.columns * count.rows > 1 else { return nil }
         let name = (file as NSString).lastPathComponent
         if let reason = scene?.untileable {
             throw FarmError(.badInput, "\(name) cannot be split into tiles: \(reason).")
+        }
+        guard scene != nil || simulated else {
+            throw FarmError(.badInput, "\(name) cannot be split into tiles: its image size could not be read.")
+        }
+        guard frames * count.columns * count.rows <= LedgerRules.maxTileUnits else {
+            throw FarmError(
+                .badInput,
+                "\(frames) frames of \(count.columns * count.rows) tiles are more than the \(LedgerRules.maxTileUnits) "
+                    + "tiles a job may have; split fewer frames or use fewer tiles.")
         }
         // The simulated renderer's frames are its small fixed image.
         let width = scene?.outputWidth ?? SimulatedRenderer.size
@@ -147,7 +160,7 @@ struct SubmitService: Sendable {
                 "\(name) renders \(width)x\(height) pixels, too few for \(count.columns)x\(count.rows) tiles.")
         }
         return TileGrid(
-            columns: count.columns, rows: count.rows, width: width, height: height, jpegQuality: scene?.jpegQuality)
+            columns: count.columns, rows: count.rows, width: width, height: height, compression: scene?.tileCompression)
     }
 
     /// A job ready to commit: its files are in the store (or held by the farm), its settings checked.

@@ -155,6 +155,7 @@ actor WorkerPool {
         // Results are recorded while the next frame renders; the chunk ends when all are in the ledger.
         var paused = false
         var resting = false
+        var unreachable: String?
         await withDiscardingTaskGroup { reports in
             for unit in units {
                 guard stillMine(job: job, unit: unit, assignment: assignment.assignment) else { continue }
@@ -214,6 +215,11 @@ actor WorkerPool {
                 {
                     // The job was canceled (or finished elsewhere) and the reaper closed the session.
                     break
+                } catch let error as FarmError where grid != nil && unit.tile == nil {
+                    // Assembling, the tiles could not be had (their holders are away): not the frame's fault, so
+                    // the chunk goes back untouched, as a chunk whose scene cannot be fetched does.
+                    unreachable = error.message
+                    break
                 } catch {
                     let renderError = error as? RenderError
                     let message = renderError?.message ?? (error as? FarmError)?.message ?? "\(error)"
@@ -228,6 +234,11 @@ actor WorkerPool {
         }
         if paused { await handBackPaused(assignment) }
         if resting && !paused { await handBackResting(assignment) }
+        if let unreachable, !paused && !resting {
+            logger.warning("returning a chunk", metadata: ["farm/job": "\(job)", "error": "\(unreachable)"])
+            try? await Task.sleep(for: .seconds(1))
+            await report([.releaseFrames(ReleaseFrames(assignment: assignment.assignment, reason: unreachable))])
+        }
     }
 
     /// A failed attempt, counted against this node: `alone` when no other node of the farm can take the frame
@@ -408,7 +419,7 @@ actor WorkerPool {
         let record = try ledger.job(job)
         let holders = Array(Set(tiles.flatMap(\.holders) + [record?.submitter].compactMap { $0 }))
         try await exchange.ensureAll(tiles.compactMap(\.hash), holders: holders + (await roster.alivePeers()))
-        let ext = grid.jpegQuality != nil ? ".jpg" : tiles[0].ext ?? ""
+        let ext = grid.frameExtension(tiles: tiles[0].ext ?? "")
         let staging = folder + "/tiles-\(frame)"
         let output = folder + "/assembled_\(frame)" + ext
         let blobs = self.blobs
@@ -426,7 +437,7 @@ actor WorkerPool {
             parts.append(
                 TileAssembler.Tile(path: link, region: grid.imageRegion(FrameTile(frame: frame, tile: tile.tile))))
         }
-        try await TileAssembler(oiiotool: oiiotool).assemble(tiles: parts, to: output, jpegQuality: grid.jpegQuality)
+        try await TileAssembler(oiiotool: oiiotool).assemble(tiles: parts, to: output, compression: grid.compression)
         let seconds = Double((ContinuousClock.now - started).raftNanoseconds) / 1e9
         return RenderedFrame(
             frame: frame, path: output, seconds: seconds,

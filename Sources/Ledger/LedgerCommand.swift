@@ -217,12 +217,12 @@ public struct TileGrid: Sendable, Equatable, Codable, CustomStringConvertible {
     public var rows: Int
     public var width: Int
     public var height: Int
-    /// Set for a JPEG scene: tiles render as lossless PNG and the frame is assembled into a JPEG of this quality,
-    /// so it is compressed once.
-    public var jpegQuality: Int?
+    /// Set for a lossy format: tiles render losslessly (a JPEG scene's as PNG) and the assembled frame is
+    /// compressed once, this way ("jpeg:90", "dwaa": OpenImageIO's names), as Blender would compress it whole.
+    public var compression: String?
 
-    public init(columns: Int, rows: Int, width: Int, height: Int, jpegQuality: Int? = nil) {
-        self.jpegQuality = jpegQuality
+    public init(columns: Int, rows: Int, width: Int, height: Int, compression: String? = nil) {
+        self.compression = compression
         self.columns = columns
         self.rows = rows
         self.width = width
@@ -244,11 +244,18 @@ public struct TileGrid: Sendable, Equatable, Codable, CustomStringConvertible {
         return TileRegion(x: x0, y: y0, width: x1 - x0, height: y1 - y0)
     }
 
-    /// `"3x2"` → 3 columns, 2 rows (the image size comes from the scene).
+    /// `"3x2"` → 3 columns, 2 rows (the image size comes from the scene); nil beyond `LedgerRules.maxTiles`.
     public static func parse(_ text: String) -> (columns: Int, rows: Int)? {
         let parts = text.lowercased().split(separator: "x", omittingEmptySubsequences: false)
-        guard parts.count == 2, let c = Int(parts[0]), let r = Int(parts[1]), c >= 1, r >= 1 else { return nil }
+        guard parts.count == 2, let c = Int(parts[0]), let r = Int(parts[1]), c >= 1, r >= 1,
+            c <= LedgerRules.maxTiles, r <= LedgerRules.maxTiles, c * r <= LedgerRules.maxTiles
+        else { return nil }
         return (c, r)
+    }
+
+    /// The file extension of the assembled frame: a JPEG scene's tiles are PNG, its frame `.jpg`.
+    public func frameExtension(tiles: String) -> String {
+        compression?.hasPrefix("jpeg") == true ? ".jpg" : tiles
     }
 }
 
@@ -363,6 +370,7 @@ public enum LedgerRules {
     public static let nodesBeforeFailing = 2
     /// A node whose renders of a job failed this many times gets no more of that job's frames.
     public static let nodeFailuresBeforeBlock = 3
-    /// The most tiles a frame may be split into.
+    /// The most tiles a frame may be split into, and a job's frames × tiles at most.
     public static let maxTiles = 1024
+    public static let maxTileUnits = 100_000
 }

@@ -42,8 +42,9 @@ struct StateMachine {
             }
         }
         if let grid = c.tiles {
-            guard grid.columns >= 1, grid.rows >= 1, grid.count <= LedgerRules.maxTiles, grid.columns <= grid.width,
-                grid.rows <= grid.height
+            guard grid.columns >= 1, grid.rows >= 1, grid.columns <= LedgerRules.maxTiles,
+                grid.rows <= LedgerRules.maxTiles, grid.count <= LedgerRules.maxTiles, grid.columns <= grid.width,
+                grid.rows <= grid.height, frames.count * grid.count <= LedgerRules.maxTileUnits
             else { return .ignored("job \(c.job) asks for \(grid) tiles of a \(grid.width)x\(grid.height) image") }
         }
         try db.execute(
@@ -261,10 +262,20 @@ struct StateMachine {
                 arguments: [c.job, c.frame, tile])
         }
         if final {
-            // The frame's other tiles wait for a retry (those done are kept).
+            // The frame's other tiles wait for a retry (those done are kept); assignments left with nothing to
+            // render close, so no lease or release has to find them.
+            let holding = try String.fetchAll(
+                db,
+                sql: """
+                    SELECT DISTINCT assignment FROM tiles
+                    WHERE job = ? AND frame = ? AND state = 'assigned' AND assignment IS NOT NULL
+                    ORDER BY assignment
+                    """,
+                arguments: [c.job, c.frame])
             try db.execute(
                 sql: "UPDATE tiles SET state = 'failed' WHERE job = ? AND frame = ? AND state != 'done'",
                 arguments: [c.job, c.frame])
+            for assignment in holding { try closeAssignmentIfFinished(assignment) }
         }
         if final {
             try db.execute(sql: "UPDATE jobs SET message = ? WHERE job = ?", arguments: [c.message, c.job])

@@ -26,8 +26,9 @@ public struct SceneInfo: Sendable, Codable, Equatable {
     /// Why the scene's frames cannot be split into tiles (its compositor, denoiser or engine needs the whole
     /// image); nil: they can.
     public var untileable: String?
-    /// A JPEG scene's quality (nil for other formats): a tiled frame is assembled into a JPEG of this quality.
-    public var jpegQuality: Int?
+    /// For a lossy format (JPEG, a lossy OpenEXR codec): how the assembled frame of a tiled job is compressed, in
+    /// oiiotool's words ("jpeg:90", "dwaa"); its tiles are written losslessly. nil: tiles keep the scene's format.
+    public var tileCompression: String?
 
     public init(
         frameStart: Int, frameEnd: Int, frameStep: Int,

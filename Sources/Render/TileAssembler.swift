@@ -48,24 +48,29 @@ public struct TileAssembler: Sendable {
     }
 
     /// `tiles` must cover the image; the one at the top-left corner goes first.
-    /// With `jpegQuality`, the output is a JPEG of that quality (the tiles are lossless).
-    public func arguments(tiles: [Tile], output: String, jpegQuality: Int? = nil) -> [String] {
+    /// With `compression` (oiiotool's name: "jpeg:90", "dwaa"), the output is compressed so (the tiles are
+    /// lossless). PNG, TIFF and Targa tiles keep straight alpha as Blender wrote it: read premultiplied, a pixel of
+    /// low alpha would lose its colour in 8 bits.
+    public func arguments(tiles: [Tile], output: String, compression: String? = nil) -> [String] {
         let ordered = tiles.sorted { ($0.region.y, $0.region.x) < ($1.region.y, $1.region.x) }
         guard let first = ordered.first else { return [] }
         let size = "\(first.region.fullWidth)x\(first.region.fullHeight)"
-        var arguments = ["-q", first.path, "--crop", size + "+0+0", "--fullpixels"]
+        // The setting holds for the next input read only.
+        let straight = ["--iconfig", "oiio:UnassociatedAlpha", "1"]
+        var arguments =
+            ["-q", "--nosoftwareattrib"] + straight + [first.path, "--crop", size + "+0+0", "--fullpixels"]
         for tile in ordered.dropFirst() {
             // `--paste` puts the image below the top of the stack onto the top one: the tile goes first.
-            arguments += [tile.path, "--swap", "--paste", "+\(tile.region.x)+\(tile.region.y)"]
+            arguments += straight + [tile.path, "--swap", "--paste", "+\(tile.region.x)+\(tile.region.y)"]
         }
-        if let jpegQuality { arguments += ["--attrib", "Compression", "jpeg:\(jpegQuality)"] }
+        if let compression { arguments += ["--attrib", "Compression", compression] }
         arguments += ["-o", output]
         return arguments
     }
 
     /// Writes the assembled frame to `output` (under a temporary name first, so it is whole or absent). Throws in
     /// one sentence when a tile is missing, has another size than its region, or oiiotool fails.
-    public func assemble(tiles: [Tile], to output: String, jpegQuality: Int? = nil) async throws {
+    public func assemble(tiles: [Tile], to output: String, compression: String? = nil) async throws {
         guard let first = tiles.first else {
             throw RenderError(.frameFailed, "A tiled frame cannot be assembled from no tiles.")
         }
@@ -81,7 +86,7 @@ public struct TileAssembler: Sendable {
         let partial = (output as NSString).deletingPathExtension + ".part-\(UUID().uuidString.prefix(8))." + ext
         defer { try? FileManager.default.removeItem(atPath: partial) }
         let outcome = await runToEnd(
-            executable: oiiotool, arguments: arguments(tiles: tiles, output: partial, jpegQuality: jpegQuality),
+            executable: oiiotool, arguments: arguments(tiles: tiles, output: partial, compression: compression),
             timeout: .seconds(3600))
         if let failure = outcome.launchFailure {
             throw RenderError(.blenderMissing, "oiiotool (OpenImageIO) could not be started: \(failure).")

@@ -2,8 +2,9 @@
 #
 #   blender -b --factory-startup --python Tests/Fixtures/make_tiles_scene.py -- KIND OUT.blend
 #
-# KIND: still (PNG, one frame), anim (PNG, frames 1-4, a cube moving across tile edges), exr (multilayer
-# OpenEXR with Normal and Depth passes), glare (still with a Glare node in the compositor: not tileable).
+# KIND: still (PNG, one frame, transparent film and a see-through cube: soft alpha), anim (PNG, frames 1-4, a cube
+# moving across tile edges), exr (multilayer OpenEXR, DWAA, with Normal and Depth passes), glare (a Glare node in
+# the compositor: not tileable), stamp (metadata burnt into the image: not tileable).
 # Cycles on the CPU, denoising off (Debian's Blender has no OpenImageDenoise), an odd resolution so tile edges
 # fall on uneven pixels, objects across every tile edge.
 import sys
@@ -39,8 +40,18 @@ checker.inputs["Scale"].default_value = 9.0
 material.node_tree.links.new(checker.outputs["Color"], nodes["Principled BSDF"].inputs["Base Color"])
 bpy.context.object.data.materials.append(material)
 
+if kind == "still":
+    glass = bpy.data.materials.new("see-through")
+    glass.use_nodes = True
+    glass.node_tree.nodes["Principled BSDF"].inputs["Alpha"].default_value = 0.2
+    cube.data.materials.clear()
+    cube.data.materials.append(glass)
+if kind == "stamp":
+    scene.render.use_stamp = True
 if kind == "exr":
     scene.render.image_settings.file_format = "OPEN_EXR_MULTILAYER"
+    # A lossy codec: the tiles are written losslessly and the frame is compressed once, as Blender would.
+    scene.render.image_settings.exr_codec = "DWAA"
     scene.view_layers[0].use_pass_normal = True
     scene.view_layers[0].use_pass_z = True
 else:

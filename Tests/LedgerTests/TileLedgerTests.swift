@@ -139,6 +139,41 @@ import Testing
         #expect(try l.store.queuedWork().first?.queuedTiles.map(\.tile) == [1, 2, 3])
     }
 
+    @Test func aFrameThatFailsForGoodClosesTheAssignmentsHoldingItsOtherTiles() throws {
+        let l = try TestLedger()
+        try submitTiled(l)
+        _ = try assignTiles(l, "other", [FrameTile(frame: 1, tile: 2)], node: "n2")
+        for attempt in 0..<3 {
+            _ = try assignTiles(l, "f\(attempt)", [FrameTile(frame: 1, tile: 1)], node: "bad\(attempt % 2)")
+            try l.apply(
+                .failFrame(
+                    FailFrame(
+                        job: "j1", frame: 1, node: "bad\(attempt % 2)", assignment: "f\(attempt)", message: "boom",
+                        alone: false, tile: 1)))
+        }
+        #expect(try l.frame(1).state == "failed")
+        // n2's assignment held only tile 2, now failed: it is closed, not left open for ever.
+        #expect(try l.store.openAssignments().isEmpty)
+        // Its late completion changes nothing.
+        if case .applied = try completeTile(l, FrameTile(frame: 1, tile: 2), assignment: "other", node: "n2") {
+            Issue.record("a tile of a failed frame completed")
+        }
+    }
+
+    @Test func aLateTileFromAReleasedAssignmentWinsAndClosesTheNewHolder() throws {
+        let l = try TestLedger()
+        try submitTiled(l)
+        _ = try assignTiles(l, "old", [FrameTile(frame: 1, tile: 0)], node: "slow")
+        try l.apply(.releaseFrames(ReleaseFrames(assignment: "old", reason: "lease expired")))
+        _ = try assignTiles(l, "new", [FrameTile(frame: 1, tile: 0)], node: "n2")
+        #expect(try completeTile(l, FrameTile(frame: 1, tile: 0), assignment: "old", node: "slow") == .applied)
+        #expect(try l.store.tile("j1", 1, 0)?.node == "slow")
+        #expect(try l.store.openAssignments(node: "n2").isEmpty)
+        if case .applied = try completeTile(l, FrameTile(frame: 1, tile: 0), assignment: "new", node: "n2") {
+            Issue.record("a tile completed twice")
+        }
+    }
+
     @Test func cancelAndRemoveReachTheTiles() throws {
         let l = try TestLedger()
         try submitTiled(l, frames: [1, 2])
@@ -152,9 +187,19 @@ import Testing
         #expect(try l.store.removedJobs().first?.blobs.contains("t1-0") == true)
     }
 
-    @Test func aGridThatDoesNotFitTheImageIsRefused() throws {
+    @Test func aGridThatDoesNotFitTheImageOrIsHugeIsRefused() throws {
+        for grid in [
+            TileGrid(columns: 98, rows: 1, width: 97, height: 61),
+            TileGrid(columns: Int.max / 2, rows: 4, width: .max, height: .max),
+        ] {
+            let l = try TestLedger()
+            try submitTiled(l, grid: grid)
+            #expect(try l.store.job("j1") == nil)
+        }
+        // Frames × tiles is bounded too.
         let l = try TestLedger()
-        try submitTiled(l, grid: TileGrid(columns: 98, rows: 1, width: 97, height: 61))
+        try submitTiled(l, frames: Array(1...200), grid: TileGrid(columns: 32, rows: 32, width: 97, height: 61))
         #expect(try l.store.job("j1") == nil)
+        #expect(TileGrid.parse("9999999999x9999999999") == nil)
     }
 }

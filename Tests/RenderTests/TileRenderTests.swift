@@ -54,12 +54,14 @@ struct TileRenderTests {
         #expect(
             TileAssembler(oiiotool: "oiiotool").arguments(tiles: tiles, output: "/o.exr")
                 == [
-                    "-q", "/t/0.exr", "--crop", "10x8+0+0", "--fullpixels", "/t/1.exr", "--swap", "--paste", "+5+0",
-                    "/t/2.exr", "--swap", "--paste", "+0+4", "-o", "/o.exr",
+                    "-q", "--nosoftwareattrib", "--iconfig", "oiio:UnassociatedAlpha", "1", "/t/0.exr", "--crop",
+                    "10x8+0+0", "--fullpixels", "--iconfig", "oiio:UnassociatedAlpha", "1", "/t/1.exr", "--swap",
+                    "--paste", "+5+0", "--iconfig", "oiio:UnassociatedAlpha", "1", "/t/2.exr", "--swap", "--paste",
+                    "+0+4", "-o", "/o.exr",
                 ])
         // A JPEG frame is compressed once, at the scene's quality.
         #expect(
-            TileAssembler(oiiotool: "oiiotool").arguments(tiles: [tiles[2]], output: "/o.jpg", jpegQuality: 90)
+            TileAssembler(oiiotool: "oiiotool").arguments(tiles: [tiles[2]], output: "/o.jpg", compression: "jpeg:90")
                 .suffix(6) == ["--fullpixels", "--attrib", "Compression", "jpeg:90", "-o", "/o.jpg"])
     }
 

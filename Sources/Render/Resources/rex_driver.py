@@ -158,8 +158,9 @@ def prepare_scene(scene, options=None):
         "persistentData": render.use_persistent_data,
     }
     facts["untileable"] = untileable_reason(scene)
-    if render.image_settings.file_format == "JPEG":
-        facts["jpegQuality"] = render.image_settings.quality
+    once = compressed_once(render.image_settings)
+    if once is not None:
+        facts["tileCompression"] = once
     if original_format != facts["fileFormat"]:
         facts["originalFileFormat"] = original_format
     if movie is not None:
@@ -168,6 +169,35 @@ def prepare_scene(scene, options=None):
 
 
 TILE_ENGINES = {"CYCLES"}
+
+
+# Lossy OpenEXR codecs: tiles are written ZIP (lossless) and the assembled frame is compressed once with the codec.
+LOSSY_EXR = {"DWAA": "dwaa", "DWAB": "dwab", "B44": "b44", "B44A": "b44a", "PXR24": "pxr24"}
+
+
+def compressed_once(image_settings):
+    """For a lossy format, the compression (oiiotool's name) the assembled frame gets while its tiles are written
+    losslessly, so the frame is compressed once as Blender would: "jpeg:90", "dwaa", … None: tiles keep the
+    scene's format as they are."""
+    if image_settings.file_format == "JPEG":
+        return "jpeg:%d" % image_settings.quality
+    if image_settings.file_format in ("OPEN_EXR", "OPEN_EXR_MULTILAYER") and image_settings.exr_codec in LOSSY_EXR:
+        return LOSSY_EXR[image_settings.exr_codec]
+    return None
+
+
+def lossless_tiles(image_settings):
+    """Switches a lossy format to its lossless tile format (see compressed_once); returns what to restore."""
+    saved = {name: getattr(image_settings, name) for name in ("file_format", "color_mode", "color_depth",
+                                                              "exr_codec")}
+    if image_settings.file_format == "JPEG":
+        image_settings.file_format = "PNG"
+        image_settings.color_depth = "8"
+        if saved["color_mode"] != "BW":
+            image_settings.color_mode = "RGB"
+    elif compressed_once(image_settings) is not None:
+        image_settings.exr_codec = "ZIP"
+    return saved
 
 
 def untileable_reason(scene):
@@ -190,6 +220,17 @@ def untileable_reason(scene):
             return "view layer %s stores denoising data for the whole image" % layer.name
     if render.use_freestyle:
         return "Freestyle draws its lines over the whole image"
+    if render.use_stamp:
+        return "it burns its metadata stamp into the image (each tile would carry one)"
+    if render.use_multiview:
+        return "it renders stereo or multiple views"
+    if cycles is not None and getattr(cycles, "time_limit", 0) > 0:
+        return "its render time limit would apply to each tile, so tiles would stop at other sample counts"
+    if cycles is not None and getattr(cycles, "use_guiding", False):
+        return "path guiding learns from the whole image's paths, so tiles would not match it"
+    image_format = render.image_settings.file_format
+    if image_format in ("WEBP", "JPEG2000") and render.image_settings.quality < 100:
+        return "its %s compression is lossy, and is not applied once to the assembled frame" % image_format
     if render.use_compositing and compositor_in_use(scene):
         return "its compositor (%s) works on the whole image" % compositor_in_use(scene)
     if render.use_sequencer and scene.sequence_editor is not None:
@@ -293,14 +334,10 @@ def render_frame(scene, frame, output, extras=None, region=None):
         return render_whole(scene, frame, output, extras)
     saved = {name: getattr(render, name) for name in BORDER_SETTINGS}
     image_settings = render.image_settings
-    saved_format = {name: getattr(image_settings, name) for name in ("file_format", "color_mode", "color_depth")}
+    saved_format = {}
     try:
-        if image_settings.file_format == "JPEG":
-            # A JPEG's tiles are lossless PNG: the assembled frame is compressed once, as Blender would.
-            image_settings.file_format = "PNG"
-            image_settings.color_depth = "8"
-            if saved_format["color_mode"] != "BW":
-                image_settings.color_mode = "RGB"
+        # A lossy format's tiles are lossless: the assembled frame is compressed once, as Blender would.
+        saved_format = lossless_tiles(image_settings)
         set_region(render, region)
         path, seconds, written = render_whole(scene, frame, output, None)
     finally:
