@@ -26,15 +26,17 @@ struct FrameLogRecord: Codable, Sendable, Equatable {
     var startedMs: Int64
     var endedMs: Int64
     var lines: [String]
+    /// The tile of a tiled frame the attempt rendered (nil: the frame, or its assembly).
+    var tile: Int? = nil
 
     enum CodingKeys: String, CodingKey {
-        case job, frame, node, name, assignment, attempt, outcome, message, lines
+        case job, frame, node, name, assignment, attempt, outcome, message, lines, tile
         case startedMs = "started_ms"
         case endedMs = "ended_ms"
     }
 
     /// Same attempt, whichever node's answer it came in.
-    var key: String { "\(node)/\(assignment)/\(frame)/\(attempt)/\(startedMs)" }
+    var key: String { "\(node)/\(assignment)/\(frame)/\(tile ?? -1)/\(attempt)/\(startedMs)" }
 
     /// The outcome word for a render error (nil: not an attempt worth a log, e.g. a closed session).
     static func outcome(of error: RenderError) -> String? {
@@ -212,6 +214,7 @@ struct FrameAttempt: Sendable {
     var assignment: String
     var attempt: Int
     var startedMs: Int64
+    var tile: Int? = nil
 }
 
 extension WorkerPool {
@@ -239,7 +242,7 @@ extension WorkerPool {
         let record = FrameLogRecord(
             job: attempt.job, frame: attempt.frame, node: nodeID, name: settings.name, assignment: attempt.assignment,
             attempt: attempt.attempt, outcome: outcome, message: message, startedMs: attempt.startedMs,
-            endedMs: WallClock.millis(), lines: lines)
+            endedMs: WallClock.millis(), lines: lines, tile: attempt.tile)
         let store = frameLogs
         do {
             try await Blocking.run { try store.record(record) }

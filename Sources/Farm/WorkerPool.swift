@@ -172,7 +172,8 @@ actor WorkerPool {
                 let frame = unit.frame
                 progress.set(slot, .init(job: job, frame: frame, fraction: 0))
                 let progress = self.progress
-                let attempt = beginAttempt(job: job, frame: frame, assignment: assignment.assignment)
+                var attempt = beginAttempt(job: job, frame: frame, assignment: assignment.assignment)
+                attempt.tile = unit.tile?.tile
                 do {
                     let started = ContinuousClock.now
                     let rendered: RenderedFrame

@@ -51,7 +51,8 @@ extension RexNode {
             let name = attempt["name"]?.string ?? "?"
             let node = attempt["node"]?.string ?? "?"
             let when = attempt["ended_ms"]?.int.map { time(Double($0) / 1000) } ?? "?"
-            return "=== frame \(attempt["frame"]?.int ?? 0) · attempt \(attempt["attempt"]?.int ?? 0) · node "
+            let tile = attempt["tile"]?.int.map { " · tile \($0)" } ?? ""
+            return "=== frame \(attempt["frame"]?.int ?? 0)\(tile) · attempt \(attempt["attempt"]?.int ?? 0) · node "
                 + "\(name) (\(node.prefix(12))) · \(attempt["outcome"]?.string ?? "?") · \(when) ==="
         }
 
@@ -63,6 +64,8 @@ extension RexNode {
             }
             object["started_ms"] = attempt["started_ms"] ?? .null
             object["ended_ms"] = attempt["ended_ms"] ?? .null
+            // A tiled frame's attempts say which tile they rendered.
+            if let tile = attempt["tile"], tile.int != nil { object["tile"] = tile }
             return .object(object)
         }
 
