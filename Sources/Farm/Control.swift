@@ -42,6 +42,10 @@ public enum ControlRequest: Sendable, Equatable {
     case forceLeave
     /// `rexnode recover`: after a lost quorum, the live members become the farm.
     case recover
+    /// `rexnode rotate-key`: a new farm key for every member, committed through the log.
+    case rotateKey
+    /// `rexnode revoke NODE`: remove a member and rotate the key with its identity denied for good.
+    case revoke(node: String)
 
     /// What a waiting client last saw of a job.
     public struct SeenJob: Sendable, Equatable {
@@ -95,11 +99,13 @@ extension ControlRequest: Codable {
         case submit, peers, jobs, status, cancel, ledger, leave, token, fetch, progress, log
         case pause, resume, retry, priority, rerun, remove
         case allPeers, forceLeave, recover
+        case rotateKey, revoke
     }
 
     private enum Key: String, CodingKey {
         case op, path, frames, chunk, output, name, priority, job, brief, seenDone, seenState, allowMissing
         case trustScripts, ticket, force, frame, tags
+        case node
     }
 
     public init(from decoder: any Decoder) throws {
@@ -151,6 +157,8 @@ extension ControlRequest: Codable {
         case .allPeers: self = .allPeers
         case .forceLeave: self = .forceLeave
         case .recover: self = .recover
+        case .rotateKey: self = .rotateKey
+        case .revoke: self = .revoke(node: try need(.node, "Name a machine to revoke (see `rexnode peers`)."))
         case .fetch:
             self = .fetch(
                 job: try need(.job, "Name a job (see `rexnode jobs`)."),
@@ -235,6 +243,10 @@ extension ControlRequest: Codable {
         case .allPeers: try c.encode(Op.allPeers, forKey: .op)
         case .forceLeave: try c.encode(Op.forceLeave, forKey: .op)
         case .recover: try c.encode(Op.recover, forKey: .op)
+        case .rotateKey: try c.encode(Op.rotateKey, forKey: .op)
+        case .revoke(let node):
+            try c.encode(Op.revoke, forKey: .op)
+            try c.encode(node, forKey: .node)
         }
     }
 }

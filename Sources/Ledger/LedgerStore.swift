@@ -99,6 +99,7 @@ public final class LedgerStore: Sendable {
             // Runtimes (issue 14): the Blender version a job renders with (NULL: any node, jobs from before).
             try db.execute(sql: "ALTER TABLE jobs ADD COLUMN blender TEXT")
         }
+        FarmKeyTable.registerMigrations(&migrator)
     }
 
     // MARK: Applying the log
