@@ -217,16 +217,19 @@ public actor MeshNode {
                     do {
                         _ = try await self.request(to: laggard.nodeID, payload, timeout: .seconds(10))
                         self.counters.increment(.keysHandedOver)
-                        self.logger.notice("handed the current farm key to a member that missed a rotation",
+                        self.logger.notice(
+                            "handed the current farm key to a member that missed a rotation",
                             metadata: ["mesh/peer": "\(laggard.nodeID)", "mesh/epoch": "\(laggard.epoch)"])
                     } catch {
-                        self.logger.debug("key hand-over failed", metadata: ["mesh/peer": "\(laggard.nodeID)", "error": "\(error)"])
+                        self.logger.debug(
+                            "key hand-over failed", metadata: ["mesh/peer": "\(laggard.nodeID)", "error": "\(error)"])
                     }
                     channel.close(promise: nil)
                 }
             }
         } catch {
-            logger.debug("key hand-over dial failed", metadata: ["mesh/peer": "\(laggard.nodeID)", "error": "\(error)"])
+            logger.debug(
+                "key hand-over dial failed", metadata: ["mesh/peer": "\(laggard.nodeID)", "error": "\(error)"])
         }
     }
 
