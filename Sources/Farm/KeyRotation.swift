@@ -56,7 +56,11 @@ final class KeyRotation: Sendable {
         await mesh.setRevoked(try ledger.revokedNodes())
         let mesh = self.mesh
         await mesh.setKeyHandOver { [self] laggard in
-            guard isMember(laggard.nodeID) else { return nil }
+            // Only a node that applied its current epoch from the log hands it over: one that was handed the key
+            // itself may not have applied the removals that came with it yet (it would hand the revoked the key).
+            guard isMember(laggard.nodeID), (try? ledger.farmKeys().last?.epoch) == mesh.keyRing.epoch else {
+                return nil
+            }
             let ring = mesh.keyRing
             var plain = WireWriter()
             plain.u32(ring.epoch)

@@ -404,7 +404,6 @@ public actor MeshNode {
 
     /// Binds the peer listener on `listenHost`:`port`.
     private nonisolated func listen(port: Int) async throws -> NIOAsyncChannel<Accepted, Never> {
-        let pipeline = connectionPipeline()
         return try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -420,7 +419,9 @@ public actor MeshNode {
                         let refused = MeshError(.closed, "Too many connections are handshaking.")
                         return Accepted(channel: channel, handshake: child.eventLoop.makeFailedFuture(refused))
                     }
-                    // The protocol handlers go in first, then the async wrapper at the tail.
+                    // The protocol handlers go in first, then the async wrapper at the tail. The pipeline is made per
+                    // connection: it carries the key of the epoch current now (a rotation changes it).
+                    let pipeline = self.connectionPipeline()
                     let handshake: EventLoopFuture<PeerIdentity>
                     do {
                         handshake = try pipeline.install(on: child, role: .responder, expectedPeer: nil)
@@ -580,6 +581,12 @@ public actor MeshNode {
         connections[peerID] = nil
         channels[peerID] = nil
         logger.info("peer disconnected", metadata: ["mesh/peer": "\(peerID)"])
+        // The lower id dials: a connection the peer opened (a key hand-over, say) that ends leaves it to redial now;
+        // no discovery event may come to start it (the dial loop returns at once if the peer is not alive).
+        if nodeID < peerID, !dialing.contains(peerID) {
+            dialing.insert(peerID)
+            dialContinuation.yield(peerID)
+        }
         let error = MeshError(.closed, "The connection to node \(peerID) closed.")
         for (rid, entry) in pending where entry.peer == peerID {
             pending[rid] = nil
