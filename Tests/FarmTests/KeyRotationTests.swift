@@ -67,7 +67,9 @@ extension ProcessTests {
 
             // Frames go to members only.
             let scene = try Scenes.make(["--frames", "6", "--width", "32", "--height", "24", "--samples", "1"])
-            let job = try a.submit([scene, "--output", tempDir("revoke-out") + "/out", "--chunk", "1"])
+            let job = try a.submit([
+                scene, "--frames", "1-6", "--output", tempDir("revoke-out") + "/out", "--chunk", "1",
+            ])
             let status = try a.waitFor(job, timeout: 180) { $0["state"] as? String == "done" }
             let renderers = Set(((status["frames"] as? [[String: Any]]) ?? []).compactMap { $0["node"] as? String })
             #expect(!renderers.isEmpty)
