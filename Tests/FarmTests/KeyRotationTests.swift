@@ -85,6 +85,22 @@ extension ProcessTests {
             // The revoked machine never received the new key (no member hands it over; it is not a member).
             #expect(try token(revoked) == oldToken)
             #expect(try !liveMembers(a).contains(strangerID))
+
+            // The revoked machine's identity, in a fresh folder with the new token, is still refused by every member.
+            let reborn = NSTemporaryDirectory() + "rex-node-\(UUID().uuidString.prefix(8))"
+            try FileManager.default.createDirectory(atPath: reborn, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: revoked.data + "/node.key", toPath: reborn + "/node.key")
+            revoked.stop()
+            let again = try TestNode(
+                name: "reborn", args: ["--token", newToken] + common, data: reborn, discoveryPort: farm.port)
+            #expect(try selfID(again) == revokedID)
+            // Give it time to be heard, if it could be: a newcomer is a member within a few seconds here.
+            for _ in 0..<10 {
+                usleep(1_000_000)
+                let seen = Set(try rows(a, all: true).compactMap { $0["id"] as? String })
+                #expect(!seen.contains(revokedID), "the revoked identity came back with the new token")
+            }
+            #expect(try !liveMembers(b).contains(revokedID))
             #expect(a.isRunning && b.isRunning && away.isRunning)
         }
 
