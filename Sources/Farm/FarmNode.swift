@@ -141,7 +141,8 @@ public final class FarmNode: Sendable {
                 }
             })
         let keyRotation = KeyRotation(
-            nodeID: nodeID, data: data, mesh: mesh, raft: raft, ledger: ledger, commandLog: raftLog, logger: logger)
+            nodeID: nodeID, name: settings.name, data: data, mesh: mesh, raft: raft, ledger: ledger,
+            commandLog: raftLog, logger: logger)
         self.keyRotation = keyRotation
         keys.set(keyRotation)
         try await keyRotation.start()

@@ -13,6 +13,8 @@ import Synchronization
 /// `farm.keyring`, both mode 0600, written atomically.
 final class KeyRotation: Sendable {
     let nodeID: String
+    /// This node's `--name` (so `revoke` of itself by name says why it is refused).
+    let name: String
     let data: DataDirectory
     let mesh: MeshNode
     let raft: RaftNode
@@ -25,10 +27,11 @@ final class KeyRotation: Sendable {
     private let changing = Mutex<Void>(())
 
     init(
-        nodeID: String, data: DataDirectory, mesh: MeshNode, raft: RaftNode, ledger: LedgerStore,
+        nodeID: String, name: String, data: DataDirectory, mesh: MeshNode, raft: RaftNode, ledger: LedgerStore,
         commandLog: any CommandLog, logger: Logger
     ) {
         self.nodeID = nodeID
+        self.name = name
         self.data = data
         self.mesh = mesh
         self.raft = raft
@@ -213,6 +216,7 @@ final class KeyRotation: Sendable {
     /// A member's node id from an id, a unique id prefix or a name (as `rexnode peers` shows them).
     private func resolve(_ spec: String, members: Set<String>) async throws -> String {
         if members.contains(spec) { return spec }
+        if spec == name || (spec.count >= 4 && nodeID.hasPrefix(spec)) { return nodeID }
         let byPrefix = members.filter { $0.hasPrefix(spec) }
         if byPrefix.count == 1, let id = byPrefix.first { return id }
         let byName = await mesh.peers().filter { $0.name == spec && members.contains($0.nodeID) }.map(\.nodeID)
