@@ -1,9 +1,4 @@
 import Foundation
-import Logging
-import NIOCore
-import NIOExtras
-import NIOPosix
-import ServiceLifecycle
 
 // MARK: Messages
 
@@ -47,6 +42,10 @@ public enum ControlRequest: Sendable, Equatable {
     case forceLeave
     /// `rexnode recover`: after a lost quorum, the live members become the farm.
     case recover
+    /// `rexnode rotate-key`: a new farm key for every member, committed through the log.
+    case rotateKey
+    /// `rexnode revoke NODE`: remove a member and rotate the key with its identity denied for good.
+    case revoke(node: String)
 
     /// What a waiting client last saw of a job.
     public struct SeenJob: Sendable, Equatable {
@@ -103,11 +102,13 @@ extension ControlRequest: Codable {
         case submit, peers, jobs, status, cancel, ledger, leave, token, fetch, progress, log
         case pause, resume, retry, priority, rerun, remove
         case allPeers, forceLeave, recover
+        case rotateKey, revoke
     }
 
     private enum Key: String, CodingKey {
         case op, path, frames, chunk, output, name, priority, job, brief, seenDone, seenState, allowMissing
         case trustScripts, ticket, force, frame, tags, tiles
+        case node
     }
 
     public init(from decoder: any Decoder) throws {
@@ -160,6 +161,8 @@ extension ControlRequest: Codable {
         case .allPeers: self = .allPeers
         case .forceLeave: self = .forceLeave
         case .recover: self = .recover
+        case .rotateKey: self = .rotateKey
+        case .revoke: self = .revoke(node: try need(.node, "Name a machine to revoke (see `rexnode peers`)."))
         case .fetch:
             self = .fetch(
                 job: try need(.job, "Name a job (see `rexnode jobs`)."),
@@ -245,6 +248,10 @@ extension ControlRequest: Codable {
         case .allPeers: try c.encode(Op.allPeers, forKey: .op)
         case .forceLeave: try c.encode(Op.forceLeave, forKey: .op)
         case .recover: try c.encode(Op.recover, forKey: .op)
+        case .rotateKey: try c.encode(Op.rotateKey, forKey: .op)
+        case .revoke(let node):
+            try c.encode(Op.revoke, forKey: .op)
+            try c.encode(node, forKey: .node)
         }
     }
 }
@@ -373,131 +380,4 @@ extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, Ex
 extension JSONValue {
     public init(_ s: String?) { self = s.map(JSONValue.string) ?? .null }
     public init(_ i: Int) { self = .int(Int64(i)) }
-}
-
-// MARK: Server
-
-/// Serves the control socket `DATA/rexnode.sock` (mode 0600): the CLI's only way into the daemon.
-struct ControlServer: Service {
-    let path: String
-    let logger: Logger
-    let handler: @Sendable (ControlRequest) async -> ControlReply
-
-    func run() async throws {
-        let oldUmask = umask(0o177)
-        let server: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
-        do {
-            server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            ByteToMessageHandler(LineBasedFrameDecoder()))
-                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                    }
-                }
-            umask(oldUmask)
-        } catch {
-            umask(oldUmask)
-            throw FarmError(.io, "Cannot open the control socket \(path): \(error).")
-        }
-        chmod(path, 0o600)
-        logger.debug("control socket ready", metadata: ["path": "\(path)"])
-        // Graceful shutdown cancels the accept loop; open requests are cancelled with it.
-        do {
-            try await cancelWhenGracefulShutdown {
-                try await withThrowingDiscardingTaskGroup { group in
-                    try await server.executeThenClose { inbound in
-                        for try await connection in inbound {
-                            group.addTask { await serve(connection) }
-                        }
-                    }
-                }
-            }
-        } catch is CancellationError {
-            // The group is shutting down: not a failure.
-        }
-        unlink(path)
-    }
-
-    /// Answers each request line in a task of its own while watching the connection: a client that goes away
-    /// before its `submit` is answered (Ctrl-C during a long trace or bake) cancels it, so no job it no longer
-    /// waits for is committed. Other requests run to their end.
-    private func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
-        do {
-            try await connection.executeThenClose { inbound, outbound in
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    var submits = 0
-                    for try await line in inbound {
-                        let request: ControlRequest
-                        do {
-                            request = try JSONDecoder().decode(ControlRequest.self, from: Data(line.readableBytesView))
-                        } catch {
-                            let reply: ControlReply =
-                                (error as? FarmError).map { .failure($0) }
-                                ?? .failure(FarmError(.protocolError, "The request was not understood.", cause: error))
-                            try await Self.write(reply, to: outbound)
-                            continue
-                        }
-                        if case .submit = request { submits += 1 }
-                        let handler = self.handler
-                        group.addTask { try await Self.write(await handler(request), to: outbound) }
-                    }
-                    // The client closed its side. Keep the connection until answers are written (closing early
-                    // could cut a large answer short), except for a submit nobody waits for.
-                    if submits > 0 { group.cancelAll() }
-                    try await group.waitForAll()
-                }
-            }
-        } catch {
-            logger.debug("control connection ended", metadata: ["error": "\(error)"])
-        }
-    }
-
-    private static func write(_ reply: ControlReply, to outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>)
-        async throws
-    {
-        var out = ByteBuffer(bytes: reply.json)
-        out.writeInteger(UInt8(ascii: "\n"))
-        try await outbound.write(out)
-    }
-}
-
-// MARK: Client
-
-/// Sends one request to a node's daemon and returns its answer.
-public enum ControlClient {
-    public static func send(_ request: ControlRequest, data: DataDirectory) async throws(FarmError) -> JSONValue {
-        guard FileManager.default.fileExists(atPath: data.socket) else {
-            throw FarmError(
-                .notRunning, "No rexnode daemon is running for \(data.root); start one with `rexnode join`.")
-        }
-        let response: ControlResponse
-        do {
-            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connect(unixDomainSocketPath: data.socket) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            ByteToMessageHandler(LineBasedFrameDecoder()))
-                        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                    }
-                }
-            response = try await channel.executeThenClose { inbound, outbound in
-                var out = ByteBuffer(bytes: try JSONEncoder().encode(request))
-                out.writeInteger(UInt8(ascii: "\n"))
-                try await outbound.write(out)
-                for try await line in inbound {
-                    return try JSONDecoder().decode(ControlResponse.self, from: Data(line.readableBytesView))
-                }
-                throw FarmError(.protocolError, "The daemon closed the connection without answering.")
-            }
-        } catch let error as FarmError {
-            throw error
-        } catch {
-            throw FarmError(
-                .notRunning,
-                "Cannot reach the rexnode daemon for \(data.root) (\(error)); is `rexnode join` running?")
-        }
-        if let message = response.error { throw FarmError(response.code ?? .failed, message) }
-        return response.result ?? .null
-    }
 }

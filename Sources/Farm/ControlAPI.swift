@@ -14,7 +14,7 @@ struct ControlAPI: Sendable {
     let commandLog: any CommandLog
     let ledger: LedgerStore
     let pulse: Pulse
-    let token: String
+    let keyRotation: KeyRotation
     let logger: Logger
     let frameLogs: FrameLogService
 
@@ -68,7 +68,13 @@ struct ControlAPI: Sendable {
             logger.warning("recovering the farm on request")
             return .success(try await membership.recover())
         case .token:
-            return .success(["token": token])
+            return .success(["token": keyRotation.token])
+        case .rotateKey:
+            logger.warning("rotating the farm key on request")
+            return .success(JSONValue.object(try await keyRotation.rotate()))
+        case .revoke(let node):
+            logger.warning("revoking a machine on request", metadata: ["farm/revoked": "\(node)"])
+            return .success(JSONValue.object(try await keyRotation.revoke(node)))
         case .progress(let ticket):
             return .success(submitService.progress.row(ticket))
         case .log(let id, let frame):

@@ -38,6 +38,7 @@ public final class FarmNode: Sendable {
     let leader: LeaderService
     let janitor: Janitor
     let frameLogs: FrameLogService
+    let keyRotation: KeyRotation
     let logger: Logger
     /// Raft's own thread (see `RaftNode`): nothing else runs on it.
     private let raftLoop: MultiThreadedEventLoopGroup
@@ -117,6 +118,8 @@ public final class FarmNode: Sendable {
         self.raft = raft
         mesh.setRaftHandler { from, bytes in raft.receive(from: from, bytes: bytes) }
         let pulse = self.pulse
+        // The rotation service needs the command log, and the log's apply hook needs the service: set once, below.
+        let keys = Late<KeyRotation>()
         raftLog = try RaftCommandLog(
             raft: raft, ledger: ledger, node: nodeID, logger: logger,
             forward: { leader, entries in
@@ -131,8 +134,18 @@ public final class FarmNode: Sendable {
             },
             onApply: { pulse.fire() },
             onMembership: { change, index in
-                await Membership.enforce(change, at: index, raft: raft, mesh: mesh)
+                if case .farmKey(let c) = change {
+                    await keys.value?.apply(c)
+                } else {
+                    await Membership.enforce(change, at: index, raft: raft, mesh: mesh)
+                }
             })
+        let keyRotation = KeyRotation(
+            nodeID: nodeID, name: settings.name, data: data, mesh: mesh, raft: raft, ledger: ledger,
+            commandLog: raftLog, logger: logger)
+        self.keyRotation = keyRotation
+        keys.set(keyRotation)
+        try await keyRotation.start()
 
         let roster = Roster(
             nodeID: nodeID, slots: settings.slots, raft: raft, mesh: mesh, tags: settings.tags, rest: rest,
@@ -172,7 +185,7 @@ public final class FarmNode: Sendable {
         self.frameLogs = frameLogs
         control = ControlAPI(
             submitService: submit, queries: queries, delivery: delivery, membership: membership,
-            jobControl: jobControl, commandLog: raftLog, ledger: ledger, pulse: pulse, token: farmKey.token,
+            jobControl: jobControl, commandLog: raftLog, ledger: ledger, pulse: pulse, keyRotation: keyRotation,
             logger: logger, frameLogs: frameLogs)
         leader = LeaderService(
             nodeID: nodeID, settings: settings, raft: raft, mesh: mesh, ledger: ledger, commandLog: raftLog,
@@ -251,6 +264,7 @@ public final class FarmNode: Sendable {
             Self.loop("roles") { await membership.logRoleChanges() },
             Self.loop("status") { await membership.publishStatus() },
             Self.loop("epochs") { await membership.watchEpochs() },
+            Self.loop("members") { [keyRotation] in await keyRotation.watchMembers() },
             Self.loop("leader") { await leader.runDuties() },
             Self.loop("scheduler") { await leader.runScheduler() },
             Self.loop("delivery") { await delivery.run() },
@@ -326,6 +340,8 @@ public final class FarmNode: Sendable {
             return try await Blocking.run { try frameLogs.answer(job: job, frames: frames, lastOnly: lastOnly) }
         case .stale(let epoch, let instance):
             await membership.onStale(epoch: epoch, instance: instance)
+        case .farmKey(let sealed):
+            try keyRotation.receive(sealed: sealed, from: from)
         }
         return PeerAnswer().encoded()
     }
@@ -374,6 +390,13 @@ public final class FarmNode: Sendable {
     {
         .init(service: LoopService(name: name, body: body), serviceName: name)
     }
+}
+
+/// A value set once after it is made (breaks a cycle between two rooms built in one initializer).
+final class Late<Value: Sendable>: Sendable {
+    private let stored = Mutex<Value?>(nil)
+    func set(_ value: Value) { stored.withLock { $0 = value } }
+    var value: Value? { stored.withLock { $0 } }
 }
 
 /// The running group, so `rexnode leave` can end it.

@@ -27,12 +27,15 @@ enum PeerRequest: Sendable, Equatable {
     /// that machine whose beacons announced the stale log: a request that reaches a later run (it already started
     /// over, and the request waited for its connection) is ignored by it.
     case stale(epoch: UInt64, instance: UInt64)
+    /// From a member to a member that missed a key rotation (its beacons carry an older epoch): the current epoch and
+    /// key, sealed to the receiver's identity (`NodeIdentity.seal`); sent over a channel opened with the old key.
+    case farmKey(sealed: [UInt8])
 
     /// The largest blob pushed inline with `store`; larger ones are fetched by the holder (`replicate`).
     static let inlineBlobLimit = 1 << 20
 
     private enum Tag: UInt8 {
-        case propose = 1, replicate = 2, store = 3, leave = 4, frameLogs = 5, stale = 6
+        case propose = 1, replicate = 2, store = 3, leave = 4, frameLogs = 5, stale = 6, farmKey = 7
     }
 
     func encoded() -> [UInt8] {
@@ -63,6 +66,9 @@ enum PeerRequest: Sendable, Equatable {
             w.u8(Tag.stale.rawValue)
             w.u64(epoch)
             w.u64(instance)
+        case .farmKey(let sealed):
+            w.u8(Tag.farmKey.rawValue)
+            w.short(sealed)
         }
         return w.bytes
     }
@@ -101,6 +107,9 @@ enum PeerRequest: Sendable, Equatable {
         case .stale:
             guard let epoch = r.u64(), let instance = r.u64() else { throw bad }
             self = .stale(epoch: epoch, instance: instance)
+        case .farmKey:
+            guard let sealed = r.short() else { throw bad }
+            self = .farmKey(sealed: sealed)
         }
         guard r.isAtEnd else { throw bad }
     }

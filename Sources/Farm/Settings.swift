@@ -26,6 +26,8 @@ public struct DataDirectory: Sendable {
     }
 
     public var farmKey: String { root + "/farm.key" }
+    /// Every key epoch this node knows ("EPOCH TOKEN" lines, mode 0600), next to `farm.key` (the current one).
+    public var farmKeyRing: String { root + "/farm.keyring" }
     public var identity: String { root + "/node.key" }
     public var database: String { root + "/ledger.sqlite" }
     public var blobs: String { root + "/blobs" }

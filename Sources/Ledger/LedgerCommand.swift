@@ -39,6 +39,8 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
     case recoverMembers(MemberSet)
     /// Raft's no-op of a new term, and anything else that only occupies an index.
     case noop
+    /// `rexnode rotate-key` / `revoke`: the farm switches to a new key epoch (and denies revoked identities).
+    case farmKey(FarmKeyChange)
 
     /// The short name shown by `rexnode ledger` as `"type"`.
     public var typeName: String {
@@ -58,6 +60,7 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
         case .removeNode: "RemoveNode"
         case .recoverMembers: "Recover"
         case .noop: "Noop"
+        case .farmKey: "FarmKey"
         }
     }
 }

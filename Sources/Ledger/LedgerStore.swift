@@ -114,6 +114,7 @@ public final class LedgerStore: Sendable {
                     CREATE INDEX tiles_hash ON tiles(hash) WHERE hash IS NOT NULL;
                     """)
         }
+        FarmKeyTable.registerMigrations(&migrator)
     }
 
     // MARK: Applying the log

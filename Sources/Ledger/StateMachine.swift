@@ -24,6 +24,7 @@ struct StateMachine {
         case .retryFrames(let c): return try retry(c)
         case .setPriority(let c): return try setPriority(c)
         case .removeJob(let c): return try remove(c.job)
+        case .farmKey(let c): return try FarmKeyTable.apply(c, db: db, index: index)
         }
     }
 

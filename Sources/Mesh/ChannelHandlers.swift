@@ -379,6 +379,9 @@ struct ConnectionPipeline {
     var handshakeTimeout: TimeAmount
     var counters: MeshCounters?
     var authorize: @Sendable ([UInt8]) -> Bool
+    /// A responder's older keys, accepted from members only (the previous epoch during the overlap).
+    var olderKeys: [FarmKey] = []
+    var isMember: @Sendable ([UInt8]) -> Bool = { _ in false }
     /// Where Raft messages go as soon as they are decoded (none: they travel up with the rest).
     var raftTap: RaftTap?
 
@@ -387,7 +390,8 @@ struct ConnectionPipeline {
         on channel: Channel, role: HandshakeStateMachine.Role, expectedPeer: [UInt8]?
     ) throws -> EventLoopFuture<PeerIdentity> {
         let machine = HandshakeStateMachine(
-            role: role, identity: identity, farmKey: farmKey, expectedPeer: expectedPeer, authorize: authorize)
+            role: role, identity: identity, farmKey: farmKey, expectedPeer: expectedPeer, authorize: authorize,
+            olderKeys: role == .responder ? olderKeys : [], isMember: isMember)
         let handshake = HandshakeHandler(
             machine: machine, timeout: handshakeTimeout, counters: counters, eventLoop: channel.eventLoop)
         try channel.pipeline.syncOperations.addHandlers([

@@ -11,6 +11,8 @@ public enum MeshCounter: String, Sendable, CaseIterable {
     /// Raft messages: handed straight to the layer above, sent, or dropped (no connection, or the peer's socket
     /// is backed up: Raft treats both as a lost message and retries).
     case raftReceived, raftSent, raftDroppedUnconnected, raftDroppedBackedUp
+    /// Key epochs: beacons of an older epoch dropped (or answered with a key hand-over), keys handed to laggards.
+    case beaconsOldEpoch, keysHandedOver
 }
 
 /// Thread-safe counters shared by the discovery socket, every connection pipeline and the facade.

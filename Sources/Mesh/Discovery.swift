@@ -49,7 +49,12 @@ public func parseHostPort(_ spec: String, what: String) throws(MeshError) -> (St
 
 /// Everything discovery decides, without sockets: datagrams and ticks in, peer changes out.
 struct DiscoveryCore: Sendable {
-    let codec: BeaconCodec
+    /// The current epoch's codec (rebuilt when the key ring changes) and the retired epochs' codecs.
+    private(set) var codec: BeaconCodec
+    private var retiredCodecs: [UInt32: BeaconCodec] = [:]
+    let keys: KeyState
+    /// Members heard on an older epoch after the overlap, for the mesh to hand the current key (drained by it).
+    var laggards: [Laggard] = []
     var replay: ReplayGuard
     var table: PeerTable
     let ownKey: [UInt8]
@@ -59,18 +64,57 @@ struct DiscoveryCore: Sendable {
     /// Own beacons looped back by the kernel: proof that the socket sends and receives on the group.
     private(set) var ownBeaconsHeard = 0
 
-    init(farmKey: FarmKey, ownKey: [UInt8], settings: DiscoverySettings) {
-        codec = BeaconCodec(farmKey: farmKey)
+    init(keys: KeyState, ownKey: [UInt8], settings: DiscoverySettings) {
+        self.keys = keys
+        let ring = keys.ring
+        codec = BeaconCodec(farmKey: ring.current, epoch: ring.epoch)
+        for (epoch, key) in ring.retired { retiredCodecs[epoch] = BeaconCodec(farmKey: key, epoch: epoch) }
         replay = ReplayGuard(timeWindowMillis: UInt64(settings.timeWindow.components.seconds) * 1000)
         table = PeerTable(settings: settings.peerTable)
         self.ownKey = ownKey
+    }
+
+    init(farmKey: FarmKey, ownKey: [UInt8], settings: DiscoverySettings) {
+        self.init(keys: KeyState(FarmKeyRing(current: farmKey)), ownKey: ownKey, settings: settings)
     }
 
     mutating func onDatagram(
         _ bytes: [UInt8], host: String, now: ContinuousClock.Instant, nowMillis: UInt64, counters: MeshCounters,
         isDenied: (_ publicKey: [UInt8], _ instanceID: UInt64) -> Bool
     ) -> [PeerChange] {
-        switch codec.open(bytes) {
+        refreshCodecs()
+        var opened = codec.open(bytes)
+        if case .otherFarm(let print) = opened, print == codec.fingerprint, let epoch = Self.epoch(of: bytes),
+            epoch > codec.epoch
+        {
+            // This key at a higher epoch number: the farm's epoch, which a join token does not carry.
+            let probe = BeaconCodec(farmKey: keys.ring.current, epoch: epoch)
+            if case .beacon = probe.open(bytes) {
+                keys.learnEpoch(epoch)
+                refreshCodecs()
+                opened = codec.open(bytes)
+            }
+        }
+        if case .otherFarm = opened, let epoch = Self.epoch(of: bytes), let old = retiredCodecs[epoch] {
+            // An older epoch of this farm: only a member is heard, and normally only while the overlap lasts.
+            switch old.open(bytes) {
+            case .beacon(let beacon) where beacon.publicKey != ownKey && keys.isMember(beacon.publicKey):
+                if keys.overlapping()?.epoch == epoch {
+                    opened = .beacon(beacon)
+                } else {
+                    counters.increment(.beaconsOldEpoch)
+                    if laggards.count < 16, replay.check(beacon, nowMillis: nowMillis) == .fresh {
+                        laggards.append(
+                            Laggard(publicKey: beacon.publicKey, host: host, port: Int(beacon.tcpPort), epoch: epoch))
+                    }
+                    return []
+                }
+            default:
+                counters.increment(.beaconsOldEpoch)
+                return []
+            }
+        }
+        switch opened {
         case .garbage:
             counters.increment(.beaconsGarbage)
         case .badAuthentication:
@@ -96,7 +140,7 @@ struct DiscoveryCore: Sendable {
                 counters.increment(.beaconsStale)
             case .fresh:
                 // After the replay guard: only a fresh beacon of a new run may lift a denied run's refusal.
-                if isDenied(beacon.publicKey, beacon.instanceID) {
+                if isDenied(beacon.publicKey, beacon.instanceID) || keys.isRevoked(beacon.publicKey) {
                     counters.increment(.beaconsDenied)
                     return []
                 }
@@ -105,6 +149,27 @@ struct DiscoveryCore: Sendable {
             }
         }
         return []
+    }
+
+    /// Seals with the current epoch's key (after a rotation, the next beacon carries the new epoch).
+    mutating func sealing(_ beacon: Beacon) -> [UInt8] {
+        refreshCodecs()
+        return codec.seal(beacon)
+    }
+
+    /// The key epoch in a datagram's clear header (nil if it is not a beacon header).
+    static func epoch(of bytes: [UInt8]) -> UInt32? {
+        guard bytes.count >= BeaconCodec.headerBytes, Array(bytes[0..<4]) == BeaconCodec.magic else { return nil }
+        return bytes[5..<9].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+    }
+
+    /// Rebuilds the codecs after a rotation (the key ring is shared with the layer that rotates it).
+    private mutating func refreshCodecs() {
+        let ring = keys.ring
+        guard ring.epoch != codec.epoch else { return }
+        codec = BeaconCodec(farmKey: ring.current, epoch: ring.epoch)
+        retiredCodecs = [:]
+        for (epoch, key) in ring.retired { retiredCodecs[epoch] = BeaconCodec(farmKey: key, epoch: epoch) }
     }
 
     /// Distinct other farms heard within `window`.
@@ -128,9 +193,12 @@ actor Discovery {
     private var isDenied: @Sendable ([UInt8], UInt64) -> Bool = { _, _ in false }
     let changes: AsyncStream<PeerChange>
     private let changesContinuation: AsyncStream<PeerChange>.Continuation
+    /// Members heard on an older key epoch (see `Laggard`).
+    let laggards: AsyncStream<Laggard>
+    private let laggardsContinuation: AsyncStream<Laggard>.Continuation
 
     init(
-        settings: DiscoverySettings, farmKey: FarmKey, identity: NodeIdentity, name: String, counters: MeshCounters,
+        settings: DiscoverySettings, keys: KeyState, identity: NodeIdentity, name: String, counters: MeshCounters,
         logger: Logger
     ) {
         self.settings = settings
@@ -138,8 +206,9 @@ actor Discovery {
         self.counters = counters
         self.logger = logger
         self.name = name
-        core = DiscoveryCore(farmKey: farmKey, ownKey: identity.publicKey, settings: settings)
+        core = DiscoveryCore(keys: keys, ownKey: identity.publicKey, settings: settings)
         (changes, changesContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1024))
+        (laggards, laggardsContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(16))
     }
 
     func setStatus(_ bytes: [UInt8]) { status = Array(bytes.prefix(Beacon.maxStatusBytes)) }
@@ -161,7 +230,7 @@ actor Discovery {
         let beacon = Beacon(
             publicKey: identity.publicKey, instanceID: instanceID, sequence: sequence, timeMillis: Self.wallMillis(),
             tcpPort: UInt16(clamping: tcpPort), name: name, status: status)
-        return core.codec.seal(beacon)
+        return core.sealing(beacon)
     }
 
     func receive(_ bytes: [UInt8], host: String) {
@@ -170,6 +239,10 @@ actor Discovery {
             bytes, host: host, now: .now, nowMillis: Self.wallMillis(), counters: counters, isDenied: isDenied)
         if core.ownBeaconsHeard != heard { noteWorking() }
         publish(changes)
+        if !core.laggards.isEmpty {
+            for laggard in core.laggards { laggardsContinuation.yield(laggard) }
+            core.laggards = []
+        }
     }
 
     func tick() { publish(core.table.onTick(now: .now)) }

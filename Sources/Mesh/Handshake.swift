@@ -126,9 +126,14 @@ struct HandshakeStateMachine {
 
     let role: Role
     let identity: NodeIdentity
-    let fingerprint: [UInt8]
-    let authKey: [UInt8]
-    let sessionKey: [UInt8]
+    private(set) var fingerprint: [UInt8]
+    private(set) var authKey: [UInt8]
+    private(set) var sessionKey: [UInt8]
+    /// A responder's other acceptable keys (the previous epoch during its overlap): a hello under one of them is
+    /// answered under it, and the handshake then completes only for a member (`isMember`).
+    let olderKeys: [FarmKey]
+    let isMember: @Sendable ([UInt8]) -> Bool
+    private var membersOnly = false
     /// When dialing a peer found by its beacon: the identity key it must prove.
     let expectedPeer: [UInt8]?
     let authorize: @Sendable ([UInt8]) -> Bool
@@ -136,8 +141,11 @@ struct HandshakeStateMachine {
 
     init(
         role: Role, identity: NodeIdentity, farmKey: FarmKey, expectedPeer: [UInt8]? = nil,
-        authorize: @escaping @Sendable ([UInt8]) -> Bool = { _ in true }
+        authorize: @escaping @Sendable ([UInt8]) -> Bool = { _ in true }, olderKeys: [FarmKey] = [],
+        isMember: @escaping @Sendable ([UInt8]) -> Bool = { _ in false }
     ) {
+        self.olderKeys = olderKeys
+        self.isMember = isMember
         precondition(Sodium.ready)
         self.role = role
         self.identity = identity
@@ -195,8 +203,14 @@ struct HandshakeStateMachine {
         guard frame[4] == Self.version else {
             throw MeshError(.protocolViolation, "A peer speaks handshake version \(frame[4]); this node speaks 1.")
         }
-        guard Array(frame[5..<13]) == fingerprint else {
-            throw MeshError(.authentication, "A node of another farm tried to connect.")
+        if Array(frame[5..<13]) != fingerprint {
+            guard let older = olderKeys.first(where: { $0.fingerprint == Array(frame[5..<13]) }) else {
+                throw MeshError(.authentication, "A node of another farm tried to connect.")
+            }
+            fingerprint = older.fingerprint
+            authKey = KeyDerivation.subkey(older, id: 2, context: "rxhshake")
+            sessionKey = KeyDerivation.subkey(older, id: 3, context: "rxsessn")
+            membersOnly = true
         }
         let peerEphemeral = Array(frame[13..<45])
         let peerIdentity = Array(frame[45..<77])
@@ -233,7 +247,7 @@ struct HandshakeStateMachine {
         }
         guard NodeIdentity.verify(signature: sig, message: Array("I".utf8) + transcript, publicKey: peerIdentity)
         else { throw MeshError(.authentication, "A peer's handshake signature does not verify.") }
-        guard authorize(peerIdentity) else {
+        guard authorize(peerIdentity), !membersOnly || isMember(peerIdentity) else {
             throw MeshError(.authentication, "Node \(peerIdentity.hexString.prefix(16)) is not allowed in this farm.")
         }
         guard let pull = SecretStreamPull(key: rxKey, header: header) else {

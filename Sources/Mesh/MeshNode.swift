@@ -49,7 +49,11 @@ public actor MeshNode {
     /// Peer table changes as discovery sees them.
     public nonisolated let peerChanges: AsyncStream<PeerChange>
 
-    private let farmKey: FarmKey
+    /// The key ring, membership and revoked identities, shared with discovery and the handshakes.
+    private nonisolated let keys: KeyState
+    private var keyHandOver: (@Sendable (Laggard) async -> [UInt8]?)?
+    /// When each laggard was last handed the key (one try per node per 10 s; bounded).
+    private var handedOver: [String: ContinuousClock.Instant] = [:]
     private let logger: Logger
     private let discovery: Discovery
     private let blobSource: (any BlobSource)?
@@ -83,7 +87,8 @@ public actor MeshNode {
     ) {
         precondition(Sodium.ready, "libsodium failed to initialise")
         self.settings = settings
-        self.farmKey = farmKey
+        let keys = KeyState(FarmKeyRing(current: farmKey))
+        self.keys = keys
         self.identity = identity
         self.nodeID = identity.nodeID
         self.logger = logger
@@ -93,7 +98,7 @@ public actor MeshNode {
         self.counters = counters
         slots = HandshakeSlots(limit: settings.maxPendingHandshakes)
         discovery = Discovery(
-            settings: settings.discovery, farmKey: farmKey, identity: identity, name: settings.name,
+            settings: settings.discovery, keys: keys, identity: identity, name: settings.name,
             counters: counters, logger: logger)
         (incoming, incomingContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(4096))
         (peerChanges, peerChangesContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1024))
@@ -157,6 +162,75 @@ public actor MeshNode {
         await discovery.setDenyList { shared.refuses(beaconFrom: $0, instance: $1) }
         await discovery.forget(nodeID)
         if let conn = connections[nodeID] { conn.channel.close(promise: nil) }
+    }
+
+    // MARK: Keys
+
+    /// The keys this node holds now (current epoch and the retired ones).
+    public nonisolated var keyRing: FarmKeyRing { keys.ring }
+
+    /// Switches to a new key ring: the next beacon carries its epoch, new handshakes use its key, and the previous
+    /// epoch is accepted from members for `KeyState.overlap`. Open connections stay (both ends proved membership).
+    public nonisolated func setKeyRing(_ ring: FarmKeyRing) {
+        let before = keys.ring.epoch
+        keys.set(ring)
+        if ring.epoch != before {
+            logger.notice("farm key epoch changed", metadata: ["mesh/epoch": "\(ring.epoch)", "mesh/was": "\(before)"])
+        }
+    }
+
+    /// Who is a member (by identity key): only members are heard on an older epoch or handed the current key.
+    public nonisolated func setMembership(_ isMember: @escaping @Sendable ([UInt8]) -> Bool) {
+        keys.setMembership(isMember)
+    }
+
+    /// Identities refused for good, whatever key they hold (`rexnode revoke`); their connections close now.
+    public func setRevoked(_ nodeIDs: Set<String>) async {
+        keys.setRevoked(nodeIDs)
+        for id in nodeIDs where id != nodeID {
+            await discovery.forget(id)
+            connections[id]?.channel.close(promise: nil)
+        }
+    }
+
+    /// What to send a member heard on an older epoch (a control request payload carrying the current key sealed to
+    /// its identity), or nil to send nothing. Without it, laggards are only counted.
+    public func setKeyHandOver(_ offer: (@Sendable (Laggard) async -> [UInt8]?)?) { keyHandOver = offer }
+
+    /// Dials a member that announced an older epoch, with that epoch's key and its identity as the one it must prove,
+    /// sends it the hand-over request, waits (bounded) for its answer and closes.
+    private func handOver(_ laggard: Laggard) async {
+        let now = ContinuousClock.now
+        if let last = handedOver[laggard.nodeID], now - last < .seconds(10) { return }
+        if handedOver.count >= 1024 { handedOver = handedOver.filter { now - $0.value < .seconds(10) } }
+        handedOver[laggard.nodeID] = now
+        guard connections[laggard.nodeID] == nil, let oldKey = keys.ring.retired[laggard.epoch],
+            keys.isMember(laggard.publicKey), let offer = keyHandOver, let payload = await offer(laggard)
+        else { return }
+        do {
+            let peer = PeerInfo(handOver: laggard)
+            let accepted = try await connect(to: peer, key: oldKey)
+            let channel = accepted.channel.channel
+            await withDiscardingTaskGroup { group in
+                group.addTask { await self.serve(accepted, dialed: true) }
+                group.addTask {
+                    do {
+                        _ = try await self.request(to: laggard.nodeID, payload, timeout: .seconds(10))
+                        self.counters.increment(.keysHandedOver)
+                        self.logger.notice(
+                            "handed the current farm key to a member that missed a rotation",
+                            metadata: ["mesh/peer": "\(laggard.nodeID)", "mesh/epoch": "\(laggard.epoch)"])
+                    } catch {
+                        self.logger.debug(
+                            "key hand-over failed", metadata: ["mesh/peer": "\(laggard.nodeID)", "error": "\(error)"])
+                    }
+                    channel.close(promise: nil)
+                }
+            }
+        } catch {
+            logger.debug(
+                "key hand-over dial failed", metadata: ["mesh/peer": "\(laggard.nodeID)", "error": "\(error)"])
+        }
     }
 
     /// Closes the connection to a peer, if any (the lower node id redials while the peer is alive).
@@ -275,6 +349,10 @@ public actor MeshNode {
             group.addTask {
                 for await change in self.discovery.changes { await self.onPeerChange(change) }
             }
+            group.addTask {
+                // One hand-over at a time (each bounded): a flood of old-epoch beacons cannot fan out dials.
+                for await laggard in self.discovery.laggards { await self.handOver(laggard) }
+            }
             for await peer in dialRequests {
                 group.addTask { await self.dialLoop(peer) }
             }
@@ -326,7 +404,6 @@ public actor MeshNode {
 
     /// Binds the peer listener on `listenHost`:`port`.
     private nonisolated func listen(port: Int) async throws -> NIOAsyncChannel<Accepted, Never> {
-        let pipeline = connectionPipeline()
         return try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -342,7 +419,9 @@ public actor MeshNode {
                         let refused = MeshError(.closed, "Too many connections are handshaking.")
                         return Accepted(channel: channel, handshake: child.eventLoop.makeFailedFuture(refused))
                     }
-                    // The protocol handlers go in first, then the async wrapper at the tail.
+                    // The protocol handlers go in first, then the async wrapper at the tail. The pipeline is made per
+                    // connection: it carries the key of the epoch current now (a rotation changes it).
+                    let pipeline = self.connectionPipeline()
                     let handshake: EventLoopFuture<PeerIdentity>
                     do {
                         handshake = try pipeline.install(on: child, role: .responder, expectedPeer: nil)
@@ -358,14 +437,18 @@ public actor MeshNode {
             }
     }
 
-    private nonisolated func connectionPipeline() -> ConnectionPipeline {
+    private nonisolated func connectionPipeline(key: FarmKey? = nil) -> ConnectionPipeline {
         let shared = deniedShared
-        return ConnectionPipeline(
-            identity: identity, farmKey: farmKey, maxFrame: settings.maxFrameBytes,
+        let keys = self.keys
+        var pipeline = ConnectionPipeline(
+            identity: identity, farmKey: key ?? keys.ring.current, maxFrame: settings.maxFrameBytes,
             handshakeTimeout: .nanoseconds(
                 Int64(settings.handshakeTimeout.components.seconds) * 1_000_000_000
                     + settings.handshakeTimeout.components.attoseconds / 1_000_000_000),
-            counters: counters, authorize: { !shared.contains($0) }, raftTap: raftTap)
+            counters: counters, authorize: { !shared.contains($0) && !keys.isRevoked($0) }, raftTap: raftTap)
+        pipeline.olderKeys = keys.overlapping().map { [$0.key] } ?? []
+        pipeline.isMember = { keys.isMember($0) }
+        return pipeline
     }
 
     // Deny-list lookups from the event loop: a lock-protected copy, since the handshake runs off the actor.
@@ -408,8 +491,8 @@ public actor MeshNode {
         }
     }
 
-    private func connect(to peer: PeerInfo) async throws -> Accepted {
-        let pipeline = connectionPipeline()
+    private func connect(to peer: PeerInfo, key: FarmKey? = nil) async throws -> Accepted {
+        let pipeline = connectionPipeline(key: key)
         let expected = peer.publicKey
         return try await ClientBootstrap(group: eventLoopGroup)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -498,6 +581,12 @@ public actor MeshNode {
         connections[peerID] = nil
         channels[peerID] = nil
         logger.info("peer disconnected", metadata: ["mesh/peer": "\(peerID)"])
+        // The lower id dials: a connection the peer opened (a key hand-over, say) that ends leaves it to redial now;
+        // no discovery event may come to start it (the dial loop returns at once if the peer is not alive).
+        if nodeID < peerID, !dialing.contains(peerID) {
+            dialing.insert(peerID)
+            dialContinuation.yield(peerID)
+        }
         let error = MeshError(.closed, "The connection to node \(peerID) closed.")
         for (rid, entry) in pending where entry.peer == peerID {
             pending[rid] = nil

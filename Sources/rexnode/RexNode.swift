@@ -13,7 +13,7 @@ struct RexNode: AsyncParsableCommand {
         subcommands: [
             Init.self, Token.self, Join.self, Submit.self, Peers.self, Jobs.self, Status.self, Wait.self, Pause.self,
             Resume.self, Retry.self, Priority.self, Rerun.self, Remove.self, Fetch.self, Cancel.self, Ledger.self,
-            Leave.self, Log.self, Recover.self,
+            Leave.self, Log.self, Recover.self, Revoke.self, RotateKey.self,
         ])
 
     /// Runs a command body, turning its errors into one sentence on stderr and a non-zero exit.
@@ -203,6 +203,12 @@ extension RexNode {
         private func resolveKey(_ dir: DataDirectory) throws -> FarmKey {
             let saved = FileManager.default.fileExists(atPath: dir.farmKey) ? try FarmKey.load(from: dir.farmKey) : nil
             let given = try token.map { try FarmKey(token: $0) } ?? key.map { try FarmKey.load(from: $0) }
+            if let given, let saved, given != saved,
+                FarmKeyRing.load(from: dir.farmKeyRing, current: saved).isRetired(given)
+            {
+                // An older key of this farm (a token from before a rotation): the folder's current key wins.
+                return saved
+            }
             if let given {
                 if let saved, saved != given {
                     throw FarmError(

@@ -112,6 +112,45 @@ func sendDatagrams(_ datagrams: [[UInt8]], group: String, port: Int) async throw
         }
     }
 
+    /// After a rotation, beacons sealed with the old key — forged by a holder of the old token, or a member's
+    /// identity replayed under it — create no peer, while the members go on under the new key.
+    @Test(.timeLimit(.minutes(1))) func oldKeyBeaconsAfterARotationCreateNoPeer() async throws {
+        let farm = TestFarm()
+        let a = farm.node("a")
+        let b = farm.node("b")
+        try await withRunning([a, b]) {
+            #expect(await eventually { await a.connectedPeers() == [b.nodeID] })
+            let newKey = FarmKey.generate()
+            for node in [a, b] {
+                node.setKeyRing(node.keyRing.rotated(to: newKey, epoch: 1))
+                let peer = node === a ? b.identity.publicKey : a.identity.publicKey
+                node.setMembership { $0 == peer }
+            }
+            let old = BeaconCodec(farmKey: farm.key, epoch: 0)
+            let now = UInt64(Date().timeIntervalSince1970 * 1000)
+            let forger = NodeIdentity.generate()
+            var datagrams: [[UInt8]] = (0..<20).map { i in
+                old.seal(
+                    Beacon(
+                        publicKey: forger.publicKey, instanceID: 5, sequence: UInt64(i + 1), timeMillis: now,
+                        tcpPort: 1, name: "forged", status: []))
+            }
+            // Claiming the new epoch in the clear header does not make the old key authenticate.
+            datagrams += datagrams.prefix(5).map { d in
+                var lying = d
+                lying[5..<9] = [0, 0, 0, 1]
+                return lying
+            }
+            try await sendDatagrams(datagrams, group: farm.group, port: farm.port)
+            #expect(await eventually(15) { a.counters[.beaconsOldEpoch] + a.counters[.beaconsBadAuth] >= 20 })
+            #expect(await eventually(15) { await a.peers().contains { $0.nodeID == b.nodeID && $0.state == .alive } })
+            let ids = Set(await a.peers().map(\.nodeID))
+            #expect(!ids.contains(forger.nodeID))
+            #expect(ids == [b.nodeID])
+            #expect(a.keyRing.epoch == 1)
+        }
+    }
+
     @Test(.timeLimit(.minutes(1))) func floodOfIdleConnectionsIsCappedNotHeld() async throws {
         let farm = TestFarm()
         var settings = farm.settings(name: "a")

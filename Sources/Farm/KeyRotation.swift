@@ -1,0 +1,229 @@
+import Election
+import Foundation
+import Ledger
+import Logging
+import Mesh
+import Synchronization
+
+/// Taking trust back: key epochs (`rexnode rotate-key`), revoked machines (`rexnode revoke`), and handing the
+/// current key to a member that was away during a rotation. See docs/architecture.md, "Key rotation".
+///
+/// The replicated ledger is the source of truth (every epoch's key and every revoked node, from `FarmKey` entries);
+/// the data folder keeps the current key in `farm.key` (what `rexnode token` prints) and every epoch in
+/// `farm.keyring`, both mode 0600, written atomically.
+final class KeyRotation: Sendable {
+    let nodeID: String
+    /// This node's `--name` (so `revoke` of itself by name says why it is refused).
+    let name: String
+    let data: DataDirectory
+    let mesh: MeshNode
+    let raft: RaftNode
+    let ledger: LedgerStore
+    let commandLog: any CommandLog
+    let logger: Logger
+    /// Current members' node ids, refreshed by `watchMembers` (read from event loops by the mesh).
+    let members = Mutex<Set<String>>([])
+    /// Serialises ring changes (apply and hand-over may race).
+    private let changing = Mutex<Void>(())
+
+    init(
+        nodeID: String, name: String, data: DataDirectory, mesh: MeshNode, raft: RaftNode, ledger: LedgerStore,
+        commandLog: any CommandLog, logger: Logger
+    ) {
+        self.nodeID = nodeID
+        self.name = name
+        self.data = data
+        self.mesh = mesh
+        self.raft = raft
+        self.ledger = ledger
+        self.commandLog = commandLog
+        self.logger = logger
+    }
+
+    /// The join token of the current epoch.
+    var token: String { mesh.keyRing.current.token }
+
+    // MARK: Start
+
+    /// Loads the ring from the data folder, catches up with epochs the ledger applied but the folder missed (a crash
+    /// between the two), and hands the mesh the ring, the membership test and the revoked identities.
+    func start() async throws {
+        var ring = FarmKeyRing.load(from: data.farmKeyRing, current: mesh.keyRing.current)
+        for row in try ledger.farmKeys() where row.epoch > ring.epoch {
+            guard let bytes = [UInt8](hexString: row.key), let key = try? FarmKey(bytes: bytes) else { continue }
+            ring = ring.rotated(to: key, epoch: row.epoch)
+        }
+        try persist(ring)
+        mesh.setKeyRing(ring)
+        mesh.setMembership { [self] key in isMember(String(key.hexString.prefix(16))) }
+        await mesh.setRevoked(try ledger.revokedNodes())
+        let mesh = self.mesh
+        await mesh.setKeyHandOver { [self] laggard in
+            // Only a node that applied its current epoch from the log hands it over: one that was handed the key
+            // itself may not have applied the removals that came with it yet (it would hand the revoked the key).
+            guard isMember(laggard.nodeID), (try? ledger.farmKeys().last?.epoch) == mesh.keyRing.epoch else {
+                return nil
+            }
+            let ring = mesh.keyRing
+            var plain = WireWriter()
+            plain.u32(ring.epoch)
+            plain.raw(ring.current.bytes)
+            return NodeIdentity.seal(plain.bytes, to: laggard.publicKey).map {
+                PeerRequest.farmKey(sealed: $0).encoded()
+            }
+        }
+        if let status = await raft.status { self.members.withLock { $0 = status.members } }
+    }
+
+    func isMember(_ nodeID: String) -> Bool { members.withLock { $0.contains(nodeID) } }
+
+    /// Keeps `members` current (the mesh hears old epochs, and hands keys over, to members only).
+    func watchMembers() async {
+        while !Task.isCancelled {
+            if let status = await raft.status {
+                let revoked = (try? ledger.revokedNodes()) ?? []
+                members.withLock { $0 = status.members.subtracting(revoked) }
+            }
+            try? await Task.sleep(for: .milliseconds(250))
+        }
+    }
+
+    private func persist(_ ring: FarmKeyRing) throws {
+        do {
+            // The ring first: a crash between the two leaves farm.key on the old epoch, which the ring still holds.
+            try ring.save(to: data.farmKeyRing)
+            try ring.current.save(to: data.farmKey)
+        } catch {
+            throw FarmError(.io, "Cannot save the new farm key in \(data.root): \(error.message)", cause: error)
+        }
+    }
+
+    /// Switches to `key` at `epoch` if it is newer than this node's: saved first, then the mesh uses it.
+    private func switchTo(_ key: FarmKey, epoch: UInt32) throws -> Bool {
+        try changing.withLock { _ in
+            let ring = mesh.keyRing
+            guard epoch > ring.epoch else { return false }
+            let next = ring.rotated(to: key, epoch: epoch)
+            try persist(next)
+            mesh.setKeyRing(next)
+            return true
+        }
+    }
+
+    // MARK: Applying
+
+    /// A committed `FarmKey` entry, applied here: every member switches at the same log index.
+    func apply(_ change: FarmKeyChange) async {
+        guard let bytes = [UInt8](hexString: change.key), let key = try? FarmKey(bytes: bytes) else { return }
+        var failures = FailureRun(
+            first: "cannot save the new farm key; retrying", again: "still cannot save the new farm key",
+            back: "saved the new farm key")
+        while !Task.isCancelled {
+            do {
+                if try switchTo(key, epoch: change.epoch) {
+                    logger.notice(
+                        "switched to a new farm key",
+                        metadata: ["farm/epoch": "\(change.epoch)", "farm/revoked": "\(change.revoked)"])
+                }
+                failures.recovered(logger: logger)
+                break
+            } catch {
+                failures.failed(error, logger: logger)
+                try? await Task.sleep(for: failures.backoff(minimum: .milliseconds(100), maximum: .seconds(5)))
+            }
+        }
+        if !change.revoked.isEmpty { await mesh.setRevoked((try? ledger.revokedNodes()) ?? Set(change.revoked)) }
+    }
+
+    /// A member handed this node the current key (it was away during a rotation): accepted from a member of this
+    /// node's own view of the farm, for a newer epoch, when it opens with this node's identity.
+    func receive(sealed: [UInt8], from peer: String) throws {
+        guard members.withLock({ $0.contains(peer) }) else {
+            throw FarmError(.badInput, "Only a member hands this node a farm key.")
+        }
+        guard let plain = mesh.identity.openSealed(sealed), plain.count == 4 + FarmKey.byteCount else {
+            throw FarmError(.badInput, "The farm key handed over does not open with this node's identity.")
+        }
+        var reader = WireReader(plain)
+        guard let epoch = reader.u32(), let bytes = reader.raw(FarmKey.byteCount), let key = try? FarmKey(bytes: bytes)
+        else { throw FarmError(.badInput, "The farm key handed over is malformed.") }
+        if try switchTo(key, epoch: epoch) {
+            logger.notice(
+                "received the current farm key from a member (this node missed a rotation)",
+                metadata: ["farm/epoch": "\(epoch)", "mesh/peer": "\(peer)"])
+        }
+    }
+
+    // MARK: Commands
+
+    /// `rexnode rotate-key` (and the second half of `revoke`): a new key, committed through the log; answers once it
+    /// is applied here, with the new token.
+    func rotate(revoking: [String] = []) async throws -> [String: JSONValue] {
+        let key = FarmKey.generate()
+        let epoch = max(mesh.keyRing.epoch, (try ledger.farmKeys().last?.epoch) ?? 0) + 1
+        let change = FarmKeyChange(epoch: epoch, key: key.bytes.hexString, revoked: revoking)
+        let deadline = ContinuousClock.now + .seconds(30)
+        var outcome: ApplyOutcome?
+        while outcome == nil {
+            do {
+                outcome = try await commandLog.propose([.farmKey(change)]).first
+            } catch {
+                // No leader for a moment (a revoked leader stepping down): retry until the deadline.
+                guard ContinuousClock.now < deadline else {
+                    throw FarmError(
+                        .notRunning, "The farm did not commit the new key within 30 s: \(error).", cause: error)
+                }
+                try await Task.sleep(for: .milliseconds(300))
+            }
+        }
+        if case .ignored(let why) = outcome {
+            throw FarmError(.failed, "The key rotation was not applied (\(why)); run it again.")
+        }
+        _ = try switchTo(key, epoch: epoch)
+        logger.notice("rotated the farm key", metadata: ["farm/epoch": "\(epoch)", "farm/revoked": "\(revoking)"])
+        return ["epoch": .int(Int64(epoch)), "token": .string(key.token), "revoked": .from(revoking)]
+    }
+
+    /// `rexnode revoke NODE` (a node id, a unique id prefix, or a member's name): removes it from the membership
+    /// through the log, then rotates the key with it denied for good. The removal is committed first, so the
+    /// revoked node is no longer replicated to when the new key enters the log.
+    func revoke(_ spec: String) async throws -> [String: JSONValue] {
+        guard let status = await raft.status else {
+            throw FarmError(.notRunning, "Raft has not started on this node yet; try again in a moment.")
+        }
+        let target = try await resolve(spec, members: status.members)
+        guard target != nodeID else {
+            throw FarmError(.badInput, "A node cannot revoke itself; run `rexnode revoke` on another member.")
+        }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while let now = await raft.status, now.members.contains(target) {
+            guard ContinuousClock.now < deadline else {
+                throw FarmError(.notRunning, "The farm did not remove \(target) within 60 s; try again.")
+            }
+            if now.role == .leader {
+                _ = try? await withTimeout(.seconds(5)) { [raft] in try await raft.removeMember(target) }
+            } else if let leader = now.leader {
+                _ = try? await mesh.request(to: leader, PeerRequest.leave(node: target).encoded(), timeout: .seconds(5))
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        logger.warning("revoked a machine: removed from the farm", metadata: ["farm/revoked": "\(target)"])
+        var answer = try await rotate(revoking: [target])
+        answer["node"] = .string(target)
+        return answer
+    }
+
+    /// A member's node id from an id, a unique id prefix or a name (as `rexnode peers` shows them).
+    private func resolve(_ spec: String, members: Set<String>) async throws -> String {
+        if members.contains(spec) { return spec }
+        if spec == name || (spec.count >= 4 && nodeID.hasPrefix(spec)) { return nodeID }
+        let byPrefix = members.filter { $0.hasPrefix(spec) }
+        if byPrefix.count == 1, let id = byPrefix.first { return id }
+        let byName = await mesh.peers().filter { $0.name == spec && members.contains($0.nodeID) }.map(\.nodeID)
+        if Set(byName).count == 1, let id = byName.first { return id }
+        if byName.count > 1 || byPrefix.count > 1 {
+            throw FarmError(.badInput, "'\(spec)' names more than one member; use its id from `rexnode peers`.")
+        }
+        throw FarmError(.notFound, "No member of this farm is called '\(spec)'; see `rexnode peers`.")
+    }
+}
