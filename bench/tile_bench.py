@@ -11,6 +11,9 @@ sees it from the commit (`Job … →` line of `rexnode submit`) until the assem
             (default 512: a still that takes long, which is what tiles are for; at 128 samples the fixed costs of
             a job, Blender's start and the assembly, weigh more, and that figure is printed too)
   count     2 nodes: 1, 2, 4, 8, 16, 32 tiles: where one more split costs more than it saves
+  ceiling   plain Blender, no farm: the long still rendered by one `blender -t 1` alone vs by two at once (each the
+            whole frame): what two 1-thread renders side by side get from this machine, the most any split can
+            reach here (a VM's two vCPUs need not give twice the throughput of one)
 
 Usage: bench/tile_bench.py BIN_DIR [--samples N] [--speedup-samples N]
 """
@@ -51,6 +54,16 @@ def best(farm, scene, tiles, work, runs=2):
     return min(times)
 
 
+def plain_blender(scene, work, copies):
+    """Seconds until `copies` plain `blender -b -t 1` renders of the frame, started together, have all ended."""
+    started = time.perf_counter()
+    procs = [subprocess.Popen([BLENDER, "-b", scene, "-t", "1", "-o", os.path.join(work, f"plain{i}_"), "-f", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(copies)]
+    if any(p.wait() != 0 for p in procs):
+        raise RuntimeError("plain Blender failed")
+    return time.perf_counter() - started
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("bin")
@@ -89,6 +102,12 @@ def main():
         print(f"speedup   {options.speedup_samples} samples: 2-tile still on 2 nodes: {heavy_two:.2f} s vs whole on 1 "
               f"node: {heavy_whole:.2f} s -> {heavy_whole / heavy_two:.2f}x (goal >= 1.7x); {options.samples} "
               f"samples: {counts[2]:.2f} s vs {whole:.2f} s -> {whole / counts[2]:.2f}x")
+        alone = plain_blender(heavy, work, 1)
+        together = plain_blender(heavy, work, 2)
+        ceiling = 2 * alone / together
+        print(f"ceiling   plain Blender, 1 thread: one render alone {alone:.2f} s, two at once {together:.2f} s -> this "
+              f"machine gives 2 renders {ceiling:.2f}x the throughput of 1; the farm's 2-tile speedup is "
+              f"{heavy_whole / heavy_two / ceiling * 100:.0f}% of that")
         line = ", ".join(f"{n}: {t:.2f} s" for n, t in counts.items())
         beyond = next((n for n, m in zip(list(counts)[1:], list(counts)[2:]) if counts[m] > counts[n]), None)
         print(f"count     2 nodes, tiles -> seconds: {line}; "
