@@ -73,6 +73,7 @@ final class KeyRotation: Sendable {
             }
         }
         if let status = await raft.status { self.members.withLock { $0 = status.members } }
+        if !members.withLock({ $0.isEmpty }) { mesh.stopLearningEpochs() }
     }
 
     func isMember(_ nodeID: String) -> Bool { members.withLock { $0.contains(nodeID) } }
@@ -83,6 +84,8 @@ final class KeyRotation: Sendable {
             if let status = await raft.status {
                 let revoked = (try? ledger.revokedNodes()) ?? []
                 members.withLock { $0 = status.members.subtracting(revoked) }
+                // A member's epochs come from its log only.
+                if !status.members.isEmpty { mesh.stopLearningEpochs() }
             }
             try? await Task.sleep(for: .milliseconds(250))
         }
@@ -124,6 +127,10 @@ final class KeyRotation: Sendable {
                     logger.notice(
                         "switched to a new farm key",
                         metadata: ["farm/epoch": "\(change.epoch)", "farm/revoked": "\(change.revoked)"])
+                    // A peer that connected under the old key without being a member keeps no connection.
+                    if !members.withLock({ $0.isEmpty }) {
+                        await mesh.closeConnections { [self] id in isMember(id) }
+                    }
                 }
                 failures.recovered(logger: logger)
                 break
@@ -160,7 +167,12 @@ final class KeyRotation: Sendable {
     /// is applied here, with the new token.
     func rotate(revoking: [String] = []) async throws -> [String: JSONValue] {
         let key = FarmKey.generate()
-        let epoch = max(mesh.keyRing.epoch, (try ledger.farmKeys().last?.epoch) ?? 0) + 1
+        // The log's epoch, never a beacon's (anyone holding the key can claim any epoch in a header).
+        let last = (try ledger.farmKeys().last?.epoch) ?? 0
+        guard last < UInt32.max - 1 else {
+            throw FarmError(.failed, "The farm key is at its last epoch (\(last)); it cannot be rotated again.")
+        }
+        let epoch = last + 1
         let change = FarmKeyChange(epoch: epoch, key: key.bytes.hexString, revoked: revoking)
         let deadline = ContinuousClock.now + .seconds(30)
         var outcome: ApplyOutcome?

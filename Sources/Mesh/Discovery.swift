@@ -85,7 +85,7 @@ struct DiscoveryCore: Sendable {
         refreshCodecs()
         var opened = codec.open(bytes)
         if case .otherFarm(let print) = opened, print == codec.fingerprint, let epoch = Self.epoch(of: bytes),
-            epoch > codec.epoch
+            epoch > codec.epoch, keys.learnsEpochs
         {
             // This key at a higher epoch number: the farm's epoch, which a join token does not carry.
             let probe = BeaconCodec(farmKey: keys.ring.current, epoch: epoch)

@@ -39,6 +39,9 @@ final class KeyState: Sendable {
         var switchedAt: ContinuousClock.Instant?
         var isMember: @Sendable ([UInt8]) -> Bool = { _ in false }
         var revoked: Set<String> = []
+        /// A node with a log takes epochs from it only: a beacon under its key claiming a higher epoch (which anyone
+        /// holding the key can seal) would move it off the farm's real epoch.
+        var learning = true
     }
 
     private let state: Mutex<State>
@@ -57,8 +60,13 @@ final class KeyState: Sendable {
     /// The same key at a higher epoch number: a node that joined with a token (which carries no epoch) learns the
     /// farm's epoch from the first beacon that authenticates under its key. No overlap starts: no key changed.
     func learnEpoch(_ epoch: UInt32) {
-        state.withLock { s in if epoch > s.ring.epoch { s.ring.epoch = epoch } }
+        state.withLock { s in if s.learning, epoch > s.ring.epoch, epoch < .max { s.ring.epoch = epoch } }
     }
+
+    /// From now on epochs come from the log only (the node has one).
+    func stopLearningEpochs() { state.withLock { $0.learning = false } }
+
+    var learnsEpochs: Bool { state.withLock { $0.learning } }
 
     func setMembership(_ isMember: @escaping @Sendable ([UInt8]) -> Bool) { state.withLock { $0.isMember = isMember } }
     func setRevoked(_ nodeIDs: Set<String>) { state.withLock { $0.revoked = nodeIDs } }

@@ -179,6 +179,18 @@ public actor MeshNode {
         }
     }
 
+    /// This node has a log: its epochs come from it only, never from a beacon's header.
+    public nonisolated func stopLearningEpochs() { keys.stopLearningEpochs() }
+
+    /// Closes the connections of peers that are not members, after a key change: a stranger that connected under the
+    /// old key keeps nothing of the farm.
+    public func closeConnections(keeping isMember: @Sendable (String) -> Bool) {
+        for (id, conn) in connections where !isMember(id) {
+            logger.notice("closing a non-member's connection after a key change", metadata: ["mesh/peer": "\(id)"])
+            conn.channel.close(promise: nil)
+        }
+    }
+
     /// Who is a member (by identity key): only members are heard on an older epoch or handed the current key.
     public nonisolated func setMembership(_ isMember: @escaping @Sendable ([UInt8]) -> Bool) {
         keys.setMembership(isMember)

@@ -76,6 +76,20 @@ import Testing
         #expect(core.codec.epoch == 3)
     }
 
+    @Test func aNodeWithALogTakesNoEpochFromABeaconHeader() {
+        // Anyone holding the key can seal a beacon claiming any epoch; a member's epochs come from its log.
+        let keys = KeyState(FarmKeyRing(current: newKey))
+        keys.stopLearningEpochs()
+        var core = DiscoveryCore(keys: keys, ownKey: NodeIdentity.generate().publicKey, settings: .init())
+        let counters = MeshCounters()
+        #expect(feed(&core, BeaconCodec(farmKey: newKey, epoch: 7).seal(beacon(member)), counters: counters).isEmpty)
+        #expect(keys.ring.epoch == 0)
+        // The last epoch is never learnt (a rotation after it would overflow).
+        let fresh = KeyState(FarmKeyRing(current: newKey))
+        fresh.learnEpoch(.max)
+        #expect(fresh.ring.epoch == 0)
+    }
+
     @Test func handshakesUnderTheOldKeyFailAfterTheOverlapAndOnlyMembersPassDuringIt() throws {
         func run(initiatorKey: FarmKey, older: [FarmKey], isMember: @escaping @Sendable ([UInt8]) -> Bool) throws {
             var i = HandshakeStateMachine(role: .initiator, identity: stranger, farmKey: initiatorKey)
