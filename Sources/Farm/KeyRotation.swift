@@ -236,6 +236,8 @@ final class KeyRotation: Sendable {
         if byName.count > 1 || byPrefix.count > 1 {
             throw FarmError(.badInput, "'\(spec)' names more than one member; use its id from `rexnode peers`.")
         }
+        // A full node id that is no longer a member: a revoke whose rotation did not go through can be run again.
+        if spec.count == 16, spec.allSatisfy(\.isHexDigit), spec != nodeID { return spec }
         throw FarmError(.notFound, "No member of this farm is called '\(spec)'; see `rexnode peers`.")
     }
 }

@@ -39,9 +39,11 @@ public struct DataDirectory: Sendable {
     /// Left by `rexnode init`: this node founds the farm at its first start, without a discovery window.
     public var founderMark: String { root + "/founder" }
 
+    /// Made (or kept) private to its owner: the database holds every epoch's farm key, the folder the node key.
     public func create() throws {
         try FileManager.default.createDirectory(
             atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        _ = chmod(root, 0o700)
     }
 }
 
