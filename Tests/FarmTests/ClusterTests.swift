@@ -9,7 +9,7 @@ final class TestFarm {
 
     /// Starts `count` nodes of one farm (the first was made with `rexnode init`), all at the same moment.
     init(
-        count: Int, args: [String], perNode: [Int: [String]] = [:], formTimeout: Double = 120,
+        count: Int, args: [String], perNode: [Int: [String]] = [:], formTimeout: Double = 240,
         environment: [String: String] = [:]
     ) throws {
         let first = NSTemporaryDirectory() + "rex-node-\(UUID().uuidString.prefix(8))"
