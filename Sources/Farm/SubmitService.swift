@@ -466,7 +466,8 @@ final class FileHashes: Sendable {
 public enum TileSpec {
     /// Columns and rows, refused in one sentence when the text is not that.
     public static func parse(_ text: String) throws -> (columns: Int, rows: Int) {
-        guard let count = TileGrid.parse(text), count.columns * count.rows <= LedgerRules.maxTiles else {
+        // TileGrid.parse bounds the grid (LedgerRules.maxTiles).
+        guard let count = TileGrid.parse(text) else {
             throw FarmError(
                 .badInput,
                 "--tiles takes columns x rows, such as 3x2 (at most \(LedgerRules.maxTiles) tiles), not \"\(text)\".")

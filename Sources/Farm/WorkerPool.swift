@@ -178,7 +178,8 @@ actor WorkerPool {
                     let started = ContinuousClock.now
                     let rendered: RenderedFrame
                     if let grid, case .frame = unit {
-                        rendered = try await assemble(job: job, frame: frame, grid: grid, into: outDir)
+                        rendered = try await assemble(
+                            job: job, frame: frame, grid: grid, submitter: submitter, into: outDir)
                     } else if let session {
                         rendered = try await session.render(
                             frame: frame, region: unit.tile.flatMap { tile in grid.map { $0.imageRegion(tile) } },
@@ -406,7 +407,9 @@ actor WorkerPool {
     }
 
     /// A tiled frame put together from its tiles (fetched from their holders) in the tiles' own format.
-    private func assemble(job: String, frame: Int, grid: TileGrid, into folder: String) async throws -> RenderedFrame {
+    private func assemble(
+        job: String, frame: Int, grid: TileGrid, submitter: String, into folder: String
+    ) async throws -> RenderedFrame {
         let started = ContinuousClock.now
         let tiles = (try ledger.tiles(of: job))[frame] ?? []
         guard tiles.count == grid.count, tiles.allSatisfy({ $0.state == "done" && $0.hash != nil }) else {
@@ -417,8 +420,7 @@ actor WorkerPool {
                 .blenderMissing,
                 "This node has no oiiotool (OpenImageIO) to assemble tiles; install the openimageio-tools package.")
         }
-        let record = try ledger.job(job)
-        let holders = Array(Set(tiles.flatMap(\.holders) + [record?.submitter].compactMap { $0 }))
+        let holders = Array(Set(tiles.flatMap(\.holders) + [submitter]))
         try await exchange.ensureAll(tiles.compactMap(\.hash), holders: holders + (await roster.alivePeers()))
         let ext = grid.frameExtension(tiles: tiles[0].ext ?? "")
         let staging = folder + "/tiles-\(frame)"
