@@ -66,6 +66,9 @@ public struct RaftStatus: Sendable, Hashable {
     public var members: Set<NodeID>
     /// The term of the latest `recover` entry in this node's log (0: never recovered).
     public var recoveryEpoch: Term = 0
+    /// Whether this node leads and may propose a membership change now (it has committed an entry of its own term,
+    /// so every entry committed before it took over is at or below `commitIndex`, and none is pending).
+    public var canChangeMembership: Bool = false
 }
 
 // MARK: - RaftNode
@@ -226,7 +229,7 @@ public actor RaftNode {
         return RaftStatus(
             id: id, role: instance.role, term: instance.currentTerm, leader: instance.leaderID,
             commitIndex: instance.commitIndex, lastIndex: instance.lastIndex, members: instance.members,
-            recoveryEpoch: instance.recoveryEpoch)
+            recoveryEpoch: instance.recoveryEpoch, canChangeMembership: instance.canChangeMembership)
     }
 
     /// `rexnode recover`: makes `live` the whole membership after a lost quorum (see `RaftInstance.onRecover`).

@@ -4,6 +4,7 @@ import NIOCore
 import NIOExtras
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 // MARK: Server
 
@@ -15,17 +16,37 @@ import ServiceLifecycle
 struct ControlServer: Service {
     let path: String
     let logger: Logger
+    /// A connection with no request in flight that sends nothing for this long is closed (a client that opened the
+    /// socket and went quiet, or sends a line byte by byte, holds no resources for ever).
+    var idleTimeout: TimeAmount = .seconds(60)
+    /// Connections open at once; one more is answered with an error and closed.
+    var maxConnections = 128
     let handler: @Sendable (ControlRequest) async -> ControlReply
+    private let open = OpenConnections()
+
+    init(
+        path: String, logger: Logger, idleTimeout: TimeAmount = .seconds(60), maxConnections: Int = 128,
+        handler: @escaping @Sendable (ControlRequest) async -> ControlReply
+    ) {
+        self.path = path
+        self.logger = logger
+        self.idleTimeout = idleTimeout
+        self.maxConnections = maxConnections
+        self.handler = handler
+    }
 
     func run() async throws {
         let oldUmask = umask(0o177)
         let server: NIOAsyncChannel<NIOAsyncChannel<ControlLine, ByteBuffer>, Never>
         do {
+            let idle = idleTimeout
             server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            ByteToMessageHandler(ControlLineDecoder(maxBytes: ControlRequestDecoder.maxLineBytes)))
+                        try channel.pipeline.syncOperations.addHandlers(
+                            IdleStateHandler(readTimeout: idle),
+                            ByteToMessageHandler(ControlLineDecoder(maxBytes: ControlRequestDecoder.maxLineBytes)),
+                            ControlIdleCloser())
                         return try NIOAsyncChannel<ControlLine, ByteBuffer>(wrappingChannelSynchronously: channel)
                     }
                 }
@@ -58,11 +79,18 @@ struct ControlServer: Service {
     /// waits for is committed. Other requests run to their end.
     private func serve(_ connection: NIOAsyncChannel<ControlLine, ByteBuffer>) async {
         let allowed = await Self.peerAllowed(connection.channel)
+        let room = open.enter(limit: maxConnections)
+        defer { open.leave() }
         do {
             try await connection.executeThenClose { inbound, outbound in
                 guard allowed else {
                     logger.warning("refused a control connection from another user")
                     try await Self.write(.failure(Self.otherUser), to: outbound)
+                    return
+                }
+                guard room else {
+                    logger.warning("refused a control connection: too many are open")
+                    try await Self.write(.failure(Self.tooMany), to: outbound)
                     return
                 }
                 try await withThrowingTaskGroup(of: Void.self) { group in
@@ -95,6 +123,9 @@ struct ControlServer: Service {
         }
     }
 
+    static let tooMany = FarmError(
+        .failed, "The rexnode daemon has too many control connections open; try again in a moment.")
+
     static let otherUser = FarmError(
         .badInput, "This rexnode daemon answers only its own user and root; run the command as that user.")
 
@@ -113,6 +144,45 @@ struct ControlServer: Service {
         var out = ByteBuffer(bytes: reply.json)
         out.writeInteger(UInt8(ascii: "\n"))
         try await outbound.write(out)
+    }
+}
+
+/// How many control connections are open (each counted from accept to close).
+final class OpenConnections: Sendable {
+    private let count = Atomic<Int>(0)
+
+    /// Counts one more; false if that one is over `limit` (it is counted all the same until `leave`).
+    func enter(limit: Int) -> Bool { count.wrappingAdd(1, ordering: .relaxed).newValue <= limit }
+    func leave() { count.wrappingSubtract(1, ordering: .relaxed) }
+}
+
+/// Closes a control connection the `IdleStateHandler` reports as idle, unless a request on it is still being
+/// answered (a long `submit` or `wait` sends nothing while the daemon works): each request line is answered by
+/// exactly one write, so lines read minus answers written is the work in flight.
+final class ControlIdleCloser: ChannelDuplexHandler, Sendable {
+    typealias InboundIn = ControlLine
+    typealias InboundOut = ControlLine
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let inFlight = Atomic<Int>(0)
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        inFlight.wrappingAdd(1, ordering: .relaxed)
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        inFlight.wrappingSubtract(1, ordering: .relaxed)
+        context.write(data, promise: promise)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            if inFlight.load(ordering: .relaxed) <= 0 { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }
 

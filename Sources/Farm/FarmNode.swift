@@ -134,10 +134,15 @@ public final class FarmNode: Sendable {
             },
             onApply: { pulse.fire() },
             onMembership: { change, index in
-                if case .farmKey(let c) = change {
+                switch change {
+                case .farmKey(let c):
                     await keys.value?.apply(c)
-                } else {
+                case .revokeNodes:
+                    await keys.value?.refreshTrust()
+                default:
                     await Membership.enforce(change, at: index, raft: raft, mesh: mesh)
+                    // A revoked machine is shut out as soon as its removal applies (the leader too).
+                    if case .removeNode = change { await keys.value?.refreshTrust() }
                 }
             })
         let keyRotation = KeyRotation(
@@ -326,7 +331,20 @@ public final class FarmNode: Sendable {
 
     /// Answers another daemon's request (the mesh has already authenticated it as a farm member).
     private func answerPeer(from: String, _ payload: [UInt8]) async throws -> [UInt8] {
-        switch try PeerRequest(bytes: payload) {
+        let request = try PeerRequest(bytes: payload)
+        switch request {
+        case .propose, .replicate, .store, .leave, .frameLogs:
+            // What changes the farm, fills this node's disk or reads its logs is for members only (as this node's
+            // Raft membership has them, revoked identities excepted); holding the current key is not enough.
+            guard await raft.status?.members.contains(from) == true, !keyRotation.isRevoked(from) else {
+                throw FarmError(.badInput, "Only a member of this farm may ask this node that.")
+            }
+        case .stale, .farmKey:
+            // A stale-log notice is checked against this node's own epoch and run; a key hand-over against its
+            // members and its identity (`KeyRotation.receive`).
+            break
+        }
+        switch request {
         case .propose(let entries):
             return PeerAnswer(indexes: try await raftLog.proposeForwarded(entries)).encoded()
         case .replicate(let hash, let holder):

@@ -464,6 +464,7 @@ struct FarmQueries: Sendable {
             case .recoverMembers(let c): .from(c)
             // Never the key itself: only its epoch and whom it shut out.
             case .farmKey(let c): ["epoch": .int(Int64(c.epoch)), "revoked": .from(c.revoked)]
+            case .revokeNodes(let c): .from(c)
             case .noop: [:]
             }
         if case .object(let f) = fields { for (k, v) in f where o[k] == nil { o[k] = v } }

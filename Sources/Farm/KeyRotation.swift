@@ -23,6 +23,8 @@ final class KeyRotation: Sendable {
     let logger: Logger
     /// Current members' node ids, refreshed by `watchMembers` (read from event loops by the mesh).
     let members = Mutex<Set<String>>([])
+    /// Revoked node ids, as the ledger has applied them (refreshed with `members`).
+    private let revoked = Mutex<Set<String>>([])
     /// Serialises ring changes (apply and hand-over may race).
     private let changing = Mutex<Void>(())
 
@@ -56,7 +58,6 @@ final class KeyRotation: Sendable {
         try persist(ring)
         mesh.setKeyRing(ring)
         mesh.setMembership { [self] key in isMember(String(key.hexString.prefix(16))) }
-        await mesh.setRevoked(try ledger.revokedNodes())
         let mesh = self.mesh
         await mesh.setKeyHandOver { [self] laggard in
             // Only a node that applied its current epoch from the log hands it over: one that was handed the key
@@ -72,23 +73,46 @@ final class KeyRotation: Sendable {
                 PeerRequest.farmKey(sealed: $0).encoded()
             }
         }
-        if let status = await raft.status { self.members.withLock { $0 = status.members } }
-        if !members.withLock({ $0.isEmpty }) { mesh.stopLearningEpochs() }
+        await refreshTrust()
     }
 
     func isMember(_ nodeID: String) -> Bool { members.withLock { $0.contains(nodeID) } }
 
+    func isRevoked(_ nodeID: String) -> Bool { revoked.withLock { $0.contains(nodeID) } }
+
     /// Keeps `members` current (the mesh hears old epochs, and hands keys over, to members only).
     func watchMembers() async {
         while !Task.isCancelled {
-            if let status = await raft.status {
-                let revoked = (try? ledger.revokedNodes()) ?? []
-                members.withLock { $0 = status.members.subtracting(revoked) }
-                // A member's epochs come from its log only.
-                if !status.members.isEmpty { mesh.stopLearningEpochs() }
-            }
+            await refreshTrust()
             try? await Task.sleep(for: .milliseconds(250))
         }
+    }
+
+    /// Members are the Raft membership minus revoked identities. A revoked identity is shut out of the mesh once it
+    /// is no longer a member: while it still is, its removal must be able to commit (in a farm of two it needs its
+    /// acknowledgement), and it is refused every key hand-over and every peer request meanwhile.
+    func refreshTrust() async {
+        guard let status = await raft.status, let revoked = try? ledger.revokedNodes() else { return }
+        members.withLock { $0 = status.members.subtracting(revoked) }
+        self.revoked.withLock { $0 = revoked }
+        await mesh.setRevoked(revoked.subtracting(status.members))
+        // A member's epochs come from its log only, once the log has confirmed the key it holds.
+        if !status.members.isEmpty, keyConfirmed() { mesh.stopLearningEpochs() }
+    }
+
+    /// Whether the ledger vouches for the key this node holds: it is the last epoch's key, or the farm never
+    /// rotated and this node holds its first key. A key given by `join --token` on a folder that missed rotations is
+    /// not vouched for until the log catches up, so until then the node still learns the farm's epoch from beacons.
+    private func keyConfirmed() -> Bool {
+        let mark = data.farmKeyUnconfirmed
+        guard FileManager.default.fileExists(atPath: mark) else { return true }
+        guard let last = try? ledger.farmKeys().last, last.key == mesh.keyRing.current.bytes.hexString else {
+            return false
+        }
+        try? FileManager.default.removeItem(atPath: mark)
+        logger.notice(
+            "the ledger vouches for the farm key given with --token", metadata: ["farm/epoch": "\(last.epoch)"])
+        return true
     }
 
     private func persist(_ ring: FarmKeyRing) throws {
@@ -139,7 +163,7 @@ final class KeyRotation: Sendable {
                 try? await Task.sleep(for: failures.backoff(minimum: .milliseconds(100), maximum: .seconds(5)))
             }
         }
-        if !change.revoked.isEmpty { await mesh.setRevoked((try? ledger.revokedNodes()) ?? Set(change.revoked)) }
+        if !change.revoked.isEmpty { await refreshTrust() }
     }
 
     /// A member handed this node the current key (it was away during a rotation): accepted from a member of this
@@ -174,31 +198,18 @@ final class KeyRotation: Sendable {
         }
         let epoch = last + 1
         let change = FarmKeyChange(epoch: epoch, key: key.bytes.hexString, revoked: revoking)
-        let deadline = ContinuousClock.now + .seconds(30)
-        var outcome: ApplyOutcome?
-        while outcome == nil {
-            do {
-                outcome = try await commandLog.propose([.farmKey(change)]).first
-            } catch {
-                // No leader for a moment (a revoked leader stepping down): retry until the deadline.
-                guard ContinuousClock.now < deadline else {
-                    throw FarmError(
-                        .notRunning, "The farm did not commit the new key within 30 s: \(error).", cause: error)
-                }
-                try await Task.sleep(for: .milliseconds(300))
-            }
-        }
-        if case .ignored(let why) = outcome {
-            throw FarmError(.failed, "The key rotation was not applied (\(why)); run it again.")
-        }
+        try await proposeUntilApplied(.farmKey(change), what: "the new key")
         _ = try switchTo(key, epoch: epoch)
         logger.notice("rotated the farm key", metadata: ["farm/epoch": "\(epoch)", "farm/revoked": "\(revoking)"])
         return ["epoch": .int(Int64(epoch)), "token": .string(key.token), "revoked": .from(revoking)]
     }
 
-    /// `rexnode revoke NODE` (a node id, a unique id prefix, or a member's name): removes it from the membership
-    /// through the log, then rotates the key with it denied for good. The removal is committed first, so the
-    /// revoked node is no longer replicated to when the new key enters the log.
+    /// `rexnode revoke NODE` (a node id, a unique id prefix, or a member's name), three entries in this order:
+    /// 1. `RevokeNodes`: the identity is denied for good on every node (no leader adds it back, no member hands it a
+    ///    key or answers its requests);
+    /// 2. its removal from the membership (the leader's too: it steps down, and every node shuts it out);
+    /// 3. the key rotation, proposed once it is no longer a member, so the new key is never replicated to it.
+    /// Each step is idempotent: a revoke that stopped halfway is run again with the node's full id.
     func revoke(_ spec: String) async throws -> [String: JSONValue] {
         guard let status = await raft.status else {
             throw FarmError(.notRunning, "Raft has not started on this node yet; try again in a moment.")
@@ -207,6 +218,8 @@ final class KeyRotation: Sendable {
         guard target != nodeID else {
             throw FarmError(.badInput, "A node cannot revoke itself; run `rexnode revoke` on another member.")
         }
+        try await proposeUntilApplied(.revokeNodes(RevokeNodes(nodes: [target])), what: "the revocation")
+        logger.warning("revoked a machine: its identity is denied", metadata: ["farm/revoked": "\(target)"])
         let deadline = ContinuousClock.now + .seconds(60)
         while let now = await raft.status, now.members.contains(target) {
             guard ContinuousClock.now < deadline else {
@@ -223,6 +236,27 @@ final class KeyRotation: Sendable {
         var answer = try await rotate(revoking: [target])
         answer["node"] = .string(target)
         return answer
+    }
+
+    /// Proposes one entry and waits until it is applied here, retrying while there is no leader for a moment (a
+    /// revoked leader stepping down) for up to 30 s.
+    private func proposeUntilApplied(_ command: LedgerCommand, what: String) async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        var outcome: ApplyOutcome?
+        while outcome == nil {
+            do {
+                outcome = try await commandLog.propose([command]).first
+            } catch {
+                guard ContinuousClock.now < deadline else {
+                    throw FarmError(.notRunning, "The farm did not commit \(what) within 30 s: \(error).", cause: error)
+                }
+                try await Task.sleep(for: .milliseconds(300))
+            }
+        }
+        if case .ignored(let why) = outcome {
+            throw FarmError(
+                .failed, "\(what.prefix(1).uppercased() + what.dropFirst()) was not applied (\(why)); run it again.")
+        }
     }
 
     /// A member's node id from an id, a unique id prefix or a name (as `rexnode peers` shows them).

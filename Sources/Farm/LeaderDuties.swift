@@ -9,7 +9,7 @@ import Mesh
 ///
 /// One membership change at a time: first a fresh node that is alive (its log is empty, or it says it is joining
 /// after it left or was evicted; a node saying "leaving" is never added back), then a member dead longer than
-/// `evictAfter`. Otherwise the frames of assignments whose node is dead, no longer a member, or whose lease ran
+/// `evictAfter`. A revoked identity is never added, whatever it announces. Otherwise the frames of assignments whose node is dead, no longer a member, or whose lease ran
 /// out go back to the queue. A member never heard from counts as dead only once this leader has listened for
 /// `deadAfter`.
 struct LeaderDuties: Sendable {
@@ -55,7 +55,7 @@ struct LeaderDuties: Sendable {
 
     mutating func onTick(
         now: Duration, nowMs: Int64, selfID: String, members: Set<String>, peers: [Peer], open: [AssignmentRecord],
-        epoch: UInt64 = 0
+        epoch: UInt64 = 0, revoked: Set<String> = []
     ) -> [Directive] {
         let since = leadingSince ?? now
         leadingSince = since
@@ -76,7 +76,7 @@ struct LeaderDuties: Sendable {
         }
         if let fresh = peers.first(where: { peer in
             peer.state == .alive && peer.connected && !members.contains(peer.id) && !isStale(peer)
-                && (peer.announced?.hasLog == false || peer.announced?.role == .joining)
+                && !revoked.contains(peer.id) && (peer.announced?.hasLog == false || peer.announced?.role == .joining)
         }) {
             return [.addMember(id: fresh.id, name: fresh.name)]
         }
@@ -140,11 +140,21 @@ struct LeaderService: Sendable {
                     id: $0.nodeID, name: $0.name, state: $0.state, announced: NodeStatus(bytes: $0.status),
                     instance: $0.instanceID, connected: connected.contains($0.nodeID))
             }
-            guard let open = try? ledger.openAssignments() else { continue }
+            guard let open = try? ledger.openAssignments(), let revoked = try? ledger.revokedNodes() else { continue }
             let directives = duties.onTick(
                 now: ContinuousClock.now - origin, nowMs: WallClock.millis(), selfID: nodeID,
-                members: status.members, peers: peers, open: open, epoch: status.recoveryEpoch)
-            for directive in directives { await perform(directive) }
+                members: status.members, peers: peers, open: open, epoch: status.recoveryEpoch, revoked: revoked)
+            for directive in directives {
+                // A node is added only once this leader has applied everything committed before its term (the
+                // ledger's revoked identities are then complete): a new leader must not add back a machine revoked
+                // under the previous one.
+                if case .addMember = directive {
+                    guard status.canChangeMembership, let applied = try? ledger.appliedIndex(),
+                        applied >= status.commitIndex
+                    else { continue }
+                }
+                await perform(directive)
+            }
         }
     }
 

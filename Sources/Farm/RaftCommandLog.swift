@@ -207,7 +207,7 @@ public actor RaftCommandLog: CommandLog {
         onApply()
         for row in rows {
             switch row.entry.command {
-            case .addNode, .removeNode, .farmKey: await onMembership(row.entry.command, row.index)
+            case .addNode, .removeNode, .farmKey, .revokeNodes: await onMembership(row.entry.command, row.index)
             default: break
             }
         }

@@ -28,6 +28,9 @@ public struct DataDirectory: Sendable {
     public var farmKey: String { root + "/farm.key" }
     /// Every key epoch this node knows ("EPOCH TOKEN" lines, mode 0600), next to `farm.key` (the current one).
     public var farmKeyRing: String { root + "/farm.keyring" }
+    /// Left by `join --token` when the token's key is not in this folder's ring (the folder missed rotations, or was
+    /// handed a false key): the key is used, but vouched for only once the ledger holds it (see `KeyRotation`).
+    public var farmKeyUnconfirmed: String { root + "/farm.key.unconfirmed" }
     public var identity: String { root + "/node.key" }
     public var database: String { root + "/ledger.sqlite" }
     public var blobs: String { root + "/blobs" }

@@ -20,6 +20,14 @@ public struct FarmKeyChange: Sendable, Equatable, Codable {
     }
 }
 
+/// The first entry of `rexnode revoke`: the identities are denied for good before they are removed, so no leader can
+/// add one back between its removal and the key rotation (a revoked machine may still announce itself as joining).
+public struct RevokeNodes: Sendable, Equatable, Codable {
+    public var nodes: [String]
+
+    public init(nodes: [String]) { self.nodes = nodes }
+}
+
 /// The replicated record of key epochs and revoked identities: every node applies the same entries, so every
 /// node knows every epoch's key (to recognise a member that missed a rotation) and every revoked identity.
 enum FarmKeyTable {
@@ -46,6 +54,15 @@ enum FarmKeyTable {
             try db.execute(
                 sql: "INSERT OR IGNORE INTO revoked_nodes (node, epoch) VALUES (?, ?)",
                 arguments: [node, Int64(c.epoch)])
+        }
+        return .applied
+    }
+
+    static func apply(_ c: RevokeNodes, db: Database) throws -> ApplyOutcome {
+        let epoch = try Int64.fetchOne(db, sql: "SELECT MAX(epoch) FROM farm_keys") ?? 0
+        for node in c.nodes {
+            try db.execute(
+                sql: "INSERT OR IGNORE INTO revoked_nodes (node, epoch) VALUES (?, ?)", arguments: [node, epoch])
         }
         return .applied
     }

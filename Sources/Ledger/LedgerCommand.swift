@@ -41,6 +41,9 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
     case noop
     /// `rexnode rotate-key` / `revoke`: the farm switches to a new key epoch (and denies revoked identities).
     case farmKey(FarmKeyChange)
+    /// `rexnode revoke`, its first entry: these identities are denied for good from here on (no leader adds them
+    /// again, no member hands them a key); their removal and the key rotation follow as entries of their own.
+    case revokeNodes(RevokeNodes)
 
     /// The short name shown by `rexnode ledger` as `"type"`.
     public var typeName: String {
@@ -61,6 +64,7 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
         case .recoverMembers: "Recover"
         case .noop: "Noop"
         case .farmKey: "FarmKey"
+        case .revokeNodes: "RevokeNodes"
         }
     }
 }

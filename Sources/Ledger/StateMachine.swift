@@ -25,6 +25,7 @@ struct StateMachine {
         case .setPriority(let c): return try setPriority(c)
         case .removeJob(let c): return try remove(c.job)
         case .farmKey(let c): return try FarmKeyTable.apply(c, db: db, index: index)
+        case .revokeNodes(let c): return try FarmKeyTable.apply(c, db: db)
         }
     }
 

@@ -211,9 +211,26 @@ extension RexNode {
             }
             if let given {
                 if let saved, saved != given {
-                    throw FarmError(
-                        .badInput,
-                        "\(dir.root) already belongs to another farm; use a new --data folder to join this one.")
+                    guard FileManager.default.fileExists(atPath: dir.database) else {
+                        throw FarmError(
+                            .badInput,
+                            "\(dir.root) already belongs to another farm; use a new --data folder to join this one.")
+                    }
+                    // A folder that was in a farm and holds a key this token is not in: it missed rotations (away
+                    // longer than --evict-after, or handed a false key). The token's key is used from now on; the
+                    // node learns the farm's epoch from its beacons until its ledger holds that key.
+                    var ring = FarmKeyRing.load(from: dir.farmKeyRing, current: saved)
+                    ring.current = given
+                    _ = FileManager.default.createFile(
+                        atPath: dir.farmKeyUnconfirmed, contents: Data("unconfirmed\n".utf8),
+                        attributes: [.posixPermissions: 0o600])
+                    try ring.save(to: dir.farmKeyRing)
+                    try given.save(to: dir.farmKey)
+                    FileHandle.standardError.write(
+                        Data(
+                            ("rexnode: \(dir.root) now uses the key of the token given (its own key was older); if the "
+                                + "token is another farm's, stop and use a new --data folder for that farm.\n").utf8))
+                    return given
                 }
                 try given.save(to: dir.farmKey)
                 return given

@@ -85,4 +85,91 @@ struct ControlServerTests {
         #expect(seen.all.contains("peers finished"), "\(seen.all)")
         #expect(!seen.all.contains("submit finished"))
     }
+
+    /// Starts a server on a fresh socket; returns its path and the task running it.
+    func start(_ server: (String) -> ControlServer) async throws -> (String, Task<Void, any Error>) {
+        let dir = NSTemporaryDirectory() + "rex-control-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let path = dir + "/rexnode.sock"
+        let made = server(path)
+        let running = Task { try await made.run() }
+        let ready = ContinuousClock.now + .seconds(30)
+        while !FileManager.default.fileExists(atPath: path) && ContinuousClock.now < ready {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return (path, running)
+    }
+
+    /// Reads what the server sends until it closes the connection (or `seconds` pass: nil), on a thread of its own:
+    /// a blocking read on Swift's shared pool would starve the server under test.
+    func readUntilClosed(_ fd: Int32, seconds: Int32, orLine: Bool = false) async -> String? {
+        await withCheckedContinuation { done in
+            Thread.detachNewThread {
+                done.resume(returning: Self.blockingReadUntilClosed(fd, seconds: seconds, orLine: orLine))
+            }
+        }
+    }
+
+    static func blockingReadUntilClosed(_ fd: Int32, seconds: Int32, orLine: Bool) -> String? {
+        var text: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        while poll(&poller, 1, seconds * 1000) > 0 {
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { return String(decoding: text, as: UTF8.self) }
+            text += buffer[0..<n]
+            if orLine && text.contains(UInt8(ascii: "\n")) { return String(decoding: text, as: UTF8.self) }
+        }
+        return nil
+    }
+
+    /// A client that opens the socket and says nothing is closed after the idle timeout; one whose request is still
+    /// being answered is not, however long the answer takes.
+    @Test func anIdleConnectionIsClosedButOneWaitingForItsAnswerIsNot() async throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let (path, running) = try await start { path in
+            ControlServer(path: path, logger: logger, idleTimeout: .milliseconds(300)) { _ in
+                try? await Task.sleep(for: .seconds(2))
+                return .success(["ok": true] as JSONValue)
+            }
+        }
+        defer { running.cancel() }
+        let quiet = try RawControlClient.connect(path)
+        defer { close(quiet) }
+        #expect(await readUntilClosed(quiet, seconds: 60) == "", "the idle connection was not closed")
+        let waiting = try send(#"{"op":"peers"}"#, to: path)
+        defer { close(waiting) }
+        let answer = try #require(await readUntilClosed(waiting, seconds: 60))
+        #expect(answer.contains("\"ok\""), "\(answer)")
+    }
+
+    @Test func connectionsOverTheCapAreAnsweredWithOneSentenceAndClosed() async throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let (path, running) = try await start { path in
+            ControlServer(path: path, logger: logger, maxConnections: 2) { _ in .success(["ok": true] as JSONValue) }
+        }
+        defer { running.cancel() }
+        let held = try (0..<2).map { _ in try RawControlClient.connect(path) }
+        // The held ones are counted once the server has accepted them: the extra one is refused.
+        var refused: String?
+        let deadline = ContinuousClock.now + .seconds(60)
+        while refused == nil && ContinuousClock.now < deadline {
+            let extra = try RawControlClient.connect(path)
+            let answer = await readUntilClosed(extra, seconds: 30) ?? ""
+            close(extra)
+            if answer.contains("too many control connections") { refused = answer }
+        }
+        #expect(refused?.contains("try again in a moment") == true)
+        for fd in held { close(fd) }
+        // Once they close, a client is answered again.
+        var answered = false
+        while !answered && ContinuousClock.now < deadline {
+            let fd = try send(#"{"op":"peers"}"#, to: path)
+            answered = (await readUntilClosed(fd, seconds: 30, orLine: true) ?? "").contains("\"ok\"")
+            close(fd)
+        }
+        #expect(answered)
+    }
 }

@@ -36,6 +36,10 @@ struct ControlRequestDecoderTests {
         let deepString = #"{"op":"status","job":""# + String(repeating: "[", count: 1000) + #""}"#
         #expect(decoded(deepString) == .status(job: String(repeating: "[", count: 1000)))
         #expect(decoded("{\"op\":\"peers\"}\r") == .peers)
+        // Closing brackets first do not buy deeper nesting afterwards.
+        let unbalanced = Array((String(repeating: "]", count: 50) + String(repeating: "[", count: 40)).utf8)
+        #expect(!ControlRequestDecoder.nestingFits(unbalanced[...]))
+        #expect(error(unbalanced)?.message.contains("nests too deeply") == true)
     }
 
     @Test func theFuzzCorpusReplaysWithoutATrap() throws {

@@ -126,5 +126,70 @@ extension ProcessTests {
             #expect(ledger.stdout.contains("FarmKey"), "\(ledger)")
             #expect(!ledger.stdout.contains("\"key\""), "the ledger shows no key")
         }
+
+        /// Two rotations back to back while one member is stopped, then the leader itself is revoked (from a
+        /// follower); the member that was away comes back on its own folder with the newest token (`join --token`
+        /// on a folder whose key is older is accepted) and follows.
+        @Test func revokingTheLeaderAfterTwoRotationsAndAMemberBackWithTheNewestToken() throws {
+            let common = ["--renderer", "simulated:20", "--beacon-ms", "200", "--dead-after", "2"]
+            let farm = try TestFarm(count: 4, args: ["--renderer", "simulated:20"])
+            let away = farm.nodes[3]
+            let awayID = try selfID(away)
+            away.stop()
+            var token = farm.token
+            for _ in 0..<2 {
+                let r = try farm.nodes[0].cli(["rotate-key"], timeout: 120)
+                #expect(r.status == 0, "\(r)")
+                let next = try #require(r.stdout.split(separator: "\n").last.map(String.init))
+                #expect(next != token)
+                token = next
+            }
+            let live = Array(farm.nodes.prefix(3))
+            try waitUntil(timeout: 60, "the live members print the newest token") {
+                try live.allSatisfy { try self.token($0) == token }
+            }
+            // The leader, revoked from a follower.
+            var leaderID = ""
+            try waitUntil(timeout: 60, "a leader is known") {
+                leaderID = try rows(live[0]).first { $0["role"] as? String == "leader" }?["id"] as? String ?? ""
+                return !leaderID.isEmpty
+            }
+            var ids: [String: TestNode] = [:]
+            for node in live { ids[try selfID(node)] = node }
+            let leader = try #require(ids[leaderID])
+            let follower = try #require(live.first { $0 !== leader })
+            let r = try follower.cli(["revoke", leaderID], timeout: 180)
+            #expect(r.status == 0, "\(r)\n\(follower.log)")
+            let final = try #require(r.stdout.split(separator: "\n").last.map(String.init))
+            #expect(final != token)
+            let rest = live.filter { $0 !== leader }
+            try waitUntil(timeout: 60, "the other members print the new token") {
+                try rest.allSatisfy { try self.token($0) == final }
+            }
+            try waitUntil(timeout: 60, "the revoked leader is no member") {
+                try rest.allSatisfy { try !liveMembers($0).contains(leaderID) }
+            }
+            #expect(try self.token(leader) == token, "the revoked leader was handed the new key")
+
+            // The member that was away, on its own folder, with the newest token.
+            let back = try TestNode(
+                name: away.name, args: ["--token", final] + common, data: away.data, discoveryPort: farm.port)
+            try waitUntil(timeout: 120, "the member that was away follows the new key") {
+                try self.token(back) == final
+            }
+            try waitUntil(timeout: 120, "it is a live member again") {
+                try rest.allSatisfy { try liveMembers($0).contains(awayID) }
+            }
+            let scene = try Scenes.make(["--frames", "4", "--width", "32", "--height", "24", "--samples", "1"])
+            let job = try rest[0].submit([
+                scene, "--frames", "1-4", "--output", tempDir("revoke-leader") + "/out", "--chunk", "1",
+            ])
+            let status = try rest[0].waitFor(job, timeout: 180) { $0["state"] as? String == "done" }
+            let renderers = Set(((status["frames"] as? [[String: Any]]) ?? []).compactMap { $0["node"] as? String })
+            #expect(!renderers.isEmpty && !renderers.contains(leaderID), "\(renderers)")
+            let seen = Set(try rows(rest[0], all: true).compactMap { $0["id"] as? String })
+            #expect(!seen.contains(leaderID), "the revoked leader is still heard")
+            back.stop()
+        }
     }
 }

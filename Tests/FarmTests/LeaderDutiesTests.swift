@@ -44,6 +44,19 @@ struct LeaderDutiesTests {
                 open: []) == [])
     }
 
+    /// `rexnode revoke` denies an identity first: whatever it announces afterwards (fresh, joining), no leader adds it.
+    @Test func aRevokedMachineIsNeverAddedWhateverItAnnounces() {
+        var d = duties
+        let revoked: Set<String> = ["b", "c"]
+        let peers = [peer("b", hasLog: false), peer("c", role: .joining), peer("e", hasLog: false)]
+        #expect(
+            d.onTick(now: .zero, nowMs: 0, selfID: "a", members: ["a"], peers: peers, open: [], revoked: revoked)
+                == [.addMember(id: "e", name: "name-e")])
+        #expect(
+            d.onTick(now: .zero, nowMs: 0, selfID: "a", members: ["a", "e"], peers: peers, open: [], revoked: revoked)
+                == [])
+    }
+
     @Test func aDeadMembersFramesGoBackAndItIsEvictedOnlyAfterTheEvictionDelay() {
         var d = duties
         let members: Set<String> = ["a", "b"]

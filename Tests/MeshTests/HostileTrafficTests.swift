@@ -151,6 +151,39 @@ func sendDatagrams(_ datagrams: [[UInt8]], group: String, port: Int) async throw
         }
     }
 
+    /// Anyone holding the current key can seal a beacon claiming any epoch in its clear header; a live member (its
+    /// epochs come from its log) neither moves to it nor hears the forger, and keeps its peer.
+    @Test(.timeLimit(.minutes(1))) func aForgedHigherEpochBeaconMovesNoMemberOffTheFarmsEpoch() async throws {
+        let farm = TestFarm()
+        let a = farm.node("a")
+        let b = farm.node("b")
+        try await withRunning([a, b]) {
+            #expect(await eventually { await a.connectedPeers() == [b.nodeID] })
+            let newKey = FarmKey.generate()
+            for node in [a, b] {
+                node.setKeyRing(node.keyRing.rotated(to: newKey, epoch: 2))
+                node.stopLearningEpochs()
+            }
+            let now = UInt64(Date().timeIntervalSince1970 * 1000)
+            let forger = NodeIdentity.generate()
+            let datagrams: [[UInt8]] = [UInt32.max, UInt32.max - 1, 3].enumerated().map { i, epoch in
+                BeaconCodec(farmKey: newKey, epoch: epoch).seal(
+                    Beacon(
+                        publicKey: forger.publicKey, instanceID: 9, sequence: UInt64(i + 1), timeMillis: now,
+                        tcpPort: 1, name: "forged", status: []))
+            }
+            let before = a.counters[.beaconsOtherFarm] + a.counters[.beaconsBadAuth]
+            try await sendDatagrams(datagrams, group: farm.group, port: farm.port)
+            #expect(await eventually(15) { a.counters[.beaconsOtherFarm] + a.counters[.beaconsBadAuth] >= before + 3 })
+            #expect(a.keyRing.epoch == 2 && b.keyRing.epoch == 2)
+            #expect(!(await a.peers().contains { $0.nodeID == forger.nodeID }))
+            // The two still hear each other under the farm's real epoch.
+            let heard = a.counters[.beaconsAccepted]
+            #expect(await eventually(15) { a.counters[.beaconsAccepted] > heard })
+            #expect(await a.peers().contains { $0.nodeID == b.nodeID && $0.state == .alive })
+        }
+    }
+
     @Test(.timeLimit(.minutes(1))) func floodOfIdleConnectionsIsCappedNotHeld() async throws {
         let farm = TestFarm()
         var settings = farm.settings(name: "a")
@@ -160,8 +193,9 @@ func sendDatagrams(_ datagrams: [[UInt8]], group: String, port: Int) async throw
             let port = try await a.listeningPort()
             var idle: [Channel] = []
             for _ in 0..<2 {
-                idle.append(try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                    .connect(host: "127.0.0.1", port: port).get())
+                idle.append(
+                    try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                        .connect(host: "127.0.0.1", port: port).get())
             }
             try await Task.sleep(for: .milliseconds(200))
             // The third is closed at once, long before the 2 s handshake timeout.
