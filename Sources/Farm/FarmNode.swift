@@ -1,3 +1,4 @@
+import Embedded
 import Election
 import Foundation
 import Ledger
@@ -53,6 +54,7 @@ public final class FarmNode: Sendable {
         let data = settings.data
         try data.create()
         lockFD = try Self.takeLock(data)
+        ResourceCache.use(data.resources)
         let identity: NodeIdentity
         let ledger: LedgerStore
         let blobs: BlobStore

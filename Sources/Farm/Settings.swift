@@ -36,6 +36,8 @@ public struct DataDirectory: Sendable {
     public var work: String { root + "/work" }
     /// Blender's output of this node's recent frame attempts (`rexnode log`).
     public var logs: String { root + "/logs" }
+    /// The binary's embedded scripts and add-on, extracted once per version (`resources/<content hash>/`).
+    public var resources: String { root + "/resources" }
     /// Left by `rexnode init`: this node founds the farm at its first start, without a discovery window.
     public var founderMark: String { root + "/founder" }
 
