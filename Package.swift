@@ -76,7 +76,7 @@ let package = Package(
         .executableTarget(
             name: "rexnode",
             dependencies: [
-                "Farm",
+                "Farm", "Render", "Embedded",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -13,7 +13,7 @@ struct RexNode: AsyncParsableCommand {
         subcommands: [
             Init.self, Token.self, Join.self, Submit.self, Peers.self, Jobs.self, Status.self, Wait.self, Pause.self,
             Resume.self, Retry.self, Priority.self, Rerun.self, Remove.self, Fetch.self, Cancel.self, Ledger.self,
-            Leave.self, Log.self, Recover.self, Revoke.self, RotateKey.self,
+            Leave.self, Log.self, Recover.self, Revoke.self, RotateKey.self, Video.self, Addon.self,
         ])
 
     /// Runs a command body, turning its errors into one sentence on stderr and a non-zero exit.
