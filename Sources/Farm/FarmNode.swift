@@ -1,5 +1,5 @@
-import Embedded
 import Election
+import Embedded
 import Foundation
 import Ledger
 import Logging
@@ -34,6 +34,7 @@ public final class FarmNode: Sendable {
     let exchange: BlobExchange
     let workers: WorkerPool
     let delivery: Delivery
+    let hooks: JobHooks
     let membership: Membership
     let control: ControlAPI
     let leader: LeaderService
@@ -192,6 +193,9 @@ public final class FarmNode: Sendable {
         leader = LeaderService(
             nodeID: nodeID, settings: settings, raft: raft, mesh: mesh, ledger: ledger, commandLog: raftLog,
             roster: roster, pulse: pulse, logger: logger)
+        hooks = JobHooks(
+            nodeID: nodeID, ledger: ledger, queries: queries, delivery: delivery, notifyURL: settings.notifyURL,
+            folder: data.hooks, logger: logger)
         janitor = Janitor(
             nodeID: nodeID, settings: settings, ledger: ledger, blobs: blobs, work: work, inFlight: inFlight,
             logger: logger)
@@ -272,6 +276,7 @@ public final class FarmNode: Sendable {
             Self.loop("delivery") { await delivery.run() },
             Self.loop("reaper") { await workers.runReaper() },
             Self.loop("janitor") { await janitor.run() },
+            Self.loop("hooks") { [hooks] in await hooks.run() },
             Self.loop("ticker") {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .milliseconds(tick))

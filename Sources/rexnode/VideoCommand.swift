@@ -29,7 +29,7 @@ extension RexNode {
                 let jobOutput = status["output"]?.string ?? DataDirectory.absolute("rex-out/\(name)")
                 let target =
                     output.map(DataDirectory.absolute)
-                    ?? Self.freeName((jobOutput as NSString).deletingLastPathComponent + "/\(name)", ext: ".mp4")
+                    ?? VideoFiles.freeName((jobOutput as NSString).deletingLastPathComponent + "/\(name)", ext: ".mp4")
                 if FileManager.default.fileExists(atPath: target) {
                     throw FarmError(.badInput, "\(target) already exists; pass another --output.")
                 }
@@ -45,7 +45,7 @@ extension RexNode {
                 let done = (status["frames"]?.array ?? []).filter { $0["state"]?.string == "done" }.compactMap {
                     $0["frame"]?.int
                 }
-                let files = Self.frameFiles(in: staging, frames: Set(done))
+                let files = VideoFiles.frames(in: staging, frames: Set(done))
                 guard !files.isEmpty else {
                     throw FarmError(.badInput, "Job \(id) has no finished frames to make a movie of yet.")
                 }
@@ -53,33 +53,6 @@ extension RexNode {
                 try await MovieEncoder.preview(ffmpeg: ffmpeg, fps: rate).encode(frames: files, to: target)
                 print("\(files.count) frames of \(id) → \(target)")
             }
-        }
-
-        /// The frame files of a fetched job, in frame order: names ending in `_NNNN.ext` (passes in sub-folders
-        /// are left out).
-        static func frameFiles(in folder: String, frames: Set<Int>) -> [String] {
-            let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
-            let numbered: [(Int, String)] = names.compactMap { name in
-                let stem = (name as NSString).deletingPathExtension
-                guard let underscore = stem.lastIndex(of: "_"),
-                    let frame = Int(stem[stem.index(after: underscore)...]),
-                    frames.isEmpty || frames.contains(frame),
-                    !name.hasPrefix("."), !name.hasSuffix(".mp4")
-                else { return nil }
-                return (frame, "\(folder)/\(name)")
-            }
-            return numbered.sorted { $0.0 < $1.0 }.map(\.1)
-        }
-
-        /// `BASE.ext`, or `BASE-2.ext`, `BASE-3.ext`... the first that does not exist.
-        static func freeName(_ base: String, ext: String) -> String {
-            var candidate = base + ext
-            var n = 2
-            while FileManager.default.fileExists(atPath: candidate) {
-                candidate = "\(base)-\(n)\(ext)"
-                n += 1
-            }
-            return candidate
         }
     }
 }

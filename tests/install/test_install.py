@@ -7,18 +7,26 @@ while its build folder is hidden, and people get one sentence when no daemon run
      .build) is gone. The node extracts its embedded scripts into DATA/resources/<hash>/, renders 2 frames with
      real Blender, and the frames equal plain `blender -b scene.blend -a` (Tests/Fixtures/compare_images.py).
   b. no daemon: `rexnode jobs --data EMPTY` fails with one line naming `rexnode join`, no errno dump.
+  c. end of job, on one node with the simulated renderer and `join --notify` pointed at a python http.server on
+     127.0.0.1: `submit --on-done 'cat >> RECORD' --video` runs exactly once per job with its JSON on stdin, for a
+     done and a canceled job, also across a restart of the node; the webhook gets both; `--video` left NAME.mp4
+     next to the output folder and `rexnode video` makes NAME-2.mp4, both H.264 with the job's frame count.
+  d. add-on: `rexnode addon --path`, imported in Debian's `blender -b` with REXNODE_HOME set, submits the open
+     file through `bpy.ops.rexnode.submit(frames='1-2')` and the job finishes (`rexnode wait`).
 
 Root only for (a) (mount namespace); skipped otherwise. Needs blender.
 Run: python3 -m unittest -v tests/install/test_install.py   (about a minute; KEEP=1 keeps WORK)
 The binary: $REXNODE_BIN (default .build/debug/rexnode).
 """
 import glob
+import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -51,17 +59,22 @@ def tail(path, lines=30):
 class Node:
     """One `rexnode join` (a farm of one), optionally with the build folder hidden."""
 
-    def __init__(self, binary, data, log_path, hide=None):
+    def __init__(self, binary, data, log_path, hide=None, extra=(), discovery=DISCOVERY):
         self.binary, self.data, self.log_path = binary, data, log_path
+        self.hide, self.extra, self.discovery = hide, tuple(extra), discovery
         out = run([binary, "init", "--data", data], 60)
         if out.returncode != 0:
             raise RuntimeError(f"rexnode init failed: {out.stdout}{out.stderr}")
+        self.start()
+
+    def start(self):
+        binary, data, hide = self.binary, self.data, self.hide
         args = [binary, "join", "--data", data, "--listen", "127.0.0.1:0", "--interface", "127.0.0.1",
-                "--discovery", DISCOVERY, "--slots", "1", "--name", "solo"]
+                "--discovery", self.discovery, "--slots", "1", "--name", "solo", *self.extra]
         if hide:
             args = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                     'mount -t tmpfs none "$1" && shift && exec "$@"', "sh", hide, *args]
-        self.log = open(log_path, "a")
+        self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
 
@@ -158,6 +171,125 @@ class InstallTest(unittest.TestCase):
         self.assertIn("rexnode join", lines[0])
         self.assertNotIn("errno", lines[0])
         self.assertNotIn("descriptor", lines[0])
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    bodies = []
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        Hook.bodies.append(self.rfile.read(length).decode())
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def ffprobe(movie):
+    out = run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
+               "stream=codec_name,nb_read_frames,pix_fmt", "-of", "json", movie], 60)
+    streams = json.loads(out.stdout or "{}").get("streams") or [{}]
+    return streams[0]
+
+
+class EndOfJobTest(unittest.TestCase):
+    """One simulated node for the end-of-job actions and the add-on (no pixels here)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.work = tempfile.mkdtemp(prefix="rexnode-hooks-")
+        cls.server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+        threading.Thread(target=cls.server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{cls.server.server_address[1]}/hook"
+        cls.node = Node(REXNODE, os.path.join(cls.work, "node"), os.path.join(cls.work, "node.log"),
+                        extra=("--renderer", "simulated:300", "--notify", url), discovery="239.255.93.117:7917")
+        cls.node.wait_ready()
+        cls.scene = os.path.join(cls.work, "scene.blend")
+        out = run([BLENDER, "-b", "--factory-startup", "--python", MAKE_SCENE, "--", cls.scene], TIMEOUT_S)
+        assert out.returncode == 0, out.stdout[-2000:]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+        cls.server.shutdown()
+        if not os.environ.get("KEEP"):
+            shutil.rmtree(cls.work, ignore_errors=True)
+        else:
+            print(f"(work kept in {cls.work})")
+
+    def wait_for(self, predicate, what, timeout=120):
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if predicate():
+                return
+            time.sleep(0.3)
+        self.fail(f"{what} within {timeout} s:\n{tail(self.node.log_path)}")
+
+    def records(self, path):
+        try:
+            with open(path) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def test_c_on_done_once_per_job_notify_and_video(self):
+        record = os.path.join(self.work, "on-done.jsonl")
+        hook = f"cat >> '{record}'"
+        out_a = os.path.join(self.work, "out", "alpha")
+        a = self.node.cli("submit", self.scene, "--frames", "1-3", "--name", "alpha", "--output", out_a,
+                          "--on-done", hook, "--video", "--json", timeout=TIMEOUT_S)
+        self.assertEqual(a.returncode, 0, a.stdout + a.stderr)
+        job_a = json.loads(a.stdout)["job"]
+        b = self.node.cli("submit", self.scene, "--frames", "1-200", "--name", "beta", "--output",
+                          os.path.join(self.work, "out", "beta"), "--on-done", hook, "--no-wait", "--json")
+        self.assertEqual(b.returncode, 0, b.stdout + b.stderr)
+        job_b = json.loads(b.stdout)["job"]
+        cancel = self.node.cli("cancel", job_b)
+        self.assertEqual(cancel.returncode, 0, cancel.stderr)
+        self.wait_for(lambda: len(self.records(record)) >= 2, "both on-done commands ran")
+        self.wait_for(lambda: len(Hook.bodies) >= 2, "the webhook got both jobs")
+        time.sleep(3)
+        # A restart runs nothing again.
+        self.node.stop()
+        self.node.start()
+        self.node.wait_ready()
+        time.sleep(4)
+        got = self.records(record)
+        self.assertEqual(sorted((r["job"], r["state"]) for r in got),
+                         sorted([(job_a, "done"), (job_b, "canceled")]), got)
+        done = next(r for r in got if r["job"] == job_a)
+        self.assertEqual(len(done["frames"]), 3)
+        posted = sorted((json.loads(x)["job"], json.loads(x)["state"]) for x in Hook.bodies)
+        self.assertEqual(posted, sorted([(job_a, "done"), (job_b, "canceled")]))
+        # submit --video, then rexnode video: two movies, never one over the other.
+        movie = os.path.join(self.work, "out", "alpha.mp4")
+        self.wait_for(lambda: os.path.exists(movie), "submit --video made alpha.mp4")
+        info = ffprobe(movie)
+        self.assertEqual((info.get("codec_name"), info.get("nb_read_frames"), info.get("pix_fmt")),
+                         ("h264", "3", "yuv420p"), info)
+        made = self.node.cli("video", job_a, timeout=120)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        info = ffprobe(os.path.join(self.work, "out", "alpha-2.mp4"))
+        self.assertEqual((info.get("codec_name"), info.get("nb_read_frames")), ("h264", "3"), info)
+
+    def test_d_addon_submits_from_blender(self):
+        out = self.node.cli("addon", "--path")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        parent = out.stdout.strip().splitlines()[-1]
+        self.assertTrue(os.path.isfile(os.path.join(parent, "rexnode_addon", "__init__.py")), parent)
+        env = dict(os.environ, REXNODE_HOME=self.node.data,
+                   PATH=os.path.dirname(REXNODE) + os.pathsep + os.environ.get("PATH", ""))
+        expr = ("import sys, bpy; sys.path.insert(0, %r); import rexnode_addon; rexnode_addon.register(); "
+                "r = bpy.ops.rexnode.submit(frames='1-2'); print('@@RESULT', r)") % parent
+        blend = run([BLENDER, "-b", self.scene, "--python-expr", expr], TIMEOUT_S, env=env)
+        self.assertIn("@@RESULT {'FINISHED'}", blend.stdout, blend.stdout[-3000:] + blend.stderr[-2000:])
+        job = next(line.split()[-1] for line in blend.stdout.splitlines()
+                   if line.startswith("rexnode: submitted job "))
+        waited = self.node.cli("wait", job, timeout=TIMEOUT_S)
+        self.assertEqual(waited.returncode, 0, waited.stdout + waited.stderr)
+        status = json.loads(self.node.cli("status", job, "--json").stdout)
+        self.assertEqual((status["state"], status["frames_total"]), ("done", 2))
 
 
 if __name__ == "__main__":
