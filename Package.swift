@@ -97,7 +97,7 @@ let package = Package(
         .testTarget(
             name: "FarmTests",
             dependencies: [
-                "Farm", "Ledger", "Render", "Mesh",
+                "Farm", "Ledger", "Render", "Mesh", "Embedded",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
         .executableTarget(

@@ -359,8 +359,9 @@ struct FarmQueries: Sendable {
             job: JobRow(job), frames: frames, deliveryError: problem, deliversHere: job.submitter == nodeID,
             blockedNodes: try ledger.blockedNodes(job: job.job).map { names[$0] ?? $0 }.sorted(), blender: job.blender)
         try countTiles(job, into: &view)
+        view.fps = job.fps
         if let movie = job.movie {
-            view.fps = movie.fpsBase > 0 ? Double(movie.fps) / movie.fpsBase : Double(movie.fps)
+            view.fps = view.fps ?? (movie.fpsBase > 0 ? Double(movie.fps) / movie.fpsBase : Double(movie.fps))
             view.movie = "\(job.output)/\(Delivery.movieFileName(job: job.name, movie: movie))"
             if job.submitter == nodeID {
                 let state = await delivery.movieState(job: job.job)

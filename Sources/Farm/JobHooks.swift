@@ -114,7 +114,7 @@ actor JobHooks {
             let done = Set(try ledger.frames(of: job.job).filter { $0.state == "done" }.map(\.frame))
             let files = VideoFiles.frames(in: staging, frames: done)
             let target = VideoFiles.freeName("\(parent)/\(job.name)", ext: ".mp4")
-            let fps = job.movie.map { $0.fpsBase > 0 ? Double($0.fps) / $0.fpsBase : Double($0.fps) } ?? 24
+            let fps = job.fps ?? job.movie.map { $0.fpsBase > 0 ? Double($0.fps) / $0.fpsBase : Double($0.fps) } ?? 24
             try await MovieEncoder.preview(ffmpeg: ffmpeg, fps: fps).encode(frames: files, to: target)
             logger.info("job video made", metadata: ["farm/job": "\(job.job)", "farm/movie": "\(target)"])
         } catch {

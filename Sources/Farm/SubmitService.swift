@@ -120,7 +120,8 @@ struct SubmitService: Sendable {
                     job: job, name: name, frames: frames, chunk: chunk, priority: request.priority ?? 0,
                     output: output, manifest: stored.manifest, movie: scene?.movie.map(MovieSpec.init),
                     trustScripts: request.trustScripts, sourcePath: path, claimed: true, tags: tags,
-                    blender: blender?.version, tiles: tiles, onDone: request.onDone, video: request.video))
+                    blender: blender?.version, tiles: tiles, onDone: request.onDone, video: request.video,
+                    fps: scene?.fps))
             outcome.warnings = warnings + outcome.warnings
             outcome.newFiles = stored.newFiles
             outcome.baked = baked
@@ -187,6 +188,8 @@ struct SubmitService: Sendable {
         var onDone: String?
         /// The submitter makes a preview movie when the job is done (`submit --video`).
         var video = false
+        /// The scene's frame rate (nil: unknown).
+        var fps: Double?
     }
 
     /// Proposes the job and returns it as committed. Used by `submit` and by `rerun` (same files, new job).
@@ -210,7 +213,7 @@ struct SubmitService: Sendable {
                     submittedAtMs: WallClock.millis(), manifest: draft.manifest, movie: draft.movie,
                     trustScripts: draft.trustScripts ? true : nil, sourcePath: draft.sourcePath,
                     tags: draft.tags.isEmpty ? nil : draft.tags, blender: draft.blender, tiles: draft.tiles,
-                    onDone: draft.onDone, video: draft.video ? true : nil))
+                    onDone: draft.onDone, video: draft.video ? true : nil, fps: draft.fps))
         ])
         guard let outcome = outcomes.first, outcome == .applied || outcome.isDuplicate else {
             throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")

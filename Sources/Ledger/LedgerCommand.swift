@@ -98,13 +98,17 @@ public struct SubmitJob: Sendable, Equatable, Codable {
     public var onDone: String?
     /// `submit --video`: the submitter's daemon makes a preview movie when the job is done (absent: no).
     public var video: Bool?
+    /// The scene's frame rate at submit (for `rexnode video`); absent in older entries.
+    public var fps: Double?
 
     public init(
         job: String, name: String, submitter: String, blendHash: String, blendSize: Int64, frames: [Int],
         chunk: Int, priority: Int, output: String, submittedAtMs: Int64, manifest: JobManifest? = nil,
         movie: MovieSpec? = nil, trustScripts: Bool? = nil, sourcePath: String? = nil, tags: [String]? = nil,
-        blender: String? = nil, tiles: TileGrid? = nil, onDone: String? = nil, video: Bool? = nil
+        blender: String? = nil, tiles: TileGrid? = nil, onDone: String? = nil, video: Bool? = nil,
+        fps: Double? = nil
     ) {
+        self.fps = fps
         self.onDone = onDone
         self.video = video
         self.tiles = tiles

@@ -120,6 +120,7 @@ public final class LedgerStore: Sendable {
                 sql: """
                     ALTER TABLE jobs ADD COLUMN on_done TEXT;
                     ALTER TABLE jobs ADD COLUMN video INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE jobs ADD COLUMN fps REAL;
                     """)
         }
         FarmKeyTable.registerMigrations(&migrator)

@@ -37,8 +37,11 @@ public struct JobRecord: Sendable, Equatable, Codable {
     public var onDone: String?
     /// `submit --video`: the submitter makes a preview movie when the job is done.
     public var video: Bool
+    /// The scene's frame rate, recorded at submit (nil: older jobs, the simulated renderer).
+    public var fps: Double?
 
     init(row: Row) {
+        fps = row["fps"]
         onDone = row["on_done"]
         video = (row["video"] as Bool?) ?? false
         tiles = Self.decode(row["tiles"])

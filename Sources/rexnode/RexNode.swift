@@ -27,7 +27,7 @@ struct RexNode: AsyncParsableCommand {
         } catch let error as ExitCode {
             throw error
         } catch {
-            fail("\(error)")
+            fail(ErrorSentence.describe(error) + ".")
         }
     }
 

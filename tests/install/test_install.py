@@ -151,6 +151,9 @@ class InstallTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, f"{result.stdout}{result.stderr}\n{tail(node.log_path)}")
         self.assertEqual(json.loads(result.stdout)["state"], "done")
         self.assertEqual(sorted(os.listdir(output)), ["frame_0001.png", "frame_0002.png"])
+        # The scene's frame rate is recorded at submit (for `rexnode video`).
+        job = json.loads(result.stdout)["job"]
+        self.assertEqual(json.loads(node.cli("status", job, "--json").stdout).get("fps"), 24)
         # The scripts came out of the binary, into the node's data folder.
         self.assertTrue(glob.glob(os.path.join(data, "resources", "*", "rex_driver.py")))
         cmp = run([BLENDER, "-b", "--factory-startup", "--python", COMPARE, "--", ref, output, "--tolerance", "2"],
