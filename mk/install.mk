@@ -6,9 +6,11 @@ TEST_STEPS += test-install
 
 .PHONY: test-install
 
-## test-install: tests/install/test_install.py, real Blender, one loopback node (under a minute).
+## test-install: tests/install/test_install.py, real Blender, one loopback node (about a minute), and `make install`
+## into a temporary DESTDIR from a release build with the static Swift standard library.
 test-install: setup
 	$(SWIFT) build --product rexnode $(BUILD_FLAGS)
+	$(SWIFT) build -c release --product rexnode $(STATIC_FLAGS) $(BUILD_FLAGS)
 	REXNODE_BIN=$(BIN)/rexnode python3 -m unittest -v tests/install/test_install.py
 
 # make install [PREFIX=/usr/local] [DESTDIR=] [SYSCONFDIR=/etc] [SYSTEMDDIR=/lib/systemd/system]: the release binary

@@ -11,6 +11,9 @@ while its build folder is hidden, and people get one sentence when no daemon run
      127.0.0.1: `submit --on-done 'cat >> RECORD' --video` runs exactly once per job with its JSON on stdin, for a
      done and a canceled job, also across a restart of the node; the webhook gets both; `--video` left NAME.mp4
      next to the output folder and `rexnode video` makes NAME-2.mp4, both H.264 with the job's frame count.
+  e. make install-files DESTDIR=TMP PREFIX=/usr/local: the release binary, rexnode.service (ExecStart=PREFIX/bin/
+     rexnode join ..., EnvironmentFile /etc/rexnode/rexnode.conf) and the conf; the installed binary runs and
+     `ldd` lists no libswift (static Swift standard library). Skipped when no release binary was built.
   d. add-on: `rexnode addon --path`, imported in Debian's `blender -b` with REXNODE_HOME set, submits the open
      file through `bpy.ops.rexnode.submit(frames='1-2')` and the job finishes (`rexnode wait`).
 
@@ -174,6 +177,31 @@ class InstallTest(unittest.TestCase):
         self.assertIn("rexnode join", lines[0])
         self.assertNotIn("errno", lines[0])
         self.assertNotIn("descriptor", lines[0])
+
+
+class MakeInstallTest(unittest.TestCase):
+    release = os.path.join(ROOT, ".build", "release", "rexnode")
+
+    @unittest.skipUnless(os.path.exists(os.path.join(ROOT, ".build", "release", "rexnode")), "no release build")
+    def test_e_make_install_into_destdir(self):
+        dest = tempfile.mkdtemp(prefix="rexnode-destdir-")
+        try:
+            out = run(["make", "-C", ROOT, "--no-print-directory", "install-files", f"DESTDIR={dest}",
+                       "PREFIX=/usr/local"], 120)
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+            binary = os.path.join(dest, "usr", "local", "bin", "rexnode")
+            self.assertTrue(os.access(binary, os.X_OK))
+            with open(os.path.join(dest, "lib", "systemd", "system", "rexnode.service")) as f:
+                unit = f.read()
+            self.assertIn("ExecStart=/usr/local/bin/rexnode join $REXNODE_ARGS", unit)
+            self.assertIn("EnvironmentFile=-/etc/rexnode/rexnode.conf", unit)
+            self.assertTrue(os.path.exists(os.path.join(dest, "etc", "rexnode", "rexnode.conf")))
+            version = run([binary, "--help"], 30)
+            self.assertEqual(version.returncode, 0, version.stderr)
+            ldd = run(["ldd", binary], 30)
+            self.assertNotIn("libswift", ldd.stdout, ldd.stdout)
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
 
 
 class Hook(http.server.BaseHTTPRequestHandler):
