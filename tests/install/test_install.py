@@ -309,12 +309,20 @@ class EndOfJobTest(unittest.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         parent = out.stdout.strip().splitlines()[-1]
         self.assertTrue(os.path.isfile(os.path.join(parent, "rexnode_addon", "__init__.py")), parent)
+        addons = os.path.join(self.work, "addons")
+        installed = self.node.cli("addon", "--install", "--addons", addons)
+        self.assertEqual(installed.returncode, 0, installed.stderr)
+        self.assertTrue(os.path.isfile(os.path.join(addons, "rexnode_addon", "__init__.py")))
         env = dict(os.environ, REXNODE_HOME=self.node.data,
                    PATH=os.path.dirname(REXNODE) + os.pathsep + os.environ.get("PATH", ""))
         expr = ("import sys, bpy; sys.path.insert(0, %r); import rexnode_addon; rexnode_addon.register(); "
                 "r = bpy.ops.rexnode.submit(frames='1-2'); print('@@RESULT', r)") % parent
         blend = run([BLENDER, "-b", self.scene, "--python-expr", expr], TIMEOUT_S, env=env)
         self.assertIn("@@RESULT {'FINISHED'}", blend.stdout, blend.stdout[-3000:] + blend.stderr[-2000:])
+        # An unsaved file is refused with a sentence, and nothing is submitted.
+        unsaved = run([BLENDER, "-b", "--factory-startup", "--python-expr",
+                       expr.replace("frames='1-2'", "frames='1'")], TIMEOUT_S, env=env)
+        self.assertIn("Save the file first", unsaved.stdout + unsaved.stderr)
         job = next(line.split()[-1] for line in blend.stdout.splitlines()
                    if line.startswith("rexnode: submitted job "))
         waited = self.node.cli("wait", job, timeout=TIMEOUT_S)
