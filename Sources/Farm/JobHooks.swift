@@ -36,10 +36,9 @@ actor JobHooks {
     static let endStates: Set<String> = ["done", "failed", "canceled"]
 
     func run() async {
-        // Jobs that had ended before this node first ran hooks are not news to its webhook.
-        let baseline = !FileManager.default.fileExists(atPath: folder)
+        // Jobs that had ended before this node first ran with a webhook are not news to it.
         try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        if baseline, notifyURL != nil {
+        if notifyURL != nil, claim(".notify", "baseline") {
             for job in (try? ledger.jobs()) ?? [] where Self.endStates.contains(job.state) {
                 _ = claim(job.job, "notify")
             }
