@@ -23,6 +23,11 @@ let package = Package(
             pkgConfig: "libsodium",
             providers: [.apt(["libsodium-dev"])]
         ),
+        // Embedded resources: a target lists `plugins: ["EmbedResources"]`, depends on "Embedded" and excludes its
+        // `Resources/` folder; every file there is compiled into `EmbeddedResources.folder` (docs/architecture.md).
+        .executableTarget(name: "rex-embed"),
+        .plugin(name: "EmbedResources", capability: .buildTool(), dependencies: ["rex-embed"]),
+        .target(name: "Embedded"),
         .target(
             name: "Mesh",
             dependencies: [
@@ -50,18 +55,17 @@ let package = Package(
         .target(
             name: "Render",
             dependencies: [
+                "Embedded",
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            resources: [
-                .copy("Resources/rex_driver.py"), .copy("Resources/rex_probe.py"),
-                .copy("Resources/rex_prepare.py"), .copy("Resources/rex_project.py"),
-            ]
+            exclude: ["Resources"],
+            plugins: ["EmbedResources"]
         ),
         .target(
             name: "Farm",
             dependencies: [
-                "Mesh", "Election", "Ledger", "Render",
+                "Mesh", "Election", "Ledger", "Render", "Embedded",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
@@ -72,7 +76,7 @@ let package = Package(
         .executableTarget(
             name: "rexnode",
             dependencies: [
-                "Farm",
+                "Farm", "Render", "Embedded",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -93,7 +97,7 @@ let package = Package(
         .testTarget(
             name: "FarmTests",
             dependencies: [
-                "Farm", "Ledger", "Render", "Mesh",
+                "Farm", "Ledger", "Render", "Mesh", "Embedded",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
         .executableTarget(

@@ -77,12 +77,18 @@ public struct SubmitRequest: Sendable, Equatable {
     public var tags: String?
     /// `--tiles CxR`: every frame renders as C×R tiles on the farm's slots, then is assembled.
     public var tiles: String?
+    /// `--on-done CMD`: this daemon runs `sh -c CMD` once when the job ends, its JSON on stdin.
+    public var onDone: String?
+    /// `--video`: this daemon makes `NAME.mp4` next to the output folder when the job is done.
+    public var video: Bool = false
 
     public init(
         path: String, frames: String? = nil, chunk: Int? = nil, output: String, name: String? = nil,
         priority: Int? = nil, allowMissing: Bool = false, trustScripts: Bool = false, ticket: String? = nil,
-        tags: String? = nil, tiles: String? = nil
+        tags: String? = nil, tiles: String? = nil, onDone: String? = nil, video: Bool = false
     ) {
+        self.onDone = onDone
+        self.video = video
         self.tags = tags
         self.tiles = tiles
         self.path = path
@@ -108,7 +114,7 @@ extension ControlRequest: Codable {
     private enum Key: String, CodingKey {
         case op, path, frames, chunk, output, name, priority, job, brief, seenDone, seenState, allowMissing
         case trustScripts, ticket, force, frame, tags, tiles
-        case node
+        case node, onDone, video
     }
 
     public init(from decoder: any Decoder) throws {
@@ -140,6 +146,11 @@ extension ControlRequest: Codable {
                     ticket: try c.decodeIfPresent(String.self, forKey: .ticket),
                     tags: try c.decodeIfPresent(String.self, forKey: .tags),
                     tiles: try c.decodeIfPresent(String.self, forKey: .tiles)))
+            if case .submit(var r) = self {
+                r.onDone = try c.decodeIfPresent(String.self, forKey: .onDone)
+                r.video = try c.decodeIfPresent(Bool.self, forKey: .video) ?? false
+                self = .submit(r)
+            }
         case .peers: self = .peers
         case .jobs: self = .jobs
         case .status:
@@ -202,6 +213,8 @@ extension ControlRequest: Codable {
             try c.encodeIfPresent(r.ticket, forKey: .ticket)
             try c.encodeIfPresent(r.tags, forKey: .tags)
             try c.encodeIfPresent(r.tiles, forKey: .tiles)
+            try c.encodeIfPresent(r.onDone, forKey: .onDone)
+            if r.video { try c.encode(true, forKey: .video) }
         case .peers: try c.encode(Op.peers, forKey: .op)
         case .jobs: try c.encode(Op.jobs, forKey: .op)
         case .status(let job, let brief, let seen):

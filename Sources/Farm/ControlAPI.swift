@@ -26,7 +26,7 @@ struct ControlAPI: Sendable {
         } catch let error as RenderError {
             return .failure(FarmError(.render, error.message, cause: error))
         } catch {
-            return .failure(FarmError(.failed, "The request failed: \(error).", cause: error))
+            return .failure(FarmError(.failed, "The request failed: \(ErrorSentence.describe(error)).", cause: error))
         }
     }
 

@@ -284,7 +284,8 @@ public enum ControlClient {
         } catch {
             throw FarmError(
                 .notRunning,
-                "Cannot reach the rexnode daemon for \(data.root) (\(error)); is `rexnode join` running?")
+                "Cannot reach the rexnode daemon for \(data.root) (\(ErrorSentence.describe(error))); is `rexnode join` "
+                    + "running?")
         }
         if let message = response.error { throw FarmError(response.code ?? .failed, message) }
         return response.result ?? .null

@@ -1,4 +1,5 @@
 import Election
+import Embedded
 import Foundation
 import Ledger
 import Logging
@@ -33,6 +34,7 @@ public final class FarmNode: Sendable {
     let exchange: BlobExchange
     let workers: WorkerPool
     let delivery: Delivery
+    let hooks: JobHooks
     let membership: Membership
     let control: ControlAPI
     let leader: LeaderService
@@ -53,6 +55,7 @@ public final class FarmNode: Sendable {
         let data = settings.data
         try data.create()
         lockFD = try Self.takeLock(data)
+        ResourceCache.use(data.resources)
         let identity: NodeIdentity
         let ledger: LedgerStore
         let blobs: BlobStore
@@ -195,6 +198,9 @@ public final class FarmNode: Sendable {
         leader = LeaderService(
             nodeID: nodeID, settings: settings, raft: raft, mesh: mesh, ledger: ledger, commandLog: raftLog,
             roster: roster, pulse: pulse, logger: logger)
+        hooks = JobHooks(
+            nodeID: nodeID, ledger: ledger, queries: queries, delivery: delivery, notifyURL: settings.notifyURL,
+            folder: data.hooks, logger: logger)
         janitor = Janitor(
             nodeID: nodeID, settings: settings, ledger: ledger, blobs: blobs, work: work, inFlight: inFlight,
             logger: logger)
@@ -275,6 +281,7 @@ public final class FarmNode: Sendable {
             Self.loop("delivery") { await delivery.run() },
             Self.loop("reaper") { await workers.runReaper() },
             Self.loop("janitor") { await janitor.run() },
+            Self.loop("hooks") { [hooks] in await hooks.run() },
             Self.loop("ticker") {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .milliseconds(tick))

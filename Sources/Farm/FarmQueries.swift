@@ -167,6 +167,8 @@ struct JobStatusView: Encodable, Sendable {
     /// (`waiting|encoding|made|failed`) and why it could not be made, if it could not.
     var movie: String?
     var movieState: String?
+    /// The scene's frame rate when the ledger knows it (a movie job's), for `rexnode video`.
+    var fps: Double?
     var movieError: String?
     /// This node is the job's submitter: it writes the frames into the output folder.
     var deliversHere = false
@@ -188,6 +190,7 @@ struct JobStatusView: Encodable, Sendable {
         case deliveryError = "delivery_error"
         case movieState = "movie_state"
         case movieError = "movie_error"
+        case fps
     }
 
     func encode(to encoder: any Encoder) throws {
@@ -206,6 +209,7 @@ struct JobStatusView: Encodable, Sendable {
         try c.encodeIfPresent(movie, forKey: .movie)
         try c.encodeIfPresent(movieState, forKey: .movieState)
         try c.encodeIfPresent(movieError, forKey: .movieError)
+        try c.encodeIfPresent(fps, forKey: .fps)
     }
 }
 
@@ -355,7 +359,9 @@ struct FarmQueries: Sendable {
             job: JobRow(job), frames: frames, deliveryError: problem, deliversHere: job.submitter == nodeID,
             blockedNodes: try ledger.blockedNodes(job: job.job).map { names[$0] ?? $0 }.sorted(), blender: job.blender)
         try countTiles(job, into: &view)
+        view.fps = job.fps
         if let movie = job.movie {
+            view.fps = view.fps ?? (movie.fpsBase > 0 ? Double(movie.fps) / movie.fpsBase : Double(movie.fps))
             view.movie = "\(job.output)/\(Delivery.movieFileName(job: job.name, movie: movie))"
             if job.submitter == nodeID {
                 let state = await delivery.movieState(job: job.job)

@@ -90,7 +90,8 @@ struct JobControl: Sendable {
             SubmitService.Draft(
                 name: job.name, frames: frames, chunk: job.chunk, priority: job.priority, output: folder,
                 manifest: manifest, movie: job.movie, trustScripts: job.trustScripts, sourcePath: job.sourcePath,
-                tags: job.tags, blender: job.blender, tiles: job.tiles))
+                tags: job.tags, blender: job.blender, tiles: job.tiles, onDone: job.onDone, video: job.video,
+                fps: job.fps))
         logger.info("job rerun", metadata: ["farm/job": "\(job.job)", "farm/new": "\(outcome.record.job)"])
         return outcome.record
     }

@@ -39,6 +39,10 @@ public struct DataDirectory: Sendable {
     public var work: String { root + "/work" }
     /// Blender's output of this node's recent frame attempts (`rexnode log`).
     public var logs: String { root + "/logs" }
+    /// The binary's embedded scripts and add-on, extracted once per version (`resources/<content hash>/`).
+    public var resources: String { root + "/resources" }
+    /// Markers of the end-of-job actions this node has run (`JOB.on-done`, `JOB.notify`, `JOB.video`).
+    public var hooks: String { root + "/hooks" }
     /// Left by `rexnode init`: this node founds the farm at its first start, without a discovery window.
     public var founderMark: String { root + "/founder" }
 
@@ -101,6 +105,8 @@ public struct NodeSettings: Sendable {
     public var frameLogLimits = FrameLogLimits()
     /// Tags this node carries (`--tags`): jobs that need tags render only on nodes carrying all of them.
     public var tags: [String] = []
+    /// `join --notify URL`: every job that ends is posted there as its `status --json` (plain HTTP).
+    public var notifyURL: String?
     /// When this node takes work (`--schedule`); nil: always.
     public var schedule: NodeSchedule?
     /// The Cycles device its slots render on (`--device`); nil: the scene's own setting (CPU here).

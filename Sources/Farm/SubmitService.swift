@@ -120,7 +120,8 @@ struct SubmitService: Sendable {
                     job: job, name: name, frames: frames, chunk: chunk, priority: request.priority ?? 0,
                     output: output, manifest: stored.manifest, movie: scene?.movie.map(MovieSpec.init),
                     trustScripts: request.trustScripts, sourcePath: path, claimed: true, tags: tags,
-                    blender: blender?.version, tiles: tiles))
+                    blender: blender?.version, tiles: tiles, onDone: request.onDone, video: request.video,
+                    fps: scene?.fps))
             outcome.warnings = warnings + outcome.warnings
             outcome.newFiles = stored.newFiles
             outcome.baked = baked
@@ -183,6 +184,12 @@ struct SubmitService: Sendable {
         var blender: String?
         /// Every frame splits into these tiles (nil: whole frames).
         var tiles: TileGrid?
+        /// Run by the submitter when the job ends (`submit --on-done`).
+        var onDone: String?
+        /// The submitter makes a preview movie when the job is done (`submit --video`).
+        var video = false
+        /// The scene's frame rate (nil: unknown).
+        var fps: Double?
     }
 
     /// Proposes the job and returns it as committed. Used by `submit` and by `rerun` (same files, new job).
@@ -205,7 +212,8 @@ struct SubmitService: Sendable {
                     frames: draft.frames, chunk: draft.chunk, priority: draft.priority, output: draft.output,
                     submittedAtMs: WallClock.millis(), manifest: draft.manifest, movie: draft.movie,
                     trustScripts: draft.trustScripts ? true : nil, sourcePath: draft.sourcePath,
-                    tags: draft.tags.isEmpty ? nil : draft.tags, blender: draft.blender, tiles: draft.tiles))
+                    tags: draft.tags.isEmpty ? nil : draft.tags, blender: draft.blender, tiles: draft.tiles,
+                    onDone: draft.onDone, video: draft.video ? true : nil, fps: draft.fps))
         ])
         guard let outcome = outcomes.first, outcome == .applied || outcome.isDuplicate else {
             throw FarmError(.failed, "The farm did not accept the job (\(outcomes)).")

@@ -98,13 +98,23 @@ public struct SubmitJob: Sendable, Equatable, Codable {
     public var blender: String?
     /// `submit --tiles CxR`: every frame renders as this grid of tiles, then is assembled (absent: whole frames).
     public var tiles: TileGrid?
+    /// `submit --on-done CMD`: the submitter's daemon runs it once when the job ends (absent: none).
+    public var onDone: String?
+    /// `submit --video`: the submitter's daemon makes a preview movie when the job is done (absent: no).
+    public var video: Bool?
+    /// The scene's frame rate at submit (for `rexnode video`); absent in older entries.
+    public var fps: Double?
 
     public init(
         job: String, name: String, submitter: String, blendHash: String, blendSize: Int64, frames: [Int],
         chunk: Int, priority: Int, output: String, submittedAtMs: Int64, manifest: JobManifest? = nil,
         movie: MovieSpec? = nil, trustScripts: Bool? = nil, sourcePath: String? = nil, tags: [String]? = nil,
-        blender: String? = nil, tiles: TileGrid? = nil
+        blender: String? = nil, tiles: TileGrid? = nil, onDone: String? = nil, video: Bool? = nil,
+        fps: Double? = nil
     ) {
+        self.fps = fps
+        self.onDone = onDone
+        self.video = video
         self.tiles = tiles
         self.blender = blender
         self.job = job

@@ -114,6 +114,15 @@ public final class LedgerStore: Sendable {
                     CREATE INDEX tiles_hash ON tiles(hash) WHERE hash IS NOT NULL;
                     """)
         }
+        migrator.registerMigration("ledger-hooks") { db in
+            // Notifications and previews (issue 16): the submitter's on-done command, whether it makes a movie.
+            try db.execute(
+                sql: """
+                    ALTER TABLE jobs ADD COLUMN on_done TEXT;
+                    ALTER TABLE jobs ADD COLUMN video INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE jobs ADD COLUMN fps REAL;
+                    """)
+        }
         FarmKeyTable.registerMigrations(&migrator)
     }
 

@@ -33,8 +33,17 @@ public struct JobRecord: Sendable, Equatable, Codable {
     public var blender: String?
     /// The grid a tiled job splits each frame into (nil: whole frames).
     public var tiles: TileGrid?
+    /// `submit --on-done CMD` (run by the submitter when the job ends).
+    public var onDone: String?
+    /// `submit --video`: the submitter makes a preview movie when the job is done.
+    public var video: Bool
+    /// The scene's frame rate, recorded at submit (nil: older jobs, the simulated renderer).
+    public var fps: Double?
 
     init(row: Row) {
+        fps = row["fps"]
+        onDone = row["on_done"]
+        video = (row["video"] as Bool?) ?? false
         tiles = Self.decode(row["tiles"])
         job = row["job"]
         name = row["name"]

@@ -53,14 +53,14 @@ struct StateMachine {
             sql: """
                 INSERT INTO jobs (job, name, submitter, blend_hash, blend_size, chunk, priority, output,
                     submitted_at_ms, state, frames_total, log_index, manifest, movie, trust_scripts, source_path,
-                    tags, blender, tiles)
-                VALUES (?,?,?,?,?,?,?,?,?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    tags, blender, tiles, on_done, video, fps)
+                VALUES (?,?,?,?,?,?,?,?,?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
             arguments: [
                 c.job, c.name, c.submitter, c.blendHash, c.blendSize, max(1, c.chunk), c.priority, c.output,
                 c.submittedAtMs, frames.count, Int64(index), c.manifest.map(Self.json), c.movie.map(Self.json),
                 c.trustScripts == true, c.sourcePath, c.tags.flatMap { $0.isEmpty ? nil : $0.joined(separator: ",") },
-                c.blender, c.tiles.map(Self.json),
+                c.blender, c.tiles.map(Self.json), c.onDone, c.video == true, c.fps,
             ])
         let insert = try db.makeStatement(sql: "INSERT INTO frames (job, frame, state) VALUES (?, ?, 'queued')")
         for frame in frames { try insert.execute(arguments: [c.job, frame]) }

@@ -1,3 +1,4 @@
+import Embedded
 import Foundation
 
 // MARK: - BlenderInstallation
@@ -214,7 +215,8 @@ func checkReadable(_ blendPath: String) throws {
 
 // MARK: - Driver scripts
 
-/// The Python scripts shipped as package resources.
+/// The Python scripts, embedded in the binary (`Resources/`, by the EmbedResources plugin) and extracted once per
+/// version into the resource cache, because Blender runs a script by path.
 enum DriverScripts {
     static func driver() throws -> String {
         try path(of: "rex_driver")
@@ -229,10 +231,26 @@ enum DriverScripts {
     }
 
     private static func path(of name: String) throws -> String {
-        guard let path = Bundle.module.path(forResource: name, ofType: "py") else {
-            throw RenderError(.blenderMissing, "rexnode's \(name).py resource is missing from its installation.")
+        do {
+            return try EmbeddedResources.folder.path(of: name + ".py")
+        } catch {
+            throw RenderError(.blenderMissing, "\(error)")
         }
-        return path
+    }
+}
+
+/// The Blender add-on shipped in the binary (`rexnode addon`).
+public enum AddonFiles {
+    /// The add-on package's folder name: Blender imports it by this name.
+    public static let packageName = "rexnode_addon"
+
+    /// The extracted folder that holds the `rexnode_addon/` package.
+    public static func parentFolder() throws -> String {
+        do {
+            return try EmbeddedResources.folder.extract() + "/addon"
+        } catch {
+            throw RenderError(.blenderMissing, "\(error)")
+        }
     }
 }
 

@@ -6,10 +6,23 @@ import Foundation
 public struct MovieEncoder: Sendable {
     public var ffmpeg: String
     public var settings: MovieSettings
+    /// Pads an odd width or height by one pixel instead of refusing (`rexnode video`: a preview, not the scene's
+    /// own movie).
+    public var padToEven: Bool
 
-    public init(ffmpeg: String, settings: MovieSettings) {
+    public init(ffmpeg: String, settings: MovieSettings, padToEven: Bool = false) {
         self.ffmpeg = ffmpeg
         self.settings = settings
+        self.padToEven = padToEven
+    }
+
+    /// The preview movie of `rexnode video`: H.264 in MP4, yuv420p, at `fps` frames per second.
+    public static func preview(ffmpeg: String, fps: Double) -> MovieEncoder {
+        let whole = fps.rounded() == fps && fps >= 1
+        let settings = MovieSettings(
+            container: "MPEG4", codec: "H264", fps: whole ? Int(fps) : Int((fps * 1000).rounded()),
+            fpsBase: whole ? 1 : 1000, crf: "MEDIUM", bitrate: 0, extension: ".mp4")
+        return MovieEncoder(ffmpeg: ffmpeg, settings: settings, padToEven: true)
     }
 
     /// ffmpeg on this machine, if any.
@@ -42,7 +55,9 @@ public struct MovieEncoder: Sendable {
     public func arguments(pattern: String, output: String) -> [String] {
         let encoder = Self.encoders[settings.codec] ?? "libx264"
         var arguments = ["-nostdin", "-y", "-loglevel", "error", "-framerate", rate, "-start_number", "1"]
-        arguments += ["-i", pattern, "-c:v", encoder]
+        arguments += ["-i", pattern]
+        if padToEven { arguments += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"] }
+        arguments += ["-c:v", encoder]
         if ["libx264", "libx265", "mpeg4", "mpeg2video", "mpeg1video", "libtheora", "libvpx-vp9", "libaom-av1"]
             .contains(encoder)
         {
@@ -71,7 +86,7 @@ public struct MovieEncoder: Sendable {
     /// movie file is either whole or absent. Throws with ffmpeg's own words.
     public func encode(frames: [String], to output: String) async throws {
         let fm = FileManager.default
-        if needsEvenSize, let first = frames.first, let head = FileHandle(forReadingAtPath: first),
+        if needsEvenSize, !padToEven, let first = frames.first, let head = FileHandle(forReadingAtPath: first),
             let bytes = try? head.read(upToCount: 24), let size = PNG.size(of: Array(bytes)),
             size.width % 2 == 1 || size.height % 2 == 1
         {

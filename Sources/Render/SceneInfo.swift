@@ -29,6 +29,8 @@ public struct SceneInfo: Sendable, Codable, Equatable {
     /// For a lossy format (JPEG, a lossy OpenEXR codec): how the assembled frame of a tiled job is compressed, in
     /// oiiotool's words ("jpeg:90", "dwaa"); its tiles are written losslessly. nil: tiles keep the scene's format.
     public var tileCompression: String?
+    /// Frames per second (Blender's fps / fps_base), for the preview movie; nil from older drivers.
+    public var fps: Double?
 
     public init(
         frameStart: Int, frameEnd: Int, frameStep: Int,

@@ -21,6 +21,13 @@ extension RexNode {
         var allowMissing = false
         @Flag(help: "Run the scene's Python drivers and scripts while rendering (Blender's -y).")
         var trustScripts = false
+        @Flag(help: "Make NAME.mp4 (H.264) next to the output folder when the job is done (`rexnode video`).")
+        var video = false
+        @Option(
+            help:
+                "When the job ends (done, failed or canceled), this node's daemon runs `sh -c CMD` once, the job's JSON on stdin."
+        )
+        var onDone: String?
         @Flag(help: "Print the job id and return at once.") var noWait = false
         @OptionGroup var json: JSONFlag
         @OptionGroup var data: DataOption
@@ -46,7 +53,7 @@ extension RexNode {
                     SubmitRequest(
                         path: path, frames: frames, chunk: chunk, output: outputDir, name: jobName, priority: priority,
                         allowMissing: allowMissing, trustScripts: trustScripts, ticket: ticket, tags: tags,
-                        tiles: tiles))
+                        tiles: tiles, onDone: onDone, video: video))
                 // On a terminal, what the daemon is doing with a large project while the submit is answered.
                 let shower =
                     !json.json && isatty(STDOUT_FILENO) != 0
@@ -344,7 +351,10 @@ extension RexNode {
                 }
                 print(
                     Table.render(
-                        ["NAME", "ID", "ADDRESS", "ROLE", "STATE", "SLOTS", "FRAMES", "DEVICES", "TAGS", "BLENDER", "TASK"],
+                        [
+                            "NAME", "ID", "ADDRESS", "ROLE", "STATE", "SLOTS", "FRAMES", "DEVICES", "TAGS", "BLENDER",
+                            "TASK",
+                        ],
                         rows))
             }
         }

@@ -13,7 +13,7 @@ struct RexNode: AsyncParsableCommand {
         subcommands: [
             Init.self, Token.self, Join.self, Submit.self, Peers.self, Jobs.self, Status.self, Wait.self, Pause.self,
             Resume.self, Retry.self, Priority.self, Rerun.self, Remove.self, Fetch.self, Cancel.self, Ledger.self,
-            Leave.self, Log.self, Recover.self, Revoke.self, RotateKey.self,
+            Leave.self, Log.self, Recover.self, Revoke.self, RotateKey.self, Video.self, Addon.self,
         ])
 
     /// Runs a command body, turning its errors into one sentence on stderr and a non-zero exit.
@@ -27,7 +27,7 @@ struct RexNode: AsyncParsableCommand {
         } catch let error as ExitCode {
             throw error
         } catch {
-            fail("\(error)")
+            fail(ErrorSentence.describe(error) + ".")
         }
     }
 
@@ -115,6 +115,7 @@ extension RexNode {
         @Option(help: "Cycles device: CPU, CUDA, OPTIX, HIP or ONEAPI, with :INDEX for one GPU.") var device: String?
         @Option(help: "Tags this node carries, T1,T2: jobs submitted with --tags render only on nodes with all.")
         var tags: String?
+        @Option(help: "Post every job that ends, as its `status --json`, to this http:// URL.") var notify: String?
         @Option(help: "When this node takes work, node-local time, e.g. \"mon-fri 19:00-07:00; sat,sun\".")
         var schedule: String?
         @Option(help: "CPU threads per Blender process (default: all).") var threads: Int?
@@ -155,6 +156,12 @@ extension RexNode {
                 settings.slots = slots ?? 1
                 settings.slotsGiven = slots != nil
                 settings.tags = parsedTags
+                if let notify {
+                    guard notify.hasPrefix("http://") else {
+                        throw FarmError(.badInput, "--notify takes an http:// URL, such as http://127.0.0.1:8000/hook.")
+                    }
+                    settings.notifyURL = notify
+                }
                 settings.schedule = parsedSchedule
                 settings.device = parsedDevice
                 settings.threads = threads

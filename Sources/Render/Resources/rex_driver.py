@@ -157,6 +157,7 @@ def prepare_scene(scene, options=None):
         "camera": scene.camera.name if scene.camera else None,
         "persistentData": render.use_persistent_data,
     }
+    facts["fps"] = render.fps / (render.fps_base or 1.0)
     facts["untileable"] = untileable_reason(scene)
     once = compressed_once(render.image_settings)
     if once is not None:
