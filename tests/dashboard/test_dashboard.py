@@ -110,7 +110,8 @@ class DashboardTest(unittest.TestCase):
         if failed or os.environ.get("KEEP"):
             for data in cls.dirs:
                 if os.path.exists(data + ".log"):
-                    print(f"--- {data}.log (tail)\n" + "".join(open(data + ".log").readlines()[-30:]))
+                    with open(data + ".log") as log:
+                        print(f"--- {data}.log (tail)\n" + "".join(log.readlines()[-30:]))
             print("kept", cls.work)
         else:
             shutil.rmtree(cls.work, ignore_errors=True)
@@ -152,7 +153,7 @@ class DashboardTest(unittest.TestCase):
         self.assertEqual(sorted(p["id"] for p in api_peers), sorted(p["id"] for p in cli_peers))
         self.assertEqual([sorted(p) for p in api_peers], [sorted(p) for p in cli_peers])
 
-        submitted = run([REXNODE, "submit", self.blend, "--no-wait", "--json", "--name", "dash",
+        submitted = run([REXNODE, "submit", self.blend, "--no-wait", "--json", "--name", "dash", "--frames", f"1-{FRAMES}",
                          "--output", os.path.join(self.work, "out"), "--data", self.dirs[0]], 300)
         self.assertEqual(submitted.returncode, 0, submitted.stderr)
         job = json.loads(submitted.stdout)["job"]
