@@ -41,7 +41,9 @@ public enum DashboardFiles {
     /// Writes a file only its owner can read (0600), atomically.
     static func writePrivate(_ text: String, to path: String) throws {
         let temporary = path + ".tmp"
-        guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
+        guard
+            FileManager.default.createFile(
+                atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
         else { throw FarmError(.io, "Cannot write \(path).") }
         _ = chmod(temporary, 0o600)
         guard rename(temporary, path) == 0 else { throw FarmError(.io, "Cannot write \(path).") }
@@ -54,7 +56,8 @@ public enum DashboardFiles {
         else {
             throw FarmError(
                 .notRunning,
-                "No dashboard is running for \(data.root); start the node with `rexnode join` (and not --http off).")
+                "No dashboard is running for \(data.root): its node is stopped, runs with --http off, or could not "
+                    + "bind its address (its log says which).")
         }
         return text.trimmingCharacters(in: .whitespacesAndNewlines)
     }

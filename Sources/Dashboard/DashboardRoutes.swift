@@ -48,7 +48,9 @@ public struct DashboardRoutes: Sendable {
             return await Self.reply(backend, steer)
         }
         router.get("/api/jobs/{job}/frames/{frame}/image") { _, context in
-            let (job, frame) = (try context.parameters.require("job"), try context.parameters.require("frame", as: Int.self))
+            let (job, frame) = (
+                try context.parameters.require("job"), try context.parameters.require("frame", as: Int.self)
+            )
             do {
                 let image = try await backend.frameImage(job: job, frame: frame)
                 return try Self.file(image.path, type: Self.imageType(image.ext))
@@ -58,7 +60,9 @@ public struct DashboardRoutes: Sendable {
         }
         let thumbnails = self.thumbnails
         router.get("/api/jobs/{job}/frames/{frame}/thumb") { _, context in
-            let (job, frame) = (try context.parameters.require("job"), try context.parameters.require("frame", as: Int.self))
+            let (job, frame) = (
+                try context.parameters.require("job"), try context.parameters.require("frame", as: Int.self)
+            )
             do {
                 let image = try await backend.frameImage(job: job, frame: frame)
                 guard let thumb = await thumbnails.thumbnail(of: image.path) else {
@@ -81,7 +85,9 @@ public struct DashboardRoutes: Sendable {
 
     /// A control request's answer as JSON: its result (reshaped where the CLI's `--json` is narrower), or
     /// `{"error": …}` with a 4xx status.
-    static func reply(_ backend: any DashboardBackend, _ request: ControlRequest, shape: (JSONValue) -> JSONValue = { $0 })
+    static func reply(
+        _ backend: any DashboardBackend, _ request: ControlRequest, shape: (JSONValue) -> JSONValue = { $0 }
+    )
         async -> Response
     {
         let answer = await backend.answer(request)
@@ -246,7 +252,9 @@ public struct DashboardRoutes: Sendable {
         let me = peers.first { $0["self"]?.bool == true }
         var renderSeconds = 0.0
         for job in jobs where job["state"]?.string == "running" || job["state"]?.string == "done" {
-            if let id = job["job"]?.string, let frames = (await backend.answer(.status(job: id))).result?["frames"]?.array {
+            if let id = job["job"]?.string,
+                let frames = (await backend.answer(.status(job: id))).result?["frames"]?.array
+            {
                 renderSeconds += frames.compactMap { $0["render_seconds"]?.double }.reduce(0, +)
             }
         }

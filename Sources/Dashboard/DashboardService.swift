@@ -79,9 +79,10 @@ public struct DashboardService: Service, CustomStringConvertible {
             try await app.run()
         } catch {
             if !Task.isCancelled {
-                logger.warning(
-                    "The dashboard cannot listen on \(settings.host):\(settings.port) (busy or not this machine's); the node runs without it (see join --http)."
-                )
+                let sentence =
+                    "The dashboard cannot listen on \(settings.host):\(settings.port) (busy, or not this machine's "
+                    + "address); the node runs without it (see join --http)."
+                logger.warning("\(sentence)")
                 try? await gracefulShutdown()
             }
         }

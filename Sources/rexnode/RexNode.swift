@@ -178,14 +178,19 @@ extension RexNode {
                 }
                 let logger = Logger(label: "rexnode")
                 let node = try await FarmNode(settings: settings, farmKey: farmKey, logger: logger)
-                let dashboard = try httpSettings.map { try DashboardService(settings: $0, backend: node, logger: logger) }
+                let dashboard = try httpSettings.map {
+                    try DashboardService(settings: $0, backend: node, logger: logger)
+                }
                 do {
-                    try await node.run(extraServices: dashboard.map { [$0] } ?? [], onFounded: {
-                        // Printed once the farm exists (no other farm was in sight). Unbuffered: `join` keeps
-                        // running, and scripts read the token while it does.
-                        let text = "New farm created. Join other machines with: rexnode join --token <token below>\n"
-                        FileHandle.standardOutput.write(Data((text + farmKey.token + "\n").utf8))
-                    })
+                    try await node.run(
+                        extraServices: dashboard.map { [$0] } ?? [],
+                        onFounded: {
+                            // Printed once the farm exists (no other farm was in sight). Unbuffered: `join` keeps
+                            // running, and scripts read the token while it does.
+                            let text =
+                                "New farm created. Join other machines with: rexnode join --token <token below>\n"
+                            FileHandle.standardOutput.write(Data((text + farmKey.token + "\n").utf8))
+                        })
                 } catch let error as FarmError where settings.createdFarm && error.code == .alreadyRunning {
                     // The farm this run created was never used: forget it, so the next run can join the other.
                     try? FileManager.default.removeItem(atPath: dir.farmKey)

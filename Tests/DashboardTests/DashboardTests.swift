@@ -17,7 +17,9 @@ final class FakeBackend: DashboardBackend {
         asked.withLock { $0.append(request) }
         switch request {
         case .peers:
-            return ControlResponse(result: [["id": "a", "name": "n1", "role": "leader", "state": "alive", "self": true]])
+            return ControlResponse(result: [
+                ["id": "a", "name": "n1", "role": "leader", "state": "alive", "self": true]
+            ])
         case .jobs:
             return ControlResponse(result: [
                 [
@@ -123,7 +125,8 @@ final class FakeBackend: DashboardBackend {
                 }
             }
             try await client.execute(
-                uri: "/api/jobs/j1/priority", method: .post, headers: auth, body: ByteBuffer(string: #"{"priority": 7}"#)
+                uri: "/api/jobs/j1/priority", method: .post, headers: auth,
+                body: ByteBuffer(string: #"{"priority": 7}"#)
             ) { #expect($0.status == .ok) }
             try await client.execute(uri: "/api/jobs/j1/priority?n=3", method: .post, headers: auth) {
                 #expect($0.status == .ok)
