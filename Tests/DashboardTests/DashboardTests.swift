@@ -147,6 +147,25 @@ final class FakeBackend: DashboardBackend {
             ])
     }
 
+    @Test func metricsAndMissingImagesAnswerPlainly() async throws {
+        let auth: HTTPFields = [.authorization: "Bearer \(Self.token.value)"]
+        try await app(FakeBackend()).test(.router) { client in
+            try await client.execute(uri: "/metrics", method: .get, headers: auth) { response in
+                let text = String(buffer: response.body)
+                #expect(response.status == .ok)
+                #expect(text.contains("rexnode_frames_done_total 1\n"))
+                #expect(text.contains("rexnode_peers_alive 1\n"))
+                #expect(text.contains("# TYPE rexnode_raft_term gauge"))
+            }
+            for kind in ["image", "thumb"] {
+                try await client.execute(uri: "/api/jobs/j1/frames/2/\(kind)", method: .get, headers: auth) {
+                    #expect($0.status == .notFound)
+                    #expect(Self.json($0.body)["error"]?.string == "Frame 2 of job j1 has no image yet.")
+                }
+            }
+        }
+    }
+
     @Test func theTokenIsKeptPrivateAndStable() throws {
         let data = DataDirectory(NSTemporaryDirectory() + "rex-token-\(UUID().uuidString)")
         try data.create()
