@@ -254,8 +254,10 @@ public final class FarmNode: Sendable {
     /// Runs until SIGINT/SIGTERM or `rexnode leave`; on the way out every Blender process is killed.
     /// - Parameter onFounded: called once if this start founds a new farm after its discovery window (the CLI
     ///   prints the join token then, not before it knows no other farm is in sight).
+    /// - Parameter extraServices: services the executable adds (the dashboard), run in the same group.
     public func run(
-        onReady: @escaping @Sendable () -> Void = {}, onFounded: @escaping @Sendable () -> Void = {}
+        extraServices: [any Service] = [], onReady: @escaping @Sendable () -> Void = {},
+        onFounded: @escaping @Sendable () -> Void = {}
     ) async throws {
         await mesh.setControlHandler { [self] from, payload in try await self.answerPeer(from: from, payload) }
         let (mesh, membership, raftLog, control, leader, workers, delivery, janitor, pulse) = (
@@ -305,6 +307,9 @@ public final class FarmNode: Sendable {
                         pulse.fire()
                     }
                 })
+        }
+        for service in extraServices {
+            services.append(.init(service: service, serviceName: "\(service)"))
         }
         for slot in 0..<max(1, settings.slots) {
             services.append(Self.loop("slot-\(slot)") { await workers.runSlot(slot) })

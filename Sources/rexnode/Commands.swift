@@ -376,16 +376,7 @@ extension RexNode {
         func run() async throws {
             try await RexNode.guarded {
                 let jobs = try await ControlClient.send(.jobs, data: data.directory)
-                if json.json {
-                    let trimmed: [JSONValue] = (jobs.array ?? []).map { j in
-                        [
-                            "job": j["job"] ?? .null, "name": j["name"] ?? .null, "state": j["state"] ?? .null,
-                            "frames_total": j["frames_total"] ?? .null, "frames_done": j["frames_done"] ?? .null,
-                            "priority": j["priority"] ?? .null,
-                        ]
-                    }
-                    return print(JSONValue.array(trimmed).jsonText())
-                }
+                if json.json { return print(ContractShapes.jobs(jobs).jsonText()) }
                 let rows = (jobs.array ?? []).map { j in
                     [
                         j["job"]?.string ?? "", j["name"]?.string ?? "", j["state"]?.string ?? "",

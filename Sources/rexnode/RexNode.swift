@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dashboard
 import Farm
 import Foundation
 import Logging
@@ -14,6 +15,7 @@ struct RexNode: AsyncParsableCommand {
             Init.self, Token.self, Join.self, Submit.self, Peers.self, Jobs.self, Status.self, Wait.self, Pause.self,
             Resume.self, Retry.self, Priority.self, Rerun.self, Remove.self, Fetch.self, Cancel.self, Ledger.self,
             Leave.self, Log.self, Recover.self, Revoke.self, RotateKey.self, Video.self, Addon.self,
+            DashboardURL.self,
         ])
 
     /// Runs a command body, turning its errors into one sentence on stderr and a non-zero exit.
@@ -128,6 +130,8 @@ extension RexNode {
         @Option(help: ArgumentHelp("Milliseconds between discovery beacons.", visibility: .hidden)) var beaconMs: Int =
             1000
         @Option(help: "Seconds a finished job's .blend is kept on this node.") var blendGrace: Double = 600
+        @Option(help: "Dashboard and API address HOST:PORT (port 0: any free port), or off.") var http: String =
+            DashboardSettings.defaultAddress
 
         func validate() throws {
             if let slots, !(1...64).contains(slots) { throw ValidationError("--slots must be between 1 and 64.") }
@@ -145,6 +149,7 @@ extension RexNode {
                 let parsedSchedule = try schedule.map { try NodeSchedule($0) }
                 let parsedDevice = try device.map { try DeviceChoice($0) }
                 let dir = data.directory
+                let httpSettings = try DashboardSettings.parse(http, data: dir)
                 try dir.create()
                 let hadKey = FileManager.default.fileExists(atPath: dir.farmKey)
                 let farmKey = try resolveKey(dir)
@@ -179,14 +184,21 @@ extension RexNode {
                         ?? .info
                     return handler
                 }
-                let node = try await FarmNode(settings: settings, farmKey: farmKey, logger: Logger(label: "rexnode"))
+                let logger = Logger(label: "rexnode")
+                let node = try await FarmNode(settings: settings, farmKey: farmKey, logger: logger)
+                let dashboard = try httpSettings.map {
+                    try DashboardService(settings: $0, backend: node, logger: logger)
+                }
                 do {
-                    try await node.run(onFounded: {
-                        // Printed once the farm exists (no other farm was in sight). Unbuffered: `join` keeps
-                        // running, and scripts read the token while it does.
-                        let text = "New farm created. Join other machines with: rexnode join --token <token below>\n"
-                        FileHandle.standardOutput.write(Data((text + farmKey.token + "\n").utf8))
-                    })
+                    try await node.run(
+                        extraServices: dashboard.map { [$0] } ?? [],
+                        onFounded: {
+                            // Printed once the farm exists (no other farm was in sight). Unbuffered: `join` keeps
+                            // running, and scripts read the token while it does.
+                            let text =
+                                "New farm created. Join other machines with: rexnode join --token <token below>\n"
+                            FileHandle.standardOutput.write(Data((text + farmKey.token + "\n").utf8))
+                        })
                 } catch let error as FarmError where settings.createdFarm && error.code == .alreadyRunning {
                     // The farm this run created was never used: forget it, so the next run can join the other.
                     try? FileManager.default.removeItem(atPath: dir.farmKey)
@@ -261,6 +273,20 @@ extension RexNode {
             let hostname = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             let folder = (dir.root as NSString).lastPathComponent
             return folder == "rexnode" || folder.isEmpty ? hostname : "\(hostname)-\(folder)"
+        }
+    }
+
+    struct DashboardURL: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "dashboard", abstract: "Print this node's dashboard URL (with its access token) last.")
+        @OptionGroup var data: DataOption
+
+        func run() async throws {
+            try await RexNode.guarded {
+                let url = try DashboardFiles.currentURL(data.directory)
+                print("Open this node's dashboard (the link carries its access token; keep it private):")
+                print(url)
+            }
         }
     }
 
