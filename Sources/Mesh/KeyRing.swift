@@ -69,7 +69,15 @@ final class KeyState: Sendable {
     var learnsEpochs: Bool { state.withLock { $0.learning } }
 
     func setMembership(_ isMember: @escaping @Sendable ([UInt8]) -> Bool) { state.withLock { $0.isMember = isMember } }
-    func setRevoked(_ nodeIDs: Set<String>) { state.withLock { $0.revoked = nodeIDs } }
+    /// Replaces the revoked identities; false if they were already exactly these.
+    @discardableResult
+    func setRevoked(_ nodeIDs: Set<String>) -> Bool {
+        state.withLock { s in
+            guard s.revoked != nodeIDs else { return false }
+            s.revoked = nodeIDs
+            return true
+        }
+    }
 
     /// A revoked identity: refused everywhere, whatever key it holds.
     func isRevoked(_ publicKey: [UInt8]) -> Bool {

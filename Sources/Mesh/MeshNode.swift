@@ -198,7 +198,8 @@ public actor MeshNode {
 
     /// Identities refused for good, whatever key they hold (`rexnode revoke`); their connections close now.
     public func setRevoked(_ nodeIDs: Set<String>) async {
-        keys.setRevoked(nodeIDs)
+        // Called on every membership refresh: only a change forgets peers and closes connections.
+        guard keys.setRevoked(nodeIDs) else { return }
         for id in nodeIDs where id != nodeID {
             await discovery.forget(id)
             connections[id]?.channel.close(promise: nil)
