@@ -30,6 +30,7 @@ public final class FarmNode: Sendable {
     let progress = SlotProgress()
     /// Whether this node rests now, outside its `--schedule`.
     let rest = RestState()
+    let disk = DiskState()
     let roster: Roster
     let exchange: BlobExchange
     let workers: WorkerPool
@@ -39,6 +40,7 @@ public final class FarmNode: Sendable {
     let control: ControlAPI
     let leader: LeaderService
     let janitor: Janitor
+    let retention: ImageRetention
     let frameLogs: FrameLogService
     let keyRotation: KeyRotation
     let logger: Logger
@@ -157,7 +159,7 @@ public final class FarmNode: Sendable {
 
         let roster = Roster(
             nodeID: nodeID, slots: settings.slots, raft: raft, mesh: mesh, tags: settings.tags, rest: rest,
-            blender: settings.renderer == .blender ? blenders.map(\.version) : [])
+            disk: disk, blender: settings.renderer == .blender ? blenders.map(\.version) : [])
         self.roster = roster
         let exchange = BlobExchange(
             nodeID: nodeID, blobs: blobs, mesh: mesh, roster: roster, sync: GroupSync(), logger: logger)
@@ -204,6 +206,9 @@ public final class FarmNode: Sendable {
         janitor = Janitor(
             nodeID: nodeID, settings: settings, ledger: ledger, blobs: blobs, work: work, inFlight: inFlight,
             logger: logger)
+        retention = ImageRetention(
+            nodeID: nodeID, keepMilliseconds: settings.keepImagesMilliseconds, ledger: ledger, blobs: blobs,
+            commandLog: raftLog, inFlight: inFlight, file: data.retention, logger: logger)
     }
 
     deinit {
@@ -283,6 +288,12 @@ public final class FarmNode: Sendable {
             Self.loop("delivery") { await delivery.run() },
             Self.loop("reaper") { await workers.runReaper() },
             Self.loop("janitor") { await janitor.run() },
+            Self.loop("retention") { [retention] in await retention.run() },
+            Self.loop("disk") { [disk, settings, logger] in
+                await disk.watch(
+                    root: settings.data.root, blobs: settings.data.blobs, minFree: settings.minFreeBytes,
+                    logger: logger, onChange: { pulse.fire() })
+            },
             Self.loop("hooks") { [hooks] in await hooks.run() },
             Self.loop("ticker") {
                 while !Task.isCancelled {

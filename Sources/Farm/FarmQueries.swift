@@ -232,9 +232,15 @@ struct PeerRow: Encodable, Sendable {
     var restingUntilMs: Int64? = nil
     /// The Blender versions the node renders with (from its beacons; this node's from its runtimes).
     var blender: [String] = []
+    /// Its disk (from its beacons; this node's from its own reading): free on the data folder's disk, used by its
+    /// blob store, and whether it is nearly full (then it takes no work).
+    var disk: DiskState.Reading? = nil
 
     enum CodingKeys: String, CodingKey {
         case id, name, address, role, state, slots, task, member, term, leader, blender
+        case diskFree = "disk_free_bytes"
+        case diskUsed = "disk_used_bytes"
+        case diskFull = "disk_full"
         case voter, tags, devices, resting
         case restingUntil = "resting_until"
         case framesDone = "frames_done"
@@ -261,6 +267,9 @@ struct PeerRow: Encodable, Sendable {
         try c.encode(restingUntilMs != nil, forKey: .resting)
         try c.encode(restingUntilMs.map(Self.localTime), forKey: .restingUntil)
         try c.encode(blender, forKey: .blender)
+        try c.encode(disk?.full ?? false, forKey: .diskFull)
+        try c.encodeIfPresent(disk.flatMap { $0.freeBytes == .max ? nil : $0.freeBytes }, forKey: .diskFree)
+        try c.encodeIfPresent(disk?.usedBytes, forKey: .diskUsed)
         if isSelf {
             try c.encode(term ?? 0, forKey: .term)
             try c.encode(leader, forKey: .leader)
@@ -352,7 +361,8 @@ struct FarmQueries: Sendable {
                     tiles: tiles[f.frame].map { list in
                         list.map {
                             .init(
-                                tile: $0.tile, state: $0.state, node: $0.node, nodeName: $0.node.map { names[$0] ?? $0 },
+                                tile: $0.tile, state: $0.state, node: $0.node,
+                                nodeName: $0.node.map { names[$0] ?? $0 },
                                 renderSeconds: $0.renderMs.map { Double($0) / 1000 })
                         }
                     })
@@ -408,7 +418,7 @@ struct FarmQueries: Sendable {
                 raftStallMs: Self.milliseconds(await raft.longestStall),
                 leaderSilenceMs: Self.milliseconds(await raft.longestLeaderSilence), tags: roster.tags,
                 devices: Array(Set(devices)).sorted(), restingUntilMs: roster.rest.restingUntilMs,
-                blender: roster.blender)
+                blender: roster.blender, disk: roster.disk.current)
         ]
         var seen: Set<String> = [nodeID]
         for peer in await mesh.peers() {
@@ -429,7 +439,14 @@ struct FarmQueries: Sendable {
                     task: peer.state == .alive ? announced?.task : nil, member: members.contains(peer.nodeID),
                     tags: announced?.tags ?? [], devices: announced?.devices ?? ["CPU"],
                     restingUntilMs: peer.state == .alive ? announced?.restingUntilMs : nil,
-                    blender: announced?.blender ?? []))
+                    blender: announced?.blender ?? [],
+                    disk: announced.flatMap { a in
+                        a.diskUsedMB == nil && a.diskFull != true
+                            ? nil
+                            : DiskState.Reading(
+                                freeBytes: a.diskFreeMB.map { $0 * 1_000_000 } ?? .max,
+                                usedBytes: (a.diskUsedMB ?? 0) * 1_000_000, full: a.diskFull ?? false)
+                    }))
         }
         for member in members.sorted() where !seen.contains(member) {
             rows.append(
@@ -474,6 +491,7 @@ struct FarmQueries: Sendable {
             // Never the key itself: only its epoch and whom it shut out.
             case .farmKey(let c): ["epoch": .int(Int64(c.epoch)), "revoked": .from(c.revoked)]
             case .revokeNodes(let c): .from(c)
+            case .dropImages(let c): .from(c)
             case .noop: [:]
             }
         if case .object(let f) = fields { for (k, v) in f where o[k] == nil { o[k] = v } }

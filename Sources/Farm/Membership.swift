@@ -170,6 +170,7 @@ struct Membership: Sendable {
             let announced = NodeStatus(
                 role: role, slots: settings.slots, hasLog: hasLog, task: task, epoch: epoch, blender: roster.blender
             ).with(tags: settings.tags, devices: settings.slotDevices, restingUntilMs: roster.rest.restingUntilMs)
+                .with(disk: roster.disk.current)
             await mesh.setStatus(announced.encoded())
             try? await Task.sleep(for: .milliseconds(max(200, settings.beaconMilliseconds / 2)))
         }

@@ -169,6 +169,10 @@ struct NodeStatus: Codable, Sendable, Equatable {
     /// The Blender versions this node renders with (`join --blender`, repeatable); absent with the simulated
     /// renderer. The scheduler gives a job only to nodes announcing its version.
     var blender: [String]?
+    /// Its disk: nearly full (it takes no work), and megabytes free and used by its blob store.
+    var diskFull: Bool?
+    var diskFreeMB: Int64?
+    var diskUsedMB: Int64?
 
     enum CodingKeys: String, CodingKey {
         case role = "r"
@@ -180,6 +184,9 @@ struct NodeStatus: Codable, Sendable, Equatable {
         case devices = "d"
         case restingUntilMs = "w"
         case blender = "b"
+        case diskFull = "x"
+        case diskFreeMB = "f"
+        case diskUsedMB = "u"
     }
 
     init(role: Role, slots: Int, hasLog: Bool, task: String?, epoch: UInt64? = nil, blender: [String]? = nil) {
@@ -201,6 +208,16 @@ struct NodeStatus: Codable, Sendable, Equatable {
         return status
     }
 
+    /// What this node's disk looks like (absent until first measured).
+    func with(disk: DiskState.Reading?) -> NodeStatus {
+        var status = self
+        guard let disk else { return status }
+        status.diskFull = disk.full ? true : nil
+        status.diskFreeMB = disk.freeBytes == .max ? nil : disk.freeBytes / 1_000_000
+        status.diskUsedMB = disk.usedBytes / 1_000_000
+        return status
+    }
+
     /// The beacon's bytes: the whole status, or without its task when that would not fit.
     func encoded() -> [UInt8] {
         let encoder = JSONEncoder()
@@ -210,6 +227,9 @@ struct NodeStatus: Codable, Sendable, Equatable {
         short.task = nil
         let shorter = Array(try! encoder.encode(short))
         if shorter.count <= Beacon.maxStatusBytes { return shorter }
+        // Then the disk's figures (whether it is full stays: the scheduler needs it).
+        short.diskFreeMB = nil
+        short.diskUsedMB = nil
         // Many GPUs: their kinds alone (the scheduler needs tags, slots and rest, not device numbers).
         short.devices = short.devices.map { Array(Set($0.map { String($0.prefix { $0 != ":" }) })).sorted() }
         // Only a node given very many Blenders gets here: it announces the first ones that fit.

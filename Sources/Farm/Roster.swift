@@ -10,18 +10,24 @@ struct Roster: Sendable {
     /// This node's tags and whether it rests now (outside its schedule).
     var tags: [String] = []
     var rest = RestState()
+    /// This node's disk: nearly full, it takes no work.
+    var disk = DiskState()
     /// The Blender versions this node renders with (empty with the simulated renderer).
     var blender: [String] = []
+
+    /// Whether this node takes new frames now: not resting outside its schedule, not short of disk.
+    var takesWork: Bool { !rest.isResting && !disk.isFull }
 
     /// Members that can take work now, with their render slots (this node's from its settings); a node resting
     /// outside its schedule has none.
     func renderSlots() async -> [(node: String, slots: Int)] {
         let members = await raft.status?.members ?? [nodeID]
         var result: [(String, Int)] = []
-        if members.contains(nodeID) || members.isEmpty { result.append((nodeID, rest.isResting ? 0 : slots)) }
+        if members.contains(nodeID) || members.isEmpty { result.append((nodeID, takesWork ? slots : 0)) }
         for peer in await mesh.peers() where peer.state == .alive && members.contains(peer.nodeID) {
             let announced = NodeStatus(bytes: peer.status)
-            result.append((peer.nodeID, announced?.restingUntilMs != nil ? 0 : announced?.slots ?? 1))
+            let away = announced?.restingUntilMs != nil || announced?.diskFull == true
+            result.append((peer.nodeID, away ? 0 : announced?.slots ?? 1))
         }
         return result
     }

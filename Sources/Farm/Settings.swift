@@ -36,6 +36,8 @@ public struct DataDirectory: Sendable {
     public var blobs: String { root + "/blobs" }
     public var socket: String { root + "/rexnode.sock" }
     public var lock: String { root + "/rexnode.lock" }
+    /// When this node first saw each finished job of another submitter (wall-clock ms), for `--keep-images`.
+    public var retention: String { root + "/retention.json" }
     public var work: String { root + "/work" }
     /// Blender's output of this node's recent frame attempts (`rexnode log`).
     public var logs: String { root + "/logs" }
@@ -101,6 +103,11 @@ public struct NodeSettings: Sendable {
     public var raft = RaftSettings()
     /// How long a finished job's .blend stays in this node's blob store (images stay until removed by hand).
     public var blendGraceMilliseconds: Int = 10 * 60 * 1000
+    /// How long images of a finished job stay on this node when it did not submit the job and the submitter holds
+    /// them (`--keep-images`, default 7 days).
+    public var keepImagesMilliseconds: Int64 = 7 * 24 * 3600 * 1000
+    /// Under this many free bytes on the data folder's disk the node takes no new frames (`--min-free`).
+    public var minFreeBytes: Int64 = 512_000_000
     /// How much of Blender's output per frame attempt this node keeps, and for how many attempts.
     public var frameLogLimits = FrameLogLimits()
     /// Tags this node carries (`--tags`): jobs that need tags render only on nodes carrying all of them.

@@ -55,6 +55,8 @@ actor WorkerPool {
     private var claimed: Set<String> = []
     /// The job each busy slot is working on.
     private var busy: [Int: String] = [:]
+    /// Set once this run's ledger has applied what the farm had committed when this node first heard a leader.
+    private var caughtUp = false
 
     init(
         nodeID: String, settings: NodeSettings, ledger: LedgerStore, blobs: BlobStore, exchange: BlobExchange,
@@ -87,7 +89,7 @@ actor WorkerPool {
     /// One render slot: takes this node's open assignments one at a time.
     func runSlot(_ slot: Int) async {
         for await _ in pulse.subscribe() {
-            guard let assignment = nextAssignment() else { continue }
+            guard await hasCaughtUp(), let assignment = nextAssignment() else { continue }
             claimed.insert(assignment.assignment)
             busy[slot] = assignment.job
             await render(assignment, slot: slot)
@@ -96,6 +98,21 @@ actor WorkerPool {
             progress.set(slot, nil)
             pulse.fire()
         }
+    }
+
+    /// After a restart the ledger may lag this node's own log (a completion appended, the kill came before it was
+    /// applied): an assignment read then still lists frames already done, and rendering them again is wasted (the
+    /// ledger ignores the second completion). So slots start once this run has heard a leader and applied up to the
+    /// commit index it then knew; a node that leads (a farm of one) waits for its term's first entry to commit, as
+    /// that commits everything its log held before.
+    private func hasCaughtUp() async -> Bool {
+        if caughtUp { return true }
+        guard let status = await roster.raft.status, status.leader != nil,
+            status.role != .leader || status.canChangeMembership,
+            let applied = try? ledger.appliedIndex(), applied >= status.commitIndex
+        else { return false }
+        caughtUp = true
+        return true
     }
 
     private func nextAssignment() -> AssignmentRecord? {
@@ -115,7 +132,7 @@ actor WorkerPool {
         }
         // Outside its schedule: a chunk given before the leader saw this node rest goes back, after a short pause so
         // the leader's next round sees the beacon that says so.
-        guard !roster.rest.isResting else {
+        guard roster.takesWork else {
             try? await Task.sleep(for: .seconds(1))
             await handBackResting(assignment)
             return
@@ -165,7 +182,7 @@ actor WorkerPool {
                     break
                 }
                 // The schedule's window closed: the frame in flight has finished; the rest goes back.
-                if roster.rest.isResting {
+                if !roster.takesWork {
                     resting = true
                     break
                 }
@@ -277,8 +294,9 @@ actor WorkerPool {
 
     /// Resting outside its schedule: the frames of the chunk that did not start go back to the queue.
     private func handBackResting(_ assignment: AssignmentRecord) async {
-        logger.info("resting outside the schedule; returning a chunk", metadata: ["farm/job": "\(assignment.job)"])
-        await report([.releaseFrames(ReleaseFrames(assignment: assignment.assignment, reason: "node resting"))])
+        let reason = roster.disk.isFull ? "node's disk nearly full" : "node resting"
+        logger.info("\(reason); returning a chunk", metadata: ["farm/job": "\(assignment.job)"])
+        await report([.releaseFrames(ReleaseFrames(assignment: assignment.assignment, reason: reason))])
     }
 
     /// What a slot does with a chunk it cannot start.

@@ -44,6 +44,8 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
     /// `rexnode revoke`, its first entry: these identities are denied for good from here on (no leader adds them
     /// again, no member hands them a key); their removal and the key rotation follow as entries of their own.
     case revokeNodes(RevokeNodes)
+    /// Retention: a node other than the submitter gives up its copies of a job's images the submitter holds.
+    case dropImages(DropImages)
 
     /// The short name shown by `rexnode ledger` as `"type"`.
     public var typeName: String {
@@ -65,6 +67,7 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
         case .noop: "Noop"
         case .farmKey: "FarmKey"
         case .revokeNodes: "RevokeNodes"
+        case .dropImages: "DropImages"
         }
     }
 }

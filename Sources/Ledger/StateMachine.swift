@@ -26,6 +26,7 @@ struct StateMachine {
         case .removeJob(let c): return try remove(c.job)
         case .farmKey(let c): return try FarmKeyTable.apply(c, db: db, index: index)
         case .revokeNodes(let c): return try FarmKeyTable.apply(c, db: db)
+        case .dropImages(let c): return try RetentionTable.apply(c, db: db)
         }
     }
 

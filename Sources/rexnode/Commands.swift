@@ -331,6 +331,12 @@ extension RexNode {
             return versions.isEmpty ? "-" : versions.joined(separator: ",")
         }
 
+        /// Bytes as people read them: `812 MB`, `41.3 GB`.
+        static func size(_ bytes: Int64) -> String {
+            bytes >= 1_000_000_000
+                ? String(format: "%.1f GB", Double(bytes) / 1e9) : "\(bytes / 1_000_000) MB"
+        }
+
         func run() async throws {
             try await RexNode.guarded {
                 let peers = try await ControlClient.send(all ? .allPeers : .peers, data: data.directory)
@@ -342,18 +348,20 @@ extension RexNode {
                     if p["resting"]?.bool == true {
                         state += ", resting until " + Self.wake(p["resting_until"]?.string)
                     }
+                    if p["disk_full"]?.bool == true { state += ", disk nearly full" }
+                    let disk = p["disk_free_bytes"]?.int.map { Self.size(Int64($0)) + " free" } ?? "-"
                     return [
                         (p["self"]?.bool == true ? "*" : " ") + (p["name"]?.string ?? ""), p["id"]?.string ?? "",
                         p["address"]?.string ?? "", p["role"]?.string ?? "", state,
                         "\(p["slots"]?.int ?? 0)", "\(p["frames_done"]?.int ?? 0)", devices.isEmpty ? "CPU" : devices,
-                        tags.isEmpty ? "-" : tags, Self.blender(p["blender"]), p["task"]?.string ?? "-",
+                        tags.isEmpty ? "-" : tags, Self.blender(p["blender"]), disk, p["task"]?.string ?? "-",
                     ]
                 }
                 print(
                     Table.render(
                         [
                             "NAME", "ID", "ADDRESS", "ROLE", "STATE", "SLOTS", "FRAMES", "DEVICES", "TAGS", "BLENDER",
-                            "TASK",
+                            "DISK", "TASK",
                         ],
                         rows))
             }

@@ -130,6 +130,12 @@ extension RexNode {
         @Option(help: ArgumentHelp("Milliseconds between discovery beacons.", visibility: .hidden)) var beaconMs: Int =
             1000
         @Option(help: "Seconds a finished job's .blend is kept on this node.") var blendGrace: Double = 600
+        @Option(
+            help:
+                "How long a finished job's images stay on this node when another node submitted it and holds them (7d, 36h, 90m, 30s)."
+        ) var keepImages: String = "7d"
+        @Option(help: "Take no new frames while the data folder's disk has less free than this (512M, 2G).")
+        var minFree: String = "512M"
         @Option(help: "Dashboard and API address HOST:PORT (port 0: any free port), or off.") var http: String =
             DashboardSettings.defaultAddress
 
@@ -177,6 +183,8 @@ extension RexNode {
                 settings.suspectMilliseconds = min(3000, settings.deadMilliseconds / 2)
                 settings.beaconMilliseconds = beaconMs
                 settings.blendGraceMilliseconds = Int(blendGrace * 1000)
+                settings.keepImagesMilliseconds = try RetentionSettings.parseDuration(keepImages)
+                settings.minFreeBytes = try RetentionSettings.parseSize(minFree)
                 LoggingSystem.bootstrap { label in
                     var handler = StreamLogHandler.standardError(label: label)
                     handler.logLevel =

@@ -222,7 +222,9 @@ extension ProcessTests {
         let ledger = try #require(try node.json(["ledger"]) as? [[String: Any]])
         // Every frame committed exactly once (an ignored late completion would show as a second entry).
         let completions = ledger.filter { $0["type"] as? String == "CompleteFrame" }.compactMap { $0["frame"] as? Int }
-        #expect(completions.sorted() == Array(1...10))
+        #expect(
+            completions.sorted() == Array(1...10),
+            "\(ledger.filter { $0["type"] as? String == "CompleteFrame" || $0["type"] as? String == "AssignChunk" })")
     }
 
     @Test func cancelStopsBlenderAndTheWaitingSubmitFails() throws {
