@@ -155,31 +155,34 @@ struct ImageRetention: Sendable {
 /// `--keep-images 7d`, `36h`, `90m`, `30s` or plain seconds; `--min-free 512M`, `2G`, `100K` or plain bytes.
 public enum RetentionSettings {
     public static func parseDuration(_ text: String) throws -> Int64 {
-        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
-        var number = Substring(text.trimmingCharacters(in: .whitespaces).lowercased())
-        var scale = 1.0
-        if let last = number.last, let unit = units[last] {
-            scale = unit
-            number = number.dropLast()
-        }
-        guard let value = Double(number), value >= 0, value.isFinite, value * scale < 1e12 else {
-            throw FarmError(.badInput, "--keep-images takes a time such as 7d, 36h, 90m or 30s, not '\(text)'.")
-        }
-        return Int64(value * scale * 1000)
+        let seconds = try scaled(
+            text, units: ["s": 1, "m": 60, "h": 3600, "d": 86400], below: 1e9,
+            "--keep-images takes a time such as 7d, 36h, 90m or 30s, not '\(text)'.")
+        return Int64(seconds * 1000)
     }
 
     public static func parseSize(_ text: String) throws -> Int64 {
-        let units: [Character: Double] = ["k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12]
+        var trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
+        if trimmed.hasSuffix("b") { trimmed.removeLast() }
+        return Int64(
+            try scaled(
+                trimmed, units: ["k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12], below: 9e18,
+                "--min-free takes a size such as 512M, 2G or 100K, not '\(text)'."))
+    }
+
+    /// A non-negative number with an optional one-letter unit from `units`, below `limit`.
+    static func scaled(_ text: String, units: [Character: Double], below limit: Double, _ sentence: String) throws
+        -> Double
+    {
         var number = Substring(text.trimmingCharacters(in: .whitespaces).lowercased())
-        if number.last == "b" { number = number.dropLast() }
         var scale = 1.0
         if let last = number.last, let unit = units[last] {
             scale = unit
             number = number.dropLast()
         }
-        guard let value = Double(number), value >= 0, value.isFinite, value * scale < 9e18 else {
-            throw FarmError(.badInput, "--min-free takes a size such as 512M, 2G or 100K, not '\(text)'.")
+        guard let value = Double(number), value >= 0, value.isFinite, value * scale < limit else {
+            throw FarmError(.badInput, sentence)
         }
-        return Int64(value * scale)
+        return value * scale
     }
 }

@@ -30,12 +30,12 @@ enum RetentionTable {
                 arguments: [c.job])
             for row in rows {
                 let text: String = row["holders"]
-                let holders = (try? JSONDecoder().decode([String].self, from: Data(text.utf8))) ?? []
+                let holders = StateMachine.names(text)
                 guard holders.contains(c.node), holders.contains(submitter) else { continue }
                 let kept = holders.filter { $0 != c.node }.sorted()
                 try db.execute(
                     sql: "UPDATE \(table) SET holders = ? WHERE rowid = ?",
-                    arguments: [String(decoding: try JSONEncoder().encode(kept), as: UTF8.self), row["rowid"] as Int64])
+                    arguments: [StateMachine.json(kept), row["rowid"] as Int64])
                 dropped += 1
             }
         }
@@ -58,7 +58,7 @@ extension LedgerStore {
                         WHERE o.hash = ?
                     """, arguments: [hash, hash, hash])
             return holders.contains { text in
-                ((try? JSONDecoder().decode([String].self, from: Data(text.utf8))) ?? []).contains(node)
+                StateMachine.names(text).contains(node)
             }
         }
     }
@@ -79,7 +79,7 @@ extension LedgerStore {
                     UNION ALL SELECT holders FROM tiles WHERE job = ? AND hash IS NOT NULL
                     """, arguments: [job, job])
             return holders.filter { text in
-                let h = (try? JSONDecoder().decode([String].self, from: Data(text.utf8))) ?? []
+                let h = StateMachine.names(text)
                 return h.contains(node) && h.contains(submitter)
             }.count
         }

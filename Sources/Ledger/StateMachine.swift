@@ -446,4 +446,9 @@ struct StateMachine {
     static func json<T: Encodable>(_ value: T) -> String {
         String(decoding: try! JSONEncoder().encode(value), as: UTF8.self)
     }
+
+    /// A `holders` (or other list of names) column read back; empty when absent or unreadable.
+    static func names(_ text: String?) -> [String] {
+        text.flatMap { try? JSONDecoder().decode([String].self, from: Data($0.utf8)) } ?? []
+    }
 }

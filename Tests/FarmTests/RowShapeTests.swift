@@ -72,3 +72,22 @@ struct RowShapeTests {
         #expect(other["self"] as? Bool == false)
     }
 }
+
+/// `join --keep-images` and `--min-free`: times and sizes people write, and one sentence for anything else.
+@Suite struct RetentionSettingsTests {
+    @Test func timesAndSizesParseAndNonsenseIsRefused() throws {
+        #expect(try RetentionSettings.parseDuration("7d") == 7 * 86_400_000)
+        #expect(try RetentionSettings.parseDuration("36h") == 36 * 3_600_000)
+        #expect(try RetentionSettings.parseDuration("1.5s") == 1500)
+        #expect(try RetentionSettings.parseDuration("90") == 90_000)
+        #expect(try RetentionSettings.parseSize("512M") == 512_000_000)
+        #expect(try RetentionSettings.parseSize("2GB") == 2_000_000_000)
+        #expect(try RetentionSettings.parseSize("100") == 100)
+        for bad in ["", "-1d", "7w", "soon", "inf"] {
+            #expect(throws: FarmError.self) { try RetentionSettings.parseDuration(bad) }
+        }
+        for bad in ["", "-5G", "5X", "lots"] {
+            #expect(throws: FarmError.self) { try RetentionSettings.parseSize(bad) }
+        }
+    }
+}
