@@ -1,46 +1,76 @@
 import Foundation
 
-/// Small JPEG previews of frame images, made once per image with ffmpeg and kept under `DATA/thumbs/HASH.jpg`.
-/// EXR goes through ffmpeg too (its default conversion, no tone-mapping). Without ffmpeg there are no thumbnails.
+/// Small JPEG previews of frame images, made once per image with ffmpeg and kept under `DATA/thumbs/HASH.jpg`
+/// (`HASH.srgb.jpg` for a tone-mapped one).
+/// Without ffmpeg there are no thumbnails.
+///
+/// An EXR frame holds linear light (values may pass 1): shown as is it comes out dark. It is tone-mapped to sRGB:
+/// Reinhard on the linear values (`tonemap`, highlights compressed instead of clipped), then the sRGB transfer curve
+/// (`zscale`). An ffmpeg without zscale gets the EXR decoder's own sRGB curve (`-apply_trc iec61966_2_1`) instead.
 actor Thumbnails {
     let folder: String
     private var making: [String: Task<String?, Never>] = [:]
 
     init(folder: String) { self.folder = folder }
 
-    /// The thumbnail of the image at `source` (a blob, so its file name is its content hash), made if need be.
-    func thumbnail(of source: String) async -> String? {
+    /// ffmpeg's arguments for each way of making a thumbnail of an image in format `ext`, best first.
+    static func recipes(source: String, ext: String, target: String, width: Int = 256) -> [[String]] {
+        let scale = "scale=\(width):-2"
+        let head = ["-nostdin", "-loglevel", "error", "-y"]
+        let tail = ["-frames:v", "1", target]
+        guard isLinear(ext) else { return [head + ["-i", source, "-vf", scale] + tail] }
+        let toneMapped = [
+            "zscale=tin=linear:t=linear:npl=100", "format=gbrpf32le", "tonemap=tonemap=reinhard:desat=0",
+            "zscale=tin=linear:t=iec61966-2-1:m=bt709:r=pc", "format=rgb24", scale,
+        ].joined(separator: ",")
+        return [
+            head + ["-i", source, "-vf", toneMapped] + tail,
+            head + ["-apply_trc", "iec61966_2_1", "-i", source, "-vf", scale] + tail,
+        ]
+    }
+
+    /// Formats that hold linear light rather than display values.
+    static func isLinear(_ ext: String) -> Bool {
+        ["exr", "hdr"].contains(ext.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: ".")))
+    }
+
+    /// The thumbnail of the image at `source` (a blob, so its file name is its content hash), made if need be; `ext`
+    /// is the image's format (`png`, `exr`, …).
+    func thumbnail(of source: String, ext: String) async -> String? {
         let name = (source as NSString).lastPathComponent
-        let target = folder + "/" + name + ".jpg"
+        // A tone-mapped thumbnail has a name of its own: one made before tone-mapping (dark) is not reused.
+        let target = folder + "/" + name + (Self.isLinear(ext) ? ".srgb.jpg" : ".jpg")
         if FileManager.default.fileExists(atPath: target) { return target }
         if let task = making[name] { return await task.value }
         let folder = self.folder
         let task = Task.detached { () -> String? in
             try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
             let partial = target + ".part.jpg"
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = [
-                "ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", source, "-vf", "scale=256:-2", "-frames:v", "1",
-                partial,
-            ]
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            do {
-                try process.run()
-                process.waitUntilExit()
-            } catch {
-                return nil
-            }
-            guard process.terminationStatus == 0, rename(partial, target) == 0 else {
+            for arguments in Self.recipes(source: source, ext: ext, target: partial) {
+                if Self.ffmpeg(arguments), rename(partial, target) == 0 { return target }
                 unlink(partial)
-                return nil
             }
-            return target
+            return nil
         }
         making[name] = task
         let made = await task.value
         making[name] = nil
         return made
+    }
+
+    private static func ffmpeg(_ arguments: [String]) -> Bool {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["ffmpeg"] + arguments
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        do {
+            try process.run()
+            process.waitUntilExit()
+        } catch {
+            return false
+        }
+        return process.terminationStatus == 0
     }
 }
