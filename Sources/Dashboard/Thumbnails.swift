@@ -13,10 +13,14 @@ actor Thumbnails {
 
     init(folder: String) { self.folder = folder }
 
-    /// ffmpeg's arguments for each way of making a thumbnail of an image in format `ext`, best first.
-    static func recipes(source: String, ext: String, target: String, width: Int = 256) -> [[String]] {
+    /// ffmpeg's arguments for each way of making a thumbnail of an image in format `ext`, best first. A multilayer
+    /// EXR (Blender's `OPEN_EXR_MULTILAYER`) is read through its combined pass (`layer`), which ffmpeg does not find
+    /// by itself.
+    static func recipes(source: String, ext: String, target: String, width: Int = 256, layer: String? = nil)
+        -> [[String]]
+    {
         let scale = "scale=\(width):-2"
-        let head = ["-nostdin", "-loglevel", "error", "-y"]
+        let head = ["-nostdin", "-loglevel", "error", "-y"] + (layer.map { ["-layer", $0] } ?? [])
         let tail = ["-frames:v", "1", target]
         guard isLinear(ext) else { return [head + ["-i", source, "-vf", scale] + tail] }
         let toneMapped = [
@@ -27,6 +31,25 @@ actor Thumbnails {
             head + ["-i", source, "-vf", toneMapped] + tail,
             head + ["-apply_trc", "iec61966_2_1", "-i", source, "-vf", scale] + tail,
         ]
+    }
+
+    /// The layer holding a multilayer EXR's combined pass (`ViewLayer.Combined` for a channel
+    /// `ViewLayer.Combined.R`), read from the channel list in the file's header; nil for a plain EXR.
+    static func combinedLayer(_ path: String) -> String? {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? handle.close() }
+        guard let header = try? handle.read(upToCount: 256 * 1024), header.starts(with: [0x76, 0x2f, 0x31, 0x01])
+        else { return nil }
+        let bytes = [UInt8](header)
+        let needle = Array(".Combined.R".utf8) + [0]
+        guard bytes.count > needle.count else { return nil }
+        for end in needle.count...bytes.count where bytes[(end - needle.count)..<end].elementsEqual(needle) {
+            var start = end - needle.count
+            while start > 0 && bytes[start - 1] >= 0x20 && bytes[start - 1] < 0x7f { start -= 1 }
+            let name = String(decoding: bytes[start..<(end - 3)], as: UTF8.self)
+            if !name.isEmpty { return name }
+        }
+        return nil
     }
 
     /// Formats that hold linear light rather than display values.
@@ -46,7 +69,8 @@ actor Thumbnails {
         let task = Task.detached { () -> String? in
             try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
             let partial = target + ".part.jpg"
-            for arguments in Self.recipes(source: source, ext: ext, target: partial) {
+            let layer = Self.isLinear(ext) ? Self.combinedLayer(source) : nil
+            for arguments in Self.recipes(source: source, ext: ext, target: partial, layer: layer) {
                 if Self.ffmpeg(arguments), rename(partial, target) == 0 { return target }
                 unlink(partial)
             }

@@ -310,6 +310,7 @@ final class FakeBackend: DashboardBackend {
             ])
         try await Self.run(Self.blender, ["-b", scene, "-o", dir + "/exr_####", "-f", "1"])
         try await Self.run(Self.blender, ["-b", scene, "-o", dir + "/png_####", "-F", "PNG", "-f", "1"])
+        try await Self.run(Self.blender, ["-b", scene, "-o", dir + "/ml_####", "-F", "OPEN_EXR_MULTILAYER", "-f", "1"])
         // The blob store names files by hash, with no extension: so does this copy.
         let blob = dir + "/0123abcd"
         try FileManager.default.copyItem(atPath: dir + "/exr_0001.exr", toPath: blob)
@@ -329,6 +330,16 @@ final class FakeBackend: DashboardBackend {
         #expect(
             untouched.reduce(0, +) + 60 < reference.reduce(0, +),
             "the untouched EXR \(untouched) should be darker than \(reference), or this test proves nothing")
+
+        // A multilayer EXR: its combined pass, tone-mapped the same way.
+        let layered = dir + "/4567cdef"
+        try FileManager.default.copyItem(atPath: dir + "/ml_0001.exr", toPath: layered)
+        #expect(Thumbnails.combinedLayer(layered) == "ViewLayer.Combined")
+        #expect(Thumbnails.combinedLayer(blob) == nil)
+        let fromLayers = try await Self.meanRGB(try #require(await thumbs.thumbnail(of: layered, ext: "exr")))
+        for c in 0..<3 {
+            #expect(abs(fromLayers[c] - reference[c]) <= 20, "multilayer \(fromLayers) vs Blender's \(reference)")
+        }
     }
 
     static let blender = ProcessInfo.processInfo.environment["BLENDER"] ?? "/usr/bin/blender"
