@@ -57,7 +57,8 @@ extension ProcessTests {
             let count = try #require(value("rexnode_commit_latency_seconds_count"), "\(text)")
             let sum = try #require(value("rexnode_commit_latency_seconds_sum"), "\(text)")
             let maximum = try #require(value("rexnode_commit_latency_max_seconds"), "\(text)")
-            #expect(count >= 5, "one submit and four frames at least: \(text)")
+            // At least the submit, an assignment and a completion (completions may share a proposal).
+            #expect(count >= 3, "\(text)")
             #expect(sum > 0 && sum / count < 60 && maximum <= 60 && maximum >= sum / count, "\(text)")
             #expect(text.contains("rexnode_commit_latency_seconds_bucket{le=\"+Inf\"} \(Int(count))\n"))
 
