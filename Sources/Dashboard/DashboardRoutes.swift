@@ -59,13 +59,19 @@ public struct DashboardRoutes: Sendable {
             }
         }
         let thumbnails = self.thumbnails
-        router.get("/api/jobs/{job}/frames/{frame}/thumb") { _, context in
-            let (job, frame) = (
-                try context.parameters.require("job"), try context.parameters.require("frame", as: Int.self)
+        router.get("/api/jobs/{job}/frames/{frame}/{size}") { _, context in
+            let (job, frame, size) = (
+                try context.parameters.require("job"), try context.parameters.require("frame", as: Int.self),
+                try context.parameters.require("size")
             )
+            // `thumb`: 256 pixels wide; `preview`: up to 1024, for the latest frame of a format browsers cannot show.
+            guard size == "thumb" || size == "preview" else {
+                return Self.error(.notFound, "There is no \(size) of a frame; ask for image, thumb or preview.")
+            }
             do {
                 let image = try await backend.frameImage(job: job, frame: frame)
-                guard let thumb = await thumbnails.thumbnail(of: image.path, ext: image.ext) else {
+                guard let thumb = await thumbnails.thumbnail(of: image.path, ext: image.ext, large: size == "preview")
+                else {
                     return Self.error(.notFound, "No thumbnail can be made here (is ffmpeg installed?).")
                 }
                 return try Self.file(thumb, type: "image/jpeg")

@@ -19,7 +19,8 @@ actor Thumbnails {
     static func recipes(source: String, ext: String, target: String, width: Int = 256, layer: String? = nil)
         -> [[String]]
     {
-        let scale = "scale=\(width):-2"
+        // Never wider than the image itself (a large preview of a small frame stays its size).
+        let scale = "scale=w=min(\(width)\\,iw):h=-2"
         let head = ["-nostdin", "-loglevel", "error", "-y"] + (layer.map { ["-layer", $0] } ?? [])
         let tail = ["-frames:v", "1", target]
         guard isLinear(ext) else { return [head + ["-i", source, "-vf", scale] + tail] }
@@ -58,11 +59,14 @@ actor Thumbnails {
     }
 
     /// The thumbnail of the image at `source` (a blob, so its file name is its content hash), made if need be; `ext`
-    /// is the image's format (`png`, `exr`, …).
-    func thumbnail(of source: String, ext: String) async -> String? {
-        let name = (source as NSString).lastPathComponent
+    /// is the image's format (`png`, `exr`, …). `large`: a preview up to 1024 pixels wide instead (the job page's
+    /// latest frame, for formats a browser cannot show).
+    func thumbnail(of source: String, ext: String, large: Bool = false) async -> String? {
         // A tone-mapped thumbnail has a name of its own: one made before tone-mapping (dark) is not reused.
-        let target = folder + "/" + name + (Self.isLinear(ext) ? ".srgb.jpg" : ".jpg")
+        let name =
+            (source as NSString).lastPathComponent + (large ? ".large" : "") + (Self.isLinear(ext) ? ".srgb" : "")
+        let target = folder + "/" + name + ".jpg"
+        let width = large ? 1024 : 256
         if FileManager.default.fileExists(atPath: target) { return target }
         if let task = making[name] { return await task.value }
         let folder = self.folder
@@ -70,7 +74,7 @@ actor Thumbnails {
             try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
             let partial = target + ".part.jpg"
             let layer = Self.isLinear(ext) ? Self.combinedLayer(source) : nil
-            for arguments in Self.recipes(source: source, ext: ext, target: partial, layer: layer) {
+            for arguments in Self.recipes(source: source, ext: ext, target: partial, width: width, layer: layer) {
                 if Self.ffmpeg(arguments), rename(partial, target) == 0 { return target }
                 unlink(partial)
             }

@@ -172,11 +172,15 @@ final class FakeBackend: DashboardBackend {
                 #expect(text.contains("rexnode_peers_alive 1\n"))
                 #expect(text.contains("# TYPE rexnode_raft_term gauge"))
             }
-            for kind in ["image", "thumb"] {
+            for kind in ["image", "thumb", "preview"] {
                 try await client.execute(uri: "/api/jobs/j1/frames/2/\(kind)", method: .get, headers: auth) {
                     #expect($0.status == .notFound)
                     #expect(Self.json($0.body)["error"]?.string == "Frame 2 of job j1 has no image yet.")
                 }
+            }
+            try await client.execute(uri: "/api/jobs/j1/frames/2/poster", method: .get, headers: auth) {
+                #expect($0.status == .notFound)
+                #expect(Self.json($0.body)["error"]?.string?.contains("image, thumb or preview") == true)
             }
         }
     }
@@ -327,6 +331,15 @@ final class FakeBackend: DashboardBackend {
         for c in 0..<3 {
             #expect(abs(toneMapped[c] - reference[c]) <= 20, "tone-mapped \(toneMapped) vs Blender's \(reference)")
         }
+        // The large preview (the latest frame of an EXR job) is tone-mapped too, and never wider than the frame.
+        let large = try #require(await thumbs.thumbnail(of: blob, ext: "exr", large: true))
+        #expect(large != made)
+        let preview = try await Self.meanRGB(large)
+        for c in 0..<3 { #expect(abs(preview[c] - reference[c]) <= 20, "preview \(preview) vs \(reference)") }
+        let probe = try await Self.run(
+            "/usr/bin/ffprobe",
+            ["-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width", "-of", "csv=p=0", large])
+        #expect(String(decoding: probe, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) == "64")
         #expect(
             untouched.reduce(0, +) + 60 < reference.reduce(0, +),
             "the untouched EXR \(untouched) should be darker than \(reference), or this test proves nothing")

@@ -119,7 +119,11 @@
       if (latest.dataset.src !== src) {
         latest.dataset.src = src;
         latest.dataset.frame = String(latestFrame);
-        latest.onerror = () => { latest.onerror = null; latest.src = base + latestFrame + "/thumb"; };
+        // A format the browser cannot show (EXR): a large tone-mapped preview, else the thumbnail.
+        latest.onerror = () => {
+          latest.onerror = () => { latest.onerror = null; latest.src = base + latestFrame + "/thumb"; };
+          latest.src = base + latestFrame + "/preview";
+        };
         latest.src = src;
         latest.hidden = false;
         $("latest-caption").textContent = "frame " + latestFrame;
