@@ -12,7 +12,8 @@ public enum ControlRequest: Sendable, Equatable {
     /// differs from what the client last saw.
     case status(job: String, brief: Bool = false, seen: SeenJob? = nil)
     case cancel(job: String)
-    case ledger
+    /// The retained applied log from index `from` on (`rexnode ledger --from INDEX`).
+    case ledger(from: UInt64 = 1)
     case leave
     case token
     case fetch(job: String, output: String)
@@ -114,7 +115,7 @@ extension ControlRequest: Codable {
     private enum Key: String, CodingKey {
         case op, path, frames, chunk, output, name, priority, job, brief, seenDone, seenState, allowMissing
         case trustScripts, ticket, force, frame, tags, tiles
-        case node, onDone, video
+        case node, onDone, video, from
     }
 
     public init(from decoder: any Decoder) throws {
@@ -161,7 +162,10 @@ extension ControlRequest: Codable {
                 brief: try c.decodeIfPresent(Bool.self, forKey: .brief) ?? false,
                 seen: done.flatMap { d in state.map { SeenJob(framesDone: d, state: $0) } })
         case .cancel: self = .cancel(job: try need(.job, "Name a job (see `rexnode jobs`)."))
-        case .ledger: self = .ledger
+        case .ledger:
+            let from = try c.decodeIfPresent(Int64.self, forKey: .from) ?? 1
+            guard from >= 1 else { throw FarmError(.badInput, "--from needs a log index of 1 or more.") }
+            self = .ledger(from: UInt64(from))
         case .leave: self = .leave
         case .token: self = .token
         case .progress: self = .progress(ticket: try need(.ticket, "progress needs a ticket."))
@@ -226,7 +230,9 @@ extension ControlRequest: Codable {
         case .cancel(let job):
             try c.encode(Op.cancel, forKey: .op)
             try c.encode(job, forKey: .job)
-        case .ledger: try c.encode(Op.ledger, forKey: .op)
+        case .ledger(let from):
+            try c.encode(Op.ledger, forKey: .op)
+            if from != 1 { try c.encode(Int64(clamping: from), forKey: .from) }
         case .leave: try c.encode(Op.leave, forKey: .op)
         case .token: try c.encode(Op.token, forKey: .op)
         case .fetch(let job, let output):

@@ -43,7 +43,9 @@ struct ControlAPI: Sendable {
         case .status(let id, let brief, let seen):
             var job = try queries.findJob(id)
             if let seen { job = try await changed(job, seen: seen) }
-            return .success(try await queries.status(job, brief: brief))
+            let view = try await queries.status(job, brief: brief)
+            // A big job's status is megabytes of JSON: encoded off Swift's shared pool, which carries Raft.
+            return try await Blocking.run { .success(view) }
         case .steer(let id, let action):
             let job = try queries.findJob(id)
             return .success(JobRow(try await jobControl.perform(action, on: job)))
@@ -54,10 +56,11 @@ struct ControlAPI: Sendable {
             }
             _ = try await commandLog.propose([.cancelJob(CancelJob(job: job.job))])
             return .success(JobRow(try ledger.job(job.job) ?? job))
-        case .ledger:
-            // A long log is a long read: off Swift's shared pool, which every loop of the daemon runs on.
+        case .ledger(let from):
+            // A long log is a long read and a long encoding: off Swift's shared pool, which every loop of the daemon
+            // runs on.
             let queries = self.queries
-            return .success(try await Blocking.run { try queries.log() })
+            return try await Blocking.run { .success(try queries.log(from: from)) }
         case .leave:
             logger.info("leaving the farm on request")
             return .success(try await membership.leave())

@@ -349,28 +349,31 @@ struct FarmQueries: Sendable {
         let names = await nodeNames()
         // A big job's frames are a long read: off Swift's shared pool, which every loop of the daemon runs on.
         let ledger = self.ledger
-        let (records, attempts, tiles) = try await Blocking.run {
-            (try ledger.frames(of: job.job), try ledger.attempts(of: job.job), try ledger.tiles(of: job.job))
-        }
-        let frames = records.map { f in
-            FrameRow(
-                frame: f.frame, state: f.state, node: f.node, hash: f.hash, holders: f.holders, attempts: f.attempts,
-                message: f.message, progress: live.first { $0.frame == f.frame }?.fraction,
-                nodeName: f.node.map { names[$0] ?? $0 }, renderSeconds: f.renderMs.map { Double($0) / 1000 },
-                failures: attempts[f.frame].map { list in
-                    list.map {
-                        .init(
-                            attempt: $0.attempt, node: $0.node, nodeName: names[$0.node] ?? $0.node, message: $0.message
-                        )
-                    }
-                },
-                tiles: tiles[f.frame].map { list in
-                    list.map {
-                        .init(
-                            tile: $0.tile, state: $0.state, node: $0.node, nodeName: $0.node.map { names[$0] ?? $0 },
-                            renderSeconds: $0.renderMs.map { Double($0) / 1000 })
-                    }
-                }, doneIndex: f.state == "done" ? f.doneIndex : nil)
+        let frames = try await Blocking.run { () throws -> [FrameRow] in
+            let (records, attempts, tiles) = (
+                try ledger.frames(of: job.job), try ledger.attempts(of: job.job), try ledger.tiles(of: job.job)
+            )
+            let fractions = Dictionary(live.map { ($0.frame, $0.fraction) }, uniquingKeysWith: { a, _ in a })
+            return records.map { f in
+                FrameRow(
+                    frame: f.frame, state: f.state, node: f.node, hash: f.hash, holders: f.holders,
+                    attempts: f.attempts, message: f.message, progress: fractions[f.frame],
+                    nodeName: f.node.map { names[$0] ?? $0 }, renderSeconds: f.renderMs.map { Double($0) / 1000 },
+                    failures: attempts[f.frame].map { list in
+                        list.map {
+                            .init(
+                                attempt: $0.attempt, node: $0.node, nodeName: names[$0.node] ?? $0.node,
+                                message: $0.message)
+                        }
+                    },
+                    tiles: tiles[f.frame].map { list in
+                        list.map {
+                            .init(
+                                tile: $0.tile, state: $0.state, node: $0.node, nodeName: $0.node.map { names[$0] ?? $0 },
+                                renderSeconds: $0.renderMs.map { Double($0) / 1000 })
+                        }
+                    }, doneIndex: f.state == "done" ? f.doneIndex : nil)
+            }
         }
         var view = JobStatusView(
             job: JobRow(job), frames: frames, deliveryError: problem, deliversHere: job.submitter == nodeID,
@@ -477,7 +480,7 @@ struct FarmQueries: Sendable {
     }
 
     /// The retained applied log, one row per entry (`ledger --json`).
-    func log() throws -> [JSONValue] { try ledger.log().map(Self.logRow) }
+    func log(from index: UInt64 = 1) throws -> [JSONValue] { try ledger.log(from: index).map(Self.logRow) }
 
     /// One applied entry: index, term, type and command id, the command's own fields, and what applying it did.
     static func logRow(_ logged: LoggedEntry) -> JSONValue {

@@ -24,6 +24,8 @@ public actor RaftCommandLog: CommandLog {
     /// Command sequence numbers: never reused, across restarts and wall-clock steps (reserved in the ledger).
     private var sequencer: CommandSequencer
     private var applied: UInt64
+    /// This node's proposals not yet settled (applied or given up): the lowest is the floor each new entry carries.
+    private var inFlight: Set<UInt64> = []
     private var outcomes: [UInt64: ApplyOutcome] = [:]
     private var waiters: [UInt64: [Int: CheckedContinuation<Void, any Error>]] = [:]
     private var nextWaiter = 0
@@ -58,8 +60,12 @@ public actor RaftCommandLog: CommandLog {
         guard !commands.isEmpty else { return [] }
         // Every id is under a ceiling already durable in the ledger; when a block runs out, the next one is reserved
         // here, synchronously (no suspension point, so no other proposal can take an id in between).
-        let entries = try commands.map { command -> LedgerEntry in
-            LedgerEntry(id: CommandID(node: node, seq: try sequencer.next()), command: command)
+        let seqs = try commands.map { _ in try sequencer.next() }
+        inFlight.formUnion(seqs)
+        defer { inFlight.subtract(seqs) }
+        let floor = inFlight.min()
+        let entries = zip(seqs, commands).map { seq, command in
+            LedgerEntry(id: CommandID(node: node, seq: seq), command: command, floor: floor)
         }
         let started = ContinuousClock.now
         let deadline = started + patience

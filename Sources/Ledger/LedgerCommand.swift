@@ -359,13 +359,20 @@ public struct SetPriority: Sendable, Equatable, Codable {
 }
 
 /// What the log carries: the command and its unique id, encoded as bytes (opaque to Raft).
+///
+/// `floor` is the proposer's command floor when it made the entry: the lowest sequence number it still had in
+/// flight (this one's at most). Every id of that node below it was settled, applied or given up, so the ledger
+/// forgets their rows and refuses a late copy of one (Raft's client sessions, Ongaro's thesis §6.3). Entries from
+/// before floors, and Raft's own, have none: their ids are remembered for ever, as before.
 public struct LedgerEntry: Sendable, Equatable, Codable {
     public var id: CommandID
     public var command: LedgerCommand
+    public var floor: UInt64?
 
-    public init(id: CommandID, command: LedgerCommand) {
+    public init(id: CommandID, command: LedgerCommand, floor: UInt64? = nil) {
         self.id = id
         self.command = command
+        self.floor = floor
     }
 
     public func encoded() -> [UInt8] {

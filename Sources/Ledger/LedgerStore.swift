@@ -123,6 +123,20 @@ public final class LedgerStore: Sendable {
                     ALTER TABLE jobs ADD COLUMN fps REAL;
                     """)
         }
+        migrator.registerMigration("ledger-command-floors") { db in
+            // Scale (issue 17): each node's command floor (every id of that node below it is settled), and the
+            // node and sequence of each remembered id, so the ids below a floor can be forgotten.
+            try db.execute(
+                sql: """
+                    CREATE TABLE command_floors (node TEXT PRIMARY KEY, floor INTEGER NOT NULL);
+                    ALTER TABLE ledger_commands ADD COLUMN node TEXT;
+                    ALTER TABLE ledger_commands ADD COLUMN seq INTEGER;
+                    UPDATE ledger_commands SET
+                        node = substr(command_id, 1, instr(command_id, ':') - 1),
+                        seq = CAST(substr(command_id, instr(command_id, ':') + 1) AS INTEGER);
+                    CREATE INDEX ledger_commands_node ON ledger_commands(node, seq);
+                    """)
+        }
         FarmKeyTable.registerMigrations(&migrator)
     }
 
@@ -170,16 +184,30 @@ public final class LedgerStore: Sendable {
 
     static func apply(_ entry: LedgerEntry, index: UInt64, term: UInt64, db: Database) throws -> ApplyOutcome {
         let id = entry.id.description
+        let node = entry.id.node
+        let seq = Int64(bitPattern: entry.id.seq)
+        let floor = try Int64.fetchOne(db, sql: "SELECT floor FROM command_floors WHERE node = ?", arguments: [node])
         let seen = try Int64.fetchOne(
             db, sql: "SELECT log_index FROM ledger_commands WHERE command_id = ?", arguments: [id])
         let outcome: ApplyOutcome
         if let seen {
             outcome = .duplicate(firstIndex: UInt64(seen))
+        } else if let floor, seq < floor {
+            // Its proposer had settled it (applied, or given up and said so) before proposing a later command: a
+            // late copy of a retried proposal, or one its proposer abandoned. Either way it must not take effect.
+            outcome = .ignored("command \(id) is below \(node)'s command floor \(floor): its proposer had settled it")
         } else {
             try db.execute(
-                sql: "INSERT INTO ledger_commands (command_id, log_index) VALUES (?, ?)",
-                arguments: [id, Int64(index)])
+                sql: "INSERT INTO ledger_commands (command_id, log_index, node, seq) VALUES (?, ?, ?, ?)",
+                arguments: [id, Int64(index), node, seq])
             outcome = try StateMachine(db: db, index: index).apply(entry.command)
+        }
+        // The proposer's floor moves up only; the ids below it need no row any more (bounded dedup table).
+        if let raised = entry.floor.map({ Int64(bitPattern: $0) }), raised > (floor ?? .min) {
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO command_floors (node, floor) VALUES (?, ?)", arguments: [node, raised])
+            try db.execute(
+                sql: "DELETE FROM ledger_commands WHERE node = ? AND seq < ?", arguments: [node, raised])
         }
         // Recorded after the state machine ran (same transaction): the outcome depends only on the log, so every
         // node applying it stores the same text.
@@ -189,10 +217,21 @@ public final class LedgerStore: Sendable {
                 VALUES (?,?,?,?,?,?,?)
                 """,
             arguments: [
-                Int64(index), Int64(term), entry.command.typeName, id, seen != nil, Data(entry.encoded()),
+                Int64(index), Int64(term), entry.command.typeName, id, outcome.isDuplicate, Data(entry.encoded()),
                 outcome.storedText,
             ])
         return outcome
+    }
+
+    /// How many command ids the ledger remembers for dedup, and how many applied entries it holds: the first
+    /// stays small however long the farm runs (each node's floor lets the ledger forget the ids below it).
+    public func dedupSize() throws -> (commandIDs: Int, entries: Int) {
+        try writer.read { db in
+            (
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM ledger_commands") ?? 0,
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM ledger_log") ?? 0
+            )
+        }
     }
 
     // MARK: Reading the log

@@ -477,12 +477,14 @@ extension RexNode {
 
     struct Ledger: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show the applied log: index, term, command.")
+        @Option(help: "Start at this log index (the log kept on this node may start later).") var from: Int64?
         @OptionGroup var json: JSONFlag
         @OptionGroup var data: DataOption
 
         func run() async throws {
             try await RexNode.guarded {
-                let log = try await ControlClient.send(.ledger, data: data.directory)
+                if let from, from < 1 { throw FarmError(.badInput, "--from needs a log index of 1 or more.") }
+                let log = try await ControlClient.send(.ledger(from: UInt64(from ?? 1)), data: data.directory)
                 if json.json { return print(log.jsonText()) }
                 let rows = (log.array ?? []).map { e in
                     [

@@ -1,4 +1,5 @@
 import Foundation
+import Ledger
 import Testing
 
 /// Several `rexnode join` processes on loopback: one farm, Raft over the encrypted mesh, real kills.
@@ -94,6 +95,23 @@ extension ProcessTests {
             try waitUntil(timeout: 10, "ledgers agree") { Set(try farm.ledgers(of: farm.nodes)).count == 1 }
             let jobViews = try farm.nodes.map { try $0.cli(["jobs", "--json"]).stdout }
             #expect(Set(jobViews).count == 1)
+            // The dedup table stays small: each node's command floor lets the ledger forget settled ids (issue 17).
+            // What is left: Raft's own entries (no floor) and each node's proposals in flight at its last one.
+            for node in farm.nodes {
+                let size = try LedgerStore(path: node.data + "/ledger.sqlite").dedupSize()
+                let raftOwn = try #require(try node.json(["ledger"]) as? [[String: Any]]).filter {
+                    ($0["id"] as? String)?.hasPrefix("raft:") == true
+                }.count
+                #expect(size.entries > 30, "a job of 30 frames makes more than 30 entries: \(size)")
+                #expect(size.commandIDs * 2 < size.entries, "most ids are forgotten: \(size)")
+                #expect(size.commandIDs <= raftOwn + 3 * 8, "ids kept: \(size), raft's own entries: \(raftOwn)")
+            }
+            // `ledger --from INDEX` starts there.
+            let whole = try #require(try farm.nodes[1].json(["ledger"]) as? [[String: Any]])
+            let tail = try #require(try farm.nodes[1].json(["ledger", "--from", "5"]) as? [[String: Any]])
+            #expect(tail.compactMap { $0["index"] as? Int } == Array(5..<(5 + tail.count)))
+            #expect(tail.count >= whole.count - 4)
+            #expect(try farm.nodes[1].cli(["ledger", "--from", "0"]).stderr.contains("--from needs a log index"))
             // Any node can fetch the frames, from whichever peers hold them.
             let fetched = tempDir("fetch")
             defer { try? FileManager.default.removeItem(atPath: fetched) }

@@ -144,32 +144,44 @@ struct ControlServerTests {
         #expect(answer.contains("\"ok\""), "\(answer)")
     }
 
-    @Test(.disabled("passes alone, failed once beside the process suites; see the closing note of stop 22"))
-    func connectionsOverTheCapAreAnsweredWithOneSentenceAndClosed() async throws {
+    /// The cap counts a connection from accept to close. Two clients whose requests the handler holds are surely
+    /// counted (a request is read only after its connection is), so a third is refused in one sentence and closed;
+    /// once the two are answered and closed, a client is answered again.
+    @Test func connectionsOverTheCapAreAnsweredWithOneSentenceAndClosed() async throws {
         var logger = Logger(label: "test")
         logger.logLevel = .critical
+        let seen = Seen()
+        let released = Atomic<Bool>(false)
         let (path, running) = try await start { path in
-            ControlServer(path: path, logger: logger, maxConnections: 2) { _ in .success(["ok": true] as JSONValue) }
+            ControlServer(path: path, logger: logger, maxConnections: 2) { _ in
+                seen.add("held")
+                while !released.load(ordering: .relaxed) { try? await Task.sleep(for: .milliseconds(10)) }
+                return .success(["ok": true] as JSONValue)
+            }
         }
         defer { running.cancel() }
-        let held = try (0..<2).map { _ in try RawControlClient.connect(path) }
-        // The held ones are counted once the server has accepted them: the extra one is refused.
-        var refused: String?
+        let held = try (0..<2).map { _ in try send(#"{"op":"peers"}"#, to: path) }
         let deadline = ContinuousClock.now + .seconds(60)
-        while refused == nil && ContinuousClock.now < deadline {
-            let extra = try RawControlClient.connect(path)
-            let answer = await readUntilClosed(extra, seconds: 30) ?? ""
-            close(extra)
-            if answer.contains("too many control connections") { refused = answer }
-        }
+        while seen.all.count < 2 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(seen.all.count == 2, "the two held requests did not reach the handler")
+        let extra = try RawControlClient.connect(path)
+        let refused = await readUntilClosed(extra, seconds: 60)
+        close(extra)
+        #expect(refused?.contains("too many control connections") == true, "\(refused ?? "no answer")")
         #expect(refused?.contains("try again in a moment") == true)
-        for fd in held { close(fd) }
-        // Once they close, a client is answered again.
+        released.store(true, ordering: .relaxed)
+        for fd in held {
+            #expect((await readUntilClosed(fd, seconds: 60, orLine: true) ?? "").contains("\"ok\""))
+            close(fd)
+        }
+        // Once they are closed (the server counts the close when it sees it), a client is answered again.
         var answered = false
         while !answered && ContinuousClock.now < deadline {
             let fd = try send(#"{"op":"peers"}"#, to: path)
-            answered = (await readUntilClosed(fd, seconds: 30, orLine: true) ?? "").contains("\"ok\"")
+            let answer = await readUntilClosed(fd, seconds: 60, orLine: true) ?? ""
+            answered = answer.contains("\"ok\"")
             close(fd)
+            if !answered { try await Task.sleep(for: .milliseconds(20)) }
         }
         #expect(answered)
     }

@@ -72,7 +72,7 @@ struct RaftUnderLoadTests {
                 }
                 for n in 0..<50 {
                     load.addTask {
-                        let request: ControlRequest = n.isMultiple(of: 2) ? .ledger : .status(job: job)
+                        let request: ControlRequest = n.isMultiple(of: 2) ? .ledger() : .status(job: job)
                         _ = try await ControlClient.send(request, data: leader.settings.data)
                     }
                 }
