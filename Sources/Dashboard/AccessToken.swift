@@ -49,15 +49,20 @@ public enum DashboardFiles {
         guard rename(temporary, path) == 0 else { throw FarmError(.io, "Cannot write \(path).") }
     }
 
-    /// The URL `rexnode dashboard` prints, or one sentence saying why there is none.
+    /// The URL `rexnode dashboard` prints, or one sentence saying why there is none. The daemon must be listening on
+    /// its control socket: one killed with SIGKILL leaves its socket and URL files behind, and the URL would be dead.
     public static func currentURL(_ data: DataDirectory) throws -> String {
-        guard FileManager.default.fileExists(atPath: data.socket),
-            let text = try? String(contentsOfFile: urlPath(data), encoding: .utf8)
-        else {
+        guard ControlClient.daemonListening(data) else {
             throw FarmError(
                 .notRunning,
-                "No dashboard is running for \(data.root): its node is stopped, runs with --http off, or could not "
-                    + "bind its address (its log says which).")
+                "The rexnode daemon for \(data.root) is not running, so it has no dashboard; start it with "
+                    + "`rexnode join`.")
+        }
+        guard let text = try? String(contentsOfFile: urlPath(data), encoding: .utf8) else {
+            throw FarmError(
+                .notRunning,
+                "No dashboard is running for \(data.root): its node runs with --http off, is still starting, or could "
+                    + "not bind its address (its log says which).")
         }
         return text.trimmingCharacters(in: .whitespacesAndNewlines)
     }

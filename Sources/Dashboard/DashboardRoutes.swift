@@ -59,16 +59,30 @@ public struct DashboardRoutes: Sendable {
             }
         }
         let thumbnails = self.thumbnails
-        router.get("/api/jobs/{job}/frames/{frame}/thumb") { _, context in
-            let (job, frame) = (
-                try context.parameters.require("job"), try context.parameters.require("frame", as: Int.self)
+        router.get("/api/jobs/{job}/frames/{frame}/{size}") { _, context in
+            let (job, frame, size) = (
+                try context.parameters.require("job"), try context.parameters.require("frame", as: Int.self),
+                try context.parameters.require("size")
             )
+            // `thumb`: 256 pixels wide; `preview`: up to 1024, for the latest frame of a format browsers cannot show.
+            guard size == "thumb" || size == "preview" else {
+                return Self.error(.notFound, "There is no \(size) of a frame; ask for image, thumb or preview.")
+            }
             do {
                 let image = try await backend.frameImage(job: job, frame: frame)
-                guard let thumb = await thumbnails.thumbnail(of: image.path) else {
+                guard let thumb = await thumbnails.thumbnail(of: image.path, ext: image.ext, large: size == "preview")
+                else {
                     return Self.error(.notFound, "No thumbnail can be made here (is ffmpeg installed?).")
                 }
                 return try Self.file(thumb, type: "image/jpeg")
+            } catch let error as FarmError {
+                return Self.error(.notFound, error.message)
+            }
+        }
+        router.get("/api/jobs/{job}/movie") { request, context in
+            do {
+                let path = try await backend.movieFile(job: try context.parameters.require("job"))
+                return try Self.movie(path, range: request.headers[.range])
             } catch let error as FarmError {
                 return Self.error(.notFound, error.message)
             }
@@ -128,6 +142,59 @@ public struct DashboardRoutes: Sendable {
         return Response(
             status: .ok, headers: [.contentType: type, .cacheControl: "private, max-age=3600"],
             body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// A movie file, whole or the one byte range asked (`Range: bytes=A-B`, which browsers send to seek a <video>).
+    static func movie(_ path: String, range: String?) throws -> Response {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            return error(.notFound, "The movie is not on this node any more.")
+        }
+        defer { try? handle.close() }
+        let size = Int((try? handle.seekToEnd()) ?? 0)
+        var headers: HTTPFields = [
+            .contentType: movieType(path), .acceptRanges: "bytes", .cacheControl: "private, no-cache",
+        ]
+        var status = HTTPResponse.Status.ok
+        var (start, end) = (0, size - 1)
+        if let range, let asked = byteRange(range, size: size) {
+            (start, end) = asked
+            status = .partialContent
+            headers[.contentRange] = "bytes \(start)-\(end)/\(size)"
+        } else if range != nil {
+            return Response(status: .rangeNotSatisfiable, headers: [.contentRange: "bytes */\(size)"])
+        }
+        try handle.seek(toOffset: UInt64(start))
+        let data = size == 0 ? Data() : (try handle.read(upToCount: end - start + 1) ?? Data())
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// `bytes=A-B`, `bytes=A-` or `bytes=-N` within a file of `size` bytes (one range; nil if unsatisfiable).
+    static func byteRange(_ header: String, size: Int) -> (Int, Int)? {
+        guard header.hasPrefix("bytes="), size > 0 else { return nil }
+        let spec = header.dropFirst("bytes=".count).split(separator: ",").first.map(String.init) ?? ""
+        let parts = spec.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false).map {
+            $0.trimmingCharacters(in: .whitespaces)
+        }
+        guard parts.count == 2 else { return nil }
+        if parts[0].isEmpty {
+            guard let n = Int(parts[1]), n > 0 else { return nil }
+            return (max(0, size - n), size - 1)
+        }
+        guard let a = Int(parts[0]), a < size else { return nil }
+        let b = parts[1].isEmpty ? size - 1 : min(Int(parts[1]) ?? -1, size - 1)
+        return b >= a ? (a, b) : nil
+    }
+
+    static func movieType(_ path: String) -> String {
+        switch (path as NSString).pathExtension.lowercased() {
+        case "mp4", "m4v": "video/mp4"
+        case "webm": "video/webm"
+        case "mkv": "video/x-matroska"
+        case "mov": "video/quicktime"
+        case "ogv", "ogg": "video/ogg"
+        case "avi": "video/x-msvideo"
+        default: "application/octet-stream"
+        }
     }
 
     static func imageType(_ ext: String) -> String {
@@ -245,8 +312,10 @@ public struct DashboardRoutes: Sendable {
 
     // MARK: Metrics
 
-    /// Prometheus text from the read model: frames done and failed, render seconds, the Raft term, peers alive.
+    /// Prometheus text from the read model: frames done and failed, render seconds, the Raft term, peers alive; and
+    /// the commit latency the node measured.
     static func metrics(_ backend: any DashboardBackend) async -> Response {
+        let latency = await backend.commitLatency()
         let peers = (await backend.answer(.peers)).result?.array ?? []
         let jobs = (await backend.answer(.jobs)).result?.array ?? []
         let me = peers.first { $0["self"]?.bool == true }
@@ -259,29 +328,63 @@ public struct DashboardRoutes: Sendable {
             }
         }
         func sum(_ key: String) -> Int { jobs.compactMap { $0[key]?.int }.reduce(0, +) }
-        let lines = [
-            "# HELP rexnode_frames_done_total Frames done, over every job in the ledger.",
-            "# TYPE rexnode_frames_done_total counter",
-            "rexnode_frames_done_total \(sum("frames_done"))",
-            "# HELP rexnode_frames_failed_total Frames failed, over every job in the ledger.",
-            "# TYPE rexnode_frames_failed_total counter",
-            "rexnode_frames_failed_total \(sum("frames_failed"))",
-            "# HELP rexnode_render_seconds_total Seconds spent rendering the done frames of running and done jobs.",
-            "# TYPE rexnode_render_seconds_total counter",
-            "rexnode_render_seconds_total \(renderSeconds)",
-            "# HELP rexnode_raft_term This node's Raft term.",
-            "# TYPE rexnode_raft_term gauge",
-            "rexnode_raft_term \(me?["term"]?.int ?? 0)",
-            "# HELP rexnode_raft_longest_stall_ms The longest this node's Raft loop went without running.",
-            "# TYPE rexnode_raft_longest_stall_ms gauge",
-            "rexnode_raft_longest_stall_ms \(me?["raft_longest_stall_ms"]?.int ?? 0)",
-            "# HELP rexnode_peers_alive Members this node sees alive, itself included.",
-            "# TYPE rexnode_peers_alive gauge",
-            "rexnode_peers_alive \(peers.filter { $0["state"]?.string == "alive" }.count)",
-        ]
+        let lines =
+            [
+                "# HELP rexnode_frames_done_total Frames done, over every job in the ledger.",
+                "# TYPE rexnode_frames_done_total counter",
+                "rexnode_frames_done_total \(sum("frames_done"))",
+                "# HELP rexnode_frames_failed_total Frames failed, over every job in the ledger.",
+                "# TYPE rexnode_frames_failed_total counter",
+                "rexnode_frames_failed_total \(sum("frames_failed"))",
+                "# HELP rexnode_render_seconds_total Seconds spent rendering the done frames of running and done jobs.",
+                "# TYPE rexnode_render_seconds_total counter",
+                "rexnode_render_seconds_total \(renderSeconds)",
+                "# HELP rexnode_raft_term This node's Raft term.",
+                "# TYPE rexnode_raft_term gauge",
+                "rexnode_raft_term \(me?["term"]?.int ?? 0)",
+                "# HELP rexnode_raft_longest_stall_ms The longest this node's Raft loop went without running.",
+                "# TYPE rexnode_raft_longest_stall_ms gauge",
+                "rexnode_raft_longest_stall_ms \(me?["raft_longest_stall_ms"]?.int ?? 0)",
+                "# HELP rexnode_peers_alive Members this node sees alive, itself included.",
+                "# TYPE rexnode_peers_alive gauge",
+                "rexnode_peers_alive \(peers.filter { $0["state"]?.string == "alive" }.count)",
+            ] + Self.latencyLines(latency)
         return Response(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
             body: .init(byteBuffer: ByteBuffer(string: lines.joined(separator: "\n") + "\n")))
+    }
+}
+
+extension DashboardRoutes {
+    /// The commit latency as a Prometheus histogram (`rexnode_commit_latency_seconds`), with the last and the longest.
+    static func latencyLines(_ latency: CommitLatency.Snapshot) -> [String] {
+        var lines = [
+            "# HELP rexnode_commit_latency_seconds Seconds from this node proposing a ledger change to applying it "
+                + "committed (forwarding to the leader and retries included).",
+            "# TYPE rexnode_commit_latency_seconds histogram",
+        ]
+        for (bound, count) in zip(CommitLatency.bounds, latency.buckets) {
+            lines.append("rexnode_commit_latency_seconds_bucket{le=\"\(number(bound))\"} \(count)")
+        }
+        lines += [
+            "rexnode_commit_latency_seconds_bucket{le=\"+Inf\"} \(latency.count)",
+            "rexnode_commit_latency_seconds_sum \(number(latency.sum))",
+            "rexnode_commit_latency_seconds_count \(latency.count)",
+            "# HELP rexnode_commit_latency_last_seconds The commit latency of this node's last proposal.",
+            "# TYPE rexnode_commit_latency_last_seconds gauge",
+            "rexnode_commit_latency_last_seconds \(number(latency.last))",
+            "# HELP rexnode_commit_latency_max_seconds The longest commit latency of this node's proposals.",
+            "# TYPE rexnode_commit_latency_max_seconds gauge",
+            "rexnode_commit_latency_max_seconds \(number(latency.max))",
+        ]
+        return lines
+    }
+
+    /// A number as Prometheus reads it: plain decimal, no exponent for small values.
+    static func number(_ value: Double) -> String {
+        if value == value.rounded() && abs(value) < 1e15 { return String(Int(value)) }
+        let text = String(format: "%.6f", value).replacingOccurrences(of: "0+$", with: "", options: .regularExpression)
+        return text.hasSuffix(".") ? String(text.dropLast()) : text
     }
 }
 

@@ -5,11 +5,15 @@ import Logging
 import NIOCore
 import ServiceLifecycle
 
-/// What the dashboard needs from a node: the control API's answers (the read model and every action) and a done
-/// frame's image. `FarmNode` is one; tests use a stand-in.
+/// What the dashboard needs from a node: the control API's answers (the read model and every action), a done
+/// frame's image, a job's movie, and the node's commit latency. `FarmNode` is one; tests use a stand-in.
 public protocol DashboardBackend: Sendable {
     func answer(_ request: ControlRequest) async -> ControlResponse
     func frameImage(job: String, frame: Int) async throws -> (path: String, ext: String)
+    /// The job's movie file on this node, or a `FarmError` saying in one sentence why there is none.
+    func movieFile(job: String) async throws -> String
+    /// Propose-to-applied seconds of this node's proposals, measured by the node.
+    func commitLatency() async -> CommitLatency.Snapshot
 }
 
 extension FarmNode: DashboardBackend {}

@@ -255,6 +255,29 @@ struct ControlLineDecoder: ByteToMessageDecoder {
 
 /// Sends one request to a node's daemon and returns its answer.
 public enum ControlClient {
+    /// Whether a daemon listens on the node's control socket now. A daemon killed with SIGKILL leaves its socket file
+    /// behind; connecting to it is refused, which is how a dead daemon is told from a live one.
+    public static func daemonListening(_ data: DataDirectory) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let path = Array(data.socket.utf8)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        guard path.count < capacity else { return FileManager.default.fileExists(atPath: data.socket) }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: path)
+            raw[path.count] = 0
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        return connected == 0
+    }
+
     public static func send(_ request: ControlRequest, data: DataDirectory) async throws(FarmError) -> JSONValue {
         guard FileManager.default.fileExists(atPath: data.socket) else {
             throw FarmError(

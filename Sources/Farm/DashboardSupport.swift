@@ -29,6 +29,38 @@ extension FarmNode {
         }
         return (blobs.path(for: hash), frame.ext ?? "png")
     }
+
+    /// How long this node's proposals took to be committed and applied here (`/metrics`).
+    public func commitLatency() -> CommitLatency.Snapshot { raftLog.commitLatency.snapshot }
+
+    /// The file of a job's movie (its scene's movie format, or `submit --video`'s preview) when this node made it: the
+    /// submitter makes a job's movie, in or beside its output folder. Else one sentence saying why there is none.
+    public func movieFile(job id: String) async throws -> String {
+        let job = try control.queries.findJob(id)
+        let view = try await control.queries.status(job, brief: false)
+        guard let movie = view.movie ?? (job.video ? "" : nil) else {
+            throw FarmError(
+                .notFound, "Job \(job.job) has no movie (submit it with --video, or give its scene a movie format).")
+        }
+        guard job.submitter == nodeID else {
+            let names = await control.queries.nodeNames()
+            throw FarmError(
+                .notFound,
+                "Job \(job.job)'s movie is made by the node that submitted it (\(names[job.submitter] ?? job.submitter)); "
+                    + "open that node's dashboard, or run `rexnode video \(job.job)` here.")
+        }
+        guard view.movieState == "made", !movie.isEmpty else {
+            throw FarmError(
+                .notFound,
+                view.movieState == "failed"
+                    ? "Job \(job.job)'s movie could not be made: \((view.movieError ?? "see the node's log").trimmingCharacters(in: .init(charactersIn: ".")))."
+                    : "Job \(job.job)'s movie is not made yet (\(view.movieState ?? "waiting")).")
+        }
+        guard FileManager.default.fileExists(atPath: movie) else {
+            throw FarmError(.notFound, "Job \(job.job)'s movie is no longer at \(movie).")
+        }
+        return movie
+    }
 }
 
 /// The CLI contract's JSON shapes that are narrower than the read model's rows, in one place so `rexnode … --json`

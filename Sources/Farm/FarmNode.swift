@@ -186,7 +186,7 @@ public final class FarmNode: Sendable {
         let queries = FarmQueries(
             nodeID: nodeID, name: settings.name, listen: settings.listen, slots: settings.slots, ledger: ledger,
             raft: raft, mesh: mesh, roster: roster, progress: progress, delivery: delivery,
-            devices: settings.slotDevices)
+            devices: settings.slotDevices, hooks: data.hooks)
         let jobControl = JobControl(
             nodeID: nodeID, ledger: ledger, commandLog: raftLog, submitService: submit, exchange: exchange,
             roster: roster, logger: logger)

@@ -99,6 +99,8 @@ struct FrameRow: Encodable, Sendable {
     var failures: [Failure]?
     /// A tiled frame's tiles.
     var tiles: [Tile]?
+    /// The log index at which a done frame was committed: the farm's order of completion.
+    var doneIndex: UInt64? = nil
 
     struct Tile: Encodable, Sendable {
         var tile: Int
@@ -139,6 +141,7 @@ struct FrameRow: Encodable, Sendable {
         case frame, state, node, hash, holders, attempts, message, progress, failures, tiles
         case nodeName = "node_name"
         case renderSeconds = "render_seconds"
+        case doneIndex = "done_index"
     }
 
     func encode(to encoder: any Encoder) throws {
@@ -155,6 +158,7 @@ struct FrameRow: Encodable, Sendable {
         try c.encodeIfPresent(renderSeconds, forKey: .renderSeconds)
         try c.encodeIfPresent(failures, forKey: .failures)
         try c.encodeIfPresent(tiles, forKey: .tiles)
+        try c.encodeIfPresent(doneIndex, forKey: .doneIndex)
     }
 }
 
@@ -180,6 +184,15 @@ struct JobStatusView: Encodable, Sendable {
     var tiles: String?
     var tilesDone = 0
     var tilesTotal = 0
+    /// The most recently finished frame (the dashboard shows it large).
+    var latestFrame: Int? = nil
+
+    /// The done frame committed last (the highest `done_index`); among frames without one (entries written before
+    /// the ledger kept it), the highest number.
+    static func latest(_ frames: [FrameRow]) -> Int? {
+        frames.filter { $0.state == "done" }.max { ($0.doneIndex ?? 0, $0.frame) < ($1.doneIndex ?? 0, $1.frame) }?
+            .frame
+    }
 
     enum CodingKeys: String, CodingKey {
         case frames, movie, blender, tiles
@@ -190,6 +203,7 @@ struct JobStatusView: Encodable, Sendable {
         case deliveryError = "delivery_error"
         case movieState = "movie_state"
         case movieError = "movie_error"
+        case latestFrame = "latest_frame"
         case fps
     }
 
@@ -210,6 +224,7 @@ struct JobStatusView: Encodable, Sendable {
         try c.encodeIfPresent(movieState, forKey: .movieState)
         try c.encodeIfPresent(movieError, forKey: .movieError)
         try c.encodeIfPresent(fps, forKey: .fps)
+        try c.encodeIfPresent(latestFrame, forKey: .latestFrame)
     }
 }
 
@@ -303,6 +318,8 @@ struct FarmQueries: Sendable {
     let delivery: Delivery
     /// What this node's slots render on (`CPU`, `OPTIX:0`, …).
     var devices: [String] = ["CPU"]
+    /// `JobHooks`' markers (`DATA/hooks`): where a `submit --video` job's movie went.
+    var hooks: String? = nil
 
     func jobs() throws -> [JobRow] { try ledger.jobs().map(JobRow.init) }
 
@@ -365,13 +382,14 @@ struct FarmQueries: Sendable {
                                 nodeName: $0.node.map { names[$0] ?? $0 },
                                 renderSeconds: $0.renderMs.map { Double($0) / 1000 })
                         }
-                    })
+                    }, doneIndex: f.state == "done" ? f.doneIndex : nil)
             }
         }
         var view = JobStatusView(
             job: JobRow(job), frames: frames, deliveryError: problem, deliversHere: job.submitter == nodeID,
             blockedNodes: try ledger.blockedNodes(job: job.job).map { names[$0] ?? $0 }.sorted(), blender: job.blender)
         try countTiles(job, into: &view)
+        view.latestFrame = JobStatusView.latest(frames)
         view.fps = job.fps
         if let movie = job.movie {
             view.fps = view.fps ?? (movie.fpsBase > 0 ? Double(movie.fps) / movie.fpsBase : Double(movie.fps))
@@ -380,6 +398,18 @@ struct FarmQueries: Sendable {
                 let state = await delivery.movieState(job: job.job)
                 view.movieState = state.name
                 if case .failed(let why) = state { view.movieError = why }
+            }
+        }
+        if job.video, job.submitter == nodeID, view.movie == nil || view.movieState != "made", let hooks {
+            switch VideoRecord.read(folder: hooks, job: job.job) {
+            case .made(let path)?:
+                (view.movie, view.movieState, view.movieError) = (path, "made", nil)
+            case .failed(let why)?:
+                if view.movie == nil { (view.movieState, view.movieError) = ("failed", why) }
+            case .encoding?:
+                if view.movie == nil { view.movieState = "encoding" }
+            case nil:
+                if view.movie == nil { view.movieState = "waiting" }
             }
         }
         return view

@@ -102,6 +102,7 @@ actor JobHooks {
 
     private func makeVideo(_ job: JobRecord) async {
         guard let ffmpeg = MovieEncoder.locate() else {
+            VideoRecord.write(.failed("ffmpeg is not installed on the submitter."), folder: folder, job: job.job)
             return logger.error(
                 "cannot make the job's video: ffmpeg is not installed", metadata: ["farm/job": "\(job.job)"])
         }
@@ -115,8 +116,10 @@ actor JobHooks {
             let target = VideoFiles.freeName("\(parent)/\(job.name)", ext: ".mp4")
             let fps = job.fps ?? job.movie.map { $0.fpsBase > 0 ? Double($0.fps) / $0.fpsBase : Double($0.fps) } ?? 24
             try await MovieEncoder.preview(ffmpeg: ffmpeg, fps: fps).encode(frames: files, to: target)
+            VideoRecord.write(.made(target), folder: folder, job: job.job)
             logger.info("job video made", metadata: ["farm/job": "\(job.job)", "farm/movie": "\(target)"])
         } catch {
+            VideoRecord.write(.failed(ErrorSentence.describe(error)), folder: folder, job: job.job)
             logger.error("cannot make the job's video", metadata: ["farm/job": "\(job.job)", "error": "\(error)"])
         }
     }
@@ -242,5 +245,42 @@ enum Webhook {
         let parts = statusLine.split(separator: " ")
         guard parts.count >= 2, let code = Int(parts[1]) else { return "The webhook \(url) did not answer HTTP." }
         return (200..<300).contains(code) ? nil : "The webhook \(url) answered \(code)."
+    }
+}
+
+/// Where a `submit --video` job's preview movie went, kept in its hook marker (`DATA/hooks/JOB.video`): empty while
+/// it is made, then `made` or `failed` and the path or the reason on the next line. The read model reads it
+/// (`status`'s `movie` and `movie_state`), so the dashboard can show the movie.
+enum VideoRecord: Equatable {
+    case encoding
+    case made(String)
+    case failed(String)
+
+    static func path(folder: String, job: String) -> String { "\(folder)/\(job).video" }
+
+    static func write(_ record: VideoRecord, folder: String, job: String) {
+        let text: String
+        switch record {
+        case .encoding: text = ""
+        case .made(let path): text = "made\n" + path + "\n"
+        case .failed(let why): text = "failed\n" + why + "\n"
+        }
+        let target = path(folder: folder, job: job)
+        let temporary = target + ".tmp"
+        guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8)) else { return }
+        if rename(temporary, target) != 0 { unlink(temporary) }
+    }
+
+    /// The job's record on this node, or nil when its video has not been started here.
+    static func read(folder: String, job: String) -> VideoRecord? {
+        guard let text = try? String(contentsOfFile: path(folder: folder, job: job), encoding: .utf8) else {
+            return nil
+        }
+        let lines = text.split(separator: "\n", maxSplits: 1).map { $0.trimmingCharacters(in: .newlines) }
+        switch lines.first {
+        case "made" where lines.count == 2: return .made(lines[1])
+        case "failed" where lines.count == 2: return .failed(lines[1])
+        default: return .encoding
+        }
     }
 }

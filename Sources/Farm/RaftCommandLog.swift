@@ -31,6 +31,8 @@ public actor RaftCommandLog: CommandLog {
     private var nextWaiter = 0
     /// How long a proposal keeps retrying while the farm has no reachable leader.
     private let patience: Duration
+    /// Propose-to-applied-here seconds of this node's proposals (`/metrics`).
+    public let commitLatency = CommitLatency()
 
     /// - Parameter wallClock: nanoseconds since 1970, the lower bound of command sequence numbers (tests inject it).
     public init(
@@ -65,12 +67,14 @@ public actor RaftCommandLog: CommandLog {
         let entries = zip(seqs, commands).map { seq, command in
             LedgerEntry(id: CommandID(node: node, seq: seq), command: command, floor: floor)
         }
-        let deadline = ContinuousClock.now + patience
+        let started = ContinuousClock.now
+        let deadline = started + patience
         var lastError: (any Error)?
         while ContinuousClock.now < deadline {
             do {
                 let indexes = try await submit(entries)
                 if let last = indexes.max() { try await waitApplied(last, deadline: deadline) }
+                commitLatency.record(ContinuousClock.now - started)
                 return indexes.map { outcomes[$0] ?? .ignored("entry \($0) was not recorded") }
             } catch {
                 lastError = error

@@ -12,6 +12,14 @@ import Testing
 /// A node stand-in: fixed answers in the read model's shapes, and a record of every request it was asked.
 final class FakeBackend: DashboardBackend {
     let asked = Mutex<[ControlRequest]>([])
+    /// The movie file of job j1, if it has one.
+    let movie: String?
+    let latency: CommitLatency.Snapshot
+
+    init(movie: String? = nil, latency: CommitLatency.Snapshot = .init()) {
+        self.movie = movie
+        self.latency = latency
+    }
 
     func answer(_ request: ControlRequest) async -> ControlResponse {
         asked.withLock { $0.append(request) }
@@ -39,6 +47,13 @@ final class FakeBackend: DashboardBackend {
     func frameImage(job: String, frame: Int) async throws -> (path: String, ext: String) {
         throw FarmError(.notFound, "Frame \(frame) of job \(job) has no image yet.")
     }
+
+    func movieFile(job: String) async throws -> String {
+        guard job == "j1", let movie else { throw FarmError(.notFound, "Job \(job) has no movie.") }
+        return movie
+    }
+
+    func commitLatency() async -> CommitLatency.Snapshot { latency }
 }
 
 @Suite struct DashboardTests {
@@ -157,11 +172,15 @@ final class FakeBackend: DashboardBackend {
                 #expect(text.contains("rexnode_peers_alive 1\n"))
                 #expect(text.contains("# TYPE rexnode_raft_term gauge"))
             }
-            for kind in ["image", "thumb"] {
+            for kind in ["image", "thumb", "preview"] {
                 try await client.execute(uri: "/api/jobs/j1/frames/2/\(kind)", method: .get, headers: auth) {
                     #expect($0.status == .notFound)
                     #expect(Self.json($0.body)["error"]?.string == "Frame 2 of job j1 has no image yet.")
                 }
+            }
+            try await client.execute(uri: "/api/jobs/j1/frames/2/poster", method: .get, headers: auth) {
+                #expect($0.status == .notFound)
+                #expect(Self.json($0.body)["error"]?.string?.contains("image, thumb or preview") == true)
             }
         }
     }
@@ -187,5 +206,193 @@ final class FakeBackend: DashboardBackend {
         #expect(s.host == "127.0.0.1" && s.port == 0)
         #expect(throws: FarmError.self) { try DashboardSettings.parse("nope", data: data) }
         #expect(throws: FarmError.self) { try DashboardSettings.parse("h:70000", data: data) }
+    }
+
+    @Test func commitLatencyIsAHistogramOfWhatTheNodeMeasured() async throws {
+        let latency = CommitLatency()
+        #expect(latency.snapshot == CommitLatency.Snapshot())
+        latency.record(.milliseconds(20))
+        latency.record(.milliseconds(300))
+        latency.record(.seconds(90))
+        let s = latency.snapshot
+        #expect(s.count == 3)
+        #expect(abs(s.sum - 90.32) < 1e-9)
+        #expect(abs(s.last - 90) < 1e-9 && abs(s.max - 90) < 1e-9)
+        let bucket = { (bound: Double) in s.buckets[CommitLatency.bounds.firstIndex(of: bound)!] }
+        #expect(bucket(0.01) == 0 && bucket(0.025) == 1 && bucket(0.25) == 1 && bucket(0.5) == 2 && bucket(60) == 2)
+
+        let auth: HTTPFields = [.authorization: "Bearer \(Self.token.value)"]
+        try await app(FakeBackend(latency: s)).test(.router) { client in
+            try await client.execute(uri: "/metrics", method: .get, headers: auth) { response in
+                let text = String(buffer: response.body)
+                #expect(text.contains("# TYPE rexnode_commit_latency_seconds histogram\n"))
+                #expect(text.contains("rexnode_commit_latency_seconds_bucket{le=\"0.025\"} 1\n"))
+                #expect(text.contains("rexnode_commit_latency_seconds_bucket{le=\"0.5\"} 2\n"))
+                #expect(text.contains("rexnode_commit_latency_seconds_bucket{le=\"+Inf\"} 3\n"))
+                #expect(text.contains("rexnode_commit_latency_seconds_sum 90.32\n"))
+                #expect(text.contains("rexnode_commit_latency_seconds_count 3\n"))
+                #expect(text.contains("rexnode_commit_latency_last_seconds 90\n"))
+                #expect(text.contains("rexnode_commit_latency_max_seconds 90\n"))
+            }
+        }
+        // Before any proposal: zeros, never a missing series.
+        try await app(FakeBackend()).test(.router) { client in
+            try await client.execute(uri: "/metrics", method: .get, headers: auth) { response in
+                let text = String(buffer: response.body)
+                #expect(text.contains("rexnode_commit_latency_seconds_count 0\n"))
+                #expect(text.contains("rexnode_commit_latency_last_seconds 0\n"))
+            }
+        }
+    }
+
+    @Test func theMovieIsServedWholeOrByRangeBehindTheToken() async throws {
+        let folder = NSTemporaryDirectory() + "rex-movie-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let path = folder + "/shot.mp4"
+        let bytes = (0..<1000).map { UInt8($0 % 251) }
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(bytes)))
+        let auth: HTTPFields = [.authorization: "Bearer \(Self.token.value)"]
+        try await app(FakeBackend(movie: path)).test(.router) { client in
+            try await client.execute(uri: "/api/jobs/j1/movie", method: .get) { #expect($0.status == .unauthorized) }
+            try await client.execute(uri: "/api/jobs/j1/movie", method: .get, headers: auth) { response in
+                #expect(response.status == .ok)
+                #expect(response.headers[.contentType] == "video/mp4")
+                #expect(response.headers[.acceptRanges] == "bytes")
+                #expect(Array(response.body.readableBytesView) == bytes)
+            }
+            var ranged = auth
+            ranged[.range] = "bytes=10-19"
+            try await client.execute(uri: "/api/jobs/j1/movie", method: .get, headers: ranged) { response in
+                #expect(response.status == .partialContent)
+                #expect(response.headers[.contentRange] == "bytes 10-19/1000")
+                #expect(Array(response.body.readableBytesView) == Array(bytes[10...19]))
+            }
+            ranged[.range] = "bytes=990-"
+            try await client.execute(uri: "/api/jobs/j1/movie", method: .get, headers: ranged) { response in
+                #expect(response.status == .partialContent)
+                #expect(Array(response.body.readableBytesView) == Array(bytes[990...]))
+            }
+            ranged[.range] = "bytes=5000-"
+            try await client.execute(uri: "/api/jobs/j1/movie", method: .get, headers: ranged) {
+                #expect($0.status == .rangeNotSatisfiable)
+            }
+            try await client.execute(uri: "/api/jobs/j2/movie", method: .get, headers: auth) { response in
+                #expect(response.status == .notFound)
+                #expect(Self.json(response.body)["error"]?.string == "Job j2 has no movie.")
+            }
+        }
+        #expect(DashboardRoutes.byteRange("bytes=-100", size: 1000)! == (900, 999))
+        #expect(DashboardRoutes.byteRange("bytes=0-5000", size: 1000)! == (0, 999))
+        #expect(DashboardRoutes.byteRange("bytes=9-3", size: 1000) == nil)
+        #expect(DashboardRoutes.byteRange("items=0-1", size: 1000) == nil)
+    }
+
+    @Test func thePageShowsTheLatestFrameByCompletionAndTheMovie() throws {
+        let js = String(decoding: try #require(WebAssets.file(named: "app.js")).bytes, as: UTF8.self)
+        let html = String(decoding: try #require(WebAssets.file(named: "index.html")).bytes, as: UTF8.self)
+        #expect(js.contains("job.latest_frame"))
+        #expect(js.contains("/movie"))
+        #expect(html.contains("<video id=\"movie\""))
+    }
+
+    /// A real EXR frame (linear light, from Blender) gets a thumbnail about as bright as Blender's own PNG of the same
+    /// frame; ffmpeg's plain conversion of the EXR, untouched, is much darker.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: Self.blender)))
+    func anEXRFramesThumbnailIsToneMappedToSRGB() async throws {
+        let dir = NSTemporaryDirectory() + "rex-exr-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        let scene = dir + "/scene.blend"
+        let script = root.appendingPathComponent("Fixtures/make_test_scene.py").path
+        try await Self.run(
+            Self.blender,
+            [
+                "-b", "--factory-startup", "--python", script, "--", scene, "--format", "OPEN_EXR", "--frames", "1",
+                "--width", "64", "--height", "48",
+            ])
+        try await Self.run(Self.blender, ["-b", scene, "-o", dir + "/exr_####", "-f", "1"])
+        try await Self.run(Self.blender, ["-b", scene, "-o", dir + "/png_####", "-F", "PNG", "-f", "1"])
+        try await Self.run(Self.blender, ["-b", scene, "-o", dir + "/ml_####", "-F", "OPEN_EXR_MULTILAYER", "-f", "1"])
+        // The blob store names files by hash, with no extension: so does this copy.
+        let blob = dir + "/0123abcd"
+        try FileManager.default.copyItem(atPath: dir + "/exr_0001.exr", toPath: blob)
+
+        let thumbs = Thumbnails(folder: dir + "/thumbs")
+        let made = try #require(await thumbs.thumbnail(of: blob, ext: "exr"))
+        #expect(made.hasSuffix(".srgb.jpg"))
+        let plain = dir + "/plain.jpg"
+        try await Self.run("/usr/bin/ffmpeg", ["-loglevel", "error", "-y", "-i", blob, "-frames:v", "1", plain])
+
+        let reference = try await Self.meanRGB(dir + "/png_0001.png")
+        let toneMapped = try await Self.meanRGB(made)
+        let untouched = try await Self.meanRGB(plain)
+        for c in 0..<3 {
+            #expect(abs(toneMapped[c] - reference[c]) <= 20, "tone-mapped \(toneMapped) vs Blender's \(reference)")
+        }
+        // The large preview (the latest frame of an EXR job) is tone-mapped too, and never wider than the frame.
+        let large = try #require(await thumbs.thumbnail(of: blob, ext: "exr", large: true))
+        #expect(large != made)
+        let preview = try await Self.meanRGB(large)
+        for c in 0..<3 { #expect(abs(preview[c] - reference[c]) <= 20, "preview \(preview) vs \(reference)") }
+        let probe = try await Self.run(
+            "/usr/bin/ffprobe",
+            ["-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width", "-of", "csv=p=0", large])
+        #expect(String(decoding: probe, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) == "64")
+        #expect(
+            untouched.reduce(0, +) + 60 < reference.reduce(0, +),
+            "the untouched EXR \(untouched) should be darker than \(reference), or this test proves nothing")
+
+        // A multilayer EXR: its combined pass, tone-mapped the same way.
+        let layered = dir + "/4567cdef"
+        try FileManager.default.copyItem(atPath: dir + "/ml_0001.exr", toPath: layered)
+        #expect(Thumbnails.combinedLayer(layered) == "ViewLayer.Combined")
+        #expect(Thumbnails.combinedLayer(blob) == nil)
+        let fromLayers = try await Self.meanRGB(try #require(await thumbs.thumbnail(of: layered, ext: "exr")))
+        for c in 0..<3 {
+            #expect(abs(fromLayers[c] - reference[c]) <= 20, "multilayer \(fromLayers) vs Blender's \(reference)")
+        }
+    }
+
+    static let blender = ProcessInfo.processInfo.environment["BLENDER"] ?? "/usr/bin/blender"
+
+    /// The mean colour of an image, 0-255 per channel (ffmpeg averages it down to one pixel).
+    static func meanRGB(_ path: String) async throws -> [Int] {
+        let bytes = try await run(
+            "/usr/bin/ffmpeg",
+            [
+                "-loglevel", "error", "-i", path, "-vf", "scale=1:1:flags=area", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                "-",
+            ])
+        guard bytes.count == 3 else { throw FarmError(.failed, "ffmpeg gave \(bytes.count) bytes for \(path)") }
+        return bytes.map(Int.init)
+    }
+
+    /// Runs a program to the end on a thread of its own (not Swift's pool) and returns its standard output.
+    @discardableResult
+    static func run(_ program: String, _ arguments: [String]) async throws -> [UInt8] {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: program)
+                process.arguments = arguments
+                let out = Pipe()
+                process.standardOutput = out
+                process.standardError = FileHandle.nullDevice
+                process.standardInput = FileHandle.nullDevice
+                do {
+                    try process.run()
+                    let data = out.fileHandleForReading.readDataToEndOfFile()
+                    process.waitUntilExit()
+                    guard process.terminationStatus == 0 else {
+                        throw FarmError(.failed, "\(program) \(arguments) exited \(process.terminationStatus)")
+                    }
+                    continuation.resume(returning: [UInt8](data))
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }
+        }
     }
 }

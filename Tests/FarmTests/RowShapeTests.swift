@@ -46,6 +46,23 @@ struct RowShapeTests {
         #expect(full["frames_total"] as? Int == 3, "the job's keys sit beside the frame list")
     }
 
+    @Test func theLatestFrameIsTheOneCommittedLastNotTheHighestNumber() throws {
+        func row(_ frame: Int, _ state: String, _ index: UInt64?) -> FrameRow {
+            FrameRow(
+                frame: frame, state: state, node: nil, hash: nil, holders: [], attempts: 0, message: nil,
+                progress: nil, doneIndex: index)
+        }
+        // Two chunks on two nodes: frame 6 was committed after frame 9.
+        let frames = [row(1, "done", 12), row(2, "running", nil), row(6, "done", 40), row(9, "done", 31)]
+        #expect(JobStatusView.latest(frames) == 6)
+        #expect(JobStatusView.latest([row(1, "queued", nil)]) == nil)
+        // Frames committed before the ledger kept the order: the highest number.
+        #expect(JobStatusView.latest([row(3, "done", nil), row(5, "done", nil)]) == 5)
+        let encoded = try object(row(6, "done", 40))
+        #expect(encoded["done_index"] as? Int == 40)
+        #expect(try object(row(2, "running", nil))["done_index"] == nil)
+    }
+
     @Test func onlyThisNodesPeerRowCarriesItsRaftView() throws {
         let me = try object(
             PeerRow(

@@ -7,7 +7,9 @@ this test's own). Blender makes a small scene; the simulated renderer writes a r
   - the page shows both peers and the running job, a rendered frame's thumbnail loads (naturalWidth > 0), and the
     frames-done counter changes while a marker set on `window` survives (no reload);
   - Cancel clicked in the page cancels the job (`rexnode status --json` says canceled), and then the API's jobs and
-    status equal the CLI's exactly.
+    status equal the CLI's exactly;
+  - a `--video` job's page plays its movie from the dashboard (a <video> whose source answers 200 video/mp4), and
+    its large frame is the status's `latest_frame` (the done frame with the highest `done_index`).
 A screenshot goes to docs/dashboard.png. Waits are for events with generous bounds; nothing assumes who leads.
 Run: /usr/bin/python3 -m unittest -v tests/dashboard/test_dashboard.py   (Debian's selenium imports only there)
 """
@@ -196,6 +198,31 @@ class DashboardTest(unittest.TestCase):
             wait_for("the job canceled", lambda: self.cli_json("status", job)["state"] == "canceled")
             wait_for("the page to say canceled", lambda: driver.find_element(By.ID, "job-state").text == "canceled")
             self.assertEqual(driver.execute_script("return window.rexMarker"), "still the same page")
+
+            # A --video job: once its movie is made, its page plays it from the dashboard, and the large frame is the
+            # one the ledger committed last (status's latest_frame), not simply the highest number.
+            made = run([REXNODE, "submit", self.blend, "--no-wait", "--json", "--name", "movie", "--frames", "1-4",
+                        "--video", "--output", os.path.join(self.work, "out-movie"), "--data", self.dirs[0]], 300)
+            self.assertEqual(made.returncode, 0, made.stderr)
+            movie_job = json.loads(made.stdout)["job"]
+            status = wait_for("the movie made", lambda: (s := self.cli_json("status", movie_job))
+                              .get("movie_state") == "made" and s)
+            self.assertTrue(os.path.isfile(status["movie"]), status)
+            latest = max((f for f in status["frames"] if f["state"] == "done"), key=lambda f: f["done_index"])
+            self.assertEqual(status["latest_frame"], latest["frame"], status)
+            driver.get(self.base + "/#job=" + movie_job)
+            wait_for("the movie's page", lambda: driver.find_element(By.ID, "job-id").text == movie_job)
+            wait_for("the video element shown", lambda: driver.execute_script(
+                "const v = document.getElementById('movie'); return !v.hidden && v.src.endsWith('/movie')"))
+            served = driver.execute_async_script(
+                "const done = arguments[arguments.length - 1];"
+                "fetch(document.getElementById('movie').src).then(r => done(r.status + ' ' + r.headers.get('content-type')))")
+            self.assertEqual(served, "200 video/mp4")
+            if driver.execute_script("return document.createElement('video').canPlayType('video/mp4; codecs=\"avc1.42E01E\"')"):
+                wait_for("the movie's metadata loaded", lambda: driver.execute_script(
+                    "return document.getElementById('movie').readyState >= 1"), timeout=60)
+            wait_for("the latest frame by completion", lambda: driver.execute_script(
+                "return document.getElementById('latest').dataset.frame") == str(status["latest_frame"]))
         finally:
             driver.quit()
 

@@ -18,6 +18,19 @@
 
   function connect() {
     if (stream) stream.close();
+    if (selectedJob() !== currentJob) {
+      // Another job: its own thumbnails, latest frame and movie.
+      $("thumbs").innerHTML = "";
+      for (const key of Object.keys(thumbs)) delete thumbs[key];
+      const latest = $("latest");
+      latest.hidden = true;
+      delete latest.dataset.src;
+      $("latest-caption").textContent = "";
+      const movie = $("movie");
+      movie.hidden = true;
+      if (movie.dataset.src) { movie.removeAttribute("src"); delete movie.dataset.src; }
+      $("movie-section").hidden = true;
+    }
     currentJob = selectedJob();
     $("job").hidden = !currentJob;
     const url = "/api/events" + (currentJob ? "?job=" + encodeURIComponent(currentJob) : "");
@@ -97,16 +110,46 @@
       $("thumbs").appendChild(fig);
       thumbs[key] = fig;
     }
-    if (done.length) {
-      const last = done[done.length - 1];
-      const src = base + last.frame + "/image";
+    // The latest frame is the one committed last (the status's latest_frame, by the ledger's order), not the
+    // highest number: frames of different chunks finish out of order.
+    const latestFrame = job.latest_frame ?? (done.length ? done[done.length - 1].frame : null);
+    if (latestFrame != null) {
+      const src = base + latestFrame + "/image";
       const latest = $("latest");
       if (latest.dataset.src !== src) {
         latest.dataset.src = src;
-        latest.onerror = () => { latest.onerror = null; latest.src = base + last.frame + "/thumb"; };
+        latest.dataset.frame = String(latestFrame);
+        // A format the browser cannot show (EXR): a large tone-mapped preview, else the thumbnail.
+        latest.onerror = () => {
+          latest.onerror = () => { latest.onerror = null; latest.src = base + latestFrame + "/thumb"; };
+          latest.src = base + latestFrame + "/preview";
+        };
         latest.src = src;
         latest.hidden = false;
+        $("latest-caption").textContent = "frame " + latestFrame;
       }
+    }
+    renderMovie(job);
+  }
+
+  // The movie (the scene's movie format, or submit --video's preview) once the submitter has made it; served by
+  // the submitter's dashboard, so elsewhere the page says where it is.
+  function renderMovie(job) {
+    const movie = $("movie");
+    const note = $("movie-note");
+    $("movie-section").hidden = !job.movie && !job.movie_state;
+    if (job.movie_state === "made") {
+      const src = "/api/jobs/" + encodeURIComponent(job.job) + "/movie";
+      if (movie.dataset.src !== src) { movie.dataset.src = src; movie.src = src; }
+      movie.hidden = false;
+      note.textContent = job.movie || "";
+    } else {
+      movie.hidden = true;
+      if (movie.dataset.src) { movie.removeAttribute("src"); delete movie.dataset.src; movie.load(); }
+      if (job.movie_state === "failed") note.textContent = "The movie could not be made: " + (job.movie_error || "see the node's log");
+      else if (job.movie_state) note.textContent = "The movie is " + job.movie_state + "…";
+      else if (job.movie) note.textContent = "The node that submitted this job makes its movie: " + job.movie;
+      else note.textContent = "";
     }
   }
 
