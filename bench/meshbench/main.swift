@@ -170,7 +170,7 @@ func withNodes<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async thro
 }
 
 /// The secure channel alone: 1 MiB messages from one node to another (encrypt, frame, decrypt, decode).
-func channelThroughput(size: Int, group: String, port: Int) async throws -> Double {
+func channelThroughput(size: Int, group: String, port: Int) async throws -> Figure {
     let key = FarmKey.generate()
     let a = MeshNode(
         settings: settings(group: group, port: port, interval: .milliseconds(200), name: "a"),
@@ -184,6 +184,7 @@ func channelThroughput(size: Int, group: String, port: Int) async throws -> Doub
         guard await waitFor(.seconds(10), { await b.connectedPeers() == [a.nodeID] }) else {
             throw MeshError(.timeout, "The benchmark nodes did not connect.")
         }
+        let cpu = cpuSeconds()
         let start = ContinuousClock.now
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -196,7 +197,8 @@ func channelThroughput(size: Int, group: String, port: Int) async throws -> Doub
             for _ in 0..<count { try await a.send(to: b.nodeID, .raft(chunk)) }
             try await group.waitForAll()
         }
-        return Double(size) / seconds(ContinuousClock.now - start) / 1e6
+        let wall = seconds(ContinuousClock.now - start)
+        return Figure(rate: Double(size) / wall / 1e6, cpuPerMiB: (cpuSeconds() - cpu) * 1000 / Double(count))
     }
 }
 
@@ -369,8 +371,10 @@ for (i, size) in [16 << 20, 128 << 20].enumerated() {
     let r = try await transfer(size: size, rounds: rounds, group: group, port: basePort + i)
     print(
         String(
-            format: "  %4d MiB: raw TCP %7.1f MB/s (CPU %.2f ms/MiB) | encrypted channel %7.1f MB/s (%3.0f %%)",
-            size >> 20, r.raw.rate, r.raw.cpuPerMiB, channel, channel / r.raw.rate * 100))
+            format:
+                "  %4d MiB: raw TCP %7.1f MB/s (CPU %.2f ms/MiB) | encrypted channel %7.1f MB/s (%3.0f %%) CPU %.2f ms/MiB",
+            size >> 20, r.raw.rate, r.raw.cpuPerMiB, channel.rate, channel.rate / r.raw.rate * 100,
+            channel.cpuPerMiB))
     for (name, f) in [("legacy", r.legacy), ("tree  ", r.tree)] {
         print(
             String(
