@@ -371,8 +371,8 @@ for (i, size) in [16 << 20, 128 << 20].enumerated() {
     let r = try await transfer(size: size, rounds: rounds, group: group, port: basePort + i)
     print(
         String(
-            format:
-                "  %4d MiB: raw TCP %7.1f MB/s (CPU %.2f ms/MiB) | encrypted channel %7.1f MB/s (%3.0f %%) CPU %.2f ms/MiB",
+            format: "  %4d MiB: raw TCP %7.1f MB/s (CPU %.2f ms/MiB) |"
+                + " encrypted channel %7.1f MB/s (%3.0f %%) CPU %.2f ms/MiB",
             size >> 20, r.raw.rate, r.raw.cpuPerMiB, channel.rate, channel.rate / r.raw.rate * 100,
             channel.cpuPerMiB))
     for (name, f) in [("legacy", r.legacy), ("tree  ", r.tree)] {
