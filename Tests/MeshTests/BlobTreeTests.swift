@@ -241,4 +241,28 @@ final class RecordingSink: BlobSink {
         #expect(c.counters[.blobChunksFetched] == 7)
         #expect(try await sinkStore.read(hash, offset: 0, length: blob.count + 1) == blob)
     }
+
+    @Test(.timeLimit(.minutes(1))) func aHolderWhoseCopyIsDamagedDoesNotServeItAndTheOtherHolderDoes() async throws {
+        let farm = TestFarm()
+        let storeA = try DirectoryBlobStore(root: temporaryDirectory())
+        let storeB = try DirectoryBlobStore(root: temporaryDirectory())
+        let hash = try storeA.put(blob)
+        try storeB.put(blob)
+        var damaged = blob
+        damaged[5 * mib + 1] ^= 1
+        try Data(damaged).write(to: URL(fileURLWithPath: storeA.path(hash)))
+        let servedA = Counter()
+        let a = farm.node("a", source: CountingSource(inner: storeA, counter: { _ = servedA.next() }))
+        let b = farm.node("b", source: storeB)
+        let c = farm.node("c")
+        let sinkStore = try DirectoryBlobStore(root: temporaryDirectory())
+        try await withRunning([a, b, c]) {
+            #expect(await eventually { await c.connectedPeers().count == 2 })
+            try await c.fetchBlob(hash, from: [a.nodeID, b.nodeID], into: sinkStore)
+        }
+        #expect(try await sinkStore.read(hash, offset: 0, length: blob.count + 1) == blob)
+        // A read its own copy: seven chunks hashed for the leaf list, which did not give the address; nothing served.
+        #expect(servedA.current == 7)
+        #expect(c.counters[.blobChunksFetched] == 7)
+    }
 }
