@@ -1,7 +1,8 @@
 import Foundation
 import Mesh
 
-/// Content-addressed files on this node: `DATA/blobs/ab/abcdef…` where the name is the BLAKE2b-256 of the bytes.
+/// Content-addressed files on this node: `DATA/blobs/ab/t1abcdef…` where the name is the tree address of the bytes
+/// (`BlobAddress`; blobs stored before issue 17 keep their legacy BLAKE2b-256 names, `DATA/blobs/ab/abcdef…`).
 ///
 /// Writes go to a temporary file and are renamed into place, so a blob is either whole or absent after a crash.
 public struct BlobStore: Sendable {
@@ -41,7 +42,7 @@ public struct BlobStore: Sendable {
         guard FileManager.default.createFile(atPath: tmp, contents: nil),
             let output = FileHandle(forWritingAtPath: tmp)
         else { throw FarmError(.io, "Cannot write to the blob store at \(root).") }
-        let hasher = Blake2bHasher()
+        let hasher = BlobTreeHasher()
         var size: Int64 = 0
         do {
             while let chunk = try input.read(upToCount: 1 << 20), !chunk.isEmpty {
@@ -56,7 +57,7 @@ public struct BlobStore: Sendable {
             try? FileManager.default.removeItem(atPath: tmp)
             throw FarmError(.io, "Cannot store \(source): \(error.localizedDescription)")
         }
-        let hash = hasher.finalize().hexString
+        let hash = hasher.finalize()
         let final = path(for: hash)
         if has(hash) {
             try? FileManager.default.removeItem(atPath: tmp)
@@ -77,9 +78,13 @@ public struct BlobStore: Sendable {
     /// Writes `bytes` to a temporary file of the store once they prove to have `hash`, and returns its path: not
     /// visible as a blob, not yet durable. The caller syncs it (see `GroupSync`), then `commit`s it.
     public func stage(bytes: [UInt8], hash: String) throws(FarmError) -> String {
-        let hasher = Blake2bHasher()
-        hasher.update(Data(bytes))
-        guard hasher.finalize().hexString == hash else {
+        let actual: String? =
+            switch BlobAddress.format(hash) {
+            case .tree: BlobAddress.of(bytes)
+            case .legacy: BlobAddress.legacy(bytes)
+            case nil: nil
+            }
+        guard actual == hash else {
             throw FarmError(.badInput, "The bytes sent for blob \(hash.prefix(12))… do not have that hash.")
         }
         let tmp = "\(root)/tmp/\(UUID().uuidString)"
@@ -117,13 +122,13 @@ public struct BlobStore: Sendable {
 
     private static var lastError: String { String(cString: strerror(errno)) }
 
-    /// Hashes a file without storing it.
+    /// The tree address of a file, without storing it.
     public static func hash(fileAt path: String) throws -> String {
         guard let input = FileHandle(forReadingAtPath: path) else { throw FarmError(.io, "Cannot read \(path).") }
         defer { try? input.close() }
-        let hasher = Blake2bHasher()
+        let hasher = BlobTreeHasher()
         while let chunk = try input.read(upToCount: 1 << 20), !chunk.isEmpty { hasher.update(chunk) }
-        return hasher.finalize().hexString
+        return hasher.finalize()
     }
 
     /// Whether the blob was written, or stored again, within `interval`.

@@ -43,9 +43,12 @@ public struct JobManifest: Sendable, Equatable, Codable {
         guard seen.contains(scene) else { throw ManifestError("the scene \(scene) is not among the job's files.") }
     }
 
-    /// 64 lowercase hexadecimal characters (a blob's content address).
+    /// A blob's content address: 64 lowercase hexadecimal characters (legacy), or `t1` and 64 of them (a tree
+    /// address). The same rule as `Mesh.BlobAddress.isValid`, which this module does not import.
     public static func isAddress(_ text: String) -> Bool {
-        text.utf8.count == 64 && text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+        let utf8 = text.utf8
+        let digest = utf8.count == 66 && text.hasPrefix("t1") ? utf8.dropFirst(2) : utf8[...]
+        return digest.count == 64 && digest.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
     }
 
     /// A path that stays under the root: relative, no `.`/`..`/empty component, no NUL.

@@ -17,6 +17,11 @@ public enum MeshMessage: Sendable, Equatable {
     case blobRead(id: UInt64, hash: [UInt8], offset: UInt64, length: UInt32)
     case blobData(id: UInt64, offset: UInt64, data: [UInt8])
     case blobError(id: UInt64, message: String)
+    /// The same three for a tree address (`BlobTree`): the query names the root, the answer carries the leaf hashes
+    /// (checked against the root before any chunk is asked for), a read is answered with `blobData` or `blobError`.
+    case treeQuery(id: UInt64, root: [UInt8])
+    case treeInfo(id: UInt64, info: BlobInfo?)
+    case treeRead(id: UInt64, root: [UInt8], offset: UInt64, length: UInt32)
 
     /// Result of a control request, kept as a value so it crosses the wire as it is.
     public enum ControlResult: Sendable, Equatable {
@@ -24,7 +29,8 @@ public enum MeshMessage: Sendable, Equatable {
         case failure(String)
     }
 
-    /// Size and chunk hashes of a blob, so each 1 MiB chunk can be verified on arrival.
+    /// Size and chunk hashes of a blob, so each 1 MiB chunk can be verified on arrival (for a tree address, the
+    /// hash is the root and the chunk hashes its leaves).
     public struct BlobInfo: Sendable, Equatable {
         public var hash: [UInt8]
         public var size: UInt64
@@ -42,7 +48,9 @@ public enum MeshMessage: Sendable, Equatable {
     /// Request ids of messages that answer an earlier request (nil for the rest).
     var responseID: UInt64? {
         switch self {
-        case .controlResponse(let id, _), .blobInfo(let id, _), .blobData(let id, _, _), .blobError(let id, _): id
+        case .controlResponse(let id, _), .blobInfo(let id, _), .blobData(let id, _, _), .blobError(let id, _),
+            .treeInfo(let id, _):
+            id
         default: nil
         }
     }
@@ -59,6 +67,7 @@ public enum MessageCodec {
     enum Tag: UInt8 {
         case ping = 0x01, pong = 0x02, raft = 0x10, controlRequest = 0x20, controlResponse = 0x21
         case blobQuery = 0x30, blobInfo = 0x31, blobRead = 0x32, blobData = 0x33, blobError = 0x34
+        case treeQuery = 0x35, treeInfo = 0x36, treeRead = 0x37
     }
 
     public static func encode(_ message: MeshMessage) -> [UInt8] {
@@ -124,6 +133,29 @@ public enum MessageCodec {
             w.u8(Tag.blobError.rawValue)
             w.u64(id)
             w.long(Array(message.utf8.prefix(1024)))
+        case .treeQuery(let id, let root):
+            w.u8(Tag.treeQuery.rawValue)
+            w.u64(id)
+            w.raw(root)
+        case .treeInfo(let id, let info):
+            w.bytes.reserveCapacity(32 + (info?.chunkHashes.count ?? 0) * 32)
+            w.u8(Tag.treeInfo.rawValue)
+            w.u64(id)
+            if let info {
+                w.u8(1)
+                w.raw(info.hash)
+                w.u64(info.size)
+                w.u32(UInt32(info.chunkHashes.count))
+                for h in info.chunkHashes { w.raw(h) }
+            } else {
+                w.u8(0)
+            }
+        case .treeRead(let id, let root, let offset, let length):
+            w.u8(Tag.treeRead.rawValue)
+            w.u64(id)
+            w.raw(root)
+            w.u64(offset)
+            w.u32(length)
         }
         return w.bytes
     }
@@ -178,6 +210,16 @@ public enum MessageCodec {
             } else {
                 message = nil
             }
+        case .treeQuery:
+            if let id = r.u64(), let h = r.raw(32) { message = .treeQuery(id: id, root: h) } else { message = nil }
+        case .treeInfo:
+            message = decodeTreeInfo(&r)
+        case .treeRead:
+            if let id = r.u64(), let h = r.raw(32), let off = r.u64(), let len = r.u32(), len <= maxChunkBytes {
+                message = .treeRead(id: id, root: h, offset: off, length: len)
+            } else {
+                message = nil
+            }
         }
         guard let message, r.isAtEnd else {
             throw MeshError(.protocolViolation, "A peer sent a malformed message of type \(t).")
@@ -200,6 +242,26 @@ public enum MessageCodec {
             hashes.append(h)
         }
         return .blobInfo(id: id, info: .init(hash: hash, size: size, chunkSize: chunkSize, chunkHashes: hashes))
+    }
+}
+
+extension MessageCodec {
+    /// `treeInfo`: the chunk size is the tree's (1 MiB), so only the leaf count travels; it must be the blob's.
+    fileprivate static func decodeTreeInfo(_ r: inout WireReader) -> MeshMessage? {
+        guard let id = r.u64(), let found = r.u8() else { return nil }
+        if found == 0 { return .treeInfo(id: id, info: nil) }
+        guard found == 1, let root = r.raw(32), let size = r.u64(), let count = r.u32(), count <= maxChunkHashes,
+            size <= UInt64(maxChunkHashes) * UInt64(BlobTree.chunkSize), Int(count) == BlobTree.leafCount(size: size),
+            r.remaining == Int(count) * 32
+        else { return nil }
+        var leaves: [[UInt8]] = []
+        leaves.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            guard let h = r.raw(32) else { return nil }
+            leaves.append(h)
+        }
+        return .treeInfo(
+            id: id, info: .init(hash: root, size: size, chunkSize: UInt32(BlobTree.chunkSize), chunkHashes: leaves))
     }
 }
 

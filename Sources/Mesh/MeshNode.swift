@@ -428,7 +428,7 @@ public actor MeshNode {
                         counters.increment(.connectionsRefused)
                         child.close(promise: nil)
                         let channel = try NIOAsyncChannel<MeshMessage, Never>(
-                                wrappingChannelSynchronously: child, configuration: Self.asyncConfiguration)
+                            wrappingChannelSynchronously: child, configuration: Self.asyncConfiguration)
                         let refused = MeshError(.closed, "Too many connections are handshaking.")
                         return Accepted(channel: channel, handshake: child.eventLoop.makeFailedFuture(refused))
                     }
@@ -543,12 +543,24 @@ public actor MeshNode {
                                 await self.answerControl(id: id, payload: payload, from: peer.nodeID, channel)
                             }
                         case .blobQuery(let id, let hash):
-                            tasks.addTask { await self.answerBlobQuery(id: id, hash: hash, channel) }
+                            let address = BlobAddress.string(.legacy, hash)
+                            tasks.addTask { await self.answerBlobQuery(id: id, hash: address, channel) }
+                        case .treeQuery(let id, let root):
+                            let address = BlobAddress.string(.tree, root)
+                            tasks.addTask { await self.answerBlobQuery(id: id, hash: address, channel) }
                         case .blobRead(let id, let hash, let offset, let length):
+                            let address = BlobAddress.string(.legacy, hash)
                             tasks.addTask {
-                                await self.answerBlobRead(id: id, hash: hash, offset: offset, length: length, channel)
+                                await self.answerBlobRead(
+                                    id: id, hash: address, offset: offset, length: length, channel)
                             }
-                        case .controlResponse, .blobInfo, .blobData, .blobError, .pong:
+                        case .treeRead(let id, let root, let offset, let length):
+                            let address = BlobAddress.string(.tree, root)
+                            tasks.addTask {
+                                await self.answerBlobRead(
+                                    id: id, hash: address, offset: offset, length: length, channel)
+                            }
+                        case .controlResponse, .blobInfo, .treeInfo, .blobData, .blobError, .pong:
                             if let id = message.responseID { await self.resolve(id, with: message) }
                         case .raft:
                             self.incomingContinuation.yield((from: peer.nodeID, message: message))
@@ -675,39 +687,51 @@ public actor MeshNode {
 
     static let chunkSize = 1 << 20
 
+    /// Size and chunk hashes of a held blob, computed once (one pass over it) and cached. For a tree address the
+    /// chunk hashes are the leaves, and a blob whose leaves do not give its address (damaged on this disk) is not
+    /// served.
     private func blobInfo(_ hash: String) async throws -> MeshMessage.BlobInfo? {
         if let cached = infoCache[hash] { return cached }
         guard let source = blobSource, let size = try await source.size(hash) else { return nil }
+        let (format, digest) = try BlobAddress.digest(hash)
         var hashes: [[UInt8]] = []
         var offset: UInt64 = 0
-        while offset < size {
+        repeat {
             let piece = try await source.read(
                 hash, offset: offset, length: Int(min(UInt64(Self.chunkSize), size - offset)))
-            guard !piece.isEmpty else { throw MeshError(.io, "Blob \(hash) is shorter than its size.") }
-            hashes.append(Sodium.blake2b(piece))
+            guard !piece.isEmpty || size == 0 else { throw MeshError(.io, "Blob \(hash) is shorter than its size.") }
+            hashes.append(format == .tree ? BlobTree.leaf(index: hashes.count, chunk: piece) : Sodium.blake2b(piece))
             offset += UInt64(piece.count)
+        } while offset < size
+        if format == .legacy, size == 0 { hashes = [] }
+        if format == .tree, !BlobTree.verify(leaves: hashes, size: size, root: digest) {
+            logger.warning("a held blob does not match its address; not served", metadata: ["blob": "\(hash)"])
+            return nil
         }
         let info = MeshMessage.BlobInfo(
-            hash: try BlobAddress.bytes(hash), size: size, chunkSize: UInt32(Self.chunkSize), chunkHashes: hashes)
+            hash: digest, size: size, chunkSize: UInt32(Self.chunkSize), chunkHashes: hashes)
         if infoCache.count >= 64 { infoCache.removeAll() }
         infoCache[hash] = info
         return info
     }
 
-    private func answerBlobQuery(id: UInt64, hash: [UInt8], _ channel: Channel) async {
-        let info = try? await blobInfo(hash.hexString)
-        channel.writeAndFlush(MeshMessage.blobInfo(id: id, info: info ?? nil), promise: nil)
+    private func answerBlobQuery(id: UInt64, hash: String, _ channel: Channel) async {
+        let info = try? await blobInfo(hash)
+        let tree = BlobAddress.format(hash) == .tree
+        channel.writeAndFlush(
+            tree ? MeshMessage.treeInfo(id: id, info: info ?? nil) : MeshMessage.blobInfo(id: id, info: info ?? nil),
+            promise: nil)
     }
 
     private nonisolated func answerBlobRead(
-        id: UInt64, hash: [UInt8], offset: UInt64, length: UInt32, _ channel: Channel
+        id: UInt64, hash: String, offset: UInt64, length: UInt32, _ channel: Channel
     ) async {
         guard let source = blobSource else {
             channel.writeAndFlush(MeshMessage.blobError(id: id, message: "This node serves no blobs."), promise: nil)
             return
         }
         do {
-            let data = try await source.read(hash.hexString, offset: offset, length: Int(length))
+            let data = try await source.read(hash, offset: offset, length: Int(length))
             try await channel.writeAndFlush(MeshMessage.blobData(id: id, offset: offset, data: data)).get()
         } catch {
             channel.writeAndFlush(MeshMessage.blobError(id: id, message: "\(error)"), promise: nil)
@@ -716,21 +740,65 @@ public actor MeshNode {
 
     // MARK: Blob fetching
 
+    /// What a fetch checks chunks against.
+    struct FetchPlan: Sendable {
+        let hash: String
+        let format: BlobAddress.Format
+        let info: MeshMessage.BlobInfo
+
+        var count: Int { info.chunkHashes.count }
+
+        func range(_ index: Int) -> (offset: UInt64, length: Int) {
+            let offset = UInt64(index) * UInt64(info.chunkSize)
+            return (offset, Int(min(UInt64(info.chunkSize), info.size - offset)))
+        }
+
+        /// One hash of the chunk's bytes, compared with its leaf (tree) or its listed chunk hash (legacy).
+        func accepts(_ index: Int, _ bytes: [UInt8]) -> Bool {
+            let expected = info.chunkHashes[index]
+            return switch format {
+            case .tree: Sodium.equal(BlobTree.leaf(index: index, chunk: bytes), expected)
+            case .legacy: Sodium.equal(Sodium.blake2b(bytes), expected)
+            }
+        }
+
+        func read(id: UInt64, offset: UInt64, length: UInt32) -> MeshMessage {
+            format == .tree
+                ? .treeRead(id: id, root: info.hash, offset: offset, length: length)
+                : .blobRead(id: id, hash: info.hash, offset: offset, length: length)
+        }
+    }
+
     /// Fetches a blob into `sink` from the given holders at once, verifying each 1 MiB chunk, resuming from
     /// partial data already in the sink, and riding out dropped connections while a holder stays alive.
+    ///
+    /// A tree address: the first holder's leaf list that hashes to the address is the plan (any other that does is
+    /// the same list), each chunk is checked once against its leaf, and the sink's `finalize` does not hash again.
+    /// A legacy address: the chunk-hash list most holders agree on, each chunk checked against it, then the whole
+    /// blob against the address in `finalize`.
     public func fetchBlob(_ hash: String, from holders: [String], into sink: any BlobSink) async throws {
-        let hashBytes = try BlobAddress.bytes(hash)
+        let (format, digest) = try BlobAddress.digest(hash)
         let timeout = settings.requestTimeout
-        // 1. Ask every holder for size and chunk hashes; keep the answer most holders agree on.
+        // 1. Ask every holder for size and chunk hashes.
         var answers: [(String, MeshMessage.BlobInfo)] = []
         await withTaskGroup(of: (String, MeshMessage.BlobInfo?).self) { group in
             for holder in Set(holders) where holder != nodeID {
                 group.addTask {
                     let reply = try? await self.exchange(holder, timeout: timeout) {
-                        .blobQuery(id: $0, hash: hashBytes)
+                        format == .tree ? .treeQuery(id: $0, root: digest) : .blobQuery(id: $0, hash: digest)
                     }
-                    if case .blobInfo(_, let info?) = reply, info.hash == hashBytes { return (holder, info) }
-                    return (holder, nil)
+                    switch reply {
+                    case .treeInfo(_, let info?) where format == .tree && info.hash == digest:
+                        guard BlobTree.verify(leaves: info.chunkHashes, size: info.size, root: digest) else {
+                            self.counters.increment(.blobChunksRejected)
+                            return (holder, nil)
+                        }
+                        return (holder, info)
+                    case .blobInfo(_, let info?) where format == .legacy && info.hash == digest:
+                        return (holder, info)
+                    default:
+                        return (holder, nil)
+                    }
                 }
             }
             for await (holder, info) in group { if let info { answers.append((holder, info)) } }
@@ -740,68 +808,67 @@ public actor MeshNode {
         guard let best = votes.max(by: { $0.value < $1.value })?.key,
             let info = answers.first(where: { $0.1.chunkHashes == best })?.1
         else {
-            throw MeshError(.closed, "No holder of blob \(hash.prefix(12))… answered.")
+            throw MeshError(.closed, "No holder of blob \(hash.prefix(14))… answered.")
         }
         let sources = answers.filter { $0.1.chunkHashes == best }.map(\.0)
-        // 2. Re-verify partial data already in the sink; only missing or bad chunks are fetched.
-        let chunk = UInt64(info.chunkSize)
+        let plan = FetchPlan(hash: hash, format: format, info: info)
+        // 2. Re-verify partial data already in the sink (never trusted as it is); only missing or bad chunks are
+        // fetched.
         let present = try await sink.partialSize(hash)
         var missing: [Int] = []
-        for (index, expected) in info.chunkHashes.enumerated() {
-            let start = UInt64(index) * chunk
-            let length = Int(min(chunk, info.size - start))
-            if start + UInt64(length) <= present,
+        for index in 0..<plan.count {
+            let (start, length) = plan.range(index)
+            if length > 0, start + UInt64(length) <= present,
                 let bytes = try? await sink.readPartial(hash, offset: start, length: length),
-                bytes.count == length, Sodium.blake2b(bytes) == expected
+                bytes.count == length, plan.accepts(index, bytes)
             {
                 continue
             }
-            missing.append(index)
+            if length > 0 { missing.append(index) }
         }
         logger.debug(
             "blob fetch",
             metadata: [
-                "blob": "\(hash.prefix(12))", "mesh/holders": "\(sources.count)",
-                "chunks": "\(missing.count)/\(info.chunkHashes.count)",
+                "blob": "\(hash.prefix(14))", "mesh/holders": "\(sources.count)",
+                "chunks": "\(missing.count)/\(plan.count)",
             ])
         // 3. Workers per holder pull chunk indices from one queue.
-        let queue = ChunkQueue(missing: missing, total: info.chunkHashes.count)
+        let queue = ChunkQueue(missing: missing, total: plan.count)
         let window = max(1, settings.blobWindow)
         await withTaskGroup(of: Void.self) { group in
             for holder in sources {
                 for _ in 0..<window {
                     group.addTask {
-                        await self.fetchWorker(holder: holder, hash: hash, info: info, queue: queue, sink: sink)
+                        await self.fetchWorker(holder: holder, plan: plan, queue: queue, sink: sink)
                     }
                 }
             }
         }
         guard await queue.finished else {
             throw MeshError(
-                .closed, "Blob \(hash.prefix(12))… could not be fetched completely; the partial data is kept.")
+                .closed, "Blob \(hash.prefix(14))… could not be fetched completely; the partial data is kept.")
         }
         try await sink.finalize(hash, size: info.size)
     }
 
     private nonisolated func fetchWorker(
-        holder: String, hash: String, info: MeshMessage.BlobInfo, queue: ChunkQueue, sink: any BlobSink
+        holder: String, plan: FetchPlan, queue: ChunkQueue, sink: any BlobSink
     ) async {
         var failures = 0
         var backoff = settings.reconnectMin
         while !Task.isCancelled, let index = await queue.take() {
-            let offset = UInt64(index) * UInt64(info.chunkSize)
-            let length = UInt32(min(UInt64(info.chunkSize), info.size - offset))
+            let (offset, length) = plan.range(index)
             do {
                 let reply = try await exchange(holder, timeout: settings.requestTimeout) {
-                    .blobRead(id: $0, hash: info.hash, offset: offset, length: length)
+                    plan.read(id: $0, offset: offset, length: UInt32(length))
                 }
-                guard case .blobData(_, let off, let data) = reply, off == offset, data.count == Int(length),
-                    Sodium.blake2b(data) == info.chunkHashes[index]
+                guard case .blobData(_, let off, let data) = reply, off == offset, data.count == length,
+                    plan.accepts(index, data)
                 else {
                     counters.increment(.blobChunksRejected)
                     throw MeshError(.authentication, "Node \(holder) sent a chunk that does not match its hash.")
                 }
-                try await sink.writePartial(hash, offset: offset, bytes: data)
+                try await sink.writePartial(plan.hash, offset: offset, bytes: data)
                 counters.increment(.blobChunksFetched)
                 await queue.complete(index)
                 failures = 0

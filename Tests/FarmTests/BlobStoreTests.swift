@@ -17,12 +17,28 @@ import Testing
         let second = try store.put(fileAt: file)
         #expect(first.hash == second.hash)
         #expect(first.size == 3_000_000)
-        #expect(first.hash == Sodium.blake2b(bytes).hexString)
+        #expect(first.hash == BlobAddress.of(bytes))
+        #expect(BlobAddress.format(first.hash) == .tree)
         #expect(store.has(first.hash))
         #expect(FileManager.default.contents(atPath: store.path(for: first.hash)) == Data(bytes))
         #expect(try BlobStore.hash(fileAt: file) == first.hash)
         store.remove(first.hash)
         #expect(!store.has(first.hash))
+    }
+
+    @Test func stagedBytesMustHaveTheirAddressInEitherFormat() throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let store = try BlobStore(root: root)
+        let bytes: [UInt8] = Array(repeating: 7, count: 5000)
+        for hash in [BlobAddress.of(bytes), BlobAddress.legacy(bytes)] {
+            let staged = try store.stage(bytes: bytes, hash: hash)
+            _ = try store.commit(staged: staged, hash: hash)
+            #expect(store.has(hash))
+            #expect(throws: FarmError.self) { try store.stage(bytes: bytes + [0], hash: hash) }
+        }
+        #expect(throws: FarmError.self) {
+            try store.stage(bytes: bytes, hash: "t1" + String(repeating: "z", count: 64))
+        }
     }
 
     @Test func missingSourceIsAClearError() throws {

@@ -49,6 +49,16 @@ struct ProjectLedgerTests {
         #expect(try ledger.store.outputs(of: "j1", frame: 2).isEmpty)
     }
 
+    @Test func legacyAndTreeAddressesAreBothAddresses() {
+        let hex = String(repeating: "c", count: 64)
+        #expect(JobManifest.isAddress(hex) && JobManifest.isAddress("t1" + hex))
+        for bad in [
+            "", "t1", "t2" + hex, "t1" + hex + "0", String(repeating: "C", count: 64), "t1../" + hex.dropFirst(4),
+        ] {
+            #expect(!JobManifest.isAddress(bad), "\(bad)")
+        }
+    }
+
     @Test func aJobWhoseManifestLeavesTheJobFolderIsIgnoredEverywhere() throws {
         let ledger = try TestLedger()
         let blob = String(repeating: "c", count: 64)

@@ -53,9 +53,9 @@ func temporaryDirectory() -> String {
 @Suite(.serialized) struct BlobTransferTests {
     let blob = Sodium.randomBytes(6 * (1 << 20) + 12345)
 
-    @Test func directoryStoreRejectsContentThatDoesNotMatchItsAddress() async throws {
+    @Test func directoryStoreRejectsContentThatDoesNotMatchItsLegacyAddress() async throws {
         let store = try DirectoryBlobStore(root: temporaryDirectory())
-        let hash = BlobAddress.of([1, 2, 3])
+        let hash = BlobAddress.legacy([1, 2, 3])
         try await store.writePartial(hash, offset: 0, bytes: [1, 2, 4])
         await #expect(throws: MeshError.self) { try await store.finalize(hash, size: 3) }
         #expect(try await store.size(hash) == nil)
@@ -65,12 +65,14 @@ func temporaryDirectory() -> String {
         #expect(store.path(hash).hasSuffix("/\(hash.prefix(2))/\(hash)"))
     }
 
-    @Test(.timeLimit(.minutes(1))) func fetchFromTwoHoldersAtOnce() async throws {
+    @Test(.timeLimit(.minutes(1)), arguments: [BlobAddress.Format.tree, .legacy])
+    func fetchFromTwoHoldersAtOnce(format: BlobAddress.Format) async throws {
         let farm = TestFarm()
         let storeA = try DirectoryBlobStore(root: temporaryDirectory())
         let storeB = try DirectoryBlobStore(root: temporaryDirectory())
-        let hash = try storeA.put(blob)
-        try storeB.put(blob)
+        let hash = try storeA.put(blob, format: format)
+        try storeB.put(blob, format: format)
+        #expect(BlobAddress.format(hash) == format)
         let servedA = Counter()
         let servedB = Counter()
         let a = farm.node("a", source: CountingSource(inner: storeA, counter: { _ = servedA.next() }))
@@ -89,10 +91,11 @@ func temporaryDirectory() -> String {
         #expect(servedB.current > 7)
     }
 
-    @Test(.timeLimit(.minutes(1))) func transferSurvivesAConnectionKilledHalfWay() async throws {
+    @Test(.timeLimit(.minutes(1)), arguments: [BlobAddress.Format.tree, .legacy])
+    func transferSurvivesAConnectionKilledHalfWay(format: BlobAddress.Format) async throws {
         let farm = TestFarm()
         let storeA = try DirectoryBlobStore(root: temporaryDirectory())
-        let hash = try storeA.put(blob)
+        let hash = try storeA.put(blob, format: format)
         let a = farm.node("a", source: storeA)
         let c = farm.node("c")
         let killed = Counter()
@@ -108,10 +111,11 @@ func temporaryDirectory() -> String {
         #expect(c.counters[.blobChunksFetched] == 7)
     }
 
-    @Test(.timeLimit(.minutes(1))) func secondFetchResumesFromVerifiedPartialData() async throws {
+    @Test(.timeLimit(.minutes(1)), arguments: [BlobAddress.Format.tree, .legacy])
+    func secondFetchResumesFromVerifiedPartialData(format: BlobAddress.Format) async throws {
         let farm = TestFarm()
         let storeA = try DirectoryBlobStore(root: temporaryDirectory())
-        let hash = try storeA.put(blob)
+        let hash = try storeA.put(blob, format: format)
         let sinkStore = try DirectoryBlobStore(root: temporaryDirectory())
         // Three good chunks and a damaged fourth are already on disk from an earlier, interrupted fetch.
         let chunk = 1 << 20

@@ -14,8 +14,8 @@ final class MemoryBlobs: BlobSource, BlobSink, Sendable {
     private let blobs = Mutex<[String: [UInt8]]>([:])
     private let partials = Mutex<[String: [UInt8]]>([:])
 
-    func put(_ bytes: [UInt8]) -> String {
-        let hash = BlobAddress.of(bytes)
+    func put(_ bytes: [UInt8], format: BlobAddress.Format = .tree) -> String {
+        let hash = format == .tree ? BlobAddress.of(bytes) : BlobAddress.legacy(bytes)
         blobs.withLock { $0[hash] = bytes }
         return hash
     }
@@ -45,9 +45,12 @@ final class MemoryBlobs: BlobSource, BlobSink, Sendable {
             p[hash] = part
         }
     }
+    /// As `DirectoryBlobStore`: a legacy address is checked over the whole blob; a tree address was proved chunk by
+    /// chunk by the fetch.
     func finalize(_ hash: String, size: UInt64) async throws {
         let part = partials.withLock { $0.removeValue(forKey: hash) ?? [] }
-        guard part.count == Int(size), BlobAddress.of(part) == hash else {
+        let tree = BlobAddress.format(hash) == .tree
+        guard part.count == Int(size), tree || BlobAddress.legacy(part) == hash else {
             throw MeshError(.authentication, "The benchmark blob does not match its address.")
         }
         blobs.withLock { $0[hash] = part }
@@ -167,7 +170,7 @@ func withNodes<T: Sendable>(_ nodes: [MeshNode], _ body: @Sendable () async thro
 }
 
 /// The secure channel alone: 1 MiB messages from one node to another (encrypt, frame, decrypt, decode).
-func channelThroughput(size: Int, group: String, port: Int) async throws -> Double {
+func channelThroughput(size: Int, group: String, port: Int) async throws -> Figure {
     let key = FarmKey.generate()
     let a = MeshNode(
         settings: settings(group: group, port: port, interval: .milliseconds(200), name: "a"),
@@ -181,6 +184,7 @@ func channelThroughput(size: Int, group: String, port: Int) async throws -> Doub
         guard await waitFor(.seconds(10), { await b.connectedPeers() == [a.nodeID] }) else {
             throw MeshError(.timeout, "The benchmark nodes did not connect.")
         }
+        let cpu = cpuSeconds()
         let start = ContinuousClock.now
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -193,36 +197,75 @@ func channelThroughput(size: Int, group: String, port: Int) async throws -> Doub
             for _ in 0..<count { try await a.send(to: b.nodeID, .raft(chunk)) }
             try await group.waitForAll()
         }
-        return Double(size) / seconds(ContinuousClock.now - start) / 1e6
+        let wall = seconds(ContinuousClock.now - start)
+        return Figure(rate: Double(size) / wall / 1e6, cpuPerMiB: (cpuSeconds() - cpu) * 1000 / Double(count))
     }
 }
 
-func transfer(size: Int, group: String, port: Int) async throws -> (mesh: Double, raw: Double) {
+/// Process CPU time (user + system, every thread: both nodes and both TCP ends live in this process).
+func cpuSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    func s(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+    return s(usage.ru_utime) + s(usage.ru_stime)
+}
+
+/// One measurement: MB/s of wall time and CPU milliseconds per MiB moved.
+struct Figure {
+    var rate: Double
+    var cpuPerMiB: Double
+}
+
+func measure(_ bytes: Int, _ body: () async throws -> Void) async rethrows -> Figure {
+    let cpu = cpuSeconds()
+    let start = ContinuousClock.now
+    try await body()
+    let wall = seconds(ContinuousClock.now - start)
+    return Figure(
+        rate: Double(bytes) / wall / 1e6, cpuPerMiB: (cpuSeconds() - cpu) * 1000 / Double(bytes >> 20))
+}
+
+func median(_ figures: [Figure]) -> Figure {
+    let rates = figures.map(\.rate).sorted()
+    let cpus = figures.map(\.cpuPerMiB).sorted()
+    return Figure(rate: rates[rates.count / 2], cpuPerMiB: cpus[cpus.count / 2])
+}
+
+/// Raw TCP, then a verified fetch of the same bytes under a legacy and under a tree address, `rounds` times
+/// interleaved (so load from other processes falls on all three alike); medians.
+func transfer(size: Int, rounds: Int, group: String, port: Int) async throws -> (
+    raw: Figure, legacy: Figure, tree: Figure
+) {
     let payload = Sodium.randomBytes(size)
     let key = FarmKey.generate()
     let source = MemoryBlobs()
-    let hash = source.put(payload)
-    let sink = MemoryBlobs()
+    let hashes = [source.put(payload, format: .legacy), source.put(payload, format: .tree)]
     let a = MeshNode(
         settings: settings(group: group, port: port, interval: .milliseconds(200), name: "a"),
         farmKey: key, identity: .generate(), blobSource: source, logger: quiet)
     let b = MeshNode(
         settings: settings(group: group, port: port, interval: .milliseconds(200), name: "b"),
         farmKey: key, identity: .generate(), logger: quiet)
-    let mesh = try await withNodes([a, b]) {
+    return try await withNodes([a, b]) {
         guard await waitFor(.seconds(10), { await b.connectedPeers() == [a.nodeID] }) else {
             throw MeshError(.timeout, "The benchmark nodes did not connect.")
         }
-        // Warm the holder's chunk-hash cache so the figure is the transfer, not the first hashing pass.
-        let warm = MemoryBlobs()
-        try await b.fetchBlob(hash, from: [a.nodeID], into: warm)
-        let start = ContinuousClock.now
-        try await b.fetchBlob(hash, from: [a.nodeID], into: sink)
-        return Double(size) / seconds(ContinuousClock.now - start) / 1e6
+        // Warm the holder's chunk-hash caches so the figures are the transfer, not the holder's first pass.
+        for hash in hashes { try await b.fetchBlob(hash, from: [a.nodeID], into: MemoryBlobs()) }
+        var raw: [Figure] = []
+        var fetched: [[Figure]] = [[], []]
+        for _ in 0..<rounds {
+            raw.append(try await measure(size) { _ = try await rawTCP(payload) })
+            for (i, hash) in hashes.enumerated() {
+                let sink = MemoryBlobs()
+                fetched[i].append(try await measure(size) { try await b.fetchBlob(hash, from: [a.nodeID], into: sink) })
+                guard sink.get(hash) == payload else {
+                    throw MeshError(.authentication, "The transferred blob differs.")
+                }
+            }
+        }
+        return (median(raw), median(fetched[0]), median(fetched[1]))
     }
-    guard sink.get(hash) == payload else { throw MeshError(.authentication, "The transferred blob differs.") }
-    let raw = try await rawTCP(payload)
-    return (mesh, raw)
 }
 
 func discoveryLatency(group: String, port: Int, interval: Duration) async throws -> Double {
@@ -318,15 +361,30 @@ for _ in 0..<64 { _ = Sodium.blake2b(probe) }
 let hashRate = 64.0 * 1.048576 / seconds(ContinuousClock.now - t0)
 print(String(format: "single core: BLAKE2b-256 %.0f MB/s (the per-chunk check)", hashRate))
 print("")
-print("encrypted blob transfer (BLAKE2b-verified 1 MiB chunks, secretstream) vs raw TCP, memory to memory:")
+let rounds = Int(ProcessInfo.processInfo.environment["MESHBENCH_ROUNDS"] ?? "") ?? 5
+print("encrypted blob transfer (1 MiB chunks, secretstream) vs raw TCP, memory to memory, side by side:")
+print("  legacy address: each chunk checked against its BLAKE2b-256, then the whole blob in finalize (two passes)")
+print("  tree address:   each chunk checked once against its leaf, leaves against the root (one pass)")
+print("  medians of \(rounds) interleaved rounds; CPU = this process's CPU time (both ends) per MiB moved")
 for (i, size) in [16 << 20, 128 << 20].enumerated() {
-    let r = try await transfer(size: size, group: group, port: basePort + i)
     let channel = try await channelThroughput(size: size, group: group, port: basePort + 5 + i)
+    let r = try await transfer(size: size, rounds: rounds, group: group, port: basePort + i)
     print(
         String(
-            format: "  %4d MiB: raw TCP %7.1f MB/s | encrypted channel %7.1f MB/s (%3.0f %%)"
-                + " | verified blob fetch %7.1f MB/s (%3.0f %%)",
-            size >> 20, r.raw, channel, channel / r.raw * 100, r.mesh, r.mesh / r.raw * 100))
+            format: "  %4d MiB: raw TCP %7.1f MB/s (CPU %.2f ms/MiB) |"
+                + " encrypted channel %7.1f MB/s (%3.0f %%) CPU %.2f ms/MiB",
+            size >> 20, r.raw.rate, r.raw.cpuPerMiB, channel.rate, channel.rate / r.raw.rate * 100,
+            channel.cpuPerMiB))
+    for (name, f) in [("legacy", r.legacy), ("tree  ", r.tree)] {
+        print(
+            String(
+                format: "            verified fetch, \(name) address %7.1f MB/s (%3.0f %% of raw TCP) CPU %.2f ms/MiB",
+                f.rate, f.rate / r.raw.rate * 100, f.cpuPerMiB))
+    }
+    print(
+        String(
+            format: "            tree / legacy: %.2fx the throughput, %.2fx the CPU", r.tree.rate / r.legacy.rate,
+            r.tree.cpuPerMiB / r.legacy.cpuPerMiB))
 }
 print("")
 let interval = Duration.milliseconds(500)
