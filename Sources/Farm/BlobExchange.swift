@@ -101,7 +101,12 @@ struct BlobExchange: Sendable {
     /// folder), before answering.
     func receive(_ hash: String, bytes: [UInt8]) async throws {
         let blobs = self.blobs
-        guard !blobs.has(hash) else { return await makeDurable(hash) }
+        guard !blobs.has(hash) else {
+            // Held already (an identical image of another frame or job): fresh again, so retention, which may have
+            // just seen it unneeded, leaves it while the completion naming this node is on its way.
+            blobs.touch(hash)
+            return await makeDurable(hash)
+        }
         let staged = try await Blocking.run { try blobs.stage(bytes: bytes, hash: hash) }
         await sync.flush(staged)
         let final = try await Blocking.run { try blobs.commit(staged: staged, hash: hash) }
@@ -110,6 +115,7 @@ struct BlobExchange: Sendable {
 
     /// The receiving side of `replicate`: fetch the blob from `holder` and make it durable.
     func replicate(_ hash: String, from holder: String) async throws {
+        if blobs.has(hash) { blobs.touch(hash) }
         try await ensure(hash, holders: [holder])
         await makeDurable(hash)
     }

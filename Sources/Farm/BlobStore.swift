@@ -139,6 +139,12 @@ public struct BlobStore: Sendable {
         return Date().timeIntervalSince(modified) < interval
     }
 
+    /// Marks a blob as just used (received again, fetched for a copy): clean-up leaves fresh blobs for later.
+    public func touch(_ hash: String) {
+        guard BlobAddress.isValid(hash) else { return }
+        utimes(path(for: hash), nil)
+    }
+
     public func remove(_ hash: String) {
         guard BlobAddress.isValid(hash) else { return }
         try? FileManager.default.removeItem(atPath: path(for: hash))

@@ -208,7 +208,8 @@ public final class FarmNode: Sendable {
             logger: logger)
         retention = ImageRetention(
             nodeID: nodeID, keepMilliseconds: settings.keepImagesMilliseconds, ledger: ledger, blobs: blobs,
-            commandLog: raftLog, inFlight: inFlight, file: data.retention, logger: logger)
+            commandLog: raftLog, inFlight: inFlight, file: data.retention, logger: logger,
+            submitterReachable: { [roster] submitter in await roster.isLiveMember(submitter) })
     }
 
     deinit {

@@ -186,6 +186,10 @@ struct JobStatusView: Encodable, Sendable {
     var tilesTotal = 0
     /// The most recently finished frame (the dashboard shows it large).
     var latestFrame: Int? = nil
+    /// The movie is `submit --video`'s preview, not the scene's movie output: its path, state and error go out as
+    /// `video`, `video_state`, `video_error`, so `submit` and `wait` (which wait for a scene's movie) do not wait
+    /// for it or fail on it.
+    var movieIsVideo = false
 
     /// The done frame committed last (the highest `done_index`); among frames without one (entries written before
     /// the ledger kept it), the highest number.
@@ -205,6 +209,9 @@ struct JobStatusView: Encodable, Sendable {
         case movieError = "movie_error"
         case latestFrame = "latest_frame"
         case fps
+        case video
+        case videoState = "video_state"
+        case videoError = "video_error"
     }
 
     func encode(to encoder: any Encoder) throws {
@@ -220,9 +227,9 @@ struct JobStatusView: Encodable, Sendable {
             try c.encode(tilesTotal, forKey: .tilesTotal)
         }
         try c.encodeIfPresent(deliveryError, forKey: .deliveryError)
-        try c.encodeIfPresent(movie, forKey: .movie)
-        try c.encodeIfPresent(movieState, forKey: .movieState)
-        try c.encodeIfPresent(movieError, forKey: .movieError)
+        try c.encodeIfPresent(movie, forKey: movieIsVideo ? .video : .movie)
+        try c.encodeIfPresent(movieState, forKey: movieIsVideo ? .videoState : .movieState)
+        try c.encodeIfPresent(movieError, forKey: movieIsVideo ? .videoError : .movieError)
         try c.encodeIfPresent(fps, forKey: .fps)
         try c.encodeIfPresent(latestFrame, forKey: .latestFrame)
     }
@@ -401,6 +408,7 @@ struct FarmQueries: Sendable {
             }
         }
         if job.video, job.submitter == nodeID, view.movie == nil || view.movieState != "made", let hooks {
+            view.movieIsVideo = view.movie == nil
             switch VideoRecord.read(folder: hooks, job: job.job) {
             case .made(let path)?:
                 (view.movie, view.movieState, view.movieError) = (path, "made", nil)

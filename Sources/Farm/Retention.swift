@@ -86,9 +86,17 @@ struct ImageRetention: Sendable {
     let inFlight: ScenesInFlight
     let file: String
     let logger: Logger
+    /// Whether the submitter is a member this node hears now: its copies are the ones left, so none are dropped
+    /// while it is away (left, evicted, dead).
+    let submitterReachable: @Sendable (String) async -> Bool
+    /// A blob written, received or fetched this recently (10 minutes, or the keep time when shorter) is left for a
+    /// later round: a completion naming this node as its holder, or a copy being placed, may be on its way.
+    var freshSeconds: Double { min(600, Double(keepMilliseconds) / 1000) }
 
     func run() async {
         var seen = load()
+        // Jobs whose images this node no longer holds: not looked at again in this run.
+        var cleared: Set<String> = []
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(min(30_000, max(250, keepMilliseconds / 4))))
             guard let jobs = try? ledger.jobs() else { continue }
@@ -106,29 +114,41 @@ struct ImageRetention: Sendable {
                 changed = true
             }
             if changed { save(seen) }
-            for job in finished {
+            let inputs = Set(jobs.filter { !$0.isFinished }.flatMap(\.blobs))
+            for job in finished where !cleared.contains(job.job) {
                 guard let since = seen[job.job], now - since >= keepMilliseconds else { continue }
-                await drop(job.job)
+                guard await submitterReachable(job.submitter) else { continue }
+                if await drop(job.job, keeping: inputs) { cleared.insert(job.job) }
             }
         }
     }
 
     /// Leaves the holders of the job's images the submitter holds, then deletes every image file of the job this
-    /// node no longer holds by the ledger (one another frame or job still names with this node is kept).
-    func drop(_ job: String) async {
+    /// node no longer holds by the ledger (one another frame or job still names with this node is kept, and so is
+    /// an input of a running job, a blob being recorded, and a fresh one). Returns whether nothing of the job is left
+    /// here to drop.
+    func drop(_ job: String, keeping inputs: Set<String>) async -> Bool {
         if ((try? ledger.droppableImages(job: job, node: nodeID)) ?? 0) > 0 {
             do {
                 _ = try await commandLog.propose([.dropImages(DropImages(job: job, node: nodeID))])
             } catch {
                 logger.debug(
                     "could not record dropped images yet", metadata: ["farm/job": "\(job)", "error": "\(error)"])
-                return
+                return false
             }
         }
-        guard let hashes = try? ledger.imageBlobs(job: job) else { return }
+        guard let hashes = try? ledger.imageBlobs(job: job) else { return false }
         var dropped = 0
-        for hash in hashes where blobs.has(hash) && !inFlight.all.contains(hash) {
+        var left = false
+        for hash in hashes where blobs.has(hash) {
+            // Checked just before the file goes: the ledger may name this node again meanwhile.
             guard (try? ledger.isHeld(hash, by: nodeID)) == false else { continue }
+            guard !inputs.contains(hash), !inFlight.all.contains(hash),
+                !blobs.modifiedRecently(hash, within: freshSeconds)
+            else {
+                left = true
+                continue
+            }
             blobs.remove(hash)
             dropped += 1
         }
@@ -137,6 +157,7 @@ struct ImageRetention: Sendable {
                 "dropped a finished job's images (its submitter holds them)",
                 metadata: ["farm/job": "\(job)", "farm/images": "\(dropped)"])
         }
+        return !left && ((try? ledger.droppableImages(job: job, node: nodeID)) ?? 1) == 0
     }
 
     func load() -> [String: Int64] {

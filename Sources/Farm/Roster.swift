@@ -15,6 +15,13 @@ struct Roster: Sendable {
     /// The Blender versions this node renders with (empty with the simulated renderer).
     var blender: [String] = []
 
+    /// Whether `node` is a member of the farm now and discovery hears it (this node: whether it is a member).
+    func isLiveMember(_ node: String) async -> Bool {
+        guard let members = await raft.status?.members, members.contains(node) else { return false }
+        if node == nodeID { return true }
+        return await mesh.peers().contains { $0.nodeID == node && $0.state == .alive }
+    }
+
     /// Whether this node takes new frames now: not resting outside its schedule, not short of disk.
     var takesWork: Bool { !rest.isResting && !disk.isFull }
 

@@ -55,8 +55,12 @@ actor WorkerPool {
     private var claimed: Set<String> = []
     /// The job each busy slot is working on.
     private var busy: [Int: String] = [:]
-    /// Set once this run's ledger has applied what the farm had committed when this node first heard a leader.
+    /// Set once this run's ledger has caught up with the log this node started with (see `hasCaughtUp`).
     private var caughtUp = false
+    /// The last index of this node's log when Raft first ran in this run, and whether the log was cut below it since
+    /// (its tail was never committed).
+    private var startLast: UInt64?
+    private var startTailCut = false
 
     init(
         nodeID: String, settings: NodeSettings, ledger: LedgerStore, blobs: BlobStore, exchange: BlobExchange,
@@ -102,14 +106,17 @@ actor WorkerPool {
 
     /// After a restart the ledger may lag this node's own log (a completion appended, the kill came before it was
     /// applied): an assignment read then still lists frames already done, and rendering them again is wasted (the
-    /// ledger ignores the second completion). So slots start once this run has heard a leader and applied up to the
-    /// commit index it then knew; a node that leads (a farm of one) waits for its term's first entry to commit, as
-    /// that commits everything its log held before.
+    /// ledger ignores the second completion). So slots start once this run hears a leader and its ledger has applied
+    /// every entry its log held at start (or the log was cut below that: those entries were never committed); a node
+    /// that leads (a farm of one) also waits for its term's first entry to commit, as that commits all before it.
     private func hasCaughtUp() async -> Bool {
         if caughtUp { return true }
-        guard let status = await roster.raft.status, status.leader != nil,
-            status.role != .leader || status.canChangeMembership,
-            let applied = try? ledger.appliedIndex(), applied >= status.commitIndex
+        guard let status = await roster.raft.status else { return false }
+        let start = startLast ?? status.lastIndex
+        startLast = start
+        if status.lastIndex < start { startTailCut = true }
+        guard status.leader != nil, status.role != .leader || status.canChangeMembership,
+            let applied = try? ledger.appliedIndex(), applied >= status.commitIndex, applied >= start || startTailCut
         else { return false }
         caughtUp = true
         return true

@@ -22,6 +22,10 @@ enum RetentionTable {
             let submitter = try String.fetchOne(db, sql: "SELECT submitter FROM jobs WHERE job = ?", arguments: [c.job])
         else { return .ignored("job \(c.job) is unknown") }
         guard submitter != c.node else { return .ignored("node \(c.node) submitted job \(c.job): it keeps its images") }
+        // A revoked submitter's copies cannot be fetched any more: the other holders keep theirs.
+        if try Bool.fetchOne(db, sql: "SELECT 1 FROM revoked_nodes WHERE node = ?", arguments: [submitter]) == true {
+            return .ignored("the submitter of job \(c.job) is revoked: the other holders keep its images")
+        }
         var dropped = 0
         for table in ["frames", "tiles"] {
             let key = table == "frames" ? "frame" : "frame, tile"

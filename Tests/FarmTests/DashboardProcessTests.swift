@@ -30,8 +30,10 @@ extension ProcessTests {
             let job = try #require(
                 (try JSONSerialization.jsonObject(with: Data(submitted.stdout.utf8)) as? [String: Any])?["job"]
                     as? String)
-            let status = try node.waitFor(job, timeout: 240) { $0["movie_state"] as? String == "made" }
-            let movie = try #require(status["movie"] as? String)
+            // `submit --video`'s movie is reported as video*, not movie* (which `submit` and `wait` wait for).
+            let status = try node.waitFor(job, timeout: 240) { $0["video_state"] as? String == "made" }
+            #expect(status["movie_state"] == nil)
+            let movie = try #require(status["video"] as? String)
             #expect(movie == dir + "/out/shot.mp4")
 
             // The status names the latest frame: the done frame committed last.

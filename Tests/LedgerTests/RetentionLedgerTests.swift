@@ -38,4 +38,14 @@ import Testing
         #expect(try l.store.frames(of: "j1").map(\.holders) == holders)
         #expect(LedgerCommand.dropImages(DropImages(job: "j1", node: "n2")).typeName == "DropImages")
     }
+
+    @Test func aRevokedSubmittersImagesStayOnTheOtherHolders() throws {
+        let l = try TestLedger()
+        try l.submit(frames: [1])
+        _ = try l.assign("a1", frames: [1], node: "n2")
+        try complete(l, frame: 1, hash: "h1", holders: ["n2", "n1"], assignment: "a1")
+        try l.apply(.revokeNodes(RevokeNodes(nodes: ["n1"])))
+        #expect(try l.apply(.dropImages(DropImages(job: "j1", node: "n2"))).first?.name == "ignored")
+        #expect(try l.store.frames(of: "j1").map(\.holders) == [["n1", "n2"]])
+    }
 }

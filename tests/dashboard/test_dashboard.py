@@ -206,8 +206,8 @@ class DashboardTest(unittest.TestCase):
             self.assertEqual(made.returncode, 0, made.stderr)
             movie_job = json.loads(made.stdout)["job"]
             status = wait_for("the movie made", lambda: (s := self.cli_json("status", movie_job))
-                              .get("movie_state") == "made" and s)
-            self.assertTrue(os.path.isfile(status["movie"]), status)
+                              .get("video_state") == "made" and s)
+            self.assertTrue(os.path.isfile(status["video"]), status)
             latest = max((f for f in status["frames"] if f["state"] == "done"), key=lambda f: f["done_index"])
             self.assertEqual(status["latest_frame"], latest["frame"], status)
             driver.get(self.base + "/#job=" + movie_job)

@@ -134,7 +134,12 @@
 
   // The movie (the scene's movie format, or submit --video's preview) once the submitter has made it; served by
   // the submitter's dashboard, so elsewhere the page says where it is.
-  function renderMovie(job) {
+  function renderMovie(status) {
+    // A scene's movie output comes as movie*, `submit --video`'s preview as video*: the page shows either.
+    const job = {
+      job: status.job, movie: status.movie || status.video, movie_state: status.movie_state || status.video_state,
+      movie_error: status.movie_error || status.video_error,
+    };
     const movie = $("movie");
     const note = $("movie-note");
     $("movie-section").hidden = !job.movie && !job.movie_state;
