@@ -144,6 +144,8 @@ public struct DashboardRoutes: Sendable {
             body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 
+    static let maxRangeBytes = 8 << 20
+
     /// A movie file, whole or the one byte range asked (`Range: bytes=A-B`, which browsers send to seek a <video>).
     static func movie(_ path: String, range: String?) throws -> Response {
         guard let handle = FileHandle(forReadingAtPath: path) else {
@@ -157,7 +159,8 @@ public struct DashboardRoutes: Sendable {
         var status = HTTPResponse.Status.ok
         var (start, end) = (0, size - 1)
         if let range, let asked = byteRange(range, size: size) {
-            (start, end) = asked
+            // At most 8 MiB per answer (the browser asks for the rest as it plays): a long movie is never read whole.
+            (start, end) = (asked.0, min(asked.1, asked.0 + maxRangeBytes - 1))
             status = .partialContent
             headers[.contentRange] = "bytes \(start)-\(end)/\(size)"
         } else if range != nil {

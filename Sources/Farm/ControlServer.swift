@@ -275,7 +275,8 @@ public enum ControlClient {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }
-        return connected == 0
+        // Only a refused connection or a missing socket means no daemon: a full backlog (EAGAIN) is a busy one.
+        return connected == 0 || (errno != ECONNREFUSED && errno != ENOENT)
     }
 
     public static func send(_ request: ControlRequest, data: DataDirectory) async throws(FarmError) -> JSONValue {

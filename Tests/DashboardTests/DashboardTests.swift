@@ -286,6 +286,15 @@ final class FakeBackend: DashboardBackend {
         #expect(DashboardRoutes.byteRange("bytes=0-5000", size: 1000)! == (0, 999))
         #expect(DashboardRoutes.byteRange("bytes=9-3", size: 1000) == nil)
         #expect(DashboardRoutes.byteRange("items=0-1", size: 1000) == nil)
+        // A long movie is answered 8 MiB at a time, whatever range the browser asks.
+        let long = NSTemporaryDirectory() + "rex-long-\(UUID().uuidString.prefix(8)).mp4"
+        defer { try? FileManager.default.removeItem(atPath: long) }
+        try Data(count: DashboardRoutes.maxRangeBytes + 1000).write(to: URL(fileURLWithPath: long))
+        let answer = try DashboardRoutes.movie(long, range: "bytes=0-")
+        #expect(answer.status == .partialContent)
+        #expect(
+            answer.headers[.contentRange]
+                == "bytes 0-\(DashboardRoutes.maxRangeBytes - 1)/\(DashboardRoutes.maxRangeBytes + 1000)")
     }
 
     @Test func thePageShowsTheLatestFrameByCompletionAndTheMovie() throws {
