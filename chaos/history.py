@@ -115,12 +115,38 @@ def frame_file(output, name, frame):
     return os.path.join(output, matches[0]) if matches else None
 
 
-def blob_hash(path):
+def blob_hash(path, like=""):
+    """The file's content address in the form of `like`: a tree address (`t1` + hex, see Sources/Mesh/Blob.swift's
+    BlobTree) when `like` is one, else the legacy BLAKE2b-256 of the whole file."""
+    if like.startswith("t1"):
+        return "t1" + tree_root(path).hex()
     h = hashlib.blake2b(digest_size=32)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def tree_root(path):
+    """BlobTree's root: 1 MiB chunks, leaf = H(0 | u64 index | chunk | u64 length), parent = H(1 | left | right),
+    levels paired left to right (an odd last node rises unchanged), root = H(2 | u64 size | top); big-endian."""
+    def h(data):
+        return hashlib.blake2b(data, digest_size=32).digest()
+    leaves, size = [], 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk and leaves:
+                break
+            leaves.append(h(b"\x00" + len(leaves).to_bytes(8, "big") + chunk + len(chunk).to_bytes(8, "big")))
+            size += len(chunk)
+            if len(chunk) < (1 << 20):
+                break
+    level = leaves
+    while len(level) > 1:
+        level = [h(b"\x01" + level[i] + level[i + 1]) if i + 1 < len(level) else level[i]
+                 for i in range(0, len(level), 2)]
+    return h(b"\x02" + size.to_bytes(8, "big") + level[0])
 
 
 def replay(history):
@@ -191,7 +217,7 @@ def check_frames(history, submits, states=None, canceled=()):
             if path is None:
                 lost += 1
                 problems.append(f"job {job}: frame {frame} is committed but not in {output}.")
-            elif blob_hash(path) != record["done"][frame][0]["hash"]:
+            elif blob_hash(path, record["done"][frame][0]["hash"]) != record["done"][frame][0]["hash"]:
                 lost += 1
                 problems.append(f"job {job}: frame {frame} in {output} is not the committed image.")
     for node, view in sorted((states or {}).items()):

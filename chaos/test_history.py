@@ -108,6 +108,22 @@ class HistoryTests(unittest.TestCase):
         problems, _ = self.check()
         self.assertTrue(any("frame 1 in" in p and "not the committed image" in p for p in problems), problems)
 
+    def test_tree_addresses_are_checked_like_the_daemons(self):
+        # Pinned by Tests/MeshTests/BlobTreeTests.swift: (i * 31 + 7) mod 256, 3 MiB + 5 bytes (four leaves).
+        data = bytes((i * 31 + 7) & 255 for i in range(3 * (1 << 20) + 5))
+        path = os.path.join(self.out, "shot_0001.png")
+        with open(path, "wb") as f:
+            f.write(data)
+        tree = "t1defd5ef757c31a603c62b76529578130641b1c3c53bbc175f2893015f1f42b7b"
+        self.assertEqual(history.blob_hash(path, tree), tree)
+        log = [dict(e, hash=tree) if e.get("frame") == 1 else e for e in self.log]
+        problems, _ = self.check(ledgers={"a": log})
+        self.assertEqual(problems, [])
+        with open(path, "ab") as f:
+            f.write(b"!")
+        problems, _ = self.check(ledgers={"a": log})
+        self.assertTrue(any("frame 1 in" in p and "not the committed image" in p for p in problems), problems)
+
     def test_a_job_the_run_canceled_need_not_finish(self):
         log = self.log[:4] + [entry(5, 2, "CancelJob", job="j1")]
         problems, stats = self.check(ledgers={"a": log}, canceled={"j1"})
