@@ -280,7 +280,9 @@ public struct DashboardRoutes: Sendable {
             var last = ""
             var quiet = 0
             while !Task.isCancelled {
-                let snapshot = await Self.snapshot(backend, job: job).jsonText(pretty: false)
+                let value = await Self.snapshot(backend, job: job)
+                // Encoded off Swift's shared pool (a big job's frames are megabytes), once a second per open page.
+                let snapshot = (try? await Blocking.run { value.jsonText(pretty: false) }) ?? last
                 if snapshot != last {
                     try await writer.write(ByteBuffer(string: "data: \(snapshot)\n\n"))
                     last = snapshot

@@ -70,21 +70,30 @@ actor Thumbnails {
         if FileManager.default.fileExists(atPath: target) { return target }
         if let task = making[name] { return await task.value }
         let folder = self.folder
-        let task = Task.detached { () -> String? in
-            try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-            let partial = target + ".part.jpg"
-            let layer = Self.isLinear(ext) ? Self.combinedLayer(source) : nil
-            for arguments in Self.recipes(source: source, ext: ext, target: partial, width: width, layer: layer) {
-                if Self.ffmpeg(arguments), rename(partial, target) == 0 { return target }
-                unlink(partial)
+        // One ffmpeg at a time, on a queue of its own: waiting for it holds a thread, never one of Swift's shared
+        // pool (which carries Raft), and a job page of many frames does not start many encoders at once.
+        let task = Task { () -> String? in
+            await withCheckedContinuation { done in
+                Self.queue.async {
+                    try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+                    let partial = target + ".part.jpg"
+                    let layer = Self.isLinear(ext) ? Self.combinedLayer(source) : nil
+                    for arguments in Self.recipes(source: source, ext: ext, target: partial, width: width, layer: layer)
+                    {
+                        if Self.ffmpeg(arguments), rename(partial, target) == 0 { return done.resume(returning: target) }
+                        unlink(partial)
+                    }
+                    done.resume(returning: nil)
+                }
             }
-            return nil
         }
         making[name] = task
         let made = await task.value
         making[name] = nil
         return made
     }
+
+    private static let queue = DispatchQueue(label: "rexnode.thumbnails")
 
     private static func ffmpeg(_ arguments: [String]) -> Bool {
         let process = Process()

@@ -9,7 +9,9 @@ extension FarmNode {
     public func answer(_ request: ControlRequest) async -> ControlResponse {
         let reply = await control.handle(request)
         do {
-            return try JSONDecoder().decode(ControlResponse.self, from: reply.json)
+            // A big job's status is megabytes: decoded off Swift's shared pool, which carries Raft.
+            let json = reply.json
+            return try await Blocking.run { try JSONDecoder().decode(ControlResponse.self, from: json) }
         } catch {
             return ControlResponse(error: FarmError(.failed, "The answer could not be read."))
         }

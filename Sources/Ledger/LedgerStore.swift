@@ -137,6 +137,10 @@ public final class LedgerStore: Sendable {
                     CREATE INDEX ledger_commands_node ON ledger_commands(node, seq);
                     """)
         }
+        migrator.registerMigration("ledger-first-index") { db in
+            // A duplicate's first index, kept with it: the row of its command id may be forgotten (floors).
+            try db.execute(sql: "ALTER TABLE ledger_log ADD COLUMN first_index INTEGER")
+        }
         FarmKeyTable.registerMigrations(&migrator)
     }
 
@@ -200,7 +204,7 @@ public final class LedgerStore: Sendable {
             try db.execute(
                 sql: "INSERT INTO ledger_commands (command_id, log_index, node, seq) VALUES (?, ?, ?, ?)",
                 arguments: [id, Int64(index), node, seq])
-            outcome = try StateMachine(db: db, index: index).apply(entry.command)
+            outcome = try StateMachine(db: db, index: index, proposer: entry.id.node).apply(entry.command)
         }
         // The proposer's floor moves up only; the ids below it need no row any more (bounded dedup table).
         if let raised = entry.floor.map({ Int64(bitPattern: $0) }), raised > (floor ?? .min) {
@@ -213,12 +217,12 @@ public final class LedgerStore: Sendable {
         // node applying it stores the same text.
         try db.execute(
             sql: """
-                INSERT INTO ledger_log (log_index, term, type, command_id, duplicate, payload, outcome)
-                VALUES (?,?,?,?,?,?,?)
+                INSERT INTO ledger_log (log_index, term, type, command_id, duplicate, payload, outcome, first_index)
+                VALUES (?,?,?,?,?,?,?,?)
                 """,
             arguments: [
                 Int64(index), Int64(term), entry.command.typeName, id, outcome.isDuplicate, Data(entry.encoded()),
-                outcome.storedText,
+                outcome.storedText, seen,
             ])
         return outcome
     }
@@ -243,7 +247,7 @@ public final class LedgerStore: Sendable {
                 db,
                 sql: """
                     SELECT l.log_index, l.term, l.command_id, l.duplicate, l.payload, l.outcome,
-                        c.log_index AS first_index
+                        COALESCE(l.first_index, c.log_index) AS first_index
                     FROM ledger_log l LEFT JOIN ledger_commands c ON c.command_id = l.command_id
                     WHERE l.log_index >= ? ORDER BY l.log_index LIMIT ?
                     """,

@@ -17,7 +17,11 @@ public struct DropImages: Sendable, Equatable, Codable {
 enum RetentionTable {
     /// Takes `node` off the holders of every image of `job` (frames and tiles) that the job's submitter also
     /// holds. The submitter's own copies are never dropped this way; an image only `node` holds stays.
-    static func apply(_ c: DropImages, db: Database) throws -> ApplyOutcome {
+    static func apply(_ c: DropImages, proposer: String?, db: Database) throws -> ApplyOutcome {
+        // Only a node gives up its own copies.
+        if let proposer, proposer != c.node {
+            return .ignored("node \(proposer) cannot drop node \(c.node)'s images")
+        }
         guard
             let submitter = try String.fetchOne(db, sql: "SELECT submitter FROM jobs WHERE job = ?", arguments: [c.job])
         else { return .ignored("job \(c.job) is unknown") }

@@ -8,6 +8,8 @@ import GRDB
 struct StateMachine {
     let db: Database
     let index: UInt64
+    /// The node that proposed the entry being applied (its command id's node).
+    var proposer: String? = nil
 
     func apply(_ command: LedgerCommand) throws -> ApplyOutcome {
         switch command {
@@ -26,7 +28,7 @@ struct StateMachine {
         case .removeJob(let c): return try remove(c.job)
         case .farmKey(let c): return try FarmKeyTable.apply(c, db: db, index: index)
         case .revokeNodes(let c): return try FarmKeyTable.apply(c, db: db)
-        case .dropImages(let c): return try RetentionTable.apply(c, db: db)
+        case .dropImages(let c): return try RetentionTable.apply(c, proposer: proposer, db: db)
         }
     }
 

@@ -56,6 +56,38 @@ extension ProcessTests {
             #expect(try FileManager.default.contentsOfDirectory(atPath: fetched).count == 12)
         }
 
+        /// While the submitter is away its copies cannot be fetched: the other holders keep theirs, whatever the
+        /// keep time says, and drop them once it is back.
+        @Test func imagesStayWhileTheSubmitterIsAwayAndGoOnceItIsBack() throws {
+            let scene = try Scenes.make(["--frames", "2", "--width", "32", "--height", "24", "--samples", "1"])
+            let farm = try TestFarm(
+                count: 3, args: ["--renderer", "simulated:30"],
+                perNode: [1: ["--keep-images", "6s"], 2: ["--keep-images", "6s"]])
+            let (submitter, other) = (farm.nodes[0], farm.nodes[1])
+            let out = tempDir("retention-away")
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let r = try submitter.cli(["submit", scene, "--frames", "1-6", "--chunk", "1", "--output", out, "--json"])
+            #expect(r.status == 0, "\(r)")
+            let job = try #require((try submitter.json(["jobs"]) as? [[String: Any]])?.first?["job"] as? String)
+            let submitterID = try id(submitter)
+            // Copies on the nodes that did not submit: every frame has one (a frame is on two peers).
+            func othersCopies() throws -> Int {
+                try frames(other, job).reduce(0) { $0 + (($1["holders"] as? [String]) ?? []).filter { $0 != submitterID }.count }
+            }
+            let before = try othersCopies()
+            #expect(before >= 6)
+            submitter.kill9()
+            // Well past the keep time, with the submitter away: nothing was given up.
+            let away = Date().addingTimeInterval(12)
+            while Date() < away { usleep(200_000) }
+            #expect(try othersCopies() == before, "images were dropped while the submitter was away")
+            #expect(!(try other.cli(["ledger", "--json"]).stdout.contains("\"DropImages\"")))
+            try submitter.start()
+            try waitUntil(timeout: 120, "the images leave the others once the submitter is back") {
+                try othersCopies() == 0
+            }
+        }
+
         @Test func aNodeShortOfDiskTakesNoFramesAndPeersSaysSo() throws {
             let scene = try Scenes.make(["--frames", "2", "--width", "32", "--height", "24", "--samples", "1"])
             // n2 needs a petabyte free: no machine here has it, so its disk is "nearly full".

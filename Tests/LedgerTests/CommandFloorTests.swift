@@ -58,6 +58,8 @@ import Testing
             try String.fetchAll(db, sql: "SELECT command_id FROM ledger_commands WHERE node IN ('n1', 'n2')")
         }
         #expect(Set(kept) == ["n1:12", "n2:5"])
+        // The duplicate still names where its command first applied, though that id's row is forgotten.
+        #expect(try store.log()[2].outcome == .duplicate(firstIndex: i + 2))
     }
 
     @Test func entriesWithoutAFloorKeepTheOldRuleAndLedgersAgree() throws {

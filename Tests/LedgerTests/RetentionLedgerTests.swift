@@ -23,7 +23,9 @@ import Testing
         try complete(l, frame: 2, hash: "h2", holders: ["n2", "n3"], assignment: "a1")
         try complete(l, frame: 3, hash: "h1", holders: ["n3", "n1"], assignment: "a2")
         #expect(try l.store.droppableImages(job: "j1", node: "n2") == 1)
-        #expect(try l.apply(.dropImages(DropImages(job: "j1", node: "n2"))) == [.applied])
+        // Only n2 may give up n2's copies.
+        #expect(try l.apply(.dropImages(DropImages(job: "j1", node: "n2")), node: "n3").first?.name == "ignored")
+        #expect(try l.apply(.dropImages(DropImages(job: "j1", node: "n2")), node: "n2") == [.applied])
         let holders = try l.store.frames(of: "j1").map(\.holders)
         #expect(holders == [["n1"], ["n2", "n3"], ["n1", "n3"]])
         // n2 still holds h2 (the submitter does not); h1 it holds no more, though n3 and n1 do.
@@ -32,9 +34,9 @@ import Testing
         #expect(try l.store.isHeld("h1", by: "n3"))
         #expect(try l.store.imageBlobs(job: "j1") == ["h1", "h2"])
         // Again: nothing left to drop. The submitter never drops its own; an unknown job changes nothing.
-        #expect(try l.apply(.dropImages(DropImages(job: "j1", node: "n2"))).first?.name == "ignored")
-        #expect(try l.apply(.dropImages(DropImages(job: "j1", node: "n1"))).first?.name == "ignored")
-        #expect(try l.apply(.dropImages(DropImages(job: "nope", node: "n2"))).first?.name == "ignored")
+        #expect(try l.apply(.dropImages(DropImages(job: "j1", node: "n2")), node: "n2").first?.name == "ignored")
+        #expect(try l.apply(.dropImages(DropImages(job: "j1", node: "n1")), node: "n1").first?.name == "ignored")
+        #expect(try l.apply(.dropImages(DropImages(job: "nope", node: "n2")), node: "n2").first?.name == "ignored")
         #expect(try l.store.frames(of: "j1").map(\.holders) == holders)
         #expect(LedgerCommand.dropImages(DropImages(job: "j1", node: "n2")).typeName == "DropImages")
     }
@@ -45,7 +47,7 @@ import Testing
         _ = try l.assign("a1", frames: [1], node: "n2")
         try complete(l, frame: 1, hash: "h1", holders: ["n2", "n1"], assignment: "a1")
         try l.apply(.revokeNodes(RevokeNodes(nodes: ["n1"])))
-        #expect(try l.apply(.dropImages(DropImages(job: "j1", node: "n2"))).first?.name == "ignored")
+        #expect(try l.apply(.dropImages(DropImages(job: "j1", node: "n2")), node: "n2").first?.name == "ignored")
         #expect(try l.store.frames(of: "j1").map(\.holders) == [["n1", "n2"]])
     }
 }
