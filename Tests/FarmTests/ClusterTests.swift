@@ -32,8 +32,10 @@ final class TestFarm {
             try waitUntil(timeout: formTimeout, "one farm with every node a member and one leader") {
                 let views = started.compactMap { try? $0.json(["peers"]) as? [[String: Any]] }
                 guard views.count == started.count else { return false }
+                // Members not dead: on a busy machine a beacon can be a second late, and a node is `suspect` for a
+                // moment; formation is about membership and one leader, not about beacon timing.
                 return views.allSatisfy { view in
-                    view.filter { $0["member"] as? Bool == true && $0["state"] as? String == "alive" }.count == count
+                    view.filter { $0["member"] as? Bool == true && $0["state"] as? String != "dead" }.count == count
                         && view.filter { $0["role"] as? String == "leader" }.count == 1
                 }
             }
