@@ -80,7 +80,9 @@ actor Thumbnails {
                     let layer = Self.isLinear(ext) ? Self.combinedLayer(source) : nil
                     for arguments in Self.recipes(source: source, ext: ext, target: partial, width: width, layer: layer)
                     {
-                        if Self.ffmpeg(arguments), rename(partial, target) == 0 { return done.resume(returning: target) }
+                        if Self.ffmpeg(arguments), rename(partial, target) == 0 {
+                            return done.resume(returning: target)
+                        }
                         unlink(partial)
                     }
                     done.resume(returning: nil)

@@ -72,7 +72,9 @@ extension ProcessTests {
             let submitterID = try id(submitter)
             // Copies on the nodes that did not submit: every frame has one (a frame is on two peers).
             func othersCopies() throws -> Int {
-                try frames(other, job).reduce(0) { $0 + (($1["holders"] as? [String]) ?? []).filter { $0 != submitterID }.count }
+                try frames(other, job).reduce(0) {
+                    $0 + (($1["holders"] as? [String]) ?? []).filter { $0 != submitterID }.count
+                }
             }
             let before = try othersCopies()
             #expect(before >= 6)
