@@ -117,6 +117,22 @@ struct Membership: Sendable {
                 DiscoveredPeer(id: peer.nodeID, isMember: NodeStatus(bytes: peer.status)?.hasLog ?? false)
             }
             let elapsed = clock.now - started
+            // A node given the key of a farm that exists (`--token`, `--key`, or a folder whose ledger is gone)
+            // never founds one: the farm was founded where its key was made (`rexnode init`, or `join` without a
+            // token). Fresh machines that start before the founder would otherwise found a second farm with the
+            // same key, which the first never merges with. It waits as a joining node until a member adds it.
+            if !settings.createdFarm {
+                if elapsed < window && !peers.contains(where: \.isMember) {
+                    try await Task.sleep(for: .milliseconds(100))
+                    continue
+                }
+                let contact = peers.filter(\.isMember).map(\.id).min()
+                logger.info(
+                    contact == nil
+                        ? "joining the farm: no member is in sight yet; waiting for one to add this node"
+                        : "joining the farm", metadata: ["farm/contact": "\(contact ?? "-")"])
+                return
+            }
             let decision = BootstrapPlanner.decide(
                 selfID: nodeID, hasState: false, peers: peers,
                 startedAt: RaftTime(nanoseconds: 0), now: RaftTime(nanoseconds: elapsed.raftNanoseconds),

@@ -41,7 +41,7 @@ final class TestFarm {
             }
         } catch {
             // What each node saw and said, so a farm that did not form can be understood from the test's output.
-            let report = started.map { node in
+            let report = started.map { node -> String in
                 let view = (try? node.cli(["peers", "--all", "--json"]).stdout) ?? "(no answer)"
                 let tail = node.log.split(separator: "\n").suffix(40).joined(separator: "\n")
                 return "--- \(node.name) peers: \(view)\n--- \(node.name) log (last 40 lines):\n\(tail)"
@@ -207,6 +207,37 @@ extension ProcessTests {
             }
             let again = try leader.cli(["submit", scene, "--frames", "1-6", "--chunk", "1", "--output", out + "/2"])
             #expect(again.status == 0, "\(again)")
+        }
+
+        /// Found by a busy CI machine: the `rexnode init` node started two seconds after the others, which saw no
+        /// farm in their discovery window and founded a second one with the same key (never merged). Nodes given a
+        /// token now wait for a member instead.
+        @Test func nodesWithATokenStartedBeforeTheFounderJoinItsFarm() throws {
+            let first = NSTemporaryDirectory() + "rex-node-\(UUID().uuidString.prefix(8))"
+            let made = try runProgram(TestPaths.rexnode, ["init", "--data", first])
+            let token = try #require(made.stdout.split(separator: "\n").last.map(String.init))
+            let port = TestNode.freshPort()
+            let common = ["--token", token, "--beacon-ms", "200", "--dead-after", "2", "--renderer", "simulated:10"]
+            let early = try (2...3).map { i in
+                try TestNode(name: "n\(i)", args: common, discoveryPort: port, start: false)
+            }
+            for node in early { try node.launch() }
+            // Both are past their discovery window with no member in sight, and say they wait.
+            try waitUntil(timeout: 120, "the early nodes wait for a member") {
+                early.allSatisfy { $0.log.contains("no member is in sight yet") }
+            }
+            #expect(early.allSatisfy { !$0.log.contains("founded") }, "an early node founded a farm")
+            let founder = try TestNode(name: "n1", args: common, data: first, discoveryPort: port, start: false)
+            try founder.launch()
+            let nodes = [founder] + early
+            try waitUntil(timeout: 240, "one farm of three members with one leader") {
+                let views = nodes.compactMap { try? $0.json(["peers"]) as? [[String: Any]] }
+                guard views.count == 3 else { return false }
+                return views.allSatisfy { view in
+                    view.filter { $0["member"] as? Bool == true && $0["state"] as? String != "dead" }.count == 3
+                        && view.filter { $0["role"] as? String == "leader" }.count == 1
+                }
+            }
         }
 
         @Test func fiveNodesStartedAtOnceFormExactlyOneFarm() async throws {
