@@ -50,7 +50,9 @@ public final class DiskState: Sendable {
     /// Measures every few seconds; says in one sentence when the node stops and starts taking work for its disk.
     func watch(root: String, blobs: String, minFree: Int64, logger: Logger, onChange: @Sendable () -> Void) async {
         while !Task.isCancelled {
-            let reading = await Task.detached { Self.measure(root: root, blobs: blobs, minFree: minFree) }.value
+            // Walking the blob store holds a thread: on NIO's blocking pool, not Swift's shared one (Raft's).
+            guard let reading = try? await Blocking.run({ Self.measure(root: root, blobs: blobs, minFree: minFree) })
+            else { return }
             if set(reading) {
                 if reading.full {
                     let free = Self.megabytes(reading.freeBytes)
