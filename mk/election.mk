@@ -1,19 +1,20 @@
 # Election (Raft-lite): deterministic simulation in `make test`, a long soak, and benchmarks.
 ELECTION_BIN = $$($(SWIFT) build -c release --show-bin-path $(BUILD_FLAGS))
-ELECTION_BUGS = skip-vote-persist commit-old-term no-log-check
+ELECTION_BUGS = skip-vote-persist commit-old-term no-log-check count-learner-vote
 
 TEST_STEPS += test-sim
 BENCH_STEPS += bench-election
 
 .PHONY: test-sim sim-long bench-election
 
-## test-sim: 2,000 seeds of 5 nodes (and 500 each of 3 and 7) with no violation; every injected bug caught
-## within 100 seeds.
+## test-sim: 2,000 seeds of 5 nodes (and 500 each of 3 and 7, 300 of 9 with 3 voters; seeds of 4+ nodes run
+## learners half the time) with no violation; every injected bug caught within 100 seeds.
 test-sim:
 	$(SWIFT) build -c release --product rexsim $(BUILD_FLAGS)
 	$(ELECTION_BIN)/rexsim --nodes 5 --seed-start 1 --seeds 2000 --json
 	$(ELECTION_BIN)/rexsim --nodes 3 --seed-start 1 --seeds 500 --json
 	$(ELECTION_BIN)/rexsim --nodes 7 --seed-start 1 --seeds 500 --json
+	$(ELECTION_BIN)/rexsim --nodes 9 --voters 3 --seed-start 1 --seeds 300 --json
 	@for bug in $(ELECTION_BUGS); do \
 	  $(ELECTION_BIN)/rexsim --nodes 5 --seed-start 1 --seeds 100 --inject-bug $$bug --json >/dev/null 2>&1; \
 	  rc=$$?; \

@@ -55,12 +55,19 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     public private(set) var appliedIndex: LogIndex
     /// Highest index this node knows to be on its own disk; a leader counts itself only up to here.
     public private(set) var durableIndex: LogIndex
-    /// Voting members, from the latest membership entry in the log (committed or not).
+    /// Every member, voters and learners, from the membership entries in the log (committed or not): the leader
+    /// replicates to all of them.
     public private(set) var members: Set<NodeID> {
         didSet { peers = members.filter { $0 != id }.sorted() }
     }
+    /// The members that vote, campaign and count for a quorum (the rest are learners).
+    public private(set) var voters: Set<NodeID> {
+        didSet { voterPeers = voters.filter { $0 != id }.sorted() }
+    }
     /// The other members in a fixed order, so the directives' order never depends on hashing.
     private var peers: [NodeID] = []
+    /// The other voters, in a fixed order: vote requests go to them only.
+    private var voterPeers: [NodeID] = []
     private var configIndex: LogIndex
     /// The term of the latest `recover` entry in the log, 0 if none: the farm's *recovery epoch*. Beacons announce
     /// it, so a machine that comes back from before a recovery can tell that its log is stale.
@@ -98,6 +105,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         self.appliedIndex = min(appliedIndex, last)
         self.durableIndex = last
         self.members = []
+        self.voters = []
         self.configIndex = 0
         self.electionDeadline = now
         self.heartbeatDeadline = now
@@ -130,6 +138,9 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         return log[Int(index - 1)]
     }
 
+    /// The members that do not vote.
+    public var learners: Set<NodeID> { members.subtracting(voters) }
+
     /// Whether a membership change may be proposed now (leader, own-term entry committed, none pending).
     public var canChangeMembership: Bool {
         role == .leader && commitIndex >= termStartIndex && configIndex <= commitIndex
@@ -142,7 +153,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         var out: [RaftDirective] = []
         if role == .leader {
             if settings.checkQuorum && now >= quorumCheckDeadline {
-                let active = heardFrom.intersection(members).count + (members.contains(id) ? 1 : 0)
+                let active = heardFrom.intersection(voters).count + (voters.contains(id) ? 1 : 0)
                 heardFrom = []
                 quorumCheckDeadline = now + settings.electionTimeoutMin
                 if active < quorum {
@@ -162,11 +173,11 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             let request = VoteRequest(
                 term: role == .candidate ? currentTerm : currentTerm + 1, candidateID: id, lastLogIndex: lastIndex,
                 lastLogTerm: lastTerm)
-            for peer in peers where !votes.contains(peer) {
+            for peer in votePeers where !votes.contains(peer) {
                 out.append(.send(to: peer, role == .candidate ? .requestVote(request) : .preVote(request)))
             }
         } else if now >= electionDeadline {
-            if members.contains(id) {
+            if voters.contains(id) {
                 if settings.preVote {
                     startPreVote(now: now, out: &out)
                 } else {
@@ -220,10 +231,16 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         }
         guard configIndex <= commitIndex else { return .rejected(reason: "another membership change is pending") }
         switch change {
-        case .addNode(let node) where members.contains(node):
+        case .addNode(let node) where members.contains(node), .addLearner(let node) where members.contains(node):
             return .rejected(reason: "\(node) is already a member")
         case .removeNode(let node) where !members.contains(node):
             return .rejected(reason: "\(node) is not a member")
+        case .promote(let node) where !learners.contains(node):
+            return .rejected(reason: "\(node) is not a learner")
+        case .demote(let node) where !voters.contains(node) || node == id:
+            return .rejected(reason: node == id ? "the leader cannot demote itself" : "\(node) is not a voter")
+        case .recover:
+            return .rejected(reason: "a recovery is written by `onRecover`, not proposed")
         default:
             break
         }
@@ -246,7 +263,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     /// node's uncommitted entries commit under the new configuration. Entries only the missing members held are
     /// lost; a missing member that comes back has an older epoch and must start over as a new member.
     public mutating func onRecover(members live: Set<NodeID>, now: RaftTime) -> RecoveryOutcome {
-        guard members.contains(id) else {
+        guard voters.contains(id) else {
             return .refused(reason: "This node is not a voting member of the farm, so it has nothing to recover.")
         }
         if role == .leader {
@@ -264,7 +281,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         guard live.contains(id), live.isSubset(of: members) else {
             return .refused(reason: "The recovered farm must keep this node and only current members.")
         }
-        guard live != members else {
+        guard live.intersection(voters) != voters else {
             return .refused(
                 reason: "Every member is reachable, so the farm has not lost its majority; nothing to recover.")
         }
@@ -302,7 +319,17 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
 
     // MARK: Elections
 
-    private var quorum: Int { members.count / 2 + 1 }
+    private var quorum: Int { voters.count / 2 + 1 }
+
+    /// Who a (pre-)candidate asks for votes: the voters (with the injected bug, every member).
+    private var votePeers: [NodeID] {
+        settings.injectedBugs.contains(.countLearnerVote) ? peers : voterPeers
+    }
+
+    /// Whether `peer`'s vote counts: a voter's only (with the injected bug, any member's).
+    private func countsVote(of peer: NodeID) -> Bool {
+        settings.injectedBugs.contains(.countLearnerVote) ? members.contains(peer) : voters.contains(peer)
+    }
 
     private mutating func randomElectionTimeout() -> Duration {
         let low = settings.electionTimeoutMin.raftNanoseconds
@@ -333,7 +360,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         }
         let request = VoteRequest(
             term: currentTerm + 1, candidateID: id, lastLogIndex: lastIndex, lastLogTerm: lastTerm)
-        for peer in peers {
+        for peer in votePeers {
             out.append(.send(to: peer, .preVote(request)))
         }
     }
@@ -353,7 +380,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             return
         }
         let request = VoteRequest(term: currentTerm, candidateID: id, lastLogIndex: lastIndex, lastLogTerm: lastTerm)
-        for peer in peers {
+        for peer in votePeers {
             out.append(.send(to: peer, .requestVote(request)))
         }
     }
@@ -447,7 +474,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     ) {
         if m.preVote {
             if m.granted {
-                guard role == .preCandidate, m.term == currentTerm + 1, members.contains(peer) else { return }
+                guard role == .preCandidate, m.term == currentTerm + 1, countsVote(of: peer) else { return }
                 votes.insert(peer)
                 if votes.count >= quorum {
                     startElection(now: now, out: &out)
@@ -463,7 +490,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             persist.hardState = hardState
             return
         }
-        guard role == .candidate, m.term == currentTerm, m.granted, members.contains(peer) else { return }
+        guard role == .candidate, m.term == currentTerm, m.granted, countsVote(of: peer) else { return }
         votes.insert(peer)
         if votes.count >= quorum {
             becomeLeader(now: now, out: &out)
@@ -493,8 +520,9 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
 
     private mutating func applyMembership(_ kind: EntryKind, at index: LogIndex) {
         switch kind {
-        case .addNode(let node):
+        case .addNode(let node), .addLearner(let node):
             members.insert(node)
+            if case .addNode = kind { voters.insert(node) }
             if role == .leader && node != id && nextIndex[node] == nil {
                 nextIndex[node] = lastIndex + 1
                 matchIndex[node] = 0
@@ -506,10 +534,17 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             }
         case .removeNode(let node):
             members.remove(node)
+            voters.remove(node)
             nextIndex[node] = nil
             matchIndex[node] = nil
+        case .promote(let node):
+            voters.insert(node)
+            // Like a new member, a promoted learner gets a whole check-quorum period before it counts as silent.
+            if role == .leader { heardFrom.insert(node) }
+        case .demote(let node):
+            voters.remove(node)
         case .recover(let live):
-            members = Set(live)
+            (members, voters) = Self.recovered(live: live, voters: voters)
             for node in nextIndex.keys where !members.contains(node) {
                 nextIndex[node] = nil
                 matchIndex[node] = nil
@@ -521,21 +556,38 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         configIndex = index
     }
 
+    /// The configuration a `recover(live)` entry makes: `live` are the members, and the voters among them stay
+    /// voters (learners stay learners: the leader promotes some afterwards).
+    private static func recovered(live: [NodeID], voters: Set<NodeID>) -> (Set<NodeID>, Set<NodeID>) {
+        let members = Set(live)
+        return (members, voters.intersection(members))
+    }
+
     private mutating func recomputeMembers() {
-        members = []
+        var members: Set<NodeID> = []
+        var voters: Set<NodeID> = []
         configIndex = 0
         recoveryEpoch = 0
         for entry in log where entry.kind.isMembershipChange {
             switch entry.kind {
-            case .addNode(let node): members.insert(node)
-            case .removeNode(let node): members.remove(node)
+            case .addNode(let node):
+                members.insert(node)
+                voters.insert(node)
+            case .addLearner(let node): members.insert(node)
+            case .removeNode(let node):
+                members.remove(node)
+                voters.remove(node)
+            case .promote(let node): if members.contains(node) { voters.insert(node) }
+            case .demote(let node): voters.remove(node)
             case .recover(let live):
-                members = Set(live)
+                (members, voters) = Self.recovered(live: live, voters: voters)
                 recoveryEpoch = entry.term
             default: break
             }
             configIndex = entry.index
         }
+        self.members = members
+        self.voters = voters
         if role == .leader {
             for peer in peers where nextIndex[peer] == nil {
                 nextIndex[peer] = lastIndex + 1
@@ -694,16 +746,17 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     /// (Raft §5.4.2); earlier entries are then committed with it.
     private mutating func advanceCommit(now: RaftTime, out: inout [RaftDirective]) {
         guard role == .leader else { return }
-        var indices: [LogIndex] = members.map { $0 == id ? durableIndex : (matchIndex[$0] ?? 0) }
+        let counted = settings.injectedBugs.contains(.countLearnerVote) ? members : voters
+        var indices: [LogIndex] = counted.map { $0 == id ? durableIndex : (matchIndex[$0] ?? 0) }
         guard !indices.isEmpty else { return }
         indices.sort(by: >)
-        let candidate = indices[quorum - 1]
+        let candidate = indices[min(quorum, indices.count) - 1]
         guard candidate > commitIndex else { return }
         let ownTermOnly = !settings.injectedBugs.contains(.commitOldTerm)
         if ownTermOnly && term(at: candidate) != currentTerm { return }
         commitIndex = candidate
         emitApply(out: &out)
-        if !members.contains(id) && configIndex <= commitIndex {
+        if !voters.contains(id) && configIndex <= commitIndex {
             // This leader removed itself and the change is committed: step down (Raft §6).
             becomeFollower(term: currentTerm, leader: nil, now: now, out: &out)
         }
@@ -748,7 +801,8 @@ extension LogEntry {
         switch kind {
         case .noop: return 12
         case .command(let command): return 24 + command.id.origin.utf8.count + command.payload.count
-        case .addNode(let node), .removeNode(let node): return 12 + node.utf8.count
+        case .addNode(let node), .removeNode(let node), .addLearner(let node), .promote(let node), .demote(let node):
+            return 12 + node.utf8.count
         case .recover(let members): return 12 + members.reduce(0) { $0 + 2 + $1.utf8.count }
         }
     }

@@ -281,6 +281,15 @@ struct ByteWriter {
             byte(4)
             varint(UInt64(members.count))
             for member in members { string(member) }
+        case .addLearner(let id):
+            byte(5)
+            string(id)
+        case .promote(let id):
+            byte(6)
+            string(id)
+        case .demote(let id):
+            byte(7)
+            string(id)
         }
     }
 }
@@ -361,6 +370,12 @@ struct ByteReader {
                 throw RaftCodecError("bad member count \(count)", offset: offset)
             }
             return .recover(members: try (0..<count).map { _ in try string() })
+        case 5:
+            return .addLearner(try string())
+        case 6:
+            return .promote(try string())
+        case 7:
+            return .demote(try string())
         default:
             throw RaftCodecError("unknown entry kind \(tag)", offset: offset - 1)
         }

@@ -63,7 +63,12 @@ public struct RaftStatus: Sendable, Hashable {
     public var leader: NodeID?
     public var commitIndex: LogIndex
     public var lastIndex: LogIndex
+    /// Every member, voters and learners.
     public var members: Set<NodeID>
+    /// The members that vote (the others are learners: they replicate and render, never vote).
+    public var voters: Set<NodeID> = []
+    /// On a leader: how far each other member's log is known to match the leader's (empty elsewhere).
+    public var matchIndex: [NodeID: LogIndex] = [:]
     /// The term of the latest `recover` entry in this node's log (0: never recovered).
     public var recoveryEpoch: Term = 0
     /// Whether this node leads and may propose a membership change now (it has committed an entry of its own term,
@@ -210,9 +215,19 @@ public actor RaftNode {
         try await changeMembership(.addNode(node))
     }
 
-    /// Removes a voting member; one change at a time.
+    /// Removes a member (voter or learner); one change at a time.
     public func removeMember(_ node: NodeID) async throws -> LogIndex {
         try await changeMembership(.removeNode(node))
+    }
+
+    /// Adds a learner: a member that replicates the log and never votes; one change at a time.
+    public func addLearner(_ node: NodeID) async throws -> LogIndex {
+        try await changeMembership(.addLearner(node))
+    }
+
+    /// Makes a learner a voter, or (`voter: false`) a voter a learner; one change at a time.
+    public func setVoter(_ node: NodeID, _ voter: Bool) async throws -> LogIndex {
+        try await changeMembership(voter ? .promote(node) : .demote(node))
     }
 
     private func changeMembership(_ change: EntryKind) async throws -> LogIndex {
@@ -229,6 +244,7 @@ public actor RaftNode {
         return RaftStatus(
             id: id, role: instance.role, term: instance.currentTerm, leader: instance.leaderID,
             commitIndex: instance.commitIndex, lastIndex: instance.lastIndex, members: instance.members,
+            voters: instance.voters, matchIndex: instance.role == .leader ? instance.matchIndex : [:],
             recoveryEpoch: instance.recoveryEpoch, canChangeMembership: instance.canChangeMembership)
     }
 

@@ -39,4 +39,6 @@ public enum InjectedBug: String, Sendable, Hashable, CaseIterable {
     case commitOldTerm = "commit-old-term"
     /// Accept AppendEntries without comparing the term of the entry at `prevLogIndex`.
     case noLogCheck = "no-log-check"
+    /// Count a learner's vote (and its replica) as if it were a voter's.
+    case countLearnerVote = "count-learner-vote"
 }

@@ -83,15 +83,21 @@ public enum EntryKind: Hashable, Sendable {
     case command(RaftCommand)
     /// Adds a voting member; takes effect as soon as it is appended (single-server change).
     case addNode(NodeID)
-    /// Removes a voting member; takes effect as soon as it is appended (single-server change).
+    /// Removes a member, voter or learner; takes effect as soon as it is appended (single-server change).
     case removeNode(NodeID)
+    /// Adds a learner: a member that receives the log but never votes, campaigns or counts for a quorum.
+    case addLearner(NodeID)
+    /// Makes a learner a voter (one more voter: a single-server change of the voting configuration).
+    case promote(NodeID)
+    /// Makes a voter a learner (one voter less); never the leader itself.
+    case demote(NodeID)
     /// `rexnode recover` after a lost quorum: the configuration becomes exactly these members (sorted), at a
     /// term far above the old farm's, written by the survivor itself (no leader); see `RaftInstance.onRecover`.
     case recover(members: [NodeID])
 
     public var isMembershipChange: Bool {
         switch self {
-        case .addNode, .removeNode, .recover: return true
+        case .addNode, .removeNode, .recover, .addLearner, .promote, .demote: return true
         case .noop, .command: return false
         }
     }

@@ -242,6 +242,8 @@ struct PeerRow: Encodable, Sendable {
     var isSelf: Bool
     var task: String?
     var member: Bool
+    /// Whether it votes (a member that does not is a learner: it replicates and renders, and its role is `follower`).
+    var voter: Bool = false
     var term: UInt64?
     var leader: String?
     /// This node only: the longest its Raft loop went without running, and (as a follower) without hearing from
@@ -283,7 +285,7 @@ struct PeerRow: Encodable, Sendable {
         try c.encode(isSelf, forKey: .isSelf)
         try c.encode(task, forKey: .task)
         try c.encode(member, forKey: .member)
-        try c.encode(member, forKey: .voter)
+        try c.encode(voter, forKey: .voter)
         try c.encode(tags, forKey: .tags)
         try c.encode(devices, forKey: .devices)
         try c.encode(restingUntilMs != nil, forKey: .resting)
@@ -492,6 +494,8 @@ struct FarmQueries: Sendable {
                     id: member, name: member, address: "", role: "follower", state: "dead", slots: 0,
                     framesDone: done[member] ?? 0, isSelf: false, task: nil, member: true))
         }
+        let voters = status?.voters ?? []
+        for i in rows.indices { rows[i].voter = voters.contains(rows[i].id) }
         return rows
     }
 
@@ -524,7 +528,7 @@ struct FarmQueries: Sendable {
             case .cancelJob(let c), .pauseJob(let c), .resumeJob(let c), .removeJob(let c): .from(c)
             case .retryFrames(let c): .from(c)
             case .setPriority(let c): .from(c)
-            case .addNode(let c), .removeNode(let c): .from(c)
+            case .addNode(let c), .removeNode(let c), .setVoter(let c): .from(c)
             case .recoverMembers(let c): .from(c)
             // Never the key itself: only its epoch and whom it shut out.
             case .farmKey(let c): ["epoch": .int(Int64(c.epoch)), "revoked": .from(c.revoked)]

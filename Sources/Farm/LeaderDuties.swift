@@ -8,8 +8,10 @@ import Mesh
 /// peer table in, what to change out. Time is a `Duration` on the caller's clock, so tests step it by hand.
 ///
 /// One membership change at a time: first a fresh node that is alive (its log is empty, or it says it is joining
-/// after it left or was evicted; a node saying "leaving" is never added back), then a member dead longer than
-/// `evictAfter`. A revoked identity is never added, whatever it announces. Otherwise the frames of assignments whose node is dead, no longer a member, or whose lease ran
+/// after it left or was evicted; a node saying "leaving" is never added back), as a voter while the farm has fewer
+/// than `maxVoters`, else as a learner; then the voter count (a voter above `maxVoters` or dead for `demoteAfter`
+/// while a live, caught-up learner can take its place is demoted; a live, caught-up learner is promoted while there
+/// are fewer than `maxVoters`); then a member dead longer than `evictAfter`. A revoked identity is never added, whatever it announces. Otherwise the frames of assignments whose node is dead, no longer a member, or whose lease ran
 /// out go back to the queue. A member never heard from counts as dead only once this leader has listened for
 /// `deadAfter`.
 struct LeaderDuties: Sendable {
@@ -26,7 +28,9 @@ struct LeaderDuties: Sendable {
     }
 
     enum Directive: Sendable, Equatable {
-        case addMember(id: String, name: String)
+        case addMember(id: String, name: String, voter: Bool)
+        /// Promote a learner (`true`) or demote a voter (`false`).
+        case setVoter(id: String, voter: Bool)
         case removeMember(id: String)
         case release([ReleaseFrames])
         /// Tell a machine from before this farm's recovery that its log is stale (`PeerRequest.stale`); `instance` is
@@ -36,14 +40,18 @@ struct LeaderDuties: Sendable {
 
     let deadAfter: Duration
     let evictAfter: Duration
+    let maxVoters: Int
+    /// A voter dead this long gives its vote to a live learner (three times `deadAfter`).
+    var demoteAfter: Duration { deadAfter * 3 }
     private var deadSince: [String: Duration] = [:]
     private var leadingSince: Duration?
     /// When each stale machine was last told, so it is told again only every few seconds.
     private var toldStale: [String: Duration] = [:]
 
-    init(deadAfter: Duration, evictAfter: Duration) {
+    init(deadAfter: Duration, evictAfter: Duration, maxVoters: Int = 5) {
         self.deadAfter = deadAfter
         self.evictAfter = evictAfter
+        self.maxVoters = maxVoters
     }
 
     /// This node is not the leader (any more): what it knew about dead members starts over when it leads again.
@@ -53,10 +61,13 @@ struct LeaderDuties: Sendable {
         toldStale = [:]
     }
 
+    /// `voters` are the members that vote (nil: every member); `caughtUp` the learners whose log is close enough to
+    /// this leader's to be promoted.
     mutating func onTick(
         now: Duration, nowMs: Int64, selfID: String, members: Set<String>, peers: [Peer], open: [AssignmentRecord],
-        epoch: UInt64 = 0, revoked: Set<String> = []
+        epoch: UInt64 = 0, revoked: Set<String> = [], voters: Set<String>? = nil, caughtUp: Set<String> = []
     ) -> [Directive] {
+        let voters = voters ?? members
         let since = leadingSince ?? now
         leadingSince = since
         // A machine that is not a member, has a log (whether it thinks it is a member or asks to join again) and
@@ -78,7 +89,7 @@ struct LeaderDuties: Sendable {
             peer.state == .alive && peer.connected && !members.contains(peer.id) && !isStale(peer)
                 && !revoked.contains(peer.id) && (peer.announced?.hasLog == false || peer.announced?.role == .joining)
         }) {
-            return [.addMember(id: fresh.id, name: fresh.name)]
+            return [.addMember(id: fresh.id, name: fresh.name, voter: voters.count < maxVoters)]
         }
         var dead: Set<String> = []
         for member in members where member != selfID {
@@ -92,6 +103,11 @@ struct LeaderDuties: Sendable {
             }
         }
         for member in deadSince.keys where !members.contains(member) { deadSince[member] = nil }
+        if let change = voterChange(now: now, selfID: selfID, members: members, voters: voters, peers: peers,
+            caughtUp: caughtUp, dead: dead)
+        {
+            return [change]
+        }
         if let evict = deadSince.filter({ now - $0.value > evictAfter }).keys.sorted().first {
             deadSince[evict] = nil
             return [.removeMember(id: evict)]
@@ -108,6 +124,30 @@ struct LeaderDuties: Sendable {
                         reason: $0.leaseUntilMs < nowMs ? "lease expired" : "node \($0.node) is dead")
                 })
         ]
+    }
+
+    /// Keeps `maxVoters` voters, one change at a time (each a single-server change of the voting configuration).
+    private func voterChange(
+        now: Duration, selfID: String, members: Set<String>, voters: Set<String>, peers: [Peer],
+        caughtUp: Set<String>, dead: Set<String>
+    ) -> Directive? {
+        let live = Set(peers.filter { $0.state == .alive && $0.connected }.map(\.id))
+        let ready = members.subtracting(voters).filter { live.contains($0) && caughtUp.contains($0) }.sorted()
+        let others = voters.subtracting([selfID])
+        if voters.count > maxVoters {
+            // Too many voters (an older farm, or a lower --voters on this leader): dead ones go first.
+            let pick = others.filter(dead.contains).sorted().first ?? others.sorted().last
+            return pick.map { .setVoter(id: $0, voter: false) }
+        }
+        if !ready.isEmpty,
+            let gone = others.filter({ deadSince[$0].map { now - $0 > demoteAfter } ?? false }).sorted().first
+        {
+            return .setVoter(id: gone, voter: false)
+        }
+        if voters.count < maxVoters, let learner = ready.first {
+            return .setVoter(id: learner, voter: true)
+        }
+        return nil
     }
 }
 
@@ -126,7 +166,8 @@ struct LeaderService: Sendable {
 
     func runDuties() async {
         var duties = LeaderDuties(
-            deadAfter: .milliseconds(settings.deadMilliseconds), evictAfter: .milliseconds(settings.evictMilliseconds))
+            deadAfter: .milliseconds(settings.deadMilliseconds), evictAfter: .milliseconds(settings.evictMilliseconds),
+            maxVoters: settings.maxVoters)
         let origin = ContinuousClock.now
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(300))
@@ -141,9 +182,12 @@ struct LeaderService: Sendable {
                     instance: $0.instanceID, connected: connected.contains($0.nodeID))
             }
             guard let open = try? ledger.openAssignments(), let revoked = try? ledger.revokedNodes() else { continue }
+            // A learner is ready for a vote once its log is within a few hundred entries of what the farm committed.
+            let caughtUp = Set(status.matchIndex.filter { $0.value + 256 >= status.commitIndex }.keys)
             let directives = duties.onTick(
                 now: ContinuousClock.now - origin, nowMs: WallClock.millis(), selfID: nodeID,
-                members: status.members, peers: peers, open: open, epoch: status.recoveryEpoch, revoked: revoked)
+                members: status.members, peers: peers, open: open, epoch: status.recoveryEpoch, revoked: revoked,
+                voters: status.voters, caughtUp: caughtUp)
             for directive in directives {
                 // A node is added only once this leader has applied everything committed before its term (the
                 // ledger's revoked identities are then complete): a new leader must not add back a machine revoked
@@ -160,9 +204,15 @@ struct LeaderService: Sendable {
 
     private func perform(_ directive: LeaderDuties.Directive) async {
         switch directive {
-        case .addMember(let id, let name):
-            logger.info("adding a node to the farm", metadata: ["farm/peer": "\(name)", "farm/node": "\(id)"])
-            _ = try? await raft.addMember(id)
+        case .addMember(let id, let name, let voter):
+            logger.info(
+                voter ? "adding a node to the farm" : "adding a node to the farm as a learner",
+                metadata: ["farm/peer": "\(name)", "farm/node": "\(id)"])
+            _ = try? await (voter ? raft.addMember(id) : raft.addLearner(id))
+        case .setVoter(let id, let voter):
+            logger.info(
+                voter ? "promoting a learner to voter" : "demoting a voter to learner", metadata: ["farm/node": "\(id)"])
+            _ = try? await raft.setVoter(id, voter)
         case .removeMember(let id):
             logger.info("removing a node dead for too long", metadata: ["farm/node": "\(id)"])
             _ = try? await raft.removeMember(id)

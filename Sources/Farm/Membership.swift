@@ -216,7 +216,8 @@ struct Membership: Sendable {
     /// Refused (one sentence, nothing changed) unless `force` when the farm would be left with fewer than three
     /// voters: two cannot lose another machine without stopping, and then only `rexnode recover` helps.
     func leave(force: Bool = false) async throws -> [String: String] {
-        if !force, let status = await raft.status, status.members.contains(nodeID), status.members.count > 1,
+        // (A learner's leaving costs no vote; after a voter leaves, the leader promotes a learner if there is one.)
+        if !force, let status = await raft.status, status.voters.contains(nodeID), status.members.count > 1,
             status.members.count - 1 < 3
         {
             let left = status.members.count - 1

@@ -237,6 +237,13 @@ public actor RaftCommandLog: CommandLog {
         case .recover(let members):
             return LedgerEntry(
                 id: CommandID(node: "raft", seq: entry.index), command: .recoverMembers(MemberSet(members: members)))
+        case .addLearner(let id):
+            return LedgerEntry(
+                id: CommandID(node: "raft", seq: entry.index), command: .addNode(NodeChange(node: id, voter: false)))
+        case .promote(let id), .demote(let id):
+            let voter = if case .promote = entry.kind { true } else { false }
+            return LedgerEntry(
+                id: CommandID(node: "raft", seq: entry.index), command: .setVoter(NodeChange(node: id, voter: voter)))
         default:
             return LedgerEntry(id: CommandID(node: "raft", seq: entry.index), command: .noop)
         }

@@ -99,6 +99,10 @@ public struct NodeSettings: Sendable {
     public var deadMilliseconds: Int = 10_000
     /// A member dead this long is removed from the farm's membership (`--evict-after`).
     public var evictMilliseconds: Int = 10 * 60 * 1000
+    /// At most this many members vote (`--voters`); the others are learners. A leader keeps the count: it adds
+    /// new machines as voters until there are this many, promotes a learner when a voter is removed or has been
+    /// dead for `promoteAfterDeadFactor` × `deadMilliseconds`, and demotes voters above the count.
+    public var maxVoters: Int = 5
     /// Raft timing (heartbeat 100 ms, election timeout 500–1000 ms by default).
     public var raft = RaftSettings()
     /// How long a finished job's .blend stays in this node's blob store (images stay until removed by hand).

@@ -35,6 +35,8 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
     /// Raft membership changes, recorded so the ledger's indexes match Raft's and `rexnode ledger` shows them.
     case addNode(NodeChange)
     case removeNode(NodeChange)
+    /// A learner becomes a voter (`voter: true`) or a voter a learner (`voter: false`).
+    case setVoter(NodeChange)
     /// `rexnode recover`: Raft's membership became exactly these members (recorded like the changes above).
     case recoverMembers(MemberSet)
     /// Raft's no-op of a new term, and anything else that only occupies an index.
@@ -63,6 +65,7 @@ public enum LedgerCommand: Sendable, Equatable, Codable {
         case .removeJob: "RemoveJob"
         case .addNode: "AddNode"
         case .removeNode: "RemoveNode"
+        case .setVoter(let c): c.voter == false ? "Demote" : "Promote"
         case .recoverMembers: "Recover"
         case .noop: "Noop"
         case .farmKey: "FarmKey"
@@ -319,8 +322,14 @@ public struct ReleaseFrames: Sendable, Equatable, Codable {
 /// A node joining or leaving the farm's voting membership.
 public struct NodeChange: Sendable, Equatable, Codable {
     public var node: String
+    /// Whether the node votes after the change: `false` for a learner added or a voter demoted, `true` for a
+    /// learner promoted; absent for a voter added (and every entry from before learners).
+    public var voter: Bool?
 
-    public init(node: String) { self.node = node }
+    public init(node: String, voter: Bool? = nil) {
+        self.node = node
+        self.voter = voter
+    }
 }
 
 /// The members a recovery kept (sorted node ids).

@@ -13,7 +13,7 @@ struct StateMachine {
 
     func apply(_ command: LedgerCommand) throws -> ApplyOutcome {
         switch command {
-        case .noop, .addNode, .removeNode: return .applied
+        case .noop, .addNode, .removeNode, .setVoter: return .applied
         case .recoverMembers: return .applied
         case .submitJob(let c): return try submit(c)
         case .assignChunk(let c): return try assign(c)

@@ -349,10 +349,13 @@ extension RexNode {
                         state += ", resting until " + Self.wake(p["resting_until"]?.string)
                     }
                     if p["disk_full"]?.bool == true { state += ", disk nearly full" }
+                    // A member that does not vote is a learner (its JSON role stays `follower`).
+                    var role = p["role"]?.string ?? ""
+                    if p["member"]?.bool == true, p["voter"]?.bool == false, role == "follower" { role = "learner" }
                     let disk = p["disk_free_bytes"]?.int.map { Self.size(Int64($0)) + " free" } ?? "-"
                     return [
                         (p["self"]?.bool == true ? "*" : " ") + (p["name"]?.string ?? ""), p["id"]?.string ?? "",
-                        p["address"]?.string ?? "", p["role"]?.string ?? "", state,
+                        p["address"]?.string ?? "", role, state,
                         "\(p["slots"]?.int ?? 0)", "\(p["frames_done"]?.int ?? 0)", devices.isEmpty ? "CPU" : devices,
                         tags.isEmpty ? "-" : tags, Self.blender(p["blender"]), disk, p["task"]?.string ?? "-",
                     ]

@@ -127,6 +127,8 @@ extension RexNode {
             600
         @Option(help: "Seconds of silence before a peer counts as dead (its frames go to others).") var deadAfter:
             Double = 10
+        @Option(help: "At most this many members vote (the rest are learners: they render, never vote).")
+        var voters: Int = 5
         @Option(help: ArgumentHelp("Milliseconds between discovery beacons.", visibility: .hidden)) var beaconMs: Int =
             1000
         @Option(help: "Seconds a finished job's .blend is kept on this node.") var blendGrace: Double = 600
@@ -146,6 +148,7 @@ extension RexNode {
             guard deadAfter >= 1 else { throw ValidationError("--dead-after must be at least 1 second.") }
             guard evictAfter >= 1 else { throw ValidationError("--evict-after must be at least 1 second.") }
             guard beaconMs >= 50 else { throw ValidationError("--beacon-ms must be at least 50.") }
+            guard (1...99).contains(voters) else { throw ValidationError("--voters must be between 1 and 99.") }
         }
 
         func run() async throws {
@@ -182,6 +185,7 @@ extension RexNode {
                 settings.deadMilliseconds = Int(deadAfter * 1000)
                 settings.suspectMilliseconds = min(3000, settings.deadMilliseconds / 2)
                 settings.beaconMilliseconds = beaconMs
+                settings.maxVoters = voters
                 settings.blendGraceMilliseconds = Int(blendGrace * 1000)
                 settings.keepImagesMilliseconds = try RetentionSettings.parseDuration(keepImages)
                 settings.minFreeBytes = try RetentionSettings.parseSize(minFree)

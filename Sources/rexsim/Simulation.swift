@@ -8,6 +8,8 @@ struct SimConfig: Sendable {
     var nodes: Int = 5
     var steps: Int = 5000
     var bug: InjectedBug?
+    /// At most this many voters, the other members learners; nil: each seed chooses (all voters, or 3 of 4+).
+    var voters: Int?
     var settings: RaftSettings {
         var s = RaftSettings()
         if let bug { s.injectedBugs = [bug] }
@@ -120,6 +122,9 @@ struct Simulation {
     /// Failover is only sampled on seeds that run the default timings.
     private let defaultTimings: Bool
     private var committedMembers: Set<NodeID> = []
+    private var committedVoters: Set<NodeID> = []
+    /// The membership driver keeps at most this many voters; the other members are learners.
+    private let maxVoters: Int
     private var votesCast: [VoteKey: Int] = [:]
     private var rng: SplitMix64
     private var now: UInt64 = 0
@@ -159,6 +164,10 @@ struct Simulation {
         if variant == 4 || variant == 5 { settings.checkQuorum = false }
         self.settings = settings
         self.defaultTimings = variant >= 6
+        // Half the seeds of four nodes or more run learners: three voters, the rest learners.
+        let draw = rng.next()
+        let withLearners = config.nodes >= 4 && draw % 2 == 0
+        self.maxVoters = config.voters ?? (withLearners ? 3 : config.nodes)
         self.result = SimResult(seed: seed)
         self.nodes = (0..<config.nodes).map { SimNode(id: "n\($0)") }
     }
@@ -277,16 +286,28 @@ struct Simulation {
         }
         // Instances are mutated in place (never copied out), so their logs are not copied on write.
         guard let canChange = nodes[target].instance?.canChangeMembership else { return }
-        // Membership driver: the leader adds every node that is not a member, and now and then removes one.
+        // Membership driver: the leader adds every node that is not a member (a voter while there are fewer than
+        // `maxVoters`, else a learner), keeps the voter count by promoting and demoting, and now and then removes a
+        // member or demotes a voter.
         if canChange {
             let members = nodes[target].instance!.members
+            let voters = nodes[target].instance!.voters
+            let learners = members.subtracting(voters).sorted()
             let missing = nodes.indices.first { !members.contains(nodes[$0].id) }
             var change: EntryKind?
             if let missing {
-                change = .addNode(nodes[missing].id)
+                change = voters.count < maxVoters ? .addNode(nodes[missing].id) : .addLearner(nodes[missing].id)
+            } else if voters.count < maxVoters, !learners.isEmpty {
+                change = .promote(learners[Int(random(0..<UInt64(learners.count)))])
+            } else if voters.count > maxVoters {
+                let others = voters.filter { $0 != nodes[target].id }.sorted()
+                if !others.isEmpty { change = .demote(others[Int(random(0..<UInt64(others.count)))]) }
             } else if chance(0.01) {
                 let victim = Int(random(0..<UInt64(config.nodes)))
                 if victim != target { change = .removeNode(nodes[victim].id) }
+            } else if !learners.isEmpty && chance(0.01) {
+                let victim = Int(random(0..<UInt64(config.nodes)))
+                if victim != target && voters.contains(nodes[victim].id) { change = .demote(nodes[victim].id) }
             }
             if let change,
                 case .accepted(let at, _, let directives) = nodes[target].instance!.onProposeMembership(
@@ -439,7 +460,7 @@ struct Simulation {
                 trace(
                     "\(nodes[i].id) \(role.rawValue) term \(term) leader \(leader ?? "-") "
                         + "last \(nodes[i].instance!.lastIndex) commit \(nodes[i].instance!.commitIndex) "
-                        + "members \(nodes[i].instance!.members.sorted())")
+                        + "members \(nodes[i].instance!.members.sorted()) voters \(nodes[i].instance!.voters.sorted())")
                 if role == .leader { try checkNewLeader(node: i, term: term) }
             case .scheduleTimer(let at):
                 nodes[i].timerGeneration += 1
@@ -521,9 +542,18 @@ struct Simulation {
                 committedInTerm.append(instance.currentTerm)
                 result.commits += 1
                 switch entry.kind {
-                case .addNode(let n): committedMembers.insert(n)
-                case .removeNode(let n): committedMembers.remove(n)
-                case .recover(let members): committedMembers = Set(members)
+                case .addNode(let n):
+                    committedMembers.insert(n)
+                    committedVoters.insert(n)
+                case .addLearner(let n): committedMembers.insert(n)
+                case .removeNode(let n):
+                    committedMembers.remove(n)
+                    committedVoters.remove(n)
+                case .promote(let n): committedVoters.insert(n)
+                case .demote(let n): committedVoters.remove(n)
+                case .recover(let members):
+                    committedMembers = Set(members)
+                    committedVoters.formIntersection(committedMembers)
                 default: break
                 }
             }
@@ -556,6 +586,9 @@ struct Simulation {
         case .addNode(let n): what = "add \(n)"
         case .removeNode(let n): what = "remove \(n)"
         case .recover(let members): what = "recover \(members.joined(separator: ","))"
+        case .addLearner(let n): what = "add learner \(n)"
+        case .promote(let n): what = "promote \(n)"
+        case .demote(let n): what = "demote \(n)"
         }
         return "[\(entry.index) t\(entry.term) \(what)]"
     }
@@ -577,11 +610,11 @@ struct Simulation {
         }
     }
 
-    /// The inductive core of leader completeness: no node lacking a committed entry may look up to date to
-    /// a majority of the committed configuration (otherwise it could win an election and overwrite it).
+    /// The inductive core of leader completeness: no voter lacking a committed entry may look up to date to
+    /// a majority of the committed voters (otherwise it could win an election and overwrite it).
     private func checkElectable() throws {
         guard let last = committed.last else { return }
-        let members = committedMembers
+        let members = committedVoters
         let quorum = members.count / 2 + 1
         for x in nodes.indices where members.contains(nodes[x].id) {
             let log = nodes[x].durableLog
@@ -596,7 +629,7 @@ struct Simulation {
             if supporters >= quorum {
                 throw Violation(
                     message: "leader completeness: \(nodes[x].id) lacks committed \(describe(last)) "
-                        + "but \(supporters) of \(members.count) members would elect it")
+                        + "but \(supporters) of \(members.count) voters would elect it")
             }
         }
     }

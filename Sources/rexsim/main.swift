@@ -16,6 +16,9 @@ struct RexSim: ParsableCommand {
     @Option(help: "Nodes per simulated farm.")
     var nodes: Int = 5
 
+    @Option(help: "At most this many voters (the other members are learners); default: each seed chooses.")
+    var voters: Int?
+
     @Option(help: "First seed.")
     var seedStart: UInt64 = 1
 
@@ -41,6 +44,9 @@ struct RexSim: ParsableCommand {
 
     mutating func validate() throws {
         guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be between 1 and 64") }
+        if let voters, !(1...nodes).contains(voters) {
+            throw ValidationError("--voters must be between 1 and --nodes")
+        }
         guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
         guard jobs >= 1 else { throw ValidationError("--jobs must be at least 1") }
@@ -53,7 +59,8 @@ struct RexSim: ParsableCommand {
 
     func run() throws {
         let config = SimConfig(
-            trace: trace, nodes: nodes, steps: steps, bug: injectBug.flatMap(InjectedBug.init(rawValue:)))
+            trace: trace, nodes: nodes, steps: steps, bug: injectBug.flatMap(InjectedBug.init(rawValue:)),
+            voters: voters)
         let summary = SeedRunner.run(config: config, seedStart: seedStart, seeds: seeds, jobs: jobs)
         if json {
             print(summary.json())

@@ -94,7 +94,7 @@ struct CodecTests {
 
     @Test func entryKindBlobRoundTripsForStorage() throws {
         let kinds: [EntryKind] = [
-            .noop, .addNode("x"), .removeNode("y"),
+            .noop, .addNode("x"), .removeNode("y"), .addLearner("l"), .promote("p"), .demote("d"),
             .command(RaftCommand(id: CommandID(origin: "o", sequence: 3), payload: Array(repeating: 9, count: 1000))),
         ]
         for kind in kinds {

@@ -12,10 +12,12 @@ struct TestCluster {
     var cut: Set<NodeID> = []
     var now = RaftTime.milliseconds(0)
 
-    /// A farm whose log already lists every node as a member (as after bootstrap and joins).
-    init(_ ids: [NodeID], settings: RaftSettings = RaftSettings()) {
-        let log = ids.enumerated().map { LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: .addNode($0.element)) }
-        for (i, id) in ids.enumerated() {
+    /// A farm whose log already lists every node as a member (as after bootstrap and joins): `ids` as voters, then
+    /// `learners` as learners.
+    init(_ ids: [NodeID], learners: [NodeID] = [], settings: RaftSettings = RaftSettings()) {
+        let kinds = ids.map { EntryKind.addNode($0) } + learners.map { EntryKind.addLearner($0) }
+        let log = kinds.enumerated().map { LogEntry(term: 1, index: LogIndex($0.offset + 1), kind: $0.element) }
+        for (i, id) in (ids + learners).enumerated() {
             nodes[id] = Instance(
                 id: id, settings: settings, hardState: HardState(term: 1), log: log,
                 random: SplitMix64(seed: UInt64(i + 1)), now: now)

@@ -31,10 +31,10 @@ struct LeaderDutiesTests {
         let leaving = peer("d", role: .leaving)
         #expect(
             d.onTick(now: .zero, nowMs: 0, selfID: "a", members: members, peers: [leaving, fresh, back], open: [])
-                == [.addMember(id: "b", name: "name-b")])
+                == [.addMember(id: "b", name: "name-b", voter: true)])
         #expect(
             d.onTick(now: .zero, nowMs: 0, selfID: "a", members: ["a", "b"], peers: [leaving, fresh, back], open: [])
-                == [.addMember(id: "c", name: "name-c")])
+                == [.addMember(id: "c", name: "name-c", voter: true)])
         #expect(
             d.onTick(now: .zero, nowMs: 0, selfID: "a", members: ["a", "b", "c"], peers: [leaving], open: []) == [])
         // A suspect or dead stranger is not added.
@@ -51,7 +51,7 @@ struct LeaderDutiesTests {
         let peers = [peer("b", hasLog: false), peer("c", role: .joining), peer("e", hasLog: false)]
         #expect(
             d.onTick(now: .zero, nowMs: 0, selfID: "a", members: ["a"], peers: peers, open: [], revoked: revoked)
-                == [.addMember(id: "e", name: "name-e")])
+                == [.addMember(id: "e", name: "name-e", voter: true)])
         #expect(
             d.onTick(now: .zero, nowMs: 0, selfID: "a", members: ["a", "e"], peers: peers, open: [], revoked: revoked)
                 == [])
@@ -108,6 +108,82 @@ struct LeaderDutiesTests {
                     ReleaseFrames(assignment: "gone", reason: "node z is dead"),
                 ])
             ])
+    }
+
+    // MARK: Voters and learners
+
+    @Test func newMachinesVoteUntilThereAreMaxVotersThenJoinAsLearners() {
+        var d = LeaderDuties(deadAfter: .seconds(10), evictAfter: .seconds(60), maxVoters: 3)
+        let fresh = peer("d", hasLog: false)
+        #expect(
+            d.onTick(
+                now: .zero, nowMs: 0, selfID: "a", members: ["a", "b"], peers: [peer("b"), fresh], open: [],
+                voters: ["a", "b"]) == [.addMember(id: "d", name: "name-d", voter: true)])
+        #expect(
+            d.onTick(
+                now: .zero, nowMs: 0, selfID: "a", members: ["a", "b", "c"], peers: [peer("b"), peer("c"), fresh],
+                open: [], voters: ["a", "b", "c"]) == [.addMember(id: "d", name: "name-d", voter: false)])
+    }
+
+    @Test func aCaughtUpLiveLearnerIsPromotedWhileVotersAreMissingAndALaggingOneIsNot() {
+        var d = LeaderDuties(deadAfter: .seconds(10), evictAfter: .seconds(60), maxVoters: 3)
+        let peers = [peer("b"), peer("c"), peer("d")]
+        let members: Set<String> = ["a", "b", "c", "d"]
+        #expect(
+            d.onTick(
+                now: .zero, nowMs: 0, selfID: "a", members: members, peers: peers, open: [], voters: ["a", "b"],
+                caughtUp: []) == [])
+        #expect(
+            d.onTick(
+                now: .zero, nowMs: 0, selfID: "a", members: members, peers: peers, open: [], voters: ["a", "b"],
+                caughtUp: ["d", "c"]) == [.setVoter(id: "c", voter: true)])
+        // At the count, nothing changes.
+        #expect(
+            d.onTick(
+                now: .zero, nowMs: 0, selfID: "a", members: members, peers: peers, open: [], voters: ["a", "b", "c"],
+                caughtUp: ["d"]) == [])
+    }
+
+    @Test func aVoterDeadForThreeDeadAfterPeriodsGivesItsVoteToALiveLearnerAndIsEvictedLater() {
+        var d = LeaderDuties(deadAfter: .seconds(10), evictAfter: .seconds(60), maxVoters: 3)
+        let members: Set<String> = ["a", "b", "c", "d"]
+        let peers = [peer("b", .dead), peer("c"), peer("d")]
+        let voters: Set<String> = ["a", "b", "c"]
+        _ = d.onTick(now: .zero, nowMs: 0, selfID: "a", members: members, peers: peers, open: [], voters: voters)
+        #expect(
+            d.onTick(
+                now: .seconds(29), nowMs: 0, selfID: "a", members: members, peers: peers, open: [], voters: voters,
+                caughtUp: ["d"]) == [])
+        // No learner can take the vote: the dead voter keeps it.
+        #expect(
+            d.onTick(
+                now: .seconds(31), nowMs: 0, selfID: "a", members: members, peers: peers, open: [], voters: voters,
+                caughtUp: []) == [])
+        #expect(
+            d.onTick(
+                now: .seconds(32), nowMs: 0, selfID: "a", members: members, peers: peers, open: [], voters: voters,
+                caughtUp: ["d"]) == [.setVoter(id: "b", voter: false)])
+        #expect(
+            d.onTick(
+                now: .seconds(33), nowMs: 0, selfID: "a", members: members, peers: peers, open: [], voters: ["a", "c"],
+                caughtUp: ["d"]) == [.setVoter(id: "d", voter: true)])
+        #expect(
+            d.onTick(
+                now: .seconds(61), nowMs: 0, selfID: "a", members: members, peers: peers, open: [],
+                voters: ["a", "c", "d"], caughtUp: []) == [.removeMember(id: "b")])
+    }
+
+    @Test func votersAboveTheCountAreDemotedDeadOnesFirstNeverTheLeader() {
+        var d = LeaderDuties(deadAfter: .seconds(10), evictAfter: .seconds(600), maxVoters: 3)
+        let members: Set<String> = ["a", "b", "c", "d", "e"]
+        let peers = [peer("b"), peer("c", .dead), peer("d"), peer("e")]
+        #expect(
+            d.onTick(now: .zero, nowMs: 0, selfID: "a", members: members, peers: peers, open: [], voters: members)
+                == [.setVoter(id: "c", voter: false)])
+        #expect(
+            d.onTick(
+                now: .zero, nowMs: 0, selfID: "e", members: members, peers: [peer("a"), peer("b"), peer("d")],
+                open: [], voters: ["a", "b", "d", "e"]) == [.setVoter(id: "d", voter: false)])
     }
 }
 

@@ -38,7 +38,7 @@ struct RecoveryDutiesTests {
         #expect(
             d.onTick(
                 now: .seconds(6), nowMs: 0, selfID: "b", members: ["b"], peers: [fresh], open: [], epoch: 1_000_005)
-                == [.addMember(id: "c", name: "name-c")])
+                == [.addMember(id: "c", name: "name-c", voter: true)])
     }
 
     /// A machine that left (or was evicted) before the recovery and asks to join again still has its old log: it is
@@ -60,7 +60,7 @@ struct RecoveryDutiesTests {
         #expect(
             d.onTick(
                 now: .seconds(2), nowMs: 0, selfID: "b", members: ["b"], peers: [current], open: [], epoch: 1_000_005)
-                == [.addMember(id: "c", name: "name-c")])
+                == [.addMember(id: "c", name: "name-c", voter: true)])
     }
 
     /// A fresh machine is added only once the leader has a connection to it: a member it cannot reach yet would
@@ -72,7 +72,7 @@ struct RecoveryDutiesTests {
         let reachable = peer("c", role: .joining, hasLog: false)
         #expect(
             d.onTick(now: .seconds(1), nowMs: 0, selfID: "b", members: ["b"], peers: [reachable], open: [])
-                == [.addMember(id: "c", name: "name-c")])
+                == [.addMember(id: "c", name: "name-c", voter: true)])
     }
 
     @Test func membersJoiningOrLeavingNodesAndFarmsNeverRecoveredAreNotToldAnything() {
