@@ -71,5 +71,66 @@ extension ProcessTests {
             let renderers = Set(frames.compactMap { $0["node"] as? String })
             #expect(!renderers.isDisjoint(with: learners), "no learner rendered: \(renderers)")
         }
+
+        /// A daemon's resident memory, from /proc.
+        static func rssMB(_ node: TestNode) -> Double? {
+            guard let text = try? String(contentsOfFile: "/proc/\(node.pid)/status", encoding: .utf8),
+                let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+                let kb = line.split(separator: " ").compactMap({ Double($0) }).first
+            else { return nil }
+            return kb / 1024
+        }
+
+        /// Sixteen machines on loopback (the simulated renderer): one farm with exactly five voters, a job
+        /// (800 frames) that survives the loss of its leader, and daemons that stay small.
+        @Test(
+            .enabled(
+                if: ProcessInfo.processInfo.environment["REXNODE_SCALE_TESTS"] == "1",
+                "16 daemons on a 2-core machine: run with REXNODE_SCALE_TESTS=1 (make test-scale)"))
+        func sixteenNodesFormOneFarmWithFiveVotersAndFinishAJobThroughAFailover() throws {
+            let scene = try Scenes.make(["--frames", "2", "--width", "32", "--height", "24", "--samples", "1"])
+            let farm = try TestFarm(count: 16, args: ["--renderer", "simulated:100", "--http", "off"], formTimeout: 300)
+            try waitUntil(timeout: 120, "every node sees the same five voters") {
+                let views = try farm.nodes.map(Self.voters)
+                return Set(views).count == 1 && views[0].count == 16 && views[0].values.filter { $0 }.count == 5
+            }
+            let voters = Set(try Self.voters(farm.nodes[0]).filter(\.value).keys)
+            let leader = try farm.leader()
+            let leaderID = try Self.ownID(leader)
+            let submitter = try #require(farm.nodes.first { $0 !== leader })
+            let out = tempDir("sixteen")
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let job = try submitter.submit([scene, "--frames", "1-800", "--chunk", "5", "--output", out])
+            try waitUntil(timeout: 300, "100 frames done") {
+                ((try submitter.status(job)["frames_done"] as? Int) ?? 0) >= 100
+            }
+            leader.kill9()
+            do {
+                try waitUntil(timeout: 120, "a voter takes over") {
+                    let next = try farm.leader()
+                    let nextID = try Self.ownID(next)
+                    return next !== leader && voters.contains(nextID)
+                }
+            } catch {
+                let report = farm.nodes.filter { $0 !== leader }.prefix(6).map { node -> String in
+                    let view = (try? node.cli(["peers", "--json"]).stdout) ?? "(no answer)"
+                    let tail = node.log.split(separator: "\n").suffix(25).joined(separator: "\n")
+                    return "--- \(node.name) peers: \(view.prefix(3000))\n--- log:\n\(tail)"
+                }.joined(separator: "\n")
+                throw TestFailure("\(error)\n\(report)")
+            }
+            try submitter.waitFor(job, timeout: 600) { $0["state"] as? String == "done" }
+            let files = try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasSuffix(".png") }
+            #expect(files.count == 800)
+            let live = farm.nodes.filter { $0 !== leader }
+            let rss = live.compactMap(Self.rssMB)
+            #expect(rss.count == live.count)
+            #expect(rss.allSatisfy { $0 <= 64 }, "daemon RSS in MB: \(rss.map { Int($0) })")
+            // Five voters again once the dead leader's vote has gone to a learner.
+            try waitUntil(timeout: 120, "five live voters") {
+                let view = try Self.voters(try farm.leader())
+                return view.filter { $0.value && $0.key != leaderID }.count == 5
+            }
+        }
     }
 }
