@@ -11,8 +11,9 @@ import Mesh
 /// after it left or was evicted; a node saying "leaving" is never added back), as a voter while the farm has fewer
 /// than `maxVoters`, else as a learner; then the voter count (a voter above `maxVoters` or dead for `demoteAfter`
 /// while a live, caught-up learner can take its place is demoted; a live, caught-up learner is promoted while there
-/// are fewer than `maxVoters`); then a member dead longer than `evictAfter`. A revoked identity is never added, whatever it announces. Otherwise the frames of assignments whose node is dead, no longer a member, or whose lease ran
-/// out go back to the queue. A member never heard from counts as dead only once this leader has listened for
+/// are fewer than `maxVoters`); then a member dead longer than `evictAfter`. A revoked identity is never added,
+/// whatever it announces. Otherwise the frames of assignments whose node is dead, no longer a member, or whose lease
+/// ran out go back to the queue. A member never heard from counts as dead only once this leader has listened for
 /// `deadAfter`.
 struct LeaderDuties: Sendable {
     struct Peer: Sendable, Equatable {
@@ -103,7 +104,8 @@ struct LeaderDuties: Sendable {
             }
         }
         for member in deadSince.keys where !members.contains(member) { deadSince[member] = nil }
-        if let change = voterChange(now: now, selfID: selfID, members: members, voters: voters, peers: peers,
+        if let change = voterChange(
+            now: now, selfID: selfID, members: members, voters: voters, peers: peers,
             caughtUp: caughtUp, dead: dead)
         {
             return [change]
@@ -211,7 +213,8 @@ struct LeaderService: Sendable {
             _ = try? await (voter ? raft.addMember(id) : raft.addLearner(id))
         case .setVoter(let id, let voter):
             logger.info(
-                voter ? "promoting a learner to voter" : "demoting a voter to learner", metadata: ["farm/node": "\(id)"])
+                voter ? "promoting a learner to voter" : "demoting a voter to learner", metadata: ["farm/node": "\(id)"]
+            )
             _ = try? await raft.setVoter(id, voter)
         case .removeMember(let id):
             logger.info("removing a node dead for too long", metadata: ["farm/node": "\(id)"])

@@ -93,7 +93,8 @@ struct LearnerTests {
         } else {
             Issue.record("a leader demoted itself")
         }
-        if case .rejected = instance.onProposeMembership(.promote("a"), now: cluster.now) {} else {
+        if case .rejected = instance.onProposeMembership(.promote("a"), now: cluster.now) {
+        } else {
             Issue.record("a voter was promoted")
         }
         guard case .accepted(_, _, let directives) = instance.onProposeMembership(.promote("d"), now: cluster.now)
@@ -113,7 +114,9 @@ struct LearnerTests {
         cluster.deliverAll()
         for id in voters + learners { #expect(cluster.nodes[id]!.voters == ["a", "b", "c", "d"]) }
         let other = voters.first { $0 != leader }!
-        guard case .accepted(_, _, let more) = cluster.nodes[leader]!.onProposeMembership(.demote(other), now: cluster.now)
+        guard
+            case .accepted(_, _, let more) = cluster.nodes[leader]!.onProposeMembership(
+                .demote(other), now: cluster.now)
         else {
             Issue.record("demotion refused")
             return

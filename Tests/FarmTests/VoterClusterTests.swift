@@ -89,7 +89,8 @@ extension ProcessTests {
                 "16 daemons on a 2-core machine: run with REXNODE_SCALE_TESTS=1 (make test-scale)"))
         func sixteenNodesFormOneFarmWithFiveVotersAndFinishAJobThroughAFailover() throws {
             let scene = try Scenes.make(["--frames", "2", "--width", "32", "--height", "24", "--samples", "1"])
-            let farm = try TestFarm(count: 16, args: ["--renderer", "simulated:100", "--http", "off"], formTimeout: 300)
+            let farm = try TestFarm(
+                count: 16, args: ["--renderer", "simulated:100", "--http", "off"], formTimeout: 300)
             try waitUntil(timeout: 120, "every node sees the same five voters") {
                 let views = try farm.nodes.map(Self.voters)
                 return Set(views).count == 1 && views[0].count == 16 && views[0].values.filter { $0 }.count == 5
