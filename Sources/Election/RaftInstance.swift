@@ -519,10 +519,12 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     }
 
     private mutating func applyMembership(_ kind: EntryKind, at index: LogIndex) {
+        guard kind.isMembershipChange else { return }
+        var configuration = RaftConfiguration(members: members, voters: voters)
+        configuration.apply(kind)
+        (members, voters) = (configuration.members, configuration.voters)
         switch kind {
         case .addNode(let node), .addLearner(let node):
-            members.insert(node)
-            if case .addNode = kind { voters.insert(node) }
             if role == .leader && node != id && nextIndex[node] == nil {
                 nextIndex[node] = lastIndex + 1
                 matchIndex[node] = 0
@@ -533,61 +535,34 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
                 heardFrom.insert(node)
             }
         case .removeNode(let node):
-            members.remove(node)
-            voters.remove(node)
             nextIndex[node] = nil
             matchIndex[node] = nil
         case .promote(let node):
-            voters.insert(node)
             // Like a new member, a promoted learner gets a whole check-quorum period before it counts as silent.
             if role == .leader { heardFrom.insert(node) }
-        case .demote(let node):
-            voters.remove(node)
-        case .recover(let live):
-            (members, voters) = Self.recovered(live: live, voters: voters)
+        case .recover:
             for node in nextIndex.keys where !members.contains(node) {
                 nextIndex[node] = nil
                 matchIndex[node] = nil
             }
             if let term = term(at: index) { recoveryEpoch = term }
         default:
-            return
+            break
         }
         configIndex = index
     }
 
-    /// The configuration a `recover(live)` entry makes: `live` are the members, and the voters among them stay
-    /// voters (learners stay learners: the leader promotes some afterwards).
-    private static func recovered(live: [NodeID], voters: Set<NodeID>) -> (Set<NodeID>, Set<NodeID>) {
-        let members = Set(live)
-        return (members, voters.intersection(members))
-    }
-
     private mutating func recomputeMembers() {
-        var members: Set<NodeID> = []
-        var voters: Set<NodeID> = []
+        var configuration = RaftConfiguration()
         configIndex = 0
         recoveryEpoch = 0
         for entry in log where entry.kind.isMembershipChange {
-            switch entry.kind {
-            case .addNode(let node):
-                members.insert(node)
-                voters.insert(node)
-            case .addLearner(let node): members.insert(node)
-            case .removeNode(let node):
-                members.remove(node)
-                voters.remove(node)
-            case .promote(let node): if members.contains(node) { voters.insert(node) }
-            case .demote(let node): voters.remove(node)
-            case .recover(let live):
-                (members, voters) = Self.recovered(live: live, voters: voters)
-                recoveryEpoch = entry.term
-            default: break
-            }
+            configuration.apply(entry.kind)
+            if case .recover = entry.kind { recoveryEpoch = entry.term }
             configIndex = entry.index
         }
-        self.members = members
-        self.voters = voters
+        members = configuration.members
+        voters = configuration.voters
         if role == .leader {
             for peer in peers where nextIndex[peer] == nil {
                 nextIndex[peer] = lastIndex + 1

@@ -103,6 +103,39 @@ public enum EntryKind: Hashable, Sendable {
     }
 }
 
+/// Who is a member and who votes, as a log's membership entries make it, applied in index order.
+public struct RaftConfiguration: Hashable, Sendable {
+    /// Everyone the leader replicates to: voters and learners.
+    public var members: Set<NodeID>
+    /// The members that vote, campaign and count for a quorum.
+    public var voters: Set<NodeID>
+
+    public init(members: Set<NodeID> = [], voters: Set<NodeID> = []) {
+        self.members = members
+        self.voters = voters
+    }
+
+    /// Applies one entry (anything but a membership change leaves the configuration as it is). A `recover(live)`
+    /// makes `live` the members and keeps the voters among them; learners stay learners.
+    public mutating func apply(_ kind: EntryKind) {
+        switch kind {
+        case .addNode(let node):
+            members.insert(node)
+            voters.insert(node)
+        case .addLearner(let node): members.insert(node)
+        case .removeNode(let node):
+            members.remove(node)
+            voters.remove(node)
+        case .promote(let node): if members.contains(node) { voters.insert(node) }
+        case .demote(let node): voters.remove(node)
+        case .recover(let live):
+            members = Set(live)
+            voters.formIntersection(members)
+        case .noop, .command: break
+        }
+    }
+}
+
 /// One replicated log entry. Entries are immutable once written; conflicts replace a whole suffix.
 public struct LogEntry: Hashable, Sendable {
     public var term: Term

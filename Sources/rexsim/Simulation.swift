@@ -121,8 +121,9 @@ struct Simulation {
     private let settings: RaftSettings
     /// Failover is only sampled on seeds that run the default timings.
     private let defaultTimings: Bool
-    private var committedMembers: Set<NodeID> = []
-    private var committedVoters: Set<NodeID> = []
+    /// The configuration the committed entries make (members and voters).
+    private var committedConfiguration = RaftConfiguration()
+    private var committedMembers: Set<NodeID> { committedConfiguration.members }
     /// The membership driver keeps at most this many voters; the other members are learners.
     private let maxVoters: Int
     private var votesCast: [VoteKey: Int] = [:]
@@ -541,21 +542,7 @@ struct Simulation {
                 committed.append(entry)
                 committedInTerm.append(instance.currentTerm)
                 result.commits += 1
-                switch entry.kind {
-                case .addNode(let n):
-                    committedMembers.insert(n)
-                    committedVoters.insert(n)
-                case .addLearner(let n): committedMembers.insert(n)
-                case .removeNode(let n):
-                    committedMembers.remove(n)
-                    committedVoters.remove(n)
-                case .promote(let n): committedVoters.insert(n)
-                case .demote(let n): committedVoters.remove(n)
-                case .recover(let members):
-                    committedMembers = Set(members)
-                    committedVoters.formIntersection(committedMembers)
-                default: break
-                }
+                committedConfiguration.apply(entry.kind)
             }
             if let id = entry.commandID {
                 // De-duplication by command id: a retried command is applied once.
@@ -614,7 +601,7 @@ struct Simulation {
     /// a majority of the committed voters (otherwise it could win an election and overwrite it).
     private func checkElectable() throws {
         guard let last = committed.last else { return }
-        let members = committedVoters
+        let members = committedConfiguration.voters
         let quorum = members.count / 2 + 1
         for x in nodes.indices where members.contains(nodes[x].id) {
             let log = nodes[x].durableLog
