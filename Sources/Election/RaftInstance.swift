@@ -11,6 +11,9 @@ public enum RaftDirective: Hashable, Sendable {
     case send(to: NodeID, RaftMessage)
     /// Hand newly committed entries, in index order, to the state machine.
     case apply([LogEntry])
+    /// Replace the state machine's state with this snapshot (installed from the leader); entries after it follow
+    /// as `.apply`. Performed in order with `.apply`, after the `.persist` that stored it.
+    case restore(RaftSnapshot)
     /// The node's role, term or known leader changed (for logs, metrics and `rexnode peers`).
     case roleChanged(role: RaftRole, term: Term, leader: NodeID?)
     /// Call `onTick(now:)` no later than this time.
@@ -45,8 +48,14 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     // Persistent state (mirrored by storage).
     public private(set) var currentTerm: Term
     public private(set) var votedFor: NodeID?
-    /// The whole log in memory ("lite": no compaction). `log[i]` has index `i + 1`.
+    /// The latest snapshot (`nil`: the log was never compacted); it stands in for every entry up to its last index.
+    public private(set) var snapshot: RaftSnapshot?
+    /// The entries after the snapshot, in memory: `log[i]` has index `snapshotIndex + i + 1`.
     public private(set) var log: [LogEntry]
+    /// The chunks of a snapshot being received from the leader: its description, the bytes so far, their total.
+    private var incoming: (term: Term, snapshot: RaftSnapshot, total: UInt64)?
+    /// When the leader last sent each member its snapshot (it sends again only after `snapshotRetry`).
+    private var snapshotSent: [NodeID: (index: LogIndex, at: RaftTime)] = [:]
 
     // Volatile state.
     public private(set) var role: RaftRole = .follower
@@ -88,21 +97,26 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     private var scheduledTimer: RaftTime?
     private var lastReportedRole: (RaftRole, Term, NodeID?)?
 
-    /// Restores a node from what its storage holds. `appliedIndex` is how far the state machine already
-    /// applied (those entries are committed by definition); pass 0 for a state machine rebuilt from the log.
+    /// Restores a node from what its storage holds: hard state, snapshot and the entries after it. `appliedIndex` is
+    /// how far the state machine already applied (those entries are committed by definition); pass 0 for a state
+    /// machine rebuilt from the log. A state machine behind the snapshot must be restored from it first (the shell
+    /// does that), so the applied index is never below the snapshot's.
     public init(
         id: NodeID, settings: RaftSettings = RaftSettings(), hardState: HardState = HardState(),
-        log: [LogEntry] = [], appliedIndex: LogIndex = 0, random: Random, now: RaftTime
+        snapshot: RaftSnapshot? = nil, log: [LogEntry] = [], appliedIndex: LogIndex = 0, random: Random,
+        now: RaftTime
     ) {
         self.id = id
         self.settings = settings
         self.random = random
         self.currentTerm = hardState.term
         self.votedFor = hardState.votedFor
+        self.snapshot = snapshot
         self.log = log
-        let last = LogIndex(log.count)
-        self.commitIndex = min(appliedIndex, last)
-        self.appliedIndex = min(appliedIndex, last)
+        let base = snapshot?.lastIndex ?? 0
+        let last = base + LogIndex(log.count)
+        self.commitIndex = max(base, min(appliedIndex, last))
+        self.appliedIndex = max(base, min(appliedIndex, last))
         self.durableIndex = last
         self.members = []
         self.voters = []
@@ -122,20 +136,26 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
 
     // MARK: Queries
 
-    public var lastIndex: LogIndex { LogIndex(log.count) }
-    public var lastTerm: Term { log.last?.term ?? 0 }
+    public var lastIndex: LogIndex { snapshotIndex + LogIndex(log.count) }
+    public var lastTerm: Term { log.last?.term ?? snapshotTerm }
+    /// The last index the snapshot covers (0: none); the log in memory starts after it.
+    public var snapshotIndex: LogIndex { snapshot?.lastIndex ?? 0 }
+    public var snapshotTerm: Term { snapshot?.lastTerm ?? 0 }
     public var hardState: HardState { HardState(term: currentTerm, votedFor: votedFor) }
     public var isLeader: Bool { role == .leader }
 
+    /// The term of the entry at `index`; `nil` past the end and for entries compacted into the snapshot (only the
+    /// snapshot's own last index keeps its term).
     public func term(at index: LogIndex) -> Term? {
-        if index == 0 { return 0 }
-        guard index <= lastIndex else { return nil }
-        return log[Int(index - 1)].term
+        if index == snapshotIndex { return snapshotTerm }
+        guard index > snapshotIndex, index <= lastIndex else { return nil }
+        return log[Int(index - snapshotIndex - 1)].term
     }
 
+    /// The entry at `index`, if it is in the log (after the snapshot).
     public func entry(at index: LogIndex) -> LogEntry? {
-        guard index >= 1, index <= lastIndex else { return nil }
-        return log[Int(index - 1)]
+        guard index > snapshotIndex, index <= lastIndex else { return nil }
+        return log[Int(index - snapshotIndex - 1)]
     }
 
     /// The members that do not vote.
@@ -206,6 +226,8 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             handlePreVote(m, from: peer, now: now, out: &out)
         case .voteResponse(let m):
             handleVoteResponse(m, from: peer, now: now, persist: &persist, out: &out)
+        case .installSnapshot(let m):
+            handleInstallSnapshot(m, from: peer, now: now, persist: &persist, out: &out)
         }
         if !persist.isEmpty {
             out.insert(.persist(persist), at: 0)
@@ -306,6 +328,9 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         if let from = request.truncateFrom {
             durableIndex = min(durableIndex, from - 1)
         }
+        if let installed = request.snapshot, term(at: installed.lastIndex) == installed.lastTerm {
+            durableIndex = max(durableIndex, installed.lastIndex)
+        }
         if let last = request.entries.last, last.index <= lastIndex, term(at: last.index) == last.term {
             durableIndex = max(durableIndex, last.index)
         }
@@ -313,6 +338,28 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         if role == .leader {
             advanceCommit(now: now, out: &out)
         }
+        finish(now: now, out: &out)
+        return out
+    }
+
+    /// The state machine has saved its state as of `index` (at or below what was applied): that state becomes the
+    /// snapshot and the log before it is dropped, here and (first directive) on disk (Raft §7). Members whose next
+    /// entry is gone get the snapshot instead. Returns no directive when `index` is not after the current snapshot or
+    /// was not applied yet.
+    public mutating func compact(through index: LogIndex, data: [UInt8], now: RaftTime) -> [RaftDirective] {
+        guard index > snapshotIndex, index <= appliedIndex, let term = term(at: index) else { return [] }
+        var configuration = snapshot?.configuration ?? RaftConfiguration()
+        var epoch = snapshot?.recoveryEpoch ?? 0
+        for entry in log.prefix(Int(index - snapshotIndex)) where entry.kind.isMembershipChange {
+            configuration.apply(entry.kind)
+            if case .recover = entry.kind { epoch = entry.term }
+        }
+        let compacted = RaftSnapshot(
+            lastIndex: index, lastTerm: term, members: Array(configuration.members),
+            voters: Array(configuration.voters), recoveryEpoch: epoch, data: data)
+        log.removeFirst(Int(index - snapshotIndex))
+        snapshot = compacted
+        var out: [RaftDirective] = [.persist(PersistRequest(snapshot: compacted))]
         finish(now: now, out: &out)
         return out
     }
@@ -537,6 +584,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         case .removeNode(let node):
             nextIndex[node] = nil
             matchIndex[node] = nil
+            snapshotSent[node] = nil
         case .promote(let node):
             // Like a new member, a promoted learner gets a whole check-quorum period before it counts as silent.
             if role == .leader { heardFrom.insert(node) }
@@ -553,9 +601,9 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     }
 
     private mutating func recomputeMembers() {
-        var configuration = RaftConfiguration()
-        configIndex = 0
-        recoveryEpoch = 0
+        var configuration = snapshot?.configuration ?? RaftConfiguration()
+        configIndex = snapshotIndex
+        recoveryEpoch = snapshot?.recoveryEpoch ?? 0
         for entry in log where entry.kind.isMembershipChange {
             configuration.apply(entry.kind)
             if case .recover = entry.kind { recoveryEpoch = entry.term }
@@ -573,7 +621,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
 
     private mutating func broadcastAppend(now: RaftTime, out: inout [RaftDirective], heartbeat: Bool) {
         for peer in peers {
-            sendAppend(to: peer, out: &out, heartbeat: heartbeat)
+            sendAppend(to: peer, now: now, out: &out, heartbeat: heartbeat)
         }
         if heartbeat {
             heartbeatDeadline = now + settings.heartbeatInterval
@@ -582,25 +630,57 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
 
     /// Sends the entries from `nextIndex` on (pipelined: `nextIndex` moves past what was sent); a
     /// heartbeat goes out even with nothing new, so followers keep their election timers reset.
-    private mutating func sendAppend(to peer: NodeID, out: inout [RaftDirective], heartbeat: Bool) {
+    private mutating func sendAppend(to peer: NodeID, now: RaftTime, out: inout [RaftDirective], heartbeat: Bool) {
         let next = min(nextIndex[peer] ?? lastIndex + 1, lastIndex + 1)
+        if next <= snapshotIndex {
+            // The entries this member needs next were compacted away: it gets the snapshot instead.
+            sendSnapshot(to: peer, now: now, out: &out)
+            return
+        }
         let available = Int(lastIndex + 1 - next)
         if available == 0 && !heartbeat { return }
         let prev = next - 1
+        let start = Int(prev - snapshotIndex)
         var count = 0
         var bytes = 0
         // Cap by count and by payload bytes (at least one entry), so a message fits the transport's frame.
         while count < min(available, settings.maxEntriesPerAppend) {
-            bytes += log[Int(prev) + count].approximateSize
+            bytes += log[start + count].approximateSize
             if count > 0 && bytes > settings.maxAppendBytes { break }
             count += 1
         }
-        let entries = count == 0 ? [] : Array(log[Int(prev)..<Int(prev) + count])
+        let entries = count == 0 ? [] : Array(log[start..<start + count])
         let message = AppendEntries(
             term: currentTerm, leaderID: id, prevLogIndex: prev, prevLogTerm: term(at: prev) ?? 0,
             leaderCommit: commitIndex, entries: entries)
         nextIndex[peer] = next + LogIndex(count)
         out.append(.send(to: peer, .appendEntries(message)))
+    }
+
+    /// Sends the snapshot in chunks of at most `maxAppendBytes`, all at once (the transport keeps them in order), and
+    /// moves the member's next index past it, so heartbeats probe whether it was installed. A member that answers
+    /// that it still lacks it gets it again, but not sooner than `snapshotRetry` after the last copy.
+    private mutating func sendSnapshot(to peer: NodeID, now: RaftTime, out: inout [RaftDirective]) {
+        guard let snapshot else { return }
+        nextIndex[peer] = snapshotIndex + 1
+        if let sent = snapshotSent[peer], sent.index == snapshotIndex,
+            now.nanoseconds(since: sent.at) < settings.snapshotRetry.raftNanoseconds
+        {
+            return
+        }
+        snapshotSent[peer] = (snapshotIndex, now)
+        let total = snapshot.data.count
+        let chunk = max(1, settings.maxAppendBytes)
+        var offset = 0
+        repeat {
+            let end = min(total, offset + chunk)
+            var part = snapshot
+            part.data = Array(snapshot.data[offset..<end])
+            let message = InstallSnapshot(
+                term: currentTerm, leaderID: id, snapshot: part, offset: UInt64(offset), total: UInt64(total))
+            out.append(.send(to: peer, .installSnapshot(message)))
+            offset = end
+        } while offset < total
     }
 
     private mutating func handleAppend(
@@ -611,15 +691,21 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             out.append(.send(to: peer, .appendResponse(AppendResponse(term: currentTerm, success: false, index: 0))))
             return
         }
-        if observeTerm(m.term, now: now, out: &out) {
-            persist.hardState = hardState
+        acceptLeader(m.leaderID, term: m.term, now: now, persist: &persist, out: &out)
+        var m = m
+        if m.prevLogIndex < snapshotIndex {
+            // Entries up to the snapshot are committed, so they match the leader's: only what follows it is news.
+            let covered = Int(min(snapshotIndex - m.prevLogIndex, LogIndex(m.entries.count)))
+            let lastSent = m.prevLogIndex + LogIndex(m.entries.count)
+            m.entries.removeFirst(covered)
+            m.prevLogIndex = snapshotIndex
+            m.prevLogTerm = snapshotTerm
+            if lastSent < snapshotIndex {
+                out.append(
+                    .send(to: peer, .appendResponse(AppendResponse(term: currentTerm, success: true, index: lastSent))))
+                return
+            }
         }
-        if role != .follower || leaderID != m.leaderID {
-            becomeFollower(term: m.term, leader: m.leaderID, now: now, out: &out)
-        }
-        lastLeaderContact = now
-        lastLeaderSeen = now
-        electionDeadline = now + randomElectionTimeout()
 
         // Log matching: the entry before the new ones must be ours too.
         guard m.prevLogIndex <= lastIndex else {
@@ -677,13 +763,82 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         emitApply(out: &out)
     }
 
+    /// A message from `leader` in a term at least ours: adopt the term, follow it and reset the election timer.
+    private mutating func acceptLeader(
+        _ leader: NodeID, term: Term, now: RaftTime, persist: inout PersistRequest, out: inout [RaftDirective]
+    ) {
+        if observeTerm(term, now: now, out: &out) {
+            persist.hardState = hardState
+        }
+        if role != .follower || leaderID != leader {
+            becomeFollower(term: term, leader: leader, now: now, out: &out)
+        }
+        lastLeaderContact = now
+        lastLeaderSeen = now
+        electionDeadline = now + randomElectionTimeout()
+    }
+
     private mutating func truncate(from index: LogIndex) {
-        guard index >= 1, index <= lastIndex else { return }
+        guard index > snapshotIndex, index <= lastIndex else { return }
         precondition(
             index > commitIndex || settings.injectedBugs.isEmpty == false,
             "Raft safety: truncating committed entry \(index) (commit \(commitIndex))")
-        log.removeSubrange(Int(index - 1)...)
+        log.removeSubrange(Int(index - snapshotIndex - 1)...)
         durableIndex = min(durableIndex, index - 1)
+    }
+
+    /// A chunk of the leader's snapshot: assembled in order; with the last one the snapshot replaces every entry it
+    /// covers (entries after it that agree with it stay), is stored (first directive), handed to the state machine
+    /// and acknowledged as matching up to its last index. A snapshot this node's commit index already passed changes
+    /// nothing but is acknowledged the same way.
+    private mutating func handleInstallSnapshot(
+        _ m: InstallSnapshot, from peer: NodeID, now: RaftTime, persist: inout PersistRequest,
+        out: inout [RaftDirective]
+    ) {
+        if m.term < currentTerm {
+            out.append(.send(to: peer, .appendResponse(AppendResponse(term: currentTerm, success: false, index: 0))))
+            return
+        }
+        acceptLeader(m.leaderID, term: m.term, now: now, persist: &persist, out: &out)
+        let last = m.snapshot.lastIndex
+        if last <= commitIndex {
+            incoming = nil
+            if m.isLast {
+                out.append(
+                    .send(to: peer, .appendResponse(AppendResponse(term: currentTerm, success: true, index: last))))
+            }
+            return
+        }
+        if m.offset == 0 {
+            incoming = (m.term, m.snapshot, m.total)
+        } else if var held = incoming, held.term == m.term, held.snapshot.lastIndex == last,
+            held.snapshot.lastTerm == m.snapshot.lastTerm, held.total == m.total,
+            UInt64(held.snapshot.data.count) == m.offset
+        {
+            incoming = nil
+            held.snapshot.data += m.snapshot.data
+            incoming = held
+        } else {
+            incoming = nil  // Not the continuation of what we hold: wait for the leader to send it again.
+            return
+        }
+        guard let held = incoming, UInt64(held.snapshot.data.count) == held.total else { return }
+        incoming = nil
+        let installed = held.snapshot
+        if term(at: last) == installed.lastTerm {
+            log.removeFirst(Int(last - snapshotIndex))  // Log matching: what follows agrees with the leader too.
+        } else {
+            log = []
+            persist.truncateFrom = last + 1
+        }
+        snapshot = installed
+        persist.snapshot = installed
+        commitIndex = last
+        appliedIndex = last
+        durableIndex = min(durableIndex, lastIndex)
+        recomputeMembers()
+        out.append(.restore(installed))
+        out.append(.send(to: peer, .appendResponse(AppendResponse(term: currentTerm, success: true, index: last))))
     }
 
     private mutating func handleAppendResponse(
@@ -704,16 +859,17 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             if (nextIndex[peer] ?? 0) < match + 1 {
                 nextIndex[peer] = match + 1
             }
+            if match >= snapshotSent[peer]?.index ?? .max { snapshotSent[peer] = nil }
             advanceCommit(now: now, out: &out)
             if (nextIndex[peer] ?? 0) <= lastIndex {
-                sendAppend(to: peer, out: &out, heartbeat: false)
+                sendAppend(to: peer, now: now, out: &out, heartbeat: false)
             }
         } else {
             let floor = (matchIndex[peer] ?? 0) + 1
             let current = nextIndex[peer] ?? lastIndex + 1
             let retry = max(floor, min(m.index, current > 1 ? current - 1 : 1))
             nextIndex[peer] = retry
-            sendAppend(to: peer, out: &out, heartbeat: true)
+            sendAppend(to: peer, now: now, out: &out, heartbeat: true)
         }
     }
 
@@ -741,7 +897,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         guard commitIndex > appliedIndex else { return }
         let upTo = min(commitIndex, lastIndex)
         guard upTo > appliedIndex else { return }
-        out.append(.apply(Array(log[Int(appliedIndex)..<Int(upTo)])))
+        out.append(.apply(Array(log[Int(appliedIndex - snapshotIndex)..<Int(upTo - snapshotIndex)])))
         appliedIndex = upTo
     }
 

@@ -10,6 +10,8 @@ public enum RaftMessage: Hashable, Sendable {
     /// A pre-vote asks "would you vote for me at `term`?" without anyone changing state.
     case preVote(VoteRequest)
     case voteResponse(VoteResponse)
+    /// One chunk of the leader's snapshot, for a member whose next entry was compacted away (Raft §7).
+    case installSnapshot(InstallSnapshot)
 
     /// The term the message was sent in.
     public var term: Term {
@@ -18,8 +20,33 @@ public enum RaftMessage: Hashable, Sendable {
         case .appendResponse(let m): return m.term
         case .requestVote(let m), .preVote(let m): return m.term
         case .voteResponse(let m): return m.term
+        case .installSnapshot(let m): return m.term
         }
     }
+}
+
+/// One chunk of a snapshot: bytes `offset ..< offset + data.count` of `total`. The follower assembles the chunks in
+/// order and installs the snapshot with the last one; it answers that one (only) with an `AppendResponse` whose
+/// index is `lastIndex`. A chunk that does not continue what it holds is dropped: the leader sends again when the
+/// follower's next answer shows it still lacks the snapshot.
+public struct InstallSnapshot: Hashable, Sendable {
+    public var term: Term
+    public var leaderID: NodeID
+    /// The snapshot's description (the same in every chunk); its `data` is this chunk's bytes.
+    public var snapshot: RaftSnapshot
+    public var offset: UInt64
+    public var total: UInt64
+
+    public init(term: Term, leaderID: NodeID, snapshot: RaftSnapshot, offset: UInt64, total: UInt64) {
+        self.term = term
+        self.leaderID = leaderID
+        self.snapshot = snapshot
+        self.offset = offset
+        self.total = total
+    }
+
+    /// Whether this chunk ends the snapshot.
+    public var isLast: Bool { offset + UInt64(snapshot.data.count) == total }
 }
 
 /// Replicates entries after (`prevLogIndex`, `prevLogTerm`) and tells the follower the commit index.
@@ -120,6 +147,7 @@ extension RaftMessage {
         case requestVote = 3
         case preVote = 4
         case voteResponse = 5
+        case installSnapshot = 6
     }
 
     /// Compact binary form: version byte, tag byte, then LEB128 varints, length-prefixed strings and blobs.
@@ -159,6 +187,14 @@ extension RaftMessage {
             w.byte(Tag.voteResponse.rawValue)
             w.varint(m.term)
             w.byte((m.granted ? 1 : 0) | (m.preVote ? 2 : 0))
+        case .installSnapshot(let m):
+            w.byte(Tag.installSnapshot.rawValue)
+            w.varint(m.term)
+            w.string(m.leaderID)
+            w.snapshotHeader(m.snapshot)
+            w.varint(m.offset)
+            w.varint(m.total)
+            w.blob(m.snapshot.data)
         }
         return w.bytes
     }
@@ -213,6 +249,18 @@ extension RaftMessage {
             let flags = try r.byte()
             guard flags & ~3 == 0 else { throw RaftCodecError("bad vote flags \(flags)", offset: r.offset - 1) }
             self = .voteResponse(VoteResponse(term: term, granted: flags & 1 != 0, preVote: flags & 2 != 0))
+        case .installSnapshot:
+            let term = try r.varint()
+            let leader = try r.string()
+            var snapshot = try r.snapshotHeader()
+            let offset = try r.varint()
+            let total = try r.varint()
+            snapshot.data = try r.blob(limit: RaftCodecLimits.maxPayloadBytes)
+            guard offset <= total, UInt64(snapshot.data.count) <= total - offset else {
+                throw RaftCodecError("snapshot chunk past its total", offset: r.offset)
+            }
+            self = .installSnapshot(
+                InstallSnapshot(term: term, leaderID: leader, snapshot: snapshot, offset: offset, total: total))
         }
         guard r.remaining == 0 else { throw RaftCodecError("\(r.remaining) trailing bytes", offset: r.offset) }
     }
@@ -236,7 +284,25 @@ extension EntryKind {
     }
 }
 
-/// Entry kind tags: 0 noop, 1 command (origin, sequence, payload), 2 add node, 3 remove node.
+extension RaftSnapshot {
+    /// Everything but `data`, as an opaque blob: what storage keeps beside the data.
+    public func encodedHeader() -> [UInt8] {
+        var w = ByteWriter()
+        w.snapshotHeader(self)
+        return w.bytes
+    }
+
+    /// Decodes `encodedHeader()` output and attaches `data`; throws on garbage.
+    public init(header: [UInt8], data: [UInt8]) throws {
+        var r = ByteReader(header)
+        self = try r.snapshotHeader()
+        guard r.remaining == 0 else { throw RaftCodecError("\(r.remaining) trailing bytes", offset: r.offset) }
+        self.data = data
+    }
+}
+
+/// Entry kind tags: 0 noop, 1 command (origin, sequence, payload), 2 add node, 3 remove node, 4 recover, 5 add
+/// learner, 6 promote, 7 demote.
 struct ByteWriter {
     var bytes: [UInt8] = []
 
@@ -262,6 +328,20 @@ struct ByteWriter {
         blob(Array(value.utf8))
     }
 
+    mutating func nodeList(_ nodes: [NodeID]) {
+        varint(UInt64(nodes.count))
+        for node in nodes { string(node) }
+    }
+
+    /// Last index and term, members, voters, recovery epoch (the data travels on its own).
+    mutating func snapshotHeader(_ snapshot: RaftSnapshot) {
+        varint(snapshot.lastIndex)
+        varint(snapshot.lastTerm)
+        nodeList(snapshot.members)
+        nodeList(snapshot.voters)
+        varint(snapshot.recoveryEpoch)
+    }
+
     mutating func entryKind(_ kind: EntryKind) {
         switch kind {
         case .noop:
@@ -279,8 +359,7 @@ struct ByteWriter {
             string(id)
         case .recover(let members):
             byte(4)
-            varint(UInt64(members.count))
-            for member in members { string(member) }
+            nodeList(members)
         case .addLearner(let id):
             byte(5)
             string(id)
@@ -350,6 +429,27 @@ struct ByteReader {
         return value
     }
 
+    mutating func nodeList(minimum: UInt64) throws -> [NodeID] {
+        let count = try varint()
+        guard count >= minimum, count <= UInt64(RaftCodecLimits.maxMembers), count <= UInt64(remaining) else {
+            throw RaftCodecError("bad member count \(count)", offset: offset)
+        }
+        return try (0..<count).map { _ in try string() }
+    }
+
+    mutating func snapshotHeader() throws -> RaftSnapshot {
+        let lastIndex = try varint()
+        let lastTerm = try varint()
+        let members = try nodeList(minimum: 0)
+        let voters = try nodeList(minimum: 0)
+        guard Set(voters).isSubset(of: Set(members)) else {
+            throw RaftCodecError("snapshot voters that are not members", offset: offset)
+        }
+        return RaftSnapshot(
+            lastIndex: lastIndex, lastTerm: lastTerm, members: members, voters: voters, recoveryEpoch: try varint(),
+            data: [])
+    }
+
     mutating func entryKind() throws -> EntryKind {
         let tag = try byte()
         switch tag {
@@ -365,11 +465,7 @@ struct ByteReader {
         case 3:
             return .removeNode(try string())
         case 4:
-            let count = try varint()
-            guard count >= 1, count <= UInt64(RaftCodecLimits.maxMembers), count <= UInt64(remaining) else {
-                throw RaftCodecError("bad member count \(count)", offset: offset)
-            }
-            return .recover(members: try (0..<count).map { _ in try string() })
+            return .recover(members: try nodeList(minimum: 1))
         case 5:
             return .addLearner(try string())
         case 6:

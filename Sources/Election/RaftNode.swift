@@ -63,6 +63,8 @@ public struct RaftStatus: Sendable, Hashable {
     public var leader: NodeID?
     public var commitIndex: LogIndex
     public var lastIndex: LogIndex
+    /// The last index compacted into the snapshot (0: the log was never compacted).
+    public var snapshotIndex: LogIndex = 0
     /// Every member, voters and learners.
     public var members: Set<NodeID>
     /// The members that vote (the others are learners: they replicate and render, never vote).
@@ -94,6 +96,14 @@ public struct RaftStatus: Sendable, Hashable {
 /// never leaves before what it promises is durable), except behind the leader's own appends, which replicate in
 /// parallel with its write (Raft thesis §10.2.1: the leader counts itself towards a commit only once its write is
 /// durable, which `RaftInstance` tracks as its durable index).
+/// What a `RaftNode` hands its state machine, in order.
+public enum Committed: Sendable, Hashable {
+    /// The next committed entry.
+    case entry(LogEntry)
+    /// Replace the whole state with this snapshot; the entries after its last index follow.
+    case snapshot(RaftSnapshot)
+}
+
 public actor RaftNode {
     public nonisolated let id: NodeID
     private nonisolated let loop: any EventLoop
@@ -101,9 +111,10 @@ public actor RaftNode {
     /// The loop this node made for itself (none given), shut down with the node.
     private nonisolated let ownedGroup: MultiThreadedEventLoopGroup?
     public nonisolated var unownedExecutor: UnownedSerialExecutor { serialExecutor.asUnownedSerialExecutor() }
-    /// Every committed entry, in index order, once per node run (including no-ops and membership changes).
-    /// Commands can repeat under a retried `CommandID`; state machines skip ids they have applied.
-    public nonisolated let committed: AsyncStream<LogEntry>
+    /// Every committed entry, in index order, once per node run (including no-ops and membership changes), and a
+    /// snapshot where the state machine must be replaced (installed from the leader, or stored but not yet applied
+    /// at start). Commands can repeat under a retried `CommandID`; state machines skip ids they have applied.
+    public nonisolated let committed: AsyncStream<Committed>
     /// Role, term and leader changes, for logs and `rexnode peers` (keeps only the latest 16 if unread).
     public nonisolated let roleChanges: AsyncStream<RaftStatus>
 
@@ -114,7 +125,7 @@ public actor RaftNode {
     private let seed: UInt64
     private let clock = ContinuousClock()
     private let origin: ContinuousClock.Instant
-    private let committedContinuation: AsyncStream<LogEntry>.Continuation
+    private let committedContinuation: AsyncStream<Committed>.Continuation
     private let roleContinuation: AsyncStream<RaftStatus>.Continuation
     private let doorbell: AsyncStream<Void>
     /// How long, at most, the node went without running (it runs at least every tick) and, as a follower, without
@@ -176,7 +187,7 @@ public actor RaftNode {
         self.seed = seed ?? system.next()
         self.origin = clock.now
         (doorbell, doorbellContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-        (committed, committedContinuation) = AsyncStream.makeStream(of: LogEntry.self)
+        (committed, committedContinuation) = AsyncStream.makeStream(of: Committed.self)
         (roleChanges, roleContinuation) = AsyncStream.makeStream(
             of: RaftStatus.self, bufferingPolicy: .bufferingNewest(16))
     }
@@ -243,9 +254,22 @@ public actor RaftNode {
         guard let instance else { return nil }
         return RaftStatus(
             id: id, role: instance.role, term: instance.currentTerm, leader: instance.leaderID,
-            commitIndex: instance.commitIndex, lastIndex: instance.lastIndex, members: instance.members,
+            commitIndex: instance.commitIndex, lastIndex: instance.lastIndex, snapshotIndex: instance.snapshotIndex,
+            members: instance.members,
             voters: instance.voters, matchIndex: instance.role == .leader ? instance.matchIndex : [:],
             recoveryEpoch: instance.recoveryEpoch, canChangeMembership: instance.canChangeMembership)
+    }
+
+    /// The state machine saved its state as of `index` (`data`, in its own encoding): the log up to there is dropped
+    /// here and on disk, and members that need those entries get the snapshot instead (see `RaftInstance.compact`).
+    /// Returns the term of the entry at `index` once compacted; `nil` when `index` is not after the current snapshot
+    /// or was not applied yet.
+    @discardableResult
+    public func compact(through index: LogIndex, data: [UInt8]) throws -> Term? {
+        guard !stopped, instance != nil else { throw RaftError(.stopped, "the node has stopped") }
+        let directives = instance!.compact(through: index, data: data, now: now())
+        try perform(directives)
+        return directives.isEmpty ? nil : instance!.snapshotTerm
     }
 
     /// `rexnode recover`: makes `live` the whole membership after a lost quorum (see `RaftInstance.onRecover`).
@@ -267,10 +291,15 @@ public actor RaftNode {
     /// Loads storage and runs the node until the calling task is cancelled. A storage error ends the run
     /// (the node can no longer promise durability); pending proposals then fail with `.stopped`.
     public func run() async throws {
-        let (hardState, log) = try await storage.load()
+        let stored = try await storage.load()
+        let log = stored.log
+        if let snapshot = stored.snapshot, appliedIndex < snapshot.lastIndex {
+            // Stored but not applied (the node stopped between the two writes of an install): restore it first.
+            committedContinuation.yield(.snapshot(snapshot))
+        }
         var instance = RaftInstance(
-            id: id, settings: settings, hardState: hardState, log: log, appliedIndex: appliedIndex,
-            random: SplitMix64(seed: seed), now: now())
+            id: id, settings: settings, hardState: stored.hardState, snapshot: stored.snapshot, log: log,
+            appliedIndex: appliedIndex, random: SplitMix64(seed: seed), now: now())
         // Sequences only grow across restarts: start above both the log and the wall clock.
         let logged = log.compactMap { $0.commandID }.filter { $0.origin == id }.map(\.sequence).max() ?? 0
         nextSequence = max(logged + 1, Self.wallClockNanoseconds())
@@ -387,7 +416,7 @@ public actor RaftNode {
                 let mayOvertake = instance!.role == .leader && request.hardState == nil && request.truncateFrom == nil
                 if !mayOvertake { barrierSequence = persistSequence }
                 enqueue(request, sequence: persistSequence)
-            case .send, .apply:
+            case .send, .apply, .restore:
                 if barrierSequence > durableSequence {
                     deferred.append((barrierSequence, directive))
                 } else {
@@ -453,9 +482,18 @@ public actor RaftNode {
             preconditionFailure("writes go through perform(_:)")
         case .send(let peer, let message):
             transport.send(message.encode(), to: peer)
+        case .restore(let snapshot):
+            committedContinuation.yield(.snapshot(snapshot))
+            // Proposals waiting on entries the snapshot covers cannot tell whether theirs is among them: they retry
+            // (under the same command id, which the state machine applies once).
+            for index in waiters.keys where index <= snapshot.lastIndex {
+                waiters.removeValue(forKey: index)?.1.resume(
+                    throwing: RaftError(
+                        .entryOverwritten, "entry \(index) arrived inside a snapshot; its outcome is not known here"))
+            }
         case .apply(let entries):
             for entry in entries {
-                committedContinuation.yield(entry)
+                committedContinuation.yield(.entry(entry))
                 if let (expected, continuation) = waiters.removeValue(forKey: entry.index) {
                     if expected == nil ? entry.kind.isMembershipChange : entry.commandID == expected {
                         continuation.resume(returning: entry.index)

@@ -17,6 +17,8 @@ public struct RaftSettings: Sendable, Hashable {
     public var maxEntriesPerAppend: Int = 512
     /// Cap on the payload bytes per AppendEntries (a single larger entry still goes alone).
     public var maxAppendBytes: Int = 1 << 20
+    /// A leader sends a member the same snapshot again only after this long (its chunks may still be on the way).
+    public var snapshotRetry: Duration = .milliseconds(2000)
     /// `rexnode recover` is refused until this node has known no leader for this long (three of the longest
     /// election timeouts: long enough that a farm which still has a majority would have elected a leader).
     public var recoveryQuietPeriod: Duration = .milliseconds(3000)

@@ -6,9 +6,10 @@ import Synchronization
 /// because the shell sends the replies that depend on it right after. Implementations: `InMemoryRaftStorage`
 /// for tests and benchmarks, and `RaftLogStore` (SQLite, in the Ledger module) for real nodes.
 public protocol RaftStorage: Sendable {
-    /// Reads what was made durable: the hard state and the whole log in index order.
-    func load() async throws -> (hardState: HardState, log: [LogEntry])
-    /// Atomically stores the hard state (if any), truncates the log (if asked) and appends the entries.
+    /// Reads what was made durable: the hard state, the latest snapshot and the log after it in index order.
+    func load() async throws -> StoredRaftState
+    /// Atomically stores the hard state (if any), replaces the snapshot and drops the entries it covers (if any),
+    /// truncates the log (if asked) and appends the entries.
     ///
     /// Blocks the calling thread until the request is durable: `RaftNode` calls it on its own thread (its event
     /// loop), so the wait never holds a thread of Swift's shared pool and no pool thread is needed to resume.
@@ -42,43 +43,60 @@ public struct RaftStorageError: Error, Sendable, CustomStringConvertible {
 /// survives the process, so it models a disk that never loses an acknowledged write.
 public final class InMemoryRaftStorage: RaftStorage {
     private struct State {
-        var hardState = HardState()
-        var log: [LogEntry] = []
+        var stored = StoredRaftState()
         var persistCount = 0
     }
 
     private let state = Mutex(State())
 
-    public init(hardState: HardState = HardState(), log: [LogEntry] = []) {
-        state.withLock {
-            $0.hardState = hardState
-            $0.log = log
-        }
+    public init(hardState: HardState = HardState(), snapshot: RaftSnapshot? = nil, log: [LogEntry] = []) {
+        state.withLock { $0.stored = StoredRaftState(hardState: hardState, snapshot: snapshot, log: log) }
     }
 
     /// How many `persist` calls were made (what batching saves).
     public var persistCount: Int { state.withLock { $0.persistCount } }
 
-    public func load() async throws -> (hardState: HardState, log: [LogEntry]) {
-        state.withLock { ($0.hardState, $0.log) }
+    public func load() async throws -> StoredRaftState {
+        state.withLock { $0.stored }
     }
 
     public func persist(_ request: PersistRequest) throws {
         try state.withLock { s in
-            try Self.apply(request, to: &s.hardState, &s.log)
+            try s.stored.apply(request)
             s.persistCount += 1
         }
     }
+}
 
-    /// Applies a request to a plain log, checking that entries stay contiguous.
-    static func apply(_ request: PersistRequest, to hardState: inout HardState, _ log: inout [LogEntry]) throws {
+extension StoredRaftState {
+    /// The index of the last entry held (the snapshot's last index when the log after it is empty).
+    public var lastIndex: LogIndex { (snapshot?.lastIndex ?? 0) + LogIndex(log.count) }
+
+    /// The farm's recovery epoch as stored: the term of the latest `recover` entry, in the log or the snapshot.
+    public var recoveryEpoch: Term {
+        max(RaftInstance<SplitMix64>.lastRecoveryTerm(in: log), snapshot?.recoveryEpoch ?? 0)
+    }
+
+    /// Whether anything was ever stored (a snapshot or an entry).
+    public var isEmpty: Bool { snapshot == nil && log.isEmpty }
+
+    /// Applies a request as a storage must, checking that entries stay contiguous.
+    public mutating func apply(_ request: PersistRequest) throws {
         if let hard = request.hardState { hardState = hard }
-        if let from = request.truncateFrom, from >= 1, from <= LogIndex(log.count) {
-            log.removeSubrange(Int(from - 1)...)
+        if let installed = request.snapshot {
+            let base = snapshot?.lastIndex ?? 0
+            let covered = Int(min(installed.lastIndex > base ? installed.lastIndex - base : 0, LogIndex(log.count)))
+            log.removeFirst(covered)
+            if installed.lastIndex > base + LogIndex(covered) { log = [] }
+            snapshot = installed
+        }
+        let base = snapshot?.lastIndex ?? 0
+        if let from = request.truncateFrom, from > base, from <= lastIndex {
+            log.removeSubrange(Int(from - base - 1)...)
         }
         for entry in request.entries {
-            guard entry.index == LogIndex(log.count + 1) else {
-                throw RaftStorageError("entry \(entry.index) does not follow the last stored index \(log.count)")
+            guard entry.index == lastIndex + 1 else {
+                throw RaftStorageError("entry \(entry.index) does not follow the last stored index \(lastIndex)")
             }
             log.append(entry)
         }

@@ -166,23 +166,76 @@ public struct HardState: Hashable, Sendable {
     }
 }
 
-/// One durable write: optional hard state, optional truncation of a conflicting suffix, new entries.
+/// The state machine's state as of one committed entry, standing in for every entry up to it (Raft §7).
+///
+/// `data` is the state machine's own encoding (opaque to Raft); the configuration and recovery epoch are Raft's
+/// own state as of `lastIndex`, so the log after the snapshot is all a node needs besides it.
+public struct RaftSnapshot: Hashable, Sendable {
+    /// The last entry the snapshot covers, and its term.
+    public var lastIndex: LogIndex
+    public var lastTerm: Term
+    /// Every member and the voters among them, as of `lastIndex`.
+    public var members: [NodeID]
+    public var voters: [NodeID]
+    /// The term of the latest `recover` entry up to `lastIndex` (0 if none).
+    public var recoveryEpoch: Term
+    public var data: [UInt8]
+
+    public init(
+        lastIndex: LogIndex, lastTerm: Term, members: [NodeID], voters: [NodeID], recoveryEpoch: Term = 0,
+        data: [UInt8]
+    ) {
+        self.lastIndex = lastIndex
+        self.lastTerm = lastTerm
+        self.members = members.sorted()
+        self.voters = voters.sorted()
+        self.recoveryEpoch = recoveryEpoch
+        self.data = data
+    }
+
+    public var configuration: RaftConfiguration {
+        RaftConfiguration(members: Set(members), voters: Set(voters))
+    }
+}
+
+/// One durable write: optional hard state, optional snapshot, optional truncation of a conflicting suffix, new
+/// entries, applied in that order.
 ///
 /// A storage must make the whole request durable atomically (one transaction, one fsync) before the shell
 /// performs the next directive, so the replies that follow it never promise something that could be lost.
 public struct PersistRequest: Hashable, Sendable {
     public var hardState: HardState?
+    /// Replace the stored snapshot with this one and delete every entry it covers (index <= its last index).
+    public var snapshot: RaftSnapshot?
     /// Delete every entry with index >= this before appending `entries`.
     public var truncateFrom: LogIndex?
     public var entries: [LogEntry]
 
-    public init(hardState: HardState? = nil, truncateFrom: LogIndex? = nil, entries: [LogEntry] = []) {
+    public init(
+        hardState: HardState? = nil, snapshot: RaftSnapshot? = nil, truncateFrom: LogIndex? = nil,
+        entries: [LogEntry] = []
+    ) {
         self.hardState = hardState
+        self.snapshot = snapshot
         self.truncateFrom = truncateFrom
         self.entries = entries
     }
 
-    public var isEmpty: Bool { hardState == nil && truncateFrom == nil && entries.isEmpty }
+    public var isEmpty: Bool { hardState == nil && snapshot == nil && truncateFrom == nil && entries.isEmpty }
+}
+
+/// What a node's storage holds: hard state, the latest snapshot (if the log was ever compacted) and the entries
+/// after it, in index order.
+public struct StoredRaftState: Sendable {
+    public var hardState: HardState
+    public var snapshot: RaftSnapshot?
+    public var log: [LogEntry]
+
+    public init(hardState: HardState = HardState(), snapshot: RaftSnapshot? = nil, log: [LogEntry] = []) {
+        self.hardState = hardState
+        self.snapshot = snapshot
+        self.log = log
+    }
 }
 
 /// The role a node plays in its current term.

@@ -126,7 +126,7 @@ public final class FarmNode: Sendable {
         // The rotation service needs the command log, and the log's apply hook needs the service: set once, below.
         let keys = Late<KeyRotation>()
         raftLog = try RaftCommandLog(
-            raft: raft, ledger: ledger, node: nodeID, logger: logger,
+            raft: raft, ledger: ledger, node: nodeID, logger: logger, snapshotEvery: settings.snapshotEvery,
             forward: { leader, entries in
                 // A leader we have no connection to is likely gone: fail now and retry as Raft moves on,
                 // rather than wait out the request timeout.
@@ -149,6 +149,11 @@ public final class FarmNode: Sendable {
                     // A revoked machine is shut out as soon as its removal applies (the leader too).
                     if case .removeNode = change { await keys.value?.refreshTrust() }
                 }
+            },
+            onRestore: { snapshot in
+                // The entries the snapshot stands for were never applied here: catch up with what they did.
+                for member in snapshot.members { await mesh.allow(nodeID: member) }
+                await keys.value?.catchUp()
             })
         let keyRotation = KeyRotation(
             nodeID: nodeID, name: settings.name, data: data, mesh: mesh, raft: raft, ledger: ledger,

@@ -76,6 +76,15 @@ final class KeyRotation: Sendable {
         await refreshTrust()
     }
 
+    /// After a snapshot replaced the ledger: switch to the latest farm key it holds (its entry never applied here)
+    /// and take the membership and revocations it brought.
+    func catchUp() async {
+        if let last = try? ledger.farmKeys().last, last.epoch > mesh.keyRing.epoch {
+            await apply(FarmKeyChange(epoch: last.epoch, key: last.key))
+        }
+        await refreshTrust()
+    }
+
     func isMember(_ nodeID: String) -> Bool { members.withLock { $0.contains(nodeID) } }
 
     func isRevoked(_ nodeID: String) -> Bool { revoked.withLock { $0.contains(nodeID) } }

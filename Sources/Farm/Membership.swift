@@ -36,7 +36,7 @@ struct Membership: Sendable {
 
     /// Joins or founds the farm (after a discovery window when the log is empty), then runs Raft until cancelled.
     func runRaft(onFounded: @Sendable () -> Void) async throws {
-        let hasState = !(try raftStore.loadNow().log.isEmpty)
+        let hasState = !(try raftStore.loadNow().isEmpty)
         let founderMark = settings.data.founderMark
         if !hasState && FileManager.default.fileExists(atPath: founderMark) {
             // `rexnode init` made this farm here: found it now; the mark goes once the log holds the founding.
@@ -58,7 +58,7 @@ struct Membership: Sendable {
 
     /// The recovery epoch some live peer announces above this node's log's own, if one does within `window`.
     private func newerEpochHeard(within window: Duration) async throws -> UInt64? {
-        let mine = try RaftInstance<SplitMix64>.lastRecoveryTerm(in: raftStore.loadNow().log)
+        let mine = try raftStore.loadNow().recoveryEpoch
         let deadline = ContinuousClock.now + window
         while ContinuousClock.now < deadline {
             if let newer = await newestEpoch(), newer > mine { return newer }
@@ -175,14 +175,14 @@ struct Membership: Sendable {
     /// says: a log, its epoch, and `follower`, never `joining`, so a recovered farm's leader does not add it with
     /// that log but tells it the log is stale.
     func publishStatus() async {
-        let stored = (try? raftStore.loadNow().log) ?? []
+        let stored = (try? raftStore.loadNow()) ?? StoredRaftState()
         while !Task.isCancelled {
             let status = await raft.status
             var role = leaving.isSet ? .leaving : roster.role(in: status)
             if status == nil && !stored.isEmpty && !leaving.isSet { role = .follower }
             let task = progress.snapshot().values.first.map { "\($0.job)/\($0.frame)" }
             let hasLog = status.map { $0.lastIndex > 0 } ?? !stored.isEmpty
-            let epoch = status?.recoveryEpoch ?? RaftInstance<SplitMix64>.lastRecoveryTerm(in: stored)
+            let epoch = status?.recoveryEpoch ?? stored.recoveryEpoch
             let announced = NodeStatus(
                 role: role, slots: settings.slots, hasLog: hasLog, task: task, epoch: epoch, blender: roster.blender
             ).with(tags: settings.tags, devices: settings.slotDevices, restingUntilMs: roster.rest.restingUntilMs)

@@ -20,6 +20,10 @@ public actor RaftCommandLog: CommandLog {
     private let forward: Forwarder
     private let onApply: @Sendable () -> Void
     private let onMembership: @Sendable (_ change: LedgerCommand, _ index: UInt64) async -> Void
+    private let onRestore: @Sendable (_ snapshot: RaftSnapshot) async -> Void
+    /// Compact once this many entries were applied after the last snapshot (0: never).
+    private let snapshotEvery: UInt64
+    private var snapshotIndex: UInt64
     private let logger: Logger
     /// Command sequence numbers: never reused, across restarts and wall-clock steps (reserved in the ledger).
     private var sequencer: CommandSequencer
@@ -38,8 +42,9 @@ public actor RaftCommandLog: CommandLog {
     public init(
         raft: RaftNode, ledger: LedgerStore, node: String, patience: Duration = .seconds(60), logger: Logger,
         wallClock: @escaping @Sendable () -> UInt64 = WallClock.nanos,
-        forward: @escaping Forwarder, onApply: @escaping @Sendable () -> Void,
-        onMembership: @escaping @Sendable (_ change: LedgerCommand, _ index: UInt64) async -> Void = { _, _ in }
+        snapshotEvery: UInt64 = 0, forward: @escaping Forwarder, onApply: @escaping @Sendable () -> Void,
+        onMembership: @escaping @Sendable (_ change: LedgerCommand, _ index: UInt64) async -> Void = { _, _ in },
+        onRestore: @escaping @Sendable (_ snapshot: RaftSnapshot) async -> Void = { _ in }
     ) throws {
         self.raft = raft
         self.ledger = ledger
@@ -47,6 +52,9 @@ public actor RaftCommandLog: CommandLog {
         self.forward = forward
         self.onApply = onApply
         self.onMembership = onMembership
+        self.onRestore = onRestore
+        self.snapshotEvery = snapshotEvery
+        snapshotIndex = try ledger.snapshotStart()?.index ?? 0
         self.logger = logger
         self.patience = patience
         applied = try ledger.appliedIndex()
@@ -169,8 +177,8 @@ public actor RaftCommandLog: CommandLog {
         let committed = raft.committed
         await withDiscardingTaskGroup { group in
             group.addTask {
-                for await entry in committed {
-                    buffer.append(entry)
+                for await item in committed {
+                    buffer.append(item)
                     ring.yield()
                 }
                 ring.finish()
@@ -187,6 +195,7 @@ public actor RaftCommandLog: CommandLog {
                     do {
                         try await apply(batch)
                         failures.recovered(logger: logger)
+                        await compactIfDue()
                         break
                     } catch {
                         failures.failed(error, logger: logger)
@@ -194,6 +203,63 @@ public actor RaftCommandLog: CommandLog {
                     }
                 }
             }
+        }
+    }
+
+    /// Applies what Raft handed over in order: runs of entries, each in one transaction, and snapshots in between.
+    /// A batch that fails part way is retried whole: what was applied is skipped the second time.
+    private func apply(_ items: [Committed]) async throws {
+        var run: [LogEntry] = []
+        for item in items {
+            switch item {
+            case .entry(let entry):
+                run.append(entry)
+            case .snapshot(let snapshot):
+                try await apply(run)
+                run = []
+                try await restore(snapshot)
+            }
+        }
+        try await apply(run)
+    }
+
+    /// A snapshot from the leader: the ledger's state becomes it (one transaction), and whoever waited for an entry it
+    /// covers proposes again (the same ids: what was applied is a duplicate now, and says so).
+    private func restore(_ snapshot: RaftSnapshot) async throws {
+        guard snapshot.lastIndex > applied else { return }
+        let ledger = self.ledger
+        try await Blocking.run {
+            try ledger.restore(snapshot: snapshot.data, index: snapshot.lastIndex, term: snapshot.lastTerm)
+        }
+        applied = snapshot.lastIndex
+        snapshotIndex = snapshot.lastIndex
+        outcomes = [:]
+        logger.notice(
+            "installed a snapshot of the ledger from the leader",
+            metadata: ["raft/index": "\(snapshot.lastIndex)", "raft/bytes": "\(snapshot.data.count)"])
+        let ready = waiters.keys.filter { $0 <= applied }
+        for index in ready {
+            for waiter in (waiters.removeValue(forKey: index) ?? [:]).values {
+                waiter.resume(throwing: FarmError(.failed, "entry \(index) arrived inside a snapshot; proposing again"))
+            }
+        }
+        await onRestore(snapshot)
+        onApply()
+    }
+
+    /// Every `snapshotEvery` applied entries: the ledger's state as of what it applied becomes Raft's snapshot, and
+    /// the log before it goes (Raft's and the ledger's). A failure is logged and tried again after the next batch.
+    private func compactIfDue() async {
+        guard snapshotEvery > 0, applied >= snapshotIndex + snapshotEvery else { return }
+        let ledger = self.ledger
+        do {
+            let (index, data) = try await Blocking.run { try ledger.snapshot() }
+            guard let term = try await raft.compact(through: index, data: data) else { return }
+            try await Blocking.run { try ledger.compactLog(through: index, term: term) }
+            snapshotIndex = index
+            logger.info("compacted the log", metadata: ["raft/index": "\(index)", "raft/bytes": "\(data.count)"])
+        } catch {
+            logger.warning("cannot compact the log; will try again", metadata: ["error": "\(error)"])
         }
     }
 
@@ -253,13 +319,13 @@ public actor RaftCommandLog: CommandLog {
     public func isLeader() async -> Bool { await raft.status?.role == .leader }
 }
 
-/// Committed entries waiting for the applier.
+/// Committed entries (and snapshots) waiting for the applier.
 final class EntryBuffer: Sendable {
-    private let entries = Mutex<[LogEntry]>([])
+    private let entries = Mutex<[Committed]>([])
 
-    func append(_ entry: LogEntry) { entries.withLock { $0.append(entry) } }
+    func append(_ item: Committed) { entries.withLock { $0.append(item) } }
 
-    func drain() -> [LogEntry] {
+    func drain() -> [Committed] {
         entries.withLock { pending in
             defer { pending.removeAll(keepingCapacity: true) }
             return pending

@@ -103,6 +103,9 @@ public struct NodeSettings: Sendable {
     /// new machines as voters until there are this many, promotes a learner when a voter is removed or has been
     /// dead for `promoteAfterDeadFactor` × `deadMilliseconds`, and demotes voters above the count.
     public var maxVoters: Int = 5
+    /// Every this many applied entries the ledger's state becomes Raft's snapshot and the log before it is dropped
+    /// (`--snapshot-every`; 0: never). New and lagging members are brought up to date from the snapshot.
+    public var snapshotEvery: UInt64 = 10_000
     /// Raft timing (heartbeat 100 ms, election timeout 500–1000 ms by default).
     public var raft = RaftSettings()
     /// How long a finished job's .blend stays in this node's blob store (images stay until removed by hand).

@@ -47,9 +47,22 @@ public final class RaftLogStore: RaftStorage {
                     );
                     """)
         }
+        migrator.registerMigration("raft_v2_snapshot") { db in
+            // Compaction (Raft §7): the latest snapshot; `header` is `RaftSnapshot.encodedHeader()` (last index and
+            // term, configuration, recovery epoch), `data` the state machine's own encoding.
+            try db.execute(
+                sql: """
+                    CREATE TABLE raft_snapshot (
+                        id INTEGER PRIMARY KEY CHECK (id = 1),
+                        last_index INTEGER NOT NULL,
+                        header BLOB NOT NULL,
+                        data BLOB NOT NULL
+                    );
+                    """)
+        }
     }
 
-    public func load() async throws -> (hardState: HardState, log: [LogEntry]) {
+    public func load() async throws -> StoredRaftState {
         try await writer.read { db in try Self.load(db) }
     }
 
@@ -64,7 +77,7 @@ public final class RaftLogStore: RaftStorage {
     }
 
     /// Blocking variant of `load`, for a process that must not return to an event loop between steps (crash tests).
-    public func loadNow() throws -> (hardState: HardState, log: [LogEntry]) {
+    public func loadNow() throws -> StoredRaftState {
         try writer.read { db in try Self.load(db) }
     }
 
@@ -106,18 +119,37 @@ public final class RaftLogStore: RaftStorage {
         }
     }
 
-    private static func load(_ db: Database) throws -> (hardState: HardState, log: [LogEntry]) {
+    /// The stored snapshot, if the log was ever compacted.
+    public func snapshot() throws -> RaftSnapshot? {
+        try writer.read { db in try Self.snapshot(db) }
+    }
+
+    private static func snapshot(_ db: Database) throws -> RaftSnapshot? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT header, data FROM raft_snapshot WHERE id = 1") else {
+            return nil
+        }
+        do {
+            return try RaftSnapshot(header: Array(row["header"] as Data), data: Array(row["data"] as Data))
+        } catch {
+            throw RaftStorageError("raft_snapshot is unreadable", cause: error)
+        }
+    }
+
+    private static func load(_ db: Database) throws -> StoredRaftState {
         let hard = try hardState(db)
+        let snapshot = try snapshot(db)
         var log: [LogEntry] = []
-        let rows = try Row.fetchCursor(db, sql: "SELECT idx, term, payload FROM raft_log ORDER BY idx")
+        let base = snapshot?.lastIndex ?? 0
+        let rows = try Row.fetchCursor(
+            db, sql: "SELECT idx, term, payload FROM raft_log WHERE idx > ? ORDER BY idx", arguments: [Int64(base)])
         while let row = try rows.next() {
             let entry = try Self.entry(row)
-            guard entry.index == UInt64(log.count + 1) else {
+            guard entry.index == base + UInt64(log.count + 1) else {
                 throw RaftStorageError("raft_log has a gap before index \(entry.index)")
             }
             log.append(entry)
         }
-        return (hard, log)
+        return StoredRaftState(hardState: hard, snapshot: snapshot, log: log)
     }
 
     private static func persist(_ request: PersistRequest, _ db: Database) throws {
@@ -128,6 +160,16 @@ public final class RaftLogStore: RaftStorage {
                     ON CONFLICT(id) DO UPDATE SET term = excluded.term, voted_for = excluded.voted_for
                     """,
                 arguments: [Int64(hard.term), hard.votedFor])
+        }
+        if let installed = request.snapshot {
+            try db.execute(
+                sql: """
+                    INSERT INTO raft_snapshot (id, last_index, header, data) VALUES (1, ?, ?, ?)
+                    ON CONFLICT(id) DO UPDATE SET last_index = excluded.last_index, header = excluded.header,
+                        data = excluded.data
+                    """,
+                arguments: [Int64(installed.lastIndex), Data(installed.encodedHeader()), Data(installed.data)])
+            try db.execute(sql: "DELETE FROM raft_log WHERE idx <= ?", arguments: [Int64(installed.lastIndex)])
         }
         if let from = request.truncateFrom {
             try db.execute(sql: "DELETE FROM raft_log WHERE idx >= ?", arguments: [Int64(from)])

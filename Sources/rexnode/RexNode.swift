@@ -129,6 +129,8 @@ extension RexNode {
             Double = 10
         @Option(help: "At most this many members vote (the rest are learners: they render, never vote).")
         var voters: Int = 5
+        @Option(help: "Snapshot the ledger and drop the log before it every N entries (0: never).")
+        var snapshotEvery: Int = 10_000
         @Option(help: ArgumentHelp("Milliseconds between discovery beacons.", visibility: .hidden)) var beaconMs: Int =
             1000
         @Option(help: "Seconds a finished job's .blend is kept on this node.") var blendGrace: Double = 600
@@ -149,6 +151,9 @@ extension RexNode {
             guard evictAfter >= 1 else { throw ValidationError("--evict-after must be at least 1 second.") }
             guard beaconMs >= 50 else { throw ValidationError("--beacon-ms must be at least 50.") }
             guard (1...99).contains(voters) else { throw ValidationError("--voters must be between 1 and 99.") }
+            guard snapshotEvery == 0 || snapshotEvery >= 10 else {
+                throw ValidationError("--snapshot-every must be 0 (never) or at least 10 entries.")
+            }
         }
 
         func run() async throws {
@@ -186,6 +191,7 @@ extension RexNode {
                 settings.suspectMilliseconds = min(3000, settings.deadMilliseconds / 2)
                 settings.beaconMilliseconds = beaconMs
                 settings.maxVoters = voters
+                settings.snapshotEvery = UInt64(snapshotEvery)
                 settings.blendGraceMilliseconds = Int(blendGrace * 1000)
                 settings.keepImagesMilliseconds = try RetentionSettings.parseDuration(keepImages)
                 settings.minFreeBytes = try RetentionSettings.parseSize(minFree)

@@ -27,6 +27,8 @@ struct SimResult: Sendable {
     var partitions = 0
     var dropped = 0
     var failoverMs: [UInt64] = []
+    var compactions = 0
+    var snapshotsInstalled = 0
 }
 
 // MARK: - Event queue
@@ -92,12 +94,49 @@ private struct SimNode {
     var instance: RaftInstance<SplitMix64>?
     // What survives a crash: only what a persist directive made durable.
     var durableHard = HardState()
+    /// The stored snapshot, and the log after it.
+    var durableSnapshot: RaftSnapshot?
     var durableLog: [LogEntry] = []
+    /// The history hash at the snapshot's last index, and after each entry of `durableLog`.
+    var chainBase: UInt64 = 0xCBF2_9CE4_8422_2325
     var chain: [UInt64] = []
     var timerGeneration: UInt64 = 0
-    // The state machine, rebuilt from the log after a restart.
+    // The state machine, rebuilt from the snapshot and the log after a restart: how far it applied, a hash of every
+    // entry applied in order, and the command ids it applied (for de-duplication).
     var applied: LogIndex = 0
+    var digest: UInt64 = 0xCBF2_9CE4_8422_2325
     var appliedIDs: Set<CommandID> = []
+
+    var snapshotIndex: LogIndex { durableSnapshot?.lastIndex ?? 0 }
+    var durableLastIndex: LogIndex { snapshotIndex + LogIndex(durableLog.count) }
+    var durableLastTerm: Term { durableLog.last?.term ?? durableSnapshot?.lastTerm ?? 0 }
+}
+
+/// The simulated state machine's snapshot: how far it applied, its digest, the command ids it applied.
+private struct MachineState {
+    var applied: LogIndex
+    var digest: UInt64
+    var ids: [UInt64]
+
+    func encoded() -> [UInt8] {
+        var bytes: [UInt8] = []
+        for value in [applied, digest] + ids { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
+        return bytes
+    }
+
+    init(applied: LogIndex, digest: UInt64, ids: [UInt64]) {
+        self.applied = applied
+        self.digest = digest
+        self.ids = ids
+    }
+
+    init?(_ bytes: [UInt8]) {
+        guard bytes.count >= 16, bytes.count % 8 == 0 else { return nil }
+        let words = stride(from: 0, to: bytes.count, by: 8).map { start in
+            bytes[start..<start + 8].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * $1.offset) }
+        }
+        self.init(applied: words[0], digest: words[1], ids: Array(words.dropFirst(2)))
+    }
 }
 
 private struct IndexTerm: Hashable {
@@ -126,6 +165,8 @@ struct Simulation {
     private var committedMembers: Set<NodeID> { committedConfiguration.members }
     /// The membership driver keeps at most this many voters; the other members are learners.
     private let maxVoters: Int
+    /// Each node compacts its log once it applied this many entries after its snapshot (0: never).
+    private let snapshotEvery: LogIndex
     private var votesCast: [VoteKey: Int] = [:]
     private var rng: SplitMix64
     private var now: UInt64 = 0
@@ -139,6 +180,8 @@ struct Simulation {
     private var committed: [LogEntry] = []
     /// The term each committed entry was first seen committed in (the applying node's term, an upper bound).
     private var committedInTerm: [Term] = []
+    /// The state machine digest after each committed index (`committedDigest[i]` covers entries 1…i+1).
+    private var committedDigest: [UInt64] = []
     private var chainAt: [IndexTerm: UInt64] = [:]
     private var acked: Set<CommandID> = []
     private var pendingAcks: [Int: [LogIndex: CommandID]] = [:]
@@ -163,6 +206,12 @@ struct Simulation {
         if variant < 3 { settings.electionTimeoutMax = settings.electionTimeoutMin + .milliseconds(15) }
         if variant == 3 || variant == 4 { settings.preVote = false }
         if variant == 4 || variant == 5 { settings.checkQuorum = false }
+        // Snapshots: most seeds compact every few dozen entries; some send them in tiny chunks (and so appends of
+        // one entry each); a few never compact.
+        let compaction = UInt64.random(in: 0..<10, using: &rng)
+        snapshotEvery = compaction < 2 ? 0 : UInt64.random(in: 3..<40, using: &rng)
+        if compaction >= 7 { settings.maxAppendBytes = 40 }
+        if compaction == 9 { settings.snapshotRetry = .milliseconds(100) }
         self.settings = settings
         self.defaultTimings = variant >= 6
         // Half the seeds of four nodes or more run learners: three voters, the rest learners.
@@ -232,13 +281,17 @@ struct Simulation {
     }
 
     private mutating func boot(node i: Int) throws {
-        trace("\(nodes[i].id) boot durable last \(nodes[i].durableLog.count) hard \(nodes[i].durableHard)")
+        trace("\(nodes[i].id) boot durable last \(nodes[i].durableLastIndex) hard \(nodes[i].durableHard)")
         let instance = RaftInstance(
-            id: nodes[i].id, settings: settings, hardState: nodes[i].durableHard, log: nodes[i].durableLog,
-            random: SplitMix64(seed: rng.next()), now: time)
+            id: nodes[i].id, settings: settings, hardState: nodes[i].durableHard,
+            snapshot: nodes[i].durableSnapshot, log: nodes[i].durableLog, random: SplitMix64(seed: rng.next()),
+            now: time)
         nodes[i].instance = instance
         nodes[i].applied = 0
+        nodes[i].digest = 0xCBF2_9CE4_8422_2325
         nodes[i].appliedIDs = []
+        // The state machine starts from the stored snapshot (the instance applies from just after it).
+        if let snapshot = nodes[i].durableSnapshot { try restore(node: i, snapshot) }
         pendingAcks[i] = [:]
         try perform(node: i, nodes[i].instance!.onTick(now: time))
     }
@@ -396,7 +449,7 @@ struct Simulation {
     }
 
     private mutating func crash(node i: Int, quickly: Bool = false) {
-        trace("\(nodes[i].id) CRASH durable last \(nodes[i].durableLog.count) hard \(nodes[i].durableHard)")
+        trace("\(nodes[i].id) CRASH durable last \(nodes[i].durableLastIndex) hard \(nodes[i].durableHard)")
         if nodes[i].instance?.role == .leader { startFailover(leader: i) }
         nodes[i].instance = nil
         nodes[i].timerGeneration += 1
@@ -457,6 +510,10 @@ struct Simulation {
                 }
             case .apply(let entries):
                 try apply(node: i, entries)
+                guard nodes[i].instance != nil else { return }
+                try compactIfDue(node: i)
+            case .restore(let snapshot):
+                try restore(node: i, snapshot)
             case .roleChanged(let role, let term, let leader):
                 trace(
                     "\(nodes[i].id) \(role.rawValue) term \(term) leader \(leader ?? "-") "
@@ -486,17 +543,48 @@ struct Simulation {
 
     private mutating func persistDurable(node i: Int, _ request: PersistRequest) throws {
         if let hard = request.hardState { nodes[i].durableHard = hard }
-        if let from = request.truncateFrom, from >= 1, from <= LogIndex(nodes[i].durableLog.count) {
-            nodes[i].durableLog.removeSubrange(Int(from - 1)...)
-            nodes[i].chain.removeSubrange(Int(from - 1)...)
+        if let snapshot = request.snapshot {
+            // Only committed state is ever snapshotted: its last entry must be the committed one.
+            let position = Int(snapshot.lastIndex) - 1
+            guard position < committed.count, committed[position].term == snapshot.lastTerm,
+                let base = chainAt[IndexTerm(index: snapshot.lastIndex, term: snapshot.lastTerm)]
+            else {
+                throw Violation(
+                    message: "\(nodes[i].id) stored a snapshot at \(snapshot.lastIndex) term \(snapshot.lastTerm), "
+                        + "which is not a committed entry")
+            }
+            let covered = Int(min(snapshot.lastIndex - min(snapshot.lastIndex, nodes[i].snapshotIndex),
+                LogIndex(nodes[i].durableLog.count)))
+            // Log matching: where this node holds the snapshot's last entry, it sits on the same history.
+            let holdsLast = snapshot.lastIndex <= nodes[i].durableLastIndex && covered > 0
+            if holdsLast && nodes[i].durableLog[covered - 1].term == snapshot.lastTerm
+                && nodes[i].chain[covered - 1] != base
+            {
+                throw Violation(message: "log matching: \(nodes[i].id)'s history differs from its snapshot's")
+            }
+            // As a storage does: the entries the snapshot covers go; what follows goes only by `truncateFrom`.
+            let beyond = snapshot.lastIndex > nodes[i].durableLastIndex
+            nodes[i].durableLog.removeFirst(covered)
+            nodes[i].chain.removeFirst(covered)
+            if beyond {
+                nodes[i].durableLog = []
+                nodes[i].chain = []
+            }
+            nodes[i].durableSnapshot = snapshot
+            nodes[i].chainBase = base
+        }
+        if let from = request.truncateFrom, from > nodes[i].snapshotIndex, from <= nodes[i].durableLastIndex {
+            let cut = Int(from - nodes[i].snapshotIndex - 1)
+            nodes[i].durableLog.removeSubrange(cut...)
+            nodes[i].chain.removeSubrange(cut...)
         }
         for entry in request.entries {
-            guard entry.index == LogIndex(nodes[i].durableLog.count + 1) else {
+            guard entry.index == nodes[i].durableLastIndex + 1 else {
                 throw Violation(
-                    message: "\(nodes[i].id) persisted entry \(entry.index) after \(nodes[i].durableLog.count)")
+                    message: "\(nodes[i].id) persisted entry \(entry.index) after \(nodes[i].durableLastIndex)")
             }
             // Log matching: the same (index, term) must always sit on top of the same history.
-            let link = fnv(nodes[i].chain.last ?? 0xCBF2_9CE4_8422_2325, entry)
+            let link = fnv(nodes[i].chain.last ?? nodes[i].chainBase, entry)
             nodes[i].durableLog.append(entry)
             nodes[i].chain.append(link)
             let key = IndexTerm(index: entry.index, term: entry.term)
@@ -530,6 +618,7 @@ struct Simulation {
                 throw Violation(message: "\(nodes[i].id) applied index \(entry.index) after \(nodes[i].applied)")
             }
             nodes[i].applied = entry.index
+            nodes[i].digest = fnv(nodes[i].digest, entry)
             // Every node applies the same entry at each index.
             let position = Int(entry.index - 1)
             if position < committed.count {
@@ -541,6 +630,7 @@ struct Simulation {
             } else {
                 committed.append(entry)
                 committedInTerm.append(instance.currentTerm)
+                committedDigest.append(nodes[i].digest)
                 result.commits += 1
                 committedConfiguration.apply(entry.kind)
             }
@@ -563,6 +653,39 @@ struct Simulation {
                 }
             }
         }
+    }
+
+    /// The state machine takes the snapshot's state; it must be exactly the committed prefix up to its last index.
+    private mutating func restore(node i: Int, _ snapshot: RaftSnapshot) throws {
+        guard let state = MachineState(snapshot.data), state.applied == snapshot.lastIndex else {
+            throw Violation(message: "\(nodes[i].id) got a snapshot whose data is not its state at its index")
+        }
+        let position = Int(snapshot.lastIndex) - 1
+        guard position < committedDigest.count, committedDigest[position] == state.digest else {
+            throw Violation(
+                message: "state machine safety: \(nodes[i].id) restored a snapshot at \(snapshot.lastIndex) that is "
+                    + "not the committed state there")
+        }
+        guard snapshot.lastIndex >= nodes[i].applied else {
+            throw Violation(message: "\(nodes[i].id) restored a snapshot behind what it applied")
+        }
+        nodes[i].applied = state.applied
+        nodes[i].digest = state.digest
+        nodes[i].appliedIDs = Set(state.ids.map { CommandID(origin: "client", sequence: $0) })
+        result.snapshotsInstalled += 1
+    }
+
+    /// Compacts once `snapshotEvery` entries were applied after the snapshot (and, now and then, at once).
+    private mutating func compactIfDue(node i: Int) throws {
+        guard snapshotEvery > 0, let instance = nodes[i].instance else { return }
+        let behind = nodes[i].applied - min(nodes[i].applied, instance.snapshotIndex)
+        guard behind >= snapshotEvery || (behind > 0 && chance(0.002)) else { return }
+        let state = MachineState(
+            applied: nodes[i].applied, digest: nodes[i].digest,
+            ids: nodes[i].appliedIDs.filter { $0.origin == "client" }.map(\.sequence).sorted())
+        let directives = nodes[i].instance!.compact(through: nodes[i].applied, data: state.encoded(), now: time)
+        if !directives.isEmpty { result.compactions += 1 }
+        try perform(node: i, directives)
     }
 
     private func describe(_ entry: LogEntry) -> String {
@@ -590,7 +713,9 @@ struct Simulation {
         // older term can still be elected late, by delayed votes; it cannot commit anything.)
         guard let instance = nodes[i].instance else { return }
         for (position, entry) in committed.enumerated()
-        where committedInTerm[position] < term && instance.entry(at: entry.index) != entry {
+        where committedInTerm[position] < term && entry.index > instance.snapshotIndex
+            && instance.entry(at: entry.index) != entry
+        {
             throw Violation(
                 message: "leader completeness: \(nodes[i].id) leads term \(term) without committed "
                     + "\(describe(entry))")
@@ -604,13 +729,15 @@ struct Simulation {
         let members = committedConfiguration.voters
         let quorum = members.count / 2 + 1
         for x in nodes.indices where members.contains(nodes[x].id) {
-            let log = nodes[x].durableLog
-            if log.count >= Int(last.index) && log[Int(last.index) - 1] == last { continue }
-            let xLast = (log.last?.term ?? 0, LogIndex(log.count))
+            let node = nodes[x]
+            if last.index <= node.snapshotIndex { continue }  // a snapshot holds only committed state
+            if node.durableLastIndex >= last.index && node.durableLog[Int(last.index - node.snapshotIndex) - 1] == last {
+                continue
+            }
+            let xLast = (node.durableLastTerm, node.durableLastIndex)
             var supporters = 0
             for y in nodes.indices where members.contains(nodes[y].id) {
-                let other = nodes[y].durableLog
-                let yLast = (other.last?.term ?? 0, LogIndex(other.count))
+                let yLast = (nodes[y].durableLastTerm, nodes[y].durableLastIndex)
                 if xLast.0 > yLast.0 || (xLast.0 == yLast.0 && xLast.1 >= yLast.1) { supporters += 1 }
             }
             if supporters >= quorum {

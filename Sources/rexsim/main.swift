@@ -158,6 +158,7 @@ struct Summary {
         "{\"seeds\":\(results.count),\"violations\":\(violations),\"commits\":\(total(\.commits)),"
             + "\"elections\":\(total(\.elections)),\"crashes\":\(total(\.crashes)),"
             + "\"partitions\":\(total(\.partitions)),\"dropped\":\(total(\.dropped)),"
+            + "\"compactions\":\(total(\.compactions)),\"snapshots_installed\":\(total(\.snapshotsInstalled)),"
             + "\"failover_ms_p50\":\(percentile(0.5)),\"failover_ms_p99\":\(percentile(0.99)),"
             + "\"failovers\":\(results.reduce(0) { $0 + $1.failoverMs.count }),"
             + "\"seconds\":\(Double(Int(elapsed * 1000)) / 1000)}"
@@ -168,6 +169,7 @@ struct Summary {
             ("seeds", "\(results.count)"), ("violations", "\(violations)"), ("commits", "\(total(\.commits))"),
             ("elections", "\(total(\.elections))"), ("crashes", "\(total(\.crashes))"),
             ("partitions", "\(total(\.partitions))"), ("dropped", "\(total(\.dropped))"),
+            ("compactions", "\(total(\.compactions))"), ("installed", "\(total(\.snapshotsInstalled))"),
             ("failover p50", "\(percentile(0.5)) ms"), ("failover p99", "\(percentile(0.99)) ms"),
             ("wall time", "\(Double(Int(elapsed * 100)) / 100) s"),
         ]

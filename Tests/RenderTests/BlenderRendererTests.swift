@@ -416,13 +416,12 @@ struct FakeBlenderTests {
             executable: directory + "/blender", blendFile: directory + "/scene.blend", pythonScript: "unused.py")
         command.environment["HANG_LOAD"] = "1"
         let session = BlenderSession(command: command, jobID: "c9", logger: nil, loadTimeout: .milliseconds(300))
-        let clock = ContinuousClock()
-        let started = clock.now
+        // The fake never finishes loading: that `start` returns at all shows the kill (no bound on how soon: a busy
+        // CI machine once took 10.6 s to start and reap a shell script).
         await #expect { try await session.start() } throws: {
             guard let error = $0 as? RenderError else { return false }
             return error.code == .crashed && error.message.contains("did not finish loading")
         }
-        #expect(clock.now - started < .seconds(10))
         #expect(await session.processID == nil)
     }
 
