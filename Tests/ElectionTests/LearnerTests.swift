@@ -131,8 +131,9 @@ struct LearnerTests {
             #expect(cluster.nodes[id]!.members == Set(voters + learners))
         }
         // A restart rebuilds the same configuration from the log.
-        let (hard, log) = cluster.durable["e"]!
-        let restarted = Instance(id: "e", hardState: hard, log: log, random: SplitMix64(seed: 9), now: cluster.now)
+        let stored = cluster.durable["e"]!
+        let restarted = Instance(
+            id: "e", hardState: stored.hardState, log: stored.log, random: SplitMix64(seed: 9), now: cluster.now)
         #expect(restarted.voters == expected)
     }
 

@@ -501,7 +501,7 @@ struct MembershipTests {
         // "b" joins with an empty log and no members: it never campaigns by itself.
         cluster.nodes["b"] = Instance(id: "b", random: SplitMix64(seed: 9), now: cluster.now)
         cluster.applied["b"] = []
-        cluster.durable["b"] = (HardState(), [])
+        cluster.durable["b"] = StoredRaftState()
         cluster.deliverAll()
         for _ in 0..<5 {
             cluster.advance(by: 100)

@@ -65,7 +65,8 @@ struct RaftNodeTests {
             let highest = indices.max()!
             for node in farm.nodes {
                 var payloads: [UInt8] = []
-                for await entry in node.committed {
+                for await item in node.committed {
+                    guard case .entry(let entry) = item else { continue }
                     if case .command(let command) = entry.kind { payloads.append(command.payload[0]) }
                     if entry.index >= highest { break }
                 }

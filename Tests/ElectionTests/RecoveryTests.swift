@@ -115,8 +115,9 @@ struct RecoveryTests {
         #expect(cluster.applied[survivor]!.contains { $0.kind == .recover(members: [survivor]) })
 
         // A restart reloads the recovered configuration and epoch from what was written.
-        let (hard, log) = cluster.durable[survivor]!
-        let restarted = Instance(id: survivor, hardState: hard, log: log, random: SplitMix64(seed: 7), now: cluster.now)
+        let stored = cluster.durable[survivor]!
+        let restarted = Instance(
+            id: survivor, hardState: stored.hardState, log: stored.log, random: SplitMix64(seed: 7), now: cluster.now)
         #expect(restarted.members == [survivor])
         #expect(restarted.recoveryEpoch == term)
     }

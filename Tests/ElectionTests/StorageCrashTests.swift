@@ -150,7 +150,8 @@ struct RaftLogStoreTests {
                 PersistRequest(truncateFrom: 4, entries: [LogEntry(term: 3, index: 4, kind: .addNode("n9"))]))
         }
         let reopened = try RaftLogStore.openStandalone(path: path)
-        let (hard, log) = try await reopened.load()
+        let stored = try await reopened.load()
+        let (hard, log) = (stored.hardState, stored.log)
         #expect(hard == HardState(term: 3, votedFor: "n1"))
         #expect(log.map(\.index) == [1, 2, 3, 4])
         #expect(log.last == LogEntry(term: 3, index: 4, kind: .addNode("n9")))
@@ -205,7 +206,7 @@ struct CrashTests {
         #expect(child.process.terminationReason == .uncaughtSignal)
         #expect(child.process.terminationStatus == SIGKILL)
 
-        let (hard, _) = try RaftLogStore.openStandalone(path: db).loadNow()
+        let hard = try RaftLogStore.openStandalone(path: db).loadNow().hardState
         #expect(hard == HardState(term: 5, votedFor: "a"))
 
         // The restarted node resumes with its vote: a rival candidate in the same term is refused.
@@ -279,7 +280,8 @@ struct CrashTests {
                 prevTerm = term
             }
         }
-        let (hard, log) = try RaftLogStore.openStandalone(path: db).loadNow()
+        let stored = try RaftLogStore.openStandalone(path: db).loadNow()
+        let (hard, log) = (stored.hardState, stored.log)
         #expect(LogIndex(log.count) >= acknowledgedIndex)
         #expect(hard.term >= term - 1)
     }

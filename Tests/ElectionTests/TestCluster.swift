@@ -6,8 +6,12 @@ typealias Instance = RaftInstance<SplitMix64>
 /// walk through a situation step by step.
 struct TestCluster {
     var nodes: [NodeID: Instance] = [:]
-    var durable: [NodeID: (HardState, [LogEntry])] = [:]
+    var durable: [NodeID: StoredRaftState] = [:]
     var applied: [NodeID: [LogEntry]] = [:]
+    /// The snapshots each node's state machine was told to install, in order.
+    var restored: [NodeID: [RaftSnapshot]] = [:]
+    /// How many `InstallSnapshot` chunks reached their node.
+    var snapshotChunksDelivered = 0
     var inFlight: [(from: NodeID, to: NodeID, message: RaftMessage)] = []
     var cut: Set<NodeID> = []
     var now = RaftTime.milliseconds(0)
@@ -21,7 +25,7 @@ struct TestCluster {
             nodes[id] = Instance(
                 id: id, settings: settings, hardState: HardState(term: 1), log: log,
                 random: SplitMix64(seed: UInt64(i + 1)), now: now)
-            durable[id] = (HardState(term: 1), log)
+            durable[id] = StoredRaftState(hardState: HardState(term: 1), log: log)
             applied[id] = []
         }
     }
@@ -31,14 +35,14 @@ struct TestCluster {
         for directive in directives {
             switch directive {
             case .persist(let request):
-                var (hard, log) = durable[id]!
-                try! InMemoryRaftStorage.apply(request, to: &hard, &log)
-                durable[id] = (hard, log)
+                try! durable[id]!.apply(request)
                 perform(id, nodes[id]!.onPersisted(request, now: now))
             case .send(let to, let message):
                 inFlight.append((id, to, message))
             case .apply(let entries):
                 applied[id, default: []].append(contentsOf: entries)
+            case .restore(let snapshot):
+                restored[id, default: []].append(snapshot)
             case .roleChanged, .scheduleTimer:
                 break
             }
@@ -63,6 +67,7 @@ struct TestCluster {
             steps += 1
             if cut.contains(from) || cut.contains(to) { continue }
             guard nodes[to] != nil else { continue }
+            if case .installSnapshot = message { snapshotChunksDelivered += 1 }
             perform(to, nodes[to]!.onMessage(message, from: from, now: now))
         }
     }
@@ -78,6 +83,23 @@ struct TestCluster {
             if let leader = leaders.max(by: { $0.currentTerm < $1.currentTerm }) { return leader.id }
         }
         return nil
+    }
+
+    /// Has `id`'s state machine save its state as of everything it applied (`data`: the indexes applied) and
+    /// compacts its log there; returns the snapshot's last index (nil: nothing to compact).
+    @discardableResult
+    mutating func compact(_ id: NodeID) -> LogIndex? {
+        let index = nodes[id]!.appliedIndex
+        let directives = nodes[id]!.compact(through: index, data: Self.stateData(through: index), now: now)
+        guard !directives.isEmpty else { return nil }
+        perform(id, directives)
+        return index
+    }
+
+    /// The test state machine's snapshot data at `index`: the index, eight bytes, padded to 100 bytes so that small
+    /// chunk sizes split it.
+    static func stateData(through index: LogIndex) -> [UInt8] {
+        withUnsafeBytes(of: index.littleEndian) { Array($0) } + [UInt8](repeating: 0xAB, count: 92)
     }
 
     mutating func propose(_ id: NodeID, _ payloads: [[UInt8]], sequence: UInt64 = 1) -> ProposalOutcome {

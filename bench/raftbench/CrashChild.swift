@@ -30,9 +30,10 @@ struct StorageCrashChild: ParsableCommand {
 
     func run() throws {
         let store = try RaftLogStore.openStandalone(path: db)
-        let (hard, log) = try store.loadNow()
+        let stored = try store.loadNow()
         var instance = RaftInstance(
-            id: id, hardState: hard, log: log, random: SplitMix64(seed: 7), now: .milliseconds(0))
+            id: id, hardState: stored.hardState, snapshot: stored.snapshot, log: stored.log,
+            random: SplitMix64(seed: 7), now: .milliseconds(0))
         var persists = 0
         var clock: UInt64 = 0
         emit("ready")

@@ -26,7 +26,7 @@ struct ThroughputBench {
 
         var persists: Int { counter.value }
 
-        func load() async throws -> (hardState: HardState, log: [LogEntry]) { try await inner.load() }
+        func load() async throws -> StoredRaftState { try await inner.load() }
 
         func persist(_ request: PersistRequest) throws {
             try inner.persist(request)
