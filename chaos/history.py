@@ -1,17 +1,20 @@
 """The fault suite's history checker: reads what the farm recorded and what clients saw, and says what broke.
 
 Inputs (plain data, so tests can hand it broken histories):
-  ledgers   {node_id: [entry, ...]}  each node's `rexnode ledger --json` at the end of the run
+  ledgers   {node_id: [entry, ...]}  each node's `rexnode ledger --json` at the end of the run: the entries it
+            retains, which start past index 1 once it compacted its log into a snapshot
   submits   [{"job": id|None, "acknowledged": bool, "output": dir, "frames": N}]  one per `rexnode submit`
             the run started; acknowledged = the submitter printed "Job ID (N frames)", i.e. it was committed
   leaders   [{"node": id, "term": n}]  every "I lead term n" the run saw (node logs and polls)
   terms     {node_id: [term, ...]}  each node's terms in the order it had them, across its restarts
-  states    {node_id: {job: {"state": s, "frames": {frame: {"state", "hash"}}}}}  optional: each node's
-            `status` of every job at the end, compared with what the log says
+  states    {node_id: {job: {"state": s, "name": n, "frames": {frame: {"state", "hash"}}}}}  optional: each
+            node's `status` of every job at the end, compared with what the log says; for a job whose submit
+            was compacted away (it is in no retained log), the tables are the record
 
 Checks (each violation is one readable sentence):
-  prefix        every node's applied log is a prefix of one history: identical entries (every field,
-                outcome of applying it included) at every index, indexes contiguous from 1
+  prefix        every node's retained log is a run of one history: identical entries (every field, outcome
+                of applying it included) at every index, indexes contiguous (from 1 until compacted), the
+                history itself contiguous
   monotone      terms never go backwards: in each log by index, and in each node's own sequence of terms
   one-leader    at most one leader per term
   exactly-once  no frame has two CompleteFrame entries the ledger applied; no applied completion of a frame
@@ -27,28 +30,36 @@ import re
 
 
 def agreed_history(ledgers):
-    """The longest log; `check_prefix` verifies every other log is a prefix of it."""
-    longest = []
-    for log in ledgers.values():
-        if len(log) > len(longest):
-            longest = log
-    return longest
+    """Every index any node retains, in order, each with the entry of the node that retains the longest log there
+    (logs end at different points; compaction makes them start at different points). `check_prefix` verifies the
+    nodes agree wherever they overlap."""
+    merged = {}
+    for log in sorted(ledgers.values(), key=len):
+        for entry in log:
+            merged[entry.get("index")] = entry
+    return [merged[i] for i in sorted(i for i in merged if isinstance(i, int))]
 
 
 def check_prefix(ledgers):
     problems = []
     history = agreed_history(ledgers)
+    at = {entry["index"]: entry for entry in history}
     for node, log in sorted(ledgers.items()):
+        first = log[0].get("index") if log else 1
         for position, entry in enumerate(log):
-            if entry.get("index") != position + 1:
+            if entry.get("index") != first + position:
                 problems.append(f"node {node}'s log has index {entry.get('index')} at position {position + 1}.")
                 break
-            if position >= len(history) or entry != history[position]:
-                differ = sorted(k for k in set(entry) | set(history[position]) if entry.get(k) !=
-                                history[position].get(k)) if position < len(history) else ["index"]
-                problems.append(f"node {node}'s log differs from the agreed history at index {position + 1} "
+            agreed = at.get(entry.get("index"))
+            if entry != agreed:
+                differ = sorted(k for k in set(entry) | set(agreed or {}) if entry.get(k) != (agreed or {}).get(k))
+                problems.append(f"node {node}'s log differs from the agreed history at index {entry['index']} "
                                 f"({', '.join(differ)}).")
                 break
+    for before, after in zip(history, history[1:]):
+        if after["index"] != before["index"] + 1:
+            problems.append(f"no node retains indexes {before['index'] + 1}-{after['index'] - 1}.")
+            break
     return problems
 
 
@@ -149,10 +160,33 @@ def tree_root(path):
     return h(b"\x02" + size.to_bytes(8, "big") + level[0])
 
 
-def replay(history):
+def compacted_jobs(history, submits, states):
+    """Jobs submitted before the retained history starts, as the nodes' tables record them: {job: record}, with the
+    record's frames and committed images taken from the first node that has the job (the others are compared with
+    it by `compare_state`)."""
+    if not history or history[0]["index"] == 1 or not states:
+        return {}
+    in_history = {e.get("job") for e in history if e.get("type") == "SubmitJob" and e.get("outcome") == "applied"}
+    outputs = {s["job"]: s.get("output") for s in submits if s.get("job")}
+    jobs = {}
+    for node, view in sorted(states.items()):
+        for job, status in sorted(view.items()):
+            if job in in_history or job in jobs:
+                continue
+            frames = sorted(status["frames"])
+            done = {f: [{"hash": status["frames"][f].get("hash"), "index": None}] for f in frames
+                    if status["frames"][f].get("state") == "done"}
+            jobs[job] = {"submit": {"frames": frames, "name": status.get("name"), "output": outputs.get(job)},
+                         "done": done, "canceled": status["state"] == "canceled", "compacted": True}
+    return jobs
+
+
+def replay(history, before=None):
     """Jobs of the agreed history: {job: {"submit": entry, "done": {frame: [entries]}, "canceled": bool}},
-    and the applied completions that name a job or frame the history does not have."""
-    jobs, orphans = {}, []
+    and the applied completions that name a job or frame the history does not have. `before`: the jobs submitted
+    before the retained history starts (see `compacted_jobs`); completions retained for them count too (a
+    completion the tables already hold is the same one, not a second)."""
+    jobs, orphans = {job: dict(record, done=dict(record["done"])) for job, record in (before or {}).items()}, []
     for entry in history:
         kind, outcome = entry.get("type"), entry.get("outcome")
         if outcome != "applied":
@@ -163,6 +197,9 @@ def replay(history):
             job = jobs.get(entry.get("job"))
             if job is None or entry.get("frame") not in job["submit"]["frames"]:
                 orphans.append(entry)
+            elif job.get("compacted") and entry["frame"] in job["done"] and job["done"][entry["frame"]][0]["index"] \
+                    is None:
+                job["done"][entry["frame"]] = [entry]  # the tables' record of this very completion
             else:
                 job["done"].setdefault(entry["frame"], []).append(entry)
         elif kind == "CancelJob" and entry.get("job") in jobs:
@@ -173,7 +210,7 @@ def replay(history):
 def check_frames(history, submits, states=None, canceled=()):
     """Returns (problems, stats): exactly-once commits and nothing committed or acknowledged lost."""
     problems = []
-    jobs, orphans = replay(history)
+    jobs, orphans = replay(history, compacted_jobs(history, submits, states))
     committed = doubles = lost = 0
     for entry in orphans:
         problems.append(f"index {entry['index']} applied a completion of {entry.get('job')}/{entry.get('frame')}, "
@@ -195,7 +232,7 @@ def check_frames(history, submits, states=None, canceled=()):
             lost += submit.get("frames") or 1
             continue
         asked = submit.get("frames")
-        if asked is not None and record["submit"]["frames"] != list(range(1, asked + 1)):
+        if asked is not None and list(record["submit"]["frames"]) != list(range(1, asked + 1)):
             problems.append(f"job {job} was submitted with frames 1-{asked} but the ledger has "
                             f"{len(record['submit']['frames'])} frames.")
     for job, record in jobs.items():
@@ -210,6 +247,8 @@ def check_frames(history, submits, states=None, canceled=()):
             problems.append(f"job {job}: {len(missing)} of {len(frames)} frames never committed "
                             f"(first {missing[:5]}).")
         name, output = record["submit"]["name"], record["submit"]["output"]
+        if output is None:
+            continue  # a job from before the run's submits (none here): nothing to compare on disk
         for frame in frames:
             if frame in missing:
                 continue
@@ -254,5 +293,6 @@ def check(ledgers, submits, leaders, terms, states=None, canceled=()):
     problems = check_prefix(ledgers) + check_monotone_terms(ledgers, terms) + check_one_leader(leaders)
     frame_problems, stats = check_frames(history, submits, states, canceled)
     stats["jobs_acknowledged"] = sum(1 for s in submits if s.get("acknowledged"))
-    stats["log_length"] = len(history)
+    stats["log_length"] = history[-1]["index"] if history else 0
+    stats["log_retained_from"] = history[0]["index"] if history else 1
     return problems + frame_problems, stats

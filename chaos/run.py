@@ -48,9 +48,11 @@ def now():
 class Cluster:
     """One `rexnode join` per lab host, with the run's observations of roles and terms."""
 
-    def __init__(self, lab, rexnode, work, renderer):
+    def __init__(self, lab, rexnode, work, renderer, snapshot_every=100):
         self.lab, self.rexnode, self.work = lab, rexnode, work
         self.renderer = renderer
+        # Small, so every run compacts its logs many times and new or lagging nodes install snapshots.
+        self.snapshot_every = snapshot_every
         self.threads = None
         self.dirs = {i: os.path.join(work, f"h{i}") for i in range(1, HOSTS + 1)}
         self.procs = {}
@@ -80,7 +82,8 @@ class Cluster:
         args = [self.rexnode, "join", "--data", self.dirs[i], "--token", self.token, "--name", f"h{i}",
                 "--listen", f"{self.lab.address(i)}:7100", "--interface", self.lab.address(i),
                 "--discovery", "239.255.77.77:7777", "--beacon-ms", "250", "--dead-after", "2",
-                "--renderer", self.renderer, "--slots", "2" if self.renderer != "blender" else "1"]
+                "--renderer", self.renderer, "--slots", "2" if self.renderer != "blender" else "1",
+                "--snapshot-every", str(self.snapshot_every)]
         if self.threads:
             args += ["--threads", str(self.threads)]
         env = dict(os.environ, REXNODE_CLOCK_OFFSET_FILE=self.dirs[i] + ".clock")
@@ -551,20 +554,22 @@ def collect_states(cluster):
         for job in jobs:
             status = cluster.control(i, {"op": "status", "job": job["job"]}, timeout=10)
             if status is not None:
-                view[job["job"]] = {"state": status["state"],
+                view[job["job"]] = {"state": status["state"], "name": status.get("name"),
                                     "frames": {f["frame"]: f for f in status.get("frames", [])}}
         states[cluster.ids.get(i, f"h{i}")] = view
     return states
 
 
 def converged_ledgers(cluster, timeout=180):
-    """Every node's `rexnode ledger --json`, read again until all five have the same length (or time is up)."""
+    """Every node's `rexnode ledger --json`, read again until all five end at the same index (or time is up)."""
     deadline = now() + timeout
     while True:
         started = now()
         ledgers = collect_ledgers(cluster)
-        lengths = {len(log) for log in ledgers.values()}
-        print(f"chaos: read {len(ledgers)} ledgers in {now() - started:.1f} s, lengths {sorted(lengths)}", flush=True)
+        # The last index each holds (logs compacted at different points start at different indexes).
+        lengths = {log[-1].get("index", 0) if log else 0 for log in ledgers.values()}
+        print(f"chaos: read {len(ledgers)} ledgers in {now() - started:.1f} s, last indexes {sorted(lengths)}",
+              flush=True)
         if (len(ledgers) == HOSTS and len(lengths) == 1) or now() > deadline:
             return ledgers, len(ledgers) == HOSTS and len(lengths) == 1
         time.sleep(2)
@@ -596,6 +601,7 @@ def main():
     parser.add_argument("--faults", type=int, default=200)
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     parser.add_argument("--sim-ms", type=int, default=40)
+    parser.add_argument("--snapshot-every", type=int, default=100, help="each node's --snapshot-every")
     parser.add_argument("--report", help="write the markdown table here (docs/reliability.md)")
     parser.add_argument("--json", help="write the full results here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder even if every check passes")
@@ -618,7 +624,7 @@ def main():
         lab.up()
         scene = os.path.join(work, "scene.blend")
         make_scene(scene)
-        cluster = Cluster(lab, rexnode, work, f"simulated:{args.sim_ms}")
+        cluster = Cluster(lab, rexnode, work, f"simulated:{args.sim_ms}", args.snapshot_every)
         for i in cluster.dirs:
             cluster.start(i)
         observer = threading.Thread(target=cluster.observe, daemon=True)
@@ -686,7 +692,7 @@ def main():
         cluster.observing = False
         ledgers, converged = converged_ledgers(cluster)
         if not converged:
-            problems.append("the nodes' ledgers did not reach the same length within 180 s after the run.")
+            problems.append("the nodes' ledgers did not reach the same last index within 180 s after the run.")
         if len(ledgers) != HOSTS:
             problems.append(f"only {len(ledgers)} of {HOSTS} nodes answered `rexnode ledger --json`.")
         states = collect_states(cluster)

@@ -166,6 +166,51 @@ class HistoryTests(unittest.TestCase):
         self.assertTrue(any(p.startswith("node b has frame j1/2 as") for p in problems), problems)
         self.assertFalse(any(p.startswith("node a") for p in problems), problems)
 
+    # Compaction: logs that start past index 1, with the state tables as the record of what was compacted.
+
+    def tables(self, frame2_hash=None, name="shot"):
+        return {"j1": {"state": "done", "name": name, "frames": {
+            1: {"state": "done", "hash": blake(self.images[1])},
+            2: {"state": "done", "hash": frame2_hash or blake(self.images[2])}}}}
+
+    def test_compacted_logs_with_whole_tables_pass(self):
+        # Every node compacted: the submit (index 2) and frame 1's completion (index 4) are gone from every log.
+        ledgers = {"a": self.log[4:], "b": self.log[4:5], "c": self.log[3:]}
+        problems, stats = self.check(ledgers={"a": ledgers["a"], "b": ledgers["b"]},
+                                     states={"a": self.tables(), "b": self.tables()})
+        self.assertEqual(problems, [])
+        self.assertEqual(stats["frames_committed"], 2)
+        self.assertEqual(stats["log_retained_from"], 5)
+        problems, stats = self.check(ledgers=ledgers, states={"a": self.tables(), "c": self.tables()})
+        self.assertEqual(problems, [])
+        self.assertEqual(stats["frames_double"], 0, "a retained completion the tables hold is the same one")
+
+    def test_a_compacted_job_whose_frame_is_not_on_disk_is_lost(self):
+        os.remove(os.path.join(self.out, "shot_0001.png"))
+        problems, stats = self.check(ledgers={"a": self.log[4:]}, states={"a": self.tables()})
+        self.assertIn(f"job j1: frame 1 is committed but not in {self.out}.", problems)
+        self.assertEqual(stats["frames_lost"], 1)
+
+    def test_a_compacted_job_that_no_node_has_is_lost(self):
+        problems, _ = self.check(ledgers={"a": self.log[4:]}, states={"a": {}})
+        self.assertIn("acknowledged job j1 is not in the agreed history.", problems)
+
+    def test_a_second_retained_completion_of_a_compacted_frame_is_a_double(self):
+        again = entry(7, 2, "CompleteFrame", job="j1", frame=2, hash=blake(self.images[2]), cid="x:7")
+        problems, stats = self.check(ledgers={"a": self.log[4:] + [again]}, states={"a": self.tables()})
+        self.assertEqual(stats["frames_double"], 1)
+        self.assertTrue(any("frame j1/2 was committed 2 times" in p for p in problems), problems)
+
+    def test_compacted_logs_that_disagree_where_they_overlap_are_found(self):
+        other = [dict(e) for e in self.log[3:]]
+        other[2]["hash"] = "00" * 32
+        problems, _ = self.check(ledgers={"a": self.log[4:], "b": other}, states={"a": self.tables()})
+        self.assertTrue(any("differs from the agreed history at index 6 (hash)" in p for p in problems), problems)
+
+    def test_indexes_no_node_retains_are_found(self):
+        problems, _ = self.check(ledgers={"a": self.log[:2], "b": self.log[4:]}, states={"b": self.tables()})
+        self.assertIn("no node retains indexes 3-4.", problems)
+
     def test_a_node_log_gives_its_id_terms_and_leaderships(self):
         lines = [
             "2026-11-22T18:43:35+0000 info rexnode: id=84411faec8366b34 node=h1 slots=2 socket=/x [Farm] node ready",
