@@ -11,6 +11,10 @@ public enum RaftDirective: Hashable, Sendable {
     case send(to: NodeID, RaftMessage)
     /// Hand newly committed entries, in index order, to the state machine.
     case apply([LogEntry])
+    /// Send `peer` the stored snapshot (at least as new as this one, whose `data` is empty), in `InstallSnapshot`
+    /// chunks of at most `maxAppendBytes` (`InstallSnapshot.chunks`): the instance keeps no snapshot bytes, the
+    /// shell reads them from storage. Performed like `.send`, after the writes before it.
+    case sendSnapshot(to: NodeID, term: Term, snapshot: RaftSnapshot)
     /// Replace the state machine's state with this snapshot (installed from the leader); entries after it follow
     /// as `.apply`. Performed in order with `.apply`, after the `.persist` that stored it.
     case restore(RaftSnapshot)
@@ -48,7 +52,9 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     // Persistent state (mirrored by storage).
     public private(set) var currentTerm: Term
     public private(set) var votedFor: NodeID?
-    /// The latest snapshot (`nil`: the log was never compacted); it stands in for every entry up to its last index.
+    /// The latest snapshot's description (`nil`: the log was never compacted); it stands in for every entry up to
+    /// its last index. Its `data` is always empty here: the bytes live in storage only (memory stays bounded by the
+    /// log suffix, not by the state's size).
     public private(set) var snapshot: RaftSnapshot?
     /// The entries after the snapshot, in memory: `log[i]` has index `snapshotIndex + i + 1`.
     public private(set) var log: [LogEntry]
@@ -111,7 +117,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         self.random = random
         self.currentTerm = hardState.term
         self.votedFor = hardState.votedFor
-        self.snapshot = snapshot
+        self.snapshot = snapshot?.header
         self.log = log
         let base = snapshot?.lastIndex ?? 0
         let last = base + LogIndex(log.count)
@@ -358,7 +364,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             lastIndex: index, lastTerm: term, members: Array(configuration.members),
             voters: Array(configuration.voters), recoveryEpoch: epoch, data: data)
         log.removeFirst(Int(index - snapshotIndex))
-        snapshot = compacted
+        snapshot = compacted.header
         var out: [RaftDirective] = [.persist(PersistRequest(snapshot: compacted))]
         finish(now: now, out: &out)
         return out
@@ -657,9 +663,9 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         out.append(.send(to: peer, .appendEntries(message)))
     }
 
-    /// Sends the snapshot in chunks of at most `maxAppendBytes`, all at once (the transport keeps them in order), and
-    /// moves the member's next index past it, so heartbeats probe whether it was installed. A member that answers
-    /// that it still lacks it gets it again, but not sooner than `snapshotRetry` after the last copy.
+    /// Has the shell send the snapshot (all its chunks at once: the transport keeps them in order), and moves the
+    /// member's next index past it, so heartbeats probe whether it was installed. A member that answers that it
+    /// still lacks it gets it again, but not sooner than `snapshotRetry` after the last copy.
     private mutating func sendSnapshot(to peer: NodeID, now: RaftTime, out: inout [RaftDirective]) {
         guard let snapshot else { return }
         nextIndex[peer] = snapshotIndex + 1
@@ -669,18 +675,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             return
         }
         snapshotSent[peer] = (snapshotIndex, now)
-        let total = snapshot.data.count
-        let chunk = max(1, settings.maxAppendBytes)
-        var offset = 0
-        repeat {
-            let end = min(total, offset + chunk)
-            var part = snapshot
-            part.data = Array(snapshot.data[offset..<end])
-            let message = InstallSnapshot(
-                term: currentTerm, leaderID: id, snapshot: part, offset: UInt64(offset), total: UInt64(total))
-            out.append(.send(to: peer, .installSnapshot(message)))
-            offset = end
-        } while offset < total
+        out.append(.sendSnapshot(to: peer, term: currentTerm, snapshot: snapshot))
     }
 
     private mutating func handleAppend(
@@ -831,7 +826,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             log = []
             persist.truncateFrom = last + 1
         }
-        snapshot = installed
+        snapshot = installed.header
         persist.snapshot = installed
         commitIndex = last
         appliedIndex = last

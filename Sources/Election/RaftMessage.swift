@@ -47,6 +47,23 @@ public struct InstallSnapshot: Hashable, Sendable {
 
     /// Whether this chunk ends the snapshot.
     public var isLast: Bool { offset + UInt64(snapshot.data.count) == total }
+
+    /// A whole snapshot as the chunks a leader sends, each with at most `chunkBytes` of data (one empty chunk for
+    /// empty data).
+    public static func chunks(of snapshot: RaftSnapshot, term: Term, leaderID: NodeID, chunkBytes: Int) -> [Self] {
+        let total = snapshot.data.count
+        let size = max(1, chunkBytes)
+        var out: [Self] = []
+        var offset = 0
+        repeat {
+            let end = min(total, offset + size)
+            var part = snapshot
+            part.data = Array(snapshot.data[offset..<end])
+            out.append(Self(term: term, leaderID: leaderID, snapshot: part, offset: UInt64(offset), total: UInt64(total)))
+            offset = end
+        } while offset < total
+        return out
+    }
 }
 
 /// Replicates entries after (`prevLogIndex`, `prevLogTerm`) and tells the follower the commit index.

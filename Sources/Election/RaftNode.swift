@@ -413,10 +413,13 @@ public actor RaftNode {
             switch directive {
             case .persist(let request):
                 persistSequence += 1
-                let mayOvertake = instance!.role == .leader && request.hardState == nil && request.truncateFrom == nil
+                // A snapshot is a barrier too: what follows may send it, and the sender reads it from storage.
+                let mayOvertake =
+                    instance!.role == .leader && request.hardState == nil && request.truncateFrom == nil
+                    && request.snapshot == nil
                 if !mayOvertake { barrierSequence = persistSequence }
                 enqueue(request, sequence: persistSequence)
-            case .send, .apply, .restore:
+            case .send, .apply, .restore, .sendSnapshot:
                 if barrierSequence > durableSequence {
                     deferred.append((barrierSequence, directive))
                 } else {
@@ -482,6 +485,14 @@ public actor RaftNode {
             preconditionFailure("writes go through perform(_:)")
         case .send(let peer, let message):
             transport.send(message.encode(), to: peer)
+        case .sendSnapshot(let peer, let term, let wanted):
+            // Read from storage only now (the instance keeps no snapshot bytes); never older than the one asked for.
+            guard let stored = try storage.snapshot(), stored.lastIndex >= wanted.lastIndex else { return }
+            for chunk in InstallSnapshot.chunks(
+                of: stored, term: term, leaderID: id, chunkBytes: settings.maxAppendBytes)
+            {
+                transport.send(RaftMessage.installSnapshot(chunk).encode(), to: peer)
+            }
         case .restore(let snapshot):
             committedContinuation.yield(.snapshot(snapshot))
             // Proposals waiting on entries the snapshot covers cannot tell whether theirs is among them: they retry

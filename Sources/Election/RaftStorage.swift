@@ -16,6 +16,8 @@ public protocol RaftStorage: Sendable {
     func persist(_ request: PersistRequest) throws
     /// Persists several requests in order, as one write where the storage can (one fsync for the lot).
     func persist(batch requests: [PersistRequest]) throws
+    /// The stored snapshot, data included (what a leader sends a member that needs it); `nil` if none.
+    func snapshot() throws -> RaftSnapshot?
 }
 
 extension RaftStorage {
@@ -59,6 +61,8 @@ public final class InMemoryRaftStorage: RaftStorage {
     public func load() async throws -> StoredRaftState {
         state.withLock { $0.stored }
     }
+
+    public func snapshot() throws -> RaftSnapshot? { state.withLock { $0.stored.snapshot } }
 
     public func persist(_ request: PersistRequest) throws {
         try state.withLock { s in

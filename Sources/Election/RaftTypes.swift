@@ -193,6 +193,13 @@ public struct RaftSnapshot: Hashable, Sendable {
         self.data = data
     }
 
+    /// The description without the data.
+    public var header: RaftSnapshot {
+        var copy = self
+        copy.data = []
+        return copy
+    }
+
     public var configuration: RaftConfiguration {
         RaftConfiguration(members: Set(members), voters: Set(voters))
     }

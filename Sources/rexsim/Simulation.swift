@@ -514,6 +514,17 @@ struct Simulation {
                 try compactIfDue(node: i)
             case .restore(let snapshot):
                 try restore(node: i, snapshot)
+            case .sendSnapshot(let to, let term, let wanted):
+                // As a shell does: the bytes come from storage, which holds this snapshot or a newer one.
+                guard let target = nodes.firstIndex(where: { $0.id == to }) else { continue }
+                guard let stored = nodes[i].durableSnapshot, stored.lastIndex >= wanted.lastIndex else {
+                    throw Violation(message: "\(nodes[i].id) was asked to send a snapshot its storage does not hold")
+                }
+                for chunk in InstallSnapshot.chunks(
+                    of: stored, term: term, leaderID: nodes[i].id, chunkBytes: settings.maxAppendBytes)
+                {
+                    send(from: i, to: target, .installSnapshot(chunk))
+                }
             case .roleChanged(let role, let term, let leader):
                 trace(
                     "\(nodes[i].id) \(role.rawValue) term \(term) leader \(leader ?? "-") "

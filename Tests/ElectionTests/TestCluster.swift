@@ -43,6 +43,13 @@ struct TestCluster {
                 applied[id, default: []].append(contentsOf: entries)
             case .restore(let snapshot):
                 restored[id, default: []].append(snapshot)
+            case .sendSnapshot(let to, let term, _):
+                let stored = durable[id]!.snapshot!
+                for chunk in InstallSnapshot.chunks(
+                    of: stored, term: term, leaderID: id, chunkBytes: nodes[id]!.settings.maxAppendBytes)
+                {
+                    inFlight.append((id, to, .installSnapshot(chunk)))
+                }
             case .roleChanged, .scheduleTimer:
                 break
             }

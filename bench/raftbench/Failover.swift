@@ -72,7 +72,7 @@ struct FailoverBench {
                 case .scheduleTimer(let at):
                     generations[i] += 1
                     push(.timer(node: i, generation: generations[i]), max(at.nanoseconds, now))
-                case .roleChanged, .restore:
+                case .roleChanged, .restore, .sendSnapshot:
                     break
                 }
             }

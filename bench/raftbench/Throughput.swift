@@ -28,6 +28,8 @@ struct ThroughputBench {
 
         func load() async throws -> StoredRaftState { try await inner.load() }
 
+        func snapshot() throws -> RaftSnapshot? { try inner.snapshot() }
+
         func persist(_ request: PersistRequest) throws {
             try inner.persist(request)
             counter.increment()
