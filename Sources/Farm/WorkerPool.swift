@@ -40,6 +40,8 @@ actor WorkerPool {
     let exchange: BlobExchange
     let roster: Roster
     let commandLog: any CommandLog
+    /// Group commit of this node's reports (completions, failures, releases) across its slots.
+    private let batcher: ReportBatcher
     let renderer: any Renderer
     let work: WorkFolders
     let pulse: Pulse
@@ -75,6 +77,7 @@ actor WorkerPool {
         self.exchange = exchange
         self.roster = roster
         self.commandLog = commandLog
+        batcher = ReportBatcher(commandLog: commandLog, logger: logger)
         self.renderer = renderer
         self.work = work
         self.pulse = pulse
@@ -472,13 +475,10 @@ actor WorkerPool {
             log: ["Assembled frame \(frame) from \(grid.count) tiles (\(grid) of \(grid.width)x\(grid.height))."])
     }
 
-    /// Proposes a worker's report; a failure here only delays it (the lease returns the frames).
+    /// Proposes a worker's report, with whatever other reports of this node pile up meanwhile (`ReportBatcher`); a
+    /// failure here only delays it (the lease returns the frames).
     private nonisolated func report(_ commands: [LedgerCommand]) async {
-        do {
-            _ = try await commandLog.propose(commands)
-        } catch {
-            logger.error("cannot record a frame result", metadata: ["error": "\(error)"])
-        }
+        await batcher.report(commands)
     }
 
     // MARK: Reaper

@@ -82,7 +82,8 @@ extension ProcessTests {
         }
 
         /// Sixteen machines on loopback (the simulated renderer): one farm with exactly five voters, a job
-        /// (800 frames) that survives the loss of its leader, and daemons that stay small.
+        /// (800 frames) that survives the loss of its leader, logs compacted on every node, daemons that stay small,
+        /// and a seventeenth machine that starts from a snapshot and renders.
         @Test(
             .enabled(
                 if: ProcessInfo.processInfo.environment["REXNODE_SCALE_TESTS"] == "1",
@@ -90,7 +91,8 @@ extension ProcessTests {
         func sixteenNodesFormOneFarmWithFiveVotersAndFinishAJobThroughAFailover() throws {
             let scene = try Scenes.make(["--frames", "2", "--width", "32", "--height", "24", "--samples", "1"])
             let farm = try TestFarm(
-                count: 16, args: ["--renderer", "simulated:100", "--http", "off"], formTimeout: 300)
+                count: 16, args: ["--renderer", "simulated:100", "--http", "off", "--snapshot-every", "200"],
+                formTimeout: 300)
             try waitUntil(timeout: 120, "every node sees the same five voters") {
                 let views = try farm.nodes.map(Self.voters)
                 return Set(views).count == 1 && views[0].count == 16 && views[0].values.filter { $0 }.count == 5
@@ -132,6 +134,27 @@ extension ProcessTests {
                 let view = try Self.voters(try farm.leader())
                 return view.filter { $0.value && $0.key != leaderID }.count == 5
             }
+            // Every live node compacted its log: its ledger starts past index 1.
+            try waitUntil(timeout: 120, "every ledger starts past index 1") {
+                try live.allSatisfy { try SnapshotClusterTests.retained($0).first > 1 }
+            }
+            // A seventeenth machine learns the finished job from a snapshot and renders.
+            let late = try TestNode(
+                name: "n17",
+                args: [
+                    "--token", farm.token, "--beacon-ms", "200", "--dead-after", "2", "--renderer", "simulated:100",
+                    "--http", "off", "--snapshot-every", "200",
+                ], discoveryPort: farm.port)
+            try waitUntil(timeout: 180, "the 17th node knows the finished job") {
+                try late.status(job)["state"] as? String == "done"
+            }
+            #expect(try SnapshotClusterTests.retained(late).first > 1, "its ledger starts from a snapshot")
+            let lateID = try Self.ownID(late)
+            let more = try late.submit([scene, "--frames", "1-200", "--chunk", "1", "--output", out + "/more"])
+            let status = try late.waitFor(more, timeout: 300) { $0["state"] as? String == "done" }
+            let renderers = Set((status["frames"] as? [[String: Any]] ?? []).compactMap { $0["node"] as? String })
+            #expect(renderers.contains(lateID), "the 17th node rendered none of the new job")
+            #expect(Self.rssMB(late).map { $0 <= 64 } == true, "RSS of the 17th node: \(Self.rssMB(late) ?? -1) MB")
         }
     }
 }
