@@ -128,16 +128,20 @@ def scaling(rexnode, work, scene):
 
 def dispatch(rexnode, work, scene):
     print("== dispatch: simulated renderer at 0 ms, 5 nodes x 4 slots (goal >= 2,000 frames/s)")
-    farm = Farm(rexnode, os.path.join(work, "dispatch"), 5, ["--renderer", "simulated:0", "--slots", "4"])
     results = {}
-    try:
-        for chunk, frames in ((1, 2000), (10, 20000)):
-            secs = submit_and_time(farm, 1, scene, f"1-{frames}", chunk, os.path.join(work, f"dispatch-{chunk}"))
-            results[chunk] = frames / secs
-            print(f"chunk {chunk:2d}: {frames} frames committed and delivered in {secs:6.2f} s: "
-                  f"{frames / secs:7.0f} frames/s")
-    finally:
-        farm.stop()
+    # Side by side: the default (a snapshot every 10,000 entries) and the log kept whole (--snapshot-every 0).
+    for label, extra in (("snapshots", []), ("whole log", ["--snapshot-every", "0"])):
+        farm = Farm(rexnode, os.path.join(work, f"dispatch-{len(results)}"), 5,
+                    ["--renderer", "simulated:0", "--slots", "4"] + extra)
+        try:
+            for chunk, frames in ((1, 2000), (10, 20000)):
+                out = os.path.join(work, f"dispatch-{len(results)}-{chunk}")
+                secs = submit_and_time(farm, 1, scene, f"1-{frames}", chunk, out)
+                results[(label, chunk)] = frames / secs
+                print(f"{label:9s} chunk {chunk:2d}: {frames} frames committed and delivered in {secs:6.2f} s: "
+                      f"{frames / secs:7.0f} frames/s", flush=True)
+        finally:
+            farm.stop()
     return results
 
 

@@ -1,22 +1,24 @@
 import Ledger
 import Logging
 
-/// Group commit for workers' reports: a report made while another is being proposed waits and goes with every
-/// report that piled up meanwhile, as one proposal (one forward to the leader, one Raft append, one fsync per
-/// node). Nothing waits for a timer: with one report at a time each goes alone at once; under load (many slots
-/// finishing short frames) the reports of a whole round ride together.
+/// Group commit for workers' reports: while `maxInFlight` proposals are on their way, a new report waits and goes
+/// with every report that piled up meanwhile, as one proposal (one forward to the leader, one Raft append, one
+/// fsync per node). Nothing waits for a timer: below the limit each report goes at once (proposals stay
+/// pipelined, as before batching); under load (many slots finishing short frames) reports ride together.
 actor ReportBatcher {
     private let commandLog: any CommandLog
     private let logger: Logger
     /// At most this many commands in one proposal (it must fit one mesh request).
     private let maxBatch: Int
+    private let maxInFlight: Int
     private var queued: [(commands: [LedgerCommand], done: CheckedContinuation<Void, Never>)] = []
-    private var proposing = false
+    private var inFlight = 0
 
-    init(commandLog: any CommandLog, logger: Logger, maxBatch: Int = 256) {
+    init(commandLog: any CommandLog, logger: Logger, maxBatch: Int = 256, maxInFlight: Int = 4) {
         self.commandLog = commandLog
         self.logger = logger
         self.maxBatch = maxBatch
+        self.maxInFlight = maxInFlight
     }
 
     /// Returns once the commands were proposed with the batch they joined (applied, or given up with a log line:
@@ -25,13 +27,14 @@ actor ReportBatcher {
         guard !commands.isEmpty else { return }
         await withCheckedContinuation { continuation in
             queued.append((commands, continuation))
-            if !proposing {
-                proposing = true
+            if inFlight < maxInFlight {
+                inFlight += 1
                 Task { await self.drain() }
             }
         }
     }
 
+    /// Proposes what is queued, batch after batch, until nothing is; several drains run at once (`maxInFlight`).
     private func drain() async {
         while !queued.isEmpty {
             var take = 0
@@ -50,6 +53,6 @@ actor ReportBatcher {
             }
             for item in batch { item.done.resume() }
         }
-        proposing = false
+        inFlight -= 1
     }
 }
