@@ -682,11 +682,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         _ m: AppendEntries, from peer: NodeID, now: RaftTime, persist: inout PersistRequest,
         out: inout [RaftDirective]
     ) {
-        if m.term < currentTerm {
-            out.append(.send(to: peer, .appendResponse(AppendResponse(term: currentTerm, success: false, index: 0))))
-            return
-        }
-        acceptLeader(m.leaderID, term: m.term, now: now, persist: &persist, out: &out)
+        guard acceptLeader(m.leaderID, from: peer, term: m.term, now: now, persist: &persist, out: &out) else { return }
         var m = m
         if m.prevLogIndex < snapshotIndex {
             // Entries up to the snapshot are committed, so they match the leader's: only what follows it is news.
@@ -758,10 +754,16 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         emitApply(out: &out)
     }
 
-    /// A message from `leader` in a term at least ours: adopt the term, follow it and reset the election timer.
+    /// A message from `leader` (sent by `peer`): from an older term it is refused (answered with our term) and this
+    /// returns false; else this node adopts the term, follows it and resets its election timer.
     private mutating func acceptLeader(
-        _ leader: NodeID, term: Term, now: RaftTime, persist: inout PersistRequest, out: inout [RaftDirective]
-    ) {
+        _ leader: NodeID, from peer: NodeID, term: Term, now: RaftTime, persist: inout PersistRequest,
+        out: inout [RaftDirective]
+    ) -> Bool {
+        if term < currentTerm {
+            out.append(.send(to: peer, .appendResponse(AppendResponse(term: currentTerm, success: false, index: 0))))
+            return false
+        }
         if observeTerm(term, now: now, out: &out) {
             persist.hardState = hardState
         }
@@ -771,6 +773,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         lastLeaderContact = now
         lastLeaderSeen = now
         electionDeadline = now + randomElectionTimeout()
+        return true
     }
 
     private mutating func truncate(from index: LogIndex) {
@@ -790,11 +793,7 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         _ m: InstallSnapshot, from peer: NodeID, now: RaftTime, persist: inout PersistRequest,
         out: inout [RaftDirective]
     ) {
-        if m.term < currentTerm {
-            out.append(.send(to: peer, .appendResponse(AppendResponse(term: currentTerm, success: false, index: 0))))
-            return
-        }
-        acceptLeader(m.leaderID, term: m.term, now: now, persist: &persist, out: &out)
+        guard acceptLeader(m.leaderID, from: peer, term: m.term, now: now, persist: &persist, out: &out) else { return }
         let last = m.snapshot.lastIndex
         if last <= commitIndex {
             incoming = nil

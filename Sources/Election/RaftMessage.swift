@@ -59,7 +59,8 @@ public struct InstallSnapshot: Hashable, Sendable {
             let end = min(total, offset + size)
             var part = snapshot
             part.data = Array(snapshot.data[offset..<end])
-            out.append(Self(term: term, leaderID: leaderID, snapshot: part, offset: UInt64(offset), total: UInt64(total)))
+            out.append(
+                Self(term: term, leaderID: leaderID, snapshot: part, offset: UInt64(offset), total: UInt64(total)))
             offset = end
         } while offset < total
         return out

@@ -49,10 +49,12 @@ public enum LedgerSnapshot {
             let stated = (object["index"] as? NSNumber)?.uint64Value,
             let tables = object["tables"] as? [String: Any]
         else {
-            throw Unreadable(description: "The ledger snapshot for index \(index) is not a version-\(version) snapshot.")
+            throw Unreadable(
+                description: "The ledger snapshot for index \(index) is not a version-\(version) snapshot.")
         }
         guard stated == index else {
-            throw Unreadable(description: "The ledger snapshot says index \(stated), but Raft installed it at \(index).")
+            throw Unreadable(
+                description: "The ledger snapshot says index \(stated), but Raft installed it at \(index).")
         }
         for table in Self.tables.reversed() {
             try db.execute(sql: "DELETE FROM \(table)")

@@ -564,8 +564,10 @@ struct Simulation {
                     message: "\(nodes[i].id) stored a snapshot at \(snapshot.lastIndex) term \(snapshot.lastTerm), "
                         + "which is not a committed entry")
             }
-            let covered = Int(min(snapshot.lastIndex - min(snapshot.lastIndex, nodes[i].snapshotIndex),
-                LogIndex(nodes[i].durableLog.count)))
+            let covered = Int(
+                min(
+                    snapshot.lastIndex - min(snapshot.lastIndex, nodes[i].snapshotIndex),
+                    LogIndex(nodes[i].durableLog.count)))
             // Log matching: where this node holds the snapshot's last entry, it sits on the same history.
             let holdsLast = snapshot.lastIndex <= nodes[i].durableLastIndex && covered > 0
             if holdsLast && nodes[i].durableLog[covered - 1].term == snapshot.lastTerm
@@ -742,7 +744,8 @@ struct Simulation {
         for x in nodes.indices where members.contains(nodes[x].id) {
             let node = nodes[x]
             if last.index <= node.snapshotIndex { continue }  // a snapshot holds only committed state
-            if node.durableLastIndex >= last.index && node.durableLog[Int(last.index - node.snapshotIndex) - 1] == last {
+            if node.durableLastIndex >= last.index && node.durableLog[Int(last.index - node.snapshotIndex) - 1] == last
+            {
                 continue
             }
             let xLast = (node.durableLastTerm, node.durableLastIndex)

@@ -100,8 +100,9 @@ struct SnapshotTests {
         let index = try #require(compacted)
         cluster.nodes["z"] = Instance(id: "z", random: SplitMix64(seed: 42), now: cluster.now)
         cluster.durable["z"] = StoredRaftState()
-        guard case .accepted(_, _, let directives) = cluster.nodes[leader]!.onProposeMembership(
-            .addLearner("z"), now: cluster.now)
+        guard
+            case .accepted(_, _, let directives) = cluster.nodes[leader]!.onProposeMembership(
+                .addLearner("z"), now: cluster.now)
         else {
             Issue.record("add learner refused")
             return
@@ -126,7 +127,8 @@ struct SnapshotTests {
         let stale = (1...6).map { LogEntry(term: 1, index: LogIndex($0), kind: .noop) }
         _ = instance.onMessage(
             .appendEntries(
-                AppendEntries(term: 1, leaderID: "old", prevLogIndex: 0, prevLogTerm: 0, leaderCommit: 0, entries: stale)),
+                AppendEntries(
+                    term: 1, leaderID: "old", prevLogIndex: 0, prevLogTerm: 0, leaderCommit: 0, entries: stale)),
             from: "old", now: .milliseconds(1))
         #expect(instance.lastIndex == 6)
         let snapshot = RaftSnapshot(lastIndex: 5, lastTerm: 2, members: ["f", "l"], voters: ["f", "l"], data: [1, 2])

@@ -63,7 +63,8 @@ extension RaftBench {
                 try add(
                     .submitJob(
                         SubmitJob(
-                            job: id, name: name, submitter: submitter, blendHash: "t1" + String(repeating: "ab", count: 32),
+                            job: id, name: name, submitter: submitter,
+                            blendHash: "t1" + String(repeating: "ab", count: 32),
                             blendSize: 1 << 20, frames: Array(1...frames), chunk: chunk, priority: 0,
                             output: "/nowhere/\(name)", submittedAtMs: Int64(job) * 60_000)))
                 for first in stride(from: 1, through: frames, by: chunk) {

@@ -7,7 +7,8 @@ import Foundation
 struct RaftBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "raftbench", abstract: "Raft-lite benchmarks: commit throughput and failover time.",
-        subcommands: [Throughput.self, Failover.self, StorageCrashChild.self, History.self], defaultSubcommand: Throughput.self)
+        subcommands: [Throughput.self, Failover.self, StorageCrashChild.self, History.self],
+        defaultSubcommand: Throughput.self)
 }
 
 extension RaftBench {
