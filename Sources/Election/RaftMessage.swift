@@ -321,14 +321,18 @@ extension RaftSnapshot {
 
 /// Entry kind tags: 0 noop, 1 command (origin, sequence, payload), 2 add node, 3 remove node, 4 recover, 5 add
 /// learner, 6 promote, 7 demote.
-struct ByteWriter {
-    var bytes: [UInt8] = []
+package struct ByteWriter {
+    package var bytes: [UInt8] = []
 
-    mutating func byte(_ value: UInt8) {
+    package init(capacity: Int = 0) {
+        bytes.reserveCapacity(capacity)
+    }
+
+    package mutating func byte(_ value: UInt8) {
         bytes.append(value)
     }
 
-    mutating func varint(_ value: UInt64) {
+    package mutating func varint(_ value: UInt64) {
         var v = value
         while v >= 0x80 {
             bytes.append(UInt8(truncatingIfNeeded: v) | 0x80)
@@ -337,12 +341,12 @@ struct ByteWriter {
         bytes.append(UInt8(v))
     }
 
-    mutating func blob(_ value: [UInt8]) {
+    package mutating func blob<Bytes: Collection<UInt8>>(_ value: Bytes) {
         varint(UInt64(value.count))
         bytes.append(contentsOf: value)
     }
 
-    mutating func string(_ value: String) {
+    package mutating func string(_ value: String) {
         blob(Array(value.utf8))
     }
 
@@ -391,17 +395,17 @@ struct ByteWriter {
     }
 }
 
-struct ByteReader {
+package struct ByteReader {
     let bytes: [UInt8]
-    var offset = 0
+    package var offset = 0
 
-    init(_ bytes: [UInt8]) {
+    package init(_ bytes: [UInt8]) {
         self.bytes = bytes
     }
 
-    var remaining: Int { bytes.count - offset }
+    package var remaining: Int { bytes.count - offset }
 
-    mutating func byte() throws -> UInt8 {
+    package mutating func byte() throws -> UInt8 {
         guard offset < bytes.count else { throw RaftCodecError("truncated", offset: offset) }
         defer { offset += 1 }
         return bytes[offset]
@@ -413,7 +417,7 @@ struct ByteReader {
         return value == 1
     }
 
-    mutating func varint() throws -> UInt64 {
+    package mutating func varint() throws -> UInt64 {
         var result: UInt64 = 0
         var shift: UInt64 = 0
         let start = offset
@@ -430,7 +434,7 @@ struct ByteReader {
         }
     }
 
-    mutating func blob(limit: Int) throws -> [UInt8] {
+    package mutating func blob(limit: Int) throws -> [UInt8] {
         let length = try varint()
         guard length <= UInt64(limit) else { throw RaftCodecError("length \(length) over limit", offset: offset) }
         guard length <= UInt64(remaining) else { throw RaftCodecError("truncated blob", offset: offset) }
@@ -439,7 +443,7 @@ struct ByteReader {
         return Array(bytes[offset..<end])
     }
 
-    mutating func string() throws -> String {
+    package mutating func string() throws -> String {
         let raw = try blob(limit: RaftCodecLimits.maxNodeIDBytes)
         guard let value = String(validating: raw, as: UTF8.self) else {
             throw RaftCodecError("invalid UTF-8", offset: offset)

@@ -293,8 +293,11 @@ public actor RaftNode {
     public func run() async throws {
         let stored = try await storage.load()
         let log = stored.log
-        if let snapshot = stored.snapshot, appliedIndex < snapshot.lastIndex {
+        if let header = stored.snapshot, appliedIndex < header.lastIndex {
             // Stored but not applied (the node stopped between the two writes of an install): restore it first.
+            guard let snapshot = try storage.snapshot(), snapshot.lastIndex == header.lastIndex else {
+                throw RaftStorageError("the stored snapshot of index \(header.lastIndex) is gone")
+            }
             committedContinuation.yield(.snapshot(snapshot))
         }
         var instance = RaftInstance(

@@ -6,7 +6,8 @@ import Synchronization
 /// because the shell sends the replies that depend on it right after. Implementations: `InMemoryRaftStorage`
 /// for tests and benchmarks, and `RaftLogStore` (SQLite, in the Ledger module) for real nodes.
 public protocol RaftStorage: Sendable {
-    /// Reads what was made durable: the hard state, the latest snapshot and the log after it in index order.
+    /// Reads what was made durable: the hard state, the latest snapshot and the log after it in index order. The
+    /// snapshot may come without its data (a large state stays on disk); `snapshot()` reads it when it is needed.
     func load() async throws -> StoredRaftState
     /// Atomically stores the hard state (if any), replaces the snapshot and drops the entries it covers (if any),
     /// truncates the log (if asked) and appends the entries.

@@ -135,9 +135,22 @@ public final class RaftLogStore: RaftStorage {
         }
     }
 
+    /// The snapshot's description without its data (which can be the size of the whole ledger).
+    private static func snapshotHeader(_ db: Database) throws -> RaftSnapshot? {
+        guard let header = try Data.fetchOne(db, sql: "SELECT header FROM raft_snapshot WHERE id = 1") else {
+            return nil
+        }
+        do {
+            return try RaftSnapshot(header: Array(header), data: [])
+        } catch {
+            throw RaftStorageError("raft_snapshot is unreadable", cause: error)
+        }
+    }
+
+    /// Hard state, the snapshot's header (`snapshot()` reads its data) and the log after it.
     private static func load(_ db: Database) throws -> StoredRaftState {
         let hard = try hardState(db)
-        let snapshot = try snapshot(db)
+        let snapshot = try snapshotHeader(db)
         var log: [LogEntry] = []
         let base = snapshot?.lastIndex ?? 0
         let rows = try Row.fetchCursor(
