@@ -49,21 +49,19 @@ public struct InstallSnapshot: Hashable, Sendable {
     public var isLast: Bool { offset + UInt64(snapshot.data.count) == total }
 
     /// A whole snapshot as the chunks a leader sends, each with at most `chunkBytes` of data (one empty chunk for
-    /// empty data).
-    public static func chunks(of snapshot: RaftSnapshot, term: Term, leaderID: NodeID, chunkBytes: Int) -> [Self] {
+    /// empty data). Lazy: each chunk's bytes are copied only when it is reached, so a sender that encodes and sends
+    /// one before taking the next holds one chunk at a time besides the snapshot.
+    public static func chunks(
+        of snapshot: RaftSnapshot, term: Term, leaderID: NodeID, chunkBytes: Int
+    ) -> some Sequence<Self> {
         let total = snapshot.data.count
         let size = max(1, chunkBytes)
-        var out: [Self] = []
-        var offset = 0
-        repeat {
-            let end = min(total, offset + size)
-            var part = snapshot
-            part.data = Array(snapshot.data[offset..<end])
-            out.append(
-                Self(term: term, leaderID: leaderID, snapshot: part, offset: UInt64(offset), total: UInt64(total)))
-            offset = end
-        } while offset < total
-        return out
+        let header = snapshot.header
+        return stride(from: 0, to: max(total, 1), by: size).lazy.map { offset in
+            var part = header
+            part.data = Array(snapshot.data[offset..<min(total, offset + size)])
+            return Self(term: term, leaderID: leaderID, snapshot: part, offset: UInt64(offset), total: UInt64(total))
+        }
     }
 }
 
