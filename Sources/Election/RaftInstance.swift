@@ -132,7 +132,9 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
         self.quorumCheckDeadline = now
         self.lastLeaderSeen = now
         recomputeMembers()
-        electionDeadline = now + randomElectionTimeout()
+        // The farm's only voter campaigns at its first tick: its own vote is a quorum and no one else can lead, so
+        // waiting out an election timeout would only delay a restarted one-machine farm.
+        electionDeadline = voters == [id] ? now : now + randomElectionTimeout()
     }
 
     /// The first entry a brand-new farm writes: the bootstrapping node as its only member, at term 1.

@@ -153,6 +153,8 @@ public actor RaftNode {
     private var barrierSequence: UInt64 = 0
     private var durableSequence: UInt64 = 0
     private var deferred: [(needs: UInt64, directive: RaftDirective)] = []
+    /// Callers waiting for a write to be durable (`compact`), by the write's sequence.
+    private var durableWaiters: [(needs: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
 
     private struct StorageState {
         var queued: [(UInt64, PersistRequest)] = []
@@ -262,14 +264,23 @@ public actor RaftNode {
 
     /// The state machine saved its state as of `index` (`data`, in its own encoding): the log up to there is dropped
     /// here and on disk, and members that need those entries get the snapshot instead (see `RaftInstance.compact`).
-    /// Returns the term of the entry at `index` once compacted; `nil` when `index` is not after the current snapshot
-    /// or was not applied yet.
+    /// Returns the term of the entry at `index` once the snapshot is durable (the caller may then drop its own copy of
+    /// the log: a crash after this point restarts from the snapshot); `nil` when `index` is not after the current
+    /// snapshot or was not applied yet. Throws if the node stops before the write is durable.
     @discardableResult
-    public func compact(through index: LogIndex, data: [UInt8]) throws -> Term? {
+    public func compact(through index: LogIndex, data: [UInt8]) async throws -> Term? {
         guard !stopped, instance != nil else { throw RaftError(.stopped, "the node has stopped") }
         let directives = instance!.compact(through: index, data: data, now: now())
+        guard !directives.isEmpty else { return nil }
+        let term = instance!.snapshotTerm
         try perform(directives)
-        return directives.isEmpty ? nil : instance!.snapshotTerm
+        let written = persistSequence
+        if durableSequence < written {
+            try await withCheckedThrowingContinuation { continuation in
+                durableWaiters.append((written, continuation))
+            }
+        }
+        return term
     }
 
     /// `rexnode recover`: makes `live` the whole membership after a lost quorum (see `RaftInstance.onRecover`).
@@ -480,6 +491,11 @@ public actor RaftNode {
             for item in ready { try performNow(item.directive) }
             try perform(instance!.onPersisted(request, now: now()))
         }
+        if let first = durableWaiters.first, first.needs <= durableSequence {
+            let ready = durableWaiters.filter { $0.needs <= durableSequence }
+            durableWaiters.removeAll { $0.needs <= durableSequence }
+            for waiter in ready { waiter.continuation.resume() }
+        }
     }
 
     private func performNow(_ directive: RaftDirective) throws {
@@ -541,6 +557,8 @@ public actor RaftNode {
         for (_, continuation) in pendingProposals { continuation.resume(throwing: error) }
         for (_, continuation) in pendingChanges { continuation.resume(throwing: error) }
         for (_, (_, continuation)) in waiters { continuation.resume(throwing: error) }
+        for waiter in durableWaiters { waiter.continuation.resume(throwing: error) }
+        durableWaiters = []
         pendingProposals = []
         pendingChanges = []
         waiters = [:]

@@ -23,7 +23,6 @@ public actor RaftCommandLog: CommandLog {
     private let onRestore: @Sendable (_ snapshot: RaftSnapshot) async -> Void
     /// Compact once this many entries were applied after the last snapshot (0: never).
     private let snapshotEvery: UInt64
-    private var snapshotIndex: UInt64
     private let logger: Logger
     /// Command sequence numbers: never reused, across restarts and wall-clock steps (reserved in the ledger).
     private var sequencer: CommandSequencer
@@ -54,7 +53,6 @@ public actor RaftCommandLog: CommandLog {
         self.onMembership = onMembership
         self.onRestore = onRestore
         self.snapshotEvery = snapshotEvery
-        snapshotIndex = try ledger.snapshotStart()?.index ?? 0
         self.logger = logger
         self.patience = patience
         applied = try ledger.appliedIndex()
@@ -232,7 +230,6 @@ public actor RaftCommandLog: CommandLog {
             try ledger.restore(snapshot: snapshot.data, index: snapshot.lastIndex, term: snapshot.lastTerm)
         }
         applied = snapshot.lastIndex
-        snapshotIndex = snapshot.lastIndex
         outcomes = [:]
         logger.notice(
             "installed a snapshot of the ledger from the leader",
@@ -250,13 +247,15 @@ public actor RaftCommandLog: CommandLog {
     /// Every `snapshotEvery` applied entries: the ledger's state as of what it applied becomes Raft's snapshot, and
     /// the log before it goes (Raft's and the ledger's). A failure is logged and tried again after the next batch.
     private func compactIfDue() async {
-        guard snapshotEvery > 0, applied >= snapshotIndex + snapshotEvery else { return }
+        // Raft's own snapshot decides (not the ledger's mark, which is written after it and may lag it).
+        guard snapshotEvery > 0, let raftSnapshot = await raft.status?.snapshotIndex,
+            applied >= raftSnapshot + snapshotEvery
+        else { return }
         let ledger = self.ledger
         do {
             let (index, data) = try await Blocking.run { try ledger.snapshot() }
             guard let term = try await raft.compact(through: index, data: data) else { return }
             try await Blocking.run { try ledger.compactLog(through: index, term: term) }
-            snapshotIndex = index
             logger.info("compacted the log", metadata: ["raft/index": "\(index)", "raft/bytes": "\(data.count)"])
         } catch {
             logger.warning("cannot compact the log; will try again", metadata: ["error": "\(error)"])
