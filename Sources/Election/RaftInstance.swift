@@ -60,8 +60,10 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
     public private(set) var log: [LogEntry]
     /// The chunks of a snapshot being received from the leader: its description, the bytes so far, their total.
     private var incoming: (term: Term, snapshot: RaftSnapshot, total: UInt64)?
-    /// When the leader last sent each member its snapshot (it sends again only after `snapshotRetry`).
-    private var snapshotSent: [NodeID: (index: LogIndex, at: RaftTime)] = [:]
+    /// When the leader last sent each member its snapshot, and how many times in a row (each resend waits twice as
+    /// long: a large snapshot can take longer than `snapshotRetry` to arrive and install, and a resend's first chunk
+    /// must not keep restarting it).
+    private var snapshotSent: [NodeID: (index: LogIndex, at: RaftTime, copies: Int)] = [:]
 
     // Volatile state.
     public private(set) var role: RaftRole = .follower
@@ -667,16 +669,18 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
 
     /// Has the shell send the snapshot (all its chunks at once: the transport keeps them in order), and moves the
     /// member's next index past it, so heartbeats probe whether it was installed. A member that answers that it
-    /// still lacks it gets it again, but not sooner than `snapshotRetry` after the last copy.
+    /// still lacks it gets it again, but not sooner than `snapshotRetry` after the first copy, twice that after the
+    /// second, and so on (up to 32 times).
     private mutating func sendSnapshot(to peer: NodeID, now: RaftTime, out: inout [RaftDirective]) {
         guard let snapshot else { return }
         nextIndex[peer] = snapshotIndex + 1
-        if let sent = snapshotSent[peer], sent.index == snapshotIndex,
-            now.nanoseconds(since: sent.at) < settings.snapshotRetry.raftNanoseconds
-        {
-            return
+        var copies = 1
+        if let sent = snapshotSent[peer], sent.index == snapshotIndex {
+            let wait = settings.snapshotRetry.raftNanoseconds << UInt64(min(sent.copies - 1, 5))
+            if now.nanoseconds(since: sent.at) < wait { return }
+            copies = sent.copies + 1
         }
-        snapshotSent[peer] = (snapshotIndex, now)
+        snapshotSent[peer] = (snapshotIndex, now, copies)
         out.append(.sendSnapshot(to: peer, term: currentTerm, snapshot: snapshot))
     }
 
@@ -805,15 +809,19 @@ public struct RaftInstance<Random: RandomNumberGenerator>: Sendable where Random
             }
             return
         }
-        if m.offset == 0 {
-            incoming = (m.term, m.snapshot, m.total)
-        } else if var held = incoming, held.term == m.term, held.snapshot.lastIndex == last,
-            held.snapshot.lastTerm == m.snapshot.lastTerm, held.total == m.total,
-            UInt64(held.snapshot.data.count) == m.offset
-        {
+        let same =
+            incoming.map {
+                $0.term == m.term && $0.snapshot.lastIndex == last && $0.snapshot.lastTerm == m.snapshot.lastTerm
+                    && $0.total == m.total
+            } ?? false
+        if same, m.offset < UInt64(incoming!.snapshot.data.count) {
+            return  // A copy of a chunk already held (the leader sent the snapshot again): keep going with this one.
+        } else if same, var held = incoming, UInt64(held.snapshot.data.count) == m.offset {
             incoming = nil
             held.snapshot.data += m.snapshot.data
             incoming = held
+        } else if m.offset == 0 {
+            incoming = (m.term, m.snapshot, m.total)
         } else {
             incoming = nil  // Not the continuation of what we hold: wait for the leader to send it again.
             return

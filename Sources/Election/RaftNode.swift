@@ -17,6 +17,17 @@ import Synchronization
 /// message when a peer is unreachable instead of blocking the node.
 public protocol RaftTransport: Sendable {
     func send(_ bytes: [UInt8], to peer: NodeID)
+    /// Sends and blocks the calling thread until the bytes are on their way (written to the connection), or returns
+    /// `false` at once when they cannot be. For bulk data (a snapshot's chunks): sending them all at once would
+    /// overrun a bounded buffer, which drops what does not fit. Never called on the node's own thread.
+    func sendWaiting(_ bytes: [UInt8], to peer: NodeID) -> Bool
+}
+
+extension RaftTransport {
+    public func sendWaiting(_ bytes: [UInt8], to peer: NodeID) -> Bool {
+        send(bytes, to: peer)
+        return true
+    }
 }
 
 // MARK: - Errors
@@ -147,6 +158,9 @@ public actor RaftNode {
 
     // Storage runs on its own queue; these track what it has made durable and what waits for it.
     private let storageQueue = DispatchQueue(label: "rexnode.raft.storage")
+    /// Reads snapshots from storage and streams their chunks to members, one chunk on the wire at a time, off the
+    /// node's thread (a large snapshot takes seconds).
+    private let snapshotQueue = DispatchQueue(label: "rexnode.raft.snapshots")
     private let storageState = Mutex(StorageState())
     private var persistSequence: UInt64 = 0
     /// The latest write that sends and applies must wait for (the leader's own appends are not barriers).
@@ -505,12 +519,15 @@ public actor RaftNode {
         case .send(let peer, let message):
             transport.send(message.encode(), to: peer)
         case .sendSnapshot(let peer, let term, let wanted):
-            // Read from storage only now (the instance keeps no snapshot bytes); never older than the one asked for.
-            guard let stored = try storage.snapshot(), stored.lastIndex >= wanted.lastIndex else { return }
-            for chunk in InstallSnapshot.chunks(
-                of: stored, term: term, leaderID: id, chunkBytes: settings.maxAppendBytes)
-            {
-                transport.send(RaftMessage.installSnapshot(chunk).encode(), to: peer)
+            // Read from storage only now (the instance keeps no snapshot bytes), never older than the one asked for,
+            // and stream it: each chunk goes once the one before it is written. A failed read or send ends this
+            // copy; the member still lacks the snapshot and the instance sends it again later.
+            let (storage, transport, id, chunkBytes) = (storage, transport, id, settings.maxAppendBytes)
+            snapshotQueue.async {
+                guard let stored = try? storage.snapshot(), stored.lastIndex >= wanted.lastIndex else { return }
+                for chunk in InstallSnapshot.chunks(of: stored, term: term, leaderID: id, chunkBytes: chunkBytes) {
+                    guard transport.sendWaiting(RaftMessage.installSnapshot(chunk).encode(), to: peer) else { return }
+                }
             }
         case .restore(let snapshot):
             committedContinuation.yield(.snapshot(snapshot))

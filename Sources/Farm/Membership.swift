@@ -13,6 +13,10 @@ struct MeshRaftTransport: RaftTransport {
     func send(_ bytes: [UInt8], to peer: NodeID) {
         mesh.sendRaft(bytes, to: peer)
     }
+
+    func sendWaiting(_ bytes: [UInt8], to peer: NodeID) -> Bool {
+        mesh.sendRaftWaiting(bytes, to: peer)
+    }
 }
 
 /// This node's place in the farm: founding or joining it, what its beacons announce, and leaving it.

@@ -279,6 +279,23 @@ public actor MeshNode {
         return true
     }
 
+    /// Raft's bulk way out (a snapshot's chunks): queues `bytes` on the peer's connection and blocks the calling
+    /// thread until they are written to the socket, so a stream of them never overruns the bounded buffer above.
+    /// `false` when there is no connection or the write failed. Never call it on an event loop.
+    public nonisolated func sendRaftWaiting(_ bytes: [UInt8], to nodeID: String) -> Bool {
+        guard let channel = channels[nodeID] else {
+            counters.increment(.raftDroppedUnconnected)
+            return false
+        }
+        do {
+            try channel.writeAndFlush(MeshMessage.raft(bytes)).wait()
+        } catch {
+            return false
+        }
+        counters.increment(.raftSent)
+        return true
+    }
+
     /// Sends one message to a connected peer; throws at once when there is no connection (Raft retries).
     public func send(to nodeID: String, _ message: MeshMessage) async throws {
         guard let conn = connections[nodeID] else {

@@ -167,6 +167,52 @@ struct SnapshotTests {
         #expect(out.contains { if case .restore(let s) = $0 { s.data == [1, 2, 3, 4] } else { false } })
     }
 
+    /// A resend does not restart an install in progress: its copies of chunks already held are skipped, and the
+    /// install completes from whichever copy brings the next chunk.
+    @Test func aResendDoesNotRestartAnInstallInProgress() {
+        var instance = Instance(id: "f", random: SplitMix64(seed: 1), now: .milliseconds(0))
+        let whole = RaftSnapshot(lastIndex: 9, lastTerm: 3, members: ["f", "l"], voters: ["f", "l"], data: [])
+        func chunk(_ offset: UInt64, _ bytes: [UInt8]) -> RaftMessage {
+            var part = whole
+            part.data = bytes
+            return .installSnapshot(InstallSnapshot(term: 3, leaderID: "l", snapshot: part, offset: offset, total: 6))
+        }
+        _ = instance.onMessage(chunk(0, [1, 2]), from: "l", now: .milliseconds(1))
+        _ = instance.onMessage(chunk(2, [3, 4]), from: "l", now: .milliseconds(2))
+        // The first copy's last chunk was lost. The second copy starts over (its chunk 0 is already held), loses its
+        // chunk 2 and brings chunk 4: that is the continuation of what is held.
+        _ = instance.onMessage(chunk(0, [1, 2]), from: "l", now: .milliseconds(3))
+        #expect(instance.snapshot == nil)
+        let out = instance.onMessage(chunk(4, [5, 6]), from: "l", now: .milliseconds(5))
+        #expect(instance.snapshotIndex == 9)
+        #expect(out.contains { if case .restore(let s) = $0 { s.data == [1, 2, 3, 4, 5, 6] } else { false } })
+    }
+
+    /// The leader sends a member that keeps lacking the snapshot another copy after `snapshotRetry`, then after
+    /// twice that, four times, …: a copy that is slow to arrive is not buried under more copies.
+    @Test func resendsOfASnapshotBackOff() throws {
+        var settings = RaftSettings()
+        settings.maxAppendBytes = 16
+        var (cluster, leader) = try farm(commands: 3, settings: settings)
+        let lagging = voters.first { $0 != leader }!
+        cluster.cut = [lagging]
+        for i in 0..<10 { _ = cluster.propose(leader, [[UInt8(i)]], sequence: UInt64(100 + i)) }
+        cluster.deliverAll()
+        cluster.advance(by: 100)
+        cluster.deliverAll()
+        let compacted = cluster.compact(leader)
+        _ = try #require(compacted)
+        // The lagging member hears heartbeats but every chunk sent to it is lost.
+        cluster.cut = []
+        cluster.lostSnapshotChunks = true
+        for _ in 0..<155 {
+            cluster.advance(by: 100)
+            cluster.deliverAll()
+        }
+        // Copies at about 0, 2, 6 and 14 s (waits of 2, 4 and 8 s), not one every 2 s (8 copies).
+        #expect(cluster.snapshotCopiesSent == 4)
+    }
+
     @Test func theSnapshotMessageRoundTripsAndGarbageIsRejected() throws {
         let snapshot = RaftSnapshot(
             lastIndex: 1_000_000, lastTerm: 42, members: ["a", "b", "c"], voters: ["a", "b"], recoveryEpoch: 7,

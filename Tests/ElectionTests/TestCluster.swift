@@ -12,6 +12,10 @@ struct TestCluster {
     var restored: [NodeID: [RaftSnapshot]] = [:]
     /// How many `InstallSnapshot` chunks reached their node.
     var snapshotChunksDelivered = 0
+    /// How many times a leader had a snapshot sent (`.sendSnapshot` directives).
+    var snapshotCopiesSent = 0
+    /// Every `InstallSnapshot` chunk is lost on the way.
+    var lostSnapshotChunks = false
     var inFlight: [(from: NodeID, to: NodeID, message: RaftMessage)] = []
     var cut: Set<NodeID> = []
     var now = RaftTime.milliseconds(0)
@@ -44,6 +48,7 @@ struct TestCluster {
             case .restore(let snapshot):
                 restored[id, default: []].append(snapshot)
             case .sendSnapshot(let to, let term, _):
+                snapshotCopiesSent += 1
                 let stored = durable[id]!.snapshot!
                 for chunk in InstallSnapshot.chunks(
                     of: stored, term: term, leaderID: id, chunkBytes: nodes[id]!.settings.maxAppendBytes)
@@ -74,7 +79,10 @@ struct TestCluster {
             steps += 1
             if cut.contains(from) || cut.contains(to) { continue }
             guard nodes[to] != nil else { continue }
-            if case .installSnapshot = message { snapshotChunksDelivered += 1 }
+            if case .installSnapshot = message {
+                if lostSnapshotChunks { continue }
+                snapshotChunksDelivered += 1
+            }
             perform(to, nodes[to]!.onMessage(message, from: from, now: now))
         }
     }
