@@ -13,8 +13,7 @@ extension LedgerStore {
             let start = max(try Self.commandSequenceCeiling(db), floor) + 1
             let (end, overflow) = start.addingReportingOverflow(count - 1)
             precondition(!overflow, "command sequence numbers exhausted")
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO ledger_meta (key, value) VALUES (?, ?)",
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO ledger_meta (key, value) VALUES (?, ?)").execute(
                 arguments: [Self.commandSequenceCeilingKey, Int64(bitPattern: end)])
             return start...end
         }

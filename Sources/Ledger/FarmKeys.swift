@@ -43,26 +43,24 @@ enum FarmKeyTable {
     }
 
     static func apply(_ c: FarmKeyChange, db: Database, index: UInt64) throws -> ApplyOutcome {
-        let newest = try Int64.fetchOne(db, sql: "SELECT MAX(epoch) FROM farm_keys") ?? 0
+        let newest = try Int64.fetchOne(db.cachedStatement(sql: "SELECT MAX(epoch) FROM farm_keys")) ?? 0
         guard Int64(c.epoch) > newest, c.key.count == 64 else {
             return .ignored("epoch \(c.epoch) is not newer than \(newest), or the key is malformed")
         }
-        try db.execute(
-            sql: "INSERT INTO farm_keys (epoch, key, log_index) VALUES (?, ?, ?)",
+        try db.cachedStatement(sql: "INSERT INTO farm_keys (epoch, key, log_index) VALUES (?, ?, ?)").execute(
             arguments: [Int64(c.epoch), c.key, Int64(index)])
         for node in c.revoked {
-            try db.execute(
-                sql: "INSERT OR IGNORE INTO revoked_nodes (node, epoch) VALUES (?, ?)",
+            try db.cachedStatement(sql: "INSERT OR IGNORE INTO revoked_nodes (node, epoch) VALUES (?, ?)").execute(
                 arguments: [node, Int64(c.epoch)])
         }
         return .applied
     }
 
     static func apply(_ c: RevokeNodes, db: Database) throws -> ApplyOutcome {
-        let epoch = try Int64.fetchOne(db, sql: "SELECT MAX(epoch) FROM farm_keys") ?? 0
+        let epoch = try Int64.fetchOne(db.cachedStatement(sql: "SELECT MAX(epoch) FROM farm_keys")) ?? 0
         for node in c.nodes {
-            try db.execute(
-                sql: "INSERT OR IGNORE INTO revoked_nodes (node, epoch) VALUES (?, ?)", arguments: [node, epoch])
+            try db.cachedStatement(sql: "INSERT OR IGNORE INTO revoked_nodes (node, epoch) VALUES (?, ?)").execute(
+                arguments: [node, epoch])
         }
         return .applied
     }
@@ -72,7 +70,7 @@ extension LedgerStore {
     /// Every key epoch the farm switched to (epoch → key, hex), oldest first; empty before any rotation.
     public func farmKeys() throws -> [(epoch: UInt32, key: String)] {
         try writer.read { db in
-            try Row.fetchAll(db, sql: "SELECT epoch, key FROM farm_keys ORDER BY epoch").map {
+            try Row.fetchAll(db.cachedStatement(sql: "SELECT epoch, key FROM farm_keys ORDER BY epoch")).map {
                 (epoch: UInt32(clamping: $0["epoch"] as Int64), key: $0["key"] as String)
             }
         }
@@ -80,6 +78,6 @@ extension LedgerStore {
 
     /// Node ids revoked for good.
     public func revokedNodes() throws -> Set<String> {
-        try writer.read { db in Set(try String.fetchAll(db, sql: "SELECT node FROM revoked_nodes")) }
+        try writer.read { db in Set(try String.fetchAll(db.cachedStatement(sql: "SELECT node FROM revoked_nodes"))) }
     }
 }

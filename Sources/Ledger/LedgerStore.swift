@@ -152,7 +152,9 @@ public final class LedgerStore: Sendable {
     }
 
     static func appliedIndex(_ db: Database) throws -> UInt64 {
-        UInt64(try Int64.fetchOne(db, sql: "SELECT value FROM ledger_meta WHERE key = 'applied_index'") ?? 0)
+        UInt64(
+            try Int64.fetchOne(db.cachedStatement(sql: "SELECT value FROM ledger_meta WHERE key = 'applied_index'"))
+                ?? 0)
     }
 
     /// Applies committed entries in order, each with its index and term, in one transaction.
@@ -180,9 +182,8 @@ public final class LedgerStore: Sendable {
             outcomes.append(try apply(entry, index: index, term: term, db: db))
             applied = index
         }
-        try db.execute(
-            sql: "INSERT OR REPLACE INTO ledger_meta (key, value) VALUES ('applied_index', ?)",
-            arguments: [Int64(applied)])
+        try db.cachedStatement(sql: "INSERT OR REPLACE INTO ledger_meta (key, value) VALUES ('applied_index', ?)")
+            .execute(arguments: [Int64(applied)])
         return outcomes
     }
 
@@ -190,9 +191,10 @@ public final class LedgerStore: Sendable {
         let id = entry.id.description
         let node = entry.id.node
         let seq = Int64(bitPattern: entry.id.seq)
-        let floor = try Int64.fetchOne(db, sql: "SELECT floor FROM command_floors WHERE node = ?", arguments: [node])
+        let floor = try Int64.fetchOne(
+            db.cachedStatement(sql: "SELECT floor FROM command_floors WHERE node = ?"), arguments: [node])
         let seen = try Int64.fetchOne(
-            db, sql: "SELECT log_index FROM ledger_commands WHERE command_id = ?", arguments: [id])
+            db.cachedStatement(sql: "SELECT log_index FROM ledger_commands WHERE command_id = ?"), arguments: [id])
         let outcome: ApplyOutcome
         if let seen {
             outcome = .duplicate(firstIndex: UInt64(seen))
@@ -201,29 +203,30 @@ public final class LedgerStore: Sendable {
             // late copy of a retried proposal, or one its proposer abandoned. Either way it must not take effect.
             outcome = .ignored("command \(id) is below \(node)'s command floor \(floor): its proposer had settled it")
         } else {
-            try db.execute(
-                sql: "INSERT INTO ledger_commands (command_id, log_index, node, seq) VALUES (?, ?, ?, ?)",
-                arguments: [id, Int64(index), node, seq])
+            try db.cachedStatement(
+                sql: "INSERT INTO ledger_commands (command_id, log_index, node, seq) VALUES (?, ?, ?, ?)"
+            ).execute(arguments: [id, Int64(index), node, seq])
             outcome = try StateMachine(db: db, index: index, proposer: entry.id.node).apply(entry.command)
         }
         // The proposer's floor moves up only; the ids below it need no row any more (bounded dedup table).
         if let raised = entry.floor.map({ Int64(bitPattern: $0) }), raised > (floor ?? .min) {
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO command_floors (node, floor) VALUES (?, ?)", arguments: [node, raised])
-            try db.execute(
-                sql: "DELETE FROM ledger_commands WHERE node = ? AND seq < ?", arguments: [node, raised])
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO command_floors (node, floor) VALUES (?, ?)").execute(
+                arguments: [node, raised])
+            try db.cachedStatement(sql: "DELETE FROM ledger_commands WHERE node = ? AND seq < ?").execute(arguments: [
+                node, raised,
+            ])
         }
         // Recorded after the state machine ran (same transaction): the outcome depends only on the log, so every
         // node applying it stores the same text.
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO ledger_log (log_index, term, type, command_id, duplicate, payload, outcome, first_index)
                 VALUES (?,?,?,?,?,?,?,?)
-                """,
-            arguments: [
-                Int64(index), Int64(term), entry.command.typeName, id, outcome.isDuplicate, Data(entry.encoded()),
-                outcome.storedText, seen,
-            ])
+                """
+        ).execute(arguments: [
+            Int64(index), Int64(term), entry.command.typeName, id, outcome.isDuplicate, Data(entry.encoded()),
+            outcome.storedText, seen,
+        ])
         return outcome
     }
 
@@ -232,8 +235,8 @@ public final class LedgerStore: Sendable {
     public func dedupSize() throws -> (commandIDs: Int, entries: Int) {
         try writer.read { db in
             (
-                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM ledger_commands") ?? 0,
-                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM ledger_log") ?? 0
+                try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM ledger_commands")) ?? 0,
+                try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM ledger_log")) ?? 0
             )
         }
     }
@@ -244,13 +247,13 @@ public final class LedgerStore: Sendable {
     public func log(from index: UInt64 = 1, limit: Int = .max) throws -> [LoggedEntry] {
         try writer.read { db in
             try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT l.log_index, l.term, l.command_id, l.duplicate, l.payload, l.outcome,
-                        COALESCE(l.first_index, c.log_index) AS first_index
-                    FROM ledger_log l LEFT JOIN ledger_commands c ON c.command_id = l.command_id
-                    WHERE l.log_index >= ? ORDER BY l.log_index LIMIT ?
-                    """,
+                db.cachedStatement(
+                    sql: """
+                        SELECT l.log_index, l.term, l.command_id, l.duplicate, l.payload, l.outcome,
+                            COALESCE(l.first_index, c.log_index) AS first_index
+                        FROM ledger_log l LEFT JOIN ledger_commands c ON c.command_id = l.command_id
+                        WHERE l.log_index >= ? ORDER BY l.log_index LIMIT ?
+                        """),
                 arguments: [Int64(index), Int64(min(limit, Int(Int64.max)))]
             ).map { row in
                 let payload: Data = row["payload"]

@@ -144,14 +144,16 @@ public struct AssignmentRecord: Sendable, Equatable {
 extension LedgerStore {
     public func jobs() throws -> [JobRecord] {
         try writer.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM jobs ORDER BY submitted_at_ms, log_index").map(JobRecord.init)
+            try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM jobs ORDER BY submitted_at_ms, log_index")).map(
+                JobRecord.init)
         }
     }
 
     /// The job with exactly this id.
     public func job(_ id: String) throws -> JobRecord? {
         try writer.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE job = ?", arguments: [id]).map(JobRecord.init)
+            try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM jobs WHERE job = ?"), arguments: [id]).map(
+                JobRecord.init)
         }
     }
 
@@ -160,17 +162,20 @@ extension LedgerStore {
     public func jobs(matching word: String, limit: Int = 10) throws -> [JobRecord] {
         guard !word.isEmpty else { return [] }
         return try writer.read { db in
-            if let exact = try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE job = ?", arguments: [word]) {
+            if let exact = try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT * FROM jobs WHERE job = ?"), arguments: [word])
+            {
                 return [JobRecord(row: exact)]
             }
             let named = try Row.fetchAll(
-                db, sql: "SELECT * FROM jobs WHERE name = ? ORDER BY submitted_at_ms, log_index LIMIT ?",
+                db.cachedStatement(
+                    sql: "SELECT * FROM jobs WHERE name = ? ORDER BY submitted_at_ms, log_index LIMIT ?"),
                 arguments: [word, limit])
             if !named.isEmpty { return named.map(JobRecord.init) }
             // A prefix means only itself: no LIKE wildcards.
             return try Row.fetchAll(
-                db,
-                sql: "SELECT * FROM jobs WHERE substr(job, 1, ?) = ? ORDER BY submitted_at_ms, log_index LIMIT ?",
+                db.cachedStatement(
+                    sql: "SELECT * FROM jobs WHERE substr(job, 1, ?) = ? ORDER BY submitted_at_ms, log_index LIMIT ?"),
                 arguments: [word.count, word, limit]
             ).map(JobRecord.init)
         }
@@ -181,7 +186,8 @@ extension LedgerStore {
         try writer.read { db in
             var byFrame: [Int: [FrameAttempt]] = [:]
             for row in try Row.fetchAll(
-                db, sql: "SELECT * FROM frame_attempts WHERE job = ? ORDER BY frame, attempt", arguments: [job])
+                db.cachedStatement(sql: "SELECT * FROM frame_attempts WHERE job = ? ORDER BY frame, attempt"),
+                arguments: [job])
             {
                 byFrame[row["frame"], default: []].append(
                     FrameAttempt(attempt: row["attempt"], node: row["node"], message: row["message"]))
@@ -195,7 +201,7 @@ extension LedgerStore {
         try writer.read { db in
             Set(
                 try String.fetchAll(
-                    db, sql: "SELECT DISTINCT node FROM frame_attempts WHERE job = ? AND frame = ?",
+                    db.cachedStatement(sql: "SELECT DISTINCT node FROM frame_attempts WHERE job = ? AND frame = ?"),
                     arguments: [job, frame]))
         }
     }
@@ -208,21 +214,25 @@ extension LedgerStore {
     static func blockedNodes(job: String, _ db: Database) throws -> Set<String> {
         Set(
             try String.fetchAll(
-                db, sql: "SELECT node FROM job_node_failures WHERE job = ? AND failures >= ?",
+                db.cachedStatement(sql: "SELECT node FROM job_node_failures WHERE job = ? AND failures >= ?"),
                 arguments: [job, LedgerRules.nodeFailuresBeforeBlock]))
     }
 
     public func frames(of job: String) throws -> [FrameRecord] {
         try writer.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM frames WHERE job = ? ORDER BY frame", arguments: [job])
-                .map(FrameRecord.init)
+            try Row.fetchAll(
+                db.cachedStatement(sql: "SELECT * FROM frames WHERE job = ? ORDER BY frame"), arguments: [job]
+            )
+            .map(FrameRecord.init)
         }
     }
 
     public func frame(_ job: String, _ frame: Int) throws -> FrameRecord? {
         try writer.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM frames WHERE job = ? AND frame = ?", arguments: [job, frame])
-                .map(FrameRecord.init)
+            try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT * FROM frames WHERE job = ? AND frame = ?"), arguments: [job, frame]
+            )
+            .map(FrameRecord.init)
         }
     }
 
@@ -231,7 +241,7 @@ extension LedgerStore {
         try writer.read { db in
             var byFrame: [Int: [TileRecord]] = [:]
             for row in try Row.fetchAll(
-                db, sql: "SELECT * FROM tiles WHERE job = ? ORDER BY frame, tile", arguments: [job])
+                db.cachedStatement(sql: "SELECT * FROM tiles WHERE job = ? ORDER BY frame, tile"), arguments: [job])
             {
                 byFrame[row["frame"], default: []].append(TileRecord(row: row))
             }
@@ -243,8 +253,8 @@ extension LedgerStore {
     public func tileCounts(of job: String) throws -> (done: Int, total: Int) {
         try writer.read { db in
             let row = try Row.fetchOne(
-                db,
-                sql: "SELECT COUNT(*) AS total, COALESCE(SUM(state = 'done'), 0) AS done FROM tiles WHERE job = ?",
+                db.cachedStatement(
+                    sql: "SELECT COUNT(*) AS total, COALESCE(SUM(state = 'done'), 0) AS done FROM tiles WHERE job = ?"),
                 arguments: [job])
             return (row?["done"] ?? 0, row?["total"] ?? 0)
         }
@@ -253,7 +263,8 @@ extension LedgerStore {
     public func tile(_ job: String, _ frame: Int, _ tile: Int) throws -> TileRecord? {
         try writer.read { db in
             try Row.fetchOne(
-                db, sql: "SELECT * FROM tiles WHERE job = ? AND frame = ? AND tile = ?", arguments: [job, frame, tile]
+                db.cachedStatement(sql: "SELECT * FROM tiles WHERE job = ? AND frame = ? AND tile = ?"),
+                arguments: [job, frame, tile]
             ).map(TileRecord.init)
         }
     }
@@ -262,12 +273,12 @@ extension LedgerStore {
     public func isRenderedBlob(_ hash: String) throws -> Bool {
         try writer.read { db in
             try Bool.fetchOne(
-                db,
-                sql: """
-                    SELECT EXISTS (SELECT 1 FROM frames WHERE hash = ?)
-                        OR EXISTS (SELECT 1 FROM frame_outputs WHERE hash = ?)
-                        OR EXISTS (SELECT 1 FROM tiles WHERE hash = ?)
-                    """, arguments: [hash, hash, hash]) ?? false
+                db.cachedStatement(
+                    sql: """
+                        SELECT EXISTS (SELECT 1 FROM frames WHERE hash = ?)
+                            OR EXISTS (SELECT 1 FROM frame_outputs WHERE hash = ?)
+                            OR EXISTS (SELECT 1 FROM tiles WHERE hash = ?)
+                        """), arguments: [hash, hash, hash]) ?? false
         }
     }
 
@@ -275,7 +286,8 @@ extension LedgerStore {
     public func outputs(of job: String, frame: Int) throws -> [FrameOutput] {
         try writer.read { db in
             try Row.fetchAll(
-                db, sql: "SELECT path, hash, size FROM frame_outputs WHERE job = ? AND frame = ? ORDER BY path",
+                db.cachedStatement(
+                    sql: "SELECT path, hash, size FROM frame_outputs WHERE job = ? AND frame = ? ORDER BY path"),
                 arguments: [job, frame]
             ).map { FrameOutput(path: $0["path"], hash: $0["hash"], size: $0["size"]) }
         }
@@ -286,7 +298,8 @@ extension LedgerStore {
         try writer.read { db in
             var byFrame: [Int: [FrameOutput]] = [:]
             for row in try Row.fetchAll(
-                db, sql: "SELECT frame, path, hash, size FROM frame_outputs WHERE job = ? ORDER BY frame, path",
+                db.cachedStatement(
+                    sql: "SELECT frame, path, hash, size FROM frame_outputs WHERE job = ? ORDER BY frame, path"),
                 arguments: [job])
             {
                 byFrame[row["frame"], default: []].append(
@@ -300,7 +313,7 @@ extension LedgerStore {
     public func framesDone(after index: UInt64, limit: Int = 1000) throws -> [FrameRecord] {
         try writer.read { db in
             try Row.fetchAll(
-                db, sql: "SELECT * FROM frames WHERE done_index > ? ORDER BY done_index LIMIT ?",
+                db.cachedStatement(sql: "SELECT * FROM frames WHERE done_index > ? ORDER BY done_index LIMIT ?"),
                 arguments: [Int64(index), limit]
             ).map(FrameRecord.init)
         }
@@ -310,18 +323,18 @@ extension LedgerStore {
     public func openAssignments(node: String? = nil) throws -> [AssignmentRecord] {
         try writer.read { db in
             let rows = try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT a.rowid AS position, a.assignment, a.job, a.node, a.term, a.lease_until_ms, f.frame,
-                        NULL AS tile
-                    FROM assignments a JOIN frames f ON f.assignment = a.assignment AND f.state = 'assigned'
-                    WHERE a.open = 1 AND (? IS NULL OR a.node = ?)
-                    UNION ALL
-                    SELECT a.rowid AS position, a.assignment, a.job, a.node, a.term, a.lease_until_ms, t.frame, t.tile
-                    FROM assignments a JOIN tiles t ON t.assignment = a.assignment AND t.state = 'assigned'
-                    WHERE a.open = 1 AND (? IS NULL OR a.node = ?)
-                    ORDER BY position, frame, tile
-                    """,
+                db.cachedStatement(
+                    sql: """
+                        SELECT a.rowid AS position, a.assignment, a.job, a.node, a.term, a.lease_until_ms, f.frame,
+                            NULL AS tile
+                        FROM assignments a JOIN frames f ON f.assignment = a.assignment AND f.state = 'assigned'
+                        WHERE a.open = 1 AND (? IS NULL OR a.node = ?)
+                        UNION ALL
+                        SELECT a.rowid AS position, a.assignment, a.job, a.node, a.term, a.lease_until_ms, t.frame, t.tile
+                        FROM assignments a JOIN tiles t ON t.assignment = a.assignment AND t.state = 'assigned'
+                        WHERE a.open = 1 AND (? IS NULL OR a.node = ?)
+                        ORDER BY position, frame, tile
+                        """),
                 arguments: [node, node, node, node])
             var result: [AssignmentRecord] = []
             for row in rows {
@@ -348,46 +361,47 @@ extension LedgerStore {
     public func queuedWork(framesPerJob: Int = .max) throws -> [QueuedJob] {
         try writer.read { db in
             let jobs = try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT job, chunk, priority, submitted_at_ms, tags, blender FROM jobs
-                    WHERE state IN ('queued', 'running')
-                    ORDER BY priority DESC, submitted_at_ms, log_index
-                    """)
+                db.cachedStatement(
+                    sql: """
+                        SELECT job, chunk, priority, submitted_at_ms, tags, blender FROM jobs
+                        WHERE state IN ('queued', 'running')
+                        ORDER BY priority DESC, submitted_at_ms, log_index
+                        """))
             return try jobs.compactMap { row in
                 let job: String = row["job"]
                 // Frames to render, or (tiled) to assemble once all their tiles are in; then tiles to render.
                 let limit = Int64(min(framesPerJob, Int(Int64.max)))
                 let frames = try Int.fetchAll(
-                    db,
-                    sql: """
-                        SELECT frame FROM frames WHERE job = ? AND state = 'queued'
-                        AND NOT EXISTS (SELECT 1 FROM tiles t WHERE t.job = frames.job AND t.frame = frames.frame
-                            AND t.state != 'done')
-                        ORDER BY frame LIMIT ?
-                        """,
+                    db.cachedStatement(
+                        sql: """
+                            SELECT frame FROM frames WHERE job = ? AND state = 'queued'
+                            AND NOT EXISTS (SELECT 1 FROM tiles t WHERE t.job = frames.job AND t.frame = frames.frame
+                                AND t.state != 'done')
+                            ORDER BY frame LIMIT ?
+                            """),
                     arguments: [job, limit])
                 let tiles = try Row.fetchAll(
-                    db,
-                    sql: """
-                        SELECT t.frame, t.tile FROM tiles t
-                        JOIN frames f ON f.job = t.job AND f.frame = t.frame AND f.state = 'queued'
-                        WHERE t.job = ? AND t.state = 'queued' ORDER BY t.frame, t.tile LIMIT ?
-                        """,
+                    db.cachedStatement(
+                        sql: """
+                            SELECT t.frame, t.tile FROM tiles t
+                            JOIN frames f ON f.job = t.job AND f.frame = t.frame AND f.state = 'queued'
+                            WHERE t.job = ? AND t.state = 'queued' ORDER BY t.frame, t.tile LIMIT ?
+                            """),
                     arguments: [job, limit]
                 ).map { FrameTile(frame: $0["frame"], tile: $0["tile"]) }
                 let running =
                     try Int.fetchOne(
-                        db, sql: "SELECT COUNT(*) FROM assignments WHERE job = ? AND open = 1", arguments: [job]) ?? 0
+                        db.cachedStatement(sql: "SELECT COUNT(*) FROM assignments WHERE job = ? AND open = 1"),
+                        arguments: [job]) ?? 0
                 guard !frames.isEmpty || !tiles.isEmpty else { return nil }
                 var failedOn: [Int: Set<String>] = [:]
                 for failure in try Row.fetchAll(
-                    db,
-                    sql: """
-                        SELECT a.frame, a.node FROM frame_attempts a
-                        JOIN frames f ON f.job = a.job AND f.frame = a.frame AND f.state = 'queued'
-                        WHERE a.job = ?
-                        """,
+                    db.cachedStatement(
+                        sql: """
+                            SELECT a.frame, a.node FROM frame_attempts a
+                            JOIN frames f ON f.job = a.job AND f.frame = a.frame AND f.state = 'queued'
+                            WHERE a.job = ?
+                            """),
                     arguments: [job])
                 {
                     failedOn[failure["frame"], default: []].insert(failure["node"])
@@ -406,7 +420,9 @@ extension LedgerStore {
     /// `index` is where the tombstone last changed (a late image of the job joins it).
     public func removedJobs() throws -> [(job: String, index: Int64, blobs: [String])] {
         try writer.read { db in
-            try Row.fetchAll(db, sql: "SELECT job, log_index, blobs FROM removed_jobs ORDER BY log_index").map { row in
+            try Row.fetchAll(
+                db.cachedStatement(sql: "SELECT job, log_index, blobs FROM removed_jobs ORDER BY log_index")
+            ).map { row in
                 let text: String = row["blobs"]
                 return (
                     row["job"], row["log_index"],
@@ -421,9 +437,11 @@ extension LedgerStore {
         let jobs = try self.jobs()
         return try writer.read { db in
             var used = Set(jobs.flatMap(\.blobs))
-            used.formUnion(try String.fetchAll(db, sql: "SELECT hash FROM frames WHERE hash IS NOT NULL"))
-            used.formUnion(try String.fetchAll(db, sql: "SELECT hash FROM frame_outputs"))
-            used.formUnion(try String.fetchAll(db, sql: "SELECT hash FROM tiles WHERE hash IS NOT NULL"))
+            used.formUnion(
+                try String.fetchAll(db.cachedStatement(sql: "SELECT hash FROM frames WHERE hash IS NOT NULL")))
+            used.formUnion(try String.fetchAll(db.cachedStatement(sql: "SELECT hash FROM frame_outputs")))
+            used.formUnion(
+                try String.fetchAll(db.cachedStatement(sql: "SELECT hash FROM tiles WHERE hash IS NOT NULL")))
             return used
         }
     }
@@ -433,7 +451,7 @@ extension LedgerStore {
         try writer.read { db in
             var result: [String: Int] = [:]
             for row in try Row.fetchAll(
-                db, sql: "SELECT node, COUNT(*) AS n FROM frames WHERE state = 'done' GROUP BY node")
+                db.cachedStatement(sql: "SELECT node, COUNT(*) AS n FROM frames WHERE state = 'done' GROUP BY node"))
             {
                 if let node: String = row["node"] { result[node] = row["n"] }
             }

@@ -23,11 +23,14 @@ enum RetentionTable {
             return .ignored("node \(proposer) cannot drop node \(c.node)'s images")
         }
         guard
-            let submitter = try String.fetchOne(db, sql: "SELECT submitter FROM jobs WHERE job = ?", arguments: [c.job])
+            let submitter = try String.fetchOne(
+                db.cachedStatement(sql: "SELECT submitter FROM jobs WHERE job = ?"), arguments: [c.job])
         else { return .ignored("job \(c.job) is unknown") }
         guard submitter != c.node else { return .ignored("node \(c.node) submitted job \(c.job): it keeps its images") }
         // A revoked submitter's copies cannot be fetched any more: the other holders keep theirs.
-        if try Bool.fetchOne(db, sql: "SELECT 1 FROM revoked_nodes WHERE node = ?", arguments: [submitter]) == true {
+        if try Bool.fetchOne(
+            db.cachedStatement(sql: "SELECT 1 FROM revoked_nodes WHERE node = ?"), arguments: [submitter]) == true
+        {
             return .ignored("the submitter of job \(c.job) is revoked: the other holders keep its images")
         }
         var dropped = 0
@@ -58,13 +61,13 @@ extension LedgerStore {
     public func isHeld(_ hash: String, by node: String) throws -> Bool {
         try writer.read { db in
             let holders = try String.fetchAll(
-                db,
-                sql: """
-                    SELECT holders FROM frames WHERE hash = ?
-                    UNION ALL SELECT holders FROM tiles WHERE hash = ?
-                    UNION ALL SELECT f.holders FROM frame_outputs o JOIN frames f ON f.job = o.job AND f.frame = o.frame
-                        WHERE o.hash = ?
-                    """, arguments: [hash, hash, hash])
+                db.cachedStatement(
+                    sql: """
+                        SELECT holders FROM frames WHERE hash = ?
+                        UNION ALL SELECT holders FROM tiles WHERE hash = ?
+                        UNION ALL SELECT f.holders FROM frame_outputs o JOIN frames f ON f.job = o.job AND f.frame = o.frame
+                            WHERE o.hash = ?
+                        """), arguments: [hash, hash, hash])
             return holders.contains { text in
                 StateMachine.names(text).contains(node)
             }
@@ -77,15 +80,15 @@ extension LedgerStore {
         try writer.read { db in
             guard
                 let submitter = try String.fetchOne(
-                    db, sql: "SELECT submitter FROM jobs WHERE job = ?", arguments: [job]),
+                    db.cachedStatement(sql: "SELECT submitter FROM jobs WHERE job = ?"), arguments: [job]),
                 submitter != node
             else { return 0 }
             let holders = try String.fetchAll(
-                db,
-                sql: """
-                    SELECT holders FROM frames WHERE job = ? AND hash IS NOT NULL
-                    UNION ALL SELECT holders FROM tiles WHERE job = ? AND hash IS NOT NULL
-                    """, arguments: [job, job])
+                db.cachedStatement(
+                    sql: """
+                        SELECT holders FROM frames WHERE job = ? AND hash IS NOT NULL
+                        UNION ALL SELECT holders FROM tiles WHERE job = ? AND hash IS NOT NULL
+                        """), arguments: [job, job])
             return holders.filter { text in
                 let h = StateMachine.names(text)
                 return h.contains(node) && h.contains(submitter)
@@ -98,12 +101,15 @@ extension LedgerStore {
         try writer.read { db in
             var all = Set(
                 try String.fetchAll(
-                    db, sql: "SELECT hash FROM frames WHERE job = ? AND hash IS NOT NULL", arguments: [job]))
+                    db.cachedStatement(sql: "SELECT hash FROM frames WHERE job = ? AND hash IS NOT NULL"),
+                    arguments: [job]))
             all.formUnion(
                 try String.fetchAll(
-                    db, sql: "SELECT hash FROM tiles WHERE job = ? AND hash IS NOT NULL", arguments: [job]))
+                    db.cachedStatement(sql: "SELECT hash FROM tiles WHERE job = ? AND hash IS NOT NULL"),
+                    arguments: [job]))
             all.formUnion(
-                try String.fetchAll(db, sql: "SELECT hash FROM frame_outputs WHERE job = ?", arguments: [job]))
+                try String.fetchAll(
+                    db.cachedStatement(sql: "SELECT hash FROM frame_outputs WHERE job = ?"), arguments: [job]))
             return all
         }
     }

@@ -33,7 +33,7 @@ struct StateMachine {
     }
 
     private func submit(_ c: SubmitJob) throws -> ApplyOutcome {
-        if try Bool.fetchOne(db, sql: "SELECT 1 FROM jobs WHERE job = ?", arguments: [c.job]) == true {
+        if try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM jobs WHERE job = ?"), arguments: [c.job]) == true {
             return .ignored("job \(c.job) exists")
         }
         let frames = Array(Set(c.frames)).sorted()
@@ -52,19 +52,19 @@ struct StateMachine {
                 grid.rows <= grid.height, frames.count * grid.count <= LedgerRules.maxTileUnits
             else { return .ignored("job \(c.job) asks for \(grid) tiles of a \(grid.width)x\(grid.height) image") }
         }
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO jobs (job, name, submitter, blend_hash, blend_size, chunk, priority, output,
                     submitted_at_ms, state, frames_total, log_index, manifest, movie, trust_scripts, source_path,
                     tags, blender, tiles, on_done, video, fps)
                 VALUES (?,?,?,?,?,?,?,?,?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
-            arguments: [
-                c.job, c.name, c.submitter, c.blendHash, c.blendSize, max(1, c.chunk), c.priority, c.output,
-                c.submittedAtMs, frames.count, Int64(index), c.manifest.map(Self.json), c.movie.map(Self.json),
-                c.trustScripts == true, c.sourcePath, c.tags.flatMap { $0.isEmpty ? nil : $0.joined(separator: ",") },
-                c.blender, c.tiles.map(Self.json), c.onDone, c.video == true, c.fps,
-            ])
+                """
+        ).execute(arguments: [
+            c.job, c.name, c.submitter, c.blendHash, c.blendSize, max(1, c.chunk), c.priority, c.output,
+            c.submittedAtMs, frames.count, Int64(index), c.manifest.map(Self.json), c.movie.map(Self.json),
+            c.trustScripts == true, c.sourcePath, c.tags.flatMap { $0.isEmpty ? nil : $0.joined(separator: ",") },
+            c.blender, c.tiles.map(Self.json), c.onDone, c.video == true, c.fps,
+        ])
         let insert = try db.makeStatement(sql: "INSERT INTO frames (job, frame, state) VALUES (?, ?, 'queued')")
         for frame in frames { try insert.execute(arguments: [c.job, frame]) }
         if let grid = c.tiles {
@@ -82,7 +82,8 @@ struct StateMachine {
         guard try jobState(c.job).map({ $0 == "queued" || $0 == "running" }) == true else {
             return .ignored("job \(c.job) is not runnable")
         }
-        if try Bool.fetchOne(db, sql: "SELECT 1 FROM assignments WHERE assignment = ?", arguments: [c.assignment])
+        if try Bool.fetchOne(
+            db.cachedStatement(sql: "SELECT 1 FROM assignments WHERE assignment = ?"), arguments: [c.assignment])
             == true
         {
             return .ignored("assignment \(c.assignment) exists")
@@ -90,40 +91,40 @@ struct StateMachine {
         var taken: [Int] = []
         for frame in c.frames {
             // A tiled frame is assembled, so assigned as a whole, only once every one of its tiles is in.
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     UPDATE frames SET state = 'assigned', node = ?, assignment = ?
                     WHERE job = ? AND frame = ? AND state = 'queued'
                     AND NOT EXISTS (SELECT 1 FROM tiles t WHERE t.job = frames.job AND t.frame = frames.frame
                         AND t.state != 'done')
-                    """,
-                arguments: [c.node, c.assignment, c.job, frame])
+                    """
+            ).execute(arguments: [c.node, c.assignment, c.job, frame])
             if db.changesCount > 0 { taken.append(frame) }
         }
         var takenTiles: [FrameTile] = []
         for unit in c.tiles ?? [] {
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     UPDATE tiles SET state = 'assigned', node = ?, assignment = ?
                     WHERE job = ? AND frame = ? AND tile = ? AND state = 'queued'
                     AND EXISTS (SELECT 1 FROM frames f WHERE f.job = tiles.job AND f.frame = tiles.frame
                         AND f.state = 'queued')
-                    """,
-                arguments: [c.node, c.assignment, c.job, unit.frame, unit.tile])
+                    """
+            ).execute(arguments: [c.node, c.assignment, c.job, unit.frame, unit.tile])
             if db.changesCount > 0 { takenTiles.append(unit) }
         }
         guard !taken.isEmpty || !takenTiles.isEmpty else {
             return .ignored("no queued frame in assignment \(c.assignment)")
         }
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO assignments (assignment, job, node, term, lease_until_ms, frames, tiles)
                 VALUES (?,?,?,?,?,?,?)
-                """,
-            arguments: [
-                c.assignment, c.job, c.node, Int64(c.term), c.leaseUntilMs, Self.json(taken),
-                takenTiles.isEmpty ? nil : Self.json(takenTiles),
-            ])
+                """
+        ).execute(arguments: [
+            c.assignment, c.job, c.node, Int64(c.term), c.leaseUntilMs, Self.json(taken),
+            takenTiles.isEmpty ? nil : Self.json(takenTiles),
+        ])
         try updateJob(c.job, started: true)
         return .applied
     }
@@ -131,14 +132,15 @@ struct StateMachine {
     private func complete(_ c: CompleteFrame) throws -> ApplyOutcome {
         guard let state = try frameState(c.job, c.frame) else {
             // A frame of a removed job finished after all: its image joins the tombstone, so nodes drop it too.
-            if try Bool.fetchOne(db, sql: "SELECT 1 FROM removed_jobs WHERE job = ?", arguments: [c.job]) == true {
+            if try Bool.fetchOne(
+                db.cachedStatement(sql: "SELECT 1 FROM removed_jobs WHERE job = ?"), arguments: [c.job]) == true
+            {
                 let text = try String.fetchOne(
-                    db, sql: "SELECT blobs FROM removed_jobs WHERE job = ?", arguments: [c.job])
+                    db.cachedStatement(sql: "SELECT blobs FROM removed_jobs WHERE job = ?"), arguments: [c.job])
                 var blobs = Set(text.flatMap { try? JSONDecoder().decode([String].self, from: Data($0.utf8)) } ?? [])
                 blobs.insert(c.hash)
                 for output in c.outputs ?? [] where JobManifest.isAddress(output.hash) { blobs.insert(output.hash) }
-                try db.execute(
-                    sql: "UPDATE removed_jobs SET blobs = ?, log_index = ? WHERE job = ?",
+                try db.cachedStatement(sql: "UPDATE removed_jobs SET blobs = ?, log_index = ? WHERE job = ?").execute(
                     arguments: [Self.json(blobs.sorted()), Int64(index), c.job])
             }
             return .ignored("no frame \(c.job)/\(c.frame)")
@@ -155,20 +157,21 @@ struct StateMachine {
         }
         // A late completion from a released assignment may win a frame another assignment now holds.
         let holder = try String.fetchOne(
-            db, sql: "SELECT assignment FROM frames WHERE job = ? AND frame = ?", arguments: [c.job, c.frame])
-        try db.execute(
+            db.cachedStatement(sql: "SELECT assignment FROM frames WHERE job = ? AND frame = ?"),
+            arguments: [c.job, c.frame])
+        try db.cachedStatement(
             sql: """
                 UPDATE frames SET state = 'done', node = ?, hash = ?, ext = ?, holders = ?, message = NULL,
                     done_index = ?, render_ms = ?
                 WHERE job = ? AND frame = ?
-                """,
-            arguments: [
-                c.node, c.hash, c.ext, Self.json(c.holders.sorted()), Int64(index), c.renderMs, c.job, c.frame,
-            ])
+                """
+        ).execute(arguments: [
+            c.node, c.hash, c.ext, Self.json(c.holders.sorted()), Int64(index), c.renderMs, c.job, c.frame,
+        ])
         for output in c.outputs ?? [] {
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO frame_outputs (job, frame, path, hash, size) VALUES (?,?,?,?,?)",
-                arguments: [c.job, c.frame, output.path, output.hash, output.size])
+            try db.cachedStatement(
+                sql: "INSERT OR REPLACE INTO frame_outputs (job, frame, path, hash, size) VALUES (?,?,?,?,?)"
+            ).execute(arguments: [c.job, c.frame, output.path, output.hash, output.size])
         }
         try closeAssignmentIfFinished(c.assignment)
         if let holder, holder != c.assignment { try closeAssignmentIfFinished(holder) }
@@ -186,20 +189,20 @@ struct StateMachine {
         // A late completion from a released assignment may win a tile another assignment now holds.
         guard
             let row = try Row.fetchOne(
-                db,
-                sql: """
-                    SELECT assignment FROM tiles
-                    WHERE job = ? AND frame = ? AND tile = ? AND state IN ('queued', 'assigned')
-                    """,
+                db.cachedStatement(
+                    sql: """
+                        SELECT assignment FROM tiles
+                        WHERE job = ? AND frame = ? AND tile = ? AND state IN ('queued', 'assigned')
+                        """),
                 arguments: [c.job, c.frame, tile])
         else { return .ignored("tile \(c.job)/\(c.frame)#\(tile) is not waiting for an image") }
         let holder: String? = row["assignment"]
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 UPDATE tiles SET state = 'done', node = ?, hash = ?, ext = ?, holders = ?, render_ms = ?
                 WHERE job = ? AND frame = ? AND tile = ?
-                """,
-            arguments: [c.node, c.hash, c.ext, Self.json(c.holders.sorted()), c.renderMs, c.job, c.frame, tile])
+                """
+        ).execute(arguments: [c.node, c.hash, c.ext, Self.json(c.holders.sorted()), c.renderMs, c.job, c.frame, tile])
         try closeAssignmentIfFinished(c.assignment)
         if let holder, holder != c.assignment { try closeAssignmentIfFinished(holder) }
         try updateJob(c.job)
@@ -209,11 +212,11 @@ struct StateMachine {
     private func fail(_ c: FailFrame) throws -> ApplyOutcome {
         // Fenced: only the current holder of the frame (or of the tile) may report a failed attempt.
         let current = try Row.fetchOne(
-            db, sql: "SELECT state, assignment, attempts FROM frames WHERE job = ? AND frame = ?",
+            db.cachedStatement(sql: "SELECT state, assignment, attempts FROM frames WHERE job = ? AND frame = ?"),
             arguments: [c.job, c.frame])
         if let tile = c.tile {
             let holder = try Row.fetchOne(
-                db, sql: "SELECT state, assignment FROM tiles WHERE job = ? AND frame = ? AND tile = ?",
+                db.cachedStatement(sql: "SELECT state, assignment FROM tiles WHERE job = ? AND frame = ? AND tile = ?"),
                 arguments: [c.job, c.frame, tile])
             guard let current, current["state"] as String == "queued", let holder,
                 holder["state"] as String == "assigned", holder["assignment"] as String? == c.assignment
@@ -225,25 +228,26 @@ struct StateMachine {
         }
         // Every attempt at a frame counts against it, whichever of its tiles it was.
         let attempts = (current!["attempts"] as Int) + 1
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO job_node_failures (job, node, failures) VALUES (?, ?, 1)
                 ON CONFLICT (job, node) DO UPDATE SET failures = failures + 1
-                """,
-            arguments: [c.job, c.node])
+                """
+        ).execute(arguments: [c.job, c.node])
         let final: Bool
         if let alone = c.alone {
             // Scoped: the failure counts against the node first. The frame fails for good only once it has used
             // its attempts on enough different nodes, or on the only node that can take it.
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     INSERT OR REPLACE INTO frame_attempts (job, frame, attempt, node, message, log_index)
                     VALUES (?,?,?,?,?,?)
-                    """,
-                arguments: [c.job, c.frame, attempts, c.node, c.message, Int64(index)])
+                    """
+            ).execute(arguments: [c.job, c.frame, attempts, c.node, c.message, Int64(index)])
             let nodes =
                 try Int.fetchOne(
-                    db, sql: "SELECT COUNT(DISTINCT node) FROM frame_attempts WHERE job = ? AND frame = ?",
+                    db.cachedStatement(
+                        sql: "SELECT COUNT(DISTINCT node) FROM frame_attempts WHERE job = ? AND frame = ?"),
                     arguments: [c.job, c.frame]) ?? 1
             final =
                 c.fatal || (attempts >= LedgerRules.maxAttempts && (nodes >= LedgerRules.nodesBeforeFailing || alone))
@@ -252,38 +256,40 @@ struct StateMachine {
             // replaying an old log reaches the state the others reached then.
             final = c.fatal || attempts >= LedgerRules.maxAttempts
         }
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 UPDATE frames SET attempts = ?, message = ?, state = ?,
                     node = CASE WHEN ? THEN node ELSE NULL END,
                     assignment = CASE WHEN ? THEN assignment ELSE NULL END
                 WHERE job = ? AND frame = ?
-                """,
-            arguments: [attempts, c.message, final ? "failed" : "queued", final, final, c.job, c.frame])
+                """
+        ).execute(arguments: [attempts, c.message, final ? "failed" : "queued", final, final, c.job, c.frame])
         if let tile = c.tile {
-            try db.execute(
+            try db.cachedStatement(
                 sql:
-                    "UPDATE tiles SET state = 'queued', node = NULL, assignment = NULL WHERE job = ? AND frame = ? AND tile = ?",
-                arguments: [c.job, c.frame, tile])
+                    "UPDATE tiles SET state = 'queued', node = NULL, assignment = NULL WHERE job = ? AND frame = ? AND tile = ?"
+            ).execute(arguments: [c.job, c.frame, tile])
         }
         if final {
             // The frame's other tiles wait for a retry (those done are kept); assignments left with nothing to
             // render close, so no lease or release has to find them.
             let holding = try String.fetchAll(
-                db,
-                sql: """
-                    SELECT DISTINCT assignment FROM tiles
-                    WHERE job = ? AND frame = ? AND state = 'assigned' AND assignment IS NOT NULL
-                    ORDER BY assignment
-                    """,
+                db.cachedStatement(
+                    sql: """
+                        SELECT DISTINCT assignment FROM tiles
+                        WHERE job = ? AND frame = ? AND state = 'assigned' AND assignment IS NOT NULL
+                        ORDER BY assignment
+                        """),
                 arguments: [c.job, c.frame])
-            try db.execute(
-                sql: "UPDATE tiles SET state = 'failed' WHERE job = ? AND frame = ? AND state != 'done'",
-                arguments: [c.job, c.frame])
+            try db.cachedStatement(
+                sql: "UPDATE tiles SET state = 'failed' WHERE job = ? AND frame = ? AND state != 'done'"
+            ).execute(arguments: [c.job, c.frame])
             for assignment in holding { try closeAssignmentIfFinished(assignment) }
         }
         if final {
-            try db.execute(sql: "UPDATE jobs SET message = ? WHERE job = ?", arguments: [c.message, c.job])
+            try db.cachedStatement(sql: "UPDATE jobs SET message = ? WHERE job = ?").execute(arguments: [
+                c.message, c.job,
+            ])
         }
         try closeAssignmentIfFinished(c.assignment)
         try updateJob(c.job, failed: final ? 1 : 0)
@@ -293,21 +299,24 @@ struct StateMachine {
     private func release(_ c: ReleaseFrames) throws -> ApplyOutcome {
         guard
             let job = try String.fetchOne(
-                db, sql: "SELECT job FROM assignments WHERE assignment = ? AND open = 1", arguments: [c.assignment])
+                db.cachedStatement(sql: "SELECT job FROM assignments WHERE assignment = ? AND open = 1"),
+                arguments: [c.assignment])
         else { return .ignored("assignment \(c.assignment) is not open") }
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 UPDATE frames SET state = 'queued', node = NULL, assignment = NULL
                 WHERE assignment = ? AND state = 'assigned'
-                """,
-            arguments: [c.assignment])
-        try db.execute(
+                """
+        ).execute(arguments: [c.assignment])
+        try db.cachedStatement(
             sql: """
                 UPDATE tiles SET state = 'queued', node = NULL, assignment = NULL
                 WHERE assignment = ? AND state = 'assigned'
-                """,
-            arguments: [c.assignment])
-        try db.execute(sql: "UPDATE assignments SET open = 0 WHERE assignment = ?", arguments: [c.assignment])
+                """
+        ).execute(arguments: [c.assignment])
+        try db.cachedStatement(sql: "UPDATE assignments SET open = 0 WHERE assignment = ?").execute(arguments: [
+            c.assignment
+        ])
         try updateJob(job)
         return .applied
     }
@@ -315,14 +324,14 @@ struct StateMachine {
     private func cancel(_ c: CancelJob) throws -> ApplyOutcome {
         guard let state = try jobState(c.job) else { return .ignored("no job \(c.job)") }
         guard !Self.finished.contains(state) else { return .ignored("job \(c.job) is already \(state)") }
-        try db.execute(
-            sql: "UPDATE frames SET state = 'canceled' WHERE job = ? AND state IN ('queued', 'assigned')",
-            arguments: [c.job])
-        try db.execute(
-            sql: "UPDATE tiles SET state = 'canceled' WHERE job = ? AND state IN ('queued', 'assigned')",
-            arguments: [c.job])
-        try db.execute(sql: "UPDATE assignments SET open = 0 WHERE job = ?", arguments: [c.job])
-        try db.execute(sql: "UPDATE jobs SET state = 'canceled' WHERE job = ?", arguments: [c.job])
+        try db.cachedStatement(
+            sql: "UPDATE frames SET state = 'canceled' WHERE job = ? AND state IN ('queued', 'assigned')"
+        ).execute(arguments: [c.job])
+        try db.cachedStatement(
+            sql: "UPDATE tiles SET state = 'canceled' WHERE job = ? AND state IN ('queued', 'assigned')"
+        ).execute(arguments: [c.job])
+        try db.cachedStatement(sql: "UPDATE assignments SET open = 0 WHERE job = ?").execute(arguments: [c.job])
+        try db.cachedStatement(sql: "UPDATE jobs SET state = 'canceled' WHERE job = ?").execute(arguments: [c.job])
         return .applied
     }
 
@@ -331,7 +340,7 @@ struct StateMachine {
         guard let state = try jobState(job) else { return .ignored("no job \(job)") }
         guard !Self.finished.contains(state) else { return .ignored("job \(job) is already \(state)") }
         guard (state == "paused") != paused else { return .ignored("job \(job) is already \(state)") }
-        try db.execute(sql: "UPDATE jobs SET paused = ? WHERE job = ?", arguments: [paused, job])
+        try db.cachedStatement(sql: "UPDATE jobs SET paused = ? WHERE job = ?").execute(arguments: [paused, job])
         try updateJob(job)
         return .applied
     }
@@ -342,58 +351,65 @@ struct StateMachine {
         guard let state = try jobState(c.job) else { return .ignored("no job \(c.job)") }
         guard state != "canceled" else { return .ignored("job \(c.job) is canceled") }
         var failed = try Int.fetchAll(
-            db, sql: "SELECT frame FROM frames WHERE job = ? AND state = 'failed' ORDER BY frame", arguments: [c.job])
+            db.cachedStatement(sql: "SELECT frame FROM frames WHERE job = ? AND state = 'failed' ORDER BY frame"),
+            arguments: [c.job])
         if let wanted = c.frames.map(Set.init) { failed = failed.filter(wanted.contains) }
         guard !failed.isEmpty else { return .ignored("job \(c.job) has no failed frame to retry") }
         for frame in failed {
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     UPDATE frames SET state = 'queued', attempts = 0, message = NULL, node = NULL, assignment = NULL
                     WHERE job = ? AND frame = ?
-                    """,
-                arguments: [c.job, frame])
-            try db.execute(
-                sql: "DELETE FROM frame_attempts WHERE job = ? AND frame = ?", arguments: [c.job, frame])
-            try db.execute(
+                    """
+            ).execute(arguments: [c.job, frame])
+            try db.cachedStatement(sql: "DELETE FROM frame_attempts WHERE job = ? AND frame = ?").execute(arguments: [
+                c.job, frame,
+            ])
+            try db.cachedStatement(
                 sql: """
                     UPDATE tiles SET state = 'queued', node = NULL, assignment = NULL
                     WHERE job = ? AND frame = ? AND state != 'done'
-                    """,
-                arguments: [c.job, frame])
+                    """
+            ).execute(arguments: [c.job, frame])
         }
-        try db.execute(sql: "DELETE FROM job_node_failures WHERE job = ?", arguments: [c.job])
-        try db.execute(
+        try db.cachedStatement(sql: "DELETE FROM job_node_failures WHERE job = ?").execute(arguments: [c.job])
+        try db.cachedStatement(
             sql: """
                 UPDATE jobs SET frames_failed = frames_failed - ?,
                     message = CASE WHEN frames_failed - ? > 0 THEN message ELSE NULL END,
                     state = CASE WHEN paused THEN 'paused' ELSE 'running' END
                 WHERE job = ?
-                """,
-            arguments: [failed.count, failed.count, c.job])
+                """
+        ).execute(arguments: [failed.count, failed.count, c.job])
         return .applied
     }
 
     private func setPriority(_ c: SetPriority) throws -> ApplyOutcome {
         guard try jobState(c.job) != nil else { return .ignored("no job \(c.job)") }
-        try db.execute(sql: "UPDATE jobs SET priority = ? WHERE job = ?", arguments: [c.priority, c.job])
+        try db.cachedStatement(sql: "UPDATE jobs SET priority = ? WHERE job = ?").execute(arguments: [
+            c.priority, c.job,
+        ])
         return .applied
     }
 
     /// Forgets the job. A node still rendering one of its frames finds it gone and stops; late reports about it
     /// are ignored (there is no frame left to change).
     private func remove(_ job: String) throws -> ApplyOutcome {
-        guard let row = try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE job = ?", arguments: [job]) else {
+        guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM jobs WHERE job = ?"), arguments: [job])
+        else {
             return .ignored("no job \(job)")
         }
         // What the job had on the nodes' disks, so each node can drop it (the tombstone stays; it is small).
         let record = JobRecord(row: row)
         let rendered =
-            try String.fetchAll(db, sql: "SELECT hash FROM frames WHERE job = ? AND hash IS NOT NULL", arguments: [job])
-            + String.fetchAll(db, sql: "SELECT hash FROM frame_outputs WHERE job = ?", arguments: [job])
-            + String.fetchAll(db, sql: "SELECT hash FROM tiles WHERE job = ? AND hash IS NOT NULL", arguments: [job])
-        try db.execute(
-            sql: "INSERT OR REPLACE INTO removed_jobs (job, name, blobs, log_index) VALUES (?,?,?,?)",
-            arguments: [job, record.name, Self.json(Array(Set(record.blobs + rendered)).sorted()), Int64(index)])
+            try String.fetchAll(
+                db.cachedStatement(sql: "SELECT hash FROM frames WHERE job = ? AND hash IS NOT NULL"), arguments: [job])
+            + String.fetchAll(db.cachedStatement(sql: "SELECT hash FROM frame_outputs WHERE job = ?"), arguments: [job])
+            + String.fetchAll(
+                db.cachedStatement(sql: "SELECT hash FROM tiles WHERE job = ? AND hash IS NOT NULL"), arguments: [job])
+        try db.cachedStatement(
+            sql: "INSERT OR REPLACE INTO removed_jobs (job, name, blobs, log_index) VALUES (?,?,?,?)"
+        ).execute(arguments: [job, record.name, Self.json(Array(Set(record.blobs + rendered)).sorted()), Int64(index)])
         for table in ["frame_outputs", "frame_attempts", "tiles", "frames", "assignments", "job_node_failures", "jobs"]
         {
             try db.execute(sql: "DELETE FROM \(table) WHERE job = ?", arguments: [job])
@@ -406,28 +422,29 @@ struct StateMachine {
     // MARK: Helpers
 
     private func jobState(_ job: String) throws -> String? {
-        try String.fetchOne(db, sql: "SELECT state FROM jobs WHERE job = ?", arguments: [job])
+        try String.fetchOne(db.cachedStatement(sql: "SELECT state FROM jobs WHERE job = ?"), arguments: [job])
     }
 
     private func frameState(_ job: String, _ frame: Int) throws -> String? {
-        try String.fetchOne(db, sql: "SELECT state FROM frames WHERE job = ? AND frame = ?", arguments: [job, frame])
+        try String.fetchOne(
+            db.cachedStatement(sql: "SELECT state FROM frames WHERE job = ? AND frame = ?"), arguments: [job, frame])
     }
 
     private func closeAssignmentIfFinished(_ assignment: String) throws {
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 UPDATE assignments SET open = 0 WHERE assignment = ?
                 AND NOT EXISTS (SELECT 1 FROM frames WHERE assignment = ? AND state = 'assigned')
                 AND NOT EXISTS (SELECT 1 FROM tiles WHERE assignment = ? AND state = 'assigned')
-                """,
-            arguments: [assignment, assignment, assignment])
+                """
+        ).execute(arguments: [assignment, assignment, assignment])
     }
 
     /// Moves the job's counters by what one command did and derives its state from them, in O(1): a frame
     /// becomes done or failed once (only `RetryFrames` takes a frame out of failed, and moves the counter back),
     /// so counting transitions counts frames. A paused job that still has frames to render stays paused.
     private func updateJob(_ job: String, done: Int = 0, failed: Int = 0, started: Bool = false) throws {
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 UPDATE jobs SET frames_done = frames_done + ?, frames_failed = frames_failed + ?,
                     paused = CASE WHEN frames_done + ? + frames_failed + ? >= frames_total THEN 0 ELSE paused END,
@@ -441,8 +458,8 @@ struct StateMachine {
                             THEN 'running'
                         ELSE 'queued' END
                 WHERE job = ? AND state != 'canceled'
-                """,
-            arguments: [done, failed, done, failed, done, failed, failed, started, done, failed, job])
+                """
+        ).execute(arguments: [done, failed, done, failed, done, failed, failed, started, done, failed, job])
     }
 
     static func json<T: Encodable>(_ value: T) -> String {
