@@ -149,15 +149,16 @@ struct SnapshotTests {
         #expect(stored.snapshot == snapshot && stored.log.isEmpty)
     }
 
+    /// A chunk of the leader's (term 3) snapshot of index 9, for a follower "f" of leader "l".
+    static func chunk(_ offset: UInt64, _ bytes: [UInt8], total: UInt64) -> RaftMessage {
+        let part = RaftSnapshot(lastIndex: 9, lastTerm: 3, members: ["f", "l"], voters: ["f", "l"], data: bytes)
+        return .installSnapshot(InstallSnapshot(term: 3, leaderID: "l", snapshot: part, offset: offset, total: total))
+    }
+
     /// Chunks that do not continue what the follower holds are dropped, never installed half.
     @Test func aChunkOutOfOrderIsDropped() {
         var instance = Instance(id: "f", random: SplitMix64(seed: 1), now: .milliseconds(0))
-        let whole = RaftSnapshot(lastIndex: 9, lastTerm: 3, members: ["f", "l"], voters: ["f", "l"], data: [])
-        func chunk(_ offset: UInt64, _ bytes: [UInt8]) -> RaftMessage {
-            var part = whole
-            part.data = bytes
-            return .installSnapshot(InstallSnapshot(term: 3, leaderID: "l", snapshot: part, offset: offset, total: 4))
-        }
+        let chunk = { (offset: UInt64, bytes: [UInt8]) in Self.chunk(offset, bytes, total: 4) }
         _ = instance.onMessage(chunk(2, [3, 4]), from: "l", now: .milliseconds(1))
         #expect(instance.snapshot == nil)
         _ = instance.onMessage(chunk(0, [1, 2]), from: "l", now: .milliseconds(2))
@@ -171,12 +172,7 @@ struct SnapshotTests {
     /// install completes from whichever copy brings the next chunk.
     @Test func aResendDoesNotRestartAnInstallInProgress() {
         var instance = Instance(id: "f", random: SplitMix64(seed: 1), now: .milliseconds(0))
-        let whole = RaftSnapshot(lastIndex: 9, lastTerm: 3, members: ["f", "l"], voters: ["f", "l"], data: [])
-        func chunk(_ offset: UInt64, _ bytes: [UInt8]) -> RaftMessage {
-            var part = whole
-            part.data = bytes
-            return .installSnapshot(InstallSnapshot(term: 3, leaderID: "l", snapshot: part, offset: offset, total: 6))
-        }
+        let chunk = { (offset: UInt64, bytes: [UInt8]) in Self.chunk(offset, bytes, total: 6) }
         _ = instance.onMessage(chunk(0, [1, 2]), from: "l", now: .milliseconds(1))
         _ = instance.onMessage(chunk(2, [3, 4]), from: "l", now: .milliseconds(2))
         // The first copy's last chunk was lost. The second copy starts over (its chunk 0 is already held), loses its
