@@ -505,10 +505,9 @@ public actor RaftNode {
             for item in ready { try performNow(item.directive) }
             try perform(instance!.onPersisted(request, now: now()))
         }
-        if let first = durableWaiters.first, first.needs <= durableSequence {
-            let ready = durableWaiters.filter { $0.needs <= durableSequence }
-            durableWaiters.removeAll { $0.needs <= durableSequence }
-            for waiter in ready { waiter.continuation.resume() }
+        // Waiters are in write order (sequences only grow).
+        while let first = durableWaiters.first, first.needs <= durableSequence {
+            durableWaiters.removeFirst().continuation.resume()
         }
     }
 

@@ -44,8 +44,7 @@ public enum LedgerSnapshot {
             w.string(table)
             w.varint(UInt64(columns.count))
             for column in columns { w.string(column) }
-            let names = columns.map { "\"\($0)\"" }.joined(separator: ", ")
-            let cursor = try Row.fetchCursor(db, sql: "SELECT \(names) FROM \(table)")
+            let cursor = try Row.fetchCursor(db, sql: "SELECT \(quoted(columns)) FROM \(table)")
             while let row = try cursor.next() {
                 w.byte(1)
                 for column in 0..<columns.count { encode(row[column] as DatabaseValue, into: &w) }
@@ -85,9 +84,7 @@ public enum LedgerSnapshot {
                 throw Unreadable(
                     description: "The ledger snapshot says index \(stated.1), but Raft installed it at \(index).")
             }
-            for table in Self.tables.reversed() {
-                try db.execute(sql: "DELETE FROM \(table)")
-            }
+            try clearTables(db)
             let count = try r.varint()
             for _ in 0..<count {
                 let table = try r.string()
@@ -135,9 +132,20 @@ public enum LedgerSnapshot {
 
     private static func insertStatement(_ table: String, columns: [String], db: Database) throws -> Statement? {
         guard !columns.isEmpty else { return nil }
-        let names = columns.map { "\"\($0)\"" }.joined(separator: ", ")
         let marks = Array(repeating: "?", count: columns.count).joined(separator: ", ")
-        return try db.makeStatement(sql: "INSERT INTO \(table) (\(names)) VALUES (\(marks))")
+        return try db.makeStatement(sql: "INSERT INTO \(table) (\(quoted(columns))) VALUES (\(marks))")
+    }
+
+    /// A column list for SQL, each name quoted.
+    private static func quoted(_ columns: [String]) -> String {
+        columns.map { "\"\($0)\"" }.joined(separator: ", ")
+    }
+
+    /// Empties every replicated table (children first), in the caller's transaction, before an install.
+    private static func clearTables(_ db: Database) throws {
+        for table in tables.reversed() {
+            try db.execute(sql: "DELETE FROM \(table)")
+        }
     }
 
     private static func encode(_ value: DatabaseValue, into w: inout ByteWriter) {
@@ -192,9 +200,7 @@ public enum LedgerSnapshot {
             throw Unreadable(
                 description: "The ledger snapshot says index \(stated), but Raft installed it at \(index).")
         }
-        for table in Self.tables.reversed() {
-            try db.execute(sql: "DELETE FROM \(table)")
-        }
+        try clearTables(db)
         for table in Self.tables {
             guard let content = tables[table] as? [String: Any], let columns = content["columns"] as? [String],
                 let rows = content["rows"] as? [[Any]]

@@ -205,7 +205,7 @@ struct RaftNodeSQLiteTests {
                 if case .entry(let entry) = item, entry.index >= index { break }
             }
             storage.hold()
-            let returned = ManagedAtomicFlag()
+            let returned = Flag()
             let compacting = Task {
                 let term = try await node.compact(through: index, data: [7, 7, 7])
                 returned.set()
@@ -253,7 +253,7 @@ private final class GatedSnapshotStorage: RaftStorage {
     }
 }
 
-private final class ManagedAtomicFlag: Sendable {
+private final class Flag: Sendable {
     private let value = Mutex(false)
     func set() { value.withLock { $0 = true } }
     var isSet: Bool { value.withLock { $0 } }
